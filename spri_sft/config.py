@@ -1,0 +1,190 @@
+"""Dataclass configs read from YAML and overridden from the command line.
+
+`spri-sft generate --config run.yaml --critic.base_url http://host:8000/v1 --loop.max_rounds 3`
+loads the YAML into the job's config dataclass, then applies each `--dotted.name value`
+override, type-checked against the field it names. Unknown keys fail with the file or flag
+that carries them. `format_help` lists every field with its type, default and help text, which
+is the documentation `--help` prints.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, TypeVar, get_args, get_origin
+
+import yaml
+
+from spri_sft.errors import UserError
+
+T = TypeVar("T")
+
+
+def load_config(cls: type[T], argv: list[str]) -> T:
+    """Build `cls` from `--config FILE.yaml` (optional) and `--a.b value` overrides in `argv`."""
+    config_path, overrides = _split_argv(argv)
+    data: dict[str, Any] = {}
+    if config_path is not None:
+        data = _read_yaml(config_path)
+    config = from_dict(cls, data, where=str(config_path or "defaults"))
+    for dotted, raw in overrides:
+        _apply_override(config, dotted, raw)
+    return config
+
+
+def from_dict(cls: type[T], data: dict[str, Any], where: str = "config", prefix: str = "") -> T:
+    """Build dataclass `cls` from nested dicts, rejecting unknown keys."""
+    if not isinstance(data, dict):
+        raise UserError(f"{where}: '{prefix.rstrip('.') or 'top level'}' must be a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise UserError(f"{where}: unknown field '{prefix}{unknown[0]}' (known: {', '.join(sorted(fields))})")
+    kwargs = {}
+    for name, value in data.items():
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            kwargs[name] = from_dict(hint, value or {}, where, f"{prefix}{name}.")
+        else:
+            kwargs[name] = _coerce(value, hint, f"{where}: field '{prefix}{name}'")
+    return cls(**kwargs)
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+def dump_yaml(config: Any, path: Path) -> None:
+    path.write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+
+
+def format_help(cls: type, prefix: str = "", instance: Any = None) -> str:
+    """One line per field: `--dotted.name TYPE (default: …)  help`, sections per nested dataclass."""
+    lines = []
+    hints = typing.get_type_hints(cls)
+    instance = cls() if instance is None else instance
+    for field in dataclasses.fields(cls):
+        hint = hints[field.name]
+        if dataclasses.is_dataclass(hint):
+            doc = (hint.__doc__ or "").strip().splitlines()[0]
+            lines.append(f"\n  {prefix}{field.name}.*  — {doc}")
+            lines.append(format_help(hint, f"{prefix}{field.name}.", getattr(instance, field.name)))
+            continue
+        default = getattr(instance, field.name)
+        lines.append(f"  --{prefix}{field.name} {_type_name(hint)} (default: {default!r})")
+        if field.metadata.get("help"):
+            lines.append(f"        {field.metadata['help']}")
+    return "\n".join(lines)
+
+
+def _split_argv(argv: list[str]) -> tuple[Path | None, list[tuple[str, str]]]:
+    config_path = None
+    overrides = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if not arg.startswith("--"):
+            raise UserError(f"unexpected argument '{arg}': options look like --name value")
+        name, eq, value = arg[2:].partition("=")
+        if not eq:
+            if i + 1 >= len(argv):
+                raise UserError(f"option --{name} needs a value")
+            value = argv[i + 1]
+            i += 1
+        i += 1
+        if name == "config":
+            config_path = Path(value)
+        else:
+            overrides.append((name.replace("-", "_"), value))
+    return config_path, overrides
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise UserError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark else ""
+        raise UserError(f"{path}{line}: invalid YAML ({getattr(err, 'problem', err)})") from None
+    return data or {}
+
+
+def _apply_override(config: Any, dotted: str, raw: str) -> None:
+    target = config
+    *parents, leaf = dotted.split(".")
+    for part in parents:
+        if not hasattr(target, part) or not dataclasses.is_dataclass(getattr(target, part)):
+            raise UserError(f"--{dotted}: no such section '{part}'")
+        target = getattr(target, part)
+    hints = typing.get_type_hints(type(target))
+    if leaf not in hints:
+        raise UserError(f"--{dotted}: unknown field '{leaf}'")
+    if dataclasses.is_dataclass(hints[leaf]):
+        raise UserError(f"--{dotted}: is a section; set one of its fields, e.g. --{dotted}.<field>")
+    # YAML parsing turns "3" into 3, "null" into None and "[a, b]" into a list, as in a config file.
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        value = raw
+    if value is None and raw not in ("null", "None", "~"):
+        value = raw
+    setattr(target, leaf, _coerce(value, hints[leaf], f"--{dotted}"))
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    origin, args = get_origin(hint), get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arm in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(value, arm, where)
+            except UserError as err:
+                errors.append(str(err))
+        raise UserError(errors[0])
+    if origin is Literal:
+        if value not in args:
+            raise UserError(f"{where}: {value!r} is not one of {', '.join(map(str, args))}")
+        return value
+    if origin is list:
+        if isinstance(value, (str, int, float)):
+            value = [value]
+        if not isinstance(value, list):
+            raise UserError(f"{where}: expected a list, got {value!r}")
+        return [_coerce(v, args[0], where) for v in value] if args else value
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise UserError(f"{where}: expected a mapping, got {value!r}")
+        return value
+    if hint is Any:
+        return value
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise UserError(f"{where}: expected true or false, got {value!r}")
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    if isinstance(hint, type) and isinstance(value, hint) and not (hint is int and isinstance(value, bool)):
+        return value
+    raise UserError(f"{where}: expected {_type_name(hint)}, got {value!r}")
+
+
+def _type_name(hint: Any) -> str:
+    origin, args = get_origin(hint), get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in args)
+    if origin is Literal:
+        return "{" + ",".join(map(str, args)) + "}"
+    if origin is list:
+        return f"list[{_type_name(args[0])}]" if args else "list"
+    if hint is type(None):
+        return "null"
+    return getattr(hint, "__name__", str(hint))

@@ -1,0 +1,36 @@
+"""The configuration of `spri-sft generate`: one dataclass, YAML + dotted command-line overrides."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from spri_sft.generate.engine import LoopSettings
+from spri_sft.generate.inputs import PromptSource
+from spri_sft.llm.base import EndpointConfig
+
+
+@dataclass
+class GenerateConfig:
+    """Generate SPRI (or baseline) SFT records for a set of prompts.
+
+    The base model writes principles and responses; the critic scores them. With no config at
+    all, both are SmolLM2-135M-Instruct run in this process on the package's built-in prompts.
+    """
+
+    output_dir: str = field(default="outputs/generate", metadata={"help": "Where records.jsonl, config.yaml and summary.json go."})
+    mode: Literal["spri", "direct", "self-refine", "seed-principles", "constitution"] = field(
+        default="spri", metadata={"help": "spri, or one of the paper's baselines (see `spri_sft.generate.engine`)."}
+    )
+    prompts: PromptSource = field(default_factory=PromptSource)
+    base: EndpointConfig = field(default_factory=EndpointConfig)
+    critic: EndpointConfig = field(default_factory=EndpointConfig)
+    loop: LoopSettings = field(default_factory=LoopSettings)
+    max_concurrent_prompts: int = field(
+        default=64, metadata={"help": "Prompts in flight at once; each waits on its own model calls."}
+    )
+    token_budget: int | None = field(
+        default=None, metadata={"help": "Stop cleanly once this many tokens (prompt + completion, all models) are spent."}
+    )
+    retry_failed: bool = field(default=False, metadata={"help": "On a rerun, drop `failed` records and try those prompts again."})
+    progress: bool = field(default=True, metadata={"help": "Show a progress bar."})

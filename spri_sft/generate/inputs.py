@@ -1,0 +1,156 @@
+"""Read user prompts from a local JSONL/JSON/CSV/Parquet file or a Hugging Face dataset.
+
+A prompt is built from `prompt_column` plus, when `context_column` names a non-empty field,
+a blank line and that context (Dolly: `instruction` + `context`; Self-Instruct:
+`instruction` + `instances.0.input`). Column names are dotted paths into nested rows;
+integers index lists. Every problem is reported with the file, line (or row) and field.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from spri_sft.errors import UserError
+
+BUILTIN_PROMPTS = Path(__file__).resolve().parent.parent / "data" / "prompts.jsonl"
+
+
+@dataclass
+class PromptSource:
+    """Where the prompts come from and how to read them."""
+
+    path: str | None = field(
+        default=None,
+        metadata={"help": "Local .jsonl/.json/.csv/.parquet file; unset (and no dataset) uses the package's built-in prompts."},
+    )
+    dataset: str | None = field(default=None, metadata={"help": "Hugging Face dataset id, e.g. databricks/databricks-dolly-15k."})
+    dataset_config: str | None = field(default=None, metadata={"help": "The dataset's configuration name, if it has several."})
+    split: str = field(default="train", metadata={"help": "Dataset split."})
+    prompt_column: str = field(default="prompt", metadata={"help": "Field holding the prompt (dotted path for nested rows)."})
+    context_column: str | None = field(
+        default=None, metadata={"help": "Optional field appended to the prompt after a blank line, e.g. instances.0.input."}
+    )
+    shuffle: bool = field(default=False, metadata={"help": "Shuffle before --prompts.limit is applied."})
+    seed: int = field(default=0, metadata={"help": "Shuffle seed."})
+    limit: int | None = field(default=None, metadata={"help": "Keep only the first N prompts (after shuffling)."})
+
+
+def load_prompts(source: PromptSource) -> list[str]:
+    """The prompts, in order, without duplicates (a prompt's id would collide with its twin)."""
+    if source.path and source.dataset:
+        raise UserError("prompts: set either prompts.path or prompts.dataset, not both")
+    if source.dataset:
+        rows = _dataset_rows(source)
+        origin = f"{source.dataset}[{source.split}]"
+    else:
+        path = Path(source.path) if source.path else BUILTIN_PROMPTS
+        rows = _file_rows(path)
+        origin = str(path)
+    prompts, seen = [], set()
+    for where, row in rows:
+        prompt = _compose(row, source, f"{origin}:{where}")
+        if prompt not in seen:
+            seen.add(prompt)
+            prompts.append(prompt)
+    if not prompts:
+        raise UserError(f"{origin}: no prompts found")
+    if source.shuffle:
+        random.Random(source.seed).shuffle(prompts)
+    if source.limit is not None:
+        prompts = prompts[: source.limit]
+    return prompts
+
+
+def _compose(row: Any, source: PromptSource, where: str) -> str:
+    prompt = _field(row, source.prompt_column, where, required=True)
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise UserError(f"{where}: empty prompt in field '{source.prompt_column}'")
+    prompt = prompt.strip()
+    if source.context_column:
+        context = _field(row, source.context_column, where, required=False)
+        if isinstance(context, str) and context.strip():
+            prompt = f"{prompt}\n\n{context.strip()}"
+    return prompt
+
+
+def _field(row: Any, dotted: str, where: str, required: bool) -> Any:
+    value = row
+    for part in dotted.split("."):
+        if isinstance(value, dict) and part in value:
+            value = value[part]
+        elif isinstance(value, list) and part.isdigit() and int(part) < len(value):
+            value = value[int(part)]
+        elif required:
+            raise UserError(f"{where}: missing field '{dotted}'")
+        else:
+            return None
+    return value
+
+
+def _file_rows(path: Path) -> Iterator[tuple[str, Any]]:
+    if not path.is_file():
+        raise UserError(f"{path}: prompts file not found")
+    suffix = path.suffix.lower()
+    if suffix == ".jsonl":
+        return _jsonl_rows(path)
+    if suffix == ".json":
+        return _json_rows(path)
+    if suffix == ".csv":
+        return _csv_rows(path)
+    if suffix == ".parquet":
+        return _parquet_rows(path)
+    raise UserError(f"{path}: unsupported prompts file type '{suffix}' (use .jsonl, .json, .csv or .parquet)")
+
+
+def _jsonl_rows(path: Path) -> Iterator[tuple[str, Any]]:
+    with path.open(encoding="utf-8") as lines:
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise UserError(f"{path}:{number}: malformed JSON line ({err.msg} at column {err.colno})") from None
+            yield f"line {number}", row
+
+
+def _json_rows(path: Path) -> Iterator[tuple[str, Any]]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise UserError(f"{path}:{err.lineno}: malformed JSON ({err.msg})") from None
+    if isinstance(data, dict) and len(data) == 1 and isinstance(next(iter(data.values())), list):
+        data = next(iter(data.values()))  # {"data": [...]} style files
+    if not isinstance(data, list):
+        raise UserError(f"{path}: expected a JSON list of objects")
+    for index, row in enumerate(data):
+        yield f"item {index}", row
+
+
+def _csv_rows(path: Path) -> Iterator[tuple[str, Any]]:
+    with path.open(newline="", encoding="utf-8") as handle:
+        for number, row in enumerate(csv.DictReader(handle), 2):  # line 1 is the header
+            yield f"line {number}", row
+
+
+def _parquet_rows(path: Path) -> Iterator[tuple[str, Any]]:
+    import pyarrow.parquet as pq
+
+    for index, row in enumerate(pq.read_table(path).to_pylist()):
+        yield f"row {index}", row
+
+
+def _dataset_rows(source: PromptSource) -> Iterator[tuple[str, Any]]:
+    import datasets
+
+    try:
+        dataset = datasets.load_dataset(source.dataset, source.dataset_config, split=source.split)
+    except Exception as err:  # the Hub raises many kinds; the user needs the reason, not the stack
+        raise UserError(f"cannot load dataset {source.dataset!r} split {source.split!r}: {err}") from None
+    for index, row in enumerate(dataset):
+        yield f"row {index}", row

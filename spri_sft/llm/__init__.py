@@ -1,0 +1,5 @@
+"""LLM backends behind one small async interface: `await backend.chat(messages) -> Completion`."""
+
+from spri_sft.llm.base import ChatBackend, Completion, EndpointConfig, build_backends
+
+__all__ = ["ChatBackend", "Completion", "EndpointConfig", "build_backends"]

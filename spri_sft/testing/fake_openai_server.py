@@ -1,0 +1,542 @@
+"""A local OpenAI-compatible chat-completions server that injects faults on purpose.
+
+The integration tests, the resume test and the benchmark talk to this server instead
+of a real provider: it runs offline, answers instantly or after a fixed latency, and
+can be told to fail in the ways real providers fail (429 rate limits, 500 errors,
+replies too slow for the client's timeout, bodies that are not JSON, completions with
+no choices). Faults are drawn from a seeded RNG, so a run can be repeated exactly,
+and ``fail_first_n`` makes retry tests fully deterministic.
+
+It speaks real HTTP, so the code under test uses its ordinary client (the official
+``openai`` package included) and its retry, timeout and parsing paths are exercised
+for real.
+
+In-process, as a context manager (the server runs in a background thread)::
+
+    with FakeOpenAIServer(latency=0.05, faults=FaultPlan(rate_429=0.1), seed=0) as server:
+        client = openai.OpenAI(base_url=server.base_url, api_key="x")
+        ...
+        print(server.stats, server.max_in_flight)
+
+As a separate process, serving until SIGTERM/SIGINT; the first line on stdout tells
+the port, which matters with ``--port 0``::
+
+    $ python -m spri_sft.testing.fake_openai_server --port 0 --latency 0.05 --rate-429 0.1
+    listening on http://127.0.0.1:PORT/v1
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import random
+import signal
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+from aiohttp import web
+
+logger = logging.getLogger(__name__)
+
+ReplyFn = Callable[[list[dict[str, Any]], dict[str, Any]], str]
+"""Computes the assistant's reply text from the request's messages and its whole JSON body."""
+
+DEFAULT_MODEL_NAME = "fake-model"
+
+# The critic prompts of this package ask for a reply ending "[RESULT] <score>"; the
+# default reply function recognises them by this marker and answers with a parseable score.
+CRITIC_MARKER = "[RESULT]"
+CRITIC_REPLY = "Feedback: The text follows the guidance well. [RESULT] 5"
+
+# Cut off mid-array so that no JSON parser, however lenient, accepts it.
+MALFORMED_BODY = '{"choices": ['
+
+# Fault kinds. Each is also a key of `FakeOpenAIServer.stats`, next to the keys below.
+FAULT_429 = "429"
+FAULT_500 = "500"
+FAULT_SLOW = "slow"
+FAULT_MALFORMED = "malformed"
+FAULT_EMPTY_CHOICES = "empty_choices"
+FAULT_KINDS = (FAULT_429, FAULT_500, FAULT_SLOW, FAULT_MALFORMED, FAULT_EMPTY_CHOICES)
+
+STAT_REQUESTS = "requests"  # every POST /v1/chat/completions, whatever became of it
+STAT_OK = "ok"  # well-formed completions sent (slow ones included, if they got that far)
+STAT_BAD_REQUEST = "bad_request"  # 400s: the request itself was invalid
+STAT_REPLY_FN_ERROR = "reply_fn_error"  # reply_fn raised; answered with a 500
+STAT_KEYS = (STAT_REQUESTS, STAT_OK, *FAULT_KINDS, STAT_BAD_REQUEST, STAT_REPLY_FN_ERROR)
+
+# Far above aiohttp's default of 128 so that a benchmark's burst of concurrent
+# connections is accepted at once instead of some waiting in SYN retries.
+LISTEN_BACKLOG = 4096
+
+
+@dataclass(frozen=True)
+class FaultPlan:
+    """Which faults the server injects, and how often.
+
+    Each ``rate_*`` is the probability (0..1) that a request gets that fault; the rates
+    must sum to at most 1 because a request gets at most one fault. The first
+    ``fail_first_n`` requests of a server get a 429 regardless of the rates (and
+    consume no random draw), so retry tests need no luck.
+    """
+
+    rate_429: float = 0.0
+    rate_500: float = 0.0
+    rate_slow: float = 0.0
+    rate_malformed: float = 0.0
+    rate_empty_choices: float = 0.0
+    slow_seconds: float = 30.0
+    fail_first_n: int = 0
+
+    def __post_init__(self) -> None:
+        for kind, rate in self._bands():
+            if not 0.0 <= rate <= 1.0:
+                raise ValueError(f"FaultPlan rate for {kind!r} must be in [0, 1], got {rate}")
+        total = sum(rate for _, rate in self._bands())
+        if total > 1.0 + 1e-9:
+            raise ValueError(f"FaultPlan rates must sum to at most 1, got {total}")
+        if self.slow_seconds < 0:
+            raise ValueError(f"slow_seconds must be >= 0, got {self.slow_seconds}")
+        if self.fail_first_n < 0:
+            raise ValueError(f"fail_first_n must be >= 0, got {self.fail_first_n}")
+
+    def _bands(self) -> tuple[tuple[str, float], ...]:
+        return (
+            (FAULT_429, self.rate_429),
+            (FAULT_500, self.rate_500),
+            (FAULT_SLOW, self.rate_slow),
+            (FAULT_MALFORMED, self.rate_malformed),
+            (FAULT_EMPTY_CHOICES, self.rate_empty_choices),
+        )
+
+    def draw(self, rng: random.Random) -> str | None:
+        """Pick the fault for one request (a ``FAULT_*`` kind), or None for a normal reply."""
+        # Exactly one uniform draw per request, split into consecutive bands: each rate
+        # is exactly its fault's probability, and the fault sequence depends only on
+        # the seed and the order of arrival, not on which rates are non-zero.
+        u = rng.random()
+        upper = 0.0
+        for kind, rate in self._bands():
+            upper += rate
+            if u < upper:
+                return kind
+        return None
+
+
+def message_text(message: dict[str, Any]) -> str:
+    """The text of a chat message, whether its content is a string or a list of parts."""
+    content = message.get("content")
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return " ".join(
+            part["text"]
+            for part in content
+            if isinstance(part, dict) and isinstance(part.get("text"), str)
+        )
+    return ""
+
+
+def default_reply(messages: list[dict[str, Any]], request_json: dict[str, Any]) -> str:
+    """Answer critic prompts with a perfect score, anything else with an echo of the user."""
+    if any(CRITIC_MARKER in message_text(message) for message in messages):
+        return CRITIC_REPLY
+    last_user = next(
+        (message_text(m) for m in reversed(messages) if m.get("role") == "user"), ""
+    )
+    return "Reply to: " + " ".join(last_user.split()[:12])
+
+
+def _word_count(text: str) -> int:
+    return len(text.split())
+
+
+def _error_response(
+    status: int, message: str, error_type: str, headers: dict[str, str] | None = None
+) -> web.Response:
+    return web.json_response(
+        {"error": {"message": message, "type": error_type}}, status=status, headers=headers
+    )
+
+
+def _validation_problem(body: Any) -> str | None:
+    """Why a chat-completions request body is unacceptable, or None if it is fine."""
+    if not isinstance(body, dict):
+        return "request body must be a JSON object"
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        return "'messages' must be a non-empty list"
+    if not all(isinstance(m, dict) for m in messages):
+        return "every message must be an object"
+    if body.get("n") not in (None, 1):
+        return "this fake server supports only n=1"
+    if body.get("stream"):
+        return "this fake server does not support streaming"
+    for key in ("max_tokens", "max_completion_tokens"):
+        limit = body.get(key)
+        if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
+            return f"'{key}' must be a positive integer"
+    return None
+
+
+class FakeOpenAIServer:
+    """An OpenAI-compatible HTTP server on localhost with injected faults.
+
+    Use it as a context manager (or call `start` / `stop`) to serve from a background
+    thread with its own event loop, or call `serve_forever` to serve from the calling
+    thread until SIGINT/SIGTERM.
+
+    Every request is handled concurrently - there is deliberately no limit - so that
+    ``max_in_flight`` shows how much concurrency the client under test achieved.
+    """
+
+    def __init__(
+        self,
+        *,
+        latency: float = 0.0,
+        faults: FaultPlan | None = None,
+        seed: int = 0,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        model: str = DEFAULT_MODEL_NAME,
+        reply_fn: ReplyFn = default_reply,
+        shutdown_timeout: float = 0.5,
+    ) -> None:
+        """
+        Args:
+            latency: seconds every 200 reply waits before it is sent (slow faults wait
+                ``faults.slow_seconds`` instead; 429 and 500 are answered at once).
+            faults: which faults to inject; None injects none.
+            seed: seeds this server's own RNG, so fault sequences repeat run to run.
+            host: interface to listen on.
+            port: port to listen on; 0 picks a free one (see `port` once started).
+            model: the model listed by ``GET /v1/models`` and used when a request
+                names none.
+            reply_fn: computes the reply text; see `default_reply`.
+            shutdown_timeout: how long `stop` lets requests still being handled (a
+                slow fault's sleep, say) finish before cancelling them; aiohttp waits
+                this long twice, so `stop` can take about twice this.
+        """
+        if latency < 0:
+            raise ValueError(f"latency must be >= 0, got {latency}")
+        self.latency = latency
+        self.faults = faults if faults is not None else FaultPlan()
+        self.seed = seed
+        self.host = host
+        self.model = model
+        self.reply_fn = reply_fn
+        self.shutdown_timeout = shutdown_timeout
+        self._requested_port = port
+        self._port: int | None = None
+        self._rng = random.Random(seed)
+
+        # Handlers all run on the server's loop, but the counters are read from test
+        # threads; the lock makes every read a consistent snapshot.
+        self._lock = threading.Lock()
+        self._counts: dict[str, int] = dict.fromkeys(STAT_KEYS, 0)
+        self._in_flight = 0
+        self._max_in_flight = 0
+
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop_event: asyncio.Event | None = None
+        self._thread: threading.Thread | None = None
+        self._startup_error: BaseException | None = None
+
+    # -- public API --------------------------------------------------------------
+
+    @property
+    def port(self) -> int:
+        """The port actually listened on (the free one picked when asked for port 0)."""
+        if self._port is None:
+            raise RuntimeError("FakeOpenAIServer is not running")
+        return self._port
+
+    @property
+    def base_url(self) -> str:
+        """The URL to give an OpenAI client as ``base_url``, e.g. ``http://127.0.0.1:PORT/v1``."""
+        return f"http://{self.host}:{self.port}/v1"
+
+    @property
+    def stats(self) -> dict[str, int]:
+        """A snapshot of the counters: ``requests``, ``ok``, one per fault kind
+        (``429``, ``500``, ``slow``, ``malformed``, ``empty_choices``; the
+        ``fail_first_n`` 429s count under ``429``), ``bad_request`` and ``reply_fn_error``."""
+        with self._lock:
+            return dict(self._counts)
+
+    @property
+    def in_flight(self) -> int:
+        """How many chat-completions requests are being handled right now."""
+        with self._lock:
+            return self._in_flight
+
+    @property
+    def max_in_flight(self) -> int:
+        """The most chat-completions requests ever handled at once by this server."""
+        with self._lock:
+            return self._max_in_flight
+
+    def start(self) -> FakeOpenAIServer:
+        """Start serving from a background thread; returns once the port is bound."""
+        if self._thread is not None:
+            raise RuntimeError("FakeOpenAIServer is already running")
+        ready = threading.Event()
+        self._startup_error = None
+        thread = threading.Thread(
+            target=self._thread_main, args=(ready,), name="fake-openai-server", daemon=True
+        )
+        self._thread = thread
+        thread.start()
+        ready.wait()
+        if self._startup_error is not None:
+            thread.join()
+            self._thread = None
+            raise self._startup_error
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop serving and wait for the background thread to end. Idempotent."""
+        thread = self._thread
+        if thread is None:
+            return
+        loop, stop_event = self._loop, self._stop_event
+        if loop is not None and stop_event is not None:
+            try:
+                loop.call_soon_threadsafe(stop_event.set)
+            except RuntimeError:
+                pass  # the loop already closed on its own: nothing left to stop
+        thread.join(timeout)
+        if thread.is_alive():
+            raise RuntimeError(f"FakeOpenAIServer did not stop within {timeout} s")
+        self._thread = None
+        self._port = None
+
+    def serve_forever(self, on_ready: Callable[[str], None] | None = None) -> None:
+        """Serve from the calling (main) thread until SIGINT or SIGTERM.
+
+        ``on_ready(base_url)`` is called once the port is bound.
+        """
+
+        def ready() -> None:
+            loop = asyncio.get_running_loop()
+            assert self._stop_event is not None
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(signum, self._stop_event.set)
+            if on_ready is not None:
+                on_ready(self.base_url)
+
+        asyncio.run(self._serve(ready))
+        self._port = None
+
+    def __enter__(self) -> FakeOpenAIServer:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    # -- serving -----------------------------------------------------------------
+
+    def _thread_main(self, ready: threading.Event) -> None:
+        try:
+            asyncio.run(self._serve(ready.set))
+        except BaseException as exc:  # noqa: BLE001 - handed to start() or logged
+            if ready.is_set():
+                logger.exception("FakeOpenAIServer crashed")
+            else:
+                self._startup_error = exc
+                ready.set()
+
+    async def _serve(self, on_ready: Callable[[], None]) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop_event = asyncio.Event()
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", self._handle_chat_completions)
+        app.router.add_get("/v1/models", self._handle_models)
+        runner = web.AppRunner(
+            app,
+            # Access logging costs more than the benchmark's whole request handling.
+            access_log=None,
+            # A client that timed out on a slow fault hangs up; cancelling its handler
+            # keeps in_flight honest and lets stop() finish without waiting it out.
+            handler_cancellation=True,
+            shutdown_timeout=self.shutdown_timeout,
+        )
+        await runner.setup()
+        try:
+            site = web.TCPSite(runner, self.host, self._requested_port, backlog=LISTEN_BACKLOG)
+            await site.start()
+            self._port = runner.addresses[0][1]
+            on_ready()
+            await self._stop_event.wait()
+        finally:
+            await runner.cleanup()
+
+    def _admit(self) -> tuple[int, str | None]:
+        """Count a request in and decide its fault, in order of arrival."""
+        # Called before any await, so the request sequence and the random draws follow
+        # the order in which requests arrived.
+        with self._lock:
+            self._counts[STAT_REQUESTS] += 1
+            sequence = self._counts[STAT_REQUESTS]
+            self._in_flight += 1
+            self._max_in_flight = max(self._max_in_flight, self._in_flight)
+        if sequence <= self.faults.fail_first_n:
+            return sequence, FAULT_429
+        return sequence, self.faults.draw(self._rng)
+
+    def _count(self, key: str) -> None:
+        with self._lock:
+            self._counts[key] += 1
+
+    async def _handle_models(self, request: web.Request) -> web.Response:
+        return web.json_response(
+            {"object": "list", "data": [{"id": self.model, "object": "model"}]}
+        )
+
+    async def _handle_chat_completions(self, request: web.Request) -> web.Response:
+        _, fault = self._admit()
+        try:
+            return await self._respond(request, fault)
+        finally:
+            with self._lock:
+                self._in_flight -= 1
+
+    async def _respond(self, request: web.Request, fault: str | None) -> web.Response:
+        try:
+            body = await request.json()
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            body = None
+            problem: str | None = "request body is not valid JSON"
+        else:
+            problem = _validation_problem(body)
+        if problem is not None:
+            self._count(STAT_BAD_REQUEST)
+            return _error_response(400, problem, "invalid_request_error")
+
+        if fault is not None:
+            self._count(fault)
+        if fault == FAULT_429:
+            return _error_response(
+                429,
+                "injected rate limit: please retry",
+                "rate_limit_error",
+                headers={"Retry-After": "0"},
+            )
+        if fault == FAULT_500:
+            return _error_response(500, "injected server error", "server_error")
+
+        delay = self.faults.slow_seconds if fault == FAULT_SLOW else self.latency
+        if delay > 0:
+            await asyncio.sleep(delay)
+
+        if fault == FAULT_MALFORMED:
+            return web.Response(text=MALFORMED_BODY, content_type="application/json")
+
+        model = body.get("model") or self.model
+        envelope: dict[str, Any] = {
+            "id": f"chatcmpl-fake-{uuid.uuid4().hex}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": model,
+        }
+        if fault == FAULT_EMPTY_CHOICES:
+            return web.json_response({**envelope, "choices": []})
+
+        messages: list[dict[str, Any]] = body["messages"]
+        try:
+            text = self.reply_fn(messages, body)
+        except Exception as exc:  # noqa: BLE001 - reported to the client, and logged
+            logger.exception("FakeOpenAIServer reply_fn raised")
+            self._count(STAT_REPLY_FN_ERROR)
+            return _error_response(
+                500, f"reply_fn raised {type(exc).__name__}: {exc}", "server_error"
+            )
+
+        limit = body.get("max_tokens") or body.get("max_completion_tokens")
+        finish_reason = "stop"
+        words = text.split()
+        if limit is not None and len(words) > limit:
+            # Whitespace-separated words stand in for tokens throughout this server.
+            text = " ".join(words[:limit])
+            finish_reason = "length"
+
+        prompt_tokens = sum(_word_count(message_text(m)) for m in messages)
+        completion_tokens = _word_count(text)
+        self._count(STAT_OK)
+        return web.json_response(
+            {
+                **envelope,
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": text},
+                        "finish_reason": finish_reason,
+                    }
+                ],
+                "usage": {
+                    "prompt_tokens": prompt_tokens,
+                    "completion_tokens": completion_tokens,
+                    "total_tokens": prompt_tokens + completion_tokens,
+                },
+            }
+        )
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m spri_sft.testing.fake_openai_server",
+        description="Serve a fault-injecting OpenAI-compatible chat-completions API "
+        "until SIGINT/SIGTERM. Prints 'listening on <base_url>' once ready.",
+    )
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
+    parser.add_argument("--latency", type=float, default=0.0, help="seconds per reply")
+    parser.add_argument("--model", default=DEFAULT_MODEL_NAME)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--rate-429", type=float, default=0.0)
+    parser.add_argument("--rate-500", type=float, default=0.0)
+    parser.add_argument("--rate-slow", type=float, default=0.0)
+    parser.add_argument("--slow-seconds", type=float, default=30.0)
+    parser.add_argument("--rate-malformed", type=float, default=0.0)
+    parser.add_argument("--rate-empty-choices", type=float, default=0.0)
+    parser.add_argument("--fail-first-n", type=int, default=0)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _parse_args(argv)
+    faults = FaultPlan(
+        rate_429=args.rate_429,
+        rate_500=args.rate_500,
+        rate_slow=args.rate_slow,
+        rate_malformed=args.rate_malformed,
+        rate_empty_choices=args.rate_empty_choices,
+        slow_seconds=args.slow_seconds,
+        fail_first_n=args.fail_first_n,
+    )
+    server = FakeOpenAIServer(
+        latency=args.latency,
+        faults=faults,
+        seed=args.seed,
+        host=args.host,
+        port=args.port,
+        model=args.model,
+    )
+    # Tests read this exact line from the subprocess's stdout to learn the port.
+    server.serve_forever(on_ready=lambda url: print(f"listening on {url}", flush=True))
+
+
+if __name__ == "__main__":
+    main()
