@@ -1,0 +1,49 @@
+"""`spri-sft` as a user runs it: one-line errors with a nonzero exit, never a traceback."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+
+def spri_sft(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "spri_sft.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=120)
+
+
+def test_help_lists_commands_and_generate_help_lists_fields():
+    top = spri_sft("--help")
+    assert top.returncode == 0 and "generate" in top.stdout
+    sub = spri_sft("generate", "--help")
+    assert sub.returncode == 0
+    assert "--critic.base_url" in sub.stdout and "--loop.threshold" in sub.stdout
+
+
+@pytest.mark.parametrize(
+    "content, flags, message",
+    [
+        (None, [], "prompts file not found"),
+        ('{"prompt": "ok"}\n{"prompt": \n', [], "prompts.jsonl:2: malformed JSON line"),
+        ('{"question": "x"}\n', [], "prompts.jsonl:line 1: missing field 'prompt'"),
+        ('{"prompt": ""}\n', [], "line 1: empty prompt in field 'prompt'"),
+        ('{"prompt": "ok"}\n', ["--mode", "oracle"], "--mode: 'oracle' is not one of"),
+        ('{"prompt": "ok"}\n', ["--base.backend", "openai"], "backend 'openai' needs base_url"),
+    ],
+    ids=["missing-file", "malformed-json", "missing-column", "empty-prompt", "unknown-mode", "no-base-url"],
+)
+def test_bad_input_gives_one_line_error(tmp_path, content, flags, message):
+    prompts = tmp_path / "prompts.jsonl"
+    if content is not None:
+        prompts.write_text(content)
+    result = spri_sft("generate", "--prompts.path", str(prompts), "--output_dir", str(tmp_path / "out"), *flags)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    error_lines = [line for line in result.stderr.splitlines() if line.startswith("spri-sft: error:")]
+    assert len(error_lines) == 1 and message in error_lines[0], result.stderr
+
+
+def test_unknown_command():
+    result = spri_sft("distill")
+    assert result.returncode == 2 and "unknown command 'distill'" in result.stderr

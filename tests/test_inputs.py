@@ -1,0 +1,88 @@
+"""Reading prompts from files and mapping their columns, with errors that name file, line and field."""
+
+import json
+
+import pytest
+
+from spri_sft.errors import UserError
+from spri_sft.generate.inputs import PromptSource, load_prompts
+
+
+def jsonl(tmp_path, rows, name="prompts.jsonl"):
+    path = tmp_path / name
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def test_builtin_prompts_are_used_when_no_source_is_given():
+    prompts = load_prompts(PromptSource())
+    assert len(prompts) >= 8 and all(p.strip() for p in prompts)
+
+
+def test_context_column_is_appended_after_a_blank_line(tmp_path):
+    path = jsonl(tmp_path, [{"instruction": "Summarize this.", "context": "A long text."}, {"instruction": "Hi?", "context": ""}])
+    prompts = load_prompts(PromptSource(path=path, prompt_column="instruction", context_column="context"))
+    assert prompts == ["Summarize this.\n\nA long text.", "Hi?"]
+
+
+def test_self_instruct_nested_fields(shared_dir):
+    source = PromptSource(
+        path=str(shared_dir / "data/self-instruct/seed_tasks.jsonl"),
+        prompt_column="instruction",
+        context_column="instances.0.input",
+    )
+    prompts = load_prompts(source)
+    assert len(prompts) == 175
+    assert any("\n\n" in p for p in prompts) and any("\n\n" not in p for p in prompts)
+
+
+def test_limit_and_seeded_shuffle(tmp_path):
+    path = jsonl(tmp_path, [{"prompt": f"question {i}"} for i in range(20)])
+    first = load_prompts(PromptSource(path=path, shuffle=True, seed=1, limit=5))
+    again = load_prompts(PromptSource(path=path, shuffle=True, seed=1, limit=5))
+    other = load_prompts(PromptSource(path=path, shuffle=True, seed=2, limit=5))
+    assert first == again and first != other and len(first) == 5
+    assert load_prompts(PromptSource(path=path, limit=3)) == ["question 0", "question 1", "question 2"]
+
+
+def test_duplicate_prompts_are_kept_once(tmp_path):
+    path = jsonl(tmp_path, [{"prompt": "same"}, {"prompt": "same"}, {"prompt": "other"}])
+    assert load_prompts(PromptSource(path=path)) == ["same", "other"]
+
+
+def test_csv_json_and_parquet_files(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (tmp_path / "p.csv").write_text("prompt,other\nfrom csv,1\n")
+    (tmp_path / "p.json").write_text(json.dumps([{"prompt": "from json"}]))
+    pq.write_table(pa.table({"prompt": ["from parquet"]}), tmp_path / "p.parquet")
+    for name, expected in [("p.csv", "from csv"), ("p.json", "from json"), ("p.parquet", "from parquet")]:
+        assert load_prompts(PromptSource(path=str(tmp_path / name))) == [expected]
+
+
+def test_malformed_json_line_names_file_and_line(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"prompt": "fine"}\n{"prompt": "broken"\n')
+    with pytest.raises(UserError, match=r"bad.jsonl:2: malformed JSON line"):
+        load_prompts(PromptSource(path=str(path)))
+
+
+def test_missing_column_names_line_and_field(tmp_path):
+    path = jsonl(tmp_path, [{"prompt": "ok"}, {"question": "wrong key"}])
+    with pytest.raises(UserError, match=r"prompts.jsonl:line 2: missing field 'prompt'"):
+        load_prompts(PromptSource(path=path))
+
+
+def test_empty_prompt_names_line_and_field(tmp_path):
+    path = jsonl(tmp_path, [{"instruction": "   "}])
+    with pytest.raises(UserError, match=r"line 1: empty prompt in field 'instruction'"):
+        load_prompts(PromptSource(path=path, prompt_column="instruction"))
+
+
+def test_missing_file_and_unknown_type(tmp_path):
+    with pytest.raises(UserError, match="nowhere.jsonl: prompts file not found"):
+        load_prompts(PromptSource(path=str(tmp_path / "nowhere.jsonl")))
+    (tmp_path / "p.txt").write_text("x")
+    with pytest.raises(UserError, match="unsupported prompts file type"):
+        load_prompts(PromptSource(path=str(tmp_path / "p.txt")))
