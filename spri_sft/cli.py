@@ -23,7 +23,9 @@ def main(argv: list[str] | None = None) -> int:
         print(USAGE)
         return 0
     command, rest = argv[0], argv[1:]
-    logging.basicConfig(level=logging.INFO, format="[spri-sft] %(message)s")
+    # Our own progress notes at INFO; libraries (httpx logs every request at INFO) only warn.
+    logging.basicConfig(level=logging.WARNING, format="[spri-sft] %(message)s")
+    logging.getLogger("spri_sft").setLevel(logging.INFO)
     try:
         if command == "generate":
             return _generate(rest)

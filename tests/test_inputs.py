@@ -86,3 +86,19 @@ def test_missing_file_and_unknown_type(tmp_path):
     (tmp_path / "p.txt").write_text("x")
     with pytest.raises(UserError, match="unsupported prompts file type"):
         load_prompts(PromptSource(path=str(tmp_path / "p.txt")))
+
+
+def test_dataset_source_loads_a_local_dataset_folder(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder = tmp_path / "my-dataset"
+    folder.mkdir()
+    pq.write_table(pa.table({"instruction": ["one", "two"], "context": ["", "ctx"]}), folder / "train.parquet")
+    source = PromptSource(dataset=str(folder), split="train", prompt_column="instruction", context_column="context")
+    assert load_prompts(source) == ["one", "two\n\nctx"]
+
+
+def test_unknown_dataset_is_a_clear_error(tmp_path):
+    with pytest.raises(UserError, match="cannot load dataset"):
+        load_prompts(PromptSource(dataset=str(tmp_path / "no-such-dataset")))

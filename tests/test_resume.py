@@ -182,7 +182,7 @@ def test_runs_killed_at_several_points_end_with_one_record_per_prompt_as_an_unin
         assert _line_count(records_path) < PROMPT_COUNT, "the kill came too late to interrupt anything"
 
     # 5. The same command once more, left to finish.
-    done_before = len(_read_records(records_path))
+    done_before = _line_count(records_path)  # complete lines; a torn one would be cut off
     output = generate.run(output_dir)
     assert _plan(output) == (PROMPT_COUNT, done_before, PROMPT_COUNT - done_before)
 

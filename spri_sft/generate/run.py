@@ -76,8 +76,14 @@ async def _generate(config: GenerateConfig) -> dict:
     ids = [record_id(p, config, templates) for p in prompts]
 
     output_dir.mkdir(parents=True, exist_ok=True)
-    dump_yaml(config, output_dir / "config.yaml")
     store = RecordStore(output_dir / "records.jsonl")
+    others = set(store.records) - set(ids)
+    if others:
+        logger.warning(
+            "%s holds %d records of other prompts or settings: kept, but not counted in this run's summary",
+            store.path, len(others),
+        )
+    dump_yaml(config, output_dir / "config.yaml")
     if store.torn_bytes:
         logger.warning("cut off a torn last line (%d bytes) left by an interrupted run", store.torn_bytes)
     if config.retry_failed:
@@ -123,16 +129,20 @@ async def _generate(config: GenerateConfig) -> dict:
 
 
 class _Meter:
+    """Counts calls, tokens and records; signals when the token budget is spent."""
+
     def __init__(self, budget: int | None):
         self.budget = budget
         self.calls = self.tokens = self.records = self.accepted = 0
         self.spent = asyncio.Event()
+        self.on_change = lambda: None
 
     def __call__(self, completion: Completion) -> None:
         self.calls += 1
         self.tokens += completion.prompt_tokens + completion.completion_tokens
         if self.budget is not None and self.tokens >= self.budget:
             self.spent.set()
+        self.on_change()
 
 
 async def _run_prompts(pending, engine, base, critic, store, meter, config) -> bool:
@@ -140,6 +150,20 @@ async def _run_prompts(pending, engine, base, critic, store, meter, config) -> b
     slots = asyncio.Semaphore(config.max_concurrent_prompts)
     bar = tqdm(total=len(pending), desc="generate", unit="prompt", disable=not config.progress, dynamic_ncols=True)
     started = time.monotonic()
+    last_shown = 0.0
+
+    def show(force: bool = False) -> None:
+        # Called on every model call: redraw at most twice a second so fast servers are not slowed.
+        nonlocal last_shown
+        now = time.monotonic()
+        if not force and now - last_shown < 0.5:
+            return
+        last_shown = now
+        accepted = f"{meter.accepted / meter.records:.0%}" if meter.records else "-"
+        rate = meter.calls / max(now - started, 1e-9)
+        bar.set_postfix(accepted=accepted, tokens=f"{meter.tokens:,}", calls=meter.calls, req_s=f"{rate:.1f}")
+
+    meter.on_change = show
 
     async def one(record_id: str, prompt: str) -> None:
         async with slots:
@@ -162,10 +186,7 @@ async def _run_prompts(pending, engine, base, critic, store, meter, config) -> b
             store.append({"id": record_id, "prompt": prompt, "mode": engine.mode, **fields})
             meter.records += 1
             meter.accepted += fields["status"] == "accepted"
-            elapsed = max(time.monotonic() - started, 1e-9)
-            bar.set_postfix(
-                accepted=f"{meter.accepted / meter.records:.0%}", tokens=f"{meter.tokens:,}", req_s=f"{meter.calls / elapsed:.1f}"
-            )
+            show(force=True)
             bar.update()
 
     tasks = [asyncio.create_task(one(i, p)) for i, p in pending]
@@ -173,7 +194,8 @@ async def _run_prompts(pending, engine, base, critic, store, meter, config) -> b
     budget_spent = asyncio.create_task(meter.spent.wait())
     try:
         await asyncio.wait({everything, budget_spent}, return_when=asyncio.FIRST_COMPLETED)
-        if not everything.done():
+        stopped = not everything.done()
+        if stopped:
             # Budget spent: unfinished prompts are dropped, to be generated on a later run.
             for task in tasks:
                 task.cancel()
@@ -183,7 +205,7 @@ async def _run_prompts(pending, engine, base, critic, store, meter, config) -> b
     finally:
         budget_spent.cancel()
         bar.close()
-    return meter.spent.is_set()
+    return stopped
 
 
 def summarize(records: list[dict]) -> dict:

@@ -45,7 +45,7 @@ class _Pacer:
 
     per_minute: float
     _level: float = field(init=False)
-    _stamp: float = field(init=False, default_factory=time.monotonic)
+    _stamp: float = field(init=False, default_factory=lambda: time.monotonic())
     _lock: asyncio.Lock = field(init=False, default_factory=asyncio.Lock)
 
     def __post_init__(self):
