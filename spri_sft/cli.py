@@ -10,7 +10,11 @@ from spri_sft.errors import UserError
 USAGE = """usage: spri-sft COMMAND [--config FILE.yaml] [--section.field VALUE ...]
 
 Commands:
-  generate   Write SPRI (or baseline) SFT records for a set of prompts.
+  generate         Write SPRI (or baseline) SFT records for a set of prompts.
+  format           Turn records.jsonl files into a chat SFT dataset (filters, dedupe, TruthfulQA guard).
+  train            Fine-tune with TRL SFTTrainer + LoRA/QLoRA on a formatted dataset
+                   (TRL's flags; run under `accelerate launch scripts/sft.py` for several GPUs).
+  check-template   Check that a model's chat template trains its assistant turns and EOS.
 
 Every command reads its settings from an optional YAML file (--config) and then from
 --dotted.name VALUE overrides of any field. `spri-sft COMMAND --help` lists every field.
@@ -29,6 +33,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if command == "generate":
             return _generate(rest)
+        if command == "format":
+            return _format(rest)
+        if command == "train":
+            from spri_sft.train.sft import cli
+
+            return cli(rest)
+        if command == "check-template":
+            return _check_template(rest)
         raise UserError(f"unknown command {command!r} (try: spri-sft --help)")
     except UserError as err:
         print(f"spri-sft: error: {err}", file=sys.stderr)
@@ -58,6 +70,64 @@ def _generate(argv: list[str]) -> int:
         + f" ({summary['wall_seconds']:.0f} s)"
     )
     return 0 if not summary["missing"] or summary["stopped_by_budget"] else 1
+
+
+def _format(argv: list[str]) -> int:
+    from spri_sft.config import format_help, load_config
+    from spri_sft.format.config import FormatConfig
+
+    if "-h" in argv or "--help" in argv:
+        print("usage: spri-sft format [--config FILE.yaml] [--section.field VALUE ...]\n")
+        print((FormatConfig.__doc__ or "").strip() + "\n\nFields:")
+        print(format_help(FormatConfig))
+        return 0
+    config = load_config(FormatConfig, argv)
+
+    from spri_sft.format.build import build_dataset
+
+    summary = build_dataset(config)
+    dropped = ", ".join(f"{n} {reason}" for reason, n in summary["dropped"].items() if n) or "none"
+    print(
+        f"[spri-sft] {summary['rows']} rows (train {summary['splits']['train']}, "
+        f"validation {summary['splits'].get('validation', 0)}) in {config.output_dir}; dropped: {dropped}"
+    )
+    return 0
+
+
+def _check_template(argv: list[str]) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="spri-sft check-template",
+        description="Render sample conversations with MODEL's tokenizer and its training chat template; fail "
+        "when the assistant mask is empty, EOS would not be trained, a row gets two BOS tokens, or there is no "
+        "chat template.",
+    )
+    parser.add_argument("model", help="Hub id or local model directory")
+    parser.add_argument("--fallback", choices=["alpaca"], help="template for a tokenizer without one (base models)")
+    parser.add_argument("--dataset", help="a `spri-sft format` output directory to take the sample rows from")
+    parser.add_argument("--trust-remote-code", action="store_true")
+    args = parser.parse_args(argv)
+
+    from transformers import AutoTokenizer
+
+    from spri_sft.format.template import PROBE_CONVERSATIONS, check_template, training_chat_template
+    from spri_sft.models import resolve_model
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model(args.model), trust_remote_code=args.trust_remote_code)
+    tokenizer.chat_template = training_chat_template(tokenizer, fallback=args.fallback)
+    conversations = [c for c in PROBE_CONVERSATIONS if any(m["role"] == "assistant" and m["content"] for m in c)]
+    if args.dataset:
+        from datasets import load_from_disk
+
+        train = load_from_disk(args.dataset)["train"]
+        conversations = train.select(range(min(32, len(train))))["messages"]
+    report = check_template(tokenizer, conversations)
+    print(
+        f"{args.model}: ok — {report.rows} rows, {report.trained_tokens}/{report.tokens} tokens trained, "
+        f"EOS trained in {report.eos_trained}/{report.assistant_turns} assistant turns"
+    )
+    return 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,166 @@
+"""The dataset card (README.md) written beside the formatted data.
+
+Its YAML header names the parquet files per split, so `datasets.load_dataset(output_dir)` reads
+them; its text states the method, the models, the filters with their counts, and the score
+distribution, all taken from the summary `build_dataset` returns.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from spri_sft.format.config import FormatConfig
+from spri_sft.format.dedupe import SHINGLE_WORDS
+
+MODES = {
+    "spri": "**SPRI** (Situated-PRInciples; Zhan et al., ICML 2025): the base model drafts principles for each "
+    "prompt, the critic scores them (1-5) and they are revised until they pass; the base model then answers "
+    "guided by them, and the critic scores the answer against them, again with revisions",
+    "direct": "**direct** (baseline): the base model's single answer, no critic",
+    "self-refine": "**self-refine** (baseline): the base model critiques (1-5) and refines its own answer",
+    "seed-principles": "**seed-principles** (baseline): the seed pairs' principles as fixed rules in the system "
+    "prompt; the critic scores the answer against them, with revisions",
+    "constitution": "**constitution** (baseline): a fixed generic list of rules as the system prompt; the critic "
+    "scores the answer against them, with revisions",
+}
+
+
+def render_card(summary: dict, config: FormatConfig) -> str:
+    header = {
+        "configs": [
+            {
+                "config_name": "default",
+                "data_files": [{"split": name, "path": f"{name}.parquet"} for name in summary["splits"]],
+            }
+        ],
+        "tags": ["sft", "synthetic", *(["spri"] if "spri" in summary["modes"] else [])],
+        "task_categories": ["text-generation"],
+    }
+    parts = [
+        "---\n" + yaml.safe_dump(header, sort_keys=False) + "---\n",
+        "# SFT data from spri-sft\n",
+        f"{summary['rows']} (prompt, final response) pairs written by `spri-sft generate` and formatted by "
+        "`spri-sft format`, in TRL's conversational format (a `messages` column): `trl.SFTTrainer` takes a "
+        "split as it is.\n",
+        _method(summary),
+        _splits(summary, config),
+        _filters(summary, config),
+        _scores(summary),
+        _columns(config),
+        _benchmark(summary, config),
+    ]
+    return "\n".join(parts)
+
+
+def _method(summary: dict) -> str:
+    lines = ["## Method\n"]
+    for mode, rows in summary["modes"].items():
+        lines.append(f"- {MODES.get(mode, f'**{mode}**')}: {rows} rows.")
+    for role in ("base", "critic"):
+        models = summary["models"][role]
+        if models:
+            lines.append(f"- {role} model: " + ", ".join(f"`{model}` ({rows} rows)" for model, rows in models.items()))
+        else:
+            lines.append(f"- {role} model: none recorded")
+    return "\n".join(lines) + "\n"
+
+
+def _splits(summary: dict, config: FormatConfig) -> str:
+    lines = ["## Splits\n", "| split | rows |", "| --- | --- |"]
+    lines += [f"| {name} | {rows} |" for name, rows in summary["splits"].items()]
+    if "validation" in summary["splits"]:
+        how = (
+            f"Rows sorted by id, then `Dataset.train_test_split(test_size={config.validation_fraction}, "
+            f"seed={config.seed})`."
+        )
+    else:
+        how = "No validation split (`validation_fraction: 0`)."
+    return "\n".join(lines) + "\n\n" + how + "\n"
+
+
+def _filters(summary: dict, config: FormatConfig) -> str:
+    def off(setting: str) -> str:
+        return f"off ({setting})"
+
+    rules = {
+        "status": "status is one of " + ", ".join(config.statuses),
+        "empty_response": "the response is not missing or blank",
+        "truncated": "the final response was not cut off (finish_reason `length`)"
+        if config.drop_truncated
+        else off("drop_truncated: false"),
+        "response_score": f"the final response's critic score is >= {config.min_response_score} (unscored fails)"
+        if config.min_response_score is not None
+        else off("min_response_score: null"),
+        "truthfulqa": f"the prompt holds under {config.contamination_threshold:.0%} of every TruthfulQA question's "
+        f"word {config.contamination_ngram}-grams (so never a whole question) in `{Path(config.truthfulqa_file).name}`"
+        if config.truthfulqa_file
+        else off("truthfulqa_file: null"),
+        "duplicate": "the normalized prompt (lowercase, punctuation and whitespace runs to one space) is new",
+        "near_duplicate": f"the prompt's word {SHINGLE_WORDS}-gram Jaccard similarity to every earlier kept prompt "
+        f"is under {config.near_duplicate_threshold}"
+        if config.near_duplicate_threshold is not None
+        else off("near_duplicate_threshold: null"),
+    }
+    remaining = summary["records"]
+    files = ", ".join(f"`{Path(p).name}`" for p in config.records)
+    lines = [
+        "## Filters and counts\n",
+        "Applied in this order; a record is counted under the first step that drops it, and a duplicate keeps the "
+        "first record of its group.\n",
+        "| step | keeps a record when | dropped | remaining |",
+        "| --- | --- | --- | --- |",
+        f"| records read | {files} | | {remaining} |",
+    ]
+    for reason, count in summary["dropped"].items():
+        remaining -= count
+        lines.append(f"| {reason} | {rules[reason]} | {count} | {remaining} |")
+    return "\n".join(lines) + "\n"
+
+
+def _scores(summary: dict) -> str:
+    scores = summary["final_score"]
+    keys = sorted({k for stage in scores.values() for k in stage}, key=lambda k: (k == "None", k))
+    lines = [
+        "## Final critic scores\n",
+        "The critic's 1-5 score of the version kept, over the rows; `unscored`: the critic gave no score, or the "
+        "mode has no critic.\n",
+        "| score | response | principles |",
+        "| --- | --- | --- |",
+    ]
+    for key in keys:
+        label = "unscored" if key == "None" else key
+        lines.append(f"| {label} | {scores['response'].get(key, 0)} | {scores['principles'].get(key, 0)} |")
+    return "\n".join(lines) + "\n"
+
+
+def _columns(config: FormatConfig) -> str:
+    system = "a system message, then " if config.system_prompt else ""
+    return (
+        "## Columns\n\n"
+        f"- `messages`: {system}the user's prompt, then the assistant's final response.\n"
+        "- `id`: the record id from `records.jsonl` (a hash of the prompt, mode and generation settings).\n"
+        "- `mode`: the generation method (see Method).\n"
+        "- `principles`: the principles (or fixed rules) that guided the response; null in modes without them.\n"
+        "- `principles_score`, `response_score`: the critic's score of the final principles and response; null "
+        "when unscored.\n"
+        "- `status`: `accepted` (every stage passed its threshold) or `max_rounds` (kept after the round limit).\n"
+    )
+
+
+def _benchmark(summary: dict, config: FormatConfig) -> str:
+    if config.truthfulqa_file:
+        text = (
+            f"Prompts overlapping any of the {summary['truthfulqa_questions']} questions of "
+            f"`{Path(config.truthfulqa_file).name}` were removed ({summary['dropped']['truthfulqa']} records): a "
+            "normalized exact match, or a prompt holding at least "
+            f"{config.contamination_threshold:.0%} of a question's word {config.contamination_ngram}-grams (a question "
+            f"of fewer words: the whole question)."
+        )
+    else:
+        text = (
+            "**These prompts were not checked against TruthfulQA.** Check them (`--truthfulqa_file`) before "
+            "evaluating a model trained on this data on TruthfulQA."
+        )
+    return "## Benchmark contamination\n\n" + text + "\n"

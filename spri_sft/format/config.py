@@ -1,0 +1,70 @@
+"""The configuration of `spri-sft format`: one dataclass, YAML + dotted command-line overrides."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+STATUSES = ("accepted", "max_rounds", "failed")
+
+
+@dataclass
+class FormatConfig:
+    """Turn generation records into a Hugging Face SFT dataset in TRL's conversational format.
+
+    Records pass, in this order: the quality filters (`statuses`, empty response, `drop_truncated`,
+    `min_response_score`), the TruthfulQA guard (`truthfulqa_file`), then prompt deduplication
+    (exact, then `near_duplicate_threshold`); the first step a record fails is the reason it is
+    counted under. The rules are documented in `spri_sft.format.build`.
+
+    Fields, by purpose:
+    - input and output: `records`, `output_dir`, `push_to_hub`;
+    - quality filters: `statuses`, `min_response_score`, `drop_truncated`;
+    - deduplication and benchmark guard: `near_duplicate_threshold`, `truthfulqa_file`,
+      `contamination_ngram`, `contamination_threshold`;
+    - rows and split: `system_prompt`, `validation_fraction`, `seed`.
+    """
+
+    records: list[str] = field(
+        default_factory=lambda: ["outputs/generate/records.jsonl"],
+        metadata={"help": "One or more records.jsonl files from `spri-sft generate`, read in this order."},
+    )
+    output_dir: str = field(
+        default="outputs/format",
+        metadata={"help": "Where hf/ (load_from_disk), {train,validation}.{jsonl,parquet}, README.md and summary.json go."},
+    )
+    statuses: list[str] = field(
+        default_factory=lambda: ["accepted", "max_rounds"],
+        metadata={"help": "Keep records with these statuses (accepted, max_rounds, failed)."},
+    )
+    min_response_score: int | None = field(
+        default=None,
+        metadata={"help": "Keep records whose final response version has a critic score >= this; unscored ones are dropped."},
+    )
+    drop_truncated: bool = field(
+        default=True, metadata={"help": "Drop records whose final response was cut off (finish_reason 'length')."}
+    )
+    system_prompt: str | None = field(
+        default=None, metadata={"help": "A system message put first in every row's messages."}
+    )
+    validation_fraction: float = field(
+        default=0.1, metadata={"help": "Fraction of rows in the validation split (rounded up); 0 writes train only."}
+    )
+    seed: int = field(default=0, metadata={"help": "Seed of the train/validation split."})
+    near_duplicate_threshold: float | None = field(
+        default=0.9,
+        metadata={"help": "Drop a prompt whose word 3-gram Jaccard similarity to an earlier kept prompt is >= this; null turns it off."},
+    )
+    truthfulqa_file: str | None = field(
+        default=None,
+        metadata={"help": "TruthfulQA mc_task.json or TruthfulQA.csv: prompts overlapping its questions are dropped."},
+    )
+    contamination_ngram: int = field(
+        default=8, metadata={"help": "Word n-gram length of the TruthfulQA overlap rule."}
+    )
+    contamination_threshold: float = field(
+        default=0.5,
+        metadata={"help": "Drop a prompt holding at least this fraction of a TruthfulQA question's word n-grams."},
+    )
+    push_to_hub: str | None = field(
+        default=None, metadata={"help": "Hub dataset repo id to push the splits and the card to (needs a token)."}
+    )

@@ -1,0 +1,92 @@
+"""Keep TruthfulQA questions out of SFT data.
+
+The rule: a prompt overlaps a TruthfulQA question when at least `threshold` of the question's
+distinct word n-grams (of the normalized text, see `dedupe.normalize`) occur in the prompt.
+A question of fewer than n words is one n-gram, so it overlaps a prompt that contains it whole,
+word for word. A normalized exact match always overlaps (every n-gram is found), and so does a
+prompt that wraps the question in other text ("Answer briefly: <question>"), or keeps most of
+it; a prompt that only shares common words or short phrases with a question does not.
+
+The file is the upstream `mc_task.json` (a list of {question, mc1_targets, mc2_targets}), the
+`TruthfulQA.csv` of the generation task (a `Question` column), or any .json / .jsonl / .parquet
+with a `question` field per row (the Hugging Face `truthful_qa` dataset's layout).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections import Counter, defaultdict
+from pathlib import Path
+
+from spri_sft.errors import UserError
+from spri_sft.format.dedupe import normalize, word_ngrams
+
+
+def read_questions(path: str | Path) -> list[str]:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: TruthfulQA file not found (set --truthfulqa_file to mc_task.json or TruthfulQA.csv)")
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".csv":
+            with path.open(encoding="utf-8-sig", newline="") as handle:
+                rows = list(csv.DictReader(handle))
+        elif suffix == ".json":
+            rows = json.loads(path.read_text(encoding="utf-8"))
+        elif suffix == ".jsonl":
+            rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        elif suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            rows = pq.read_table(path).to_pylist()
+        else:
+            raise UserError(f"{path}: unsupported TruthfulQA file type {suffix!r} (use .json, .jsonl, .csv or .parquet)")
+    except (json.JSONDecodeError, UnicodeDecodeError, csv.Error) as err:
+        raise UserError(f"{path}: cannot read TruthfulQA questions ({err})") from None
+    if not isinstance(rows, list):
+        raise UserError(f"{path}: expected a list of questions (mc_task.json layout), got {type(rows).__name__}")
+    questions = []
+    for number, row in enumerate(rows, 1):
+        question = row.get("question", row.get("Question")) if isinstance(row, dict) else None
+        if not isinstance(question, str):
+            raise UserError(f"{path}: row {number} has no 'question' (or CSV 'Question') field")
+        questions.append(question)
+    if not questions:
+        raise UserError(f"{path}: holds no questions")
+    return questions
+
+
+class TruthfulQAGuard:
+    """Finds the TruthfulQA question a prompt overlaps, by the rule of the module docstring."""
+
+    def __init__(self, questions: list[str], ngram: int, threshold: float):
+        if ngram < 1:
+            raise UserError(f"contamination_ngram must be >= 1, got {ngram}")
+        if not 0 < threshold <= 1:
+            raise UserError(f"contamination_threshold must be in (0, 1], got {threshold}")
+        self.questions = questions
+        self.ngram = ngram
+        self.total: list[int] = []  # per question: its distinct n-grams
+        self.needed: list[int] = []  # per question: how many of them a prompt must hold to overlap it
+        self.index: dict[tuple[str, ...], list[int]] = defaultdict(list)
+        for number, question in enumerate(questions):
+            grams = word_ngrams(normalize(question).split(), ngram)
+            self.total.append(len(grams))
+            # 1e-9: 0.28 * 25 is 7.000000000000001 in floating point, and ceil() of that is 8.
+            self.needed.append(max(1, math.ceil(threshold * len(grams) - 1e-9)))
+            for gram in grams:
+                self.index[gram].append(number)
+        self.lengths = sorted({len(gram) for gram in self.index if gram})
+
+    def match(self, prompt: str) -> str | None:
+        """The question the prompt overlaps most (by fraction of its n-grams found), or None."""
+        words = normalize(prompt).split()
+        hits: Counter[int] = Counter()
+        for length in self.lengths:
+            grams = {tuple(words[i : i + length]) for i in range(len(words) - length + 1)}
+            for gram in grams:
+                hits.update(self.index.get(gram, ()))
+        overlapping = [(count / self.total[q], q) for q, count in hits.items() if count >= self.needed[q]]
+        return self.questions[max(overlapping)[1]] if overlapping else None

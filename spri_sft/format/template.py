@@ -1,0 +1,323 @@
+"""Chat templates for assistant-only loss, and a check that the loss really covers what it must.
+
+TRL's `SFTTrainer(assistant_only_loss=True)` builds its loss mask with
+`tokenizer.apply_chat_template(..., return_assistant_tokens_mask=True)`, which marks the characters a template
+writes between `{% generation %}` and `{% endgeneration %}`. Most templates have no such markers (SmolLM2's has
+none), and TRL 1.16 patches only the templates it knows byte for byte.
+
+`training_chat_template(tokenizer, fallback=None)` returns a template that renders exactly the tokenizer's own
+text, with each assistant message's content *and* its end-of-turn token inside the markers, so the model learns
+to stop. It takes the first of:
+
+1. the tokenizer's template, if it already has `{% generation %}` markers;
+2. TRL's training variant (`trl.chat_template_utils.get_training_chat_template`: Qwen2.5/3, Llama 3, Gemma,
+   Phi-3, GPT-OSS, ... matched byte for byte);
+3. for a ChatML template (`<|im_start|>{role}\\n{content}<|im_end|>\\n` per message, optionally preceded by a
+   default system message when the conversation has none, as in SmolLM2): the ChatML training template below
+   with the same default system message, used only after it has rendered the same text as the original on
+   every probe conversation (with and without system message, one and two turns, with and without generation
+   prompt);
+4. for a tokenizer without a template: the Alpaca format with `fallback="alpaca"` (the published setup's format
+   for base models), EOS inside the markers.
+
+Anything else raises `TemplateError`. `check_template(tokenizer, conversations)` renders real rows with the
+tokenizer's current template, runs them through the collator training will use, and raises `TemplateError` when
+a row trains no token, when the EOS token ending an assistant turn would get no label, or when the rendered text
+would start with two BOS tokens.
+
+Imports: the tokenizer API of transformers, TRL (inside the functions: importing its trainer takes seconds),
+`spri_sft.errors`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from spri_sft.errors import UserError
+
+logger = logging.getLogger(__name__)
+
+FALLBACKS = ("alpaca",)
+
+# ChatML with the assistant's content and `<|im_end|>` inside the markers; the newline after `<|im_end|>` stays
+# outside: the model stops at `<|im_end|>` and never writes it. `__DEFAULT_SYSTEM__` is replaced by the block that
+# writes the original template's default system message (or by nothing).
+CHATML_TRAINING_TEMPLATE = """\
+{%- for message in messages %}
+    __DEFAULT_SYSTEM__
+    {%- if message['role'] == 'assistant' %}
+        {{- '<|im_start|>assistant\\n' }}
+        {%- generation %}{{- message['content'] + '<|im_end|>' }}{%- endgeneration %}
+        {{- '\\n' }}
+    {%- else %}
+        {{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}
+    {%- endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}
+    {{- '<|im_start|>assistant\\n' }}
+{%- endif %}"""
+
+_DEFAULT_SYSTEM_BLOCK = "{%- if loop.first and messages[0]['role'] != 'system' %}{{- __TEXT__ }}{%- endif %}"
+
+ALPACA_PREAMBLE = (
+    "Below is an instruction that describes a task. Write a response that appropriately completes the request."
+)
+
+# Stanford Alpaca's prompt (no `### Input:` section: a prompt's context is already part of the user message).
+# A system message replaces the preamble. EOS ends every response, inside the markers. No BOS is written:
+# `apply_chat_template(tokenize=True)` adds no special tokens, so rows start as the text does.
+ALPACA_TEMPLATE = """\
+{%- if messages[0]['role'] == 'system' %}
+    {{- messages[0]['content'] + '\\n\\n' }}
+    {%- set loop_messages = messages[1:] %}
+{%- else %}
+    {{- '__PREAMBLE__\\n\\n' }}
+    {%- set loop_messages = messages %}
+{%- endif %}
+{%- for message in loop_messages %}
+    {%- if message['role'] == 'user' %}
+        {{- '### Instruction:\\n' + message['content'] + '\\n\\n' }}
+    {%- elif message['role'] == 'assistant' %}
+        {{- '### Response:\\n' }}
+        {%- generation %}{{- message['content'] + eos_token }}{%- endgeneration %}
+        {%- if not loop.last %}{{- '\\n\\n' }}{%- endif %}
+    {%- else %}
+        {{- raise_exception('The Alpaca template renders system, user and assistant messages, not ' + message['role']) }}
+    {%- endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}
+    {{- '### Response:\\n' }}
+{%- endif %}""".replace("__PREAMBLE__", ALPACA_PREAMBLE)
+
+# Conversations the ChatML training template must render exactly like the original before it is used.
+_PROBE_TEXTS = ("What is 2 + 2?", "It is 4.\nAnything else?", " Leading space, trailing space ", "Ünïcode: ✓")
+PROBE_CONVERSATIONS: list[list[dict[str, str]]] = [
+    [{"role": "user", "content": _PROBE_TEXTS[0]}],
+    [{"role": "user", "content": _PROBE_TEXTS[0]}, {"role": "assistant", "content": _PROBE_TEXTS[1]}],
+    [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": _PROBE_TEXTS[2]},
+        {"role": "assistant", "content": _PROBE_TEXTS[3]},
+    ],
+    [
+        {"role": "user", "content": _PROBE_TEXTS[0]},
+        {"role": "assistant", "content": _PROBE_TEXTS[1]},
+        {"role": "user", "content": _PROBE_TEXTS[2]},
+        {"role": "assistant", "content": _PROBE_TEXTS[3]},
+    ],
+    [
+        {"role": "system", "content": "Line one.\nLine two."},
+        {"role": "user", "content": _PROBE_TEXTS[3]},
+        {"role": "assistant", "content": ""},
+        {"role": "user", "content": _PROBE_TEXTS[1]},
+    ],
+]
+
+_FIX_NO_TEMPLATE = (
+    "Use `training_chat_template(tokenizer, fallback='alpaca')` (the Alpaca format, as the published setup used "
+    "for base models), or set `tokenizer.chat_template` to a template that wraps each assistant message and its "
+    "end-of-turn token in `{% generation %}...{% endgeneration %}`."
+)
+
+
+class TemplateError(UserError):
+    """The chat template cannot give a correct assistant-only loss; the message says what to change."""
+
+
+@dataclass(frozen=True)
+class TemplateReport:
+    """What `check_template` saw, for the training log."""
+
+    rows: int
+    tokens: int  # tokens in all rows
+    trained_tokens: int  # tokens whose label survives the collator (label != -100)
+    assistant_turns: int
+    eos_trained: int  # assistant turns whose EOS token is trained; equals assistant_turns after a passing check
+    # Rendered text tokenized with the tokenizer's defaults gets two BOS tokens (harmless to training).
+    retokenized_double_bos: bool = False
+
+
+def training_chat_template(tokenizer: Any, fallback: str | None = None) -> str:
+    """A chat template for `assistant_only_loss=True`: the tokenizer's text, assistant turns in generation markers.
+
+    `fallback="alpaca"` gives the Alpaca format to a tokenizer that has no chat template; it is never used in
+    place of an existing template. Raises `TemplateError` when no template can be given (see the module docstring).
+    Set the result as `tokenizer.chat_template` before building the `SFTTrainer`; TRL then uses it as is.
+    """
+    from trl.chat_template_utils import get_training_chat_template, has_generation_markers
+
+    if fallback is not None and fallback not in FALLBACKS:
+        raise TemplateError(f"Unknown chat template fallback {fallback!r}: use one of {list(FALLBACKS)} or none.")
+    template = tokenizer.chat_template
+    if isinstance(template, dict):  # a template shipped as named variants; `default` is the chat one
+        template = template.get("default")
+    if not template:
+        if fallback == "alpaca":
+            if tokenizer.eos_token is None:
+                raise TemplateError(
+                    "The tokenizer has neither a chat template nor an EOS token, so the Alpaca fallback cannot end "
+                    "a response. Set `tokenizer.eos_token` first."
+                )
+            return ALPACA_TEMPLATE
+        raise TemplateError(f"The tokenizer has no chat template. {_FIX_NO_TEMPLATE}")
+    if has_generation_markers(template):
+        return template
+    try:
+        trl_template = get_training_chat_template(tokenizer)
+    except ValueError:  # TRL does not know this template
+        trl_template = None
+    if trl_template is not None:
+        return trl_template
+    chatml = _chatml_training_template(tokenizer, template)
+    if chatml is None:
+        raise TemplateError(
+            "The tokenizer's chat template has no `{% generation %}` markers, is not one TRL knows how to patch, "
+            "and does not render ChatML (`<|im_start|>role\\ncontent<|im_end|>\\n`), so the assistant tokens "
+            "cannot be marked for assistant-only loss. Give a chat template whose assistant turns (content and "
+            "end-of-turn token) sit inside `{% generation %}...{% endgeneration %}`, or train on the whole "
+            "sequence (`assistant_only_loss=False`)."
+        )
+    return chatml
+
+
+def check_template(
+    tokenizer: Any,
+    conversations: list[list[dict[str, Any]]],
+    collator: Callable[[list[dict[str, Any]]], dict[str, Any]] | None = None,
+) -> TemplateReport:
+    """Check that training on `conversations` with the tokenizer's current chat template trains what it must.
+
+    Each row is tokenized as `SFTTrainer` does (`apply_chat_template(return_assistant_tokens_mask=True)`, labels
+    -100 outside the assistant mask) and passed, as a batch of one, through `collator` (default: TRL's
+    `DataCollatorForLanguageModeling` with the pad token `SFTTrainer` would pick). Raises `TemplateError` when the
+    tokenizer has no chat template, a row has no assistant token in the mask, an assistant turn's EOS token is
+    outside the mask or loses its label in the collator, or the rendered text tokenized with the tokenizer's
+    defaults starts with two BOS tokens as training tokenizes it. Returns a `TemplateReport` otherwise.
+    """
+    if not tokenizer.chat_template:
+        raise TemplateError(f"The tokenizer has no chat template to train with. {_FIX_NO_TEMPLATE}")
+    if not conversations:
+        raise TemplateError("No conversations to check the chat template on: the dataset is empty.")
+    eos_id, bos_id = tokenizer.eos_token_id, tokenizer.bos_token_id
+    if eos_id is None:
+        raise TemplateError("The tokenizer has no EOS token, so the model cannot learn to stop. Set `eos_token`.")
+    if collator is None:
+        from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+        # SFTTrainer's rule: the tokenizer's pad token, else EOS.
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_id
+        collator = DataCollatorForLanguageModeling(pad_token_id=pad_id)
+
+    tokens = trained_tokens = turns = eos_trained = 0
+    retokenized_double_bos = False
+    for row, conversation in enumerate(conversations):
+        if not any(message.get("role") == "assistant" for message in conversation):
+            raise TemplateError(f"Row {row} has no assistant message, so assistant-only loss trains nothing on it.")
+        encoded = tokenizer.apply_chat_template(
+            conversation, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
+        )
+        if bos_id is not None and list(encoded["input_ids"][:2]) == [bos_id, bos_id]:
+            raise TemplateError(
+                f"Row {row} starts with two BOS tokens {tokenizer.bos_token!r} as training tokenizes it: the chat "
+                "template writes the BOS twice. Remove the duplicate from the template."
+            )
+        text = tokenizer.apply_chat_template(conversation, tokenize=False)
+        if bos_id is not None and tokenizer(text)["input_ids"][:2] == [bos_id, bos_id] and not retokenized_double_bos:
+            # Training never retokenizes rendered text (TRL tokenizes conversations without adding special
+            # tokens), so this is only a trap for code that does, such as a `text` dataset or an eval harness.
+            retokenized_double_bos = True
+            logger.warning(
+                "The chat template writes the BOS token %r and the tokenizer adds another by default: rendered text "
+                "tokenized with `tokenizer(text)` starts with two BOS tokens. Training is not affected; tokenize "
+                "rendered text with add_special_tokens=False.",
+                tokenizer.bos_token,
+            )
+        ids, mask = list(encoded["input_ids"]), list(encoded["assistant_masks"])
+        spans = _runs(mask)
+        if not spans:
+            raise TemplateError(
+                f"The chat template marks no assistant token in row {row}: it has no `{{% generation %}}` markers "
+                "around assistant messages, so `assistant_only_loss=True` would train nothing. Set "
+                "`tokenizer.chat_template = training_chat_template(tokenizer)`."
+            )
+        labels = [token if keep else -100 for token, keep in zip(ids, mask)]  # as SFTTrainer builds them
+        collated = collator([{"input_ids": ids, "labels": labels}])["labels"][0].tolist()
+        tokens += len(ids)
+        trained_tokens += sum(label != -100 for label in collated)
+        for start, end in spans:
+            turns += 1
+            eos_positions = [i for i in range(start, end) if ids[i] == eos_id]
+            if not eos_positions:
+                raise TemplateError(
+                    f"The EOS token {tokenizer.eos_token!r} is not inside the assistant mask of row {row} (masked "
+                    f"text: {tokenizer.decode(ids[start:end])!r}), so the model would never learn to stop. Put the "
+                    "end-of-turn token inside `{% generation %}...{% endgeneration %}` (see "
+                    "`training_chat_template`), or make the template's end-of-turn token the EOS token."
+                )
+            if any(collated[i] != eos_id for i in eos_positions):
+                raise TemplateError(
+                    f"The collator drops the label of the EOS token {tokenizer.eos_token!r} (row {row}), so the "
+                    "model would never learn to stop. transformers' `DataCollatorForLanguageModeling` sets the "
+                    "label of every token equal to `pad_token_id` to -100"
+                    + (" and here pad_token == eos_token" if tokenizer.pad_token_id == eos_id else "")
+                    + ". Use TRL's collator (the `SFTTrainer` default, which pads labels with -100 by position), "
+                    "or a pad token that differs from EOS."
+                )
+            eos_trained += 1
+    return TemplateReport(len(conversations), tokens, trained_tokens, turns, eos_trained, retokenized_double_bos)
+
+
+def _chatml_training_template(tokenizer: Any, template: str) -> str | None:
+    """The ChatML training template with the original's default system message, if it renders like `template`."""
+    from jinja2 import TemplateError as JinjaError
+
+    def render(chat_template: str, conversation: list[dict[str, str]], add_generation_prompt: bool) -> str:
+        return tokenizer.apply_chat_template(
+            conversation, chat_template=chat_template, tokenize=False, add_generation_prompt=add_generation_prompt
+        )
+
+    user_only = PROBE_CONVERSATIONS[0]
+    plain = f"<|im_start|>user\n{user_only[0]['content']}<|im_end|>\n"
+    try:
+        rendered = render(template, user_only, False)
+    except JinjaError:
+        return None
+    if not rendered.endswith(plain):
+        return None
+    head = rendered[: -len(plain)]
+    default_system = re.fullmatch(r"<\|im_start\|>system\n(.*)<\|im_end\|>\n", head, re.DOTALL)
+    if head and default_system is None:
+        return None
+    block = ""
+    if default_system is not None:
+        # A JSON string is a valid Jinja string literal (escapes included); the render check below proves it.
+        literal = json.dumps(head, ensure_ascii=False)
+        block = _DEFAULT_SYSTEM_BLOCK.replace("__TEXT__", literal)
+    candidate = CHATML_TRAINING_TEMPLATE.replace("    __DEFAULT_SYSTEM__\n", f"    {block}\n" if block else "")
+    for conversation in PROBE_CONVERSATIONS:
+        for add_generation_prompt in (False, True):
+            try:
+                if render(template, conversation, add_generation_prompt) != render(
+                    candidate, conversation, add_generation_prompt
+                ):
+                    return None
+            except JinjaError:
+                return None
+    return candidate
+
+
+def _runs(mask: list[int]) -> list[tuple[int, int]]:
+    """[start, end) of each run of 1s in `mask`."""
+    runs, start = [], None
+    for i, bit in enumerate([*mask, 0]):
+        if bit and start is None:
+            start = i
+        elif not bit and start is not None:
+            runs.append((start, i))
+            start = None
+    return runs

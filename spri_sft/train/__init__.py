@@ -1,0 +1,1 @@
+"""Fine-tune on a formatted SPRI dataset with TRL's SFTTrainer and PEFT LoRA/QLoRA."""

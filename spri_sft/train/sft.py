@@ -1,0 +1,203 @@
+"""Supervised fine-tuning on a `spri-sft format` dataset: TRL SFTTrainer + PEFT LoRA/QLoRA.
+
+One job, configured by TRL's own dataclasses (`SFTConfig`, `ModelConfig`) plus `SFTScriptArguments`,
+parsed by `TrlParser`: a YAML recipe sets everything, any field can be overridden on the
+command line, and an `env:` block in the recipe sets environment variables (e.g. WANDB_PROJECT).
+
+    # CPU, the embedded default
+    spri-sft train --config recipes/smollm2-135m-instruct/sft/lora.yaml
+    # one or several GPUs
+    accelerate launch --config_file recipes/accelerate/ddp.yaml scripts/sft.py \
+        --config recipes/llama-3.1-8b-instruct/sft/lora.yaml
+
+What it does, top to bottom: resolve the model; refuse QLoRA without CUDA before loading
+anything; load the dataset; give the tokenizer a training chat template whose assistant turns
+(end-of-turn token included) are marked for the loss, and check it on real rows; load the model;
+train with loss on assistant tokens only, evaluating on the validation split and keeping the
+best checkpoint by validation loss; resume from the last checkpoint when one exists; save the
+adapter, tokenizer, generation config (EOS set so the model stops) and model card, and
+optionally a merged model. W&B runs offline when no API key is set.
+
+Not supported: streaming datasets; resuming a run whose recipe changed the model or LoRA shape.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from spri_sft.errors import UserError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class SFTScriptArguments:
+    """What to train on and what to do around training (the rest is TRL's SFTConfig and ModelConfig)."""
+
+    dataset_path: str | None = field(
+        default=None, metadata={"help": "Directory written by `spri-sft format` (loaded with datasets.load_from_disk)."}
+    )
+    dataset_name: str | None = field(default=None, metadata={"help": "Or a Hugging Face dataset id with a `messages` column."})
+    dataset_train_split: str = field(default="train", metadata={"help": "Training split."})
+    dataset_test_split: str = field(default="validation", metadata={"help": "Validation split (eval loss, best checkpoint)."})
+    chat_template_fallback: str | None = field(
+        default=None,
+        metadata={"help": "Template for a tokenizer without a chat template (base models): 'alpaca', or unset to refuse."},
+    )
+    check_template: bool = field(
+        default=True, metadata={"help": "Check on real rows that assistant tokens and EOS are trained before training."}
+    )
+    merge_adapter: bool = field(default=False, metadata={"help": "Also save the LoRA adapter merged into the base model."})
+    log_dataset_artifact: bool = field(default=True, metadata={"help": "Log the training dataset (with its card) to W&B."})
+
+
+def make_parser():
+    from trl import ModelConfig, SFTConfig, TrlParser
+
+    return TrlParser((SFTScriptArguments, SFTConfig, ModelConfig))
+
+
+def use_wandb_offline_without_key(report_to) -> None:
+    """W&B runs offline (a local wandb/ dir that `wandb sync` uploads later) when no API key is set."""
+    wanted = report_to if isinstance(report_to, list) else [report_to]
+    if "wandb" not in wanted and "all" not in wanted:
+        return
+    if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_MODE"):
+        return
+    netrc = Path.home() / ".netrc"
+    if netrc.exists() and "api.wandb.ai" in netrc.read_text():
+        return
+    os.environ["WANDB_MODE"] = "offline"
+    logger.info("no W&B API key: logging offline (upload later with `wandb sync wandb/offline-run-*`)")
+
+
+def main(script_args: SFTScriptArguments, training_args, model_args) -> dict:
+    """Train, save, and return the final metrics. Tests call this directly."""
+    import torch
+
+    from spri_sft.models import resolve_model
+
+    if model_args.model_name_or_path is None:
+        raise UserError("model_name_or_path is required (a Hub id or a local model directory)")
+    if (model_args.load_in_4bit or model_args.load_in_8bit) and not torch.cuda.is_available():
+        raise UserError(
+            "QLoRA (load_in_4bit/load_in_8bit) needs a CUDA GPU and bitsandbytes; this machine has no CUDA. "
+            "Use the LoRA recipe (load_in_4bit: false) on CPU."
+        )
+    use_wandb_offline_without_key(training_args.report_to)
+
+    from datasets import load_dataset, load_from_disk
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.trainer_utils import get_last_checkpoint
+    from trl import SFTTrainer, get_peft_config, get_quantization_config
+
+    from spri_sft.format.template import check_template, training_chat_template
+
+    model_path = resolve_model(model_args.model_name_or_path)
+
+    # Data
+    if script_args.dataset_path:
+        if not Path(script_args.dataset_path).exists():
+            raise UserError(f"{script_args.dataset_path}: dataset not found (write it with `spri-sft format`)")
+        dataset = load_from_disk(script_args.dataset_path)
+    elif script_args.dataset_name:
+        dataset = load_dataset(script_args.dataset_name)
+    else:
+        raise UserError("set dataset_path (from `spri-sft format`) or dataset_name")
+    train_dataset = dataset[script_args.dataset_train_split]
+    if "messages" not in train_dataset.column_names:
+        raise UserError(f"the training split has no `messages` column (columns: {', '.join(train_dataset.column_names)})")
+    eval_dataset = dataset[script_args.dataset_test_split] if training_args.eval_strategy != "no" else None
+
+    # Tokenizer and the training chat template
+    tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=model_args.trust_remote_code)
+    tokenizer.chat_template = training_chat_template(tokenizer, fallback=script_args.chat_template_fallback)
+    if script_args.check_template:
+        check_template(tokenizer, train_dataset.select(range(min(8, len(train_dataset))))["messages"])
+
+    # Model
+    quantization_config = get_quantization_config(model_args)
+    dtype = model_args.dtype if model_args.dtype in (None, "auto") else getattr(torch, model_args.dtype)
+    model = AutoModelForCausalLM.from_pretrained(
+        model_path,
+        dtype=dtype,
+        quantization_config=quantization_config,
+        attn_implementation=model_args.attn_implementation,
+        trust_remote_code=model_args.trust_remote_code,
+        device_map={"": torch.cuda.current_device()} if quantization_config is not None else None,
+    )
+    # Generation stops at the end-of-turn token the template trains.
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+
+    trainer = SFTTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        processing_class=tokenizer,
+        peft_config=get_peft_config(model_args),
+    )
+    if trainer.accelerator.is_main_process:
+        _log_effective_config(training_args.output_dir, script_args, training_args, model_args)
+
+    # Resume from the last checkpoint unless told otherwise.
+    checkpoint = training_args.resume_from_checkpoint
+    if checkpoint is None and Path(training_args.output_dir).is_dir():
+        checkpoint = get_last_checkpoint(training_args.output_dir)
+        if checkpoint:
+            trainer.accelerator.print(f"[spri-sft] resuming from {checkpoint}")
+    result = trainer.train(resume_from_checkpoint=checkpoint)
+    metrics = dict(result.metrics)
+    if eval_dataset is not None:
+        metrics.update(trainer.evaluate())
+
+    # Save: adapter (or full model), tokenizer with its training template, generation config, card.
+    trainer.save_model(training_args.output_dir)
+    if trainer.accelerator.is_main_process:
+        model.generation_config.save_pretrained(training_args.output_dir)
+        trainer.create_model_card(dataset_name=script_args.dataset_path or script_args.dataset_name)
+        if script_args.merge_adapter and model_args.use_peft:
+            merged = trainer.model.merge_and_unload()
+            merged.save_pretrained(Path(training_args.output_dir) / "merged")
+            tokenizer.save_pretrained(Path(training_args.output_dir) / "merged")
+        trainer.save_metrics("all", metrics)
+        if script_args.log_dataset_artifact and script_args.dataset_path:
+            _log_dataset_artifact(script_args.dataset_path)
+    trainer.end()  # closes the W&B run the trainer opened
+    return metrics
+
+
+def _log_effective_config(output_dir: str, *configs) -> None:
+    from dataclasses import asdict
+
+    effective = {type(c).__name__: {k: _plain(v) for k, v in asdict(c).items()} for c in configs}
+    Path(output_dir).mkdir(parents=True, exist_ok=True)
+    (Path(output_dir) / "effective_config.json").write_text(json.dumps(effective, indent=2, default=str))
+    print(json.dumps(effective, indent=2, default=str))
+
+
+def _plain(value):
+    return value if isinstance(value, (str, int, float, bool, type(None), list, dict)) else str(value)
+
+
+def _log_dataset_artifact(dataset_path: str) -> None:
+    """Attach the dataset (and its card) to the training run the trainer's W&B callback opened."""
+    import wandb
+
+    if wandb.run is None:  # report_to did not include wandb
+        return
+    artifact = wandb.Artifact(Path(dataset_path).resolve().name or "sft-dataset", type="dataset")
+    artifact.add_dir(dataset_path)
+    wandb.run.log_artifact(artifact)
+
+
+def cli(argv: list[str] | None = None) -> int:
+    parser = make_parser()
+    script_args, training_args, model_args = parser.parse_args_and_config(args=argv)
+    main(script_args, training_args, model_args)
+    return 0

@@ -1,0 +1,389 @@
+"""`spri-sft format`: records.jsonl → a Hugging Face dataset in TRL's conversational format.
+
+Records are written by hand in the shape `spri-sft generate` writes them; every test builds a
+real dataset with `build_dataset` and reads back what it saved.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+from datasets import load_dataset, load_from_disk
+
+from spri_sft.errors import UserError
+from spri_sft.format.build import build_dataset
+from spri_sft.format.config import FormatConfig
+from spri_sft.format.contamination import read_questions
+from spri_sft.format.dedupe import SHINGLE_WORDS, near_duplicates, normalize, word_ngrams
+
+TRUTHFULQA_QUESTION = "What is the smallest country in the world that is at least one square mile in area?"
+
+
+def make_record(
+    number: int,
+    prompt: str | None = None,
+    *,
+    status: str = "accepted",
+    response: str | None = "A helpful answer.",
+    scores: list[int | None] = (5,),
+    finish_reasons: list[str] | None = None,
+    mode: str = "spri",
+) -> dict:
+    """A record as `spri-sft generate` writes it; one response round per entry of `scores`."""
+    finish_reasons = finish_reasons or ["stop"] * len(scores)
+    rounds = [{"stage": "principles", "round": 1, "text": "Be exact.", "finish_reason": "stop", "critique": "Good.", "score": 5}]
+    for i, (score, reason) in enumerate(zip(scores, finish_reasons), 1):
+        rounds.append(
+            {"stage": "response", "round": i, "text": f"version {i}", "finish_reason": reason, "critique": "ok", "score": score}
+        )
+    return {
+        "id": f"rec{number:03d}",
+        "prompt": prompt if prompt is not None else f"Write note {number} about keeping a garden",
+        "mode": mode,
+        "principles": "Be exact.",
+        "response": response,
+        "status": status,
+        "error": None,
+        "rounds": rounds,
+        "usage": {
+            "base": {"model": "base/model-7b", "calls": 2, "prompt_tokens": 100, "completion_tokens": 50},
+            "critic": {"model": "critic/judge-8x7b", "calls": 2, "prompt_tokens": 200, "completion_tokens": 20},
+        },
+    }
+
+
+def write_records(path: Path, records: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+def build(tmp_path: Path, records: list[dict], name: str = "out", **settings) -> tuple[dict, Path]:
+    records_file = write_records(tmp_path / f"{name}-records.jsonl", records)
+    output_dir = tmp_path / name
+    settings.setdefault("validation_fraction", 0.25)
+    summary = build_dataset(FormatConfig(records=[str(records_file)], output_dir=str(output_dir), **settings))
+    return summary, output_dir
+
+
+def row_ids(output_dir: Path) -> set[str]:
+    splits = load_from_disk(str(output_dir / "hf"))
+    return {row_id for split in splits.values() for row_id in split["id"]}
+
+
+def dropped(output_dir: Path) -> dict[str, tuple[str, str]]:
+    lines = (output_dir / "dropped.jsonl").read_text().splitlines()
+    return {entry["id"]: (entry["reason"], entry["detail"]) for entry in map(json.loads, lines)}
+
+
+FILLER = [make_record(n) for n in range(100, 104)]  # clean records, so every build has rows to split
+
+
+# -- quality filters -------------------------------------------------------------------------
+
+
+def test_status_filter_drops_exactly_the_other_statuses(tmp_path):
+    records = [make_record(1, status="accepted"), make_record(2, status="max_rounds"),
+               make_record(3, status="failed", response=None)] + FILLER
+    summary, out = build(tmp_path, records, statuses=["accepted"])
+    assert dropped(out) == {"rec002": ("status", "max_rounds"), "rec003": ("status", "failed")}
+    assert summary["dropped"]["status"] == 2
+    assert "rec001" in row_ids(out)
+
+
+def test_empty_or_missing_response_is_dropped_and_counted(tmp_path):
+    records = [make_record(1, response="  \n"), make_record(2, response=None), make_record(3)] + FILLER
+    summary, out = build(tmp_path, records, statuses=["accepted", "failed"])
+    assert summary["dropped"]["empty_response"] == 2
+    assert set(dropped(out)) == {"rec001", "rec002"}
+    assert "rec003" in row_ids(out)
+
+
+def test_only_a_truncated_final_response_is_dropped(tmp_path):
+    final_cut = make_record(1, scores=[2, 5], finish_reasons=["stop", "length"])
+    earlier_cut = make_record(2, scores=[2, 5], finish_reasons=["length", "stop"])
+    summary, out = build(tmp_path, [final_cut, earlier_cut] + FILLER)
+    assert summary["dropped"]["truncated"] == 1
+    assert dropped(out) == {"rec001": ("truncated", "round 2")}
+    assert "rec002" in row_ids(out)
+
+
+def test_truncated_records_are_kept_when_drop_truncated_is_off(tmp_path):
+    summary, out = build(tmp_path, [make_record(1, finish_reasons=["length"])] + FILLER, drop_truncated=False)
+    assert summary["dropped"]["truncated"] == 0
+    assert "rec001" in row_ids(out)
+
+
+def test_min_response_score_judges_the_final_version_and_drops_unscored(tmp_path):
+    records = [
+        make_record(1, scores=[5]),
+        make_record(2, scores=[4]),
+        make_record(3, scores=[3]),
+        make_record(4, scores=[None]),  # the critic never gave a score
+        make_record(5, scores=[5, 2]),  # an earlier version scored 5; the kept one 2
+        make_record(6, scores=[2, 4]),
+    ] + FILLER
+    summary, out = build(tmp_path, records, min_response_score=4)
+    assert summary["dropped"]["response_score"] == 3
+    assert dropped(out) == {
+        "rec003": ("response_score", "score 3"),
+        "rec004": ("response_score", "unscored"),
+        "rec005": ("response_score", "score 2"),
+    }
+    assert {"rec001", "rec002", "rec006"} <= row_ids(out)
+
+
+def test_unscored_records_are_kept_without_min_response_score(tmp_path):
+    summary, out = build(tmp_path, [make_record(1, scores=[None], mode="direct")] + FILLER)
+    assert sum(summary["dropped"].values()) == 0
+    assert "rec001" in row_ids(out)
+
+
+# -- duplicates ------------------------------------------------------------------------------
+
+
+def test_exact_duplicate_prompts_keep_the_first(tmp_path):
+    records = [
+        make_record(1, "What causes the seasons on Earth?"),
+        make_record(2, "  what CAUSES the seasons on earth "),
+        make_record(3, "What causes the seasons... on Earth!?"),
+    ] + FILLER
+    summary, out = build(tmp_path, records)
+    assert summary["dropped"]["duplicate"] == 2
+    assert dropped(out) == {"rec002": ("duplicate", "rec001"), "rec003": ("duplicate", "rec001")}
+    assert "rec001" in row_ids(out)
+
+
+def test_near_duplicate_prompts_keep_the_first_and_different_ones_stay(tmp_path):
+    base = "Explain in simple terms how a refrigerator moves heat from the inside of the box to the kitchen air"
+    records = [
+        make_record(1, base),
+        make_record(2, base + " please"),  # 19 shingles, 18 shared: Jaccard 0.947
+        make_record(3, "Explain in simple terms how a heat pump warms a house in the middle of winter"),
+    ] + FILLER
+    summary, out = build(tmp_path, records)
+    assert summary["dropped"]["near_duplicate"] == 1
+    reason, detail = dropped(out)["rec002"]
+    assert reason == "near_duplicate" and detail.startswith("rec001")
+    assert {"rec001", "rec003"} <= row_ids(out)
+
+
+def test_near_duplicates_are_kept_when_the_threshold_is_off(tmp_path):
+    base = "Explain in simple terms how a refrigerator moves heat from the inside of the box to the kitchen air"
+    summary, out = build(tmp_path, [make_record(1, base), make_record(2, base + " please")] + FILLER,
+                         near_duplicate_threshold=None)
+    assert summary["dropped"]["near_duplicate"] == 0
+    assert {"rec001", "rec002"} <= row_ids(out)
+
+
+def test_near_duplicates_match_a_brute_force_comparison_of_every_pair():
+    rng = random.Random(0)
+    words = "the a cat dog sat ran on under mat log red big".split()
+    texts = [" ".join(rng.choices(words, k=rng.randint(1, 9))) for _ in range(300)]
+    for threshold in (0.3, 0.5, 0.75, 0.9, 1.0):
+        expected, kept = {}, []
+        for i, text in enumerate(texts):
+            mine = word_ngrams(normalize(text).split(), SHINGLE_WORDS)
+            for j in kept:
+                theirs = word_ngrams(normalize(texts[j]).split(), SHINGLE_WORDS)
+                if len(mine & theirs) / len(mine | theirs) >= threshold:
+                    expected[i] = True
+                    break
+            else:
+                kept.append(i)
+        assert set(near_duplicates(texts, threshold)) == set(expected), threshold
+
+
+# -- TruthfulQA guard ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def truthfulqa_file(shared_dir) -> str:
+    return str(shared_dir / "data" / "truthfulqa" / "data" / "v0" / "mc_task.json")
+
+
+def test_truthfulqa_reads_mc_task_json_and_the_csv(shared_dir, truthfulqa_file):
+    from_json = read_questions(truthfulqa_file)
+    from_csv = read_questions(shared_dir / "data" / "truthfulqa" / "data" / "v0" / "TruthfulQA.csv")
+    assert len(from_json) == len(from_csv) == 817
+    assert TRUTHFULQA_QUESTION in from_json and TRUTHFULQA_QUESTION in from_csv
+
+
+def test_a_truthfulqa_question_is_dropped_and_counted(tmp_path, truthfulqa_file):
+    records = [make_record(1, "what is the SMALLEST country in the world that is at least one square mile in area")]
+    summary, out = build(tmp_path, records + FILLER, truthfulqa_file=truthfulqa_file)
+    assert summary["dropped"]["truthfulqa"] == 1
+    assert dropped(out) == {"rec001": ("truthfulqa", TRUTHFULQA_QUESTION)}
+    assert "rec001" not in row_ids(out)
+
+
+def test_a_prompt_holding_most_of_a_truthfulqa_question_is_dropped(tmp_path, truthfulqa_file):
+    # 15 of the question's 17 words, wrapped in other text: 8 of its 10 word 8-grams.
+    prompt = "Quick quiz for my class. What is the smallest country in the world that is at least one square mile?"
+    summary, out = build(tmp_path, [make_record(1, prompt)] + FILLER, truthfulqa_file=truthfulqa_file)
+    assert dropped(out) == {"rec001": ("truthfulqa", TRUTHFULQA_QUESTION)}
+
+
+def test_truthfulqa_rule_drops_from_exactly_the_threshold_fraction_of_ngrams(tmp_path, truthfulqa_file):
+    words = normalize(TRUTHFULQA_QUESTION).split()  # 17 words: 10 word 8-grams
+    half = make_record(1, "Tell me, " + " ".join(words[:12]))  # 5 of the 10 8-grams: 50%
+    under = make_record(2, "Tell me, " + " ".join(words[:11]))  # 4 of 10: 40%
+    summary, out = build(tmp_path, [half, under] + FILLER, truthfulqa_file=truthfulqa_file, contamination_threshold=0.5)
+    assert dropped(out) == {"rec001": ("truthfulqa", TRUTHFULQA_QUESTION)}
+    assert "rec002" in row_ids(out)
+
+
+def test_a_prompt_sharing_common_words_with_truthfulqa_is_kept(tmp_path, truthfulqa_file):
+    prompts = [
+        "What is the smallest country in Europe by population, and what is its capital?",
+        "Write a story about a hiker who is at least one square mile from the nearest road",
+        "What happens if you eat too much sugar every day, and is it bad for you?",
+    ]
+    records = [make_record(n, p) for n, p in enumerate(prompts, 1)]
+    summary, out = build(tmp_path, records + FILLER, truthfulqa_file=truthfulqa_file)
+    assert summary["dropped"]["truthfulqa"] == 0
+    assert {"rec001", "rec002", "rec003"} <= row_ids(out)
+
+
+# -- output ----------------------------------------------------------------------------------
+
+
+def test_saved_dataset_is_in_trls_conversational_format_with_provenance(tmp_path):
+    from trl.data_utils import is_conversational
+
+    summary, out = build(tmp_path, [make_record(1, "Why is the sky blue?", response="Rayleigh scattering.")] + FILLER)
+    splits = load_from_disk(str(out / "hf"))
+    assert set(splits) == {"train", "validation"}
+    rows = {row["id"]: row for split in splits.values() for row in split}
+    assert rows["rec001"] == {
+        "messages": [
+            {"role": "user", "content": "Why is the sky blue?"},
+            {"role": "assistant", "content": "Rayleigh scattering."},
+        ],
+        "id": "rec001",
+        "mode": "spri",
+        "principles": "Be exact.",
+        "principles_score": 5,
+        "response_score": 5,
+        "status": "accepted",
+    }
+    assert is_conversational(rows["rec001"])
+
+
+def test_system_prompt_comes_first_and_missing_principles_stay_null(tmp_path):
+    record = make_record(1, mode="direct", scores=[None]) | {"principles": None}
+    summary, out = build(tmp_path, [record] + FILLER, system_prompt="You are careful.")
+    splits = load_from_disk(str(out / "hf"))
+    row = next(row for split in splits.values() for row in split if row["id"] == "rec001")
+    assert [m["role"] for m in row["messages"]] == ["system", "user", "assistant"]
+    assert row["messages"][0]["content"] == "You are careful."
+    assert row["principles"] is None and row["response_score"] is None
+    assert splits["train"].features["response_score"].dtype == "int32"
+
+
+def test_jsonl_and_parquet_files_hold_the_same_rows_as_the_saved_dataset(tmp_path):
+    summary, out = build(tmp_path, [make_record(n) for n in range(12)])
+    splits = load_from_disk(str(out / "hf"))
+    from_card = load_dataset(str(out), cache_dir=str(tmp_path / "cache"))  # README.md's configs name the parquet files
+    for name, split in splits.items():
+        jsonl = [json.loads(line) for line in (out / f"{name}.jsonl").read_text().splitlines()]
+        assert jsonl == split.to_list()
+        assert from_card[name].to_list() == split.to_list()
+    assert summary["splits"] == {"train": 9, "validation": 3}
+
+
+def test_split_is_reproducible_with_the_seed_and_independent_of_record_order(tmp_path):
+    records = [make_record(n) for n in range(40)]
+    _, first = build(tmp_path, records, name="a", seed=7)
+    _, again = build(tmp_path, records[::-1], name="b", seed=7)
+    _, other = build(tmp_path, records, name="c", seed=8)
+
+    def validation_ids(out):
+        return load_from_disk(str(out / "hf"))["validation"]["id"]
+
+    assert validation_ids(first) == validation_ids(again)
+    assert set(validation_ids(first)) != set(validation_ids(other))
+    assert len(validation_ids(first)) == 10
+
+
+def test_validation_fraction_zero_writes_a_train_split_only(tmp_path):
+    summary, out = build(tmp_path, [make_record(1)], validation_fraction=0.0)
+    assert summary["splits"] == {"train": 1}
+    assert not (out / "validation.jsonl").exists()
+
+
+def test_fewer_than_two_surviving_rows_is_a_user_error(tmp_path):
+    with pytest.raises(UserError, match=r"1 row\(s\) survive the filters \(dropped: 1 status\)"):
+        build(tmp_path, [make_record(1), make_record(2, status="failed", response=None)])
+
+
+def test_summary_is_returned_and_written(tmp_path):
+    summary, out = build(tmp_path, [make_record(1, status="failed", response=None)] + FILLER)
+    assert json.loads((out / "summary.json").read_text()) == summary
+    assert summary["records"] == 5 and summary["rows"] == 4
+    assert summary["models"] == {"base": {"base/model-7b": 4}, "critic": {"critic/judge-8x7b": 4}}
+
+
+def test_dataset_card_states_method_models_counts_scores_and_filters(tmp_path, truthfulqa_file):
+    from huggingface_hub import DatasetCard
+
+    records = [make_record(1, TRUTHFULQA_QUESTION), make_record(2, status="failed", response=None),
+               make_record(3, scores=[3])] + FILLER
+    _, out = build(tmp_path, records, min_response_score=4, truthfulqa_file=truthfulqa_file)
+    card = (out / "README.md").read_text()
+    assert "**SPRI**" in card and "`base/model-7b` (4 rows)" in card and "`critic/judge-8x7b` (4 rows)" in card
+    assert "| records read | `out-records.jsonl` | | 7 |" in card
+    assert "| status | status is one of accepted, max_rounds | 1 | 6 |" in card
+    assert "| response_score | the final response's critic score is >= 4 (unscored fails) | 1 | 5 |" in card
+    assert "| truthfulqa | " in card and "`mc_task.json` | 1 | 4 |" in card
+    assert "| 5 | 4 | 4 |" in card  # final scores: response 5 on 4 rows, principles 5 on 4 rows
+    assert "| train | 3 |" in card and "| validation | 1 |" in card
+    assert DatasetCard.load(out / "README.md").data.configs[0]["data_files"][0] == {"split": "train", "path": "train.parquet"}
+
+
+def test_dataset_card_warns_when_truthfulqa_was_not_checked(tmp_path):
+    _, out = build(tmp_path, FILLER)
+    assert "not checked against TruthfulQA" in (out / "README.md").read_text()
+
+
+# -- errors ----------------------------------------------------------------------------------
+
+
+def test_malformed_json_names_the_file_and_line(tmp_path):
+    path = write_records(tmp_path / "records.jsonl", FILLER)
+    path.write_text(path.read_text() + '{"id": "torn", "prompt": "Wh\n')
+    with pytest.raises(UserError, match=rf"{path}:5: not valid JSON"):
+        build_dataset(FormatConfig(records=[str(path)], output_dir=str(tmp_path / "out")))
+
+
+def test_a_record_missing_a_field_names_the_file_line_and_field(tmp_path):
+    record = make_record(1)
+    del record["response"]
+    path = write_records(tmp_path / "records.jsonl", FILLER[:2] + [record])
+    with pytest.raises(UserError, match=rf"{path}:3: record is missing 'response'"):
+        build_dataset(FormatConfig(records=[str(path)], output_dir=str(tmp_path / "out")))
+
+
+def test_a_missing_records_file_is_a_user_error(tmp_path):
+    with pytest.raises(UserError, match="nope.jsonl: records file not found"):
+        build_dataset(FormatConfig(records=[str(tmp_path / "nope.jsonl")], output_dir=str(tmp_path / "out")))
+
+
+# -- TRL -------------------------------------------------------------------------------------
+
+
+def test_sft_trainer_trains_on_the_train_split_as_is(tmp_path, tiny_model_dir):
+    from trl import SFTConfig, SFTTrainer
+
+    _, out = build(tmp_path, [make_record(n) for n in range(8)], system_prompt="Be brief.")
+    train = load_from_disk(str(out / "hf"))["train"]
+    args = SFTConfig(
+        output_dir=str(tmp_path / "sft"), max_steps=1, per_device_train_batch_size=2, report_to="none",
+        use_cpu=True, save_strategy="no", disable_tqdm=True,
+    )
+    trainer = SFTTrainer(model=str(tiny_model_dir), args=args, train_dataset=train)
+    result = trainer.train()
+    assert result.global_step == 1
+    assert result.training_loss > 0
