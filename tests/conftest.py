@@ -60,6 +60,8 @@ def build_tiny_model(directory: Path, chat_template: str | None = CHATML_TEMPLAT
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
+        # Large enough that logits are not near-uniform, so a few LoRA steps can visibly lower the loss.
+        initializer_range=0.3,
     )
     model = LlamaForCausalLM(config)
     model.save_pretrained(directory)

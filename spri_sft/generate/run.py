@@ -100,19 +100,19 @@ async def _generate(config: GenerateConfig) -> dict:
 
     meter = _Meter(config.token_budget)
     stopped_by_budget = False
-    if pending:
-        base, critic = build_backends(config.base, config.critic)
-        engine = Engine(config.mode, templates, config.loop)
-        try:
-            await base.start()
-            if critic is not base:
+    try:
+        if pending:
+            engine = Engine(config.mode, templates, config.loop)
+            base, critic = build_backends(config.base, config.critic)
+            try:
+                await base.start()
                 await critic.start()
-            stopped_by_budget = await _run_prompts(pending, engine, base, critic, store, meter, config)
-        finally:
-            await base.close()
-            if critic is not base:
+                stopped_by_budget = await _run_prompts(pending, engine, base, critic, store, meter, config)
+            finally:
+                await base.close()
                 await critic.close()
-    store.close()
+    finally:
+        store.close()
 
     wanted = set(ids)
     summary = summarize([r for r in store.records.values() if r["id"] in wanted])
@@ -183,6 +183,7 @@ async def _run_prompts(pending, engine, base, critic, store, meter, config) -> b
                     "rounds": [],
                     "usage": {role: asdict(u) for role, u in session.usage.items() if u.calls},
                 }
+            # Synchronous on purpose: a finished prompt's record is written before anything can cancel it.
             store.append({"id": record_id, "prompt": prompt, "mode": engine.mode, **fields})
             meter.records += 1
             meter.accepted += fields["status"] == "accepted"
@@ -194,8 +195,7 @@ async def _run_prompts(pending, engine, base, critic, store, meter, config) -> b
     budget_spent = asyncio.create_task(meter.spent.wait())
     try:
         await asyncio.wait({everything, budget_spent}, return_when=asyncio.FIRST_COMPLETED)
-        stopped = not everything.done()
-        if stopped:
+        if not everything.done():
             # Budget spent: unfinished prompts are dropped, to be generated on a later run.
             for task in tasks:
                 task.cancel()
@@ -205,7 +205,8 @@ async def _run_prompts(pending, engine, base, critic, store, meter, config) -> b
     finally:
         budget_spent.cancel()
         bar.close()
-    return stopped
+    # A prompt that found the budget spent before it started returns without a record, so count records.
+    return meter.spent.is_set() and meter.records < len(pending)
 
 
 def summarize(records: list[dict]) -> dict:
@@ -226,7 +227,7 @@ def summarize(records: list[dict]) -> dict:
             unscored += round_.get("critique") is not None and round_["score"] is None
         for stage, round_ in last.items():
             final_scores[stage][str(round_["score"])] += 1
-            rounds_hist[stage][round_["round"]] += 1
+            rounds_hist[stage][str(round_["round"])] += 1
         for role, counts in record.get("usage", {}).items():
             key = f"{role}:{counts['model']}"
             usage.setdefault(key, Counter()).update(

@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 from spri_sft.errors import UserError
+
+FSYNC_INTERVAL = 1.0  # seconds
 
 
 class RecordStore:
@@ -21,6 +24,7 @@ class RecordStore:
         self.path = path
         self.records: dict[str, dict] = {}
         self.torn_bytes = 0
+        self._synced = 0.0
         if path.exists():
             self._load()
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -52,8 +56,13 @@ class RecordStore:
 
     def append(self, record: dict) -> None:
         self._handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+        # flush() hands the line to the OS, which keeps it through a kill -9 of this process; fsync (for a
+        # machine crash) costs milliseconds, so it runs at most once a second and at close.
         self._handle.flush()
-        os.fsync(self._handle.fileno())
+        now = time.monotonic()
+        if now - self._synced >= FSYNC_INTERVAL:
+            os.fsync(self._handle.fileno())
+            self._synced = now
         self.records[record["id"]] = record
 
     def drop(self, status: str) -> int:
@@ -70,4 +79,7 @@ class RecordStore:
         return dropped
 
     def close(self) -> None:
-        self._handle.close()
+        if not self._handle.closed:
+            self._handle.flush()
+            os.fsync(self._handle.fileno())
+            self._handle.close()

@@ -91,14 +91,19 @@ class EndpointConfig:
 
 
 def build_backends(base: EndpointConfig, critic: EndpointConfig) -> tuple[ChatBackend, ChatBackend]:
-    """Build the base and critic backends; the same local model for both is loaded once."""
+    """Build the base and critic backends. Roles on the same local model load it once; roles on the
+    same server URLs share one connection pool, so `max_concurrency` bounds each server, not each role."""
     base_backend = _build(base)
-    if critic.backend == "transformers" and base.backend == "transformers" and _same_local_model(base, critic):
+    if _same_resource(base, critic):
         return base_backend, base_backend.with_sampling(critic)
     return base_backend, _build(critic)
 
 
-def _same_local_model(a: EndpointConfig, b: EndpointConfig) -> bool:
+def _same_resource(a: EndpointConfig, b: EndpointConfig) -> bool:
+    if a.backend != b.backend:
+        return False
+    if a.backend == "openai":
+        return sorted(a.base_url) == sorted(b.base_url) and a.api_key_env == b.api_key_env
     return (a.model, a.device, a.dtype, a.trust_remote_code) == (b.model, b.device, b.dtype, b.trust_remote_code)
 
 

@@ -75,8 +75,8 @@ def use_wandb_offline_without_key(report_to) -> None:
     logger.info("no W&B API key: logging offline (upload later with `wandb sync wandb/offline-run-*`)")
 
 
-def main(script_args: SFTScriptArguments, training_args, model_args) -> dict:
-    """Train, save, and return the final metrics. Tests call this directly."""
+def build_trainer(script_args: SFTScriptArguments, training_args, model_args):
+    """Everything up to training: checks, data, tokenizer with its training template, model, trainer."""
     import torch
 
     from spri_sft.models import resolve_model
@@ -92,7 +92,6 @@ def main(script_args: SFTScriptArguments, training_args, model_args) -> dict:
 
     from datasets import load_dataset, load_from_disk
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.trainer_utils import get_last_checkpoint
     from trl import SFTTrainer, get_peft_config, get_quantization_config
 
     from spri_sft.format.template import check_template, training_chat_template
@@ -114,10 +113,10 @@ def main(script_args: SFTScriptArguments, training_args, model_args) -> dict:
     eval_dataset = dataset[script_args.dataset_test_split] if training_args.eval_strategy != "no" else None
 
     # Tokenizer and the training chat template
-    tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=model_args.trust_remote_code)
+    tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=training_args.trust_remote_code)
     tokenizer.chat_template = training_chat_template(tokenizer, fallback=script_args.chat_template_fallback)
     if script_args.check_template:
-        check_template(tokenizer, train_dataset.select(range(min(8, len(train_dataset))))["messages"])
+        check_template(tokenizer, train_dataset.select(range(min(32, len(train_dataset))))["messages"])
 
     # Model
     quantization_config = get_quantization_config(model_args)
@@ -127,14 +126,14 @@ def main(script_args: SFTScriptArguments, training_args, model_args) -> dict:
         dtype=dtype,
         quantization_config=quantization_config,
         attn_implementation=model_args.attn_implementation,
-        trust_remote_code=model_args.trust_remote_code,
+        trust_remote_code=training_args.trust_remote_code,
         device_map={"": torch.cuda.current_device()} if quantization_config is not None else None,
     )
     # Generation stops at the end-of-turn token the template trains.
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
 
-    trainer = SFTTrainer(
+    return SFTTrainer(
         model=model,
         args=training_args,
         train_dataset=train_dataset,
@@ -142,6 +141,13 @@ def main(script_args: SFTScriptArguments, training_args, model_args) -> dict:
         processing_class=tokenizer,
         peft_config=get_peft_config(model_args),
     )
+
+
+def main(script_args: SFTScriptArguments, training_args, model_args) -> dict:
+    """Train, save, and return the final metrics. Tests call this directly."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    trainer = build_trainer(script_args, training_args, model_args)
     if trainer.accelerator.is_main_process:
         _log_effective_config(training_args.output_dir, script_args, training_args, model_args)
 
@@ -153,18 +159,18 @@ def main(script_args: SFTScriptArguments, training_args, model_args) -> dict:
             trainer.accelerator.print(f"[spri-sft] resuming from {checkpoint}")
     result = trainer.train(resume_from_checkpoint=checkpoint)
     metrics = dict(result.metrics)
-    if eval_dataset is not None:
+    if trainer.eval_dataset is not None:
         metrics.update(trainer.evaluate())
 
     # Save: adapter (or full model), tokenizer with its training template, generation config, card.
     trainer.save_model(training_args.output_dir)
     if trainer.accelerator.is_main_process:
-        model.generation_config.save_pretrained(training_args.output_dir)
+        trainer.model.generation_config.save_pretrained(training_args.output_dir)
         trainer.create_model_card(dataset_name=script_args.dataset_path or script_args.dataset_name)
         if script_args.merge_adapter and model_args.use_peft:
-            merged = trainer.model.merge_and_unload()
-            merged.save_pretrained(Path(training_args.output_dir) / "merged")
-            tokenizer.save_pretrained(Path(training_args.output_dir) / "merged")
+            merged_dir = Path(training_args.output_dir) / "merged"
+            trainer.model.merge_and_unload().save_pretrained(merged_dir)
+            trainer.processing_class.save_pretrained(merged_dir)
         trainer.save_metrics("all", metrics)
         if script_args.log_dataset_artifact and script_args.dataset_path:
             _log_dataset_artifact(script_args.dataset_path)

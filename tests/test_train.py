@@ -1,0 +1,123 @@
+"""LoRA SFT with the train entry script on a tiny real model (CPU)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from spri_sft.errors import UserError
+from spri_sft.train.sft import build_trainer, main, make_parser
+
+QUESTIONS = ["What is rain?", "Name a colour.", "Is ice cold?", "Count to three."]
+ANSWERS = ["Water falling from clouds.", "Blue.", "Yes, it is.", "One, two, three."]
+
+
+@pytest.fixture(scope="module")
+def sft_dataset(tmp_path_factory):
+    from datasets import Dataset, DatasetDict
+
+    def rows(n):
+        return [
+            {"messages": [{"role": "user", "content": QUESTIONS[i % 4]}, {"role": "assistant", "content": ANSWERS[i % 4]}]}
+            for i in range(n)
+        ]
+
+    path = tmp_path_factory.mktemp("sft-data") / "hf"
+    DatasetDict({"train": Dataset.from_list(rows(8)), "validation": Dataset.from_list(rows(4))}).save_to_disk(path)
+    return path
+
+
+def parse(tiny_model_dir, sft_dataset, output_dir, *extra):
+    argv = [
+        "--model_name_or_path", str(tiny_model_dir),
+        "--dataset_path", str(sft_dataset),
+        "--output_dir", str(output_dir),
+        "--use_peft", "--lora_r", "8", "--lora_alpha", "16", "--lora_target_modules", "q_proj", "v_proj",
+        "--assistant_only_loss", "true",
+        "--per_device_train_batch_size", "4",
+        "--learning_rate", "1e-2",
+        "--max_steps", "3",
+        "--logging_steps", "1",
+        "--eval_strategy", "no",
+        "--save_strategy", "no",
+        "--use_cpu", "true",
+        "--report_to", "none",
+        "--dataloader_num_workers", "0",
+        *extra,
+    ]
+    return make_parser().parse_args_and_config(args=argv)
+
+
+def test_lora_steps_change_every_trainable_parameter_and_no_frozen_one(tiny_model_dir, sft_dataset, tmp_path):
+    trainer = build_trainer(*parse(tiny_model_dir, sft_dataset, tmp_path))
+    before = {name: p.detach().clone() for name, p in trainer.model.named_parameters()}
+    trainable = {name for name, p in trainer.model.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in name for name in trainable)
+
+    trainer.train()
+
+    for name, param in trainer.model.named_parameters():
+        if name in trainable:
+            assert not torch.equal(before[name], param), f"{name} did not change"
+        else:
+            assert torch.equal(before[name], param), f"frozen {name} changed"
+
+
+def test_training_loss_goes_down_on_a_tiny_overfit_set(tiny_model_dir, sft_dataset, tmp_path):
+    extra = ["--max_steps", "30", "--lr_scheduler_type", "constant", "--lora_target_modules", "all-linear", "--learning_rate", "3e-2"]
+    trainer = build_trainer(*parse(tiny_model_dir, sft_dataset, tmp_path, *extra))
+    trainer.train()
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    assert len(losses) == 30
+    assert sum(losses[-5:]) / 5 < 0.5 * sum(losses[:5]) / 5
+
+
+def test_eos_is_among_the_trained_labels(tiny_model_dir, sft_dataset, tmp_path):
+    trainer = build_trainer(*parse(tiny_model_dir, sft_dataset, tmp_path))
+    batch = next(iter(trainer.get_train_dataloader()))
+    eos = trainer.processing_class.eos_token_id
+    trained = batch["labels"][batch["labels"] != -100]
+    # One trained EOS per row: each row has one assistant turn.
+    assert int((trained == eos).sum()) == batch["labels"].shape[0]
+    # The user turn is not trained: fewer trained labels than real tokens.
+    assert trained.numel() < int(batch["attention_mask"].sum())
+
+
+def test_saved_adapter_reloads_with_peft_and_generates(tiny_model_dir, sft_dataset, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+    main(*parse(tiny_model_dir, sft_dataset, tmp_path, "--merge_adapter", "true"))
+
+    assert (tmp_path / "adapter_model.safetensors").exists() and (tmp_path / "README.md").exists()
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path)
+    assert "endgeneration" in tokenizer.chat_template  # the training template was saved with the adapter
+    assert GenerationConfig.from_pretrained(tmp_path).eos_token_id == tokenizer.eos_token_id
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), tmp_path)
+    inputs = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "What is rain?"}], add_generation_prompt=True, return_tensors="pt", return_dict=True
+    )
+    output = model.generate(**inputs, max_new_tokens=5, do_sample=False)
+    assert output.shape[1] > inputs["input_ids"].shape[1]
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged")
+    merged_output = merged.generate(**inputs, max_new_tokens=5, do_sample=False)
+    assert torch.equal(output, merged_output)
+    assert json.loads((tmp_path / "all_results.json").read_text())["train_loss"] > 0
+
+
+def test_qlora_is_refused_on_cpu_before_loading_anything(sft_dataset, tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    args = parse("/no/such/model", sft_dataset, tmp_path, "--load_in_4bit", "true")
+    with pytest.raises(UserError, match="needs a CUDA GPU"):
+        main(*args)
+
+
+def test_a_dataset_without_messages_is_refused(tiny_model_dir, tmp_path):
+    from datasets import Dataset, DatasetDict
+
+    DatasetDict({"train": Dataset.from_list([{"text": "hello"}])}).save_to_disk(tmp_path / "hf")
+    with pytest.raises(UserError, match="no `messages` column"):
+        build_trainer(*parse(tiny_model_dir, tmp_path / "hf", tmp_path / "out"))
