@@ -50,16 +50,24 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-def _generate(argv: list[str]) -> int:
+def _parse_job_config(command: str, config_class: type, argv: list[str]):
+    """The job's config from --config and dotted overrides; None when --help was asked for (and printed)."""
     from spri_sft.config import format_help, load_config
-    from spri_sft.generate.config import GenerateConfig
 
     if "-h" in argv or "--help" in argv:
-        print("usage: spri-sft generate [--config FILE.yaml] [--section.field VALUE ...]\n")
-        print((GenerateConfig.__doc__ or "").strip() + "\n\nFields:")
-        print(format_help(GenerateConfig))
+        print(f"usage: spri-sft {command} [--config FILE.yaml] [--section.field VALUE ...]\n")
+        print((config_class.__doc__ or "").strip() + "\n\nFields:")
+        print(format_help(config_class))
+        return None
+    return load_config(config_class, argv)
+
+
+def _generate(argv: list[str]) -> int:
+    from spri_sft.generate.config import GenerateConfig
+
+    config = _parse_job_config("generate", GenerateConfig, argv)
+    if config is None:
         return 0
-    config = load_config(GenerateConfig, argv)
 
     from spri_sft.generate.run import generate
 
@@ -73,15 +81,11 @@ def _generate(argv: list[str]) -> int:
 
 
 def _format(argv: list[str]) -> int:
-    from spri_sft.config import format_help, load_config
     from spri_sft.format.config import FormatConfig
 
-    if "-h" in argv or "--help" in argv:
-        print("usage: spri-sft format [--config FILE.yaml] [--section.field VALUE ...]\n")
-        print((FormatConfig.__doc__ or "").strip() + "\n\nFields:")
-        print(format_help(FormatConfig))
+    config = _parse_job_config("format", FormatConfig, argv)
+    if config is None:
         return 0
-    config = load_config(FormatConfig, argv)
 
     from spri_sft.format.build import build_dataset
 

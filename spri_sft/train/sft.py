@@ -58,7 +58,7 @@ class SFTScriptArguments:
 def make_parser():
     from trl import ModelConfig, SFTConfig, TrlParser
 
-    return TrlParser((SFTScriptArguments, SFTConfig, ModelConfig))
+    return TrlParser((SFTScriptArguments, SFTConfig, ModelConfig), prog="spri-sft train")
 
 
 def use_wandb_offline_without_key(report_to) -> None:
@@ -204,6 +204,11 @@ def _log_dataset_artifact(dataset_path: str) -> None:
 
 def cli(argv: list[str] | None = None) -> int:
     parser = make_parser()
-    script_args, training_args, model_args = parser.parse_args_and_config(args=argv)
+    try:
+        script_args, training_args, model_args = parser.parse_args_and_config(args=argv)
+    except FileNotFoundError as err:
+        raise UserError(f"{err.filename}: config file not found") from None
+    except ValueError as err:  # unknown recipe fields, invalid values: TRL and transformers say which
+        raise UserError(str(err)) from None
     main(script_args, training_args, model_args)
     return 0
