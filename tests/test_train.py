@@ -121,3 +121,23 @@ def test_a_dataset_without_messages_is_refused(tiny_model_dir, tmp_path):
     DatasetDict({"train": Dataset.from_list([{"text": "hello"}])}).save_to_disk(tmp_path / "hf")
     with pytest.raises(UserError, match="no `messages` column"):
         build_trainer(*parse(tiny_model_dir, tmp_path / "hf", tmp_path / "out"))
+
+
+def test_packed_examples_do_not_attend_to_each_other(tiny_model_dir, sft_dataset, tmp_path):
+    trainer = build_trainer(*parse(tiny_model_dir, sft_dataset, tmp_path, "--packing", "true", "--max_length", "64"))
+    batch = next(iter(trainer.get_train_dataloader()))
+    positions = batch["position_ids"][0]
+    starts = [i for i, p in enumerate(positions.tolist()) if p == 0]
+    assert "attention_mask" not in batch and len(starts) > 1  # several examples in one packed row
+    model = trainer.model.eval()
+    with torch.no_grad():
+        packed = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"]).logits[0]
+        for start, end in zip(starts, starts[1:] + [positions.numel()]):
+            alone = model(input_ids=batch["input_ids"][:, start:end]).logits[0]
+            assert torch.allclose(packed[start:end], alone, atol=1e-4)
+
+
+def test_wrapped_packing_is_refused(tiny_model_dir, sft_dataset, tmp_path):
+    args = parse(tiny_model_dir, sft_dataset, tmp_path, "--packing", "true", "--packing_strategy", "wrapped")
+    with pytest.raises(UserError, match="attend to each other"):
+        build_trainer(*args)

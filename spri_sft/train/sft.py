@@ -83,6 +83,11 @@ def build_trainer(script_args: SFTScriptArguments, training_args, model_args):
 
     if model_args.model_name_or_path is None:
         raise UserError("model_name_or_path is required (a Hub id or a local model directory)")
+    if training_args.packing and training_args.packing_strategy == "wrapped":
+        raise UserError(
+            "packing_strategy 'wrapped' cuts examples mid-sequence and lets packed examples attend to each other; "
+            "use 'bfd' (the default), which keeps them apart"
+        )
     if (model_args.load_in_4bit or model_args.load_in_8bit) and not torch.cuda.is_available():
         raise UserError(
             "QLoRA (load_in_4bit/load_in_8bit) needs a CUDA GPU and bitsandbytes; this machine has no CUDA. "
@@ -174,6 +179,8 @@ def main(script_args: SFTScriptArguments, training_args, model_args) -> dict:
         trainer.save_metrics("all", metrics)
         if script_args.log_dataset_artifact and script_args.dataset_path:
             _log_dataset_artifact(script_args.dataset_path)
+    # Barrier first: with gloo, tearing the group down right after a collective can deadlock a rank on exit.
+    trainer.accelerator.wait_for_everyone()
     trainer.end()  # closes the W&B run the trainer opened
     return metrics
 
