@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -150,8 +151,6 @@ def build_trainer(script_args: SFTScriptArguments, training_args, model_args):
 
 def main(script_args: SFTScriptArguments, training_args, model_args) -> dict:
     """Train, save, and return the final metrics. Tests call this directly."""
-    from transformers.trainer_utils import get_last_checkpoint
-
     trainer = build_trainer(script_args, training_args, model_args)
     if trainer.accelerator.is_main_process:
         _log_effective_config(training_args.output_dir, script_args, training_args, model_args)
@@ -159,7 +158,7 @@ def main(script_args: SFTScriptArguments, training_args, model_args) -> dict:
     # Resume from the last checkpoint unless told otherwise.
     checkpoint = training_args.resume_from_checkpoint
     if checkpoint is None and Path(training_args.output_dir).is_dir():
-        checkpoint = get_last_checkpoint(training_args.output_dir)
+        checkpoint = last_complete_checkpoint(training_args.output_dir)
         if checkpoint:
             trainer.accelerator.print(f"[spri-sft] resuming from {checkpoint}")
     result = trainer.train(resume_from_checkpoint=checkpoint)
@@ -181,8 +180,27 @@ def main(script_args: SFTScriptArguments, training_args, model_args) -> dict:
             _log_dataset_artifact(script_args.dataset_path)
     # Barrier first: with gloo, tearing the group down right after a collective can deadlock a rank on exit.
     trainer.accelerator.wait_for_everyone()
-    trainer.end()  # closes the W&B run the trainer opened
+    trainer.end()
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and wandb.run is not None:
+        wandb.finish()  # the trainer's W&B callback leaves its run open; a later run in this process must not reuse it
     return metrics
+
+
+def last_complete_checkpoint(output_dir: str) -> str | None:
+    """The newest `checkpoint-N` whose trainer_state.json (written last) parses: a kill mid-save leaves a torn one."""
+    checkpoints = sorted(
+        (p for p in Path(output_dir).glob("checkpoint-*") if p.name.split("-")[-1].isdigit()),
+        key=lambda p: int(p.name.split("-")[-1]),
+        reverse=True,
+    )
+    for checkpoint in checkpoints:
+        try:
+            json.loads((checkpoint / "trainer_state.json").read_text())
+            return str(checkpoint)
+        except (OSError, json.JSONDecodeError):
+            logger.warning("skipping %s: it was not completely written (killed while saving?)", checkpoint)
+    return None
 
 
 def _log_effective_config(output_dir: str, *configs) -> None:
@@ -204,8 +222,12 @@ def _log_dataset_artifact(dataset_path: str) -> None:
 
     if wandb.run is None:  # report_to did not include wandb
         return
-    artifact = wandb.Artifact(Path(dataset_path).resolve().name or "sft-dataset", type="dataset")
-    artifact.add_dir(dataset_path)
+    root = Path(dataset_path)
+    artifact = wandb.Artifact(root.resolve().name or "sft-dataset", type="dataset")
+    for file in sorted(p for p in root.rglob("*") if p.is_file()):
+        # Tokenization caches (cache-*.arrow) land in the dataset folder; they are not the data.
+        if not file.name.startswith("cache-"):
+            artifact.add_file(str(file), name=str(file.relative_to(root)))
     wandb.run.log_artifact(artifact)
 
 

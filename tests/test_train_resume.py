@@ -1,0 +1,159 @@
+"""Resuming `spri-sft train` after a crash.
+
+A training run of the tiny model is a real subprocess, killed with SIGKILL (no cleanup, no
+`finally`) as soon as its first complete checkpoint is on disk, then started again with the same
+command. The rerun must pick up that checkpoint by itself, run only the steps that were left, and
+end at `max_steps` with one continuous log history.
+
+A checkpoint counts as complete once its `trainer_state.json` parses: the Trainer writes that file
+last, after the adapter, optimizer, scheduler and RNG state.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+MAX_STEPS = 40
+SAVE_STEPS = 10
+RUN_TIMEOUT = 180.0  # seconds any one training run (or the wait for its first checkpoint) may take
+RESUMING = re.compile(r"resuming from (\S*checkpoint-(\d+))")
+LOSS_LINE = re.compile(r"\{'loss': ")  # one per optimizer step with logging_steps 1 (not 'train_loss')
+
+
+@pytest.fixture(scope="module")
+def sft_dataset(tmp_path_factory):
+    from datasets import Dataset, DatasetDict
+
+    pairs = [("What is rain?", "Water falling from clouds."), ("Name a colour.", "Blue."), ("Is ice cold?", "Yes.")]
+    rows = [
+        {"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}
+        for q, a in (pairs[i % len(pairs)] for i in range(12))
+    ]
+    path = tmp_path_factory.mktemp("sft-data") / "hf"
+    DatasetDict({"train": Dataset.from_list(rows), "validation": Dataset.from_list(rows[:2])}).save_to_disk(path)
+    return path
+
+
+def train_args(model_dir: Path, dataset: Path, output_dir: Path, max_steps: int, save_steps: int) -> list[str]:
+    return [
+        "--model_name_or_path", str(model_dir),
+        "--dataset_path", str(dataset),
+        "--output_dir", str(output_dir),
+        "--use_peft", "--lora_r", "8", "--lora_alpha", "16", "--lora_target_modules", "q_proj", "v_proj",
+        "--assistant_only_loss", "true",
+        "--per_device_train_batch_size", "4",
+        "--learning_rate", "1e-3",
+        "--max_steps", str(max_steps),
+        "--logging_steps", "1",
+        "--eval_strategy", "no",
+        "--save_strategy", "steps", "--save_steps", str(save_steps), "--save_total_limit", "2",
+        "--use_cpu", "true",
+        "--report_to", "none",
+        "--dataloader_num_workers", "0",
+    ]  # fmt: skip
+
+
+def complete_checkpoints(output_dir: Path) -> dict[int, dict]:
+    """step -> trainer state, for every checkpoint whose trainer_state.json is written and parses."""
+    found = {}
+    for path in output_dir.glob("checkpoint-*"):
+        try:
+            found[int(path.name.split("-")[1])] = json.loads((path / "trainer_state.json").read_text())
+        except (OSError, ValueError):
+            continue  # not there yet, or half written
+    return found
+
+
+def start(argv: list[str], log: Path, env: dict) -> subprocess.Popen:
+    with log.open("wb") as handle:
+        return subprocess.Popen(argv, stdout=handle, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+
+
+def kill(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+
+
+def test_a_run_killed_after_a_checkpoint_resumes_from_it_and_runs_only_the_remaining_steps(
+    tiny_model_dir, sft_dataset, tmp_path
+):
+    output_dir = tmp_path / "out"
+    args = train_args(tiny_model_dir, sft_dataset, output_dir, MAX_STEPS, SAVE_STEPS)
+    argv = [sys.executable, "-m", "spri_sft.cli", "train", *args]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+    # First run: SIGKILL as soon as one complete checkpoint exists.
+    first_log = tmp_path / "first.log"
+    first = start(argv, first_log, env)
+    try:
+        deadline = time.monotonic() + RUN_TIMEOUT
+        while not complete_checkpoints(output_dir):
+            assert first.poll() is None, "ended before its first checkpoint:\n" + first_log.read_text()[-3000:]
+            assert time.monotonic() < deadline, f"no checkpoint within {RUN_TIMEOUT} s"
+            time.sleep(0.05)
+    finally:
+        kill(first)
+    assert first.returncode == -signal.SIGKILL, "the first run finished before the kill; give it more steps"
+    saved = complete_checkpoints(output_dir)
+    killed_at = max(saved)
+    assert 0 < killed_at < MAX_STEPS
+    # Anything else on disk is complete too, so the rerun meets a clean crash, not a torn checkpoint.
+    assert len(list(output_dir.glob("checkpoint-*"))) == len(saved)
+
+    # Rerun, same command.
+    second_log = tmp_path / "second.log"
+    second = start(argv, second_log, env)
+    try:
+        second.wait(timeout=RUN_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"the rerun did not end within {RUN_TIMEOUT} s")
+    finally:
+        kill(second)
+    output = second_log.read_text()
+    assert second.returncode == 0, output[-3000:]
+
+    resumed = RESUMING.search(output)
+    assert resumed, "the rerun did not say it resumed:\n" + output[-3000:]
+    assert Path(resumed.group(1)) == output_dir / f"checkpoint-{killed_at}"
+    # Only the remaining steps ran: one logged loss per optimizer step.
+    assert len(LOSS_LINE.findall(output)) == MAX_STEPS - killed_at
+
+    final = complete_checkpoints(output_dir)
+    assert max(final) == MAX_STEPS and final[MAX_STEPS]["global_step"] == MAX_STEPS
+    # One continuous history: the steps before the kill (carried over) and after it, each once.
+    logged_steps = [entry["step"] for entry in final[MAX_STEPS]["log_history"] if "loss" in entry]
+    assert logged_steps == list(range(1, MAX_STEPS + 1))
+    assert json.loads((output_dir / "all_results.json").read_text())["train_loss"] > 0
+
+
+def test_a_checkpoint_torn_by_a_kill_during_saving_is_skipped(tiny_model_dir, sft_dataset, tmp_path):
+    """What SIGKILL in the middle of `_save_checkpoint` leaves: the adapter written, nothing after it.
+
+    Made by hand because hitting the few milliseconds of a save with a real kill is luck.
+    """
+    from spri_sft.train.sft import main, make_parser
+
+    def train(max_steps):
+        argv = train_args(tiny_model_dir, sft_dataset, tmp_path, max_steps, save_steps=2)
+        return main(*make_parser().parse_args_and_config(args=argv))
+
+    train(4)
+    torn = tmp_path / "checkpoint-6"
+    torn.mkdir()
+    for name in ("adapter_model.safetensors", "adapter_config.json"):
+        shutil.copy(tmp_path / "checkpoint-4" / name, torn / name)
+
+    train(8)
+
+    assert complete_checkpoints(tmp_path)[8]["global_step"] == 8

@@ -1,0 +1,247 @@
+"""W&B logging of the train job without an API key: offline, one run, metrics, dataset, recipe names.
+
+Nothing here reaches a W&B server. With no WANDB_API_KEY, no WANDB_MODE and no ~/.netrc entry
+(HOME is an empty folder), `main()` must switch W&B to offline by itself; the run then lives in
+`$WANDB_DIR/wandb/offline-run-*/run-<id>.wandb`, the append-only record log that `wandb sync`
+uploads later. The tests read that log back (see `wandb_records`) and check what a synced run
+would show: the training loss per step, the dataset artifact, and the project and run name the
+recipe set (`env: {WANDB_PROJECT: ...}` and `run_name`, parsed by TrlParser).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import struct
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from spri_sft.train.sft import main, make_parser, use_wandb_offline_without_key
+
+MAX_STEPS = 3
+
+
+@pytest.fixture(scope="module")
+def sft_dataset(tmp_path_factory):
+    from datasets import Dataset, DatasetDict
+
+    pairs = [("What is rain?", "Water falling from clouds."), ("Name a colour.", "Blue."), ("Is ice cold?", "Yes.")]
+    rows = [
+        {"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}
+        for q, a in (pairs[i % len(pairs)] for i in range(8))
+    ]
+    path = tmp_path_factory.mktemp("sft-data") / "hf"
+    DatasetDict({"train": Dataset.from_list(rows), "validation": Dataset.from_list(rows[:2])}).save_to_disk(path)
+    return path
+
+
+def train_argv(model_dir: Path, dataset: Path, output_dir: Path, report_to: str) -> list[str]:
+    return [
+        "--model_name_or_path", str(model_dir),
+        "--dataset_path", str(dataset),
+        "--output_dir", str(output_dir),
+        "--use_peft", "--lora_r", "8", "--lora_alpha", "16", "--lora_target_modules", "q_proj", "v_proj",
+        "--assistant_only_loss", "true",
+        "--per_device_train_batch_size", "4",
+        "--max_steps", str(MAX_STEPS),
+        "--logging_steps", "1",
+        "--eval_strategy", "no",
+        "--save_strategy", "no",
+        "--use_cpu", "true",
+        "--report_to", report_to,
+        "--dataloader_num_workers", "0",
+    ]  # fmt: skip
+
+
+def without_wandb_credentials(mp: pytest.MonkeyPatch, home: Path, wandb_dir: Path) -> None:
+    """No key, no mode, no project, no ~/.netrc; whatever the code under test sets is undone afterwards."""
+    for name in [name for name in os.environ if name.startswith("WANDB_")]:
+        mp.delenv(name)
+    for name in ("WANDB_MODE", "WANDB_PROJECT", "WANDB_API_KEY"):
+        mp.setenv(name, "")  # records the variable's prior state (unset), so teardown removes what main() adds
+        mp.delenv(name)
+    home.mkdir(parents=True, exist_ok=True)
+    mp.setenv("HOME", str(home))
+    mp.setenv("WANDB_DIR", str(wandb_dir))
+
+
+def wandb_records(run_dir: Path, timeout: float = 30.0) -> list:
+    """Every record of a finished offline run's `.wandb` file, as `wandb_internal_pb2.Record` messages.
+
+    The file is a 7-byte header (":W&B", magic 0xBEE1, version 0) followed by LevelDB-log framing:
+    32 KiB blocks of chunks, each with a 7-byte header (crc32, length, type: 1 full, 2 first,
+    3 middle, 4 last). wandb 0.31 ships no Python reader for it (its Go core writes it), and
+    `wandb.finish()` returns before the core has flushed the file: wait for the run's exit record.
+    """
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        records = _parse_wandb_log(run_dir)
+        if any(record.WhichOneof("record_type") == "exit" for record in records):
+            return records
+        assert time.monotonic() < deadline, f"{run_dir}: no exit record within {timeout} s (run not finished?)"
+        time.sleep(0.1)
+
+
+def _parse_wandb_log(run_dir: Path) -> list:
+    from wandb.proto import wandb_internal_pb2
+
+    (path,) = run_dir.glob("*.wandb")
+    data = path.read_bytes()
+    assert data[:7] == b":W&B" + struct.pack("<HB", 0xBEE1, 0), f"{path}: not a W&B record log"
+    records, position, block, pending = [], 7, 32768, b""
+    while position + 7 <= len(data):
+        left_in_block = block - position % block
+        if left_in_block < 7:  # a block's zero-filled trailer
+            position += left_in_block
+            continue
+        _, length, kind = struct.unpack("<IHB", data[position : position + 7])
+        if position + 7 + length > len(data):  # still being written
+            break
+        chunk = data[position + 7 : position + 7 + length]
+        position += 7 + length
+        pending = chunk if kind in (1, 2) else pending + chunk
+        if kind in (1, 4):
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(pending)
+            records.append(record)
+    return records
+
+
+@pytest.fixture(scope="module")
+def offline_run(tiny_model_dir, sft_dataset, tmp_path_factory):
+    """One training run with report_to wandb, its recipe setting the project and the run name."""
+    import wandb
+    import yaml
+
+    tmp = tmp_path_factory.mktemp("wandb-run")
+    with pytest.MonkeyPatch.context() as mp:
+        without_wandb_credentials(mp, tmp / "home", tmp / "wandb-dir")
+        mp.chdir(tmp)
+        recipe = tmp / "recipe.yaml"
+        recipe.write_text(yaml.safe_dump({"env": {"WANDB_PROJECT": "my-project"}, "run_name": "my-run"}))
+        args = make_parser().parse_args_and_config(
+            args=["--config", str(recipe), *train_argv(tiny_model_dir, sft_dataset, tmp / "out", "wandb")]
+        )
+        project_after_parse = os.environ.get("WANDB_PROJECT")
+
+        metrics = main(*args)
+
+        mode_after_main = os.environ.get("WANDB_MODE")
+        run_left_open = wandb.run is not None
+        if run_left_open:  # see test_main_closes_the_wandb_run_it_opened; finishing flushes the record log
+            wandb.finish()
+    run_dirs = sorted(p for p in (tmp / "wandb-dir" / "wandb").glob("*run-*") if p.is_dir())
+    return SimpleNamespace(
+        tmp=tmp,
+        args=args,
+        metrics=metrics,
+        project_after_parse=project_after_parse,
+        mode_after_main=mode_after_main,
+        run_left_open=run_left_open,
+        run_dirs=run_dirs,
+        records=wandb_records(run_dirs[0]) if len(run_dirs) == 1 else None,
+    )
+
+
+def records_of(offline_run, kind: str) -> list:
+    assert offline_run.records is not None, f"expected one run directory, found {offline_run.run_dirs}"
+    return [getattr(r, kind) for r in offline_run.records if r.WhichOneof("record_type") == kind]
+
+
+def test_without_an_api_key_main_switches_wandb_to_offline(offline_run):
+    assert offline_run.mode_after_main == "offline"
+
+
+def test_exactly_one_offline_run_directory_in_wandb_dir(offline_run):
+    assert [p.name.split("-")[0] for p in offline_run.run_dirs] == ["offline"], offline_run.run_dirs
+    assert not (offline_run.tmp / "wandb").exists(), "a run was written to the working directory, not WANDB_DIR"
+
+
+def test_the_run_holds_the_training_loss_of_every_step(offline_run):
+    # "train/loss" is stored as the nested key ["train", "loss"].
+    history = [
+        {item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in h.item}
+        for h in records_of(offline_run, "history")
+    ]
+    losses = {row["train/global_step"]: row["train/loss"] for row in history if "train/loss" in row}
+    assert sorted(losses) == list(range(1, MAX_STEPS + 1))
+    assert all(math.isfinite(loss) and loss > 0 for loss in losses.values())
+    # The same numbers the trainer averaged into its own train_loss.
+    assert sum(losses.values()) / MAX_STEPS == pytest.approx(offline_run.metrics["train_loss"], rel=1e-4)
+
+
+def test_the_dataset_is_logged_as_an_artifact(offline_run, sft_dataset):
+    (artifact,) = records_of(offline_run, "artifact")
+    assert artifact.type == "dataset" and artifact.name == sft_dataset.name
+    files = {entry.path for entry in artifact.manifest.contents}
+    assert {"dataset_dict.json", "train/data-00000-of-00001.arrow", "validation/data-00000-of-00001.arrow"} <= files
+
+
+def test_the_dataset_artifact_leaves_out_tokenization_caches(offline_run):
+    (artifact,) = records_of(offline_run, "artifact")
+    assert not [entry.path for entry in artifact.manifest.contents if Path(entry.path).name.startswith("cache-")]
+
+
+def test_project_and_run_name_come_from_the_recipe(offline_run):
+    assert offline_run.project_after_parse == "my-project"  # TrlParser applied the recipe's env: block
+    assert offline_run.args[1].run_name == "my-run"
+    (run,) = records_of(offline_run, "run")
+    assert (run.project, run.display_name) == ("my-project", "my-run")
+
+
+def test_main_closes_the_wandb_run_it_opened(offline_run):
+    assert not offline_run.run_left_open
+
+
+def test_report_to_none_creates_no_wandb_directory(tiny_model_dir, sft_dataset, tmp_path, monkeypatch):
+    import wandb
+
+    without_wandb_credentials(monkeypatch, tmp_path / "home", tmp_path / "wandb-dir")
+    monkeypatch.chdir(tmp_path)
+
+    main(*make_parser().parse_args_and_config(args=train_argv(tiny_model_dir, sft_dataset, tmp_path / "out", "none")))
+
+    assert not (tmp_path / "wandb-dir").exists() and not (tmp_path / "wandb").exists()
+    assert "WANDB_MODE" not in os.environ and wandb.run is None
+
+
+@pytest.mark.parametrize(
+    "report_to, env, netrc, expected_mode",
+    [
+        (["wandb"], {}, None, "offline"),
+        ("all", {}, None, "offline"),
+        (["wandb"], {"WANDB_API_KEY": "x" * 40}, None, None),
+        (["wandb"], {"WANDB_MODE": "disabled"}, None, "disabled"),
+        (["wandb"], {}, "machine api.wandb.ai\n  login user\n  password " + "x" * 40 + "\n", None),
+        (["wandb"], {}, "machine example.com\n  login user\n  password secret\n", "offline"),
+        (["tensorboard"], {}, None, None),
+        (["none"], {}, None, None),
+    ],
+    ids=[
+        "no-key",
+        "report-to-all",
+        "api-key",
+        "explicit-mode",
+        "netrc-login",
+        "netrc-other-host",
+        "tensorboard",
+        "none",
+    ],
+)
+def test_offline_only_when_wandb_is_used_and_no_login_is_found(
+    tmp_path, monkeypatch, report_to, env, netrc, expected_mode
+):
+    without_wandb_credentials(monkeypatch, tmp_path / "home", tmp_path / "wandb-dir")
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    if netrc is not None:
+        (tmp_path / "home" / ".netrc").write_text(netrc)
+
+    use_wandb_offline_without_key(report_to)
+
+    assert os.environ.get("WANDB_MODE") == expected_mode
