@@ -14,6 +14,7 @@ Commands:
   format           Turn records.jsonl files into a chat SFT dataset (filters, dedupe, TruthfulQA guard).
   train            Fine-tune with TRL SFTTrainer + LoRA/QLoRA on a formatted dataset
                    (TRL's flags; run under `accelerate launch scripts/sft.py` for several GPUs).
+  evaluate         Score a model (optionally + LoRA adapter) on TruthfulQA MC1/MC2 as lm-evaluation-harness does.
   check-template   Check that a model's chat template trains its assistant turns and EOS.
 
 Every command reads its settings from an optional YAML file (--config) and then from
@@ -35,6 +36,8 @@ def main(argv: list[str] | None = None) -> int:
             return _generate(rest)
         if command == "format":
             return _format(rest)
+        if command == "evaluate":
+            return _evaluate(rest)
         if command == "train":
             from spri_sft.train.sft import cli
 
@@ -95,6 +98,19 @@ def _format(argv: list[str]) -> int:
         f"[spri-sft] {summary['rows']} rows (train {summary['splits']['train']}, "
         f"validation {summary['splits'].get('validation', 0)}) in {config.output_dir}; dropped: {dropped}"
     )
+    return 0
+
+
+def _evaluate(argv: list[str]) -> int:
+    from spri_sft.evaluate.config import EvaluateConfig
+
+    config = _parse_job_config("evaluate", EvaluateConfig, argv)
+    if config is None:
+        return 0
+
+    from spri_sft.evaluate.run import evaluate_truthfulqa
+
+    evaluate_truthfulqa(config)  # prints the scores and where results.json went
     return 0
 
 

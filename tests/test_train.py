@@ -141,3 +141,11 @@ def test_wrapped_packing_is_refused(tiny_model_dir, sft_dataset, tmp_path):
     args = parse(tiny_model_dir, sft_dataset, tmp_path, "--packing", "true", "--packing_strategy", "wrapped")
     with pytest.raises(UserError, match="attend to each other"):
         build_trainer(*args)
+
+
+def test_truthfulqa_is_scored_after_training_when_the_recipe_names_a_file(tiny_model_dir, sft_dataset, tmp_path, shared_dir):
+    truthfulqa = shared_dir / "data/truthfulqa/data/v0/mc_task.json"
+    metrics = main(*parse(tiny_model_dir, sft_dataset, tmp_path, "--truthfulqa_file", str(truthfulqa), "--truthfulqa_limit", "3"))
+    results = json.loads((tmp_path / "truthfulqa/results.json").read_text())
+    assert results["n"] == 3 and results["adapter"] == str(tmp_path)
+    assert metrics["truthfulqa_mc1"] == results["mc1"] and 0 <= metrics["truthfulqa_mc2"] <= 1

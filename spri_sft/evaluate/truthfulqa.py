@@ -101,16 +101,18 @@ def mc2_acc(loglikelihoods: list[float], labels: list[int]) -> float:
     return float(np.sum(probs_norm[np.array(labels) == 1]))
 
 
-def mean_stderr(values: list[float]) -> float:
-    """lm-eval's `mean_stderr`: sample standard deviation (n - 1) over sqrt(n); NaN below 2 values."""
+def mean_stderr(values: list[float]) -> float | None:
+    """lm-eval's `mean_stderr`: sample standard deviation (n - 1) over sqrt(n); None below 2 values."""
     n = len(values)
     if n < 2:
-        return float("nan")
+        return None
     mu = sum(values) / n
     return math.sqrt(sum((x - mu) ** 2 for x in values) / (n - 1)) / math.sqrt(n)
 
 
-def load_questions(path: str | None = None, dataset: str | None = None, split: str = "validation") -> tuple[list[Question], str]:
+def load_questions(
+    path: str | None = None, dataset: str | None = None, split: str = "validation"
+) -> tuple[list[Question], str]:
     """The questions and a sha256 of their source: the file's bytes, or the Hub rows as canonical JSON."""
     if path:
         file = Path(path)
@@ -121,7 +123,13 @@ def load_questions(path: str | None = None, dataset: str | None = None, split: s
     elif dataset:
         from datasets import load_dataset
 
-        rows = [dict(r) for r in load_dataset(dataset, "multiple_choice", split=split)]
+        try:
+            rows = [dict(r) for r in load_dataset(dataset, "multiple_choice", split=split)]
+        except Exception as err:  # noqa: BLE001  (offline, unknown id, no split: one message for all)
+            raise UserError(
+                f"could not load the Hub dataset {dataset!r} (config multiple_choice, split {split!r}): "
+                f"{type(err).__name__}: {err}. Without the Hub, pass --truthfulqa_file with upstream's data/v0/mc_task.json"
+            ) from None
         digest = hashlib.sha256(json.dumps(rows, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
     else:
         raise UserError("set truthfulqa_file (mc_task.json or the Hub parquet/JSON layout) or dataset (a Hub id)")

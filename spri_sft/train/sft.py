@@ -54,6 +54,12 @@ class SFTScriptArguments:
     )
     merge_adapter: bool = field(default=False, metadata={"help": "Also save the LoRA adapter merged into the base model."})
     log_dataset_artifact: bool = field(default=True, metadata={"help": "Log the training dataset (with its card) to W&B."})
+    truthfulqa_file: str | None = field(
+        default=None,
+        metadata={"help": "After training, score the trained model on this TruthfulQA file (mc_task.json or the Hub "
+                  "parquet layout); the results land in <output_dir>/truthfulqa and the training's W&B run."},
+    )
+    truthfulqa_limit: int | None = field(default=None, metadata={"help": "Score only the first N TruthfulQA questions."})
 
 
 def make_parser():
@@ -178,6 +184,8 @@ def main(script_args: SFTScriptArguments, training_args, model_args) -> dict:
         trainer.save_metrics("all", metrics)
         if script_args.log_dataset_artifact and script_args.dataset_path:
             _log_dataset_artifact(script_args.dataset_path)
+        if script_args.truthfulqa_file:
+            metrics.update(_evaluate_truthfulqa(trainer, script_args, training_args, model_args))
     # Barrier first: with gloo, tearing the group down right after a collective can deadlock a rank on exit.
     trainer.accelerator.wait_for_everyone()
     trainer.end()
@@ -201,6 +209,24 @@ def last_complete_checkpoint(output_dir: str) -> str | None:
         except (OSError, json.JSONDecodeError):
             logger.warning("skipping %s: it was not completely written (killed while saving?)", checkpoint)
     return None
+
+
+def _evaluate_truthfulqa(trainer, script_args, training_args, model_args) -> dict:
+    """Score the model in memory while the training's W&B run is open, so the scores join that run."""
+    from spri_sft.evaluate.config import EvaluateConfig
+    from spri_sft.evaluate.run import evaluate_truthfulqa
+
+    wanted = training_args.report_to if isinstance(training_args.report_to, list) else [training_args.report_to]
+    config = EvaluateConfig(
+        model=model_args.model_name_or_path,
+        adapter=training_args.output_dir if model_args.use_peft else None,
+        truthfulqa_file=script_args.truthfulqa_file,
+        limit=script_args.truthfulqa_limit,
+        output_dir=str(Path(training_args.output_dir) / "truthfulqa"),
+        report_to="wandb" if "wandb" in wanted else "none",
+    )
+    results = evaluate_truthfulqa(config, model=trainer.model, tokenizer=trainer.processing_class)
+    return {"truthfulqa_mc1": results["mc1"], "truthfulqa_mc2": results["mc2"]}
 
 
 def _log_effective_config(output_dir: str, *configs) -> None:

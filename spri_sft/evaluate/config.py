@@ -1,0 +1,101 @@
+"""The configuration of `spri-sft evaluate`: one dataclass, YAML + dotted command-line overrides."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+
+@dataclass
+class EvaluateConfig:
+    """Score a model on TruthfulQA MC1/MC2 exactly as lm-evaluation-harness does, only faster.
+
+    The prompt, tokenization and metrics are lm-eval's `truthfulqa_mc1` (v2.0) and
+    `truthfulqa_mc2` (v3.0); `spri_sft.evaluate.truthfulqa` documents the rules. Each question's
+    prompt runs through the model once and all its choices are scored in one batch on its KV cache.
+
+    Fields, by purpose:
+    - model: `model` (a Hub id, a local or merged model directory), `adapter` (a PEFT/LoRA adapter
+      loaded on top of `model`), `tokenizer`, `dtype`, `device`, `trust_remote_code`;
+    - data: `truthfulqa_file` (v0 `mc_task.json`, or the Hub layout as parquet/JSON), else `dataset`
+      (a Hub id, with `dataset_split`); `limit` takes the first questions, as lm-eval's `--limit`;
+    - prompt: `chat_template` (the question wrapped in the tokenizer's chat template, as lm-eval's
+      `--apply_chat_template`); the mode is recorded in results.json, so scores of the two modes are
+      never mixed;
+    - speed: `batch_size` (choices per forward pass), `num_threads`;
+    - output: `output_dir` (results.json, per_question.jsonl, config.yaml);
+    - W&B: `report_to`, `wandb_project`, `wandb_group`, `wandb_run_name`.
+
+    Defaults that differ from lm-eval's: none for scoring (`dtype: auto` is lm-eval's default, the
+    checkpoint's own dtype; use `float32` on CPU for a bfloat16 checkpoint).
+    """
+
+    # Model arguments
+    model: str = field(
+        default="HuggingFaceTB/SmolLM2-135M-Instruct",
+        metadata={
+            "help": "Hub id or local directory of the (base or merged) model; the embedded default works offline."
+        },
+    )
+    adapter: str | None = field(
+        default=None, metadata={"help": "PEFT (LoRA) adapter directory or Hub id, loaded on top of `model`."}
+    )
+    tokenizer: str | None = field(
+        default=None,
+        metadata={"help": "Tokenizer to use instead of the model's (lm-eval also takes the model's by default)."},
+    )
+    dtype: Literal["auto", "float32", "bfloat16", "float16", "float64"] = field(
+        default="auto", metadata={"help": "Model dtype; auto = the checkpoint's (lm-eval's default)."}
+    )
+    device: str = field(
+        default="auto", metadata={"help": "cpu, cuda, cuda:1, mps … ; auto = cuda when available, else cpu."}
+    )
+    trust_remote_code: bool = field(default=False, metadata={"help": "Allow model code from the Hub repository."})
+
+    # Data arguments
+    truthfulqa_file: str | None = field(
+        default=None,
+        metadata={
+            "help": "TruthfulQA multiple-choice file: upstream data/v0/mc_task.json, or the Hub `multiple_choice` layout "
+            "as .parquet/.json/.jsonl. Takes precedence over `dataset`."
+        },
+    )
+    dataset: str = field(
+        default="truthfulqa/truthful_qa",
+        metadata={
+            "help": "Hub dataset id read (config multiple_choice) when no truthfulqa_file is given; needs the Hub."
+        },
+    )
+    dataset_split: str = field(default="validation", metadata={"help": "Split of `dataset` (lm-eval uses validation)."})
+    limit: int | None = field(default=None, metadata={"help": "Score only the first N questions (lm-eval's --limit)."})
+
+    # Prompt
+    chat_template: bool = field(
+        default=False,
+        metadata={"help": "Wrap the prompt in the tokenizer's chat template (lm-eval's --apply_chat_template)."},
+    )
+
+    # Speed
+    batch_size: int = field(default=32, metadata={"help": "Choices scored per forward pass (a question has 2-20)."})
+    num_threads: int | None = field(default=None, metadata={"help": "torch CPU threads; null leaves torch's default."})
+
+    # Output
+    output_dir: str = field(
+        default="outputs/evaluate", metadata={"help": "Where results.json, per_question.jsonl and config.yaml go."}
+    )
+
+    # W&B
+    report_to: Literal["wandb", "none"] = field(
+        default="none",
+        metadata={
+            "help": "wandb: log truthfulqa_mc1/acc and truthfulqa_mc2/acc to the open wandb.run's summary, or to a new "
+            "run; offline when no API key is set."
+        },
+    )
+    wandb_project: str | None = field(
+        default=None, metadata={"help": "Project of a new W&B run; default $WANDB_PROJECT, else spri-sft."}
+    )
+    wandb_group: str | None = field(
+        default=None, metadata={"help": "Group of a new W&B run; default $WANDB_RUN_GROUP."}
+    )
+    wandb_run_name: str | None = field(default=None, metadata={"help": "Name of a new W&B run."})

@@ -1,0 +1,206 @@
+"""`evaluate_truthfulqa(config)`: load the model (and adapter), score TruthfulQA MC1/MC2, write and log.
+
+Top to bottom: read the questions (file or Hub) and hash them; load the tokenizer and model, with
+a PEFT adapter on top when one is given (as lm-eval's `peft=`); run the prompt prefix all
+questions share once; score each question's choices (the union of its MC1 and MC2 choices, each
+scored once) on one pass of its prompt (`scoring.ChoiceScorer`); compute
+lm-eval's per-question MC1 and MC2 values and their means and standard errors; write
+`results.json`, `per_question.jsonl` and `config.yaml` in `output_dir`; log to W&B when asked.
+
+Output, in `output_dir`:
+- `results.json`: `mc1`, `mc1_stderr`, `mc2`, `mc2_stderr`, `n`, `mode` (plain / chat_template),
+  `model`, `adapter`, `tokenizer`, `dtype`, `device`, `data_source`, `data_sha256`, `limit`,
+  `task_versions` (lm-eval's), `wall_seconds`, `questions_per_second`;
+- `per_question.jsonl`: one line per question in data order: `index`, `question`, `mc1_acc`,
+  `mc1_pred`, `mc1_gold`, `mc2_acc`, and per metric the choices, labels and summed log-likelihoods;
+- `config.yaml`: the effective configuration.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from spri_sft.errors import UserError
+from spri_sft.evaluate.config import EvaluateConfig
+
+logger = logging.getLogger(__name__)
+
+
+def evaluate_truthfulqa(config: EvaluateConfig, model: Any = None, tokenizer: Any = None) -> dict[str, Any]:
+    """Score TruthfulQA MC1/MC2, write results.json and per_question.jsonl, and return the results.
+
+    `model`/`tokenizer` may be given already loaded (e.g. the model at the end of training); then
+    `config.model` and `config.adapter` only name them in the results.
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    from spri_sft.config import dump_yaml
+    from spri_sft.evaluate.scoring import ChoiceScorer
+    from spri_sft.evaluate.truthfulqa import TASK_VERSIONS, build_context, load_questions, mc1_acc, mc2_acc, mean_stderr
+
+    if config.batch_size < 1:
+        raise UserError(f"batch_size must be >= 1, got {config.batch_size}")
+    if config.limit is not None and config.limit < 1:
+        raise UserError(f"limit must be >= 1 or null, got {config.limit}")
+    if config.num_threads:
+        torch.set_num_threads(config.num_threads)
+
+    questions, data_sha256 = load_questions(config.truthfulqa_file, config.dataset, config.dataset_split)
+    if config.limit is not None:
+        questions = questions[: config.limit]
+    if model is None:
+        model, tokenizer = load_model(config)
+    elif tokenizer is None:
+        raise UserError("evaluate_truthfulqa: a model passed in needs its tokenizer too")
+    was_training = model.training
+    model.eval()
+    scorer = ChoiceScorer(model, tokenizer, batch_size=config.batch_size)
+    mode = "chat_template" if config.chat_template else "plain"
+    contexts = [build_context(q.question, tokenizer, config.chat_template) for q in questions]
+    start = time.perf_counter()
+    shared = scorer.share_prefix([context for context, _ in contexts])
+    logger.info("TruthfulQA MC1/MC2 (%s prompt): %d questions, %d prompt tokens shared", mode, len(questions), shared)
+
+    rows = []
+    progress = tqdm(questions, desc="TruthfulQA MC1/MC2", unit="q")
+    for index, (q, (context, delimiter)) in enumerate(zip(progress, contexts)):
+        choices = list(dict.fromkeys(q.mc1_choices + q.mc2_choices))
+        by_choice = dict(zip(choices, scorer.score(context, [delimiter + c for c in choices])))
+        mc1_lls = [by_choice[c] for c in q.mc1_choices]
+        mc2_lls = [by_choice[c] for c in q.mc2_choices]
+        acc1, pred, gold = mc1_acc(mc1_lls, q.mc1_labels)
+        rows.append(
+            {
+                "index": index,
+                "question": q.question,
+                "mc1_acc": acc1,
+                "mc1_pred": pred,
+                "mc1_gold": gold,
+                "mc2_acc": mc2_acc(mc2_lls, q.mc2_labels),
+                "mc1": {"choices": q.mc1_choices, "labels": q.mc1_labels, "loglikelihoods": mc1_lls},
+                "mc2": {"choices": q.mc2_choices, "labels": q.mc2_labels, "loglikelihoods": mc2_lls},
+            }
+        )
+    wall = time.perf_counter() - start
+    model.train(was_training)
+
+    mc1 = [r["mc1_acc"] for r in rows]
+    mc2 = [r["mc2_acc"] for r in rows]
+    results = {
+        "mc1": sum(mc1) / len(mc1),
+        "mc1_stderr": mean_stderr(mc1),
+        "mc2": sum(mc2) / len(mc2),
+        "mc2_stderr": mean_stderr(mc2),
+        "n": len(rows),
+        "mode": mode,
+        "model": config.model,
+        "adapter": config.adapter,
+        "tokenizer": config.tokenizer or config.model,
+        "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
+        "device": str(next(model.parameters()).device),
+        "data_source": config.truthfulqa_file or f"{config.dataset}:multiple_choice:{config.dataset_split}",
+        "data_sha256": data_sha256,
+        "limit": config.limit,
+        "task_versions": TASK_VERSIONS,
+        "wall_seconds": round(wall, 3),
+        "questions_per_second": round(len(rows) / wall, 3) if wall else None,
+    }
+
+    out = Path(config.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    with open(out / "per_question.jsonl", "w") as f:
+        f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+    dump_yaml(config, out / "config.yaml")
+    logger.info(
+        "TruthfulQA (%s, n=%d): MC1 %s, MC2 %s (%.1f q/s) → %s",
+        mode, len(rows), _pm(results["mc1"], results["mc1_stderr"]), _pm(results["mc2"], results["mc2_stderr"]),
+        results["questions_per_second"] or 0.0, out / "results.json",
+    )  # fmt: skip
+    if config.report_to == "wandb":
+        log_to_wandb(config, results, rows, out)
+    return results
+
+
+def _pm(value: float, stderr: float | None) -> str:
+    return f"{value:.4f}" + (f" ± {stderr:.4f}" if stderr is not None else "")
+
+
+def load_model(config: EvaluateConfig) -> tuple[Any, Any]:
+    """Tokenizer and model as lm-eval's HFLM loads them (`pretrained=`, `peft=`, `dtype=`, `tokenizer=`)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from spri_sft.models import resolve_model
+
+    device = config.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"device {device!r}: this machine has no CUDA; use --device cpu")
+    model_path = resolve_model(config.model)
+    tokenizer = AutoTokenizer.from_pretrained(
+        resolve_model(config.tokenizer) if config.tokenizer else model_path, trust_remote_code=config.trust_remote_code
+    )
+    dtype = "auto" if config.dtype == "auto" else getattr(torch, config.dtype)
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype, trust_remote_code=config.trust_remote_code)
+    if config.adapter:
+        from peft import PeftModel
+
+        if model.config.vocab_size != len(tokenizer):
+            # As lm-eval: an adapter trained with added tokens needs the embeddings resized first.
+            model.resize_token_embeddings(len(tokenizer))
+        model = PeftModel.from_pretrained(model, config.adapter)
+    return model.to(device).eval(), tokenizer
+
+
+def log_to_wandb(config: EvaluateConfig, results: dict[str, Any], rows: list[dict[str, Any]], out: Path) -> None:
+    """Summary metrics, a per-question table and results.json as an artifact, on the open run or a new one."""
+    from spri_sft.train.sft import use_wandb_offline_without_key
+
+    use_wandb_offline_without_key(config.report_to)
+    import wandb
+
+    own_run = wandb.run is None
+    run = wandb.run or wandb.init(
+        project=config.wandb_project or os.environ.get("WANDB_PROJECT") or "spri-sft",
+        group=config.wandb_group or os.environ.get("WANDB_RUN_GROUP"),
+        name=config.wandb_run_name,
+        job_type="evaluate",
+        dir=str(out),
+        config={"evaluate": dataclasses.asdict(config)},
+    )
+    run.summary.update(
+        {
+            "truthfulqa_mc1/acc": results["mc1"],
+            "truthfulqa_mc1/acc_stderr": results["mc1_stderr"],
+            "truthfulqa_mc2/acc": results["mc2"],
+            "truthfulqa_mc2/acc_stderr": results["mc2_stderr"],
+            "truthfulqa/n": results["n"],
+            "truthfulqa/mode": results["mode"],
+        }
+    )
+    table = wandb.Table(columns=["index", "question", "mc1_acc", "mc2_acc", "mc1_predicted", "mc1_gold"])
+    for r in rows:
+        choices = r["mc1"]["choices"]
+        table.add_data(
+            r["index"], r["question"], r["mc1_acc"], r["mc2_acc"], choices[r["mc1_pred"]], choices[r["mc1_gold"]]
+        )
+    run.log({"truthfulqa/per_question": table})
+    artifact = wandb.Artifact(
+        f"truthfulqa-{run.id}",
+        type="evaluation",
+        metadata={k: results[k] for k in ("mc1", "mc2", "n", "mode", "data_sha256")},
+    )
+    artifact.add_file(str(out / "results.json"))
+    artifact.add_file(str(out / "per_question.jsonl"))
+    run.log_artifact(artifact)
+    if own_run:
+        run.finish()
