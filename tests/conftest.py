@@ -79,3 +79,16 @@ def shared_dir() -> Path:
     if not SHARED.is_dir():
         pytest.skip(f"shared data folder not found at {SHARED} (set SPRI_SFT_SHARED)")
     return SHARED
+
+
+@pytest.fixture(autouse=True)
+def fresh_wandb_state():
+    """W&B keeps process-wide settings (its directory, mode) from the first run; tests each set their own."""
+    yield
+    import sys
+
+    wandb = sys.modules.get("wandb")
+    if wandb is not None:
+        if wandb.run is not None:
+            wandb.finish()
+        wandb.teardown()
