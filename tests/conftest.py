@@ -92,3 +92,25 @@ def fresh_wandb_state():
         if wandb.run is not None:
             wandb.finish()
         wandb.teardown()
+
+
+SFT_PAIRS = [
+    ("What is rain?", "Water falling from clouds."),
+    ("Name a colour.", "Blue."),
+    ("Is ice cold?", "Yes, it is."),
+    ("Count to three.", "One, two, three."),
+]
+
+
+def build_sft_dataset(directory: Path, train_rows: int = 8, validation_rows: int = 4) -> Path:
+    """A `spri-sft format`-shaped dataset (`messages`, train/validation) saved with `save_to_disk`."""
+    from datasets import Dataset, DatasetDict
+
+    def rows(n):
+        return [
+            {"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}
+            for q, a in (SFT_PAIRS[i % len(SFT_PAIRS)] for i in range(n))
+        ]
+
+    DatasetDict({"train": Dataset.from_list(rows(train_rows)), "validation": Dataset.from_list(rows(validation_rows))}).save_to_disk(directory)
+    return directory

@@ -10,23 +10,12 @@ import torch
 from spri_sft.errors import UserError
 from spri_sft.train.sft import build_trainer, main, make_parser
 
-QUESTIONS = ["What is rain?", "Name a colour.", "Is ice cold?", "Count to three."]
-ANSWERS = ["Water falling from clouds.", "Blue.", "Yes, it is.", "One, two, three."]
+from conftest import build_sft_dataset
 
 
 @pytest.fixture(scope="module")
 def sft_dataset(tmp_path_factory):
-    from datasets import Dataset, DatasetDict
-
-    def rows(n):
-        return [
-            {"messages": [{"role": "user", "content": QUESTIONS[i % 4]}, {"role": "assistant", "content": ANSWERS[i % 4]}]}
-            for i in range(n)
-        ]
-
-    path = tmp_path_factory.mktemp("sft-data") / "hf"
-    DatasetDict({"train": Dataset.from_list(rows(8)), "validation": Dataset.from_list(rows(4))}).save_to_disk(path)
-    return path
+    return build_sft_dataset(tmp_path_factory.mktemp("sft-data") / "hf")
 
 
 def parse(tiny_model_dir, sft_dataset, output_dir, *extra):

@@ -25,6 +25,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import build_sft_dataset
+
 REPO = Path(__file__).resolve().parents[1]
 LAUNCH_TIMEOUT = 240  # seconds; a healthy run takes ~20 s on 2 busy cores, a hung rank never ends
 
@@ -41,16 +43,7 @@ WORLD_SIZE = 2
 
 @pytest.fixture(scope="module")
 def sft_dataset(tmp_path_factory):
-    from datasets import Dataset, DatasetDict
-
-    pairs = [("What is rain?", "Water falling from clouds."), ("Name a colour.", "Blue."), ("Is ice cold?", "Yes.")]
-    rows = [
-        {"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}
-        for q, a in (pairs[i % len(pairs)] for i in range(ROWS))
-    ]
-    path = tmp_path_factory.mktemp("sft-data") / "hf"
-    DatasetDict({"train": Dataset.from_list(rows), "validation": Dataset.from_list(rows[:2])}).save_to_disk(path)
-    return path
+    return build_sft_dataset(tmp_path_factory.mktemp("sft-data") / "hf", train_rows=ROWS, validation_rows=2)
 
 
 def free_port() -> int:

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import build_sft_dataset
+
 MAX_STEPS = 40
 SAVE_STEPS = 10
 RUN_TIMEOUT = 180.0  # seconds any one training run (or the wait for its first checkpoint) may take
@@ -32,16 +34,7 @@ LOSS_LINE = re.compile(r"\{'loss': ")  # one per optimizer step with logging_ste
 
 @pytest.fixture(scope="module")
 def sft_dataset(tmp_path_factory):
-    from datasets import Dataset, DatasetDict
-
-    pairs = [("What is rain?", "Water falling from clouds."), ("Name a colour.", "Blue."), ("Is ice cold?", "Yes.")]
-    rows = [
-        {"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}
-        for q, a in (pairs[i % len(pairs)] for i in range(12))
-    ]
-    path = tmp_path_factory.mktemp("sft-data") / "hf"
-    DatasetDict({"train": Dataset.from_list(rows), "validation": Dataset.from_list(rows[:2])}).save_to_disk(path)
-    return path
+    return build_sft_dataset(tmp_path_factory.mktemp("sft-data") / "hf", train_rows=12, validation_rows=2)
 
 
 def train_args(model_dir: Path, dataset: Path, output_dir: Path, max_steps: int, save_steps: int) -> list[str]:

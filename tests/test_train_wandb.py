@@ -21,21 +21,14 @@ import pytest
 
 from spri_sft.train.sft import main, make_parser, use_wandb_offline_without_key
 
+from conftest import build_sft_dataset
+
 MAX_STEPS = 3
 
 
 @pytest.fixture(scope="module")
 def sft_dataset(tmp_path_factory):
-    from datasets import Dataset, DatasetDict
-
-    pairs = [("What is rain?", "Water falling from clouds."), ("Name a colour.", "Blue."), ("Is ice cold?", "Yes.")]
-    rows = [
-        {"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}
-        for q, a in (pairs[i % len(pairs)] for i in range(8))
-    ]
-    path = tmp_path_factory.mktemp("sft-data") / "hf"
-    DatasetDict({"train": Dataset.from_list(rows), "validation": Dataset.from_list(rows[:2])}).save_to_disk(path)
-    return path
+    return build_sft_dataset(tmp_path_factory.mktemp("sft-data") / "hf", train_rows=8, validation_rows=2)
 
 
 def train_argv(model_dir: Path, dataset: Path, output_dir: Path, report_to: str) -> list[str]:
