@@ -114,3 +114,23 @@ def build_sft_dataset(directory: Path, train_rows: int = 8, validation_rows: int
 
     DatasetDict({"train": Dataset.from_list(rows(train_rows)), "validation": Dataset.from_list(rows(validation_rows))}).save_to_disk(directory)
     return directory
+
+
+def tiny_lora_argv(model_dir: Path, dataset: Path, output_dir: Path, *overrides: str) -> list[str]:
+    """`spri-sft train` flags for a few CPU LoRA steps on the tiny model; later flags override earlier ones."""
+    return [
+        "--model_name_or_path", str(model_dir),
+        "--dataset_path", str(dataset),
+        "--output_dir", str(output_dir),
+        "--use_peft", "--lora_r", "8", "--lora_alpha", "16", "--lora_target_modules", "q_proj", "v_proj",
+        "--assistant_only_loss", "true",
+        "--per_device_train_batch_size", "4",
+        "--max_steps", "3",
+        "--logging_steps", "1",
+        "--eval_strategy", "no",
+        "--save_strategy", "no",
+        "--use_cpu", "true",
+        "--report_to", "none",
+        "--dataloader_num_workers", "0",
+        *overrides,
+    ]  # fmt: skip

@@ -10,7 +10,7 @@ import torch
 from spri_sft.errors import UserError
 from spri_sft.train.sft import build_trainer, main, make_parser
 
-from conftest import build_sft_dataset
+from conftest import build_sft_dataset, tiny_lora_argv
 
 
 @pytest.fixture(scope="module")
@@ -19,23 +19,7 @@ def sft_dataset(tmp_path_factory):
 
 
 def parse(tiny_model_dir, sft_dataset, output_dir, *extra):
-    argv = [
-        "--model_name_or_path", str(tiny_model_dir),
-        "--dataset_path", str(sft_dataset),
-        "--output_dir", str(output_dir),
-        "--use_peft", "--lora_r", "8", "--lora_alpha", "16", "--lora_target_modules", "q_proj", "v_proj",
-        "--assistant_only_loss", "true",
-        "--per_device_train_batch_size", "4",
-        "--learning_rate", "1e-2",
-        "--max_steps", "3",
-        "--logging_steps", "1",
-        "--eval_strategy", "no",
-        "--save_strategy", "no",
-        "--use_cpu", "true",
-        "--report_to", "none",
-        "--dataloader_num_workers", "0",
-        *extra,
-    ]
+    argv = tiny_lora_argv(tiny_model_dir, sft_dataset, output_dir, "--learning_rate", "1e-2", *extra)
     return make_parser().parse_args_and_config(args=argv)
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import build_sft_dataset
+from conftest import build_sft_dataset, tiny_lora_argv
 
 MAX_STEPS = 40
 SAVE_STEPS = 10
@@ -38,22 +38,12 @@ def sft_dataset(tmp_path_factory):
 
 
 def train_args(model_dir: Path, dataset: Path, output_dir: Path, max_steps: int, save_steps: int) -> list[str]:
-    return [
-        "--model_name_or_path", str(model_dir),
-        "--dataset_path", str(dataset),
-        "--output_dir", str(output_dir),
-        "--use_peft", "--lora_r", "8", "--lora_alpha", "16", "--lora_target_modules", "q_proj", "v_proj",
-        "--assistant_only_loss", "true",
-        "--per_device_train_batch_size", "4",
+    return tiny_lora_argv(
+        model_dir, dataset, output_dir,
         "--learning_rate", "1e-3",
         "--max_steps", str(max_steps),
-        "--logging_steps", "1",
-        "--eval_strategy", "no",
         "--save_strategy", "steps", "--save_steps", str(save_steps), "--save_total_limit", "2",
-        "--use_cpu", "true",
-        "--report_to", "none",
-        "--dataloader_num_workers", "0",
-    ]  # fmt: skip
+    )  # fmt: skip
 
 
 def complete_checkpoints(output_dir: Path) -> dict[int, dict]:

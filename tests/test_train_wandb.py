@@ -21,7 +21,7 @@ import pytest
 
 from spri_sft.train.sft import main, make_parser, use_wandb_offline_without_key
 
-from conftest import build_sft_dataset
+from conftest import build_sft_dataset, tiny_lora_argv
 
 MAX_STEPS = 3
 
@@ -32,21 +32,7 @@ def sft_dataset(tmp_path_factory):
 
 
 def train_argv(model_dir: Path, dataset: Path, output_dir: Path, report_to: str) -> list[str]:
-    return [
-        "--model_name_or_path", str(model_dir),
-        "--dataset_path", str(dataset),
-        "--output_dir", str(output_dir),
-        "--use_peft", "--lora_r", "8", "--lora_alpha", "16", "--lora_target_modules", "q_proj", "v_proj",
-        "--assistant_only_loss", "true",
-        "--per_device_train_batch_size", "4",
-        "--max_steps", str(MAX_STEPS),
-        "--logging_steps", "1",
-        "--eval_strategy", "no",
-        "--save_strategy", "no",
-        "--use_cpu", "true",
-        "--report_to", report_to,
-        "--dataloader_num_workers", "0",
-    ]  # fmt: skip
+    return tiny_lora_argv(model_dir, dataset, output_dir, "--max_steps", str(MAX_STEPS), "--report_to", report_to)
 
 
 def without_wandb_credentials(mp: pytest.MonkeyPatch, home: Path, wandb_dir: Path) -> None:
