@@ -68,10 +68,15 @@ def make_parser():
     return TrlParser((SFTScriptArguments, SFTConfig, ModelConfig), prog="spri-sft train")
 
 
+def reports_to_wandb(report_to) -> bool:
+    """Whether a `report_to` setting (one name or a list, as TrainingArguments takes it) includes W&B."""
+    wanted = report_to if isinstance(report_to, list) else [report_to]
+    return "wandb" in wanted or "all" in wanted
+
+
 def use_wandb_offline_without_key(report_to) -> None:
     """W&B runs offline (a local wandb/ dir that `wandb sync` uploads later) when no API key is set."""
-    wanted = report_to if isinstance(report_to, list) else [report_to]
-    if "wandb" not in wanted and "all" not in wanted:
+    if not reports_to_wandb(report_to):
         return
     if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_MODE"):
         return
@@ -216,14 +221,13 @@ def _evaluate_truthfulqa(trainer, script_args, training_args, model_args) -> dic
     from spri_sft.evaluate.config import EvaluateConfig
     from spri_sft.evaluate.run import evaluate_truthfulqa
 
-    wanted = training_args.report_to if isinstance(training_args.report_to, list) else [training_args.report_to]
     config = EvaluateConfig(
         model=model_args.model_name_or_path,
         adapter=training_args.output_dir if model_args.use_peft else None,
         truthfulqa_file=script_args.truthfulqa_file,
         limit=script_args.truthfulqa_limit,
         output_dir=str(Path(training_args.output_dir) / "truthfulqa"),
-        report_to="wandb" if "wandb" in wanted else "none",
+        report_to="wandb" if reports_to_wandb(training_args.report_to) else "none",
     )
     results = evaluate_truthfulqa(config, model=trainer.model, tokenizer=trainer.processing_class)
     return {"truthfulqa_mc1": results["mc1"], "truthfulqa_mc2": results["mc2"]}
