@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
 
-from spri_sft.generate.engine import LoopSettings
+from spri_sft.generate.engine import LoopSettings, Mode
 from spri_sft.generate.inputs import PromptSource
 from spri_sft.llm.base import EndpointConfig
 
@@ -19,7 +18,7 @@ class GenerateConfig:
     """
 
     output_dir: str = field(default="outputs/generate", metadata={"help": "Where records.jsonl, config.yaml and summary.json go."})
-    mode: Literal["spri", "direct", "self-refine", "seed-principles", "constitution"] = field(
+    mode: Mode = field(
         default="spri", metadata={"help": "spri, or one of the paper's baselines (see `spri_sft.generate.engine`)."}
     )
     prompts: PromptSource = field(default_factory=PromptSource)

@@ -24,13 +24,14 @@ Modes:
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Awaitable, Callable
+from typing import Awaitable, Callable, Literal, get_args
 
 from spri_sft.generate.prompts import PromptSet
 from spri_sft.generate.scoring import parse_feedback, parse_score
 from spri_sft.llm.base import ChatBackend, Completion
 
-MODES = ("spri", "direct", "self-refine", "seed-principles", "constitution")
+Mode = Literal["spri", "direct", "self-refine", "seed-principles", "constitution"]
+MODES = get_args(Mode)
 
 
 @dataclass

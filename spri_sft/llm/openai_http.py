@@ -125,7 +125,6 @@ class _ServerPool:
         self._tokens = _Pacer(config.tokens_per_minute) if config.tokens_per_minute else None
         self._checked: set[str] = set()
         self._closed = False
-        self.retries = 0
 
     async def check(self, model: str) -> None:
         """Fail fast, with the URL, when a server does not answer or does not serve the model."""
@@ -167,7 +166,6 @@ class _ServerPool:
                     raise
                 await asyncio.sleep(_backoff(attempt, err))
                 attempt += 1
-                self.retries += 1
 
     async def _send_once(self, body: dict) -> Completion:
         replica = min(self.replicas, key=lambda r: (r.in_flight, r.served))
