@@ -314,6 +314,16 @@ def test_validation_fraction_zero_writes_a_train_split_only(tmp_path):
     assert not (out / "validation.jsonl").exists()
 
 
+def test_validation_rows_sets_the_validation_split_size_exactly(tmp_path):
+    summary, _ = build(tmp_path, [make_record(n) for n in range(40)], validation_rows=7)
+    assert summary["splits"] == {"train": 33, "validation": 7}
+
+
+def test_validation_rows_needs_a_row_left_to_train_on(tmp_path):
+    with pytest.raises(UserError, match=r"3 row\(s\) survive .* at least 4"):
+        build(tmp_path, [make_record(n) for n in range(3)], validation_rows=3)
+
+
 def test_fewer_than_two_surviving_rows_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match=r"1 row\(s\) survive the filters \(dropped: 1 status\)"):
         build(tmp_path, [make_record(1), make_record(2, status="failed", response=None)])

@@ -21,9 +21,9 @@ Steps, in this order; a record is counted under the first step that drops it:
    and `response_score` (the final versions' critic scores, null when unscored or absent) and
    `status`.
 6. split: rows sorted by id (so the split does not depend on the order records were written
-   in), then `Dataset.train_test_split(test_size=validation_fraction, seed=seed)`; the
-   validation split has ceil(fraction * rows) rows. At least 2 rows must survive (1 with
-   `validation_fraction: 0`, which writes a train split only).
+   in), then `Dataset.train_test_split(test_size=validation_rows or validation_fraction, seed=seed)`;
+   the validation split has `validation_rows` rows, else ceil(fraction * rows). At least 2 rows
+   must survive (1 with `validation_fraction: 0`, which writes a train split only).
 7. save, in `output_dir` (earlier outputs of this step there are replaced):
      hf/                          `DatasetDict.save_to_disk`: `datasets.load_from_disk(f"{output_dir}/hf")`
      train.jsonl, validation.jsonl        one row per line
@@ -120,6 +120,8 @@ def _check(config: FormatConfig) -> None:
         raise UserError(f"statuses: {unknown or '[]'} is not a list of {', '.join(STATUSES)}")
     if not 0 <= config.validation_fraction < 1:
         raise UserError(f"validation_fraction must be in [0, 1), got {config.validation_fraction}")
+    if config.validation_rows is not None and config.validation_rows < 1:
+        raise UserError(f"validation_rows must be >= 1 or null (use validation_fraction), got {config.validation_rows}")
     threshold = config.near_duplicate_threshold
     if threshold is not None and not 0 < threshold <= 1:
         raise UserError(f"near_duplicate_threshold must be in (0, 1] or null (off), got {threshold}")
@@ -239,14 +241,17 @@ def to_row(record: dict, system_prompt: str | None) -> dict:
 def split_rows(rows: list[dict], config: FormatConfig, dropped: list[dict]):
     from datasets import Dataset, DatasetDict
 
-    fraction = config.validation_fraction
+    fraction = config.validation_rows or config.validation_fraction
     needed = 2 if fraction > 0 else 1
+    if config.validation_rows:
+        needed = config.validation_rows + 1
     if len(rows) < needed:
         counts = Counter(d["reason"] for d in dropped)
         why = ", ".join(f"{n} {reason}" for reason, n in counts.items()) or "none dropped"
         raise UserError(
             f"{len(rows)} row(s) survive the filters (dropped: {why}); a train/validation split needs at least "
-            f"{needed}: loosen the filters, add records, or set validation_fraction 0 for a train split only"
+            f"{needed}: loosen the filters, add records, or lower validation_rows / set validation_fraction 0 "
+            "for a train split only"
         )
     dataset = Dataset.from_list(sorted(rows, key=lambda row: row["id"]), features=features())
     if fraction == 0:
@@ -254,7 +259,7 @@ def split_rows(rows: list[dict], config: FormatConfig, dropped: list[dict]):
     try:
         parts = dataset.train_test_split(test_size=fraction, seed=config.seed)
     except ValueError as err:  # e.g. 2 rows at fraction 0.9 leave no training row
-        raise UserError(f"cannot split {len(rows)} rows with validation_fraction {fraction}: {err}") from None
+        raise UserError(f"cannot split {len(rows)} rows with test_size {fraction}: {err}") from None
     return DatasetDict(train=parts["train"], validation=parts["test"])
 
 

@@ -21,7 +21,7 @@ class FormatConfig:
     - quality filters: `statuses`, `min_response_score`, `drop_truncated`;
     - deduplication and benchmark guard: `near_duplicate_threshold`, `truthfulqa_file`,
       `contamination_ngram`, `contamination_threshold`;
-    - rows and split: `system_prompt`, `validation_fraction`, `seed`.
+    - rows and split: `system_prompt`, `validation_fraction` or `validation_rows`, `seed`.
     """
 
     records: list[str] = field(
@@ -48,6 +48,10 @@ class FormatConfig:
     )
     validation_fraction: float = field(
         default=0.1, metadata={"help": "Fraction of rows in the validation split (rounded up); 0 writes train only."}
+    )
+    validation_rows: int | None = field(
+        default=None,
+        metadata={"help": "Exactly this many validation rows instead of validation_fraction (e.g. the paper's 2,000)."},
     )
     seed: int = field(default=0, metadata={"help": "Seed of the train/validation split."})
     near_duplicate_threshold: float | None = field(
