@@ -16,6 +16,8 @@ Commands:
                    (TRL's flags; run under `accelerate launch scripts/sft.py` for several GPUs).
   evaluate         Score a model (optionally + LoRA adapter) on TruthfulQA MC1/MC2 as lm-evaluation-harness does.
   check-template   Check that a model's chat template trains its assistant turns and EOS.
+  run              The whole pipeline from one recipe: generate → format → train → evaluate before/after,
+                   one output directory, a report, resumable stage by stage (`spri-sft run RECIPE.yaml`).
 
 Every command reads its settings from an optional YAML file (--config) and then from
 --dotted.name VALUE overrides of any field. `spri-sft COMMAND --help` lists every field.
@@ -44,6 +46,8 @@ def main(argv: list[str] | None = None) -> int:
             return cli(rest)
         if command == "check-template":
             return _check_template(rest)
+        if command == "run":
+            return _run(rest)
         raise UserError(f"unknown command {command!r} (try: spri-sft --help)")
     except UserError as err:
         print(f"spri-sft: error: {err}", file=sys.stderr)
@@ -111,6 +115,21 @@ def _evaluate(argv: list[str]) -> int:
     from spri_sft.evaluate.run import evaluate_truthfulqa
 
     evaluate_truthfulqa(config)  # prints the scores and where results.json went
+    return 0
+
+
+def _run(argv: list[str]) -> int:
+    from spri_sft.pipeline.config import PipelineConfig
+
+    if argv and not argv[0].startswith("-"):  # `spri-sft run RECIPE.yaml [overrides]`
+        argv = ["--config", argv[0], *argv[1:]]
+    config = _parse_job_config("run", PipelineConfig, argv)
+    if config is None:
+        return 0
+
+    from spri_sft.pipeline.run import run_pipeline
+
+    run_pipeline(config)  # prints the report
     return 0
 
 

@@ -117,23 +117,44 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 def _apply_override(config: Any, dotted: str, raw: str) -> None:
     target = config
     *parents, leaf = dotted.split(".")
-    for part in parents:
-        if not hasattr(target, part) or not dataclasses.is_dataclass(getattr(target, part)):
+    for depth, part in enumerate(parents):
+        if isinstance(target, dict):
+            # A free-form mapping (e.g. a pipeline's training arguments): the rest of the name is its keys.
+            _set_in_mapping(target, parents[depth:] + [leaf], raw)
+            return
+        if not hasattr(target, part):
             raise UserError(f"--{dotted}: no such section '{part}'")
         target = getattr(target, part)
+        if not (dataclasses.is_dataclass(target) or isinstance(target, dict)):
+            raise UserError(f"--{dotted}: no such section '{part}'")
+    if isinstance(target, dict):
+        _set_in_mapping(target, [leaf], raw)
+        return
     hints = typing.get_type_hints(type(target))
     if leaf not in hints:
         raise UserError(f"--{dotted}: unknown field '{leaf}'")
     if dataclasses.is_dataclass(hints[leaf]):
         raise UserError(f"--{dotted}: is a section; set one of its fields, e.g. --{dotted}.<field>")
-    # YAML parsing turns "3" into 3, "null" into None and "[a, b]" into a list, as in a config file.
+    setattr(target, leaf, _coerce(_parse_value(raw), hints[leaf], f"--{dotted}"))
+
+
+def _parse_value(raw: str) -> Any:
+    """YAML parsing turns "3" into 3, "null" into None and "[a, b]" into a list, as in a config file."""
     try:
         value = yaml.safe_load(raw)
     except yaml.YAMLError:
-        value = raw
+        return raw
     if value is None and raw not in ("null", "None", "~"):
-        value = raw
-    setattr(target, leaf, _coerce(value, hints[leaf], f"--{dotted}"))
+        return raw
+    return value
+
+
+def _set_in_mapping(mapping: dict, keys: list[str], raw: str) -> None:
+    for key in keys[:-1]:
+        mapping = mapping.setdefault(key, {})
+        if not isinstance(mapping, dict):
+            raise UserError(f"--{'.'.join(keys)}: '{key}' is not a mapping")
+    mapping[keys[-1]] = _parse_value(raw)
 
 
 def _coerce(value: Any, hint: Any, where: str) -> Any:

@@ -174,7 +174,7 @@ def log_to_wandb(config: EvaluateConfig, results: dict[str, Any], rows: list[dic
         group=config.wandb_group or os.environ.get("WANDB_RUN_GROUP"),
         name=config.wandb_run_name,
         job_type="evaluate",
-        dir=str(out),
+        dir=None if os.environ.get("WANDB_DIR") else str(out),  # a pipeline keeps all its runs in one wandb/
         config={"evaluate": dataclasses.asdict(config)},
     )
     run.summary.update(

@@ -187,6 +187,7 @@ def main(script_args: SFTScriptArguments, training_args, model_args) -> dict:
             trainer.model.merge_and_unload().save_pretrained(merged_dir)
             trainer.processing_class.save_pretrained(merged_dir)
         trainer.save_metrics("all", metrics)
+        trainer.save_state()  # trainer_state.json (steps, log history) beside the adapter, not only in checkpoints
         if script_args.log_dataset_artifact and script_args.dataset_path:
             _log_dataset_artifact(script_args.dataset_path)
         if script_args.truthfulqa_file:

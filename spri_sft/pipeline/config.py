@@ -1,0 +1,98 @@
+"""The configuration of `spri-sft run`: the four jobs' own configs in one recipe, plus what ties them together."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from spri_sft.format.config import FormatConfig
+from spri_sft.generate.config import GenerateConfig
+from spri_sft.generate.engine import Mode
+
+
+@dataclass
+class TrainStage:
+    """Fine-tuning: a `spri-sft train` recipe, overridden by `args`, run once per mode."""
+
+    recipe: str | None = field(
+        default=None,
+        metadata={"help": "An SFT recipe YAML (e.g. recipes/<model>/sft/lora.yaml) read first; `args` override it."},
+    )
+    args: dict[str, Any] = field(
+        default_factory=dict,
+        metadata={
+            "help": "Any `spri-sft train` field (TRL's SFTConfig and ModelConfig, SFTScriptArguments). The pipeline "
+            "sets output_dir, dataset_path, run_name and the W&B project/group itself."
+        },
+    )
+    accelerate_config: str | None = field(
+        default=None,
+        metadata={"help": "Launch training with `accelerate launch --config_file` this file (several GPUs); else one process."},
+    )
+
+
+@dataclass
+class EvaluateStage:
+    """TruthfulQA MC1/MC2 of the student model before fine-tuning and of each adapter after it."""
+
+    enabled: bool = field(default=True, metadata={"help": "Score before and after; false skips evaluation."})
+    truthfulqa_file: str | None = field(
+        default=None,
+        metadata={
+            "help": "Local TruthfulQA (upstream data/v0/mc_task.json or the Hub parquet layout). Without it the Hub "
+            "dataset is used, and evaluation is skipped (with one line saying so) when the Hub is unreachable."
+        },
+    )
+    dataset: str = field(default="truthfulqa/truthful_qa", metadata={"help": "Hub dataset id used without a file."})
+    limit: int | None = field(default=None, metadata={"help": "Score only the first N questions (all 817 by default)."})
+    dtype: Literal["auto", "float32", "bfloat16", "float16", "float64"] = field(
+        default="auto", metadata={"help": "Model dtype for scoring; auto = the checkpoint's."}
+    )
+    chat_template: bool = field(
+        default=False, metadata={"help": "Wrap questions in the chat template (lm-eval's --apply_chat_template)."}
+    )
+    batch_size: int = field(default=32, metadata={"help": "Choices scored per forward pass."})
+    guard_training_data: bool = field(
+        default=True,
+        metadata={
+            "help": "Drop SFT prompts overlapping these TruthfulQA questions (format's truthfulqa_file), when a "
+            "file is given and format.truthfulqa_file is not."
+        },
+    )
+
+
+@dataclass
+class WandbSettings:
+    """Weights & Biases: every stage's run in one group (offline when no API key is set)."""
+
+    enabled: bool = field(default=True, metadata={"help": "Log to W&B; false turns it off for every stage."})
+    project: str = field(default="spri-sft", metadata={"help": "W&B project."})
+    group: str | None = field(default=None, metadata={"help": "W&B group of all the runs; default: run_name."})
+
+
+@dataclass
+class PipelineConfig:
+    """Run generate → format → train → evaluate (before and after) in one output directory.
+
+    One output directory per run: generate/<mode>/, dataset/<mode>/, checkpoints/<mode>/,
+    eval/base/ and eval/<mode>/, report.md and report.json. Several `modes` make an ablation over
+    the same prompts: one dataset and one adapter per mode, one comparison table. A rerun skips
+    finished stages and resumes the unfinished one (generation and training resume mid-way). A
+    stage whose settings changed since it ran is refused, never silently mixed with old outputs.
+
+    The jobs' sections are their own configs (`spri-sft generate/format --help`), except the
+    fields the pipeline sets: generate.output_dir and generate.mode (use `modes`),
+    format.records and format.output_dir.
+    """
+
+    output_dir: str = field(default="outputs/run", metadata={"help": "Where every stage's outputs and the report go."})
+    run_name: str | None = field(default=None, metadata={"help": "Name of the run; default: the output_dir's name."})
+    modes: list[Mode] = field(
+        default_factory=lambda: ["spri"],
+        metadata={"help": "Generation modes, each fine-tuning its own adapter: spri, direct, self-refine, seed-principles, constitution."},
+    )
+    generate: GenerateConfig = field(default_factory=GenerateConfig)
+    format: FormatConfig = field(default_factory=FormatConfig)
+    train: TrainStage = field(default_factory=TrainStage)
+    evaluate: EvaluateStage = field(default_factory=EvaluateStage)
+    wandb: WandbSettings = field(default_factory=WandbSettings)

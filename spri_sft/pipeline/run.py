@@ -1,0 +1,344 @@
+"""`run_pipeline(config)`: generate → format → train → evaluate, stage by stage, into one output directory.
+
+Order: for each mode, generate its records and format its dataset (the data, where API calls go,
+comes first, so a problem with it shows before any training); then score the untouched student
+model on TruthfulQA once (eval/base); then, for each mode, fine-tune an adapter and score it. At
+the end, report.md and report.json compare every mode with the base model.
+
+Training runs as a child process (`spri-sft train`, or `accelerate launch` with
+`train.accelerate_config`) on a recipe written to checkpoints/<mode>/recipe.yaml: the same job a
+user runs by hand, with its own W&B run, and the memory of generation released. Generation and
+evaluation run in this process.
+
+W&B: every run of the pipeline (one per generation, training and evaluation, plus the report)
+goes into one group, named after the run; offline when no API key is set, under
+<output_dir>/wandb unless WANDB_DIR says otherwise.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from spri_sft.config import dump_yaml
+from spri_sft.errors import UserError
+from spri_sft.format.config import FormatConfig
+from spri_sft.generate.config import GenerateConfig
+from spri_sft.generate.engine import MODES
+from spri_sft.pipeline.config import PipelineConfig
+from spri_sft.pipeline.stages import Stage, fingerprint
+
+logger = logging.getLogger(__name__)
+
+# Fields of the jobs' configs that the pipeline sets itself, with the defaults a recipe must leave them at.
+SET_BY_PIPELINE = {
+    "generate.output_dir": GenerateConfig().output_dir,
+    "format.records": FormatConfig().records,
+    "format.output_dir": FormatConfig().output_dir,
+}
+
+
+def run_pipeline(config: PipelineConfig) -> dict[str, Any]:
+    """Run every stage not yet done and return the report (also written to report.md / report.json)."""
+    from spri_sft.pipeline.report import build_report, log_report_to_wandb, write_report
+
+    root = Path(config.output_dir)
+    name = config.run_name or root.resolve().name
+    group = config.wandb.group or name
+    _check(config)
+    train_plans = {mode: _train_plan(config, mode, root, name, group) for mode in config.modes}  # fails early
+    truthfulqa = _truthfulqa_source(config) if config.evaluate.enabled else None
+
+    root.mkdir(parents=True, exist_ok=True)
+    dump_yaml(config, root / "config.yaml")
+    if config.wandb.enabled:
+        from spri_sft.train.sft import use_wandb_offline_without_key
+
+        os.environ.setdefault("WANDB_DIR", str(root.resolve()))
+        use_wandb_offline_without_key("wandb")
+    print(f"[spri-sft] run {name}: modes {', '.join(config.modes)} → {root}", flush=True)
+
+    stages: dict[str, Stage] = {}
+    for mode in config.modes:
+        stages[f"generate/{mode}"] = _generate(config, mode, root, name, group)
+        stages[f"dataset/{mode}"] = _format(config, mode, root, stages[f"generate/{mode}"], truthfulqa)
+    if truthfulqa is not None:
+        stages["eval/base"] = _evaluate(config, truthfulqa, root / "eval" / "base", train_plans[config.modes[0]], None, name, group)
+    for mode in config.modes:
+        plan = train_plans[mode]
+        stages[f"checkpoints/{mode}"] = _train(plan, stages[f"dataset/{mode}"])
+        if truthfulqa is not None:
+            stages[f"eval/{mode}"] = _evaluate(
+                config, truthfulqa, root / "eval" / mode, plan, stages[f"checkpoints/{mode}"], name, group
+            )
+
+    report = build_report(config, root, name, train_plans[config.modes[0]].student, truthfulqa)
+    text = write_report(report, root)
+    print("\n" + text, flush=True)
+    if config.wandb.enabled:
+        log_report_to_wandb(report, root, config.wandb.project, group, f"{name}-report")
+    return report
+
+
+def _check(config: PipelineConfig) -> None:
+    if not config.modes:
+        raise UserError("modes: give at least one generation mode (e.g. [spri])")
+    unknown = [m for m in config.modes if m not in MODES]
+    if unknown or len(set(config.modes)) != len(config.modes):
+        raise UserError(f"modes: {config.modes} must be distinct modes among {', '.join(MODES)}")
+    if config.generate.mode != "spri" and config.modes == ["spri"]:
+        raise UserError(f"generate.mode is set by the pipeline: use modes: [{config.generate.mode}]")
+    sections = {"generate": config.generate, "format": config.format}
+    for dotted, default in SET_BY_PIPELINE.items():
+        section, field = dotted.split(".")
+        if getattr(sections[section], field) != default:
+            raise UserError(f"{dotted} is set by the pipeline (under output_dir); remove it from the recipe")
+
+
+# -- generate and format ---------------------------------------------------------------------
+
+
+def _generate(config: PipelineConfig, mode: str, root: Path, name: str, group: str) -> Stage:
+    from spri_sft.generate.run import generate
+
+    job = dataclasses.replace(config.generate, mode=mode, output_dir=str(root / "generate" / mode))
+    # What shapes the records (the record ids hash the same things); not concurrency, budget or progress.
+    settings = {
+        "mode": mode,
+        "prompts": dataclasses.asdict(job.prompts),
+        "base": job.base.decoding(),
+        "critic": job.critic.decoding(),
+        "loop": dataclasses.asdict(job.loop),
+    }
+    stage = Stage(f"generate/{mode}", Path(job.output_dir), fingerprint(settings))
+    if _skip(stage):
+        return stage
+    stage.begin()
+    summary = generate(job)
+    if summary["missing"]:
+        raise UserError(
+            f"generate/{mode}: {summary['missing']} prompts have no record yet (token budget spent): raise "
+            "generate.token_budget and rerun the same command to finish them"
+        )
+    if config.wandb.enabled:
+        _log_generation(summary, Path(job.output_dir), config.wandb.project, group, f"{name}-generate-{mode}", mode)
+    stage.finish(records=summary["records"], statuses=summary["status"])
+    return stage
+
+
+def _format(config: PipelineConfig, mode: str, root: Path, generated: Stage, truthfulqa: dict | None) -> Stage:
+    from spri_sft.format.build import build_dataset
+
+    guard = config.format.truthfulqa_file
+    if guard is None and config.evaluate.guard_training_data and truthfulqa and truthfulqa.get("file"):
+        guard = truthfulqa["file"]
+    job = dataclasses.replace(
+        config.format,
+        records=[str(generated.directory / "records.jsonl")],
+        output_dir=str(root / "dataset" / mode),
+        truthfulqa_file=guard,
+    )
+    settings = {**dataclasses.asdict(job), "records": None, "output_dir": None, "after": generated.fingerprint}
+    stage = Stage(f"dataset/{mode}", Path(job.output_dir), fingerprint(settings))
+    if _skip(stage):
+        return stage
+    stage.begin()
+    summary = build_dataset(job)
+    print(
+        f"[spri-sft] dataset/{mode}: {summary['rows']} rows ("
+        + ", ".join(f"{split} {n}" for split, n in summary["splits"].items())
+        + ")",
+        flush=True,
+    )
+    stage.finish(rows=summary["rows"], splits=summary["splits"])
+    return stage
+
+
+# -- train -----------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class TrainPlan:
+    mode: str
+    output_dir: Path
+    args: dict[str, Any]  # the recipe the child process reads, env block included
+    accelerate_config: str | None
+
+    @property
+    def student(self) -> str:
+        return self.args["model_name_or_path"]
+
+    @property
+    def adapter(self) -> bool:
+        return bool(self.args.get("use_peft"))
+
+
+def _train_plan(config: PipelineConfig, mode: str, root: Path, name: str, group: str) -> TrainPlan:
+    """The training recipe for one mode: train.recipe, then train.args, then what the pipeline sets; validated."""
+    args: dict[str, Any] = {}
+    if config.train.recipe:
+        path = Path(config.train.recipe)
+        if not path.is_file():
+            raise UserError(f"train.recipe {path}: file not found")
+        args = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(args, dict):
+            raise UserError(f"train.recipe {path}: expected a mapping of `spri-sft train` fields")
+    args = {**args, **config.train.args}
+    env = {**(args.pop("env", None) or {})}
+    output_dir = root / "checkpoints" / mode
+    args.update(output_dir=str(output_dir), dataset_path=str(root / "dataset" / mode / "hf"), run_name=f"{name}-{mode}")
+    if config.wandb.enabled:
+        env.update(WANDB_PROJECT=config.wandb.project, WANDB_RUN_GROUP=group)
+        args["report_to"] = ["wandb"]
+    else:
+        args["report_to"] = "none"
+    if not args.get("model_name_or_path"):
+        raise UserError("train: set model_name_or_path (the student model) in train.recipe or train.args")
+    _validate_train_args(args, config.train.recipe)
+    if config.train.accelerate_config and not Path(config.train.accelerate_config).is_file():
+        raise UserError(f"train.accelerate_config {config.train.accelerate_config}: file not found")
+    return TrainPlan(mode, output_dir, {**args, "env": env} if env else args, config.train.accelerate_config)
+
+
+def _validate_train_args(args: dict[str, Any], recipe: str | None) -> None:
+    """Parse the recipe as `spri-sft train` will, so a typo stops the run now, not after generation."""
+    from spri_sft.train.sft import make_parser
+
+    try:
+        make_parser().parse_dict(args, allow_extra_keys=False)
+    except (ValueError, TypeError) as err:
+        raise UserError(f"train ({recipe or 'train.args'}): {err}") from None
+
+
+def _train(plan: TrainPlan, dataset: Stage) -> Stage:
+    settings = {
+        k: v for k, v in plan.args.items() if k not in ("output_dir", "dataset_path", "run_name", "report_to", "env")
+    }
+    stage = Stage(f"checkpoints/{plan.mode}", plan.output_dir, fingerprint({**settings, "after": dataset.fingerprint}))
+    if _skip(stage):
+        return stage
+    stage.begin()
+    recipe = plan.output_dir / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump(plan.args, sort_keys=False))
+    command = [sys.executable, "-m", "spri_sft.cli", "train", "--config", str(recipe)]
+    if plan.accelerate_config:
+        command = [
+            sys.executable, "-m", "accelerate.commands.launch", "--config_file", plan.accelerate_config,
+            "--module", "spri_sft.cli", "train", "--config", str(recipe),
+        ]  # fmt: skip
+    print(f"[spri-sft] checkpoints/{plan.mode}: {' '.join(command[1:])}", flush=True)
+    returncode = subprocess.call(command)
+    if returncode != 0:
+        raise UserError(
+            f"training of {plan.mode} failed (exit status {returncode}; its output is above). Rerun the same "
+            "command to resume from its last complete checkpoint."
+        )
+    results = json.loads((plan.output_dir / "all_results.json").read_text())
+    stage.finish(train_loss=results.get("train_loss"), eval_loss=results.get("eval_loss"))
+    return stage
+
+
+# -- evaluate --------------------------------------------------------------------------------
+
+
+def _truthfulqa_source(config: PipelineConfig) -> dict | None:
+    """Where the questions come from, or None (said in one line) when they cannot be reached."""
+    settings = config.evaluate
+    if settings.truthfulqa_file:
+        if not Path(settings.truthfulqa_file).is_file():
+            raise UserError(f"evaluate.truthfulqa_file {settings.truthfulqa_file}: file not found")
+        return {"file": settings.truthfulqa_file}
+    if not _hub_reachable():
+        print(
+            "[spri-sft] TruthfulQA: no evaluate.truthfulqa_file and the Hugging Face Hub is unreachable: skipping the "
+            "before/after evaluation (give a local copy: --evaluate.truthfulqa_file path/to/mc_task.json)",
+            flush=True,
+        )
+        return None
+    return {"dataset": settings.dataset}
+
+
+def _hub_reachable() -> bool:
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+        return False
+    import httpx
+    from huggingface_hub import constants
+
+    try:
+        httpx.head(constants.ENDPOINT, timeout=5.0)  # honours HTTPS_PROXY like the Hub client does
+    except httpx.HTTPError:
+        return False
+    return True
+
+
+def _evaluate(
+    config: PipelineConfig, truthfulqa: dict, directory: Path, plan: TrainPlan, trained: Stage | None, name: str, group: str
+) -> Stage:
+    from spri_sft.evaluate.config import EvaluateConfig
+    from spri_sft.evaluate.run import evaluate_truthfulqa
+
+    settings = config.evaluate
+    adapter = str(plan.output_dir) if trained is not None and plan.adapter else None
+    model = str(plan.output_dir) if trained is not None and not plan.adapter else plan.student
+    job = EvaluateConfig(
+        model=model,
+        adapter=adapter,
+        truthfulqa_file=truthfulqa.get("file"),
+        dataset=truthfulqa.get("dataset", settings.dataset),
+        limit=settings.limit,
+        dtype=settings.dtype,
+        chat_template=settings.chat_template,
+        batch_size=settings.batch_size,
+        output_dir=str(directory),
+        report_to="wandb" if config.wandb.enabled else "none",
+        wandb_project=config.wandb.project,
+        wandb_group=group,
+        wandb_run_name=f"{name}-eval-{directory.name}",
+    )
+    fields = {k: v for k, v in dataclasses.asdict(job).items() if k not in ("output_dir", "wandb_project", "wandb_group", "wandb_run_name", "report_to")}
+    upstream = trained.fingerprint if trained is not None else plan.student
+    stage = Stage(f"eval/{directory.name}", directory, fingerprint({**fields, "model": None, "adapter": None, "after": upstream}))
+    if _skip(stage):
+        return stage
+    stage.begin()
+    results = evaluate_truthfulqa(job)
+    stage.finish(mc1=results["mc1"], mc2=results["mc2"], n=results["n"])
+    return stage
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+
+def _skip(stage: Stage) -> bool:
+    if stage.is_done():
+        print(f"[spri-sft] {stage.name}: done in an earlier run, skipped", flush=True)
+        return True
+    print(f"[spri-sft] {stage.name}: {'resuming' if stage.state() else 'starting'}", flush=True)
+    return False
+
+
+def _log_generation(summary: dict, directory: Path, project: str, group: str, run_name: str, mode: str) -> None:
+    """A W&B run for one generation: its counts, acceptance, rounds and tokens, histograms, and the records."""
+    import wandb
+    from spri_sft.pipeline.report import generation_row
+
+    run = wandb.init(project=project, group=group, name=run_name, job_type="generate", config={"mode": mode}, reinit="create_new")
+    row = generation_row(summary)
+    run.summary.update({f"generate/{key}": value for key, value in row.items() if value is not None})
+    for kind in ("final_score", "rounds_histogram"):
+        for stage, counts in summary.get(kind, {}).items():
+            table = wandb.Table(columns=["value", "records"], data=[[k, v] for k, v in counts.items()])
+            run.log({f"generate/{kind}/{stage}": wandb.plot.bar(table, "value", "records", title=f"{kind} ({stage})")})
+    artifact = wandb.Artifact(f"records-{mode}", type="sft-records", metadata={"records": summary["records"]})
+    artifact.add_file(str(directory / "records.jsonl"))
+    artifact.add_file(str(directory / "summary.json"))
+    run.log_artifact(artifact)
+    run.finish()

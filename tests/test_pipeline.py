@@ -1,0 +1,318 @@
+"""`spri-sft run`: the whole pipeline from one recipe, on the tiny model.
+
+Generation talks to the fake OpenAI-compatible server (its critic passes everything with
+"[RESULT] 5"), training is a real `spri-sft train` child process (LoRA on the tiny Llama), and
+evaluation scores the first TruthfulQA questions of ../shared's mc_task.json. W&B runs offline
+with no credentials, into <output_dir>/wandb.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from spri_sft.cli import main
+from spri_sft.errors import UserError
+from spri_sft.pipeline.config import PipelineConfig
+from spri_sft.pipeline.run import run_pipeline
+from spri_sft.pipeline.stages import Stage
+from spri_sft.testing.fake_openai_server import FakeOpenAIServer
+
+from wandb_log import wandb_records, without_wandb_credentials
+
+pytestmark = pytest.mark.timeout(300)
+
+QUESTIONS = 4
+
+
+@pytest.fixture(scope="module")
+def server():
+    with FakeOpenAIServer() as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def truthfulqa_file(shared_dir) -> Path:
+    return shared_dir / "data/truthfulqa/data/v0/mc_task.json"
+
+
+def make_recipe(directory: Path, model_dir: Path, server, truthfulqa_file: Path, modes=("spri",), **train_args) -> Path:
+    endpoint = {"backend": "openai", "model": "fake-model", "base_url": [server.base_url], "timeout": 5.0}
+    recipe = {
+        "output_dir": str(directory / "run"),
+        "run_name": "tiny-run",
+        "modes": list(modes),
+        "generate": {"prompts": {"limit": 8}, "base": endpoint, "critic": endpoint, "progress": False},
+        "format": {"validation_fraction": 0.25},
+        "train": {
+            "args": {
+                "model_name_or_path": str(model_dir),
+                "use_peft": True, "lora_r": 8, "lora_alpha": 16, "lora_target_modules": ["q_proj", "v_proj"],
+                "assistant_only_loss": True,
+                "per_device_train_batch_size": 4,
+                "learning_rate": 1e-3,
+                "max_steps": 3,
+                "logging_steps": 1,
+                "eval_strategy": "steps", "eval_steps": 3,
+                "save_strategy": "no",
+                "use_cpu": True,
+                "dataloader_num_workers": 0,
+                **train_args,
+            }
+        },  # fmt: skip
+        "evaluate": {"truthfulqa_file": str(truthfulqa_file), "limit": QUESTIONS, "dtype": "float32"},
+        "wandb": {"project": "pipeline-test"},
+    }
+    path = directory / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    return path
+
+
+@pytest.fixture
+def no_wandb_credentials(tmp_path, monkeypatch):
+    without_wandb_credentials(monkeypatch, tmp_path / "home", tmp_path / "unused")
+    monkeypatch.setenv("WANDB_DIR", "")  # the pipeline picks <output_dir>; teardown removes what it sets
+    monkeypatch.delenv("WANDB_DIR")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")
+
+
+def read(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+# -- one mode, end to end ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, tiny_model_dir, server, truthfulqa_file):
+    """One `spri-sft run RECIPE.yaml`, its stdout, then a second run of the same command."""
+    tmp = tmp_path_factory.mktemp("pipeline")
+    with pytest.MonkeyPatch.context() as mp:
+        without_wandb_credentials(mp, tmp / "home", tmp / "unused")
+        mp.setenv("WANDB_DIR", "")
+        mp.delenv("WANDB_DIR")
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        mp.setenv("TOKENIZERS_PARALLELISM", "false")
+        recipe = make_recipe(tmp, tiny_model_dir, server, truthfulqa_file)
+        first = _run_capturing(["run", str(recipe)])
+        root = tmp / "run"
+        mtimes = {p: p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file() and "wandb" not in p.parts}
+        second = _run_capturing(["run", str(recipe)])
+    return {"root": root, "recipe": recipe, "first": first, "second": second, "mtimes": mtimes}
+
+
+def _run_capturing(argv: list[str]) -> str:
+    import contextlib
+    import io
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(argv) == 0
+    return out.getvalue()
+
+
+def test_every_stage_writes_its_outputs_in_one_directory(finished_run):
+    root = finished_run["root"]
+    assert len((root / "generate/spri/records.jsonl").read_text().splitlines()) == 8
+    assert (root / "dataset/spri/hf/dataset_dict.json").is_file()
+    assert (root / "checkpoints/spri/adapter_model.safetensors").is_file()
+    assert read(root / "eval/base/results.json")["n"] == QUESTIONS
+    assert read(root / "eval/spri/results.json")["adapter"] == str(root / "checkpoints/spri")
+    assert {p.name for p in root.iterdir()} >= {"config.yaml", "report.md", "report.json", "wandb"}
+    for stage in ("generate/spri", "dataset/spri", "eval/base", "checkpoints/spri", "eval/spri"):
+        assert read(root / stage / "stage.json")["status"] == "done", stage
+
+
+def test_report_numbers_are_the_stages_own_numbers(finished_run):
+    root = finished_run["root"]
+    report = read(root / "report.json")
+    row = report["modes"]["spri"]
+    generation = read(root / "generate/spri/summary.json")
+    trained = read(root / "checkpoints/spri/all_results.json")
+    before, after = read(root / "eval/base/results.json"), read(root / "eval/spri/results.json")
+
+    assert row["generation"]["records"] == generation["records"] == 8
+    assert row["generation"]["accepted"] == generation["status"]["accepted"]
+    calls = sum(u["calls"] for key, u in generation["usage"].items() if key.startswith("base:"))
+    assert row["generation"]["base_calls_per_record"] == round(calls / 8, 2)
+    assert row["dataset"]["splits"] == {"train": 6, "validation": 2}
+    assert row["train"] == {"steps": 3, "train_loss": trained["train_loss"], "eval_loss": trained["eval_loss"]}
+    assert report["base"]["mc1"] == before["mc1"] and report["base"]["mc2"] == before["mc2"]
+    assert row["truthfulqa"]["mc2"] == after["mc2"]
+    assert row["truthfulqa"]["mc2_delta"] == pytest.approx(after["mc2"] - before["mc2"])
+
+
+def test_report_md_has_every_field_filled_and_is_printed_at_the_end(finished_run):
+    text = (finished_run["root"] / "report.md").read_text()
+    (mode_row,) = [line for line in text.splitlines() if line.startswith("| SFT on spri |")]
+    cells = [cell.strip() for cell in mode_row.strip("|").split("|")]
+    assert len(cells) == 14 and "–" not in cells, mode_row
+    assert finished_run["first"].rstrip().endswith(text.rstrip())
+
+
+def test_all_wandb_runs_are_offline_in_one_group(finished_run):
+    run_dirs = sorted((finished_run["root"] / "wandb").glob("offline-run-*"))
+    runs = []
+    for run_dir in run_dirs:
+        (record,) = [r.run for r in wandb_records(run_dir) if r.WhichOneof("record_type") == "run"][:1]
+        runs.append((record.run_group, record.job_type, record.display_name))
+    assert {group for group, _, _ in runs} == {"tiny-run"}
+    names = {name for _, _, name in runs}
+    # The first run's five (generate, eval-base, train, eval-spri, report) plus the rerun's report.
+    assert names == {"tiny-run-generate-spri", "tiny-run-eval-base", "tiny-run-spri", "tiny-run-eval-spri", "tiny-run-report"}
+    assert len(runs) == 6
+
+
+def test_a_rerun_skips_every_finished_stage_and_rewrites_nothing(finished_run):
+    skipped = re.findall(r"\[spri-sft\] (\S+): done in an earlier run, skipped", finished_run["second"])
+    assert skipped == ["generate/spri", "dataset/spri", "eval/base", "checkpoints/spri", "eval/spri"]
+    for path, mtime in finished_run["mtimes"].items():
+        if path.name not in ("report.md", "report.json", "config.yaml"):
+            assert path.stat().st_mtime_ns == mtime, path
+
+
+def test_a_rerun_with_changed_training_settings_is_refused(finished_run):
+    with pytest.raises(UserError, match=r"checkpoints/spri was made with other settings"):
+        run_pipeline_from(finished_run["recipe"], "--train.args.learning_rate", "0.5")
+
+
+def run_pipeline_from(recipe: Path, *overrides: str) -> dict:
+    from spri_sft.config import load_config
+
+    return run_pipeline(load_config(PipelineConfig, ["--config", str(recipe), *overrides]))
+
+
+# -- ablation: two modes, one table -----------------------------------------------------------
+
+
+def test_two_modes_train_two_adapters_against_one_base_score(
+    tmp_path, tiny_model_dir, server, truthfulqa_file, no_wandb_credentials, capsys
+):
+    recipe = make_recipe(tmp_path, tiny_model_dir, server, truthfulqa_file, modes=("spri", "direct"))
+    report = run_pipeline_from(recipe, "--wandb.enabled", "false")
+
+    root = tmp_path / "run"
+    assert set(report["modes"]) == {"spri", "direct"}
+    for mode in ("spri", "direct"):
+        assert (root / "checkpoints" / mode / "adapter_model.safetensors").is_file()
+        assert report["modes"][mode]["truthfulqa"]["mc1"] is not None
+    assert sorted(p.name for p in (root / "eval").iterdir()) == ["base", "direct", "spri"]
+    spri, direct = report["modes"]["spri"]["generation"], report["modes"]["direct"]["generation"]
+    assert spri["critic_calls_per_record"] > 0 and spri["principle_rounds_mean"] is not None
+    assert direct["critic_calls_per_record"] == 0 and direct["principle_rounds_mean"] is None
+    table = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| SFT on ")]
+    assert [line.split("|")[1].strip() for line in table] == ["SFT on spri", "SFT on direct"]
+    assert not (root / "wandb").exists()
+
+
+# -- stage resume after a kill during training -------------------------------------------------
+
+
+def test_a_run_killed_during_training_resumes_without_regenerating_or_reformatting(
+    tmp_path, tiny_model_dir, server, truthfulqa_file, no_wandb_credentials
+):
+    recipe = make_recipe(
+        tmp_path, tiny_model_dir, server, truthfulqa_file,
+        max_steps=40, save_strategy="steps", save_steps=10, eval_strategy="no",
+    )  # fmt: skip
+    root = tmp_path / "run"
+    command = [sys.executable, "-m", "spri_sft.cli", "run", str(recipe), "--wandb.enabled", "false"]
+
+    with (tmp_path / "first.log").open("wb") as log:
+        first = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 240
+    checkpoint_state = root / "checkpoints/spri/checkpoint-10/trainer_state.json"
+    while not checkpoint_state.is_file() and first.poll() is None:
+        assert time.monotonic() < deadline, "no checkpoint within 240 s"
+        time.sleep(0.2)
+    os.killpg(first.pid, signal.SIGKILL)  # the pipeline and its training child, no cleanup
+    first.wait()
+    assert read(root / "checkpoints/spri/stage.json")["status"] == "running"
+    records = root / "generate/spri/records.jsonl"
+    untouched = {p: p.stat().st_mtime_ns for p in [records, *(root / "dataset/spri").rglob("*")] if p.is_file()}
+
+    second = subprocess.run(command, capture_output=True, text=True, timeout=240)
+
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    output = second.stdout + second.stderr
+    assert "generate/spri: done in an earlier run, skipped" in output
+    assert "dataset/spri: done in an earlier run, skipped" in output
+    assert re.search(r"resuming from \S*checkpoint-(10|20|30)", output)
+    assert all(p.stat().st_mtime_ns == mtime for p, mtime in untouched.items())
+    state = read(root / "checkpoints/spri/trainer_state.json")
+    assert state["global_step"] == 40
+    assert read(root / "checkpoints/spri/stage.json")["attempts"] == 2
+    assert (root / "report.md").is_file()
+
+
+# -- errors before any work -------------------------------------------------------------------
+
+
+def test_a_typo_in_the_training_arguments_stops_the_run_before_generation(
+    tmp_path, tiny_model_dir, server, truthfulqa_file
+):
+    recipe = make_recipe(tmp_path, tiny_model_dir, server, truthfulqa_file, learnig_rate=1e-4)
+    with pytest.raises(UserError, match="learnig_rate"):
+        run_pipeline_from(recipe)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["--modes", "[spri, sprii]"], "sprii"),
+        (["--modes", "[spri, spri]"], "distinct"),
+        (["--generate.output_dir", "elsewhere"], "generate.output_dir is set by the pipeline"),
+        (["--format.records", "[a.jsonl]"], "format.records is set by the pipeline"),
+        (["--generate.mode", "direct"], r"use modes: \[direct\]"),
+        (["--evaluate.truthfulqa_file", "missing.json"], "missing.json: file not found"),
+    ],
+)
+def test_recipe_mistakes_are_one_line_errors(tmp_path, tiny_model_dir, server, truthfulqa_file, overrides, message):
+    recipe = make_recipe(tmp_path, tiny_model_dir, server, truthfulqa_file)
+    with pytest.raises(UserError, match=message):
+        run_pipeline_from(recipe, *overrides)
+
+
+def test_without_truthfulqa_data_evaluation_is_skipped_in_one_line(
+    tmp_path, tiny_model_dir, server, truthfulqa_file, no_wandb_credentials, capsys
+):
+    recipe = make_recipe(tmp_path, tiny_model_dir, server, truthfulqa_file)
+    report = run_pipeline_from(recipe, "--evaluate.truthfulqa_file", "null", "--wandb.enabled", "false")
+
+    lines = [line for line in capsys.readouterr().out.splitlines() if "TruthfulQA" in line and "skipping" in line]
+    assert len(lines) == 1 and "--evaluate.truthfulqa_file" in lines[0]
+    assert report["truthfulqa"]["skipped"] and not (tmp_path / "run/eval").exists()
+    assert "skipped (no data" in (tmp_path / "run/report.md").read_text()
+
+
+# -- stage markers ----------------------------------------------------------------------------
+
+
+def test_a_stage_is_done_only_after_finish_and_only_with_its_own_settings(tmp_path):
+    stage = Stage("train/x", tmp_path / "x", "abc")
+    assert not stage.is_done()
+    stage.begin()
+    assert not stage.is_done()
+    stage.finish(loss=1.0)
+    assert stage.is_done()
+    assert read(stage.marker)["outputs"] == {"loss": 1.0}
+    with pytest.raises(UserError, match="was made with other settings"):
+        Stage("train/x", tmp_path / "x", "def").is_done()
+
+
+def test_a_torn_stage_marker_means_run_the_stage_again(tmp_path):
+    stage = Stage("train/x", tmp_path / "x", "abc")
+    stage.begin()
+    stage.marker.write_text('{"stage": "train/x", "fingerp')
+    assert not stage.is_done()
