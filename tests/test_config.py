@@ -35,6 +35,16 @@ def test_command_line_overrides_the_file(tmp_path):
     assert config.base.top_k is None
 
 
+def test_overrides_reach_into_a_free_form_mapping(tmp_path):
+    from spri_sft.pipeline.config import PipelineConfig
+
+    path = write(tmp_path, "train:\n  args:\n    max_steps: 20\n    env: {A: x}\n")
+    argv = ["--config", str(path), "--train.args.max_steps", "5", "--train.args.lora_target_modules", "[q, v]",
+            "--train.args.env.B", "y"]  # fmt: skip
+    config = load_config(PipelineConfig, argv)
+    assert config.train.args == {"max_steps": 5, "env": {"A": "x", "B": "y"}, "lora_target_modules": ["q", "v"]}
+
+
 def test_int_is_accepted_where_a_float_is_expected():
     assert load_config(GenerateConfig, ["--base.temperature", "1"]).base.temperature == 1.0
 

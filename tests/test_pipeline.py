@@ -22,6 +22,7 @@ import yaml
 
 from spri_sft.cli import main
 from spri_sft.errors import UserError
+from spri_sft.format.contamination import read_questions
 from spri_sft.pipeline.config import PipelineConfig
 from spri_sft.pipeline.run import run_pipeline
 from spri_sft.pipeline.stages import Stage
@@ -316,3 +317,37 @@ def test_a_torn_stage_marker_means_run_the_stage_again(tmp_path):
     stage.begin()
     stage.marker.write_text('{"stage": "train/x", "fingerp')
     assert not stage.is_done()
+
+
+def test_without_a_file_the_hub_questions_are_snapshotted_once_for_guard_and_evaluation(
+    tmp_path, truthfulqa_file, monkeypatch
+):
+    from spri_sft.evaluate import truthfulqa
+    from spri_sft.pipeline import run
+
+    hub_calls = []
+    load_questions = truthfulqa.load_questions
+
+    def load_from_hub(path, dataset, split):
+        hub_calls.append((path, dataset, split))
+        return load_questions(str(truthfulqa_file))  # stands in for the Hub's 817 rows
+
+    monkeypatch.setattr(run, "_hub_reachable", lambda: True)
+    monkeypatch.setattr(truthfulqa, "load_questions", load_from_hub)
+    config = PipelineConfig()
+
+    source = run._truthfulqa_source(config, tmp_path)
+    again = run._truthfulqa_source(config, tmp_path)
+
+    assert hub_calls == [(None, "truthfulqa/truthful_qa", "validation")]
+    assert source == again and source["file"] == str(tmp_path / "eval/truthfulqa.jsonl")
+    questions, _ = load_questions(source["file"])
+    assert questions == load_questions(str(truthfulqa_file))[0]
+    assert read_questions(source["file"]) == [q.question for q in questions]
+
+
+def test_help_lists_the_sections_of_every_stage(capsys):
+    assert main(["run", "--help"]) == 0
+    text = capsys.readouterr().out
+    for option in ("--modes", "--generate.base.model", "--format.validation_rows", "--train.recipe", "--evaluate.truthfulqa_file", "--wandb.group"):
+        assert option in text, option

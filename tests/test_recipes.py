@@ -1,4 +1,4 @@
-"""Every training recipe parses into the train entry's dataclasses: no unknown or mistyped field."""
+"""Every recipe parses into its job's dataclasses: no unknown or mistyped field, no missing file."""
 
 from __future__ import annotations
 
@@ -8,12 +8,15 @@ import pytest
 
 from spri_sft.train.sft import make_parser
 
-RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*/sft/*.yaml"))
+ROOT = Path(__file__).resolve().parents[1]
+RECIPES = sorted((ROOT / "recipes").glob("*/sft/*.yaml"))
+PIPELINES = sorted([*(ROOT / "recipes").glob("*/pipeline/*.yaml"), *(ROOT / "recipes/paper").glob("*/*.yaml")])
+PAPER_MODELS = ["llama-3.1-8b", "llama-3.1-8b-instruct", "mistral-7b-v0.3", "mistral-7b-instruct-v0.3", "gemma-2-9b", "gemma-2-9b-it"]
 
 
 def test_the_published_models_have_lora_and_qlora_recipes():
     names = {(p.parts[-3], p.stem) for p in RECIPES}
-    for model in ["llama-3.1-8b", "llama-3.1-8b-instruct", "mistral-7b-v0.3", "mistral-7b-instruct-v0.3", "gemma-2-9b", "gemma-2-9b-it"]:
+    for model in PAPER_MODELS:
         assert {(model, "lora"), (model, "qlora")} <= names
 
 
@@ -29,3 +32,34 @@ def test_recipe_parses(recipe, monkeypatch):
     assert model_args.use_peft and model_args.load_in_4bit == (recipe.stem == "qlora")
     if "instruct" not in recipe.parts[-3] and not recipe.parts[-3].endswith("-it") and "smollm2" not in recipe.parts[-3]:
         assert script_args.chat_template_fallback == "alpaca"
+
+
+def test_the_paper_setups_have_a_pipeline_recipe_per_model_with_every_mode():
+    from spri_sft.generate.engine import MODES
+    from spri_sft.pipeline.config import PipelineConfig
+    from spri_sft.config import load_config
+
+    for setup, train_rows in [("dolly", 10_000), ("mixinstruct", 50_000)]:
+        for model in PAPER_MODELS:
+            config = load_config(PipelineConfig, ["--config", str(ROOT / "recipes/paper" / setup / f"{model}.yaml")])
+            assert config.modes == list(MODES)
+            assert config.format.validation_rows == 2_000
+            assert config.generate.prompts.limit == train_rows + 2_000
+            assert config.train.recipe == f"recipes/{model}/sft/lora.yaml"
+
+
+@pytest.mark.parametrize("recipe", PIPELINES, ids=lambda p: "/".join(p.parts[-3:]))
+def test_pipeline_recipe_parses_and_its_training_recipe_validates(recipe, monkeypatch, tmp_path):
+    from spri_sft.config import load_config
+    from spri_sft.pipeline.config import PipelineConfig
+    from spri_sft.pipeline.run import check_recipe, train_plan
+
+    monkeypatch.chdir(ROOT)  # recipes name each other relative to the repository root
+    config = load_config(
+        PipelineConfig, ["--config", str(recipe), "--train.args.use_cpu", "true", "--train.args.bf16", "false"]
+    )
+    check_recipe(config)
+    for mode in config.modes:
+        plan = train_plan(config, mode, tmp_path, "name", "group")
+        assert plan.args["dataset_path"] == str(tmp_path / "dataset" / mode / "hf")
+        assert plan.args["model_name_or_path"]

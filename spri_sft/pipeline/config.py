@@ -40,7 +40,8 @@ class EvaluateStage:
         default=None,
         metadata={
             "help": "Local TruthfulQA (upstream data/v0/mc_task.json or the Hub parquet layout). Without it the Hub "
-            "dataset is used, and evaluation is skipped (with one line saying so) when the Hub is unreachable."
+            "dataset is snapshotted into eval/truthfulqa.jsonl, or evaluation is skipped (with one line saying so) "
+            "when the Hub is unreachable."
         },
     )
     dataset: str = field(default="truthfulqa/truthful_qa", metadata={"help": "Hub dataset id used without a file."})
@@ -55,8 +56,8 @@ class EvaluateStage:
     guard_training_data: bool = field(
         default=True,
         metadata={
-            "help": "Drop SFT prompts overlapping these TruthfulQA questions (format's truthfulqa_file), when a "
-            "file is given and format.truthfulqa_file is not."
+            "help": "Drop SFT prompts overlapping the evaluated TruthfulQA questions (as format's truthfulqa_file) "
+            "unless format.truthfulqa_file names another file."
         },
     )
 

@@ -87,7 +87,7 @@ def build_report(
         "base_model": config.generate.base.model,
         "critic_model": config.generate.critic.model,
         "truthfulqa": {
-            "source": None if truthfulqa is None else truthfulqa.get("file") or truthfulqa.get("dataset"),
+            "source": None if truthfulqa is None else truthfulqa["source"],
             "questions": base_eval["n"] if base_eval else None,
             "prompt": base_eval["mode"] if base_eval else None,
             "skipped": truthfulqa is None,

@@ -53,9 +53,9 @@ def run_pipeline(config: PipelineConfig) -> dict[str, Any]:
     root = Path(config.output_dir)
     name = config.run_name or root.resolve().name
     group = config.wandb.group or name
-    _check(config)
-    train_plans = {mode: _train_plan(config, mode, root, name, group) for mode in config.modes}  # fails early
-    truthfulqa = _truthfulqa_source(config) if config.evaluate.enabled else None
+    check_recipe(config)
+    train_plans = {mode: train_plan(config, mode, root, name, group) for mode in config.modes}  # fails early
+    truthfulqa = _truthfulqa_source(config, root) if config.evaluate.enabled else None
 
     root.mkdir(parents=True, exist_ok=True)
     dump_yaml(config, root / "config.yaml")
@@ -88,7 +88,7 @@ def run_pipeline(config: PipelineConfig) -> dict[str, Any]:
     return report
 
 
-def _check(config: PipelineConfig) -> None:
+def check_recipe(config: PipelineConfig) -> None:
     if not config.modes:
         raise UserError("modes: give at least one generation mode (e.g. [spri])")
     unknown = [m for m in config.modes if m not in MODES]
@@ -138,7 +138,7 @@ def _format(config: PipelineConfig, mode: str, root: Path, generated: Stage, tru
     from spri_sft.format.build import build_dataset
 
     guard = config.format.truthfulqa_file
-    if guard is None and config.evaluate.guard_training_data and truthfulqa and truthfulqa.get("file"):
+    if guard is None and config.evaluate.guard_training_data and truthfulqa is not None:
         guard = truthfulqa["file"]
     job = dataclasses.replace(
         config.format,
@@ -181,7 +181,7 @@ class TrainPlan:
         return bool(self.args.get("use_peft"))
 
 
-def _train_plan(config: PipelineConfig, mode: str, root: Path, name: str, group: str) -> TrainPlan:
+def train_plan(config: PipelineConfig, mode: str, root: Path, name: str, group: str) -> TrainPlan:
     """The training recipe for one mode: train.recipe, then train.args, then what the pipeline sets; validated."""
     args: dict[str, Any] = {}
     if config.train.recipe:
@@ -249,13 +249,21 @@ def _train(plan: TrainPlan, dataset: Stage) -> Stage:
 # -- evaluate --------------------------------------------------------------------------------
 
 
-def _truthfulqa_source(config: PipelineConfig) -> dict | None:
-    """Where the questions come from, or None (said in one line) when they cannot be reached."""
+def _truthfulqa_source(config: PipelineConfig, root: Path) -> dict | None:
+    """The questions' file (a snapshot of the Hub dataset when no file is given), or None when unreachable.
+
+    One file serves the guard against TruthfulQA prompts in the SFT data and every evaluation, so
+    both use the same questions; the snapshot is taken once per run directory.
+    """
     settings = config.evaluate
     if settings.truthfulqa_file:
         if not Path(settings.truthfulqa_file).is_file():
             raise UserError(f"evaluate.truthfulqa_file {settings.truthfulqa_file}: file not found")
-        return {"file": settings.truthfulqa_file}
+        return {"file": settings.truthfulqa_file, "source": settings.truthfulqa_file}
+    source = f"{settings.dataset} (multiple_choice, validation)"
+    snapshot = root / "eval" / "truthfulqa.jsonl"
+    if snapshot.is_file():
+        return {"file": str(snapshot), "source": source}
     if not _hub_reachable():
         print(
             "[spri-sft] TruthfulQA: no evaluate.truthfulqa_file and the Hugging Face Hub is unreachable: skipping the "
@@ -263,7 +271,13 @@ def _truthfulqa_source(config: PipelineConfig) -> dict | None:
             flush=True,
         )
         return None
-    return {"dataset": settings.dataset}
+    from spri_sft.evaluate.truthfulqa import load_questions, to_hub_rows
+
+    questions, _ = load_questions(None, settings.dataset, "validation")
+    snapshot.parent.mkdir(parents=True, exist_ok=True)
+    with snapshot.open("w", encoding="utf-8") as handle:
+        handle.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in to_hub_rows(questions))
+    return {"file": str(snapshot), "source": source}
 
 
 def _hub_reachable() -> bool:
@@ -291,8 +305,7 @@ def _evaluate(
     job = EvaluateConfig(
         model=model,
         adapter=adapter,
-        truthfulqa_file=truthfulqa.get("file"),
-        dataset=truthfulqa.get("dataset", settings.dataset),
+        truthfulqa_file=truthfulqa["file"],
         limit=settings.limit,
         dtype=settings.dtype,
         chat_template=settings.chat_template,
