@@ -187,6 +187,20 @@ def test_a_rerun_with_changed_training_settings_is_refused(finished_run):
         run_pipeline_from(finished_run["recipe"], "--train.args.learning_rate", "0.5")
 
 
+def test_a_run_sharing_a_generate_dir_reuses_its_records(finished_run, tmp_path, capsys):
+    shared = finished_run["root"] / "generate"
+    records = (shared / "spri/records.jsonl").read_bytes()
+    report = run_pipeline_from(
+        finished_run["recipe"], "--output_dir", str(tmp_path / "other"), "--generate_dir", str(shared),
+        "--evaluate.enabled", "false", "--wandb.enabled", "false",
+    )  # fmt: skip
+    assert "generate/spri: done in an earlier run, skipped" in capsys.readouterr().out
+    assert (shared / "spri/records.jsonl").read_bytes() == records
+    assert not (tmp_path / "other/generate").exists()
+    assert report["modes"]["spri"]["generation"]["records"] == 8
+    assert (tmp_path / "other/checkpoints/spri/adapter_model.safetensors").is_file()
+
+
 def run_pipeline_from(recipe: Path, *overrides: str) -> dict:
     from spri_sft.config import load_config
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 from spri_sft.format.config import FormatConfig
@@ -75,8 +76,8 @@ class WandbSettings:
 class PipelineConfig:
     """Run generate → format → train → evaluate (before and after) in one output directory.
 
-    One output directory per run: generate/<mode>/, dataset/<mode>/, checkpoints/<mode>/,
-    eval/base/ and eval/<mode>/, report.md and report.json. Several `modes` make an ablation over
+    One output directory per run: generate/<mode>/ (or a shared `generate_dir`), dataset/<mode>/,
+    checkpoints/<mode>/, eval/base/ and eval/<mode>/, report.md and report.json. Several `modes` make an ablation over
     the same prompts: one dataset and one adapter per mode, one comparison table. A rerun skips
     finished stages and resumes the unfinished one (generation and training resume mid-way). A
     stage whose settings changed since it ran is refused, never silently mixed with old outputs.
@@ -88,6 +89,13 @@ class PipelineConfig:
 
     output_dir: str = field(default="outputs/run", metadata={"help": "Where every stage's outputs and the report go."})
     run_name: str | None = field(default=None, metadata={"help": "Name of the run; default: the output_dir's name."})
+    generate_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "Where generation writes <mode>/records.jsonl; default <output_dir>/generate. Recipes naming the "
+            "same directory share their records (e.g. six students trained on one generation)."
+        },
+    )
     modes: list[Mode] = field(
         default_factory=lambda: ["spri"],
         metadata={"help": "Generation modes, each fine-tuning its own adapter: spri, direct, self-refine, seed-principles, constitution."},
@@ -97,3 +105,6 @@ class PipelineConfig:
     train: TrainStage = field(default_factory=TrainStage)
     evaluate: EvaluateStage = field(default_factory=EvaluateStage)
     wandb: WandbSettings = field(default_factory=WandbSettings)
+
+    def generation_dir(self, mode: str) -> Path:
+        return Path(self.generate_dir or Path(self.output_dir) / "generate") / mode

@@ -58,7 +58,7 @@ def build_report(
     base_eval = _read(root / "eval" / "base" / "results.json")
     modes = {}
     for mode in config.modes:
-        generation = _read(root / "generate" / mode / "summary.json")
+        generation = _read(config.generation_dir(mode) / "summary.json")
         dataset = _read(root / "dataset" / mode / "summary.json")
         results = _read(root / "checkpoints" / mode / "all_results.json")
         state = _read(root / "checkpoints" / mode / "trainer_state.json")
@@ -77,7 +77,8 @@ def build_report(
     order = [f"{kind}/{mode}" for kind in ("generate", "dataset") for mode in config.modes] + ["eval/base"]
     order += [f"{kind}/{mode}" for mode in config.modes for kind in ("checkpoints", "eval")]
     for stage in order:
-        state = _read(root / stage / "stage.json")
+        directory = config.generation_dir(stage.split("/")[1]) if stage.startswith("generate/") else root / stage
+        state = _read(directory / "stage.json")
         if state is not None:
             stages[stage] = {"status": state["status"], "wall_seconds": state.get("wall_seconds")}
     return {

@@ -109,7 +109,7 @@ def check_recipe(config: PipelineConfig) -> None:
 def _generate(config: PipelineConfig, mode: str, root: Path, name: str, group: str) -> Stage:
     from spri_sft.generate.run import generate
 
-    job = dataclasses.replace(config.generate, mode=mode, output_dir=str(root / "generate" / mode))
+    job = dataclasses.replace(config.generate, mode=mode, output_dir=str(config.generation_dir(mode)))
     # What shapes the records (the record ids hash the same things); not concurrency, budget or progress.
     settings = {
         "mode": mode,
