@@ -122,3 +122,29 @@ def test_truthfulqa_is_scored_after_training_when_the_recipe_names_a_file(tiny_m
     results = json.loads((tmp_path / "truthfulqa/results.json").read_text())
     assert results["n"] == 3 and results["adapter"] == str(tmp_path)
     assert metrics["truthfulqa_mc1"] == results["mc1"] and 0 <= metrics["truthfulqa_mc2"] <= 1
+
+
+def test_truthfulqa_before_training_scores_the_untouched_model(tiny_model_dir, sft_dataset, tmp_path, shared_dir):
+    from spri_sft.evaluate.config import EvaluateConfig
+    from spri_sft.evaluate.run import evaluate_truthfulqa
+
+    truthfulqa = str(shared_dir / "data/truthfulqa/data/v0/mc_task.json")
+    options = ["--truthfulqa_file", truthfulqa, "--truthfulqa_limit", "3", "--truthfulqa_before", "true"]
+    main(*parse(tiny_model_dir, sft_dataset, tmp_path / "run", *options, "--learning_rate", "1e-2"))
+    base = evaluate_truthfulqa(
+        EvaluateConfig(model=str(tiny_model_dir), truthfulqa_file=truthfulqa, limit=3, output_dir=str(tmp_path / "base"))
+    )
+
+    def loglikelihoods(directory):
+        rows = [json.loads(line) for line in (directory / "per_question.jsonl").read_text().splitlines()]
+        return [ll for row in rows for ll in row["mc2"]["loglikelihoods"]]
+
+    before = loglikelihoods(tmp_path / "run/truthfulqa_before")
+    assert before == pytest.approx(loglikelihoods(tmp_path / "base"), abs=1e-4)
+    assert before != pytest.approx(loglikelihoods(tmp_path / "run/truthfulqa"), abs=1e-3)  # the adapter changed them
+    assert base["n"] == 3
+
+
+def test_truthfulqa_before_without_a_file_is_refused(tiny_model_dir, sft_dataset, tmp_path):
+    with pytest.raises(UserError, match="truthfulqa_before needs truthfulqa_file"):
+        main(*parse(tiny_model_dir, sft_dataset, tmp_path, "--truthfulqa_before", "true"))

@@ -36,8 +36,9 @@ def train_argv(model_dir: Path, dataset: Path, output_dir: Path, report_to: str)
 
 
 @pytest.fixture(scope="module")
-def offline_run(tiny_model_dir, sft_dataset, tmp_path_factory):
-    """One training run with report_to wandb, its recipe setting the project and the run name."""
+def offline_run(tiny_model_dir, sft_dataset, tmp_path_factory, shared_dir):
+    """One training run with report_to wandb, its recipe setting the project and the run name, scored on
+    TruthfulQA before and after training."""
     import yaml
 
     import wandb
@@ -49,8 +50,12 @@ def offline_run(tiny_model_dir, sft_dataset, tmp_path_factory):
         recipe = tmp / "recipe.yaml"
         recipe.write_text(yaml.safe_dump({"env": {"WANDB_PROJECT": "my-project"}, "run_name": "my-run"}))
         args = make_parser().parse_args_and_config(
-            args=["--config", str(recipe), *train_argv(tiny_model_dir, sft_dataset, tmp / "out", "wandb")]
-        )
+            args=[
+                "--config", str(recipe), *train_argv(tiny_model_dir, sft_dataset, tmp / "out", "wandb"),
+                "--truthfulqa_file", str(shared_dir / "data/truthfulqa/data/v0/mc_task.json"),
+                "--truthfulqa_limit", "2", "--truthfulqa_before", "true",
+            ]
+        )  # fmt: skip
         project_after_parse = os.environ.get("WANDB_PROJECT")
 
         metrics = main(*args)
@@ -99,16 +104,35 @@ def test_the_run_holds_the_training_loss_of_every_step(offline_run):
     assert sum(losses.values()) / MAX_STEPS == pytest.approx(offline_run.metrics["train_loss"], rel=1e-4)
 
 
+def artifacts_of_type(offline_run, kind: str) -> list:
+    return [a for a in records_of(offline_run, "artifact") if a.type == kind]
+
+
 def test_the_dataset_is_logged_as_an_artifact(offline_run, sft_dataset):
-    (artifact,) = records_of(offline_run, "artifact")
+    (artifact,) = artifacts_of_type(offline_run, "dataset")
     assert artifact.type == "dataset" and artifact.name == sft_dataset.name
     files = {entry.path for entry in artifact.manifest.contents}
     assert {"dataset_dict.json", "train/data-00000-of-00001.arrow", "validation/data-00000-of-00001.arrow"} <= files
 
 
 def test_the_dataset_artifact_leaves_out_tokenization_caches(offline_run):
-    (artifact,) = records_of(offline_run, "artifact")
+    (artifact,) = artifacts_of_type(offline_run, "dataset")
     assert not [entry.path for entry in artifact.manifest.contents if Path(entry.path).name.startswith("cache-")]
+
+
+def test_truthfulqa_before_and_after_training_are_summary_metrics_of_the_training_run(offline_run):
+    summary = {}
+    for record in records_of(offline_run, "summary"):
+        summary.update({item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in record.update})
+    out = Path(offline_run.args[1].output_dir)
+    before = json.loads((out / "truthfulqa_before/results.json").read_text())
+    after = json.loads((out / "truthfulqa/results.json").read_text())
+    assert before["adapter"] is None and after["adapter"] == str(out)
+    assert summary["before/truthfulqa_mc1/acc"] == before["mc1"]
+    assert summary["before/truthfulqa_mc2/acc"] == before["mc2"]
+    assert summary["truthfulqa_mc1/acc"] == after["mc1"] and summary["truthfulqa_mc2/acc"] == after["mc2"]
+    assert offline_run.metrics["truthfulqa_before_mc2"] == before["mc2"]
+    assert len(artifacts_of_type(offline_run, "evaluation")) == 1
 
 
 def test_project_and_run_name_come_from_the_recipe(offline_run):

@@ -60,6 +60,11 @@ class SFTScriptArguments:
                   "parquet layout); the results land in <output_dir>/truthfulqa and the training's W&B run."},
     )
     truthfulqa_limit: int | None = field(default=None, metadata={"help": "Score only the first N TruthfulQA questions."})
+    truthfulqa_before: bool = field(
+        default=False,
+        metadata={"help": "Also score the untouched model (adapter disabled) before training, into "
+                  "<output_dir>/truthfulqa_before and the run's before/truthfulqa_mc{1,2}/acc; a resumed run reuses it."},
+    )
 
 
 def make_parser():
@@ -166,6 +171,14 @@ def main(script_args: SFTScriptArguments, training_args, model_args) -> dict:
     if trainer.accelerator.is_main_process:
         _log_effective_config(training_args.output_dir, script_args, training_args, model_args)
 
+    before = None
+    if script_args.truthfulqa_before:
+        if not script_args.truthfulqa_file:
+            raise UserError("truthfulqa_before needs truthfulqa_file (the questions to score before and after)")
+        if trainer.accelerator.is_main_process:
+            before = _score_before_training(trainer, script_args, training_args, model_args)
+        trainer.accelerator.wait_for_everyone()
+
     # Resume from the last checkpoint unless told otherwise.
     checkpoint = training_args.resume_from_checkpoint
     if checkpoint is None and Path(training_args.output_dir).is_dir():
@@ -192,6 +205,8 @@ def main(script_args: SFTScriptArguments, training_args, model_args) -> dict:
             _log_dataset_artifact(script_args.dataset_path)
         if script_args.truthfulqa_file:
             metrics.update(_evaluate_truthfulqa(trainer, script_args, training_args, model_args))
+        if before is not None:
+            _record_before(before, metrics)
     # Barrier first: with gloo, tearing the group down right after a collective can deadlock a rank on exit.
     trainer.accelerator.wait_for_everyone()
     trainer.end()
@@ -232,6 +247,44 @@ def _evaluate_truthfulqa(trainer, script_args, training_args, model_args) -> dic
     )
     results = evaluate_truthfulqa(config, model=trainer.model, tokenizer=trainer.processing_class)
     return {"truthfulqa_mc1": results["mc1"], "truthfulqa_mc2": results["mc2"]}
+
+
+def _score_before_training(trainer, script_args, training_args, model_args) -> dict:
+    """TruthfulQA of the model as loaded, adapter disabled (LoRA's B starts at zero, but disabled is exact)."""
+    import contextlib
+
+    from spri_sft.evaluate.config import EvaluateConfig
+    from spri_sft.evaluate.run import evaluate_truthfulqa
+
+    out = Path(training_args.output_dir) / "truthfulqa_before"
+    if (out / "results.json").is_file():  # scored by an earlier attempt of this run
+        return json.loads((out / "results.json").read_text())
+    config = EvaluateConfig(
+        model=model_args.model_name_or_path,
+        truthfulqa_file=script_args.truthfulqa_file,
+        limit=script_args.truthfulqa_limit,
+        output_dir=str(out),
+        report_to="none",  # the training's W&B run opens when training starts; logged then, under before/
+    )
+    model = trainer.model
+    untouched = model.disable_adapter() if hasattr(model, "disable_adapter") else contextlib.nullcontext()
+    with untouched:
+        return evaluate_truthfulqa(config, model=model, tokenizer=trainer.processing_class)
+
+
+def _record_before(before: dict, metrics: dict) -> None:
+    """Before-training scores beside the after-training ones: in the metrics and the training's W&B summary."""
+    metrics.update(truthfulqa_before_mc1=before["mc1"], truthfulqa_before_mc2=before["mc2"])
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and wandb.run is not None:
+        wandb.run.summary.update(
+            {
+                "before/truthfulqa_mc1/acc": before["mc1"],
+                "before/truthfulqa_mc1/acc_stderr": before["mc1_stderr"],
+                "before/truthfulqa_mc2/acc": before["mc2"],
+                "before/truthfulqa_mc2/acc_stderr": before["mc2_stderr"],
+            }
+        )
 
 
 def _log_effective_config(output_dir: str, *configs) -> None:
