@@ -135,6 +135,7 @@ def _run(argv: list[str]) -> int:
 
 def _check_template(argv: list[str]) -> int:
     import argparse
+    import functools
 
     parser = argparse.ArgumentParser(
         prog="spri-sft check-template",
@@ -150,20 +151,32 @@ def _check_template(argv: list[str]) -> int:
 
     from transformers import AutoTokenizer
 
-    from spri_sft.format.template import PROBE_CONVERSATIONS, check_template, training_chat_template
+    from spri_sft.format.template import (
+        PROBE_CONVERSATIONS,
+        UnmarkableTemplateError,
+        check_template,
+        encode_with_prefix_masks,
+        training_chat_template,
+    )
     from spri_sft.models import resolve_model
 
     tokenizer = AutoTokenizer.from_pretrained(resolve_model(args.model), trust_remote_code=args.trust_remote_code)
-    tokenizer.chat_template = training_chat_template(tokenizer, fallback=args.fallback)
+    encode, how = None, "training template with generation markers"
+    try:
+        tokenizer.chat_template = training_chat_template(tokenizer, fallback=args.fallback)
+    except UnmarkableTemplateError:
+        encode, how = functools.partial(encode_with_prefix_masks, tokenizer), "own template, masks by prefix rendering"
     conversations = [c for c in PROBE_CONVERSATIONS if any(m["role"] == "assistant" and m["content"] for m in c)]
     if args.dataset:
         from datasets import load_from_disk
 
         train = load_from_disk(args.dataset)["train"]
         conversations = train.select(range(min(32, len(train))))["messages"]
-    report = check_template(tokenizer, conversations)
+    if encode is not None and not args.dataset:  # the probes include a system message, which such templates may move
+        conversations = [c for c in conversations if c[0]["role"] != "system"]
+    report = check_template(tokenizer, conversations, encode=encode)
     print(
-        f"{args.model}: ok — {report.rows} rows, {report.trained_tokens}/{report.tokens} tokens trained, "
+        f"{args.model}: ok ({how}) — {report.rows} rows, {report.trained_tokens}/{report.tokens} tokens trained, "
         f"EOS trained in {report.eos_trained}/{report.assistant_turns} assistant turns"
     )
     return 0

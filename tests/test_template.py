@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 
 from conftest import CHATML_TEMPLATE
-from spri_sft.format.template import ALPACA_PREAMBLE, TemplateError, check_template, training_chat_template
+from spri_sft.format.template import (
+    ALPACA_PREAMBLE,
+    TemplateError,
+    UnmarkableTemplateError,
+    check_template,
+    encode_with_prefix_masks,
+    training_chat_template,
+)
 
 CONVERSATIONS = [
     [{"role": "user", "content": "What is a principle?"}, {"role": "assistant", "content": "A rule to follow."}],
@@ -164,7 +171,7 @@ def test_alpaca_fallback_never_replaces_an_existing_template(tokenizer):
 def test_template_neither_chatml_nor_marked_is_an_error(tokenizer):
     tokenizer.chat_template = "{% for m in messages %}{{ m['role'] + ': ' + m['content'] + '\n' }}{% endfor %}"
 
-    with pytest.raises(TemplateError, match="does not render ChatML"):
+    with pytest.raises(UnmarkableTemplateError, match="does not render ChatML"):
         training_chat_template(tokenizer)
 
 
@@ -233,3 +240,72 @@ def test_smollm2_training_template_passes_the_check():
     report = check_template(tokenizer, CONVERSATIONS)
     assert report.eos_trained == report.assistant_turns == 4
     assert assistant_spans(tokenizer, CONVERSATIONS[1]) == ["One that is honest,\nand kind.<|im_end|>"]
+
+
+# Mistral-Instruct's [INST] family: no markers, unknown to TRL, not ChatML.
+INST_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}{% if message['role'] == 'user' %}"
+    "{{ '[INST] ' + message['content'] + ' [/INST]' }}{% elif message['role'] == 'assistant' %}"
+    "{{ ' ' + message['content'] + eos_token }}{% endif %}{% endfor %}"
+)
+# Mistral v0.3's habit: the system message joins the *last* user message, so it moves as the conversation grows.
+SYSTEM_ON_LAST_USER_TEMPLATE = (
+    "{% if messages[0]['role'] == 'system' %}{% set system = messages[0]['content'] %}"
+    "{% set messages = messages[1:] %}{% endif %}{% for message in messages %}{% if message['role'] == 'user' %}"
+    "{% if loop.last and system is defined %}{{ '[INST] ' + system + ' ' + message['content'] + ' [/INST]' }}"
+    "{% else %}{{ '[INST] ' + message['content'] + ' [/INST]' }}{% endif %}"
+    "{% else %}{{ ' ' + message['content'] + eos_token }}{% endif %}{% endfor %}"
+)
+
+
+def masked_text(tokenizer, encoded) -> list[str]:
+    spans, current = [], []
+    for token, masked in zip([*encoded["input_ids"], None], [*encoded["assistant_masks"], 0]):
+        if masked:
+            current.append(token)
+        elif current:
+            spans.append(tokenizer.decode(current))
+            current = []
+    return spans
+
+
+def test_an_inst_template_cannot_be_marked(tokenizer):
+    tokenizer.chat_template = INST_TEMPLATE
+    with pytest.raises(UnmarkableTemplateError):
+        training_chat_template(tokenizer)
+
+
+def test_prefix_masks_cover_each_assistant_turn_and_its_eos_in_the_models_own_tokens(tokenizer):
+    tokenizer.chat_template = INST_TEMPLATE
+    conversation = CONVERSATIONS[2]
+
+    encoded = encode_with_prefix_masks(tokenizer, conversation)
+
+    assert encoded["input_ids"] == list(tokenizer.apply_chat_template(conversation, tokenize=True, return_dict=True)["input_ids"])
+    assert masked_text(tokenizer, encoded) == ["  Hello there <|im_end|>", " Be helpful and harmless.<|im_end|>"]
+
+
+def test_check_passes_on_an_inst_template_with_prefix_masks(tokenizer):
+    tokenizer.chat_template = INST_TEMPLATE
+    rows = [c for c in CONVERSATIONS if c[0]["role"] != "system"]
+
+    report = check_template(tokenizer, rows, encode=lambda c: encode_with_prefix_masks(tokenizer, c))
+
+    assert report.assistant_turns == report.eos_trained == 3
+
+
+def test_a_template_that_moves_the_system_message_is_refused_for_prefix_masks(tokenizer):
+    tokenizer.chat_template = SYSTEM_ON_LAST_USER_TEMPLATE
+    assert encode_with_prefix_masks(tokenizer, CONVERSATIONS[0])["assistant_masks"].count(1) > 0
+    with pytest.raises(TemplateError, match="not render this conversation's turns as prefixes"):
+        encode_with_prefix_masks(tokenizer, CONVERSATIONS[1])
+
+
+def test_check_template_command_falls_back_to_prefix_masks(tmp_path, capsys):
+    from conftest import build_tiny_model
+
+    from spri_sft.cli import main
+
+    model_dir = build_tiny_model(tmp_path / "inst", chat_template=INST_TEMPLATE)
+    assert main(["check-template", str(model_dir)]) == 0
+    assert "ok (own template, masks by prefix rendering)" in capsys.readouterr().out

@@ -148,3 +148,33 @@ def test_truthfulqa_before_training_scores_the_untouched_model(tiny_model_dir, s
 def test_truthfulqa_before_without_a_file_is_refused(tiny_model_dir, sft_dataset, tmp_path):
     with pytest.raises(UserError, match="truthfulqa_before needs truthfulqa_file"):
         main(*parse(tiny_model_dir, sft_dataset, tmp_path, "--truthfulqa_before", "true"))
+
+
+@pytest.fixture(scope="module")
+def inst_model_dir(tmp_path_factory):
+    from conftest import build_tiny_model
+    from test_template import INST_TEMPLATE
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-inst"), chat_template=INST_TEMPLATE)
+
+
+def test_a_template_without_markers_trains_assistant_turns_found_by_prefix_rendering(inst_model_dir, sft_dataset, tmp_path):
+    from conftest import SFT_PAIRS
+
+    trainer = build_trainer(*parse(inst_model_dir, sft_dataset, tmp_path))
+    batch = next(iter(trainer.get_train_dataloader()))
+    tokenizer = trainer.processing_class
+
+    for ids, labels in zip(batch["input_ids"], batch["labels"]):
+        trained = tokenizer.decode([t for t, label in zip(ids.tolist(), labels.tolist()) if label != -100])
+        assert trained in {" " + answer + tokenizer.eos_token for _, answer in SFT_PAIRS}
+    assert "[INST]" in tokenizer.decode(batch["input_ids"][0])  # the model's own template, not a substitute
+    assert trainer.train().training_loss > 0
+
+
+def test_a_template_without_markers_trains_the_whole_sequence_without_assistant_only_loss(inst_model_dir, sft_dataset, tmp_path):
+    trainer = build_trainer(*parse(inst_model_dir, sft_dataset, tmp_path, "--assistant_only_loss", "false"))
+    batch = next(iter(trainer.get_train_dataloader()))
+    ids, labels = batch["input_ids"][0].tolist(), batch["labels"][0].tolist()
+    trained = trainer.processing_class.decode([t for t, label in zip(ids, labels) if label != -100])
+    assert "[INST]" in trained and "[/INST]" in trained  # the prompt is trained too

@@ -20,7 +20,11 @@ to stop. It takes the first of:
 4. for a tokenizer without a template: the Alpaca format with `fallback="alpaca"` (the published setup's format
    for base models), EOS inside the markers.
 
-Anything else raises `TemplateError`. `check_template(tokenizer, conversations)` renders real rows with the
+Any other template (Mistral's `[INST]` family, say) raises `UnmarkableTemplateError`. Training then keeps the
+model's own template and marks assistant turns by rendering prefixes instead (`encode_with_prefix_masks`): an
+assistant turn is the text that rendering the conversation through it adds to rendering the conversation up to
+it with the generation prompt, i.e. its content and end-of-turn token. That needs a template under which each
+shorter conversation renders as a prefix of the longer one; a row where it does not is refused, never guessed. `check_template(tokenizer, conversations)` renders real rows with the
 tokenizer's current template, runs them through the collator training will use, and raises `TemplateError` when
 a row trains no token, when the EOS token ending an assistant turn would get no label, or when the rendered text
 would start with two BOS tokens.
@@ -129,6 +133,10 @@ class TemplateError(UserError):
     """The chat template cannot give a correct assistant-only loss; the message says what to change."""
 
 
+class UnmarkableTemplateError(TemplateError):
+    """The template has no generation markers and none can be derived; `encode_with_prefix_masks` may still work."""
+
+
 @dataclass(frozen=True)
 class TemplateReport:
     """What `check_template` saw, for the training log."""
@@ -175,7 +183,7 @@ def training_chat_template(tokenizer: Any, fallback: str | None = None) -> str:
         return trl_template
     chatml = _chatml_training_template(tokenizer, template)
     if chatml is None:
-        raise TemplateError(
+        raise UnmarkableTemplateError(
             "The tokenizer's chat template has no `{% generation %}` markers, is not one TRL knows how to patch, "
             "and does not render ChatML (`<|im_start|>role\\ncontent<|im_end|>\\n`), so the assistant tokens "
             "cannot be marked for assistant-only loss. Give a chat template whose assistant turns (content and "
@@ -185,15 +193,54 @@ def training_chat_template(tokenizer: Any, fallback: str | None = None) -> str:
     return chatml
 
 
+def encode_with_prefix_masks(tokenizer: Any, conversation: list[dict[str, Any]]) -> dict[str, list[int]]:
+    """`input_ids` of the conversation in the tokenizer's own template, and `assistant_masks` found by prefixes.
+
+    The text of an assistant turn is `render(conversation[:i + 1])` minus `render(conversation[:i],
+    add_generation_prompt=True)`; a token is in the mask when its characters overlap that text. The ids are those
+    of `apply_chat_template(conversation)` (the rendered text tokenized without adding special tokens). Raises
+    `TemplateError` when the renderings are not prefixes of each other or the tokenizer gives no offsets.
+    """
+
+    def render(messages: list[dict[str, Any]], add_generation_prompt: bool) -> str:
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+
+    if not getattr(tokenizer, "is_fast", False):
+        raise TemplateError("Masking assistant turns by prefix rendering needs a fast tokenizer (character offsets).")
+    text = render(conversation, False)
+    spans = []
+    for index, message in enumerate(conversation):
+        if message.get("role") != "assistant":
+            continue
+        before, through = render(conversation[:index], True), render(conversation[: index + 1], False)
+        if not (through.startswith(before) and text.startswith(through)):
+            raise TemplateError(
+                f"The chat template does not render this conversation's turns as prefixes of each other (assistant "
+                f"message {index}: {before[-60:]!r} does not lead into {through[len(before) - 60 :][:120]!r}), so "
+                "its assistant tokens cannot be told apart. Templates that move the system message to the last user "
+                "turn (Mistral v0.3) do this: drop the system message (format's system_prompt), or give a chat "
+                "template with `{% generation %}` markers."
+            )
+        spans.append((len(before), len(through)))
+    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    mask = [
+        int(any(start < span_end and end > span_start for span_start, span_end in spans))
+        for start, end in encoded["offset_mapping"]
+    ]
+    return {"input_ids": list(encoded["input_ids"]), "assistant_masks": mask}
+
+
 def check_template(
     tokenizer: Any,
     conversations: list[list[dict[str, Any]]],
     collator: Callable[[list[dict[str, Any]]], dict[str, Any]] | None = None,
+    encode: Callable[[list[dict[str, Any]]], dict[str, list[int]]] | None = None,
 ) -> TemplateReport:
     """Check that training on `conversations` with the tokenizer's current chat template trains what it must.
 
-    Each row is tokenized as `SFTTrainer` does (`apply_chat_template(return_assistant_tokens_mask=True)`, labels
-    -100 outside the assistant mask) and passed, as a batch of one, through `collator` (default: TRL's
+    Each row is tokenized as `SFTTrainer` does (`apply_chat_template(return_assistant_tokens_mask=True)`, or
+    `encode` when given, e.g. `encode_with_prefix_masks`; labels -100 outside the assistant mask) and passed, as
+    a batch of one, through `collator` (default: TRL's
     `DataCollatorForLanguageModeling` with the pad token `SFTTrainer` would pick). Raises `TemplateError` when the
     tokenizer has no chat template, a row has no assistant token in the mask, an assistant turn's EOS token is
     outside the mask or loses its label in the collator, or the rendered text tokenized with the tokenizer's
@@ -218,9 +265,12 @@ def check_template(
     for row, conversation in enumerate(conversations):
         if not any(message.get("role") == "assistant" for message in conversation):
             raise TemplateError(f"Row {row} has no assistant message, so assistant-only loss trains nothing on it.")
-        encoded = tokenizer.apply_chat_template(
-            conversation, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
-        )
+        if encode is not None:
+            encoded = encode(conversation)
+        else:
+            encoded = tokenizer.apply_chat_template(
+                conversation, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
+            )
         if bos_id is not None and list(encoded["input_ids"][:2]) == [bos_id, bos_id]:
             raise TemplateError(
                 f"Row {row} starts with two BOS tokens {tokenizer.bos_token!r} as training tokenizes it: the chat "

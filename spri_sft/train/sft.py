@@ -23,6 +23,7 @@ Not supported: streaming datasets; resuming a run whose recipe changed the model
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -116,7 +117,12 @@ def build_trainer(script_args: SFTScriptArguments, training_args, model_args):
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTTrainer, get_peft_config, get_quantization_config
 
-    from spri_sft.format.template import check_template, training_chat_template
+    from spri_sft.format.template import (
+        UnmarkableTemplateError,
+        check_template,
+        encode_with_prefix_masks,
+        training_chat_template,
+    )
 
     model_path = resolve_model(model_args.model_name_or_path)
 
@@ -136,9 +142,23 @@ def build_trainer(script_args: SFTScriptArguments, training_args, model_args):
 
     # Tokenizer and the training chat template
     tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=training_args.trust_remote_code)
-    tokenizer.chat_template = training_chat_template(tokenizer, fallback=script_args.chat_template_fallback)
-    if script_args.check_template:
-        check_template(tokenizer, train_dataset.select(range(min(32, len(train_dataset))))["messages"])
+    encode = None
+    try:
+        tokenizer.chat_template = training_chat_template(tokenizer, fallback=script_args.chat_template_fallback)
+    except UnmarkableTemplateError:
+        if training_args.assistant_only_loss:
+            # The model's own template (Mistral's [INST], say), its assistant turns found by prefix rendering.
+            encode = functools.partial(encode_with_prefix_masks, tokenizer)
+    unmarked_full_sequence = tokenizer.chat_template and encode is None and not _has_markers(tokenizer)
+    if script_args.check_template and not unmarked_full_sequence:
+        check_template(tokenizer, train_dataset.select(range(min(32, len(train_dataset))))["messages"], encode=encode)
+    if encode is not None:
+        logger.info("the chat template has no generation markers: assistant turns are masked by prefix rendering")
+        train_dataset = _encode_rows(train_dataset, encode)
+        eval_dataset = _encode_rows(eval_dataset, encode) if eval_dataset is not None else None
+        # The masks are in the data now; TRL turns `assistant_masks` into labels by itself, while its own
+        # assistant_only_loss would look for generation markers the template does not have.
+        training_args.assistant_only_loss = False
 
     # Model
     quantization_config = get_quantization_config(model_args)
@@ -163,6 +183,21 @@ def build_trainer(script_args: SFTScriptArguments, training_args, model_args):
         processing_class=tokenizer,
         peft_config=get_peft_config(model_args),
     )
+
+
+def _has_markers(tokenizer) -> bool:
+    from trl.chat_template_utils import has_generation_markers
+
+    return has_generation_markers(tokenizer.chat_template)
+
+
+def _encode_rows(dataset, encode):
+    """`input_ids` + `assistant_masks` per row: a processed dataset TRL trains on as is (truncation, packing)."""
+
+    def tokenize(row):
+        return encode(row["messages"])
+
+    return dataset.map(tokenize, remove_columns=dataset.column_names, desc="Tokenizing with assistant masks")
 
 
 def main(script_args: SFTScriptArguments, training_args, model_args) -> dict:
