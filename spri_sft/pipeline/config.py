@@ -77,8 +77,9 @@ class PipelineConfig:
     """Run generate → format → train → evaluate (before and after) in one output directory.
 
     One output directory per run: generate/<mode>/ (or a shared `generate_dir`), dataset/<mode>/,
-    checkpoints/<mode>/, eval/base/ and eval/<mode>/, report.md and report.json. Several `modes` make an ablation over
-    the same prompts: one dataset and one adapter per mode, one comparison table. A rerun skips
+    checkpoints/<mode>/, eval/base/ and eval/<mode>/, report.md and report.json. Several `modes`
+    make an ablation over the same prompts: one dataset and one adapter per mode, one comparison
+    table. A rerun skips
     finished stages and resumes the unfinished one (generation and training resume mid-way). A
     stage whose settings changed since it ran is refused, never silently mixed with old outputs.
 
