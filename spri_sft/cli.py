@@ -57,12 +57,12 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-def _parse_job_config(command: str, config_class: type, argv: list[str]):
+def _parse_job_config(command: str, config_class: type, argv: list[str], usage: str = "[--config FILE.yaml]"):
     """The job's config from --config and dotted overrides; None when --help was asked for (and printed)."""
     from spri_sft.config import format_help, load_config
 
     if "-h" in argv or "--help" in argv:
-        print(f"usage: spri-sft {command} [--config FILE.yaml] [--section.field VALUE ...]\n")
+        print(f"usage: spri-sft {command} {usage} [--section.field VALUE ...]\n")
         print((config_class.__doc__ or "").strip() + "\n\nFields:")
         print(format_help(config_class))
         return None
@@ -123,7 +123,7 @@ def _run(argv: list[str]) -> int:
 
     if argv and not argv[0].startswith("-"):  # `spri-sft run RECIPE.yaml [overrides]`
         argv = ["--config", argv[0], *argv[1:]]
-    config = _parse_job_config("run", PipelineConfig, argv)
+    config = _parse_job_config("run", PipelineConfig, argv, usage="RECIPE.yaml")
     if config is None:
         return 0
 

@@ -106,10 +106,14 @@ def finished_run(tmp_path_factory, tiny_model_dir, server, truthfulqa_file):
         mp.setenv("TOKENIZERS_PARALLELISM", "false")
         recipe = make_recipe(tmp, tiny_model_dir, server, truthfulqa_file)
         first = _run_capturing(["run", str(recipe)])
+        wandb_dir_after = os.environ.get("WANDB_DIR")
         root = tmp / "run"
         mtimes = {p: p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file() and "wandb" not in p.parts}
         second = _run_capturing(["run", str(recipe)])
-    return {"root": root, "recipe": recipe, "first": first, "second": second, "mtimes": mtimes}
+    return {
+        "root": root, "recipe": recipe, "first": first, "second": second, "mtimes": mtimes,
+        "wandb_dir_after": wandb_dir_after,
+    }  # fmt: skip
 
 
 def _run_capturing(argv: list[str]) -> str:
@@ -147,7 +151,9 @@ def test_report_numbers_are_the_stages_own_numbers(finished_run):
     calls = sum(u["calls"] for key, u in generation["usage"].items() if key.startswith("base:"))
     assert row["generation"]["base_calls_per_record"] == round(calls / 8, 2)
     assert row["dataset"]["splits"] == {"train": 6, "validation": 2}
-    assert row["train"] == {"steps": 3, "train_loss": trained["train_loss"], "eval_loss": trained["eval_loss"]}
+    state = read(root / "checkpoints/spri/trainer_state.json")
+    last_loss = [entry["loss"] for entry in state["log_history"] if "loss" in entry][-1]
+    assert row["train"] == {"steps": 3, "train_loss": last_loss, "eval_loss": trained["eval_loss"]}
     assert report["base"]["mc1"] == before["mc1"] and report["base"]["mc2"] == before["mc2"]
     assert row["truthfulqa"]["mc2"] == after["mc2"]
     assert row["truthfulqa"]["mc2_delta"] == pytest.approx(after["mc2"] - before["mc2"])
@@ -159,6 +165,10 @@ def test_report_md_has_every_field_filled_and_is_printed_at_the_end(finished_run
     cells = [cell.strip() for cell in mode_row.strip("|").split("|")]
     assert len(cells) == 14 and "–" not in cells, mode_row
     assert finished_run["first"].rstrip().endswith(text.rstrip())
+
+
+def test_the_run_leaves_the_wandb_environment_as_it_found_it(finished_run):
+    assert finished_run["wandb_dir_after"] is None
 
 
 def test_all_wandb_runs_are_offline_in_one_group(finished_run):
@@ -222,6 +232,8 @@ def test_two_modes_train_two_adapters_against_one_base_score(
         assert (root / "checkpoints" / mode / "adapter_model.safetensors").is_file()
         assert report["modes"][mode]["truthfulqa"]["mc1"] is not None
     assert sorted(p.name for p in (root / "eval").iterdir()) == ["base", "direct", "spri"]
+    for mode in ("spri", "direct"):
+        assert read(root / "eval" / mode / "results.json")["adapter"] == str(root / "checkpoints" / mode)
     spri, direct = report["modes"]["spri"]["generation"], report["modes"]["direct"]["generation"]
     assert spri["critic_calls_per_record"] > 0 and spri["principle_rounds_mean"] is not None
     assert direct["critic_calls_per_record"] == 0 and direct["principle_rounds_mean"] is None
@@ -266,8 +278,10 @@ def test_a_run_killed_during_training_resumes_without_regenerating_or_reformatti
     assert all(p.stat().st_mtime_ns == mtime for p, mtime in untouched.items())
     state = read(root / "checkpoints/spri/trainer_state.json")
     assert state["global_step"] == 40
+    assert [e["step"] for e in state["log_history"] if "loss" in e] == list(range(1, 41))
     assert read(root / "checkpoints/spri/stage.json")["attempts"] == 2
-    assert (root / "report.md").is_file()
+    report = read(root / "report.json")["modes"]["spri"]["train"]
+    assert report["steps"] == 40 and report["train_loss"] == [e["loss"] for e in state["log_history"] if "loss" in e][-1]
 
 
 # -- errors before any work -------------------------------------------------------------------
@@ -289,7 +303,7 @@ def test_a_typo_in_the_training_arguments_stops_the_run_before_generation(
         (["--modes", "[spri, spri]"], "distinct"),
         (["--generate.output_dir", "elsewhere"], "generate.output_dir is set by the pipeline"),
         (["--format.records", "[a.jsonl]"], "format.records is set by the pipeline"),
-        (["--generate.mode", "direct"], r"use modes: \[direct\]"),
+        (["--generate.mode", "direct"], r"list the modes in modes: \(e.g. \[direct\]\)"),
         (["--evaluate.truthfulqa_file", "missing.json"], "missing.json: file not found"),
     ],
 )
@@ -365,3 +379,49 @@ def test_help_lists_the_sections_of_every_stage(capsys):
     text = capsys.readouterr().out
     for option in ("--modes", "--generate.base.model", "--format.validation_rows", "--train.recipe", "--evaluate.truthfulqa_file", "--wandb.group"):
         assert option in text, option
+
+
+def test_a_stage_started_with_other_settings_starts_over_when_it_left_nothing_to_resume(tmp_path):
+    Stage("eval/x", tmp_path / "x", "abc").begin()
+    assert not Stage("eval/x", tmp_path / "x", "def").is_done(resumable=False)
+    with pytest.raises(UserError, match="was started with other settings"):
+        Stage("eval/x", tmp_path / "x", "def").is_done(resumable=True)
+
+
+def test_each_finish_names_new_outputs(tmp_path):
+    stage = Stage("generate/x", tmp_path / "x", "abc")
+    stage.begin()
+    stage.finish()
+    first = stage.output_id
+    stage.begin()
+    stage.finish()
+    assert first and stage.output_id and stage.output_id != first
+
+
+def test_redone_generation_is_not_silently_paired_with_the_old_dataset(
+    tmp_path, tiny_model_dir, server, truthfulqa_file, no_wandb_credentials
+):
+    import shutil
+
+    recipe = make_recipe(tmp_path, tiny_model_dir, server, truthfulqa_file, max_steps=1)
+    overrides = ("--evaluate.enabled", "false", "--wandb.enabled", "false")
+    run_pipeline_from(recipe, *overrides)
+    shutil.rmtree(tmp_path / "run/generate/spri")  # e.g. to draw new samples with the same settings
+
+    with pytest.raises(UserError, match=r"dataset/spri was made with other settings or from other inputs"):
+        run_pipeline_from(recipe, *overrides)
+
+
+def test_training_arguments_merge_into_the_recipe_key_by_key(tmp_path):
+    from spri_sft.config import load_config
+    from spri_sft.pipeline.run import train_plan
+
+    base = tmp_path / "lora.yaml"
+    base.write_text(yaml.safe_dump({"model_name_or_path": "m", "env": {"A": "1", "B": "2"}, "learning_rate": 1e-4}))
+    config = load_config(
+        PipelineConfig,
+        ["--train.recipe", str(base), "--train.args.env.B", "3", "--train.args.learning_rate", "0.001"],
+    )
+    plan = train_plan(config, "spri", tmp_path, "name", "group")
+    assert plan.args["env"] == {"A": "1", "B": 3, "WANDB_PROJECT": "spri-sft", "WANDB_RUN_GROUP": "group"}
+    assert plan.args["learning_rate"] == 0.001

@@ -55,20 +55,23 @@ def generation_row(summary: dict) -> dict[str, Any]:
 def build_report(
     config: PipelineConfig, root: Path, name: str, student: str, truthfulqa: dict | None
 ) -> dict[str, Any]:
-    base_eval = _read(root / "eval" / "base" / "results.json")
+    evaluated = truthfulqa is not None  # else eval/ may hold an earlier run's scores: not this run's
+    base_eval = _read(root / "eval" / "base" / "results.json") if evaluated else None
     modes = {}
     for mode in config.modes:
         generation = _read(config.generation_dir(mode) / "summary.json")
         dataset = _read(root / "dataset" / mode / "summary.json")
         results = _read(root / "checkpoints" / mode / "all_results.json")
         state = _read(root / "checkpoints" / mode / "trainer_state.json")
-        scores = _read(root / "eval" / mode / "results.json")
+        scores = _read(root / "eval" / mode / "results.json") if evaluated else None
         modes[mode] = {
             "generation": generation_row(generation) if generation else None,
             "dataset": {"rows": dataset["rows"], "splits": dataset["splits"], "dropped": dataset["dropped"]} if dataset else None,
             "train": {
                 "steps": state.get("global_step") if state else None,
-                "train_loss": results.get("train_loss") if results else None,
+                # The last logged loss: all_results' train_loss averages only the steps of the last
+                # (resumed) session, and is 0.0 for a rerun that had nothing left to train.
+                "train_loss": _last_logged(state, "loss"),
                 "eval_loss": results.get("eval_loss") if results else None,
             },
             "truthfulqa": _scores(scores, base_eval),
@@ -122,7 +125,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         ),
         "",
         "| model | records | accepted | rounds (principles / response) | calls per record (base / critic) "
-        "| tokens per record | train / val rows | steps | train loss | val loss | MC1 | ΔMC1 | MC2 | ΔMC2 |",
+        "| tokens per record | train / val rows | steps | final train loss | val loss | MC1 | ΔMC1 | MC2 | ΔMC2 |",
         "| --- | " + " | ".join("---:" for _ in range(13)) + " |",
     ]
     base = report["base"]
@@ -162,7 +165,8 @@ def render_markdown(report: dict[str, Any]) -> str:
     lines += [
         "",
         "Rounds: mean critique rounds per record for each stage (principles, response); calls and tokens count "
-        "every model call of generation (prompt + completion tokens). Δ: after minus before fine-tuning. "
+        "every model call of generation (prompt + completion tokens). Final train loss: the last logged one; "
+        "val loss: of the saved adapter (the best checkpoint when the recipe keeps it). Δ: after minus before. "
         "Records with status max_rounds reached the round limit without passing the critic's threshold.",
         "",
     ]
@@ -200,6 +204,11 @@ def _scores(results: dict | None, before: dict | None) -> dict[str, float | None
         "mc1_delta": mc1 - before["mc1"] if mc1 is not None and before else None,
         "mc2_delta": mc2 - before["mc2"] if mc2 is not None and before else None,
     }
+
+
+def _last_logged(trainer_state: dict | None, key: str) -> float | None:
+    values = [entry[key] for entry in (trainer_state or {}).get("log_history", []) if key in entry]
+    return values[-1] if values else None
 
 
 def _read(path: Path) -> dict | None:

@@ -17,7 +17,9 @@ goes into one group, named after the run; offline when no API key is set, under
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import gc
 import json
 import logging
 import os
@@ -48,8 +50,6 @@ SET_BY_PIPELINE = {
 
 def run_pipeline(config: PipelineConfig) -> dict[str, Any]:
     """Run every stage not yet done and return the report (also written to report.md / report.json)."""
-    from spri_sft.pipeline.report import build_report, log_report_to_wandb, write_report
-
     root = Path(config.output_dir)
     name = config.run_name or root.resolve().name
     group = config.wandb.group or name
@@ -59,11 +59,32 @@ def run_pipeline(config: PipelineConfig) -> dict[str, Any]:
 
     root.mkdir(parents=True, exist_ok=True)
     dump_yaml(config, root / "config.yaml")
-    if config.wandb.enabled:
-        from spri_sft.train.sft import use_wandb_offline_without_key
+    with _wandb_environment(config.wandb.enabled, root):
+        return _run_stages(config, root, name, group, train_plans, truthfulqa)
 
-        os.environ.setdefault("WANDB_DIR", str(root.resolve()))
-        use_wandb_offline_without_key("wandb")
+
+@contextlib.contextmanager
+def _wandb_environment(enabled: bool, root: Path):
+    """WANDB_DIR (unless set) and offline mode (without a key) for this run and its children, undone after."""
+    saved = {key: os.environ.get(key) for key in ("WANDB_DIR", "WANDB_MODE")}
+    try:
+        if enabled:
+            from spri_sft.train.sft import use_wandb_offline_without_key
+
+            os.environ.setdefault("WANDB_DIR", str(root.resolve()))
+            use_wandb_offline_without_key("wandb")
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _run_stages(config: PipelineConfig, root: Path, name: str, group: str, train_plans: dict, truthfulqa) -> dict:
+    from spri_sft.pipeline.report import build_report, log_report_to_wandb, write_report
+
     print(f"[spri-sft] run {name}: modes {', '.join(config.modes)} → {root}", flush=True)
 
     stages: dict[str, Stage] = {}
@@ -94,8 +115,8 @@ def check_recipe(config: PipelineConfig) -> None:
     unknown = [m for m in config.modes if m not in MODES]
     if unknown or len(set(config.modes)) != len(config.modes):
         raise UserError(f"modes: {config.modes} must be distinct modes among {', '.join(MODES)}")
-    if config.generate.mode != "spri" and config.modes == ["spri"]:
-        raise UserError(f"generate.mode is set by the pipeline: use modes: [{config.generate.mode}]")
+    if config.generate.mode != GenerateConfig().mode:
+        raise UserError(f"generate.mode is set by the pipeline: list the modes in modes: (e.g. [{config.generate.mode}])")
     sections = {"generate": config.generate, "format": config.format}
     for dotted, default in SET_BY_PIPELINE.items():
         section, field = dotted.split(".")
@@ -146,7 +167,7 @@ def _format(config: PipelineConfig, mode: str, root: Path, generated: Stage, tru
         output_dir=str(root / "dataset" / mode),
         truthfulqa_file=guard,
     )
-    settings = {**dataclasses.asdict(job), "records": None, "output_dir": None, "after": generated.fingerprint}
+    settings = {**dataclasses.asdict(job), "records": None, "output_dir": None, "after": generated.output_id}
     stage = Stage(f"dataset/{mode}", Path(job.output_dir), fingerprint(settings))
     if _skip(stage):
         return stage
@@ -191,7 +212,7 @@ def train_plan(config: PipelineConfig, mode: str, root: Path, name: str, group: 
         args = yaml.safe_load(path.read_text()) or {}
         if not isinstance(args, dict):
             raise UserError(f"train.recipe {path}: expected a mapping of `spri-sft train` fields")
-    args = {**args, **config.train.args}
+    args = _merged(args, config.train.args)
     env = {**(args.pop("env", None) or {})}
     output_dir = root / "checkpoints" / mode
     args.update(output_dir=str(output_dir), dataset_path=str(root / "dataset" / mode / "hf"), run_name=f"{name}-{mode}")
@@ -208,22 +229,41 @@ def train_plan(config: PipelineConfig, mode: str, root: Path, name: str, group: 
     return TrainPlan(mode, output_dir, {**args, "env": env} if env else args, config.train.accelerate_config)
 
 
-def _validate_train_args(args: dict[str, Any], recipe: str | None) -> None:
-    """Parse the recipe as `spri-sft train` will, so a typo stops the run now, not after generation."""
-    from spri_sft.train.sft import make_parser
+def _merged(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """`overrides` on top of `base`, mappings (env:, model_init_kwargs:) merged key by key."""
+    merged = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            value = _merged(merged[key], value)
+        merged[key] = value
+    return merged
 
-    try:
-        make_parser().parse_dict(args, allow_extra_keys=False)
-    except (ValueError, TypeError) as err:
-        raise UserError(f"train ({recipe or 'train.args'}): {err}") from None
+
+def _validate_train_args(args: dict[str, Any], recipe: str | None) -> None:
+    """Check the recipe's field names now, so a typo stops the run before generation, not after it.
+
+    Only the names: building TRL's SFTConfig here would set up accelerate's device state in this
+    process (and CUDA on a GPU machine), which the training child needs to itself. The child's
+    TrlParser checks the values.
+    """
+    from trl import ModelConfig, SFTConfig
+
+    from spri_sft.train.sft import SFTScriptArguments
+
+    known = {f.name for cls in (SFTScriptArguments, SFTConfig, ModelConfig) for f in dataclasses.fields(cls)}
+    unknown = sorted(set(args) - known)
+    if unknown:
+        raise UserError(f"train ({recipe or 'train.args'}): unknown `spri-sft train` field(s) {', '.join(unknown)}")
 
 
 def _train(plan: TrainPlan, dataset: Stage) -> Stage:
     settings = {
         k: v for k, v in plan.args.items() if k not in ("output_dir", "dataset_path", "run_name", "report_to", "env")
     }
-    stage = Stage(f"checkpoints/{plan.mode}", plan.output_dir, fingerprint({**settings, "after": dataset.fingerprint}))
-    if _skip(stage):
+    if plan.accelerate_config:  # the number of processes changes the effective batch
+        settings["accelerate_config"] = yaml.safe_load(Path(plan.accelerate_config).read_text())
+    stage = Stage(f"checkpoints/{plan.mode}", plan.output_dir, fingerprint({**settings, "after": dataset.output_id}))
+    if _skip(stage, resumable=any(plan.output_dir.glob("checkpoint-*"))):
         return stage
     stage.begin()
     recipe = plan.output_dir / "recipe.yaml"
@@ -267,7 +307,8 @@ def _truthfulqa_source(config: PipelineConfig, root: Path) -> dict | None:
     if not _hub_reachable():
         print(
             "[spri-sft] TruthfulQA: no evaluate.truthfulqa_file and the Hugging Face Hub is unreachable: skipping the "
-            "before/after evaluation (give a local copy: --evaluate.truthfulqa_file path/to/mc_task.json)",
+            "before/after evaluation and the check of SFT prompts against it (give a local copy: "
+            "--evaluate.truthfulqa_file path/to/mc_task.json)",
             flush=True,
         )
         return None
@@ -275,8 +316,10 @@ def _truthfulqa_source(config: PipelineConfig, root: Path) -> dict | None:
 
     questions, _ = load_questions(None, settings.dataset, "validation")
     snapshot.parent.mkdir(parents=True, exist_ok=True)
-    with snapshot.open("w", encoding="utf-8") as handle:
+    partial = snapshot.with_suffix(".tmp")
+    with partial.open("w", encoding="utf-8") as handle:
         handle.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in to_hub_rows(questions))
+    os.replace(partial, snapshot)  # a kill mid-write never leaves a short question file to reuse
     return {"file": str(snapshot), "source": source}
 
 
@@ -317,12 +360,13 @@ def _evaluate(
         wandb_run_name=f"{name}-eval-{directory.name}",
     )
     fields = {k: v for k, v in dataclasses.asdict(job).items() if k not in ("output_dir", "wandb_project", "wandb_group", "wandb_run_name", "report_to")}
-    upstream = trained.fingerprint if trained is not None else plan.student
+    upstream = trained.output_id if trained is not None else plan.student
     stage = Stage(f"eval/{directory.name}", directory, fingerprint({**fields, "model": None, "adapter": None, "after": upstream}))
-    if _skip(stage):
+    if _skip(stage, resumable=False):
         return stage
     stage.begin()
     results = evaluate_truthfulqa(job)
+    _release_memory()  # the model is gone; give its memory back before a training child needs it
     stage.finish(mc1=results["mc1"], mc2=results["mc2"], n=results["n"])
     return stage
 
@@ -330,11 +374,20 @@ def _evaluate(
 # -- helpers ---------------------------------------------------------------------------------
 
 
-def _skip(stage: Stage) -> bool:
-    if stage.is_done():
+def _release_memory() -> None:
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _skip(stage: Stage, resumable: bool = True) -> bool:
+    if stage.is_done(resumable):
         print(f"[spri-sft] {stage.name}: done in an earlier run, skipped", flush=True)
         return True
-    print(f"[spri-sft] {stage.name}: {'resuming' if stage.state() else 'starting'}", flush=True)
+    how = "starting" if stage.state() is None else "resuming" if resumable else "starting over"
+    print(f"[spri-sft] {stage.name}: {how}", flush=True)
     return False
 
 

@@ -2,12 +2,15 @@
 
 Each stage directory (generate/spri/, dataset/spri/, checkpoints/spri/, eval/base/, ...) holds a
 `stage.json` written when the stage starts (`running`) and rewritten when it ends (`done`), with
-a fingerprint of every setting that shapes its output, its upstream stages' fingerprints
-included. On a rerun, a `done` stage with the same fingerprint is skipped; a `running` one is
-run again and picks up where it stopped (generation keeps its finished records, training
-resumes from its last complete checkpoint). A stage whose fingerprint differs was made with
-other settings: the pipeline stops and says which directory to delete rather than mix old and
-new outputs.
+a fingerprint of every setting that shapes its output and of the exact outputs it read: each
+finished stage gets a fresh `output_id`, which the stages after it put in their fingerprints (a
+stage redone with the same settings still makes new outputs: sampling is random).
+
+On a rerun, a `done` stage with the same fingerprint is skipped; a `running` one is run again
+and picks up where it stopped (generation keeps its finished records, training resumes from its
+last complete checkpoint). A stage whose fingerprint differs was made with other settings or
+inputs: the pipeline stops and says which directory to delete rather than mix old and new
+outputs, except for a `running` stage that left nothing to resume from, which simply starts over.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import hashlib
 import json
 import os
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,16 +50,27 @@ class Stage:
         except json.JSONDecodeError:
             return None  # torn by a kill mid-write: the stage runs again, and resumes
 
-    def is_done(self) -> bool:
-        """True when finished with these settings; raises when it ran (or started) with others."""
+    @property
+    def output_id(self) -> str | None:
+        """Names what this stage made; None until it is done."""
+        return (self.state() or {}).get("output_id")
+
+    def is_done(self, resumable: bool = True) -> bool:
+        """True when finished with these settings and inputs; raises when it ran (or started) with others.
+
+        `resumable=False` says a `running` stage left nothing a rerun would pick up (an evaluation, a
+        training with no checkpoint yet): then changed settings just start it over.
+        """
         state = self.state()
         if state is None:
             return False
         if state.get("fingerprint") != self.fingerprint:
+            if state.get("status") != "done" and not resumable:
+                return False
             raise UserError(
                 f"{self.directory} was {'made' if state.get('status') == 'done' else 'started'} with other settings "
-                f"than this recipe's: use a new output_dir, or delete {self.directory} (and the stages after it) "
-                "to redo it"
+                f"or from other inputs than this run's: use a new output_dir, or delete {self.directory} (and the "
+                "stages after it) to redo it"
             )
         return state.get("status") == "done"
 
@@ -67,7 +82,15 @@ class Stage:
     def finish(self, **info: Any) -> None:
         state = self.state() or {}
         wall_seconds = round(time.monotonic() - self.started, 1)
-        self._write({"status": "done", "attempts": state.get("attempts", 1), "wall_seconds": wall_seconds, "outputs": info})
+        self._write(
+            {
+                "status": "done",
+                "output_id": uuid.uuid4().hex[:16],
+                "attempts": state.get("attempts", 1),
+                "wall_seconds": wall_seconds,
+                "outputs": info,
+            }
+        )
 
     def _write(self, fields: dict) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)

@@ -53,6 +53,7 @@ class SFTScriptArguments:
     check_template: bool = field(
         default=True, metadata={"help": "Check on real rows that assistant tokens and EOS are trained before training."}
     )
+
     merge_adapter: bool = field(default=False, metadata={"help": "Also save the LoRA adapter merged into the base model."})
     log_dataset_artifact: bool = field(default=True, metadata={"help": "Log the training dataset (with its card) to W&B."})
     truthfulqa_file: str | None = field(
@@ -175,7 +176,7 @@ def build_trainer(script_args: SFTScriptArguments, training_args, model_args):
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
 
-    return SFTTrainer(
+    trainer = SFTTrainer(
         model=model,
         args=training_args,
         train_dataset=train_dataset,
@@ -183,6 +184,13 @@ def build_trainer(script_args: SFTScriptArguments, training_args, model_args):
         processing_class=tokenizer,
         peft_config=get_peft_config(model_args),
     )
+    # How the loss finds assistant tokens, for the saved effective config (assistant_only_loss reads false
+    # on the prefix path, where the masks come with the data).
+    if encode is not None:
+        trainer.assistant_masks = "prefix rendering"
+    else:
+        trainer.assistant_masks = "chat template markers" if training_args.assistant_only_loss else "none: all tokens"
+    return trainer
 
 
 def _has_markers(tokenizer) -> bool:
@@ -204,7 +212,9 @@ def main(script_args: SFTScriptArguments, training_args, model_args) -> dict:
     """Train, save, and return the final metrics. Tests call this directly."""
     trainer = build_trainer(script_args, training_args, model_args)
     if trainer.accelerator.is_main_process:
-        _log_effective_config(training_args.output_dir, script_args, training_args, model_args)
+        _log_effective_config(
+            training_args.output_dir, script_args, training_args, model_args, assistant_masks=trainer.assistant_masks
+        )
 
     before = None
     if script_args.truthfulqa_before:
@@ -292,8 +302,10 @@ def _score_before_training(trainer, script_args, training_args, model_args) -> d
     from spri_sft.evaluate.run import evaluate_truthfulqa
 
     out = Path(training_args.output_dir) / "truthfulqa_before"
-    if (out / "results.json").is_file():  # scored by an earlier attempt of this run
-        return json.loads((out / "results.json").read_text())
+    if (out / "results.json").is_file():  # scored by an earlier attempt of this run, if on the same questions
+        earlier = json.loads((out / "results.json").read_text())
+        if (earlier["data_source"], earlier["limit"]) == (script_args.truthfulqa_file, script_args.truthfulqa_limit):
+            return earlier
     config = EvaluateConfig(
         model=model_args.model_name_or_path,
         truthfulqa_file=script_args.truthfulqa_file,
@@ -322,10 +334,10 @@ def _record_before(before: dict, metrics: dict) -> None:
         )
 
 
-def _log_effective_config(output_dir: str, *configs) -> None:
+def _log_effective_config(output_dir: str, *configs, **facts) -> None:
     from dataclasses import asdict
 
-    effective = {type(c).__name__: {k: _plain(v) for k, v in asdict(c).items()} for c in configs}
+    effective = {type(c).__name__: {k: _plain(v) for k, v in asdict(c).items()} for c in configs} | facts
     Path(output_dir).mkdir(parents=True, exist_ok=True)
     (Path(output_dir) / "effective_config.json").write_text(json.dumps(effective, indent=2, default=str))
     print(json.dumps(effective, indent=2, default=str))
