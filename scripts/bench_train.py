@@ -15,6 +15,12 @@ Ours against plain only, more rounds:
 
     python scripts/bench_train.py --max-steps 6 --threads 1 --rounds 4 --no-packing-arm
 
+Measured (2026-11-26, 2 cores, quiet apart from a code reader, load average 1.6-2.2, 2 threads,
+`--max-steps 8 --rounds 3 --no-packing-arm`: 21 timed steps per arm, 16,083 tokens each):
+ours 59.2 tokens/s, plain 54.8: ours/plain 1.080 tokens/s, 1.043 tokens/CPU-s (the rounds
+swung 49.7-67.0 tokens/s; identical setups, so the gap is noise). With the packed arm
+(earlier, loaded machine, 1 thread, 6 steps): packing on/off 1.29x tokens/s.
+
 What it measures: training throughput, in tokens per second, of three arms run side by side in
 one process, in rounds whose order alternates (ours, plain, packed, then packed, plain, ours, ...)
 so that a drift (thermal, other load) falls on every arm alike:
