@@ -46,10 +46,15 @@ def tokenizer(tiny_model_dir):
 
 
 def assistant_spans(tokenizer, conversation) -> list[str]:
-    """The text of each run of assistant-masked tokens."""
+    """The text of each run of assistant-masked tokens, as the chat template's markers mask them."""
     encoded = tokenizer.apply_chat_template(
         conversation, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
     )
+    return masked_text(tokenizer, encoded)
+
+
+def masked_text(tokenizer, encoded) -> list[str]:
+    """The text of each run of tokens in `encoded["assistant_masks"]`."""
     spans, current = [], []
     for token, masked in zip([*encoded["input_ids"], None], [*encoded["assistant_masks"], 0]):
         if masked:
@@ -256,17 +261,6 @@ SYSTEM_ON_LAST_USER_TEMPLATE = (
     "{% else %}{{ '[INST] ' + message['content'] + ' [/INST]' }}{% endif %}"
     "{% else %}{{ ' ' + message['content'] + eos_token }}{% endif %}{% endfor %}"
 )
-
-
-def masked_text(tokenizer, encoded) -> list[str]:
-    spans, current = [], []
-    for token, masked in zip([*encoded["input_ids"], None], [*encoded["assistant_masks"], 0]):
-        if masked:
-            current.append(token)
-        elif current:
-            spans.append(tokenizer.decode(current))
-            current = []
-    return spans
 
 
 def test_an_inst_template_cannot_be_marked(tokenizer):
