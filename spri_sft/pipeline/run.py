@@ -281,8 +281,8 @@ def _train(plan: TrainPlan, dataset: Stage) -> Stage:
             f"training of {plan.mode} failed (exit status {returncode}; its output is above). Rerun the same "
             "command to resume from its last complete checkpoint."
         )
-    results = json.loads((plan.output_dir / "all_results.json").read_text())
-    stage.finish(train_loss=results.get("train_loss"), eval_loss=results.get("eval_loss"))
+    state = json.loads((plan.output_dir / "trainer_state.json").read_text())
+    stage.finish(steps=state["global_step"])
     return stage
 
 
@@ -359,9 +359,10 @@ def _evaluate(
         wandb_group=group,
         wandb_run_name=f"{name}-eval-{directory.name}",
     )
-    fields = {k: v for k, v in dataclasses.asdict(job).items() if k not in ("output_dir", "wandb_project", "wandb_group", "wandb_run_name", "report_to")}
+    # What decides the scores: the questions and how they are scored, and which model (by the stage that made it).
+    scoring = {k: getattr(job, k) for k in ("truthfulqa_file", "limit", "dtype", "chat_template", "batch_size")}
     upstream = trained.output_id if trained is not None else plan.student
-    stage = Stage(f"eval/{directory.name}", directory, fingerprint({**fields, "model": None, "adapter": None, "after": upstream}))
+    stage = Stage(f"eval/{directory.name}", directory, fingerprint({**scoring, "after": upstream}))
     if _skip(stage, resumable=False):
         return stage
     stage.begin()
