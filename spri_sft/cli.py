@@ -135,7 +135,6 @@ def _run(argv: list[str]) -> int:
 
 def _check_template(argv: list[str]) -> int:
     import argparse
-    import functools
 
     parser = argparse.ArgumentParser(
         prog="spri-sft check-template",
@@ -151,21 +150,12 @@ def _check_template(argv: list[str]) -> int:
 
     from transformers import AutoTokenizer
 
-    from spri_sft.format.template import (
-        PROBE_CONVERSATIONS,
-        UnmarkableTemplateError,
-        check_template,
-        encode_with_prefix_masks,
-        training_chat_template,
-    )
+    from spri_sft.format.template import PROBE_CONVERSATIONS, check_template, use_training_template
     from spri_sft.models import resolve_model
 
     tokenizer = AutoTokenizer.from_pretrained(resolve_model(args.model), trust_remote_code=args.trust_remote_code)
-    encode, how = None, "training template with generation markers"
-    try:
-        tokenizer.chat_template = training_chat_template(tokenizer, fallback=args.fallback)
-    except UnmarkableTemplateError:
-        encode, how = functools.partial(encode_with_prefix_masks, tokenizer), "own template, masks by prefix rendering"
+    encode = use_training_template(tokenizer, fallback=args.fallback)
+    how = "own template, masks by prefix rendering" if encode else "training template with generation markers"
     conversations = [c for c in PROBE_CONVERSATIONS if any(m["role"] == "assistant" and m["content"] for m in c)]
     if args.dataset:
         from datasets import load_from_disk

@@ -24,8 +24,10 @@ Any other template (Mistral's `[INST]` family, say) raises `UnmarkableTemplateEr
 model's own template and marks assistant turns by rendering prefixes instead (`encode_with_prefix_masks`): an
 assistant turn is the text that rendering the conversation through it adds to rendering the conversation up to
 it with the generation prompt, i.e. its content and end-of-turn token. That needs a template under which each
-shorter conversation renders as a prefix of the longer one; a row where it does not is refused, never guessed. `check_template(tokenizer, conversations)` renders real rows with the
-tokenizer's current template, runs them through the collator training will use, and raises `TemplateError` when
+shorter conversation renders as a prefix of the longer one; a row where it does not is refused, never guessed.
+`use_training_template(tokenizer)` takes whichever of the two applies.
+
+`check_template(tokenizer, conversations)` renders real rows with the tokenizer's current template, runs them through the collator training will use, and raises `TemplateError` when
 a row trains no token, when the EOS token ending an assistant turn would get no label, or when the rendered text
 would start with two BOS tokens.
 
@@ -35,6 +37,7 @@ Imports: the tokenizer API of transformers, TRL (inside the functions: importing
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import re
@@ -193,6 +196,18 @@ def training_chat_template(tokenizer: Any, fallback: str | None = None) -> str:
     return chatml
 
 
+def use_training_template(
+    tokenizer: Any, fallback: str | None = None
+) -> Callable[[list[dict[str, Any]]], dict[str, list[int]]] | None:
+    """Give the tokenizer its training chat template and return None; or, for a template that cannot be marked,
+    keep the tokenizer's own and return the encoder that masks its assistant turns by prefix rendering."""
+    try:
+        tokenizer.chat_template = training_chat_template(tokenizer, fallback=fallback)
+    except UnmarkableTemplateError:
+        return functools.partial(encode_with_prefix_masks, tokenizer)
+    return None
+
+
 def encode_with_prefix_masks(tokenizer: Any, conversation: list[dict[str, Any]]) -> dict[str, list[int]]:
     """`input_ids` of the conversation in the tokenizer's own template, and `assistant_masks` found by prefixes.
 
@@ -240,8 +255,8 @@ def check_template(
 
     Each row is tokenized as `SFTTrainer` does (`apply_chat_template(return_assistant_tokens_mask=True)`, or
     `encode` when given, e.g. `encode_with_prefix_masks`; labels -100 outside the assistant mask) and passed, as
-    a batch of one, through `collator` (default: TRL's
-    `DataCollatorForLanguageModeling` with the pad token `SFTTrainer` would pick). Raises `TemplateError` when the
+    a batch of one, through `collator` (default: TRL's `DataCollatorForLanguageModeling` with the pad token
+    `SFTTrainer` would pick). Raises `TemplateError` when the
     tokenizer has no chat template, a row has no assistant token in the mask, an assistant turn's EOS token is
     outside the mask or loses its label in the collator, or the rendered text tokenized with the tokenizer's
     defaults starts with two BOS tokens as training tokenizes it. Returns a `TemplateReport` otherwise.

@@ -23,7 +23,6 @@ Not supported: streaming datasets; resuming a run whose recipe changed the model
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import os
@@ -53,7 +52,6 @@ class SFTScriptArguments:
     check_template: bool = field(
         default=True, metadata={"help": "Check on real rows that assistant tokens and EOS are trained before training."}
     )
-
     merge_adapter: bool = field(default=False, metadata={"help": "Also save the LoRA adapter merged into the base model."})
     log_dataset_artifact: bool = field(default=True, metadata={"help": "Log the training dataset (with its card) to W&B."})
     truthfulqa_file: str | None = field(
@@ -118,12 +116,7 @@ def build_trainer(script_args: SFTScriptArguments, training_args, model_args):
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTTrainer, get_peft_config, get_quantization_config
 
-    from spri_sft.format.template import (
-        UnmarkableTemplateError,
-        check_template,
-        encode_with_prefix_masks,
-        training_chat_template,
-    )
+    from spri_sft.format.template import check_template, use_training_template
 
     model_path = resolve_model(model_args.model_name_or_path)
 
@@ -143,14 +136,11 @@ def build_trainer(script_args: SFTScriptArguments, training_args, model_args):
 
     # Tokenizer and the training chat template
     tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=training_args.trust_remote_code)
-    encode = None
-    try:
-        tokenizer.chat_template = training_chat_template(tokenizer, fallback=script_args.chat_template_fallback)
-    except UnmarkableTemplateError:
-        if training_args.assistant_only_loss:
-            # The model's own template (Mistral's [INST], say), its assistant turns found by prefix rendering.
-            encode = functools.partial(encode_with_prefix_masks, tokenizer)
-    unmarked_full_sequence = tokenizer.chat_template and encode is None and not _has_markers(tokenizer)
+    # The model's own template (Mistral's [INST], say) when no marked one exists, assistant turns found by prefixes.
+    encode = use_training_template(tokenizer, fallback=script_args.chat_template_fallback)
+    unmarked_full_sequence = encode is not None and not training_args.assistant_only_loss
+    if unmarked_full_sequence:
+        encode = None  # every token is trained: the model's own template serves as is
     if script_args.check_template and not unmarked_full_sequence:
         check_template(tokenizer, train_dataset.select(range(min(32, len(train_dataset))))["messages"], encode=encode)
     if encode is not None:
@@ -191,12 +181,6 @@ def build_trainer(script_args: SFTScriptArguments, training_args, model_args):
     else:
         trainer.assistant_masks = "chat template markers" if training_args.assistant_only_loss else "none: all tokens"
     return trainer
-
-
-def _has_markers(tokenizer) -> bool:
-    from trl.chat_template_utils import has_generation_markers
-
-    return has_generation_markers(tokenizer.chat_template)
 
 
 def _encode_rows(dataset, encode):
