@@ -241,10 +241,8 @@ def to_row(record: dict, system_prompt: str | None) -> dict:
 def split_rows(rows: list[dict], config: FormatConfig, dropped: list[dict]):
     from datasets import Dataset, DatasetDict
 
-    fraction = config.validation_rows or config.validation_fraction
-    needed = 2 if fraction > 0 else 1
-    if config.validation_rows:
-        needed = config.validation_rows + 1
+    fraction = config.validation_size
+    needed = config.validation_rows + 1 if config.validation_rows else 2 if fraction > 0 else 1
     if len(rows) < needed:
         counts = Counter(d["reason"] for d in dropped)
         why = ", ".join(f"{n} {reason}" for reason, n in counts.items()) or "none dropped"

@@ -72,7 +72,7 @@ def _splits(summary: dict, config: FormatConfig) -> str:
     lines += [f"| {name} | {rows} |" for name, rows in summary["splits"].items()]
     if "validation" in summary["splits"]:
         how = (
-            f"Rows sorted by id, then `Dataset.train_test_split(test_size={config.validation_rows or config.validation_fraction}, "
+            f"Rows sorted by id, then `Dataset.train_test_split(test_size={config.validation_size}, "
             f"seed={config.seed})`."
         )
     else:

@@ -72,3 +72,8 @@ class FormatConfig:
     push_to_hub: str | None = field(
         default=None, metadata={"help": "Hub dataset repo id to push the splits and the card to (needs a token)."}
     )
+
+    @property
+    def validation_size(self) -> float | int:
+        """`Dataset.train_test_split`'s test_size: `validation_rows` when set, else `validation_fraction`."""
+        return self.validation_rows or self.validation_fraction

@@ -261,19 +261,28 @@ def last_complete_checkpoint(output_dir: str) -> str | None:
     return None
 
 
-def _evaluate_truthfulqa(trainer, script_args, training_args, model_args) -> dict:
-    """Score the model in memory while the training's W&B run is open, so the scores join that run."""
+def _truthfulqa_config(script_args, training_args, model_args, subdir: str, adapter: str | None, report_to: str):
     from spri_sft.evaluate.config import EvaluateConfig
-    from spri_sft.evaluate.run import evaluate_truthfulqa
 
-    config = EvaluateConfig(
+    return EvaluateConfig(
         model=model_args.model_name_or_path,
-        adapter=training_args.output_dir if model_args.use_peft else None,
+        adapter=adapter,
         truthfulqa_file=script_args.truthfulqa_file,
         limit=script_args.truthfulqa_limit,
-        output_dir=str(Path(training_args.output_dir) / "truthfulqa"),
-        report_to="wandb" if reports_to_wandb(training_args.report_to) else "none",
+        output_dir=str(Path(training_args.output_dir) / subdir),
+        report_to=report_to,
     )
+
+
+def _evaluate_truthfulqa(trainer, script_args, training_args, model_args) -> dict:
+    """Score the model in memory while the training's W&B run is open, so the scores join that run."""
+    from spri_sft.evaluate.run import evaluate_truthfulqa
+
+    config = _truthfulqa_config(
+        script_args, training_args, model_args, "truthfulqa",
+        adapter=training_args.output_dir if model_args.use_peft else None,
+        report_to="wandb" if reports_to_wandb(training_args.report_to) else "none",
+    )  # fmt: skip
     results = evaluate_truthfulqa(config, model=trainer.model, tokenizer=trainer.processing_class)
     return {"truthfulqa_mc1": results["mc1"], "truthfulqa_mc2": results["mc2"]}
 
@@ -282,21 +291,15 @@ def _score_before_training(trainer, script_args, training_args, model_args) -> d
     """TruthfulQA of the model as loaded, adapter disabled (LoRA's B starts at zero, but disabled is exact)."""
     import contextlib
 
-    from spri_sft.evaluate.config import EvaluateConfig
     from spri_sft.evaluate.run import evaluate_truthfulqa
 
-    out = Path(training_args.output_dir) / "truthfulqa_before"
-    if (out / "results.json").is_file():  # scored by an earlier attempt of this run, if on the same questions
-        earlier = json.loads((out / "results.json").read_text())
-        if (earlier["data_source"], earlier["limit"]) == (script_args.truthfulqa_file, script_args.truthfulqa_limit):
-            return earlier
-    config = EvaluateConfig(
-        model=model_args.model_name_or_path,
-        truthfulqa_file=script_args.truthfulqa_file,
-        limit=script_args.truthfulqa_limit,
-        output_dir=str(out),
-        report_to="none",  # the training's W&B run opens when training starts; logged then, under before/
-    )
+    # The training's W&B run opens when training starts: these scores are logged then, under before/.
+    config = _truthfulqa_config(script_args, training_args, model_args, "truthfulqa_before", None, "none")
+    earlier = Path(config.output_dir) / "results.json"
+    if earlier.is_file():  # scored by an earlier attempt of this run, if on the same questions
+        results = json.loads(earlier.read_text())
+        if (results["data_source"], results["limit"]) == (config.truthfulqa_file, config.limit):
+            return results
     model = trainer.model
     untouched = model.disable_adapter() if hasattr(model, "disable_adapter") else contextlib.nullcontext()
     with untouched:
