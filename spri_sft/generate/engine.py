@@ -33,6 +33,15 @@ from spri_sft.llm.base import ChatBackend, Completion
 Mode = Literal["spri", "direct", "self-refine", "seed-principles", "constitution"]
 MODES = get_args(Mode)
 
+# The model roles each mode calls: a role a mode never calls cannot change its records.
+MODE_ROLES: dict[str, tuple[str, ...]] = {
+    "spri": ("base", "critic"),
+    "direct": ("base",),
+    "self-refine": ("base",),
+    "seed-principles": ("base", "critic"),
+    "constitution": ("base", "critic"),
+}
+
 
 @dataclass
 class LoopSettings:
@@ -206,6 +215,16 @@ class Engine:
             reply = await session.ask(role, retry)
             score = parse_score(reply.text)
         return parse_feedback(reply.text), score
+
+
+def mode_identity(mode: str, prompts: PromptSet, loop: LoopSettings) -> dict:
+    """What shapes a record of `mode` besides its prompt and the models' decoding settings: the
+    texts the mode sends and the loop settings it reads. Record ids and the pipeline's generate
+    stage both key on this, so the two can never disagree."""
+    loop_settings = {k: v for k, v in asdict(loop).items() if k != "prompts_file"}
+    if mode == "direct":
+        loop_settings = {"max_words": loop.max_words}
+    return {"mode": mode, "loop": loop_settings, "templates": prompts.fingerprint()}
 
 
 def _unscored_round(stage: str, completion: Completion) -> dict:
