@@ -308,6 +308,36 @@ def test_split_is_reproducible_with_the_seed_and_independent_of_record_order(tmp
     assert len(validation_ids(first)) == 10
 
 
+def test_every_mode_is_validated_on_the_same_prompts(tmp_path):
+    # Two modes' records of the same 30 prompts; each mode's filters drop different records.
+    spri = [dict(make_record(n, mode="spri"), id=f"spri{n:03d}") for n in range(30)]
+    direct = [dict(make_record(n, mode="direct"), id=f"direct{n:03d}") for n in range(30)]
+    for n in (0, 1, 2, 3, 4, 5):
+        spri[n]["status"] = "failed"
+    for n in (10, 11, 12, 13):
+        direct[n]["status"] = "failed"
+    _, spri_out = build(tmp_path, spri, name="spri", validation_rows=8)
+    _, direct_out = build(tmp_path, direct, name="direct", validation_rows=8)
+
+    def validation_prompts(out):
+        return {row["messages"][0]["content"] for row in load_from_disk(str(out / "hf"))["validation"]}
+
+    kept_by_both = {r["prompt"] for r, s in zip(spri, direct) if r["status"] != "failed" and s["status"] != "failed"}
+    spri_validation, direct_validation = validation_prompts(spri_out), validation_prompts(direct_out)
+    assert spri_validation & kept_by_both == direct_validation & kept_by_both
+    assert len(spri_validation | direct_validation) <= 8
+
+
+def test_the_split_does_not_depend_on_what_the_filters_dropped(tmp_path):
+    records = [make_record(n) for n in range(30)]
+    _, all_kept = build(tmp_path, records, name="all", validation_rows=6)
+    some_failed = [dict(r, status="failed") if n % 3 == 0 else r for n, r in enumerate(records)]
+    _, fewer_kept = build(tmp_path, some_failed, name="fewer", validation_rows=6)
+    validation = set(load_from_disk(str(all_kept / "hf"))["validation"]["id"])
+    kept_ids = {r["id"] for r in some_failed if r["status"] != "failed"}
+    assert set(load_from_disk(str(fewer_kept / "hf"))["validation"]["id"]) == validation & kept_ids
+
+
 def test_validation_fraction_zero_writes_a_train_split_only(tmp_path):
     summary, out = build(tmp_path, [make_record(1)], validation_fraction=0.0)
     assert summary["splits"] == {"train": 1}
@@ -320,12 +350,12 @@ def test_validation_rows_sets_the_validation_split_size_exactly(tmp_path):
 
 
 def test_validation_rows_needs_a_row_left_to_train_on(tmp_path):
-    with pytest.raises(UserError, match=r"3 row\(s\) survive .* at least 4"):
+    with pytest.raises(UserError, match=r"3 row\(s\) survive .* none of them for the train split"):
         build(tmp_path, [make_record(n) for n in range(3)], validation_rows=3)
 
 
 def test_fewer_than_two_surviving_rows_is_a_user_error(tmp_path):
-    with pytest.raises(UserError, match=r"1 row\(s\) survive the filters \(dropped: 1 status\)"):
+    with pytest.raises(UserError, match=r"1 row\(s\) survive the filters \(dropped: 1 status\), none of them for the"):
         build(tmp_path, [make_record(1), make_record(2, status="failed", response=None)])
 
 

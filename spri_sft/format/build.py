@@ -20,10 +20,13 @@ Steps, in this order; a record is counted under the first step that drops it:
    provenance columns `id`, `mode`, `principles` (null without principles), `principles_score`
    and `response_score` (the final versions' critic scores, null when unscored or absent) and
    `status`.
-6. split: rows sorted by id (so the split does not depend on the order records were written
-   in), then `Dataset.train_test_split(test_size=validation_rows or validation_fraction, seed=seed)`;
-   the validation split has `validation_rows` rows, else ceil(fraction * rows). At least 2 rows
-   must survive (1 with `validation_fraction: 0`, which writes a train split only).
+6. split, keyed on the prompt alone and decided before any filter: every distinct normalized
+   prompt of the loaded records gets a rank from sha256(seed, prompt); the `validation_rows`
+   (else ceil(fraction * prompts)) lowest-ranked prompts are the validation prompts, and a
+   row goes to validation when its prompt is one of them. So every mode generated on the same
+   prompts gets the same validation prompts (minus the ones that mode's filters dropped), the
+   paper's like-for-like comparison; and the split does not depend on record order or ids.
+   A split needs a row on each side (a train split only with `validation_fraction: 0`).
 7. save, in `output_dir` (earlier outputs of this step there are replaced):
      hf/                          `DatasetDict.save_to_disk`: `datasets.load_from_disk(f"{output_dir}/hf")`
      train.jsonl, validation.jsonl        one row per line
@@ -38,7 +41,9 @@ Steps, in this order; a record is counted under the first step that drops it:
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
+import math
 import logging
 import shutil
 from collections import Counter
@@ -49,7 +54,7 @@ from spri_sft.errors import UserError
 from spri_sft.format.card import render_card
 from spri_sft.format.config import STATUSES, FormatConfig
 from spri_sft.format.contamination import TruthfulQAGuard, read_questions
-from spri_sft.format.dedupe import exact_duplicates, near_duplicates
+from spri_sft.format.dedupe import exact_duplicates, near_duplicates, normalize
 
 logger = logging.getLogger(__name__)
 
@@ -102,7 +107,7 @@ def build_dataset(config: FormatConfig) -> dict:
         kept = [r for i, r in enumerate(kept) if i not in duplicates]
 
     rows = [to_row(record, config.system_prompt) for record in kept]
-    splits = split_rows(rows, config, dropped)
+    splits = split_rows(rows, validation_prompts([r["prompt"] for r in records], config), config, dropped)
 
     summary = summarize(config, records, kept, dropped, splits, questions)
     card = render_card(summary, config)
@@ -238,27 +243,43 @@ def to_row(record: dict, system_prompt: str | None) -> dict:
     }
 
 
-def split_rows(rows: list[dict], config: FormatConfig, dropped: list[dict]):
+def validation_prompts(prompts: list[str], config: FormatConfig) -> set[str]:
+    """The normalized prompts of the validation split, chosen among every loaded prompt (rule 6)."""
+    distinct = sorted(set(map(normalize, prompts)), key=lambda text: _prompt_rank(text, config.seed))
+    if config.validation_rows is not None:
+        wanted = config.validation_rows
+    else:
+        wanted = math.ceil(config.validation_fraction * len(distinct))
+    return set(distinct[:wanted])
+
+
+def _prompt_rank(normalized_prompt: str, seed: int) -> str:
+    return hashlib.sha256(f"{seed}\0{normalized_prompt}".encode()).hexdigest()
+
+
+def split_rows(rows: list[dict], validation: set[str], config: FormatConfig, dropped: list[dict]):
     from datasets import Dataset, DatasetDict
 
-    fraction = config.validation_size
-    needed = config.validation_rows + 1 if config.validation_rows else 2 if fraction > 0 else 1
-    if len(rows) < needed:
+    if config.validation_size == 0:
+        parts = {"train": rows}
+    else:
+        parts = {"train": [], "validation": []}
+        for row in rows:
+            prompt = normalize(next(m["content"] for m in row["messages"] if m["role"] == "user"))
+            parts["validation" if prompt in validation else "train"].append(row)
+    empty = [name for name, part in parts.items() if not part]
+    if empty:
         counts = Counter(d["reason"] for d in dropped)
         why = ", ".join(f"{n} {reason}" for reason, n in counts.items()) or "none dropped"
         raise UserError(
-            f"{len(rows)} row(s) survive the filters (dropped: {why}); a train/validation split needs at least "
-            f"{needed}: loosen the filters, add records, or lower validation_rows / set validation_fraction 0 "
-            "for a train split only"
+            f"{len(rows)} row(s) survive the filters (dropped: {why}), none of them for the {empty[0]} split "
+            f"({len(validation)} validation prompts of the records): loosen the filters, add records, or lower "
+            "validation_rows / set validation_fraction 0 for a train split only"
         )
-    dataset = Dataset.from_list(sorted(rows, key=lambda row: row["id"]), features=features())
-    if fraction == 0:
-        return DatasetDict(train=dataset)
-    try:
-        parts = dataset.train_test_split(test_size=fraction, seed=config.seed)
-    except ValueError as err:  # e.g. 2 rows at fraction 0.9 leave no training row
-        raise UserError(f"cannot split {len(rows)} rows with test_size {fraction}: {err}") from None
-    return DatasetDict(train=parts["train"], validation=parts["test"])
+    # Sorted by id: the rows' order in a split does not depend on the order records were written in.
+    return DatasetDict(
+        {name: Dataset.from_list(sorted(part, key=lambda row: row["id"]), features=features()) for name, part in parts.items()}
+    )
 
 
 def summarize(config, records, kept, dropped, splits, questions) -> dict:

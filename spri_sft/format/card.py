@@ -71,9 +71,11 @@ def _splits(summary: dict, config: FormatConfig) -> str:
     lines = ["## Splits\n", "| split | rows |", "| --- | --- |"]
     lines += [f"| {name} | {rows} |" for name, rows in summary["splits"].items()]
     if "validation" in summary["splits"]:
+        size = f"{config.validation_rows}" if config.validation_rows else f"{config.validation_fraction:.0%} of the"
         how = (
-            f"Rows sorted by id, then `Dataset.train_test_split(test_size={config.validation_size}, "
-            f"seed={config.seed})`."
+            f"Keyed on the prompt alone, before any filter: the {size} distinct prompts of the records with the "
+            f"lowest sha256(seed={config.seed}, normalized prompt) are the validation prompts, so every mode "
+            "generated on the same prompts is validated on the same ones (minus the rows its filters dropped)."
         )
     else:
         how = "No validation split (`validation_fraction: 0`)."
