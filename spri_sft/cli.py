@@ -144,18 +144,31 @@ def _check_template(argv: list[str]) -> int:
     )
     parser.add_argument("model", help="Hub id or local model directory")
     parser.add_argument("--fallback", choices=["alpaca"], help="template for a tokenizer without one (base models)")
+    parser.add_argument(
+        "--template", choices=["model", "alpaca"], default="model",
+        help="'alpaca' trains on the Alpaca format even when the tokenizer ships a chat template (base students)",
+    )
     parser.add_argument("--dataset", help="a `spri-sft format` output directory to take the sample rows from")
     parser.add_argument("--trust-remote-code", action="store_true")
     args = parser.parse_args(argv)
 
     from transformers import AutoTokenizer
 
-    from spri_sft.format.template import PROBE_CONVERSATIONS, check_template, use_training_template
+    from spri_sft.format.template import (
+        PROBE_CONVERSATIONS,
+        UnmarkableTemplateError,
+        check_template,
+        choose_training_template,
+        use_training_template,
+    )
     from spri_sft.models import resolve_model
 
     tokenizer = AutoTokenizer.from_pretrained(resolve_model(args.model), trust_remote_code=args.trust_remote_code)
-    encode = use_training_template(tokenizer, fallback=args.fallback)
-    how = "own template, masks by prefix rendering" if encode else "training template with generation markers"
+    try:
+        how = choose_training_template(tokenizer, fallback=args.fallback, template=args.template).source
+    except UnmarkableTemplateError:
+        how = "the model's own chat template, assistant turns masked by prefix rendering"
+    encode = use_training_template(tokenizer, fallback=args.fallback, template=args.template)
     conversations = [c for c in PROBE_CONVERSATIONS if any(m["role"] == "assistant" and m["content"] for m in c)]
     if args.dataset:
         from datasets import load_from_disk
@@ -166,7 +179,7 @@ def _check_template(argv: list[str]) -> int:
         conversations = [c for c in conversations if c[0]["role"] != "system"]
     report = check_template(tokenizer, conversations, encode=encode)
     print(
-        f"{args.model}: ok ({how}) — {report.rows} rows, {report.trained_tokens}/{report.tokens} tokens trained, "
+        f"{args.model}: ok, trains on {how} — {report.rows} rows, {report.trained_tokens}/{report.tokens} tokens trained, "
         f"EOS trained in {report.eos_trained}/{report.assistant_turns} assistant turns"
     )
     return 0

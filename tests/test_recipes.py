@@ -31,7 +31,9 @@ def test_recipe_parses(recipe, monkeypatch):
     assert training_args.assistant_only_loss
     assert model_args.use_peft and model_args.load_in_4bit == (recipe.stem == "qlora")
     if "instruct" not in recipe.parts[-3] and not recipe.parts[-3].endswith("-it") and "smollm2" not in recipe.parts[-3]:
-        assert script_args.chat_template_fallback == "alpaca"
+        assert script_args.training_template == "alpaca"  # the paper: base students train on Alpaca (§5.2)
+    else:
+        assert script_args.training_template == "model"
 
 
 def test_the_paper_setups_have_a_pipeline_recipe_per_model_with_every_mode():

@@ -7,9 +7,11 @@ import pytest
 from conftest import CHATML_TEMPLATE
 from spri_sft.format.template import (
     ALPACA_PREAMBLE,
+    ALPACA_TEMPLATE,
     TemplateError,
     UnmarkableTemplateError,
     check_template,
+    choose_training_template,
     encode_with_prefix_masks,
     training_chat_template,
 )
@@ -302,4 +304,22 @@ def test_check_template_command_falls_back_to_prefix_masks(tmp_path, capsys):
 
     model_dir = build_tiny_model(tmp_path / "inst", chat_template=INST_TEMPLATE)
     assert main(["check-template", str(model_dir)]) == 0
-    assert "ok (own template, masks by prefix rendering)" in capsys.readouterr().out
+    assert "ok, trains on the model's own chat template, assistant turns masked by prefix rendering" in capsys.readouterr().out
+
+
+def test_check_template_command_says_alpaca_trains_when_asked_over_a_shipped_template(tmp_path, capsys):
+    from conftest import build_tiny_model
+
+    from spri_sft.cli import main
+
+    model_dir = build_tiny_model(tmp_path / "inst", chat_template=INST_TEMPLATE)
+    assert main(["check-template", str(model_dir), "--template", "alpaca"]) == 0
+    assert "ok, trains on Alpaca (training_template: alpaca)" in capsys.readouterr().out
+
+
+def test_the_alpaca_template_replaces_a_shipped_chat_template_when_asked(tokenizer):
+    tokenizer.chat_template = INST_TEMPLATE
+    chosen = choose_training_template(tokenizer, template="alpaca")
+    assert chosen.text == ALPACA_TEMPLATE
+    with pytest.raises(UnmarkableTemplateError):  # the fallback alone never replaces a shipped template
+        choose_training_template(tokenizer, fallback="alpaca")

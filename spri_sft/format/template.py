@@ -18,7 +18,8 @@ to stop. It takes the first of:
    every probe conversation (with and without system message, one and two turns, with and without generation
    prompt);
 4. for a tokenizer without a template: the Alpaca format with `fallback="alpaca"` (the published setup's format
-   for base models), EOS inside the markers.
+   for base models), EOS inside the markers. `template="alpaca"` takes it first, even over a shipped chat
+   template (the paper trains its base students on Alpaca, §5.2).
 
 Any other template (Mistral's `[INST]` family, say) raises `UnmarkableTemplateError`. Training then keeps the
 model's own template and marks assistant turns by rendering prefixes instead (`encode_with_prefix_masks`): an
@@ -153,38 +154,50 @@ class TemplateReport:
     retokenized_double_bos: bool = False
 
 
-def training_chat_template(tokenizer: Any, fallback: str | None = None) -> str:
-    """A chat template for `assistant_only_loss=True`: the tokenizer's text, assistant turns in generation markers.
+TEMPLATES = ("model", "alpaca")
 
-    `fallback="alpaca"` gives the Alpaca format to a tokenizer that has no chat template; it is never used in
-    place of an existing template. Raises `TemplateError` when no template can be given (see the module docstring).
-    Set the result as `tokenizer.chat_template` before building the `SFTTrainer`; TRL then uses it as is.
+
+@dataclass
+class TrainingTemplate:
+    text: str
+    source: str  # which rule of the module docstring gave it, as `spri-sft check-template` prints it
+
+
+def choose_training_template(tokenizer: Any, fallback: str | None = None, template: str = "model") -> TrainingTemplate:
+    """The training template and where it came from (see `training_chat_template`).
+
+    `template="alpaca"` trains on the Alpaca format even when the tokenizer ships a chat template: the
+    published setup's format for base (non-instruct) students, whose tokenizers often carry their instruct
+    sibling's chat template although the base model was never trained on it.
     """
     from trl.chat_template_utils import get_training_chat_template, has_generation_markers
 
+    if template not in TEMPLATES:
+        raise TemplateError(f"Unknown training template {template!r}: use one of {list(TEMPLATES)}.")
     if fallback is not None and fallback not in FALLBACKS:
         raise TemplateError(f"Unknown chat template fallback {fallback!r}: use one of {list(FALLBACKS)} or none.")
-    template = tokenizer.chat_template
-    if isinstance(template, dict):  # a template shipped as named variants; `default` is the chat one
-        template = template.get("default")
-    if not template:
-        if fallback == "alpaca":
-            if tokenizer.eos_token is None:
-                raise TemplateError(
-                    "The tokenizer has neither a chat template nor an EOS token, so the Alpaca fallback cannot end "
-                    "a response. Set `tokenizer.eos_token` first."
-                )
-            return ALPACA_TEMPLATE
-        raise TemplateError(f"The tokenizer has no chat template. {_FIX_NO_TEMPLATE}")
-    if has_generation_markers(template):
-        return template
+    own = tokenizer.chat_template
+    if isinstance(own, dict):  # a template shipped as named variants; `default` is the chat one
+        own = own.get("default")
+    if template == "alpaca" or not own:
+        if template != "alpaca" and fallback != "alpaca":
+            raise TemplateError(f"The tokenizer has no chat template. {_FIX_NO_TEMPLATE}")
+        if tokenizer.eos_token is None:
+            raise TemplateError(
+                "The tokenizer has no EOS token, so the Alpaca template cannot end a response. Set "
+                "`tokenizer.eos_token` first."
+            )
+        source = "Alpaca (training_template: alpaca)" if template == "alpaca" else "Alpaca (the tokenizer has no chat template)"
+        return TrainingTemplate(ALPACA_TEMPLATE, source)
+    if has_generation_markers(own):
+        return TrainingTemplate(own, "the model's own chat template (it has generation markers)")
     try:
         trl_template = get_training_chat_template(tokenizer)
     except ValueError:  # TRL does not know this template
         trl_template = None
     if trl_template is not None:
-        return trl_template
-    chatml = _chatml_training_template(tokenizer, template)
+        return TrainingTemplate(trl_template, "TRL's training variant of the model's chat template")
+    chatml = _chatml_training_template(tokenizer, own)
     if chatml is None:
         raise UnmarkableTemplateError(
             "The tokenizer's chat template has no `{% generation %}` markers, is not one TRL knows how to patch, "
@@ -193,16 +206,27 @@ def training_chat_template(tokenizer: Any, fallback: str | None = None) -> str:
             "end-of-turn token) sit inside `{% generation %}...{% endgeneration %}`, or train on the whole "
             "sequence (`assistant_only_loss=False`)."
         )
-    return chatml
+    return TrainingTemplate(chatml, "ChatML training template, verified against the model's own")
+
+
+def training_chat_template(tokenizer: Any, fallback: str | None = None, template: str = "model") -> str:
+    """A chat template for `assistant_only_loss=True`: the tokenizer's text, assistant turns in generation markers.
+
+    `fallback="alpaca"` gives the Alpaca format to a tokenizer that has no chat template; it is never used in
+    place of an existing template unless `template="alpaca"` asks for it. Raises `TemplateError` when no
+    template can be given (see the module docstring). Set the result as `tokenizer.chat_template` before
+    building the `SFTTrainer`; TRL then uses it as is.
+    """
+    return choose_training_template(tokenizer, fallback, template).text
 
 
 def use_training_template(
-    tokenizer: Any, fallback: str | None = None
+    tokenizer: Any, fallback: str | None = None, template: str = "model"
 ) -> Callable[[list[dict[str, Any]]], dict[str, list[int]]] | None:
     """Give the tokenizer its training chat template and return None; or, for a template that cannot be marked,
     keep the tokenizer's own and return the encoder that masks its assistant turns by prefix rendering."""
     try:
-        tokenizer.chat_template = training_chat_template(tokenizer, fallback=fallback)
+        tokenizer.chat_template = training_chat_template(tokenizer, fallback=fallback, template=template)
     except UnmarkableTemplateError:
         return functools.partial(encode_with_prefix_masks, tokenizer)
     return None

@@ -49,6 +49,11 @@ class SFTScriptArguments:
         default=None,
         metadata={"help": "Template for a tokenizer without a chat template (base models): 'alpaca', or unset to refuse."},
     )
+    training_template: str = field(
+        default="model",
+        metadata={"help": "'model': the tokenizer's own chat template (chat_template_fallback when it has none); "
+                  "'alpaca': the Alpaca format even when it ships one (the paper's setup for base students)."},
+    )
     check_template: bool = field(
         default=True, metadata={"help": "Check on real rows that assistant tokens and EOS are trained before training."}
     )
@@ -137,7 +142,9 @@ def build_trainer(script_args: SFTScriptArguments, training_args, model_args):
     # Tokenizer and the training chat template
     tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=training_args.trust_remote_code)
     # The model's own template (Mistral's [INST], say) when no marked one exists, assistant turns found by prefixes.
-    encode = use_training_template(tokenizer, fallback=script_args.chat_template_fallback)
+    encode = use_training_template(
+        tokenizer, fallback=script_args.chat_template_fallback, template=script_args.training_template
+    )
     unmarked_full_sequence = encode is not None and not training_args.assistant_only_loss
     if unmarked_full_sequence:
         encode = None  # every token is trained: the model's own template serves as is
