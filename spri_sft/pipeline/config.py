@@ -72,6 +72,28 @@ class WandbSettings:
     group: str | None = field(default=None, metadata={"help": "W&B group of all the runs; default: run_name."})
 
 
+# The columns of the SPRI paper's Table 4 (TruthfulQA, %): student model and SFT prompt set (Dolly, MixInstruct).
+# Their published numbers are in spri_sft/data/paper_table4.csv.
+PaperColumn = Literal[
+    "L3.1-8B Dolly", "L3.1-8B Mix", "L3.1-8B-Inst Dolly", "L3.1-8B-Inst Mix",
+    "Mistral-7B-v0.3 Dolly", "Mistral-7B-v0.3 Mix", "Mistral-7B-v0.3-Inst Dolly", "Mistral-7B-v0.3-Inst Mix",
+    "Gemma-2-9B Dolly", "Gemma-2-9B Mix", "Gemma-2-9B-it Dolly", "Gemma-2-9B-it Mix",
+]  # fmt: skip
+
+
+@dataclass
+class ReportSettings:
+    """report.md: what the comparison is set beside."""
+
+    paper_column: PaperColumn | None = field(
+        default=None,
+        metadata={
+            "help": "The column of the SPRI paper's Table 4 this recipe reproduces (e.g. 'L3.1-8B Dolly'): report.md "
+            "then lists the rows in the paper's order beside its published TruthfulQA number and the difference."
+        },
+    )
+
+
 @dataclass
 class PipelineConfig:
     """Run generate → format → train → evaluate (before and after) in one output directory.
@@ -106,6 +128,7 @@ class PipelineConfig:
     train: TrainStage = field(default_factory=TrainStage)
     evaluate: EvaluateStage = field(default_factory=EvaluateStage)
     wandb: WandbSettings = field(default_factory=WandbSettings)
+    report: ReportSettings = field(default_factory=ReportSettings)
 
     def generation_dir(self, mode: str) -> Path:
         return Path(self.generate_dir or Path(self.output_dir) / "generate") / mode

@@ -3,19 +3,39 @@
 Every number comes from a stage's own output file: generate/<mode>/summary.json (records,
 statuses, rounds, calls and tokens), dataset/<mode>/summary.json (rows per split),
 checkpoints/<mode>/all_results.json and trainer_state.json (losses, steps), eval/*/results.json
-(TruthfulQA), and each stage.json (wall time). A value a stage did not produce (no validation
-split, evaluation skipped) is shown as "–", never filled in.
+(TruthfulQA) with eval/*/per_question.jsonl (the paired bootstrap intervals of every Δ), and
+each stage.json (wall time). A value a stage did not produce (no validation split, evaluation
+skipped) is shown as "–", never filled in. The figures (`figures.py`) are PNGs beside report.md,
+drawn from report.json alone; with `report.paper_column`, the paper's Table 4 column is set
+beside this run's rows.
 """
 
 from __future__ import annotations
 
+import csv
+import itertools
 import json
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from spri_sft.evaluate.bootstrap import paired_bootstrap
 from spri_sft.pipeline.config import PipelineConfig
 
 MISSING = "–"
+
+# The paper's Table 4 rows in its order, and the modes of this package that run each (self-align is
+# the Dromedary/Watson rule list: `self-align`, formerly `constitution`). off-the-shelf = the untouched student.
+PAPER_ROWS = {
+    "oracle": ("oracle",),
+    "direct": ("direct",),
+    "self-instruct": ("self-instruct",),
+    "self-align": ("self-align", "constitution"),
+    "self-refine": ("self-refine",),
+    "seed-principles": ("seed-principles",),
+    "spri": ("spri",),
+    "off-the-shelf": (),
+}
 
 
 def generation_row(summary: dict) -> dict[str, Any]:
@@ -57,6 +77,8 @@ def build_report(
 ) -> dict[str, Any]:
     evaluated = truthfulqa is not None  # else eval/ may hold an earlier run's scores: not this run's
     base_eval = _read(root / "eval" / "base" / "results.json") if evaluated else None
+    base_questions = _per_question(root / "eval" / "base") if evaluated else None
+    per_question = {}
     modes = {}
     for mode in config.modes:
         generation = _read(config.generation_dir(mode) / "summary.json")
@@ -64,6 +86,7 @@ def build_report(
         results = _read(root / "checkpoints" / mode / "all_results.json")
         state = _read(root / "checkpoints" / mode / "trainer_state.json")
         scores = _read(root / "eval" / mode / "results.json") if evaluated else None
+        per_question[mode] = _per_question(root / "eval" / mode) if scores else None
         modes[mode] = {
             "generation": generation_row(generation) if generation else None,
             "dataset": {"rows": dataset["rows"], "splits": dataset["splits"], "dropped": dataset["dropped"]} if dataset else None,
@@ -74,7 +97,14 @@ def build_report(
                 "train_loss": _last_logged(state, "loss"),
                 "eval_loss": results.get("eval_loss") if results else None,
             },
-            "truthfulqa": _scores(scores, base_eval),
+            "truthfulqa": _scores(scores, base_eval, per_question[mode], base_questions),
+            "histograms": {
+                "final_score": generation.get("final_score", {}),
+                "rounds": generation.get("rounds_histogram", {}),
+            }
+            if generation
+            else None,
+            "loss_curve": {"train": _logged_curve(state, "loss"), "validation": _logged_curve(state, "eval_loss")},
         }
     stages = {}
     order = [f"{kind}/{mode}" for kind in ("generate", "dataset") for mode in config.modes] + ["eval/base"]
@@ -90,20 +120,26 @@ def build_report(
         "student": student,
         "base_model": config.generate.base.model,
         "critic_model": config.generate.critic.model,
+        "loop": {"threshold": config.generate.loop.threshold, "max_rounds": config.generate.loop.max_rounds},
         "truthfulqa": {
             "source": None if truthfulqa is None else truthfulqa["source"],
             "questions": base_eval["n"] if base_eval else None,
             "prompt": base_eval["mode"] if base_eval else None,
             "skipped": truthfulqa is None,
         },
-        "base": _scores(base_eval, None),
+        "base": _scores(base_eval, None, None, None),
         "modes": modes,
+        "comparisons": _mode_comparisons(per_question),
+        "paper_table4": _paper_table4(config.report.paper_column, base_eval, modes),
         "stages": stages,
     }
 
 
 def write_report(report: dict[str, Any], root: Path) -> str:
-    """Write report.json and report.md; return the markdown (also printed at the end of a run)."""
+    """Write the figures, report.json and report.md; return the markdown (also printed at the end of a run)."""
+    from spri_sft.pipeline.figures import write_figures
+
+    report["figures"] = write_figures(report, root)
     (root / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     text = render_markdown(report)
     (root / "report.md").write_text(text)
@@ -153,62 +189,253 @@ def render_markdown(report: dict[str, Any]) -> str:
                     _num(train["train_loss"]),
                     _num(train["eval_loss"]),
                     _num(scores["mc1"]),
-                    _signed(scores["mc1_delta"]),
+                    _delta_cell(scores["mc1_delta"], scores.get("mc1_interval")),
                     _num(scores["mc2"]),
-                    _signed(scores["mc2_delta"]),
+                    _delta_cell(scores["mc2_delta"], scores.get("mc2_interval")),
                 ]
             )
             + " |"
         )
+    lines += _differences_section(report)
+    lines += _paper_section(report.get("paper_table4"))
+    lines += _figures_section(report.get("figures") or {})
     lines += ["", "| stage | status | wall time (s) |", "| --- | --- | ---: |"]
     lines += [f"| {stage} | {s['status']} | {_num(s['wall_seconds'], 1)} |" for stage, s in report["stages"].items()]
     lines += [
         "",
         "Rounds: mean critique rounds per record for each stage (principles, response); calls and tokens count "
         "every model call of generation (prompt + completion tokens). Final train loss: the last logged one; "
-        "val loss: of the saved adapter (the best checkpoint when the recipe keeps it). Δ: after minus before. "
+        "val loss: of the saved adapter (the best checkpoint when the recipe keeps it). Δ: after minus before, "
+        "[its paired bootstrap 95% interval over questions]. "
         "Records with status max_rounds reached the round limit without passing the critic's threshold.",
         "",
     ]
     return "\n".join(lines)
 
 
+FIGURE_TITLES = {
+    "truthfulqa": "TruthfulQA MC1 and MC2 per model (± standard error), and each Δ vs the base model (95% interval)",
+    "critic_scores": "The critic's final score per stage and mode",
+    "rounds": "Critique rounds per stage and mode",
+    "loss": "Training and validation loss per mode",
+}
+
+
+def _differences_section(report: dict[str, Any]) -> list[str]:
+    """Every Δ of report.md with its paired bootstrap interval and whether that excludes 0."""
+    rows = [(f"SFT on {mode} − base", row["truthfulqa"]) for mode, row in report["modes"].items()]
+    rows += [(f"SFT on {c['second']} − SFT on {c['first']}", c) for c in report.get("comparisons", [])]
+    if all(scores.get(f"{m}_delta") is None for _, scores in rows for m in ("mc1", "mc2")):
+        return []
+    known = [scores[f"{m}_interval"] for _, scores in rows for m in ("mc1", "mc2") if scores.get(f"{m}_interval")]
+    how = (
+        f"Paired bootstrap over the {known[0]['questions']} questions both rows scored ({known[0]['resamples']:,} "
+        f"resamples of the questions, seeded): Δ and its {known[0]['level']:.0%} percentile interval; "
+        "“yes” where the interval excludes 0."
+        if known
+        else ""
+    )
+    unpaired = "“–”: the two evaluations scored other questions (another file or limit), so nothing is paired."
+    lines = [
+        "",
+        "## Is a difference real?",
+        "",
+        " ".join(text for text in (how, unpaired if len(known) < 2 * len(rows) else "") if text),
+        "",
+        "| comparison | ΔMC1 | 95% interval | excludes 0 | ΔMC2 | 95% interval | excludes 0 |",
+        "| --- | ---: | ---: | :---: | ---: | ---: | :---: |",
+    ]
+    for name, scores in rows:
+        cells = [name]
+        for metric in ("mc1", "mc2"):
+            interval = scores.get(f"{metric}_interval")
+            if interval is None:
+                cells += [MISSING, MISSING, MISSING]
+            else:
+                cells += [
+                    _signed(interval["delta"]),
+                    _bounds(interval),
+                    "yes" if interval["excludes_zero"] else "no",
+                ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def _paper_section(table: dict[str, Any] | None) -> list[str]:
+    if table is None:
+        return []
+    lines = [
+        "",
+        f"## The paper's Table 4, column {table['column']}",
+        "",
+        "TruthfulQA in %, rows in the paper's order; this run's number is its MC2 (the paper's metric is most "
+        "likely lm-eval's mc2). off-the-shelf = the untouched student (base).",
+        "",
+        "| paper row | this run's mode | this run (%) | paper (%) | this run − paper |",
+        "| --- | --- | ---: | ---: | ---: |",
+    ]
+    for row in table["rows"]:
+        lines.append(
+            f"| {row['row']} | {row['mode'] or 'not run'} | {_num(row['ours'], 2)} | {row['paper']:.2f} "
+            f"| {_signed(row['difference'], 2)} |"
+        )
+    return lines
+
+
+def _figures_section(figures: dict[str, str]) -> list[str]:
+    lines = []
+    for key, filename in figures.items():
+        lines += ["", f"![{FIGURE_TITLES[key]}]({filename})"]
+    return ["", "## Figures", *lines] if lines else []
+
+
 def log_report_to_wandb(report: dict[str, Any], root: Path, project: str, group: str, run_name: str) -> None:
-    """The comparison table and the report files, in a run of the pipeline's group."""
+    """The comparison table, the figures and the report files, in a run of the pipeline's group."""
     import wandb
 
     run = wandb.init(project=project, group=group, name=run_name, job_type="report", reinit="create_new")
-    columns = ["model", "records", "accepted_rate", "train_loss", "eval_loss", "mc1", "mc1_delta", "mc2", "mc2_delta"]
-    table = wandb.Table(columns=columns)
-    table.add_data("base", None, None, None, None, report["base"]["mc1"], None, report["base"]["mc2"], None)
-    for mode, row in report["modes"].items():
-        gen, train, scores = row["generation"] or {}, row["train"], row["truthfulqa"]
-        table.add_data(
-            mode, gen.get("records"), gen.get("accepted_rate"), train["train_loss"], train["eval_loss"],
-            scores["mc1"], scores["mc1_delta"], scores["mc2"], scores["mc2_delta"],
-        )  # fmt: skip
-    run.log({"report/comparison": table})
+    table = wandb.Table(columns=COMPARISON_COLUMNS, data=comparison_rows(report))
+    images = {
+        f"report/figures/{key}": wandb.Image(str(root / filename), caption=FIGURE_TITLES[key])
+        for key, filename in (report.get("figures") or {}).items()
+    }
+    run.log({"report/comparison": table, **images})
     artifact = wandb.Artifact(f"report-{run.id}", type="report")
     artifact.add_file(str(root / "report.md"))
     artifact.add_file(str(root / "report.json"))
+    for filename in (report.get("figures") or {}).values():
+        artifact.add_file(str(root / filename))
     run.log_artifact(artifact)
     run.finish()
 
 
-def _scores(results: dict | None, before: dict | None) -> dict[str, float | None]:
-    mc1 = results["mc1"] if results else None
-    mc2 = results["mc2"] if results else None
+COMPARISON_COLUMNS = [
+    "model", "records", "accepted_rate", "train_loss", "eval_loss",
+    "mc1", "mc1_stderr", "mc1_delta", "mc1_delta_low", "mc1_delta_high", "mc1_delta_excludes_zero",
+    "mc2", "mc2_stderr", "mc2_delta", "mc2_delta_low", "mc2_delta_high", "mc2_delta_excludes_zero",
+]  # fmt: skip
+
+
+def comparison_rows(report: dict[str, Any]) -> list[list[Any]]:
+    """The rows of the W&B comparison table: the base model, then each mode (Δ vs base with its interval)."""
+
+    def truthfulqa_cells(scores: dict) -> list[Any]:
+        cells = []
+        for metric in ("mc1", "mc2"):
+            interval = scores.get(f"{metric}_interval") or {}
+            cells += [
+                scores[metric], scores.get(f"{metric}_stderr"), scores.get(f"{metric}_delta"),
+                interval.get("low"), interval.get("high"), interval.get("excludes_zero"),
+            ]  # fmt: skip
+        return cells
+
+    rows = [["base", None, None, None, None, *truthfulqa_cells(report["base"])]]
+    for mode, row in report["modes"].items():
+        gen, train = row["generation"] or {}, row["train"]
+        rows.append(
+            [mode, gen.get("records"), gen.get("accepted_rate"), train["train_loss"], train["eval_loss"],
+             *truthfulqa_cells(row["truthfulqa"])]
+        )  # fmt: skip
+    return rows
+
+
+def _scores(
+    results: dict | None, before: dict | None, questions: dict | None, before_questions: dict | None
+) -> dict[str, Any]:
+    """MC1/MC2 with their standard errors; with `before`, each Δ and its paired bootstrap interval."""
+    scores: dict[str, Any] = {}
+    for metric in ("mc1", "mc2"):
+        value = results[metric] if results else None
+        scores[metric] = value
+        scores[f"{metric}_stderr"] = results.get(f"{metric}_stderr") if results else None
+        scores[f"{metric}_delta"] = value - before[metric] if value is not None and before else None
+    if before is not None:
+        for metric, interval in _intervals(before_questions, questions).items():
+            scores[f"{metric}_interval"] = interval
+    return scores
+
+
+def _intervals(before: dict | None, after: dict | None) -> dict[str, dict | None]:
+    """Per metric, the paired bootstrap interval of mean(after) − mean(before), or None when not paired.
+
+    Paired means the same questions in the same order: two evaluations of other question sets
+    (another limit, another file) have no per-question difference to resample.
+    """
+    if not before or not after or before["questions"] != after["questions"]:
+        return {"mc1": None, "mc2": None}
+    return {metric: paired_bootstrap(before[metric], after[metric]).as_dict() for metric in ("mc1", "mc2")}
+
+
+def _comparison(first: str, second: str, per_question: dict[str, dict | None]) -> dict[str, Any]:
+    intervals = _intervals(per_question[first], per_question[second])
+    comparison: dict[str, Any] = {"first": first, "second": second}
+    for metric, interval in intervals.items():
+        comparison[f"{metric}_delta"] = interval["delta"] if interval else None
+        comparison[f"{metric}_interval"] = interval
+    return comparison
+
+
+def _mode_comparisons(per_question: dict[str, dict | None]) -> list[dict[str, Any]]:
+    """Every pair of evaluated modes (in recipe order): the Δ of the second over the first, with intervals."""
+    evaluated = [mode for mode, questions in per_question.items() if questions]
+    return [_comparison(first, second, per_question) for first, second in itertools.combinations(evaluated, 2)]
+
+
+def _per_question(directory: Path) -> dict[str, list] | None:
+    """The questions and per-question MC1/MC2 scores of one evaluation (per_question.jsonl), in data order."""
+    path = directory / "per_question.jsonl"
+    if not path.is_file():
+        return None
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     return {
-        "mc1": mc1,
-        "mc2": mc2,
-        "mc1_delta": mc1 - before["mc1"] if mc1 is not None and before else None,
-        "mc2_delta": mc2 - before["mc2"] if mc2 is not None and before else None,
+        "questions": [row["question"] for row in rows],
+        "mc1": [row["mc1_acc"] for row in rows],
+        "mc2": [row["mc2_acc"] for row in rows],
     }
+
+
+def load_paper_table4() -> dict[str, dict[str, float]]:
+    """The SPRI paper's Table 4 (TruthfulQA %, most likely lm-eval's MC2): {column: {row: number}}."""
+    text = resources.files("spri_sft").joinpath("data/paper_table4.csv").read_text(encoding="utf-8")
+    rows = list(csv.DictReader(text.splitlines()))
+    columns = [name for name in rows[0] if name != "row"]
+    return {column: {row["row"]: float(row[column]) for row in rows} for column in columns}
+
+
+def _paper_table4(column: str | None, base: dict | None, modes: dict[str, dict]) -> dict[str, Any] | None:
+    """The paper's rows of `column` in its order, each beside this run's MC2 (in %) and the difference."""
+    if column is None:
+        return None
+    published = load_paper_table4()[column]
+    rows = []
+    for paper_row, candidates in PAPER_ROWS.items():
+        mode = next((m for m in candidates if m in modes), None)
+        if paper_row == "off-the-shelf":
+            ours = base["mc2"] if base else None
+        else:
+            ours = modes[mode]["truthfulqa"]["mc2"] if mode else None
+        ours = None if ours is None else round(100 * ours, 2)
+        paper = published[paper_row]
+        rows.append(
+            {
+                "row": paper_row,
+                "mode": "base" if paper_row == "off-the-shelf" else mode,
+                "ours": ours,
+                "paper": paper,
+                "difference": None if ours is None else round(ours - paper, 2),
+            }
+        )
+    return {"column": column, "metric": "mc2", "rows": rows}
 
 
 def _last_logged(trainer_state: dict | None, key: str) -> float | None:
     values = [entry[key] for entry in (trainer_state or {}).get("log_history", []) if key in entry]
     return values[-1] if values else None
+
+
+def _logged_curve(trainer_state: dict | None, key: str) -> list[list[float]]:
+    """[step, value] of every log_history entry that has `key` (the figures' loss curves)."""
+    return [[entry["step"], entry[key]] for entry in (trainer_state or {}).get("log_history", []) if key in entry]
 
 
 def _read(path: Path) -> dict | None:
@@ -223,8 +450,23 @@ def _num(value: Any, digits: int = 4) -> str:
     return f"{value:,}" if isinstance(value, int) else str(value)
 
 
-def _signed(value: float | None) -> str:
-    return MISSING if value is None else f"{value:+.4f}"
+def _delta_cell(delta: float | None, interval: dict | None) -> str:
+    if delta is None or interval is None:
+        return _signed(delta)
+    return f"{_signed(delta)} {_bounds(interval)}"
+
+
+def _bounds(interval: dict) -> str:
+    """[low, high]; a bound that is not 0 but rounds to it keeps its digits, so "excludes 0" reads true."""
+
+    def bound(value: float) -> str:
+        return f"{value:+.1e}" if 0 < abs(value) < 5e-5 else _signed(value)
+
+    return f"[{bound(interval['low'])}, {bound(interval['high'])}]"
+
+
+def _signed(value: float | None, digits: int = 4) -> str:
+    return MISSING if value is None else f"{value:+.{digits}f}"
 
 
 def _pct(value: float | None) -> str:
