@@ -5,6 +5,12 @@ loads the YAML into the job's config dataclass, then applies each `--dotted.name
 override, type-checked against the field it names. Unknown keys fail with the file or flag
 that carries them. `format_help` lists every field with its type, default and help text, which
 is the documentation `--help` prints.
+
+A numeric field states its range in its metadata with `ge`, `gt`, `le`, `lt` (>=, >, <=, <):
+`field(default=4, metadata={"help": "…", "ge": 1, "le": 5})`. A value outside it is refused when
+the file or the flag sets it, naming both (`--loop.threshold: must be >= 1 and <= 5, got 9`),
+so a bad setting stops the job before any model is loaded or called; `check_ranges` checks a
+config built in code. `null` (for an optional field) is always in range.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ def load_config(cls: type[T], argv: list[str]) -> T:
     config_path, overrides = _split_argv(argv)
     data: dict[str, Any] = {}
     if config_path is not None:
-        data = _read_yaml(config_path)
+        data = read_yaml(config_path) or {}
     config = from_dict(cls, data, where=str(config_path or "defaults"))
     for dotted, raw in overrides:
         _apply_override(config, dotted, raw)
@@ -49,8 +55,32 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "config", prefix:
         if dataclasses.is_dataclass(hint):
             kwargs[name] = from_dict(hint, value or {}, where, f"{prefix}{name}.")
         else:
-            kwargs[name] = _coerce(value, hint, f"{where}: field '{prefix}{name}'")
+            context = f"{where}: field '{prefix}{name}'"
+            kwargs[name] = _check_range(_coerce(value, hint, context), fields[name], context)
     return cls(**kwargs)
+
+
+def check_ranges(config: Any, where: str = "config", prefix: str = "") -> None:
+    """Refuse any field of `config` (nested sections included) outside the range its metadata states."""
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        if dataclasses.is_dataclass(value):
+            check_ranges(value, where, f"{prefix}{field.name}.")
+        else:
+            _check_range(value, field, f"{where}: field '{prefix}{field.name}'")
+
+
+RANGE_KEYS = {"ge": (">=", float.__ge__), "gt": (">", float.__gt__), "le": ("<=", float.__le__), "lt": ("<", float.__lt__)}
+
+
+def _check_range(value: Any, field: dataclasses.Field, where: str) -> Any:
+    bounds = [(key, field.metadata[key]) for key in RANGE_KEYS if key in field.metadata]
+    if not bounds or value is None:
+        return value
+    if not all(RANGE_KEYS[key][1](float(value), float(bound)) for key, bound in bounds):
+        rule = " and ".join(f"{RANGE_KEYS[key][0]} {bound}" for key, bound in bounds)
+        raise UserError(f"{where}: must be {rule}, got {value!r}")
+    return value
 
 
 def to_dict(config: Any) -> dict[str, Any]:
@@ -74,7 +104,8 @@ def format_help(cls: type, prefix: str = "", instance: Any = None) -> str:
             lines.append(format_help(hint, f"{prefix}{field.name}.", getattr(instance, field.name)))
             continue
         default = getattr(instance, field.name)
-        lines.append(f"  --{prefix}{field.name} {_type_name(hint)} (default: {default!r})")
+        bounds = ", ".join(f"{RANGE_KEYS[k][0]} {field.metadata[k]}" for k in RANGE_KEYS if k in field.metadata)
+        lines.append(f"  --{prefix}{field.name} {_type_name(hint)} (default: {default!r}{'; ' + bounds if bounds else ''})")
         if field.metadata.get("help"):
             lines.append(f"        {field.metadata['help']}")
     return "\n".join(lines)
@@ -102,16 +133,18 @@ def _split_argv(argv: list[str]) -> tuple[Path | None, list[tuple[str, str]]]:
     return config_path, overrides
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+def read_yaml(path: Path) -> Any:
+    """The parsed YAML file (None when empty); a missing or malformed file is one line with the line number."""
     if not path.is_file():
         raise UserError(f"{path}: config file not found")
     try:
-        data = yaml.safe_load(path.read_text())
+        return yaml.safe_load(path.read_text(encoding="utf-8-sig"))
+    except UnicodeDecodeError as err:
+        raise UserError(f"{path}: not UTF-8 text (byte {err.start}: {err.reason})") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         line = f":{mark.line + 1}" if mark else ""
         raise UserError(f"{path}{line}: invalid YAML ({getattr(err, 'problem', err)})") from None
-    return data or {}
 
 
 def _apply_override(config: Any, dotted: str, raw: str) -> None:
@@ -135,7 +168,8 @@ def _apply_override(config: Any, dotted: str, raw: str) -> None:
         raise UserError(f"--{dotted}: unknown field '{leaf}'")
     if dataclasses.is_dataclass(hints[leaf]):
         raise UserError(f"--{dotted}: is a section; set one of its fields, e.g. --{dotted}.<field>")
-    setattr(target, leaf, _coerce(_parse_value(raw), hints[leaf], f"--{dotted}"))
+    field = next(f for f in dataclasses.fields(target) if f.name == leaf)
+    setattr(target, leaf, _check_range(_coerce(_parse_value(raw), hints[leaf], f"--{dotted}"), field, f"--{dotted}"))
 
 
 def _parse_value(raw: str) -> Any:

@@ -88,3 +88,53 @@ def test_help_documents_every_field_by_dotted_name():
     for name in ["--mode", "--prompts.context_column", "--critic.base_url", "--loop.score_retries", "--token_budget"]:
         assert name in text
     assert "Several URLs are replicas".lower() in text.lower()
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--loop.threshold", "9"], r"--loop.threshold: must be >= 1 and <= 5, got 9"),
+        (["--loop.threshold", "0"], r"--loop.threshold: must be >= 1 and <= 5, got 0"),
+        (["--loop.max_rounds", "0"], r"--loop.max_rounds: must be >= 1, got 0"),
+        (["--loop.score_retries", "-1"], r"--loop.score_retries: must be >= 0, got -1"),
+        (["--prompts.limit", "-1"], r"--prompts.limit: must be >= 0, got -1"),
+        (["--critic.top_p", "0"], r"--critic.top_p: must be > 0 and <= 1, got 0"),
+    ],
+)
+def test_a_flag_outside_its_fields_range_is_refused(argv, message):
+    with pytest.raises(UserError, match=message):
+        load_config(GenerateConfig, argv)
+
+
+def test_a_file_value_outside_its_fields_range_names_the_file_and_field(tmp_path):
+    path = write(tmp_path, "loop:\n  max_rounds: 0\n")
+    with pytest.raises(UserError, match=r"run.yaml: field 'loop.max_rounds': must be >= 1, got 0"):
+        load_config(GenerateConfig, ["--config", str(path)])
+
+
+def test_the_ends_of_a_range_and_null_are_accepted():
+    config = load_config(GenerateConfig, ["--loop.threshold", "5", "--loop.max_rounds", "1", "--prompts.limit", "0"])
+    assert (config.loop.threshold, config.loop.max_rounds, config.prompts.limit) == (5, 1, 0)
+    assert load_config(GenerateConfig, ["--prompts.limit", "null"]).prompts.limit is None
+
+
+def test_an_open_end_of_a_range_excludes_its_bound():
+    from spri_sft.format.config import FormatConfig
+
+    assert load_config(FormatConfig, ["--validation_fraction", "0"]).validation_fraction == 0
+    with pytest.raises(UserError, match=r"--validation_fraction: must be >= 0 and < 1, got 1.0"):
+        load_config(FormatConfig, ["--validation_fraction", "1"])
+
+
+def test_check_ranges_refuses_a_config_built_in_code():
+    from spri_sft.config import check_ranges
+
+    config = GenerateConfig()
+    config.loop.threshold = 7
+    with pytest.raises(UserError, match=r"recipe: field 'loop.threshold': must be >= 1 and <= 5, got 7"):
+        check_ranges(config, where="recipe")
+    check_ranges(GenerateConfig())  # the defaults are in range
+
+
+def test_help_shows_a_fields_range():
+    assert "--loop.threshold int (default: 4; >= 1, <= 5)" in format_help(GenerateConfig)

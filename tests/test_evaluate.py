@@ -232,3 +232,48 @@ def test_logs_to_a_new_offline_wandb_run_without_api_key(tiny_model_dir, v0_file
     assert os.environ["WANDB_MODE"] == "offline"
     runs = list((out / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
+
+
+def _hub_row(question: str = "Is the sky green?") -> dict:
+    targets = {"choices": ["No.", "Yes."], "labels": [1, 0]}
+    return {"question": question, "mc1_targets": targets, "mc2_targets": targets}
+
+
+def test_reads_hub_rows_as_json_lines_with_or_without_a_byte_order_mark(tmp_path):
+    lines = "\n".join(json.dumps(_hub_row(f"Question {i}?")) for i in range(3)) + "\n"
+    (tmp_path / "mc.jsonl").write_text(lines)
+    (tmp_path / "bom.jsonl").write_bytes(b"\xef\xbb\xbf" + lines.encode())
+    (tmp_path / "lines.json").write_text(lines)  # JSON lines under a .json name
+    expected = [f"Question {i}?" for i in range(3)]
+    for name in ("mc.jsonl", "bom.jsonl", "lines.json"):
+        assert [q.question for q in load_questions(str(tmp_path / name))[0]] == expected
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("mc.jsonl", json.dumps(_hub_row()) + '\n{"question": "broken",\n', r"mc.jsonl:2: malformed JSON line"),
+        ("mc.json", '[\n  {"question": "a",\n  "mc1_targets": }\n]\n', r"mc.json:3: malformed JSON"),
+        ("mc.json", '{"question": "a"}', r"mc.json: expected a JSON list of objects, got a JSON dict"),
+        ("mc.jsonl", json.dumps(_hub_row()) + "\n" + json.dumps({"question": "no targets"}) + "\n",
+         r"mc.jsonl:2: expected question, mc1_targets and mc2_targets"),
+        ("mc.jsonl", '["a", "list"]\n', r"mc.jsonl:1: expected a JSON object with question"),
+        ("mc.jsonl", json.dumps({**_hub_row(), "mc1_targets": ["No.", "Yes."]}) + "\n",
+         r"mc.jsonl:1: expected question, mc1_targets"),
+        ("mc.txt", "Q: a\n", r"mc.txt: unsupported truthfulqa_file type '.txt'"),
+    ],
+    ids=["jsonl-torn-line", "json-syntax", "json-not-a-list", "missing-targets", "row-not-an-object", "targets-a-list", "unknown-type"],
+)  # fmt: skip
+def test_a_malformed_truthfulqa_file_is_named_with_its_line(tmp_path, name, content, message):
+    from spri_sft.errors import UserError
+
+    (tmp_path / name).write_text(content)
+    with pytest.raises(UserError, match=message):
+        load_questions(str(tmp_path / name))
+
+
+def test_a_missing_truthfulqa_file_is_named(tmp_path):
+    from spri_sft.errors import UserError
+
+    with pytest.raises(UserError, match=r"nope.json: truthfulqa_file not found"):
+        load_questions(str(tmp_path / "nope.json"))

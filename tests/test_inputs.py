@@ -70,13 +70,13 @@ def test_malformed_json_line_names_file_and_line(tmp_path):
 
 def test_missing_column_names_line_and_field(tmp_path):
     path = jsonl(tmp_path, [{"prompt": "ok"}, {"question": "wrong key"}])
-    with pytest.raises(UserError, match=r"prompts.jsonl:line 2: missing field 'prompt'"):
+    with pytest.raises(UserError, match=r"prompts.jsonl:2: missing field 'prompt' \(fields: question\)"):
         load_prompts(PromptSource(path=path))
 
 
 def test_empty_prompt_names_line_and_field(tmp_path):
     path = jsonl(tmp_path, [{"instruction": "   "}])
-    with pytest.raises(UserError, match=r"line 1: empty prompt in field 'instruction'"):
+    with pytest.raises(UserError, match=r"prompts.jsonl:1: empty prompt in field 'instruction'"):
         load_prompts(PromptSource(path=path, prompt_column="instruction"))
 
 
@@ -102,3 +102,43 @@ def test_dataset_source_loads_a_local_dataset_folder(tmp_path):
 def test_unknown_dataset_is_a_clear_error(tmp_path):
     with pytest.raises(UserError, match="cannot load dataset"):
         load_prompts(PromptSource(dataset=str(tmp_path / "no-such-dataset")))
+
+
+def test_a_csv_with_a_byte_order_mark_reads_its_first_column(tmp_path):
+    path = tmp_path / "excel.csv"
+    path.write_bytes("\ufeffprompt,source\nfrom a spreadsheet,1\n".encode("utf-8"))
+    assert load_prompts(PromptSource(path=str(path))) == ["from a spreadsheet"]
+
+
+def test_a_jsonl_with_a_byte_order_mark_reads_its_first_line(tmp_path):
+    path = tmp_path / "bom.jsonl"
+    path.write_bytes("\ufeff".encode() + b'{"prompt": "first"}\n{"prompt": "second"}\n')
+    assert load_prompts(PromptSource(path=str(path))) == ["first", "second"]
+
+
+def test_csv_rows_are_named_by_their_file_line(tmp_path):
+    path = tmp_path / "p.csv"
+    path.write_text('prompt,note\nfine,1\n"two\nlines",2\n,3\n')
+    with pytest.raises(UserError, match=r"p.csv:5: empty prompt in field 'prompt'"):
+        load_prompts(PromptSource(path=str(path)))
+
+
+def test_a_csv_row_with_more_cells_than_the_header_names_its_line(tmp_path):
+    path = tmp_path / "p.csv"
+    path.write_text("prompt\nfine\nbad,extra\n")
+    with pytest.raises(UserError, match=r"p.csv:3: 1 more cell\(s\) than the header has columns"):
+        load_prompts(PromptSource(path=str(path)))
+
+
+def test_a_malformed_json_file_names_its_line(tmp_path):
+    path = tmp_path / "p.json"
+    path.write_text('[\n  {"prompt": "a"},\n  {"prompt": }\n]\n')
+    with pytest.raises(UserError, match=r"p.json:3: malformed JSON"):
+        load_prompts(PromptSource(path=str(path)))
+
+
+def test_a_file_that_is_not_utf8_is_named(tmp_path):
+    path = tmp_path / "latin1.jsonl"
+    path.write_bytes('{"prompt": "caf\u00e9"}\n'.encode("latin-1"))
+    with pytest.raises(UserError, match=r"latin1.jsonl: not UTF-8 text"):
+        load_prompts(PromptSource(path=str(path)))

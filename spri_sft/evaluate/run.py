@@ -41,14 +41,11 @@ def evaluate_truthfulqa(config: EvaluateConfig, model: Any = None, tokenizer: An
     import torch
     from tqdm.auto import tqdm
 
-    from spri_sft.config import dump_yaml
+    from spri_sft.config import check_ranges, dump_yaml
     from spri_sft.evaluate.scoring import ChoiceScorer
     from spri_sft.evaluate.truthfulqa import TASK_VERSIONS, build_context, load_questions, mc1_acc, mc2_acc, mean_stderr
 
-    if config.batch_size < 1:
-        raise UserError(f"batch_size must be >= 1, got {config.batch_size}")
-    if config.limit is not None and config.limit < 1:
-        raise UserError(f"limit must be >= 1 or null, got {config.limit}")
+    check_ranges(config, where="evaluate")  # a config built in code (the train entry, the pipeline) too
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
 

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from spri_sft.errors import UserError
+from spri_sft.rows import Row, read_rows
 
 # lm-eval's truthfulqa_mc1.yaml `doc_to_text`, `prompt_qa` part (verbatim).
 PREAMBLE = (
@@ -116,24 +117,22 @@ def load_questions(
     """The questions and a sha256 of their source: the file's bytes, or the Hub rows as canonical JSON."""
     if path:
         file = Path(path)
-        if not file.is_file():
-            raise UserError(f"truthfulqa_file {path}: file not found")
-        rows = _read_rows(file)
+        rows = list(read_rows(file, what="truthfulqa_file"))
         digest = hashlib.sha256(file.read_bytes()).hexdigest()
     elif dataset:
         from datasets import load_dataset
 
         try:
-            rows = [dict(r) for r in load_dataset(dataset, "multiple_choice", split=split)]
+            rows = [Row(f"row {i}", dict(r)) for i, r in enumerate(load_dataset(dataset, "multiple_choice", split=split))]
         except Exception as err:  # noqa: BLE001  (offline, unknown id, no split: one message for all)
             raise UserError(
                 f"could not load the Hub dataset {dataset!r} (config multiple_choice, split {split!r}): "
                 f"{type(err).__name__}: {err}. Without the Hub, pass --truthfulqa_file with upstream's data/v0/mc_task.json"
             ) from None
-        digest = hashlib.sha256(json.dumps(rows, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+        digest = hashlib.sha256(json.dumps([r.value for r in rows], sort_keys=True, ensure_ascii=False).encode()).hexdigest()
     else:
         raise UserError("set truthfulqa_file (mc_task.json or the Hub parquet/JSON layout) or dataset (a Hub id)")
-    questions = [_parse_row(row, f"{path or dataset} row {i}") for i, row in enumerate(rows)]
+    questions = [_parse_row(row.value, f"{path or dataset}:{row.where}") for row in rows]
     if not questions:
         raise UserError(f"{path or dataset}: no questions")
     return questions, digest
@@ -151,30 +150,14 @@ def to_hub_rows(questions: list[Question]) -> list[dict[str, Any]]:
     ]
 
 
-def _read_rows(file: Path) -> list[dict[str, Any]]:
-    suffix = file.suffix.lower()
-    if suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        return pq.read_table(file).to_pylist()
-    text = file.read_text(encoding="utf-8-sig")
-    if suffix == ".jsonl":
-        return [json.loads(line) for line in text.splitlines() if line.strip()]
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError:  # a .json file holding JSON lines
-        return [json.loads(line) for line in text.splitlines() if line.strip()]
-    if not isinstance(data, list):
-        raise UserError(f"{file}: expected a JSON list of questions")
-    return data
-
-
-def _parse_row(row: dict[str, Any], where: str) -> Question:
+def _parse_row(row: Any, where: str) -> Question:
+    if not isinstance(row, dict):
+        raise UserError(f"{where}: expected a JSON object with question, mc1_targets and mc2_targets, got {row!r:.60}")
     try:
         mc1 = _targets(row["mc1_targets"])
         mc2 = _targets(row["mc2_targets"])
         question = row["question"]
-    except (KeyError, TypeError, ValueError) as err:
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
         raise UserError(
             f"{where}: expected question, mc1_targets and mc2_targets as {{choice: 0|1}} (v0 mc_task.json) "
             f"or {{choices, labels}} (Hub layout) ({err})"

@@ -38,7 +38,8 @@ class FormatConfig:
     )
     min_response_score: int | None = field(
         default=None,
-        metadata={"help": "Keep records whose final response version has a critic score >= this; unscored ones are dropped."},
+        metadata={"help": "Keep records whose final response version has a critic score >= this; unscored ones are dropped.",
+                  "ge": 1, "le": 5},
     )
     drop_truncated: bool = field(
         default=True, metadata={"help": "Drop records whose final response was cut off (finish_reason 'length')."}
@@ -47,27 +48,29 @@ class FormatConfig:
         default=None, metadata={"help": "A system message put first in every row's messages."}
     )
     validation_fraction: float = field(
-        default=0.1, metadata={"help": "Fraction of rows in the validation split (rounded up); 0 writes train only."}
+        default=0.1,
+        metadata={"help": "Fraction of rows in the validation split (rounded up); 0 writes train only.", "ge": 0, "lt": 1},
     )
     validation_rows: int | None = field(
         default=None,
-        metadata={"help": "Exactly this many validation rows instead of validation_fraction (e.g. the paper's 2,000)."},
+        metadata={"help": "Exactly this many validation rows instead of validation_fraction (e.g. the paper's 2,000).", "ge": 1},
     )
     seed: int = field(default=0, metadata={"help": "Seed of the train/validation split."})
     near_duplicate_threshold: float | None = field(
         default=0.9,
-        metadata={"help": "Drop a prompt whose word 3-gram Jaccard similarity to an earlier kept prompt is >= this; null turns it off."},
+        metadata={"help": "Drop a prompt whose word 3-gram Jaccard similarity to an earlier kept prompt is >= this; null turns it off.",
+                  "gt": 0, "le": 1},
     )
     truthfulqa_file: str | None = field(
         default=None,
         metadata={"help": "TruthfulQA mc_task.json or TruthfulQA.csv: prompts overlapping its questions are dropped."},
     )
     contamination_ngram: int = field(
-        default=8, metadata={"help": "Word n-gram length of the TruthfulQA overlap rule."}
+        default=8, metadata={"help": "Word n-gram length of the TruthfulQA overlap rule.", "ge": 1}
     )
     contamination_threshold: float = field(
         default=0.5,
-        metadata={"help": "Drop a prompt holding at least this fraction of a TruthfulQA question's word n-grams."},
+        metadata={"help": "Drop a prompt holding at least this fraction of a TruthfulQA question's word n-grams.", "gt": 0, "le": 1},
     )
     push_to_hub: str | None = field(
         default=None, metadata={"help": "Hub dataset repo id to push the splits and the card to (needs a token)."}

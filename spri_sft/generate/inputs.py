@@ -3,19 +3,19 @@
 A prompt is built from `prompt_column` plus, when `context_column` names a non-empty field,
 a blank line and that context (Dolly: `instruction` + `context`; Self-Instruct:
 `instruction` + `instances.0.input`). Column names are dotted paths into nested rows;
-integers index lists. Every problem is reported with the file, line (or row) and field.
+integers index lists. Files are read by `spri_sft.rows`; every problem is reported with the
+file, line (or item, or row) and field.
 """
 
 from __future__ import annotations
 
-import csv
-import json
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
 from spri_sft.errors import UserError
+from spri_sft.rows import read_rows
 
 BUILTIN_PROMPTS = Path(__file__).resolve().parent.parent / "data" / "prompts.jsonl"
 
@@ -35,9 +35,13 @@ class PromptSource:
     context_column: str | None = field(
         default=None, metadata={"help": "Optional field appended to the prompt after a blank line, e.g. instances.0.input."}
     )
+    response_column: str | None = field(
+        default=None,
+        metadata={"help": "mode oracle: field holding each prompt's own response (Dolly: response, MixInstruct: output)."},
+    )
     shuffle: bool = field(default=False, metadata={"help": "Shuffle before --prompts.limit is applied."})
     seed: int = field(default=0, metadata={"help": "Shuffle seed."})
-    limit: int | None = field(default=None, metadata={"help": "Keep only the first N prompts (after shuffling)."})
+    limit: int | None = field(default=None, metadata={"help": "Keep only the first N prompts (after shuffling).", "ge": 0})
 
 
 def load_prompts(source: PromptSource) -> list[str]:
@@ -49,7 +53,7 @@ def load_prompts(source: PromptSource) -> list[str]:
         origin = f"{source.dataset}[{source.split}]"
     else:
         path = Path(source.path) if source.path else BUILTIN_PROMPTS
-        rows = _file_rows(path)
+        rows = read_rows(path, what="prompts file")
         origin = str(path)
     prompts, seen = [], set()
     for where, row in rows:
@@ -64,6 +68,25 @@ def load_prompts(source: PromptSource) -> list[str]:
     if source.limit is not None:
         prompts = prompts[: source.limit]
     return prompts
+
+
+def load_references(source: PromptSource) -> dict[str, str]:
+    """Each prompt's own response in the source (`response_column`), for the `oracle` mode: the
+    first row of a prompt wins, as in `load_prompts`; a row with an empty response gives none."""
+    if not source.response_column:
+        raise UserError("mode oracle: set prompts.response_column to the field holding each prompt's own response")
+    if source.dataset:
+        rows, origin = _dataset_rows(source), f"{source.dataset}[{source.split}]"
+    else:
+        path = Path(source.path) if source.path else BUILTIN_PROMPTS
+        rows, origin = read_rows(path, what="prompts file"), str(path)
+    references: dict[str, str] = {}
+    for where, row in rows:
+        prompt = _compose(row, source, f"{origin}:{where}")
+        response = _field(row, source.response_column, f"{origin}:{where}", required=True)
+        if prompt not in references and isinstance(response, str) and response.strip():
+            references[prompt] = response.strip()
+    return references
 
 
 def _compose(row: Any, source: PromptSource, where: str) -> str:
@@ -86,63 +109,11 @@ def _field(row: Any, dotted: str, where: str, required: bool) -> Any:
         elif isinstance(value, list) and part.isdigit() and int(part) < len(value):
             value = value[int(part)]
         elif required:
-            raise UserError(f"{where}: missing field '{dotted}'")
+            fields = f" (fields: {', '.join(map(str, value))})" if isinstance(value, dict) and value else ""
+            raise UserError(f"{where}: missing field '{dotted}'{fields}")
         else:
             return None
     return value
-
-
-def _file_rows(path: Path) -> Iterator[tuple[str, Any]]:
-    if not path.is_file():
-        raise UserError(f"{path}: prompts file not found")
-    suffix = path.suffix.lower()
-    if suffix == ".jsonl":
-        return _jsonl_rows(path)
-    if suffix == ".json":
-        return _json_rows(path)
-    if suffix == ".csv":
-        return _csv_rows(path)
-    if suffix == ".parquet":
-        return _parquet_rows(path)
-    raise UserError(f"{path}: unsupported prompts file type '{suffix}' (use .jsonl, .json, .csv or .parquet)")
-
-
-def _jsonl_rows(path: Path) -> Iterator[tuple[str, Any]]:
-    with path.open(encoding="utf-8") as lines:
-        for number, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise UserError(f"{path}:{number}: malformed JSON line ({err.msg} at column {err.colno})") from None
-            yield f"line {number}", row
-
-
-def _json_rows(path: Path) -> Iterator[tuple[str, Any]]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise UserError(f"{path}:{err.lineno}: malformed JSON ({err.msg})") from None
-    if isinstance(data, dict) and len(data) == 1 and isinstance(next(iter(data.values())), list):
-        data = next(iter(data.values()))  # {"data": [...]} style files
-    if not isinstance(data, list):
-        raise UserError(f"{path}: expected a JSON list of objects")
-    for index, row in enumerate(data):
-        yield f"item {index}", row
-
-
-def _csv_rows(path: Path) -> Iterator[tuple[str, Any]]:
-    with path.open(newline="", encoding="utf-8") as handle:
-        for number, row in enumerate(csv.DictReader(handle), 2):  # line 1 is the header
-            yield f"line {number}", row
-
-
-def _parquet_rows(path: Path) -> Iterator[tuple[str, Any]]:
-    import pyarrow.parquet as pq
-
-    for index, row in enumerate(pq.read_table(path).to_pylist()):
-        yield f"row {index}", row
 
 
 def _dataset_rows(source: PromptSource) -> Iterator[tuple[str, Any]]:
