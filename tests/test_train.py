@@ -178,3 +178,96 @@ def test_a_template_without_markers_trains_the_whole_sequence_without_assistant_
     ids, labels = batch["input_ids"][0].tolist(), batch["labels"][0].tolist()
     trained = trainer.processing_class.decode([t for t, label in zip(ids, labels) if label != -100])
     assert "[INST]" in trained and "[/INST]" in trained  # the prompt is trained too
+
+
+def lora_weights(trainer) -> dict:
+    return {name: p.detach().clone() for name, p in trainer.model.named_parameters() if "lora_" in name}
+
+
+def test_the_same_seed_gives_bit_identical_initial_adapters_and_losses(tiny_model_dir, sft_dataset, tmp_path):
+    runs = []
+    for attempt, seed in enumerate([7, 7, 8]):
+        torch.manual_seed(1000 + attempt)  # a different global random state before each run: only `seed` may matter
+        trainer = build_trainer(*parse(tiny_model_dir, sft_dataset, tmp_path / str(attempt), "--seed", str(seed)))
+        initial = lora_weights(trainer)
+        trainer.train()
+        runs.append((initial, [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]))
+    (first, first_losses), (again, again_losses), (other, _) = runs
+    assert first.keys() == again.keys() and any("lora_A" in name for name in first)
+    assert all(torch.equal(first[name], again[name]) for name in first)
+    assert first_losses == again_losses and len(first_losses) == 3
+    assert not all(torch.equal(first[name], other[name]) for name in first)  # the seed does decide them
+
+
+def test_model_revision_reaches_the_model_and_tokenizer_loads(tiny_model_dir, sft_dataset, tmp_path, monkeypatch):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    revisions = {}
+    load_tokenizer, load_model = AutoTokenizer.from_pretrained, AutoModelForCausalLM.from_pretrained
+
+    def tokenizer_from_hub(name, revision=None, **kwargs):
+        revisions["tokenizer"] = (name, revision)
+        return load_tokenizer(tiny_model_dir, **kwargs)
+
+    def model_from_hub(name, revision=None, **kwargs):
+        revisions["model"] = (name, revision)
+        return load_model(tiny_model_dir, **kwargs)
+
+    monkeypatch.setattr(AutoTokenizer, "from_pretrained", tokenizer_from_hub)
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", model_from_hub)
+    script_args, training_args, model_args = parse(tiny_model_dir, sft_dataset, tmp_path, "--model_revision", "abc123")
+    model_args.model_name_or_path = "some-org/some-model"  # a Hub id: the revision pins which commit is loaded
+    build_trainer(script_args, training_args, model_args)
+    assert revisions == {"tokenizer": ("some-org/some-model", "abc123"), "model": ("some-org/some-model", "abc123")}
+
+
+def test_the_model_card_records_the_base_model_revision(tiny_model_dir, sft_dataset, tmp_path):
+    from huggingface_hub import ModelCard
+
+    main(*parse(tiny_model_dir, sft_dataset, tmp_path, "--model_revision", "v1.0"))
+    card = ModelCard.load(tmp_path / "README.md")
+    assert card.data.base_model_revision == "v1.0"
+    assert f"Base model: `{tiny_model_dir}`, revision `v1.0`." in card.text
+
+
+def test_a_format_output_directory_is_read_with_or_without_hf(tiny_model_dir, tmp_path):
+    from spri_sft.train.sft import SFTScriptArguments, load_sft_dataset
+
+    build_sft_dataset(tmp_path / "format" / "hf")
+    for given in (tmp_path / "format", tmp_path / "format" / "hf"):
+        dataset, _ = load_sft_dataset(SFTScriptArguments(dataset_path=str(given)))
+        assert set(dataset) == {"train", "validation"}
+
+
+def test_a_missing_validation_split_names_the_splits_that_exist(tiny_model_dir, tmp_path):
+    from datasets import Dataset, DatasetDict
+
+    rows = [{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}]
+    DatasetDict({"train": Dataset.from_list(rows), "test": Dataset.from_list(rows)}).save_to_disk(tmp_path / "hf")
+    args = parse(tiny_model_dir, tmp_path / "hf", tmp_path / "out", "--eval_strategy", "steps", "--eval_steps", "1")
+    with pytest.raises(UserError, match=r"hf: no split 'validation' \(splits: train, test\); set dataset_test_split"):
+        build_trainer(*args)
+
+
+def test_a_directory_that_is_not_a_dataset_is_refused(tiny_model_dir, tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match=r"empty: not a saved dataset"):
+        build_trainer(*parse(tiny_model_dir, tmp_path / "empty", tmp_path / "out"))
+
+
+def test_weights_the_checkpoint_lacks_are_initialised_from_the_seed(tiny_model_dir, sft_dataset, tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    headless = tmp_path / "headless"
+    shutil.copytree(tiny_model_dir, headless)
+    weights = load_file(headless / "model.safetensors")
+    del weights["lm_head.weight"]  # from_pretrained initialises it anew, before SFTTrainer seeds anything
+    save_file(weights, headless / "model.safetensors", metadata={"format": "pt"})
+    heads = []
+    for attempt in range(2):
+        torch.manual_seed(2000 + attempt)
+        trainer = build_trainer(*parse(headless, sft_dataset, tmp_path / str(attempt), "--seed", "7"))
+        heads.append(trainer.model.get_output_embeddings().weight.detach().clone())
+    assert torch.equal(*heads)

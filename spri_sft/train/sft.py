@@ -75,7 +75,17 @@ class SFTScriptArguments:
 def make_parser():
     from trl import ModelConfig, SFTConfig, TrlParser
 
-    return TrlParser((SFTScriptArguments, SFTConfig, ModelConfig), prog="spri-sft train")
+    class Parser(TrlParser):
+        def error(self, message):  # argparse would print its whole usage before the one line that matters
+            raise UserError(message)
+
+    return Parser((SFTScriptArguments, SFTConfig, ModelConfig), prog="spri-sft train")
+
+
+def field_names(parser=None) -> set[str]:
+    """Every field a `spri-sft train` recipe may set (SFTScriptArguments, TRL's SFTConfig and ModelConfig)."""
+    parser = parser or make_parser()
+    return {action.dest for action in parser._actions if action.dest != "help"}
 
 
 def reports_to_wandb(report_to) -> bool:
@@ -117,30 +127,29 @@ def build_trainer(script_args: SFTScriptArguments, training_args, model_args):
         )
     use_wandb_offline_without_key(training_args.report_to)
 
-    from datasets import load_dataset, load_from_disk
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer, enable_full_determinism, set_seed
     from trl import SFTTrainer, get_peft_config, get_quantization_config
 
     from spri_sft.format.template import check_template, use_training_template
 
-    model_path = resolve_model(model_args.model_name_or_path)
+    revision = model_args.model_revision
+    # resolve_model's offline copies of the embedded default hold the main revision; a pinned one comes from the Hub.
+    pinned = revision not in (None, "main") and not Path(model_args.model_name_or_path).is_dir()
+    model_path = model_args.model_name_or_path if pinned else resolve_model(model_args.model_name_or_path)
 
     # Data
-    if script_args.dataset_path:
-        if not Path(script_args.dataset_path).exists():
-            raise UserError(f"{script_args.dataset_path}: dataset not found (write it with `spri-sft format`)")
-        dataset = load_from_disk(script_args.dataset_path)
-    elif script_args.dataset_name:
-        dataset = load_dataset(script_args.dataset_name)
-    else:
-        raise UserError("set dataset_path (from `spri-sft format`) or dataset_name")
-    train_dataset = dataset[script_args.dataset_train_split]
+    dataset, source = load_sft_dataset(script_args)
+    train_dataset = _split(dataset, source, script_args.dataset_train_split, "dataset_train_split")
     if "messages" not in train_dataset.column_names:
         raise UserError(f"the training split has no `messages` column (columns: {', '.join(train_dataset.column_names)})")
-    eval_dataset = dataset[script_args.dataset_test_split] if training_args.eval_strategy != "no" else None
+    eval_dataset = None
+    if training_args.eval_strategy != "no":
+        eval_dataset = _split(dataset, source, script_args.dataset_test_split, "dataset_test_split", 'or eval_strategy to "no"')
 
     # Tokenizer and the training chat template
-    tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=training_args.trust_remote_code)
+    tokenizer = AutoTokenizer.from_pretrained(
+        model_path, revision=revision, trust_remote_code=training_args.trust_remote_code
+    )
     # The model's own template (Mistral's [INST], say) when no marked one exists, assistant turns found by prefixes.
     encode = use_training_template(
         tokenizer, fallback=script_args.chat_template_fallback, template=script_args.training_template
@@ -158,11 +167,17 @@ def build_trainer(script_args: SFTScriptArguments, training_args, model_args):
         # assistant_only_loss would look for generation markers the template does not have.
         training_args.assistant_only_loss = False
 
-    # Model
+    # Model. The Trainer seeds only in its __init__, after SFTTrainer has built the LoRA adapter: seeding
+    # here makes the adapter's initial weights (and any newly initialised weight) follow `seed`.
+    if training_args.full_determinism:
+        enable_full_determinism(training_args.seed)
+    else:
+        set_seed(training_args.seed)
     quantization_config = get_quantization_config(model_args)
     dtype = model_args.dtype if model_args.dtype in (None, "auto") else getattr(torch, model_args.dtype)
     model = AutoModelForCausalLM.from_pretrained(
         model_path,
+        revision=revision,
         dtype=dtype,
         quantization_config=quantization_config,
         attn_implementation=model_args.attn_implementation,
@@ -188,6 +203,48 @@ def build_trainer(script_args: SFTScriptArguments, training_args, model_args):
     else:
         trainer.assistant_masks = "chat template markers" if training_args.assistant_only_loss else "none: all tokens"
     return trainer
+
+
+def load_sft_dataset(script_args: SFTScriptArguments):
+    """(the DatasetDict, where it came from): a `spri-sft format` output directory (with or without its
+    `hf/`), any `save_to_disk` directory, or a Hub dataset."""
+    from datasets import DatasetDict, load_dataset, load_from_disk
+
+    if script_args.dataset_path:
+        path = Path(script_args.dataset_path)
+        if not path.exists():
+            raise UserError(f"dataset_path {path}: dataset not found (write it with `spri-sft format`)")
+        if not _is_saved_dataset(path) and _is_saved_dataset(path / "hf"):
+            path = path / "hf"  # the format output directory itself: its dataset is in hf/
+            script_args.dataset_path = str(path)
+        if not _is_saved_dataset(path):
+            raise UserError(
+                f"dataset_path {path}: not a saved dataset (no dataset_dict.json); give the `spri-sft format` "
+                "output directory or its hf/"
+            )
+        dataset = load_from_disk(str(path))
+        source = f"dataset_path {path}"
+    elif script_args.dataset_name:
+        dataset = load_dataset(script_args.dataset_name)
+        source = f"dataset_name {script_args.dataset_name}"
+    else:
+        raise UserError("set dataset_path (from `spri-sft format`) or dataset_name")
+    if not isinstance(dataset, DatasetDict):
+        raise UserError(f"{source}: a single split without a name; save a DatasetDict with train (and validation) splits")
+    return dataset, source
+
+
+def _is_saved_dataset(path: Path) -> bool:
+    return (path / "dataset_dict.json").is_file() or (path / "state.json").is_file()
+
+
+def _split(dataset, source: str, name: str, option: str, alternative: str = ""):
+    if name not in dataset:
+        raise UserError(
+            f"{source}: no split '{name}' (splits: {', '.join(dataset) or 'none'}); set {option} to one of them"
+            + (f" {alternative}" if alternative else "")
+        )
+    return dataset[name]
 
 
 def _encode_rows(dataset, encode):
@@ -231,6 +288,7 @@ def main(script_args: SFTScriptArguments, training_args, model_args) -> dict:
     if trainer.accelerator.is_main_process:
         trainer.model.generation_config.save_pretrained(training_args.output_dir)
         trainer.create_model_card(dataset_name=script_args.dataset_path or script_args.dataset_name)
+        _record_base_model(Path(training_args.output_dir) / "README.md", model_args)
         if script_args.merge_adapter and model_args.use_peft:
             merged_dir = Path(training_args.output_dir) / "merged"
             trainer.model.merge_and_unload().save_pretrained(merged_dir)
@@ -328,6 +386,18 @@ def _record_before(before: dict, metrics: dict) -> None:
         )
 
 
+def _record_base_model(card_path: Path, model_args) -> None:
+    """The base model and its revision in the model card: its metadata and a line of its text."""
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(card_path)
+    card.data.base_model_revision = model_args.model_revision
+    line = f"Base model: `{model_args.model_name_or_path}`, revision `{model_args.model_revision}`.\n\n"
+    intro, heading, rest = card.text.partition("## Quick start")  # TRL's card: the line joins its introduction
+    card.text = intro + line + heading + rest if heading else card.text + "\n" + line
+    card.save(card_path)
+
+
 def _log_effective_config(output_dir: str, *configs, **facts) -> None:
     from dataclasses import asdict
 
@@ -357,12 +427,81 @@ def _log_dataset_artifact(dataset_path: str) -> None:
 
 
 def cli(argv: list[str] | None = None) -> int:
+    """`spri-sft train`: the recipe and the flags are checked (YAML, field names) before TRL parses them."""
+    import warnings
+
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = make_parser()
+    if "-h" in argv or "--help" in argv:
+        parser.parse_args_and_config(args=["--help"])  # prints every field and exits
+    recipe_path, recipe = _read_recipe(argv)
+    given = _check_field_names(parser, recipe_path, recipe, argv)
+    argv += _cpu_without_a_gpu(given)
+    # transformers 5 renamed gradient checkpointing; TRL's SFTConfig default and its trainer still use the old
+    # names, which would warn on every run although the user set neither.
+    warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+    if "gradient_checkpointing" not in given:
+        warnings.filterwarnings("ignore", message="`gradient_checkpointing` is deprecated", category=FutureWarning)
     try:
         script_args, training_args, model_args = parser.parse_args_and_config(args=argv)
-    except FileNotFoundError as err:
-        raise UserError(f"{err.filename}: config file not found") from None
-    except ValueError as err:  # unknown recipe fields, invalid values: TRL and transformers say which
-        raise UserError(str(err)) from None
+    except ValueError as err:  # invalid values: TRL and transformers say which
+        raise UserError(f"{recipe_path or 'spri-sft train'}: {err}") from None
     main(script_args, training_args, model_args)
     return 0
+
+
+def _read_recipe(argv: list[str]) -> tuple[Path | None, dict]:
+    """The recipe named by `--config` as a mapping; a missing, malformed or empty file is one line."""
+    from spri_sft.config import read_yaml
+
+    if "--config" not in argv:
+        return None, {}
+    index = argv.index("--config")
+    if index + 1 >= len(argv):
+        raise UserError("--config needs a value (the recipe YAML file)")
+    path = Path(argv[index + 1])
+    recipe = read_yaml(path)
+    if recipe is None:
+        raise UserError(f"{path}: the recipe is empty (expected `spri-sft train` fields, e.g. model_name_or_path)")
+    if not isinstance(recipe, dict):
+        raise UserError(f"{path}: expected a mapping of `spri-sft train` fields, got a YAML {type(recipe).__name__}")
+    return path, recipe
+
+
+def _check_field_names(parser, recipe_path: Path | None, recipe: dict, argv: list[str]) -> set[str]:
+    """The names the recipe and the flags set, each one a known field (before TRL builds, and checks, anything)."""
+    import difflib
+
+    known = field_names(parser)
+    field_of_option = {option: action.dest for action in parser._actions for option in action.option_strings}
+
+    def unknown(name: str, where: str) -> UserError:
+        close = difflib.get_close_matches(name, known, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else " (spri-sft train --help lists every field)"
+        return UserError(f"{where}: unknown field '{name}'{hint}")
+
+    for key in recipe:
+        if key != "env" and key not in known:
+            raise unknown(str(key), str(recipe_path))
+    flags = set()
+    for arg in argv:
+        if arg.startswith("--") and arg != "--config":
+            flag = arg.split("=", 1)[0]
+            if flag not in field_of_option:
+                raise unknown(flag[2:], flag)
+            flags.add(field_of_option[flag])
+    return set(recipe) | flags
+
+
+def _cpu_without_a_gpu(given: set[str]) -> list[str]:
+    """Flags that train on the CPU in float32 when there is no accelerator and the user chose no device or
+    precision (TRL's SFTConfig defaults to bf16, which transformers refuses without a GPU unless use_cpu is set)."""
+    import torch
+
+    if torch.accelerator.is_available() or "use_cpu" in given:
+        return []
+    flags = ["--use_cpu", "true"]
+    if not given & {"bf16", "fp16"}:
+        flags += ["--bf16", "false"]
+    print(f"[spri-sft] no GPU: training on the CPU ({' '.join(flags)})")
+    return flags
