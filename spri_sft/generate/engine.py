@@ -1,59 +1,178 @@
-"""The SPRI loop and the comparison modes, for one prompt at a time.
+"""The SPRI loop and the comparison modes (the rows of the paper's Table 4), one prompt at a time.
 
-Each mode is an async function of one prompt that returns a record. Prompts run as
+Each mode is an async procedure of one prompt that returns a record. Prompts run as
 independent coroutines, so one prompt's Stage II may run while another's Stage I waits.
 
-The loop rules of a stage (principles, or response), shared by every mode that critiques:
+The loop rules of a critic-scored stage (SPRI's principles and response; the `-critic` variants):
 * the critic scores the current version; a score >= `threshold` accepts it;
 * otherwise the base model revises it from the critic's feedback, and the critic scores again;
 * at most `max_rounds` critiques per stage, so at most `max_rounds - 1` revisions; when the
   last critique still fails, the last revision is kept and the stage ends `max_rounds`;
 * a critic reply with no score in 1-5 is asked again (`score_retries` times, with a reminder
   of the format); if it still has none the round is recorded unscored (`score: null`) and
-  counts as failing: the base model revises from whatever feedback the critic wrote.
+  `unscored` decides: `revise` counts it as failing (the base model revises from whatever
+  feedback the critic wrote); `accept` keeps the current version and ends the stage, not
+  accepted (status `max_rounds`), which is the released scripts' rule (their
+  `eval_score >= 4` raises on None and drops the prompt from the loop), with `score_retries: 0`.
 
-Modes:
+Modes (Table 4's rows, in its order, then the extra options):
+* `oracle`: the prompt dataset's own response (`prompts.response_column`); no model call.
+* `direct`: the base model answers once; no critic.
+* `self-instruct`: one call with Self-Instruct's 11 Task/Output demonstrations as the system
+  prompt and `Task: {prompt}\\nOutput:` as the user turn; no word cap.
+* `self-align` (alias `constitution`): one call with a fixed rule list as the system prompt
+  (the paper: Dromedary's "Watson" prompt; this package: a 16-rule constitution); no critic.
+* `self-refine`: the base model answers, gives itself feedback with a 1-5 score, and refines,
+  as the released `04_gen_[self-refine]_responses.py` does: up to `max_rounds` feedbacks; a
+  score >= `threshold` stops; every other feedback (an unscored one included) is followed by
+  a refinement, the one after the last feedback too, so the kept response may be unscored.
+  The released script has a bug that this engine does not copy: it always gives feedback on
+  the first draft (`input.get(f"...[turn_{t}]", turn_0)` looks up a version not yet written),
+  so its refinements never get feedback of their own; here each feedback scores the latest
+  version.
+* `seed-principles`: one call with the seed pairs' principles as fixed rules; no critic.
 * `spri`: Stage I writes per-prompt principles (few-shot from the seed pairs, or zero-shot),
   Stage II answers guided by them. The response refiner sees the feedback, not the principles.
-* `direct`: the base model answers once; no critic.
-* `self-refine`: the base model answers, critiques its own answer on the same 1-5 loop and refines.
-* `seed-principles` / `constitution`: Stage II only, with a fixed rule list (the seed pairs'
-  principles pooled, or a generic 16-rule constitution) in place of per-prompt principles.
+* `seed-principles-critic`, `self-align-critic`: the one-call answer, then the Stage II critic
+  loop with the fixed rules as rubric (not a procedure of the paper).
+
+Two prompt sets: the package's own (`spri_sft.generate.prompts`, replaceable from
+`loop.prompts_file`), or, with `loop.official_checkout`, the authors' texts read from their
+released code (`spri_sft.generate.official`) and assembled exactly as their task-3 scripts do:
+system = file text (+ "\\n\\n" + the seed block for Stage I, + "\\n\\n" alone for Stage II's
+first answer), user `### Question: {q}\\n### Principles:` and so on; critic requests are one
+user message (an endpoint with `prompt_format: raw` sends it as `User: {text} \\n\\nAssistant: `,
+the released layout); every reply is stripped with `.strip("\\n#").strip()`; the feedback passed
+to a refiner is the critic's text before `[RESULT]`. One difference stays: the released scripts'
+non-OpenAI branch carries a refined version forward unstripped (only its logged copy is
+stripped); here the stripped text is carried, as their OpenAI branch does.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, replace
 from typing import Awaitable, Callable, Literal, get_args
 
+from spri_sft.errors import UserError
+from spri_sft.generate.inputs import PromptSource
+from spri_sft.generate.official import official_texts
 from spri_sft.generate.prompts import PromptSet
-from spri_sft.generate.scoring import parse_feedback, parse_score
+from spri_sft.generate.scoring import parse_feedback, parse_score, released_feedback
 from spri_sft.llm.base import ChatBackend, Completion
 
-Mode = Literal["spri", "direct", "self-refine", "seed-principles", "constitution"]
+Mode = Literal[
+    "spri",
+    "oracle",
+    "direct",
+    "self-instruct",
+    "self-refine",
+    "seed-principles",
+    "self-align",
+    "seed-principles-critic",
+    "self-align-critic",
+    "constitution",
+]
 MODES = get_args(Mode)
+# Old names still accepted; a record always carries the canonical name.
+ALIASES = {"constitution": "self-align"}
+# The paper's Table 4 rows, in its order.
+TABLE4_MODES = ("oracle", "direct", "self-instruct", "self-align", "self-refine", "seed-principles", "spri")
 
 # The model roles each mode calls: a role a mode never calls cannot change its records.
 MODE_ROLES: dict[str, tuple[str, ...]] = {
     "spri": ("base", "critic"),
+    "oracle": (),
     "direct": ("base",),
+    "self-instruct": ("base",),
     "self-refine": ("base",),
-    "seed-principles": ("base", "critic"),
-    "constitution": ("base", "critic"),
+    "seed-principles": ("base",),
+    "self-align": ("base",),
+    "seed-principles-critic": ("base", "critic"),
+    "self-align-critic": ("base", "critic"),
+    "constitution": ("base",),
 }
+
+_CRITIC_LOOP = ("threshold", "max_rounds", "score_retries", "unscored")
+# The loop settings each mode reads (max_words and few_shot only shape the package's own texts).
+_MODE_LOOP_FIELDS: dict[str, tuple[str, ...]] = {
+    "spri": (*_CRITIC_LOOP, "max_words", "few_shot"),
+    "oracle": (),
+    "direct": ("max_words",),
+    "self-instruct": (),
+    "self-refine": ("threshold", "max_rounds", "score_retries", "max_words"),
+    "seed-principles": (),
+    "self-align": (),
+    "seed-principles-critic": (*_CRITIC_LOOP, "max_words"),
+    "self-align-critic": (*_CRITIC_LOOP, "max_words"),
+}
+_PACKAGE_ONLY_FIELDS = ("max_words", "few_shot")
+
+# The texts each mode sends: fields of PromptSet, or names of `official.official_texts`.
+_PACKAGE_TEXTS: dict[str, tuple[str, ...]] = {
+    "spri": (
+        "principles_system", "principles_user", "principles_critic", "principles_revise",
+        "response_system", "response_critic", "response_revise",
+    ),
+    "oracle": (),
+    "direct": ("direct_system",),
+    "self-instruct": ("self_instruct_system", "self_instruct_user"),
+    "self-refine": ("direct_system", "self_critic", "response_revise"),
+    "seed-principles": ("rules_system", "seed_pairs"),
+    "self-align": ("rules_system", "constitution"),
+    "seed-principles-critic": ("rules_system", "seed_pairs", "response_critic", "response_revise"),
+    "self-align-critic": ("rules_system", "constitution", "response_critic", "response_revise"),
+}
+_OFFICIAL_TEXTS: dict[str, tuple[str, ...]] = {
+    "spri": (
+        "principles_generate", "principles_examples", "principles_critique", "principles_refine",
+        "response_generate", "response_critique", "response_refine",
+    ),
+    "oracle": (),
+    "direct": ("direct_system", "direct_user"),
+    "self-instruct": ("self_instruct_system",),
+    "self-refine": ("self_refine_answer_system", "self_refine_feedback_system", "self_refine_refine_system"),
+    "seed-principles": ("seed_principles_system",),
+    "self-align": ("self_align_system",),
+    "seed-principles-critic": ("seed_principles_system", "response_critique", "response_refine"),
+    "self-align-critic": ("self_align_system", "response_critique", "response_refine"),
+}
+_SCORED_MODES = ("spri", "self-refine", "seed-principles-critic", "self-align-critic")
+
+
+def canonical_mode(mode: str) -> str:
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}")
+    return ALIASES.get(mode, mode)
 
 
 @dataclass
 class LoopSettings:
-    """The critique-revise loop of each stage."""
+    """The critique-revise loop of each stage, and which prompt set the modes send."""
 
-    threshold: int = field(default=4, metadata={"help": "A critic score >= threshold accepts a version (1-5)."})
-    max_rounds: int = field(default=4, metadata={"help": "Critiques per stage at most (so max_rounds - 1 revisions)."})
-    max_words: int = field(default=128, metadata={"help": "Word cap that base prompts ask for (principles and responses)."})
-    score_retries: int = field(default=2, metadata={"help": "Times a critic reply without a score is asked again."})
+    threshold: int = field(default=4, metadata={"help": "A critic score >= threshold accepts a version (1-5).", "ge": 1, "le": 5})
+    max_rounds: int = field(default=4, metadata={"help": "Critiques per stage at most (so max_rounds - 1 revisions).", "ge": 1})
+    max_words: int = field(default=128, metadata={"help": "Word cap that the package's base prompts ask for.", "ge": 1})
+    score_retries: int = field(default=2, metadata={"help": "Times a critic reply without a score is asked again.", "ge": 0})
+    unscored: Literal["revise", "accept"] = field(
+        default="revise",
+        metadata={
+            "help": "A critique still without a score: 'revise' counts it as failing; 'accept' keeps the current "
+            "version and ends the stage (the released scripts' rule)."
+        },
+    )
     few_shot: bool = field(default=True, metadata={"help": "spri: show the seed (question, principles) pairs to the base model."})
     prompts_file: str | None = field(
-        default=None, metadata={"help": "YAML file replacing any of the prompt templates or seed pairs."}
+        default=None, metadata={"help": "YAML file replacing any of the package's prompt templates or seed pairs."}
+    )
+    official_checkout: str | None = field(
+        default=None,
+        metadata={
+            "help": "Path to a checkout of github.com/honglizhan/SPRI-public: every mode sends the authors' released "
+            "task-3 prompts, read from it (see spri_sft.generate.official)."
+        },
     )
 
 
@@ -92,6 +211,159 @@ class StageResult:
     rounds: list[dict]
 
 
+Messages = list[dict[str, str]]
+
+
+def _chat(system: str | None, user: str) -> Messages:
+    head = [] if system is None else [{"role": "system", "content": system}]
+    return head + [{"role": "user", "content": user}]
+
+
+class PackageRequests:
+    """The requests of every mode in this package's own prompt set."""
+
+    def __init__(self, prompts: PromptSet, loop: LoopSettings):
+        self.p, self.words, self.few_shot = prompts, loop.max_words, loop.few_shot
+
+    def clean(self, text: str) -> str:
+        return text
+
+    def feedback(self, critique: str) -> str:
+        return parse_feedback(critique)
+
+    def principles_draft(self, q: str) -> Messages:
+        p = self.p
+        messages = [{"role": "system", "content": p.principles_system.format(max_words=self.words)}]
+        if self.few_shot:
+            for pair in p.seed_pairs:
+                messages.append({"role": "user", "content": p.principles_user.format(prompt=pair["question"])})
+                messages.append({"role": "assistant", "content": pair["principles"]})
+        messages.append({"role": "user", "content": p.principles_user.format(prompt=q)})
+        return messages
+
+    def principles_critique(self, q: str, principles: str) -> Messages:
+        return _chat(None, self.p.principles_critic.format(prompt=q, principles=principles))
+
+    def principles_revise(self, q: str, principles: str, feedback: str) -> Messages:
+        text = self.p.principles_revise.format(prompt=q, principles=principles, feedback=feedback, max_words=self.words)
+        return _chat(None, text)
+
+    def response_draft(self, q: str, principles: str) -> Messages:
+        return _chat(self.p.response_system.format(principles=principles, max_words=self.words), q)
+
+    def response_critique(self, q: str, principles: str, response: str) -> Messages:
+        return _chat(None, self.p.response_critic.format(prompt=q, response=response, principles=principles))
+
+    def response_revise(self, q: str, response: str, feedback: str) -> Messages:
+        # The refiner sees the feedback but not the principles: only the critic holds the rubric.
+        text = self.p.response_revise.format(prompt=q, response=response, feedback=feedback, max_words=self.words)
+        return _chat(None, text)
+
+    def direct(self, q: str) -> Messages:
+        return _chat(self.p.direct_system.format(max_words=self.words), q)
+
+    def self_instruct(self, q: str) -> Messages:
+        return _chat(self.p.self_instruct_system, self.p.self_instruct_user.format(prompt=q))
+
+    def rules(self, mode: str) -> str:
+        return self.p.seed_principles() if mode.startswith("seed-principles") else self.p.constitution_text()
+
+    def fixed_rules(self, mode: str, q: str) -> Messages:
+        return _chat(self.p.rules_system.format(principles=self.rules(mode)), q)
+
+    def self_refine_answer(self, q: str) -> Messages:
+        return self.direct(q)
+
+    def self_refine_feedback(self, q: str, response: str) -> Messages:
+        return _chat(None, self.p.self_critic.format(prompt=q, response=response))
+
+    def self_refine_revise(self, q: str, response: str, feedback: str) -> Messages:
+        return self.response_revise(q, response, feedback)
+
+    def self_refine_feedback_text(self, critique: str) -> str:
+        return parse_feedback(critique)
+
+
+class OfficialRequests:
+    """The requests of every mode as the SPRI authors' released task-3 scripts build them."""
+
+    def __init__(self, texts: Mapping[str, str]):
+        self.t = texts
+
+    def clean(self, text: str) -> str:
+        return text.strip("\n#").strip()
+
+    def feedback(self, critique: str) -> str:
+        return released_feedback(critique)
+
+    # stage1_gen_principles/01_gen_principles.py (task sft) and 02_refine_principles.py.
+    def principles_draft(self, q: str) -> Messages:
+        return _chat(f"{self.t['principles_generate']}\n\n{self.t['principles_examples']}", f"### Question: {q}\n### Principles:")
+
+    def principles_critique(self, q: str, principles: str) -> Messages:
+        return _chat(None, self.t["principles_critique"].format(orig_question=q, orig_principle=principles))
+
+    def principles_revise(self, q: str, principles: str, feedback: str) -> Messages:
+        user = f"### Question: {q}\n### Principles: {principles}\n### Feedback: {feedback}\n### Refined Principles:"
+        return _chat(self.t["principles_refine"], user)
+
+    # stage2_gen_responses/01_gen_init_responses.py (no seed examples) and 02_prin_refine_responses.py.
+    def response_draft(self, q: str, principles: str) -> Messages:
+        return _chat(f"{self.t['response_generate']}\n\n", f"### Question: {q}\n### Principles: {principles}\n\n### Response:")
+
+    def response_critique(self, q: str, principles: str, response: str) -> Messages:
+        text = self.t["response_critique"].format(orig_question=q, orig_principle=principles, orig_response=response)
+        return _chat(None, text)
+
+    def response_revise(self, q: str, response: str, feedback: str) -> Messages:
+        user = f"### Question: {q}\n### Response: {response}\n### Feedback: {feedback}\n### Refined Response:"
+        return _chat(self.t["response_refine"], user)
+
+    # [task3]-sft/01_gen_baseline_direct_responses.py, task "general".
+    def direct(self, q: str) -> Messages:
+        return _chat(self.t["direct_system"], self.t["direct_user"].format(INPUT=q))
+
+    # [task3]-sft/02_gen_[self-instruct].py.
+    def self_instruct(self, q: str) -> Messages:
+        return _chat(self.t["self_instruct_system"], f"Task: {q.strip()}\nOutput:")
+
+    # [task3]-sft/05_gen_[seed_principles]_responses.py and 03_gen_[self-align]_responses.py.
+    def rules(self, mode: str) -> str:
+        return self.t["seed_principles_system"] if mode.startswith("seed-principles") else self.t["self_align_system"]
+
+    def fixed_rules(self, mode: str, q: str) -> Messages:
+        if mode.startswith("seed-principles"):
+            return _chat(self.t["seed_principles_system"], f"User Input: {q.strip()}\nResponse:")
+        return _chat(self.t["self_align_system"], f"User: {q}")
+
+    # [task3]-sft/04_gen_[self-refine]_responses.py.
+    def self_refine_answer(self, q: str) -> Messages:
+        return _chat(self.t["self_refine_answer_system"], f"### Question: {q}\n\n### Response:")
+
+    def self_refine_feedback(self, q: str, response: str) -> Messages:
+        return _chat(self.t["self_refine_feedback_system"], f"### Question: {q}\n\n### Response: {response}\n\n### Feedback:")
+
+    def self_refine_revise(self, q: str, response: str, feedback: str) -> Messages:
+        user = f"### Question: {q}\n\n### Original Response: {response}\n\n### Feedback: {feedback}\n\n### Refined Response:"
+        return _chat(self.t["self_refine_refine_system"], user)
+
+    def self_refine_feedback_text(self, critique: str) -> str:
+        # The released refiner gets the whole (stripped) feedback, score included.
+        return critique
+
+
+def build_requests(mode: str, prompts: PromptSet, loop: LoopSettings) -> PackageRequests | OfficialRequests:
+    """The request builder of `mode`'s prompt set; the official texts are read and checked here."""
+    mode = canonical_mode(mode)
+    if loop.official_checkout is None:
+        return PackageRequests(prompts, loop)
+    if loop.prompts_file is not None:
+        raise UserError("loop: set either loop.prompts_file or loop.official_checkout, not both")
+    if mode == "spri" and not loop.few_shot:
+        raise UserError("loop.few_shot: false has no counterpart in the released task-3 scripts; keep it true with loop.official_checkout")
+    return OfficialRequests(official_texts(loop.official_checkout, _OFFICIAL_TEXTS[mode]))
+
+
 async def critique_loop(
     stage: str,
     draft: Completion,
@@ -104,50 +376,84 @@ async def critique_loop(
     current = draft
     for number in range(1, loop.max_rounds + 1):
         feedback, score = await critique(current.text)
-        rounds.append(
-            {
-                "stage": stage,
-                "round": number,
-                "text": current.text,
-                "finish_reason": current.finish_reason,
-                "critique": feedback,
-                "score": score,
-            }
-        )
+        rounds.append(_round(stage, number, current, feedback, score))
         if score is not None and score >= loop.threshold:
             return StageResult(current.text, True, rounds)
-        if number == loop.max_rounds:
+        if number == loop.max_rounds or (score is None and loop.unscored == "accept"):
             break
         current = await revise(current.text, feedback)
+    return StageResult(current.text, False, rounds)
+
+
+async def self_refine_loop(
+    draft: Completion,
+    feedback: Callable[[str], Awaitable[tuple[str, int | None]]],
+    refine: Callable[[str, str], Awaitable[Completion]],
+    loop: LoopSettings,
+) -> StageResult:
+    """The released self-refine loop (module docstring): every failing feedback is followed by a refinement."""
+    rounds = []
+    current = draft
+    for number in range(1, loop.max_rounds + 1):
+        text, score = await feedback(current.text)
+        rounds.append(_round("response", number, current, text, score))
+        if score is not None and score >= loop.threshold:
+            return StageResult(current.text, True, rounds)
+        current = await refine(current.text, text)
+    # The refinement after the last feedback is kept without feedback of its own.
+    rounds.append(_round("response", loop.max_rounds + 1, current, None, None))
     return StageResult(current.text, False, rounds)
 
 
 class Engine:
     """Runs one prompt through the configured mode and returns its record fields."""
 
-    def __init__(self, mode: str, prompts: PromptSet, loop: LoopSettings):
-        if mode not in MODES:
-            raise ValueError(f"unknown mode {mode!r}")
-        self.mode, self.prompts, self.loop = mode, prompts, loop
+    def __init__(
+        self,
+        mode: str,
+        prompts: PromptSet,
+        loop: LoopSettings,
+        references: Mapping[str, str] | None = None,
+        source: PromptSource | None = None,
+    ):
+        """`oracle` reads each prompt's response from `references`, or else from `source`'s
+        `response_column` (read here, so a missing column fails before any record is written)."""
+        self.mode = canonical_mode(mode)
+        self.prompts, self.loop = prompts, loop
+        self.requests = build_requests(self.mode, prompts, loop)
+        if self.mode == "oracle" and references is None:
+            if source is None:
+                raise UserError("mode oracle: the prompts' own responses are needed (set prompts.response_column)")
+            from spri_sft.generate.inputs import load_references  # only oracle reads the responses
+
+            references = load_references(source)
+        self.references = references
 
     async def run(self, prompt: str, session: Session) -> dict:
-        if self.mode == "spri":
+        mode, requests = self.mode, self.requests
+        final_principles = None
+        if mode == "oracle":
+            return self._oracle(prompt)
+        if mode == "spri":
             principles = await self._principles_stage(prompt, session)
-            response = await self._response_stage(prompt, principles.text, session, critic_role="critic")
+            response = await self._response_stage(prompt, principles.text, session)
             stages = [principles, response]
             final_principles = principles.text
-        elif self.mode == "direct":
-            answer = await session.ask("base", self._answer_messages(prompt, None))
-            stages = [StageResult(answer.text, True, [_unscored_round("response", answer)])]
-            final_principles = None
-        elif self.mode == "self-refine":
-            stages = [await self._response_stage(prompt, None, session, critic_role="base")]
-            final_principles = None
+        elif mode == "self-refine":
+            stages = [await self._self_refine(prompt, session)]
+        elif mode.endswith("-critic"):
+            draft = await self._ask(session, "base", requests.fixed_rules(mode, prompt))
+            final_principles = requests.rules(mode)
+            stages = [await self._response_stage(prompt, final_principles, session, draft)]
         else:
-            final_principles = (
-                self.prompts.seed_principles() if self.mode == "seed-principles" else self.prompts.constitution_text()
-            )
-            stages = [await self._response_stage(prompt, final_principles, session, critic_role="critic")]
+            if mode == "direct":
+                messages = requests.direct(prompt)
+            elif mode == "self-instruct":
+                messages = requests.self_instruct(prompt)
+            else:  # seed-principles, self-align: the rules are in the system prompt, the same for every record
+                messages = requests.fixed_rules(mode, prompt)
+            answer = await self._ask(session, "base", messages)
+            stages = [StageResult(answer.text, True, [_round("response", 1, answer, None, None)])]
         return {
             "principles": final_principles,
             "response": stages[-1].text,
@@ -156,54 +462,67 @@ class Engine:
             "usage": {role: asdict(u) for role, u in session.usage.items() if u.calls},
         }
 
+    def _oracle(self, prompt: str) -> dict:
+        response = self.references.get(prompt)
+        if response is None:
+            raise KeyError("the prompt has no response in the prompts dataset")
+        version = Completion(text=response, prompt_tokens=0, completion_tokens=0, finish_reason="dataset")
+        return {
+            "principles": None,
+            "response": response,
+            "status": "accepted",
+            "rounds": [_round("response", 1, version, None, None)],
+            "usage": {},
+        }
+
+    async def _ask(self, session: Session, role: str, messages: Messages) -> Completion:
+        completion = await session.ask(role, messages)
+        return replace(completion, text=self.requests.clean(completion.text))
+
     async def _principles_stage(self, prompt: str, session: Session) -> StageResult:
-        p, words = self.prompts, self.loop.max_words
-        messages = [{"role": "system", "content": p.principles_system.format(max_words=words)}]
-        if self.loop.few_shot:
-            for pair in p.seed_pairs:
-                messages.append({"role": "user", "content": p.principles_user.format(prompt=pair["question"])})
-                messages.append({"role": "assistant", "content": pair["principles"]})
-        messages.append({"role": "user", "content": p.principles_user.format(prompt=prompt)})
-        draft = await session.ask("base", messages)
+        r = self.requests
+        draft = await self._ask(session, "base", r.principles_draft(prompt))
 
         async def critique(principles: str):
-            return await self._critique(session, "critic", p.principles_critic.format(prompt=prompt, principles=principles))
+            return await self._critique(session, "critic", r.principles_critique(prompt, principles), r.feedback)
 
         async def revise(principles: str, feedback: str):
-            text = p.principles_revise.format(prompt=prompt, principles=principles, feedback=feedback, max_words=words)
-            return await session.ask("base", [{"role": "user", "content": text}])
+            return await self._ask(session, "base", r.principles_revise(prompt, principles, feedback))
 
         return await critique_loop("principles", draft, critique, revise, self.loop)
 
-    async def _response_stage(self, prompt: str, principles: str | None, session: Session, critic_role: str) -> StageResult:
-        p, words = self.prompts, self.loop.max_words
-        draft = await session.ask("base", self._answer_messages(prompt, principles))
+    async def _response_stage(
+        self, prompt: str, principles: str, session: Session, draft: Completion | None = None
+    ) -> StageResult:
+        r = self.requests
+        if draft is None:
+            draft = await self._ask(session, "base", r.response_draft(prompt, principles))
 
         async def critique(response: str):
-            if principles is None:
-                request = p.self_critic.format(prompt=prompt, response=response)
-            else:
-                request = p.response_critic.format(prompt=prompt, response=response, principles=principles)
-            return await self._critique(session, critic_role, request)
+            return await self._critique(session, "critic", r.response_critique(prompt, principles, response), r.feedback)
 
         async def revise(response: str, feedback: str):
-            # The refiner sees the feedback but not the principles: only the critic holds the rubric.
-            text = p.response_revise.format(prompt=prompt, response=response, feedback=feedback, max_words=words)
-            return await session.ask("base", [{"role": "user", "content": text}])
+            return await self._ask(session, "base", r.response_revise(prompt, response, feedback))
 
         return await critique_loop("response", draft, critique, revise, self.loop)
 
-    def _answer_messages(self, prompt: str, principles: str | None) -> list[dict[str, str]]:
-        words = self.loop.max_words
-        if principles is None:
-            system = self.prompts.direct_system.format(max_words=words)
-        else:
-            system = self.prompts.response_system.format(principles=principles, max_words=words)
-        return [{"role": "system", "content": system}, {"role": "user", "content": prompt}]
+    async def _self_refine(self, prompt: str, session: Session) -> StageResult:
+        r = self.requests
+        draft = await self._ask(session, "base", r.self_refine_answer(prompt))
 
-    async def _critique(self, session: Session, role: str, request: str) -> tuple[str, int | None]:
-        messages = [{"role": "user", "content": request}]
-        reply = await session.ask(role, messages)
+        async def feedback(response: str):
+            request = r.self_refine_feedback(prompt, response)
+            return await self._critique(session, "base", request, r.self_refine_feedback_text)
+
+        async def refine(response: str, text: str):
+            return await self._ask(session, "base", r.self_refine_revise(prompt, response, text))
+
+        return await self_refine_loop(draft, feedback, refine, self.loop)
+
+    async def _critique(
+        self, session: Session, role: str, messages: Messages, feedback_of: Callable[[str], str]
+    ) -> tuple[str, int | None]:
+        reply = await self._ask(session, role, messages)
         score = parse_score(reply.text)
         for _ in range(self.loop.score_retries):
             if score is not None:
@@ -212,27 +531,51 @@ class Engine:
                 {"role": "assistant", "content": reply.text},
                 {"role": "user", "content": self.prompts.score_reminder},
             ]
-            reply = await session.ask(role, retry)
+            reply = await self._ask(session, role, retry)
             score = parse_score(reply.text)
-        return parse_feedback(reply.text), score
+        return feedback_of(reply.text), score
 
 
-def mode_identity(mode: str, prompts: PromptSet, loop: LoopSettings) -> dict:
+def mode_texts(mode: str, prompts: PromptSet, loop: LoopSettings) -> dict:
+    """Every text `mode` sends, by name: the package's templates it uses, or the checkout's texts
+    (read and checked, so a broken checkout fails here, before any call)."""
+    mode = canonical_mode(mode)
+    if loop.official_checkout is not None:
+        build_requests(mode, prompts, loop)  # the same checks as the engine's
+        texts = dict(official_texts(loop.official_checkout, _OFFICIAL_TEXTS[mode]))
+    else:
+        names = _PACKAGE_TEXTS[mode] + (("seed_pairs",) if mode == "spri" and loop.few_shot else ())
+        texts = {name: getattr(prompts, name) for name in names}
+    if mode in _SCORED_MODES and loop.score_retries > 0:
+        texts["score_reminder"] = prompts.score_reminder
+    return texts
+
+
+def mode_identity(mode: str, prompts: PromptSet, loop: LoopSettings, response_column: str | None = None) -> dict:
     """What shapes a record of `mode` besides its prompt and the models' decoding settings: the
-    texts the mode sends and the loop settings it reads. Record ids and the pipeline's generate
-    stage both key on this, so the two can never disagree."""
-    loop_settings = {k: v for k, v in asdict(loop).items() if k != "prompts_file"}
-    if mode == "direct":
-        loop_settings = {"max_words": loop.max_words}
-    return {"mode": mode, "loop": loop_settings, "templates": prompts.fingerprint()}
+    texts the mode sends and the loop settings it reads (and, for `oracle`, the response column).
+    Record ids and the pipeline's generate stage both key on this, so the two can never disagree."""
+    mode = canonical_mode(mode)
+    texts = mode_texts(mode, prompts, loop)
+    names = _MODE_LOOP_FIELDS[mode]
+    if loop.official_checkout is not None:
+        names = tuple(n for n in names if n not in _PACKAGE_ONLY_FIELDS)
+    identity = {
+        "mode": mode,
+        "loop": {name: getattr(loop, name) for name in names},
+        "templates": hashlib.sha256(json.dumps(texts, sort_keys=True).encode()).hexdigest()[:16],
+    }
+    if mode == "oracle":
+        identity["response_column"] = response_column
+    return identity
 
 
-def _unscored_round(stage: str, completion: Completion) -> dict:
+def _round(stage: str, number: int, version: Completion, critique: str | None, score: int | None) -> dict:
     return {
         "stage": stage,
-        "round": 1,
-        "text": completion.text,
-        "finish_reason": completion.finish_reason,
-        "critique": None,
-        "score": None,
+        "round": number,
+        "text": version.text,
+        "finish_reason": version.finish_reason,
+        "critique": critique,
+        "score": score,
     }

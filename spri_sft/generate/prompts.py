@@ -45,12 +45,12 @@ SEED_PAIRS = [
         ),
     },
     {
-        "question": "Is it safe to take ibuprofen and paracetamol together?",
+        "question": "Write an email asking my team to submit their timesheets by Friday.",
         "principles": (
-            "1. State what is generally known, with accurate facts and no invented doses.\n"
-            "2. Point out who is at higher risk (stomach, kidney or liver problems, pregnancy, other medicines).\n"
-            "3. Advise reading the package limits and asking a pharmacist or doctor for personal advice.\n"
-            "4. Avoid both alarmism and false reassurance."
+            "1. Put the request and the deadline in the first sentence.\n"
+            "2. Keep a friendly, professional tone that does not sound like a reprimand.\n"
+            "3. Say where and how to submit, and whom to ask when something is unclear.\n"
+            "4. Keep it short: a subject line and a few lines of body text."
         ),
     },
     {
@@ -63,12 +63,12 @@ SEED_PAIRS = [
         ),
     },
     {
-        "question": "Did the Great Wall of China get built to be visible from space?",
+        "question": "Explain compound interest to a twelve-year-old.",
         "principles": (
-            "1. Correct the false premise directly: it was built for defence, and it is not visible to the naked eye from orbit.\n"
-            "2. Separate the popular myth from what astronauts have actually reported.\n"
-            "3. Give a short, accurate account of why the wall was built.\n"
-            "4. Do not overstate certainty where sources disagree."
+            "1. Use words a twelve-year-old knows, and explain any term that cannot be avoided.\n"
+            "2. Build the idea on one worked example with small, round numbers.\n"
+            "3. Contrast it with simple interest so the difference is visible.\n"
+            "4. End with why it matters for saving, in one or two sentences."
         ),
     },
     {
@@ -82,11 +82,11 @@ SEED_PAIRS = [
     },
 ]
 
+# Sixteen rules, one per quality: none of them weighs one quality (say, what a benchmark scores) above the rest.
 CONSTITUTION = [
     "Be helpful: answer the question that was asked.",
-    "Be honest: do not state things you do not know to be true.",
-    "Correct false premises in the question instead of going along with them.",
-    "Say so when you are uncertain, and do not invent facts, figures, quotes or sources.",
+    "Be accurate: get facts, numbers, code and reasoning right.",
+    "Give complete answers: cover every part of a request with several parts.",
     "Do not help with actions that could cause serious harm to people.",
     "Respect privacy: do not reveal or guess personal information about private people.",
     "Be fair and avoid stereotypes about groups of people.",
@@ -98,8 +98,18 @@ CONSTITUTION = [
     "Follow the user's formatting and length requests.",
     "Present several views on contested questions, and label opinions as opinions.",
     "Protect the user's autonomy: inform rather than lecture.",
-    "Admit and correct mistakes rather than defending them.",
+    "Match the user's level: explain jargon to beginners, skip the basics for experts.",
+    "Show the steps of calculations and arguments so they can be checked.",
 ]
+
+SELF_INSTRUCT_DEMONSTRATIONS = Path(__file__).resolve().parent.parent / "data" / "self_instruct" / "demonstrations.json"
+
+
+def self_instruct_prompt() -> str:
+    """Self-Instruct's instance-generation prompt (Apache-2.0, see data/self_instruct/SOURCE.md): its
+    instruction and 11 Task/Output demonstrations, the system prompt of the paper's self-instruct row."""
+    data = json.loads(SELF_INSTRUCT_DEMONSTRATIONS.read_text(encoding="utf-8"))
+    return data["instruction"] + "".join(f"\n\nTask: {d['task']}\n{d['example']}" for d in data["demonstrations"])
 
 
 @dataclass
@@ -108,8 +118,9 @@ class PromptSet:
 
     principles_system: str = (
         "You write guiding principles for answering a user's request. The principles are not the answer: "
-        "they say what a good answer must do for this particular request (accuracy, safety, tone, format, "
-        "what to include or avoid). Write a short numbered list, at most {max_words} words in all."
+        "they say what a good answer must do for this particular request (content, safety, tone, format, "
+        "what to include or avoid). Write a short numbered list, at most {max_words} words in all, with no "
+        "opening or closing remarks."
     )
     principles_user: str = "Request: {prompt}\n\nWrite the principles for answering this request."
     principles_critic: str = (
@@ -118,11 +129,11 @@ class PromptSet:
         "### Request\n{prompt}\n\n"
         "### Principles to evaluate\n{principles}\n\n"
         "### Rubric\n"
-        "Score 1: the principles are irrelevant to the request or would lead to a harmful or wrong answer.\n"
+        "Score 1: the principles are irrelevant to the request or would lead to a poor answer.\n"
         "Score 2: mostly generic; they miss what matters most for this request.\n"
         "Score 3: relevant but incomplete, vague or partly misguided.\n"
         "Score 4: relevant, specific and sound, with minor gaps.\n"
-        "Score 5: specific to this request, complete, accurate and easy to act on.\n\n"
+        "Score 5: specific to this request, complete, sound and easy to act on.\n\n"
         "Write brief feedback on the principles, then end your reply with the score in exactly this form:\n"
         "Feedback: <your feedback> [RESULT] <an integer from 1 to 5>"
     )
@@ -133,9 +144,9 @@ class PromptSet:
     )
     response_system: str = (
         "Answer the user's request. Follow these principles:\n{principles}\n\n"
-        "Answer in at most {max_words} words. Do not mention the principles."
+        "Answer in at most {max_words} words, with no opening or closing remarks. Do not mention the principles."
     )
-    direct_system: str = "Answer the user's request in at most {max_words} words."
+    direct_system: str = "Answer the user's request in at most {max_words} words, with no opening or closing remarks."
     response_critic: str = (
         "You are a strict evaluator. Judge how closely the response follows the principles, which are the "
         "rubric for this request.\n\n"
@@ -153,16 +164,19 @@ class PromptSet:
     )
     response_revise: str = (
         "Request: {prompt}\n\nYour response:\n{response}\n\nAn evaluator's feedback:\n{feedback}\n\n"
-        "Rewrite the response to address the feedback. Reply with the new response only, "
-        "at most {max_words} words."
+        "Rewrite the response to address the feedback, keeping what already works. Reply with the new "
+        "response only, at most {max_words} words."
     )
     self_critic: str = (
-        "Evaluate your own response to the request: is it accurate, helpful, honest and clear?\n\n"
+        "Evaluate your own response to the request: is it accurate, complete, relevant and clear?\n\n"
         "### Request\n{prompt}\n\n"
         "### Response\n{response}\n\n"
         "Score 1 means poor and 5 means excellent. Write brief feedback, then end your reply with the score "
         "in exactly this form:\nFeedback: <your feedback> [RESULT] <an integer from 1 to 5>"
     )
+    rules_system: str = "You are a helpful assistant. In every conversation, follow these rules:\n{principles}"
+    self_instruct_system: str = field(default_factory=self_instruct_prompt)
+    self_instruct_user: str = "Task: {prompt}\nOutput:"
     score_reminder: str = (
         "Your reply had no score. Reply again with feedback and end with exactly "
         "'[RESULT] <an integer from 1 to 5>'."
@@ -170,9 +184,10 @@ class PromptSet:
     seed_pairs: list[dict] = field(default_factory=lambda: [dict(p) for p in SEED_PAIRS])
     constitution: list[str] = field(default_factory=lambda: list(CONSTITUTION))
 
-    def fingerprint(self) -> str:
-        """Changes whenever any template changes, so edited prompts give new record ids."""
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+    def fingerprint(self, names: tuple[str, ...] | None = None) -> str:
+        """Changes whenever one of the fields `names` (default: all) changes, so edited prompts give new ids."""
+        chosen = asdict(self) if names is None else {name: getattr(self, name) for name in names}
+        return hashlib.sha256(json.dumps(chosen, sort_keys=True).encode()).hexdigest()[:16]
 
     def seed_principles(self) -> str:
         """The seed pairs' principles pooled into one rule list (the `seed-principles` mode)."""
@@ -188,35 +203,77 @@ class PromptSet:
         return _numbered(self.constitution)
 
 
+# Placeholders each template may use (str.format fields), and the ones it must keep.
+PLACEHOLDERS = ("prompt", "principles", "response", "feedback", "max_words")
+# Sent as they are, never formatted: braces in them are text.
+PLAIN_TEXTS = ("self_instruct_system", "score_reminder")
+_LISTS = ("seed_pairs", "constitution")
+
+
 def _numbered(rules: list[str]) -> str:
     return "\n".join(f"{i}. {rule}" for i, rule in enumerate(rules, 1))
 
 
 def load_prompt_set(path: str | None) -> PromptSet:
+    """The default prompt set, with the fields a YAML file gives replaced; every problem in the file
+    (unknown name, wrong type, a lost or unknown placeholder) is one UserError, before any call."""
     if path is None:
         return PromptSet()
     file = Path(path)
     if not file.is_file():
         raise UserError(f"{file}: prompts file not found")
     try:
-        data = yaml.safe_load(file.read_text()) or {}
+        data = yaml.safe_load(file.read_text())
     except yaml.YAMLError as err:
         raise UserError(f"{file}: invalid YAML ({err})") from None
+    data = {} if data is None else data
+    if not isinstance(data, dict):
+        raise UserError(f"{file}: expected a mapping of template names to texts, got {type(data).__name__}")
     known = {f.name for f in fields(PromptSet)}
-    unknown = sorted(set(data) - known)
+    unknown = sorted(set(map(str, data)) - known)
     if unknown:
         raise UserError(f"{file}: unknown template '{unknown[0]}' (known: {', '.join(sorted(known))})")
+    for name, value in data.items():
+        _check_type(name, value, file)
     prompts = PromptSet(**data)
     _check_placeholders(prompts, file)
     return prompts
 
 
+def _check_type(name: str, value, file: Path) -> None:
+    if name == "seed_pairs":
+        if not isinstance(value, list) or not value:
+            raise UserError(f"{file}: seed_pairs must be a non-empty list of {{question, principles}} mappings")
+        for index, pair in enumerate(value):
+            if not isinstance(pair, dict) or set(pair) != {"question", "principles"}:
+                raise UserError(f"{file}: seed_pairs[{index}] must have exactly the keys question and principles")
+            for key in ("question", "principles"):
+                if not isinstance(pair[key], str) or not pair[key].strip():
+                    raise UserError(f"{file}: seed_pairs[{index}].{key} must be a non-empty string")
+    elif name == "constitution":
+        if not isinstance(value, list) or not value or not all(isinstance(r, str) and r.strip() for r in value):
+            raise UserError(f"{file}: constitution must be a non-empty list of strings")
+    elif not isinstance(value, str):
+        raise UserError(f"{file}: template '{name}' must be a string, got {type(value).__name__}")
+
+
 def _check_placeholders(prompts: PromptSet, file: Path) -> None:
     default = PromptSet()
+    dummy = {name: "x" for name in PLACEHOLDERS}
     for f in fields(PromptSet):
-        text = getattr(prompts, f.name)
-        if not isinstance(text, str):
+        if f.name in PLAIN_TEXTS or f.name in _LISTS:
             continue
-        for placeholder in ("{prompt}", "{principles}", "{response}", "{feedback}"):
-            if placeholder in getattr(default, f.name) and placeholder not in text:
-                raise UserError(f"{file}: template '{f.name}' lost its {placeholder} placeholder")
+        text = getattr(prompts, f.name)
+        try:
+            text.format(**dummy)
+        except KeyError as err:
+            raise UserError(
+                f"{file}: template '{f.name}' has the unknown placeholder {{{err.args[0]}}} "
+                f"(known: {', '.join('{' + p + '}' for p in PLACEHOLDERS)}; write {{{{ }}}} for a literal brace)"
+            ) from None
+        except (IndexError, ValueError) as err:
+            raise UserError(f"{file}: template '{f.name}' is not a valid str.format template ({err})") from None
+        for placeholder in PLACEHOLDERS:
+            token = "{" + placeholder + "}"
+            if token in getattr(default, f.name) and token not in text and placeholder != "max_words":
+                raise UserError(f"{file}: template '{f.name}' lost its {token} placeholder")

@@ -1,9 +1,20 @@
 """Read the integer score (1-5) and the feedback out of a critic's reply.
 
-The preferred form is Prometheus-2's: "Feedback: ... [RESULT] 4". Instruct models drift from
-it, so a few common variants are accepted too ("Score: 4", "Rating: 4/5", "**Score**: 4 out
-of 5", a reply that is only a number). A number that is not introduced as a score ("5 reasons")
-is never taken for one, and a score outside 1-5 counts as no score.
+The patterns, tried in this order, the first that finds a score in 1-5 wins:
+
+1. a score marker, the first one: `[RESULT] 4`, `[RESULT]: 4`, `RESULT: 4`, `[SCORE] 4`,
+   `[Score: 4]` (Prometheus-2's format and the SPRI authors' `extract_evaluation_score`);
+2. a bracketed number at the very end, `... [4]`; `Overall Score: 4` on its own line;
+3. a declared score, the last one: a label (score, rating, grade) joined to its number by
+   `:`, `=`, `is` or `of` ("Score: 4/5", "**Score:** 3 out of 5", "the score is 5",
+   "a score of 4"), unless a negation or comparison comes first in its clause ("not a score
+   of 5", "higher than a score of 3"), a range follows ("a score of 4 or 5") or it is
+   hypothetical ("a score of 2 would be unfair");
+4. a reply that is only a number ("4", "**5**").
+
+A label and a number with nothing between them is a rubric reference, not a verdict: "meets
+Score 4 but not Score 5" and a restated "Score 1: ..." line give no score. A number with a
+decimal part ("4.5") or on another scale ("8/10") or outside 1-5 is no score either.
 """
 
 from __future__ import annotations
@@ -12,20 +23,44 @@ import re
 
 MIN_SCORE, MAX_SCORE = 1, 5
 
-_NUMBER = r"[\(\[\*\s:=]*(\d+(?:\.0+)?)(?!\.\d)(?:\s*(?:/|out of)\s*(\d+))?"
-_RESULT = re.compile(r"\[\s*RESULT\s*\]" + _NUMBER, re.IGNORECASE)
-_LABELLED = re.compile(r"\b(?:score|rating|grade)\b[\*\s]*(?:is)?" + _NUMBER, re.IGNORECASE)
+# A number, optionally "x.0", optionally "/ 5" or "out of 5"; never the start of "4.5".
+_NUMBER = r"(\d+(?:\.0+)?)(?![\.,]\d)(?!\d)(?:\s*(?:/|out of)\s*(\d+))?"
+_MARKERS = [
+    re.compile(r"\[\s*(?:RESULT|SCORE)\s*\][\s:=\*\(\[]*" + _NUMBER, re.IGNORECASE),
+    re.compile(r"\bRESULT\s*:[\s\*\(\[]*" + _NUMBER, re.IGNORECASE),
+    re.compile(r"\[\s*Score\s*:\s*" + _NUMBER + r"\s*\]", re.IGNORECASE),
+]
+_ENDINGS = [
+    re.compile(r"\[\s*" + _NUMBER + r"\s*\]\W*\Z"),
+    re.compile(r"(?:^|\n)\W*Overall\s+Score\W*:\W*" + _NUMBER, re.IGNORECASE),
+]
+_DECLARED = re.compile(
+    r"\b(?:score|rating|grade)\b\**\s*(?::|=|\bis\b|\bof\b)[\s\*:]*(?:\bis\b\s*)?" + _NUMBER + r"(?!\s*(?:-|–|to|or|and)\s*\d)(?!\s+(?:would|could|might)\b)",
+    re.IGNORECASE,
+)
+# Words that make a declared score hypothetical or a comparison when they come before it in its clause.
+_NEGATION = re.compile(
+    r"\b(?:not|never|than|below|above|short\s+of|instead\s+of|rather)\b|n't",
+    re.IGNORECASE,
+)
+_CLAUSE_BREAK = re.compile(r"[\.\!\?;\n]|\bbut\b", re.IGNORECASE)
 _BARE = re.compile(r"^[\s\*\(\[]*(\d)(?:\s*/\s*5)?[\s\*\)\]\.]*$")
 _FEEDBACK_PREFIX = re.compile(r"^\s*(?:#+\s*)?\**feedback\**\s*:?\s*", re.IGNORECASE)
 
 
 def parse_score(reply: str) -> int | None:
     """The score in `reply`, or None when it has no score in 1-5."""
-    for pattern in (_RESULT, _LABELLED):
-        matches = list(pattern.finditer(reply))
-        if matches:
-            # The last one: critics often restate the rubric ("Score 1: ...") before scoring.
-            return _in_range(matches[-1])
+    for pattern in _MARKERS + _ENDINGS:
+        for match in pattern.finditer(reply):
+            score = _in_range(match)
+            if score is not None:
+                return score
+    declared = [m for m in _DECLARED.finditer(reply) if not _negated(reply, m.start())]
+    for match in reversed(declared):
+        # The last one: critics often restate the rubric before they score.
+        score = _in_range(match)
+        if score is not None:
+            return score
     bare = _BARE.match(reply)
     return _in_range(bare) if bare else None
 
@@ -34,6 +69,17 @@ def parse_feedback(reply: str) -> str:
     """The critique text without the score marker or the "Feedback:" label."""
     text = re.split(r"\[\s*RESULT\s*\]", reply, flags=re.IGNORECASE)[0]
     return _FEEDBACK_PREFIX.sub("", text).strip()
+
+
+def released_feedback(reply: str) -> str:
+    """The feedback exactly as the SPRI authors' scripts pass it to the refiner: the text before the
+    first `[RESULT]`, stripped (`extract_evaluation_feedback`); the "Feedback:" label stays."""
+    return reply.split("[RESULT]")[0].strip()
+
+
+def _negated(reply: str, start: int) -> bool:
+    clause = _CLAUSE_BREAK.split(reply[max(0, start - 80) : start])[-1]
+    return bool(_NEGATION.search(clause))
 
 
 def _in_range(match: re.Match) -> int | None:
