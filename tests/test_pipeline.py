@@ -313,16 +313,18 @@ def test_recipe_mistakes_are_one_line_errors(tmp_path, tiny_model_dir, server, t
         run_pipeline_from(recipe, *overrides)
 
 
-def test_without_truthfulqa_data_evaluation_is_skipped_in_one_line(
+def test_without_truthfulqa_data_or_the_hub_the_packaged_copy_is_used_in_one_line(
     tmp_path, tiny_model_dir, server, truthfulqa_file, no_wandb_credentials, capsys
 ):
+    from spri_sft.evaluate import packaged_truthfulqa
+
     recipe = make_recipe(tmp_path, tiny_model_dir, server, truthfulqa_file)
     report = run_pipeline_from(recipe, "--evaluate.truthfulqa_file", "null", "--wandb.enabled", "false")
 
-    lines = [line for line in capsys.readouterr().out.splitlines() if "TruthfulQA" in line and "skipping" in line]
-    assert len(lines) == 1 and "--evaluate.truthfulqa_file" in lines[0]
-    assert report["truthfulqa"]["skipped"] and not (tmp_path / "run/eval").exists()
-    assert "skipped (no data" in (tmp_path / "run/report.md").read_text()
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[spri-sft] TruthfulQA")]
+    assert len(lines) == 1 and "Hub is unreachable" in lines[0]
+    assert report["truthfulqa"]["source"] == packaged_truthfulqa.SOURCE and report["base"]["mc1"] is not None
+    assert read(tmp_path / "run/eval/spri/results.json")["data_sha256"] == packaged_truthfulqa.SHA256
 
 
 # -- stage markers ----------------------------------------------------------------------------

@@ -41,8 +41,8 @@ class EvaluateStage:
         default=None,
         metadata={
             "help": "Local TruthfulQA (upstream data/v0/mc_task.json or the Hub parquet layout). Without it the Hub "
-            "dataset is snapshotted into eval/truthfulqa.jsonl, or evaluation is skipped (with one line saying so) "
-            "when the Hub is unreachable."
+            "dataset is snapshotted into eval/truthfulqa.jsonl, or, when the Hub is unreachable, the packaged copy of "
+            "upstream's data/v0/mc_task.json is used (one line says which)."
         },
     )
     dataset: str = field(default="truthfulqa/truthful_qa", metadata={"help": "Hub dataset id used without a file."})

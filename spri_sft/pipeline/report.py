@@ -155,7 +155,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"- generation: base `{report['base_model']}`, critic `{report['critic_model']}`",
         "- TruthfulQA MC1/MC2: "
         + (
-            "skipped (no data: give evaluate.truthfulqa_file)"
+            "skipped (evaluate.enabled: false)"
             if tqa["skipped"]
             else f"{tqa['questions']} questions from `{tqa['source']}`, {tqa['prompt']} prompt (lm-eval's scoring)"
         ),

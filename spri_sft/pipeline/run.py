@@ -290,7 +290,7 @@ def _train(plan: TrainPlan, dataset: Stage) -> Stage:
 
 
 def _truthfulqa_source(config: PipelineConfig, root: Path) -> dict | None:
-    """The questions' file (a snapshot of the Hub dataset when no file is given), or None when unreachable.
+    """The questions' file: the given one, else a snapshot of the Hub dataset, else (no Hub) the packaged copy.
 
     One file serves the guard against TruthfulQA prompts in the SFT data and every evaluation, so
     both use the same questions; the snapshot is taken once per run directory.
@@ -304,14 +304,15 @@ def _truthfulqa_source(config: PipelineConfig, root: Path) -> dict | None:
     snapshot = root / "eval" / "truthfulqa.jsonl"
     if snapshot.is_file():
         return {"file": str(snapshot), "source": source}
-    if not _hub_reachable():
-        print(
-            "[spri-sft] TruthfulQA: no evaluate.truthfulqa_file and the Hugging Face Hub is unreachable: skipping the "
-            "before/after evaluation and the check of SFT prompts against it (give a local copy: "
-            "--evaluate.truthfulqa_file path/to/mc_task.json)",
-            flush=True,
-        )
-        return None
+    from spri_sft.evaluate import packaged_truthfulqa as packaged
+
+    # The packaged copy once used here stays this run's copy (a rerun online must not change the questions).
+    reused = (root / "eval" / packaged.FILE_NAME).is_file()
+    if reused or not _hub_reachable():
+        why = "as before in this run" if reused else "no evaluate.truthfulqa_file and the Hugging Face Hub is unreachable"
+        print(f"[spri-sft] TruthfulQA: {why}: using {packaged.SOURCE}", flush=True)
+        return {"file": str(packaged.write_packaged_copy(root / "eval")), "source": packaged.SOURCE}
+    print(f"[spri-sft] TruthfulQA: {source} from the Hugging Face Hub", flush=True)
     from spri_sft.evaluate.truthfulqa import load_questions, to_hub_rows
 
     questions, _ = load_questions(None, settings.dataset, "validation")
