@@ -57,7 +57,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Awaitable, Callable, Literal, get_args
 
 from spri_sft.errors import UserError
-from spri_sft.generate.inputs import PromptSource
+from spri_sft.generate.inputs import PromptSource, load_references
 from spri_sft.generate.official import official_texts
 from spri_sft.generate.prompts import PromptSet
 from spri_sft.generate.scoring import parse_feedback, parse_score, released_feedback
@@ -424,8 +424,6 @@ class Engine:
         if self.mode == "oracle" and references is None:
             if source is None:
                 raise UserError("mode oracle: the prompts' own responses are needed (set prompts.response_column)")
-            from spri_sft.generate.inputs import load_references  # only oracle reads the responses
-
             references = load_references(source)
         self.references = references
 
