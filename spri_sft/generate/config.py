@@ -19,7 +19,11 @@ class GenerateConfig:
 
     output_dir: str = field(default="outputs/generate", metadata={"help": "Where records.jsonl, config.yaml and summary.json go."})
     mode: Mode = field(
-        default="spri", metadata={"help": "spri, or one of the paper's baselines (see `spri_sft.generate.engine`)."}
+        default="spri",
+        metadata={
+            "help": "spri, or a row of the paper's Table 4: oracle, direct, self-instruct, self-align (alias constitution), "
+            "self-refine, seed-principles; or seed-principles-critic / self-align-critic (see `spri_sft.generate.engine`)."
+        },
     )
     prompts: PromptSource = field(default_factory=PromptSource)
     base: EndpointConfig = field(default_factory=EndpointConfig)

@@ -1,4 +1,4 @@
-"""Every prompt the generation engine sends, the six seed pairs, and the generic constitution.
+"""This package's own prompt set: every text the engine sends, the six seed pairs, the 16 rules.
 
 All text lives here so it can be read, versioned and diffed in one place. A YAML file given as
 `loop.prompts_file` replaces any subset of the fields of `PromptSet` (same names), e.g.
@@ -9,9 +9,18 @@ All text lives here so it can be read, versioned and diffed in one place. A YAML
       - question: ...
         principles: ...
 
-Placeholders in braces are filled with `str.format`; a template must keep the placeholders
-its default uses. Critic templates ask for a reply that ends "[RESULT] <1-5>", the format of
-Prometheus-2 style judges, which ordinary instruct models can also follow.
+Placeholders in braces are filled with `str.format` ({prompt} {principles} {response} {feedback}
+{max_words}); a template must keep the placeholders its default uses (the word cap excepted),
+and `self_instruct_system` and `score_reminder` are sent as they are. The file is checked whole
+before any call: unknown names, wrong types and every template formatted once with dummy
+values, so a stray `{foo}` is one line naming its template. Critic templates ask for a reply
+that ends "[RESULT] <1-5>", the format of Prometheus-2 style judges, which ordinary instruct
+models can also follow.
+
+The set is written for general use: the seeds and rules cover a spread of qualities (content,
+tone, format, safety, fairness, level) and none singles out what a particular benchmark scores.
+The SPRI authors' own set is not here (their repository has no license); `loop.official_checkout`
+reads it from a checkout of their code (`spri_sft.generate.official`).
 """
 
 from __future__ import annotations
@@ -225,7 +234,9 @@ def load_prompt_set(path: str | None) -> PromptSet:
     try:
         data = yaml.safe_load(file.read_text())
     except yaml.YAMLError as err:
-        raise UserError(f"{file}: invalid YAML ({err})") from None
+        mark = getattr(err, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark else ""
+        raise UserError(f"{file}{line}: invalid YAML ({getattr(err, 'problem', None) or 'unreadable'})") from None
     data = {} if data is None else data
     if not isinstance(data, dict):
         raise UserError(f"{file}: expected a mapping of template names to texts, got {type(data).__name__}")
