@@ -46,15 +46,24 @@ def record_id(prompt: str, config: GenerateConfig, prompts: PromptSet) -> str:
 
 def plan(config: GenerateConfig, pending: int) -> dict:
     """Calls and tokens the pending prompts may cost, from the round limits and length caps."""
+    from spri_sft.generate.engine import canonical_mode
+
     rounds, retries = config.loop.max_rounds, config.loop.score_retries
     critic_max = rounds * (1 + retries)
+    one_call = {"base": (1, 1), "critic": (0, 0)}
+    fixed_rules_critic = {"base": (1, rounds), "critic": (1, critic_max)}
     per_prompt = {
         "spri": {"base": (2, 2 * rounds), "critic": (2, 2 * critic_max)},
-        "direct": {"base": (1, 1), "critic": (0, 0)},
-        "self-refine": {"base": (2, rounds + critic_max), "critic": (0, 0)},
-        "seed-principles": {"base": (1, rounds), "critic": (1, critic_max)},
-        "constitution": {"base": (1, rounds), "critic": (1, critic_max)},
-    }[config.mode]
+        "oracle": {"base": (0, 0), "critic": (0, 0)},
+        "direct": one_call,
+        "self-instruct": one_call,
+        # A draft, up to `rounds` feedbacks (with their score reminders) and a refinement after each.
+        "self-refine": {"base": (2, 1 + critic_max + rounds), "critic": (0, 0)},
+        "seed-principles": one_call,
+        "self-align": one_call,
+        "seed-principles-critic": fixed_rules_critic,
+        "self-align-critic": fixed_rules_critic,
+    }[canonical_mode(config.mode)]
     calls_min = sum(low for low, _ in per_prompt.values()) * pending
     calls_max = sum(high for _, high in per_prompt.values()) * pending
     completion_max = pending * (
