@@ -111,7 +111,7 @@ async def _generate(config: GenerateConfig) -> dict:
     stopped_by_budget = False
     try:
         if pending:
-            engine = Engine(config.mode, templates, config.loop)
+            engine = Engine(config.mode, templates, config.loop, source=config.prompts)
             base, critic = build_backends(config.base, config.critic)
             try:
                 await base.start()
