@@ -431,10 +431,10 @@ def cli(argv: list[str] | None = None) -> int:
     import warnings
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = make_parser()
+    recipe_path, recipe = _read_recipe(argv) if "-h" not in argv and "--help" not in argv else (None, {})
+    parser = make_parser()  # imports TRL (seconds): after the recipe's own checks
     if "-h" in argv or "--help" in argv:
         parser.parse_args_and_config(args=["--help"])  # prints every field and exits
-    recipe_path, recipe = _read_recipe(argv)
     given = _check_field_names(parser, recipe_path, recipe, argv)
     argv += _cpu_without_a_gpu(given)
     # transformers 5 renamed gradient checkpointing; TRL's SFTConfig default and its trainer still use the old
@@ -496,12 +496,20 @@ def _check_field_names(parser, recipe_path: Path | None, recipe: dict, argv: lis
 def _cpu_without_a_gpu(given: set[str]) -> list[str]:
     """Flags that train on the CPU in float32 when there is no accelerator and the user chose no device or
     precision (TRL's SFTConfig defaults to bf16, which transformers refuses without a GPU unless use_cpu is set)."""
-    import torch
-
-    if torch.accelerator.is_available() or "use_cpu" in given:
+    if has_accelerator() or "use_cpu" in given:
         return []
     flags = ["--use_cpu", "true"]
     if not given & {"bf16", "fp16"}:
         flags += ["--bf16", "false"]
     print(f"[spri-sft] no GPU: training on the CPU ({' '.join(flags)})")
     return flags
+
+
+def has_accelerator() -> bool:
+    """A GPU (CUDA, ROCm, MPS, XPU) that transformers would train on."""
+    import torch
+
+    accelerator = getattr(torch, "accelerator", None)  # torch >= 2.6
+    if accelerator is not None:
+        return accelerator.is_available()
+    return torch.cuda.is_available() or torch.backends.mps.is_available()
