@@ -364,6 +364,7 @@ class FakeOpenAIServer:
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self._handle_chat_completions)
         app.router.add_get("/v1/models", self._handle_models)
+        app.router.add_get("/health", self._handle_health)  # vLLM's readiness route
         runner = web.AppRunner(
             app,
             # Access logging costs more than the benchmark's whole request handling.
@@ -399,6 +400,9 @@ class FakeOpenAIServer:
     def _count(self, key: str) -> None:
         with self._lock:
             self._counts[key] += 1
+
+    async def _handle_health(self, request: web.Request) -> web.Response:
+        return web.Response(status=200)
 
     async def _handle_models(self, request: web.Request) -> web.Response:
         return web.json_response(
