@@ -246,7 +246,7 @@ def test_official_checkout_refuses_a_prompts_file_and_zero_shot_principles(check
 
 def test_the_identity_fingerprints_the_checkout_texts_a_mode_sends(tmp_path):
     plain = LoopSettings(official_checkout=str(write_checkout(tmp_path / "a")))
-    watson = f"[task3]-sft/watson_self_align_prompt.txt"
+    watson = "[task3]-sft/watson_self_align_prompt.txt"
     edited = LoopSettings(official_checkout=str(write_checkout(tmp_path / "b", {**SYNTHETIC, watson: "# Other\n"})))
     assert mode_identity("self-align", PromptSet(), plain) != mode_identity("self-align", PromptSet(), edited)
     assert mode_identity("spri", PromptSet(), plain) == mode_identity("spri", PromptSet(), edited)
@@ -279,10 +279,22 @@ def released_requests(root: Path, q: str, p0: str, feedback_p: str, p1: str, r0:
             few_shot_examples += f"### Principles: {seed_example['principle']}\n\n"
     prometheus = lambda p: f"User: {p} \n\nAssistant: "  # noqa: E731
     base = [
-        (f"""{read(f'{PROMPTS}/instruct-stage1_01-principle_gen.txt')}\n\n{few_shot_examples}""", f"""### Question: {q}\n### Principles:"""),
-        (read(f"{PROMPTS}/instruct-stage1_02-principle_refinement.txt"), f"""### Question: {q}\n### Principles: {p0}\n### Feedback: {feedback_p}\n### Refined Principles:"""),
-        (f"""{read(f'{PROMPTS}/instruct-stage2_01-gen_init_responses.txt')}\n\n{""}""", f"""### Question: {q}\n### Principles: {p1}\n\n### Response:"""),
-        (read(f"{PROMPTS}/instruct-stage2_02-response_refinement.txt"), f"""### Question: {q}\n### Response: {r0}\n### Feedback: {feedback_r}\n### Refined Response:"""),
+        (
+            f"""{read(f'{PROMPTS}/instruct-stage1_01-principle_gen.txt')}\n\n{few_shot_examples}""",
+            f"""### Question: {q}\n### Principles:""",
+        ),
+        (
+            read(f"{PROMPTS}/instruct-stage1_02-principle_refinement.txt"),
+            f"""### Question: {q}\n### Principles: {p0}\n### Feedback: {feedback_p}\n### Refined Principles:""",
+        ),
+        (
+            f"""{read(f'{PROMPTS}/instruct-stage2_01-gen_init_responses.txt')}\n\n{""}""",
+            f"""### Question: {q}\n### Principles: {p1}\n\n### Response:""",
+        ),
+        (
+            read(f"{PROMPTS}/instruct-stage2_02-response_refinement.txt"),
+            f"""### Question: {q}\n### Response: {r0}\n### Feedback: {feedback_r}\n### Refined Response:""",
+        ),
     ]
     principle_critique = read(f"{PROMPTS}/instruct-stage1_02-principle_critique.txt")
     response_critique = read(f"{PROMPTS}/instruct-stage2_02-response_critique.txt")
@@ -301,7 +313,12 @@ def test_requests_equal_what_the_released_scripts_build(question):
     from spri_sft.llm.base import render_raw
 
     root = Path(PUBLIC)
-    critiques = ["Feedback: Too generic.\n[RESULT] 3", "Feedback: Useful. [RESULT] 5", "Feedback: Misses one. [RESULT] 2", "Feedback: Adheres. [RESULT] 4"]
+    critiques = [
+        "Feedback: Too generic.\n[RESULT] 3",
+        "Feedback: Useful. [RESULT] 5",
+        "Feedback: Misses one. [RESULT] 2",
+        "Feedback: Adheres. [RESULT] 4",
+    ]
     record, base, critic = run("spri", root, ["1. P0", "1. P1", "R0 text", "R1 text"], critiques, prompt=question)
     expected_base, expected_critic = released_requests(
         root, question, "1. P0", "Feedback: Too generic.", "1. P1", "R0 text", "Feedback: Misses one.", "R1 text"

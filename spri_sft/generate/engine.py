@@ -298,7 +298,8 @@ class OfficialRequests:
 
     # stage1_gen_principles/01_gen_principles.py (task sft) and 02_refine_principles.py.
     def principles_draft(self, q: str) -> Messages:
-        return _chat(f"{self.t['principles_generate']}\n\n{self.t['principles_examples']}", f"### Question: {q}\n### Principles:")
+        system = f"{self.t['principles_generate']}\n\n{self.t['principles_examples']}"
+        return _chat(system, f"### Question: {q}\n### Principles:")
 
     def principles_critique(self, q: str, principles: str) -> Messages:
         return _chat(None, self.t["principles_critique"].format(orig_question=q, orig_principle=principles))
@@ -309,7 +310,8 @@ class OfficialRequests:
 
     # stage2_gen_responses/01_gen_init_responses.py (no seed examples) and 02_prin_refine_responses.py.
     def response_draft(self, q: str, principles: str) -> Messages:
-        return _chat(f"{self.t['response_generate']}\n\n", f"### Question: {q}\n### Principles: {principles}\n\n### Response:")
+        user = f"### Question: {q}\n### Principles: {principles}\n\n### Response:"
+        return _chat(f"{self.t['response_generate']}\n\n", user)
 
     def response_critique(self, q: str, principles: str, response: str) -> Messages:
         text = self.t["response_critique"].format(orig_question=q, orig_principle=principles, orig_response=response)
@@ -341,10 +343,14 @@ class OfficialRequests:
         return _chat(self.t["self_refine_answer_system"], f"### Question: {q}\n\n### Response:")
 
     def self_refine_feedback(self, q: str, response: str) -> Messages:
-        return _chat(self.t["self_refine_feedback_system"], f"### Question: {q}\n\n### Response: {response}\n\n### Feedback:")
+        user = f"### Question: {q}\n\n### Response: {response}\n\n### Feedback:"
+        return _chat(self.t["self_refine_feedback_system"], user)
 
     def self_refine_revise(self, q: str, response: str, feedback: str) -> Messages:
-        user = f"### Question: {q}\n\n### Original Response: {response}\n\n### Feedback: {feedback}\n\n### Refined Response:"
+        user = (
+            f"### Question: {q}\n\n### Original Response: {response}\n\n### Feedback: {feedback}"
+            "\n\n### Refined Response:"
+        )
         return _chat(self.t["self_refine_refine_system"], user)
 
     def self_refine_feedback_text(self, critique: str) -> str:
@@ -360,7 +366,9 @@ def build_requests(mode: str, prompts: PromptSet, loop: LoopSettings) -> Package
     if loop.prompts_file is not None:
         raise UserError("loop: set either loop.prompts_file or loop.official_checkout, not both")
     if mode == "spri" and not loop.few_shot:
-        raise UserError("loop.few_shot: false has no counterpart in the released task-3 scripts; keep it true with loop.official_checkout")
+        raise UserError(
+            "loop.few_shot: false has no counterpart in the released task-3 scripts; keep it true with loop.official_checkout"
+        )
     return OfficialRequests(official_texts(loop.official_checkout, _OFFICIAL_TEXTS[mode]))
 
 
@@ -497,7 +505,8 @@ class Engine:
             draft = await self._ask(session, "base", r.response_draft(prompt, principles))
 
         async def critique(response: str):
-            return await self._critique(session, "critic", r.response_critique(prompt, principles, response), r.feedback)
+            request = r.response_critique(prompt, principles, response)
+            return await self._critique(session, "critic", request, r.feedback)
 
         async def revise(response: str, feedback: str):
             return await self._ask(session, "base", r.response_revise(prompt, response, feedback))

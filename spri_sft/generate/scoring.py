@@ -35,7 +35,9 @@ _ENDINGS = [
     re.compile(r"(?:^|\n)\W*Overall\s+Score\W*:\W*" + _NUMBER, re.IGNORECASE),
 ]
 _DECLARED = re.compile(
-    r"\b(?:score|rating|grade)\b\**\s*(?::|=|\bis\b|\bof\b)[\s\*:]*(?:\bis\b\s*)?" + _NUMBER + r"(?!\s*(?:-|–|to|or|and)\s*\d)(?!\s+(?:would|could|might)\b)",
+    r"\b(?:score|rating|grade)\b\**\s*(?::|=|\bis\b|\bof\b)[\s\*:]*(?:\bis\b\s*)?"
+    + _NUMBER
+    + r"(?!\s*(?:-|–|to|or|and)\s*\d)(?!\s+(?:would|could|might)\b)",
     re.IGNORECASE,
 )
 # Words that make a declared score hypothetical or a comparison when they come before it in its clause.
