@@ -184,6 +184,16 @@ def test_one_failing_server_stops_the_others(tmp_path):
     assert wait_until_gone({pid}) == set()
 
 
+def test_check_alive_names_a_server_that_died_after_it_was_ready(tmp_path):
+    with ManagedServers([fake_server()], log_dir=tmp_path) as servers:
+        servers.check_alive()
+        [pid] = fake_pids(tmp_path)
+        os.kill(pid, signal.SIGKILL)
+        assert wait_until_gone(set(servers.pids)) == set()  # its guard exits with it
+        with pytest.raises(UserError, match=r"vLLM server 'fake' exited with code 137 \(log: .*vllm-fake-0\.log\)"):
+            servers.check_alive()
+
+
 # -- stopping ---------------------------------------------------------------------------------------
 
 
