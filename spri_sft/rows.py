@@ -11,6 +11,7 @@ a list of objects, `{"key": [objects]}`, or JSON lines.
 from __future__ import annotations
 
 import csv
+import io
 import json
 from pathlib import Path
 from typing import Any, Iterator, NamedTuple
@@ -43,12 +44,13 @@ def read_rows(path: str | Path, what: str = "file") -> Iterator[Row]:
     return _csv_rows(path, text)
 
 
-def read_jsonl(path: str | Path, what: str = "file") -> Iterator[Row]:
-    """The rows of a JSON-lines file whatever its name (e.g. records.jsonl)."""
+def read_jsonl(path: str | Path, what: str = "file", malformed_hint: str = "") -> Iterator[Row]:
+    """The rows of a JSON-lines file whatever its name (e.g. records.jsonl); `malformed_hint` ends the
+    message about a malformed line (how such a line comes about, what to do)."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: {what} not found")
-    return _jsonl_rows(path, _read_text(path))
+    return _jsonl_rows(path, _read_text(path), malformed_hint)
 
 
 def _read_text(path: Path) -> str:
@@ -58,14 +60,16 @@ def _read_text(path: Path) -> str:
         raise UserError(f"{path}: not UTF-8 text (byte {err.start}: {err.reason})") from None
 
 
-def _jsonl_rows(path: Path, text: str) -> Iterator[Row]:
-    for number, line in enumerate(text.splitlines(), 1):
+def _jsonl_rows(path: Path, text: str, malformed_hint: str = "") -> Iterator[Row]:
+    # Lines end at "\n" only: str.splitlines would also cut at U+2028 and the like, which JSON strings may hold raw.
+    for number, line in enumerate(text.split("\n"), 1):
         if not line.strip():
             continue
         try:
             value = json.loads(line)
         except json.JSONDecodeError as err:
-            raise UserError(f"{path}:{number}: malformed JSON line ({err.msg} at column {err.colno})") from None
+            hint = f"; {malformed_hint}" if malformed_hint else ""
+            raise UserError(f"{path}:{number}: malformed JSON line ({err.msg} at column {err.colno}){hint}") from None
         yield Row(str(number), value)
 
 
@@ -86,7 +90,7 @@ def _json_rows(path: Path, text: str) -> Iterator[Row]:
 
 
 def _first_line_is_json(text: str) -> bool:
-    first = next((line for line in text.splitlines() if line.strip()), "")
+    first = next((line for line in text.split("\n") if line.strip()), "")
     try:
         json.loads(first)
     except json.JSONDecodeError:
@@ -95,7 +99,7 @@ def _first_line_is_json(text: str) -> bool:
 
 
 def _csv_rows(path: Path, text: str) -> Iterator[Row]:
-    reader = csv.DictReader(text.splitlines(keepends=True))
+    reader = csv.DictReader(io.StringIO(text, newline=""))
     try:
         for value in reader:
             if None in value:  # more cells than the header names

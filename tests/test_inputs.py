@@ -142,3 +142,33 @@ def test_a_file_that_is_not_utf8_is_named(tmp_path):
     path.write_bytes('{"prompt": "caf\u00e9"}\n'.encode("latin-1"))
     with pytest.raises(UserError, match=r"latin1.jsonl: not UTF-8 text"):
         load_prompts(PromptSource(path=str(path)))
+
+
+def test_a_json_line_holding_a_unicode_line_separator_stays_one_row(tmp_path):
+    path = tmp_path / "p.jsonl"
+    path.write_text(json.dumps({"prompt": "one\u2028line"}, ensure_ascii=False) + "\n", encoding="utf-8")
+    assert load_prompts(PromptSource(path=str(path))) == ["one\u2028line"]
+
+
+def test_the_row_reader_names_lines_items_and_rows(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from spri_sft.rows import read_rows
+
+    (tmp_path / "a.jsonl").write_text('{"x": 1}\n\n{"x": 2}\n')
+    (tmp_path / "a.json").write_text('{"data": [{"x": 1}, {"x": 2}]}')
+    (tmp_path / "a.csv").write_text("x\n1\n2\n")
+    pq.write_table(pa.table({"x": [1, 2]}), tmp_path / "a.parquet")
+    assert [r.where for r in read_rows(tmp_path / "a.jsonl")] == ["1", "3"]
+    assert [r.where for r in read_rows(tmp_path / "a.json")] == ["item 0", "item 1"]
+    assert [r.where for r in read_rows(tmp_path / "a.csv")] == ["2", "3"]
+    assert [r.where for r in read_rows(tmp_path / "a.parquet")] == ["row 0", "row 1"]
+
+
+def test_read_jsonl_ends_a_malformed_line_message_with_the_callers_hint(tmp_path):
+    from spri_sft.rows import read_jsonl
+
+    (tmp_path / "records.jsonl").write_text('{"id": "a"}\n{"id": "b", "pro')
+    with pytest.raises(UserError, match=r"records.jsonl:2: malformed JSON line \(.*\); rerun generate to repair it$"):
+        list(read_jsonl(tmp_path / "records.jsonl", "records file", malformed_hint="rerun generate to repair it"))
