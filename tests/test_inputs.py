@@ -116,32 +116,20 @@ def test_a_jsonl_with_a_byte_order_mark_reads_its_first_line(tmp_path):
     assert load_prompts(PromptSource(path=str(path))) == ["first", "second"]
 
 
-def test_csv_rows_are_named_by_their_file_line(tmp_path):
-    path = tmp_path / "p.csv"
-    path.write_text('prompt,note\nfine,1\n"two\nlines",2\n,3\n')
-    with pytest.raises(UserError, match=r"p.csv:5: empty prompt in field 'prompt'"):
-        load_prompts(PromptSource(path=str(path)))
-
-
-def test_a_csv_row_with_more_cells_than_the_header_names_its_line(tmp_path):
-    path = tmp_path / "p.csv"
-    path.write_text("prompt\nfine\nbad,extra\n")
-    with pytest.raises(UserError, match=r"p.csv:3: 1 more cell\(s\) than the header has columns"):
-        load_prompts(PromptSource(path=str(path)))
-
-
-def test_a_malformed_json_file_names_its_line(tmp_path):
-    path = tmp_path / "p.json"
-    path.write_text('[\n  {"prompt": "a"},\n  {"prompt": }\n]\n')
-    with pytest.raises(UserError, match=r"p.json:3: malformed JSON"):
-        load_prompts(PromptSource(path=str(path)))
-
-
-def test_a_file_that_is_not_utf8_is_named(tmp_path):
-    path = tmp_path / "latin1.jsonl"
-    path.write_bytes('{"prompt": "caf\u00e9"}\n'.encode("latin-1"))
-    with pytest.raises(UserError, match=r"latin1.jsonl: not UTF-8 text"):
-        load_prompts(PromptSource(path=str(path)))
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("p.csv", b'prompt,note\nfine,1\n"two\nlines",2\n,3\n', r"p.csv:5: empty prompt in field 'prompt'"),
+        ("p.csv", b"prompt\nfine\nbad,extra\n", r"p.csv:3: 1 more cell\(s\) than the header has columns"),
+        ("p.json", b'[\n  {"prompt": "a"},\n  {"prompt": }\n]\n', r"p.json:3: malformed JSON"),
+        ("latin1.jsonl", '{"prompt": "caf\u00e9"}\n'.encode("latin-1"), r"latin1.jsonl: not UTF-8 text"),
+    ],
+    ids=["csv-line-after-a-quoted-newline", "csv-extra-cell", "json-syntax", "not-utf8"],
+)
+def test_a_bad_prompts_file_names_its_line(tmp_path, name, content, message):
+    (tmp_path / name).write_bytes(content)
+    with pytest.raises(UserError, match=message):
+        load_prompts(PromptSource(path=str(tmp_path / name)))
 
 
 def test_a_json_line_holding_a_unicode_line_separator_stays_one_row(tmp_path):
