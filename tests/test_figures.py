@@ -33,6 +33,12 @@ def make_report(evaluated: bool = True) -> dict:
                                "rounds": {"principles": {"1": 8, "2": 2}, "response": {"1": 5, "2": 3, "4": 2}}},
                 "loss_curve": {"train": [[1, 2.0], [2, 1.6], [3, 1.4]], "validation": [[3, 1.5]]},
             },  # fmt: skip
+            "self-refine": {  # scored by its own feedback: no critic calls, but scores
+                "generation": {"records": 10, "critic_calls_per_record": 0.0},
+                "truthfulqa": scores(0.27, 0.40),
+                "histograms": {"final_score": {"response": {"4": 10}}, "rounds": {"response": {"2": 10}}},
+                "loss_curve": {"train": [[1, 2.2]], "validation": []},
+            },
             "direct": {
                 "generation": {"records": 10, "critic_calls_per_record": 0.0},
                 "truthfulqa": scores(0.26, 0.39),
@@ -47,11 +53,13 @@ def test_truthfulqa_bars_are_each_rows_score_in_percent_with_its_standard_error(
     figure = truthfulqa_figure(make_report())
     mc1, mc2 = figure.axes[0], figure.axes[1]
     (bars,) = [c for c in mc1.containers if isinstance(c, BarContainer)]
-    assert [round(bar.get_height(), 6) for bar in bars] == [25.0, 30.0, 26.0]
-    assert [tick.get_text() for tick in figure.axes[2].get_xticklabels()] == ["base", "SFT on spri", "SFT on direct"]
+    assert [round(bar.get_height(), 6) for bar in bars] == [25.0, 30.0, 27.0, 26.0]
+    assert [tick.get_text() for tick in figure.axes[2].get_xticklabels()] == [
+        "base", "SFT on spri", "SFT on self-refine", "SFT on direct"
+    ]  # fmt: skip
     (errors,) = [c for c in mc2.containers if isinstance(c, ErrorbarContainer)]
     (segments,) = errors.lines[2]
-    assert [seg[1][1] - seg[0][1] for seg in segments.get_segments()] == pytest.approx([2.4] * 3)  # ± 1.2 points
+    assert [seg[1][1] - seg[0][1] for seg in segments.get_segments()] == pytest.approx([2.4] * 4)  # ± 1.2 points
     base_line = [line for line in mc2.lines if line.get_linestyle() == "--"]
     assert base_line[0].get_ydata()[0] == pytest.approx(40.0)
 
@@ -59,7 +67,7 @@ def test_truthfulqa_bars_are_each_rows_score_in_percent_with_its_standard_error(
 def test_truthfulqa_deltas_are_drawn_with_their_bootstrap_intervals():
     figure = truthfulqa_figure(make_report())
     delta_mc2 = figure.axes[3]
-    spri, direct = [c for c in delta_mc2.containers if isinstance(c, ErrorbarContainer)]
+    spri, _, _ = [c for c in delta_mc2.containers if isinstance(c, ErrorbarContainer)]
     (segments,) = spri.lines[2]
     (low, high) = segments.get_segments()[0][:, 1]
     assert (low, high) == pytest.approx((-1.0, 3.0))  # Δ +1 point, interval [−1, +3]
@@ -74,25 +82,27 @@ def test_without_evaluation_there_is_no_truthfulqa_figure():
     assert truthfulqa_figure(make_report(evaluated=False)) is None
 
 
-def test_critic_panels_show_each_modes_share_per_score_and_leave_out_modes_without_a_critic():
+def test_critic_panels_show_each_modes_share_per_score_and_leave_out_modes_nothing_scored():
     figure = critic_scores_figure(make_report())
     principles, response = figure.axes
     assert [tick.get_text() for tick in response.get_xticklabels()] == ["1", "2", "3", "4", "5"]
     heights = [round(bar.get_height(), 6) for bar in response.patches]
-    assert heights == [0.0, 0.0, 20.0, 30.0, 50.0]  # spri only: direct has no critic
-    assert [t.get_text() for t in figure.legends[0].get_texts()] == ["spri (10 records)"]
+    assert heights == [0.0, 0.0, 20.0, 30.0, 50.0] + [0.0, 0.0, 0.0, 100.0, 0.0]  # spri, self-refine; not direct
+    assert [t.get_text() for t in figure.legends[0].get_texts()] == [
+        "spri (10 records)", "self-refine (10 records, scored by its own feedback)"
+    ]  # fmt: skip
     assert "Stage I" in principles.get_title() and "Stage II" in response.get_title()
 
 
 def test_rounds_run_from_one_to_the_round_limit():
     _, response = rounds_figure(make_report()).axes
     assert [tick.get_text() for tick in response.get_xticklabels()] == ["1", "2", "3", "4"]
-    assert [round(bar.get_height(), 6) for bar in response.patches] == [50.0, 30.0, 0.0, 20.0]
+    assert [round(bar.get_height(), 6) for bar in response.patches] == [50.0, 30.0, 0.0, 20.0] + [0.0, 100.0, 0.0, 0.0]
 
 
 def test_loss_curves_are_each_modes_logged_losses():
     train, validation = loss_figure(make_report()).axes
-    assert [list(line.get_ydata()) for line in train.lines] == [[2.0, 1.6, 1.4], [2.1, 1.9, 1.8]]
+    assert [list(line.get_ydata()) for line in train.lines] == [[2.0, 1.6, 1.4], [2.2], [2.1, 1.9, 1.8]]
     assert [list(line.get_ydata()) for line in validation.lines] == [[1.5]]
     assert validation.get_xlabel() == "training step" and "loss" in train.get_ylabel()
 

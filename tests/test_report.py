@@ -132,6 +132,9 @@ def test_table_4_lists_the_papers_rows_in_its_order_beside_this_runs_mc2(tmp_pat
     assert "## The paper's Table 4, column L3.1-8B Dolly" in text
     assert table_row(text, "spri")[1:] == ["spri", "60.00", "55.92", "+4.08"]
     assert table_row(text, "oracle")[1:] == ["not run", "–", "41.62", "–"]
+    # the stage summaries count 13 base and 13 critic calls for 10 records
+    assert report["paper_table4"]["spri_calls_per_record"] == 2.6
+    assert "SPRI model calls per record (base + critic): 2.60; the paper's: 5.0" in text
 
 
 def test_a_paper_column_that_is_not_in_table_4_is_refused_when_the_recipe_is_read():

@@ -4,7 +4,7 @@
   standard error and the base model's line; below, each mode's Δ vs the base model with its
   paired bootstrap 95% interval.
 - critic_scores.png: the critic's final score per stage (principles, response), as the share of
-  each mode's records.
+  each mode's records (self-refine: its own feedback's score).
 - rounds.png: critique rounds per stage, as the share of each mode's records.
 - loss.png: training and validation loss per mode over the training steps.
 
@@ -112,7 +112,7 @@ def truthfulqa_figure(report: dict[str, Any]) -> Figure | None:
 
 # -- generation: the critic's final scores and the critique rounds ---------------------------
 
-STAGE_TITLES = {"principles": "Stage I: principles", "response": "Stage II: response"}
+STAGE_TITLES = {"principles": "Stage I (principles)", "response": "Stage II (response)"}
 
 
 def critic_scores_figure(report: dict[str, Any]) -> Figure | None:
@@ -143,12 +143,13 @@ def _histogram_figure(
 ) -> Figure | None:
     """One panel per stage; per mode, the share of its records in each category (grouped bars).
 
-    Modes without a critic (direct, or the one-call modes) have nothing to show and are left out.
+    Modes nothing scored (direct, oracle, the one-call modes) have nothing to show and are left
+    out; self-refine, scored by the base model's own feedback, is shown.
     """
     colors = mode_colors(report)
     by_stage: dict[str, dict[str, dict[str, int]]] = {}
     for mode, row in report["modes"].items():
-        if not (row.get("generation") or {}).get("critic_calls_per_record"):
+        if not _scored(row):
             continue
         for stage, counts in ((row.get("histograms") or {}).get(kind) or {}).items():
             if counts:
@@ -178,13 +179,25 @@ def _histogram_figure(
                         fontsize=9, color=BASE_COLOR, va="top")  # fmt: skip
         ax.set_xlabel(xlabel)
         ax.set_ylim(0, 105)
-        ax.set_title(f"{STAGE_TITLES.get(stage, stage)}: {title}")
+        ax.set_title(f"{STAGE_TITLES.get(stage, stage)} — {title}")
         ax.grid(axis="y", alpha=0.3)
     axes[0].set_ylabel("share of the mode's records (%)")
     records = {mode: (report["modes"][mode].get("generation") or {}).get("records") for mode in shown}
-    handles = [Patch(color=colors[mode], label=f"{mode} ({records[mode]} records)") for mode in shown]
+    def label(mode: str) -> str:
+        critic = (report["modes"][mode].get("generation") or {}).get("critic_calls_per_record")
+        return f"{mode} ({records[mode]} records" + ("" if critic else ", scored by its own feedback") + ")"
+
+    handles = [Patch(color=colors[mode], label=label(mode)) for mode in shown]
     figure.legend(handles=handles, loc="outside upper center", ncol=min(len(handles), 5), frameon=False, fontsize=10)
     return figure
+
+
+def _scored(row: dict[str, Any]) -> bool:
+    """Whether a mode's versions were scored: by a critic, or by the base model's own feedback (self-refine)."""
+    if (row.get("generation") or {}).get("critic_calls_per_record"):
+        return True
+    finals = ((row.get("histograms") or {}).get("final_score") or {}).values()
+    return any(score != "None" for counts in finals for score in counts)
 
 
 def _category_order(value: str) -> tuple[int, float]:

@@ -36,6 +36,8 @@ PAPER_ROWS = {
     "spri": ("spri",),
     "off-the-shelf": (),
 }
+# Model calls per SPRI record in the paper (App. B, Table 7): base and critic calls together (≈ 2.5 + 2.5).
+PAPER_SPRI_CALLS_PER_RECORD = 5.0
 
 
 def generation_row(summary: dict) -> dict[str, Any]:
@@ -279,6 +281,13 @@ def _paper_section(table: dict[str, Any] | None) -> list[str]:
             f"| {row['row']} | {row['mode'] or 'not run'} | {_num(row['ours'], 2)} | {row['paper']:.2f} "
             f"| {_signed(row['difference'], 2)} |"
         )
+    calls = table.get("spri_calls_per_record")
+    if calls is not None:
+        lines += [
+            "",
+            f"SPRI model calls per record (base + critic): {calls:.2f}; the paper's: {PAPER_SPRI_CALLS_PER_RECORD} "
+            "(its App. B Table 7, base and critic calls together).",
+        ]
     return lines
 
 
@@ -425,7 +434,14 @@ def _paper_table4(column: str | None, base: dict | None, modes: dict[str, dict])
                 "difference": None if ours is None else round(ours - paper, 2),
             }
         )
-    return {"column": column, "metric": "mc2", "rows": rows}
+    spri = (modes.get("spri") or {}).get("generation") or {}
+    calls = [spri.get("base_calls_per_record"), spri.get("critic_calls_per_record")]
+    return {
+        "column": column,
+        "metric": "mc2",
+        "rows": rows,
+        "spri_calls_per_record": round(sum(calls), 2) if None not in calls else None,
+    }
 
 
 def _last_logged(trainer_state: dict | None, key: str) -> float | None:
