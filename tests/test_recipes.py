@@ -36,15 +36,23 @@ def test_recipe_parses(recipe, monkeypatch):
         assert script_args.training_template == "model"
 
 
-def test_the_paper_setups_have_a_pipeline_recipe_per_model_with_every_mode():
-    from spri_sft.generate.engine import MODES
+def test_the_paper_setups_have_a_pipeline_recipe_per_model_with_every_table4_row():
+    from spri_sft.generate.engine import TABLE4_MODES
     from spri_sft.pipeline.config import PipelineConfig
     from spri_sft.config import load_config
 
     for setup, train_rows in [("dolly", 10_000), ("mixinstruct", 50_000)]:
         for model in PAPER_MODELS:
             config = load_config(PipelineConfig, ["--config", str(ROOT / "recipes/paper" / setup / f"{model}.yaml")])
-            assert config.modes == list(MODES)
+            assert config.modes == list(TABLE4_MODES)
+            # The released code's requests and loop rules: the authors' prompts, a raw Prometheus critic
+            # asked once per round, unscored replies kept, 256 new tokens with at least 30.
+            loop, critic = config.generate.loop, config.generate.critic
+            assert loop.official_checkout and loop.score_retries == 0 and loop.unscored == "accept"
+            assert critic.prompt_format == "raw" and config.generate.base.prompt_format == "chat"
+            for role in (config.generate.base, critic):
+                assert (role.max_new_tokens, role.min_new_tokens) == (256, 30)
+            assert config.generate.prompts.response_column == {"dolly": "response", "mixinstruct": "output"}[setup]
             assert config.format.validation_rows == 2_000
             assert config.generate.prompts.limit == train_rows + 2_000
             assert config.train.recipe == f"recipes/{model}/sft/lora.yaml"
