@@ -77,7 +77,7 @@ def test_a_mode_scoring_exactly_as_the_base_model_has_the_interval_zero_to_zero(
     interval = report["modes"]["spri"]["truthfulqa"]["mc1_interval"]
     assert (interval["delta"], interval["low"], interval["high"], interval["excludes_zero"]) == (0.0, 0.0, 0.0, False)
     text = write_report(report, tmp_path)
-    assert table_row(text, "SFT on spri − base")[1:4] == ["+0.0000", "[+0.0000, +0.0000]", "no"]
+    assert table_row(text, "spri − base")[1:4] == ["+0.0000", "[+0.0000, +0.0000]", "no"]
     assert table_row(text, "SFT on spri")[11] == "+0.0000 [+0.0000, +0.0000]"
 
 
@@ -85,7 +85,7 @@ def test_a_mode_better_on_every_question_has_an_interval_that_excludes_zero(tmp_
     report = report_of(tmp_path, {"spri": (BASE_MC1, [0.6] * 40)})
     interval = report["modes"]["spri"]["truthfulqa"]["mc2_interval"]
     assert interval["low"] == pytest.approx(0.1) and interval["high"] == pytest.approx(0.1)
-    assert table_row(write_report(report, tmp_path), "SFT on spri − base")[4:7] == ["+0.1000", "[+0.1000, +0.1000]", "yes"]
+    assert table_row(write_report(report, tmp_path), "spri − base")[4:7] == ["+0.1000", "[+0.1000, +0.1000]", "yes"]
 
 
 def test_every_pair_of_modes_is_compared_over_the_same_questions(tmp_path):
@@ -95,7 +95,7 @@ def test_every_pair_of_modes_is_compared_over_the_same_questions(tmp_path):
     assert pairs == [("spri", "direct"), ("spri", "self-refine"), ("direct", "self-refine")]
     spri_to_direct = report["comparisons"][0]["mc1_interval"]
     assert spri_to_direct["delta"] == 0.5 and spri_to_direct["excludes_zero"]
-    assert table_row(write_report(report, tmp_path), "SFT on direct − SFT on spri")[1] == "+0.5000"
+    assert table_row(write_report(report, tmp_path), "direct − spri")[1] == "+0.5000"
 
 
 def test_evaluations_of_other_questions_get_no_interval(tmp_path):
@@ -105,7 +105,7 @@ def test_evaluations_of_other_questions_get_no_interval(tmp_path):
     report = build_report(config, tmp_path, "run", "student", {"file": "tqa.json", "source": "tqa.json"})
     scores = report["modes"]["spri"]["truthfulqa"]
     assert scores["mc1_delta"] == 0.0 and scores["mc1_interval"] is None
-    assert table_row(write_report(report, tmp_path), "SFT on spri − base")[1:] == ["–"] * 6
+    assert table_row(write_report(report, tmp_path), "spri − base")[1:] == ["–"] * 6
 
 
 # -- the paper's Table 4 ---------------------------------------------------------------------

@@ -225,8 +225,8 @@ FIGURE_TITLES = {
 
 def _differences_section(report: dict[str, Any]) -> list[str]:
     """Every Δ of report.md with its paired bootstrap interval and whether that excludes 0."""
-    rows = [(f"SFT on {mode} − base", row["truthfulqa"]) for mode, row in report["modes"].items()]
-    rows += [(f"SFT on {c['second']} − SFT on {c['first']}", c) for c in report.get("comparisons", [])]
+    rows = [(f"{mode} − base", row["truthfulqa"]) for mode, row in report["modes"].items()]
+    rows += [(f"{c['second']} − {c['first']}", c) for c in report.get("comparisons", [])]
     if all(scores.get(f"{m}_delta") is None for _, scores in rows for m in ("mc1", "mc2")):
         return []
     known = [scores[f"{m}_interval"] for _, scores in rows for m in ("mc1", "mc2") if scores.get(f"{m}_interval")]
@@ -244,7 +244,7 @@ def _differences_section(report: dict[str, Any]) -> list[str]:
         "",
         " ".join(text for text in (how, unpaired if len(known) < 2 * len(rows) else "") if text),
         "",
-        "| comparison | ΔMC1 | 95% interval | excludes 0 | ΔMC2 | 95% interval | excludes 0 |",
+        "| comparison (adapter of a mode − base, or − another mode's) | ΔMC1 | 95% interval | excludes 0 | ΔMC2 | 95% interval | excludes 0 |",
         "| --- | ---: | ---: | :---: | ---: | ---: | :---: |",
     ]
     for name, scores in rows:
