@@ -14,8 +14,10 @@ def interval(delta: float, low: float, high: float) -> dict:
 
 def make_report(evaluated: bool = True) -> dict:
     def scores(mc1, mc2, with_delta=True):
-        row = {"mc1": mc1, "mc2": mc2, "mc1_stderr": 0.015, "mc2_stderr": 0.012} if evaluated else {"mc1": None, "mc2": None}
-        if evaluated and with_delta:
+        if not evaluated:
+            return {"mc1": None, "mc2": None}
+        row = {"mc1": mc1, "mc2": mc2, "mc1_stderr": 0.015, "mc2_stderr": 0.012}
+        if with_delta:
             row |= {"mc1_delta": mc1 - 0.25, "mc2_delta": mc2 - 0.40,
                     "mc1_interval": interval(mc1 - 0.25, mc1 - 0.27, mc1 - 0.23),
                     "mc2_interval": interval(mc2 - 0.40, mc2 - 0.42, mc2 - 0.38)}  # fmt: skip

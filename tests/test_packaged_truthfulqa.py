@@ -39,7 +39,7 @@ def pipeline_config(tmp_path: Path) -> PipelineConfig:
     return from_dict(PipelineConfig, {"output_dir": str(tmp_path / "run")})
 
 
-def test_without_a_file_or_the_hub_the_pipeline_uses_the_packaged_copy_and_says_so_in_one_line(tmp_path, monkeypatch, capsys):
+def test_without_a_file_or_the_hub_the_pipeline_uses_the_packaged_copy_and_says_so(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     source = pipeline_run._truthfulqa_source(pipeline_config(tmp_path), tmp_path / "run")
 

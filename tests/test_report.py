@@ -34,7 +34,9 @@ def write_evaluation(directory: Path, mc1: list[float], mc2: list[float], questi
     n = len(mc1)
     write_json(directory / "results.json", {"mc1": sum(mc1) / n, "mc1_stderr": 0.05, "mc2": sum(mc2) / n,
                                             "mc2_stderr": 0.04, "n": n, "mode": "plain"})  # fmt: skip
-    rows = [{"index": i, "question": q, "mc1_acc": a, "mc2_acc": b} for i, (q, a, b) in enumerate(zip(questions, mc1, mc2))]
+    rows = [
+        {"index": i, "question": q, "mc1_acc": a, "mc2_acc": b} for i, (q, a, b) in enumerate(zip(questions, mc1, mc2))
+    ]
     (directory / "per_question.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
 
 
@@ -45,7 +47,8 @@ def write_mode(root: Path, mode: str, mc1: list[float], mc2: list[float]) -> Non
         "usage": {"base:m": {"calls": 13, "prompt_tokens": 100, "completion_tokens": 50},
                   "critic:m": {"calls": 13, "prompt_tokens": 100, "completion_tokens": 50}},
     })  # fmt: skip
-    write_json(root / "dataset" / mode / "summary.json", {"rows": 10, "splits": {"train": 8, "validation": 2}, "dropped": {}})
+    splits = {"train": 8, "validation": 2}
+    write_json(root / "dataset" / mode / "summary.json", {"rows": 10, "splits": splits, "dropped": {}})
     log = [{"step": 1, "loss": 2.0}, {"step": 2, "loss": 1.5}, {"step": 2, "eval_loss": 1.7}]
     write_json(root / "checkpoints" / mode / "trainer_state.json", {"global_step": 2, "log_history": log})
     write_json(root / "checkpoints" / mode / "all_results.json", {"eval_loss": 1.7})
@@ -53,7 +56,8 @@ def write_mode(root: Path, mode: str, mc1: list[float], mc2: list[float]) -> Non
 
 
 def report_of(root: Path, modes: dict[str, tuple[list, list]], base=None, paper_column=None) -> dict:
-    config = from_dict(PipelineConfig, {"output_dir": str(root), "modes": list(modes), "report": {"paper_column": paper_column}})
+    recipe = {"output_dir": str(root), "modes": list(modes), "report": {"paper_column": paper_column}}
+    config = from_dict(PipelineConfig, recipe)
     base_mc1, base_mc2 = base or ([0.0] * 20 + [1.0] * 20, [0.5] * 40)
     write_evaluation(root / "eval" / "base", base_mc1, base_mc2)
     for mode, (mc1, mc2) in modes.items():
@@ -90,7 +94,8 @@ def test_a_mode_better_on_every_question_has_an_interval_that_excludes_zero(tmp_
 
 def test_every_pair_of_modes_is_compared_over_the_same_questions(tmp_path):
     flipped = [1.0] * 20 + [1.0] * 20  # direct: right on every question spri gets wrong
-    report = report_of(tmp_path, {"spri": (BASE_MC1, [0.5] * 40), "direct": (flipped, [0.5] * 40), "self-refine": (BASE_MC1, [0.5] * 40)})
+    modes = {"spri": (BASE_MC1, [0.5] * 40), "direct": (flipped, [0.5] * 40), "self-refine": (BASE_MC1, [0.5] * 40)}
+    report = report_of(tmp_path, modes)
     pairs = [(c["first"], c["second"]) for c in report["comparisons"]]
     assert pairs == [("spri", "direct"), ("spri", "self-refine"), ("direct", "self-refine")]
     spri_to_direct = report["comparisons"][0]["mc1_interval"]
@@ -123,10 +128,13 @@ def test_table_4_lists_the_papers_rows_in_its_order_beside_this_runs_mc2(tmp_pat
     modes = {"spri": (BASE_MC1, [0.6] * 40), "constitution": (BASE_MC1, [0.55] * 40)}
     report = report_of(tmp_path, modes, paper_column="L3.1-8B Dolly")
     rows = {row["row"]: row for row in report["paper_table4"]["rows"]}
-    assert list(rows) == ["oracle", "direct", "self-instruct", "self-align", "self-refine", "seed-principles", "spri", "off-the-shelf"]
+    assert list(rows) == [
+        "oracle", "direct", "self-instruct", "self-align", "self-refine", "seed-principles", "spri", "off-the-shelf"
+    ]  # fmt: skip
     assert rows["spri"] == {"row": "spri", "mode": "spri", "ours": 60.0, "paper": 55.92, "difference": 4.08}
     assert rows["self-align"]["mode"] == "constitution" and rows["self-align"]["ours"] == 55.0
-    assert rows["off-the-shelf"] == {"row": "off-the-shelf", "mode": "base", "ours": 50.0, "paper": 45.03, "difference": 4.97}
+    base = {"row": "off-the-shelf", "mode": "base", "ours": 50.0, "paper": 45.03, "difference": 4.97}
+    assert rows["off-the-shelf"] == base
     assert rows["oracle"]["ours"] is None
     text = write_report(report, tmp_path)
     assert "## The paper's Table 4, column L3.1-8B Dolly" in text
@@ -142,11 +150,17 @@ def test_a_paper_column_that_is_not_in_table_4_is_refused_when_the_recipe_is_rea
         from_dict(PipelineConfig, {"report": {"paper_column": "L3.1-8B Alpaca"}})
 
 
-@pytest.mark.parametrize("recipe", sorted((REPO / "recipes/paper").glob("*/*.yaml")), ids=lambda p: f"{p.parent.name}/{p.stem}")
+PAPER_RECIPES = sorted((REPO / "recipes/paper").glob("*/*.yaml"))
+
+
+@pytest.mark.parametrize("recipe", PAPER_RECIPES, ids=lambda p: f"{p.parent.name}/{p.stem}")
 def test_each_paper_recipe_names_the_column_of_its_student_and_prompt_set(recipe):
     config = from_dict(PipelineConfig, yaml.safe_load(recipe.read_text()))
-    students = {"llama-3.1-8b": "L3.1-8B", "llama-3.1-8b-instruct": "L3.1-8B-Inst", "mistral-7b-v0.3": "Mistral-7B-v0.3",
-                "mistral-7b-instruct-v0.3": "Mistral-7B-v0.3-Inst", "gemma-2-9b": "Gemma-2-9B", "gemma-2-9b-it": "Gemma-2-9B-it"}  # fmt: skip
+    students = {
+        "llama-3.1-8b": "L3.1-8B", "llama-3.1-8b-instruct": "L3.1-8B-Inst",
+        "mistral-7b-v0.3": "Mistral-7B-v0.3", "mistral-7b-instruct-v0.3": "Mistral-7B-v0.3-Inst",
+        "gemma-2-9b": "Gemma-2-9B", "gemma-2-9b-it": "Gemma-2-9B-it",
+    }  # fmt: skip
     prompt_sets = {"dolly": "Dolly", "mixinstruct": "Mix"}
     assert config.report.paper_column == f"{students[recipe.stem]} {prompt_sets[recipe.parent.name]}"
 
@@ -183,7 +197,8 @@ def test_the_report_run_logs_the_figures_and_the_comparison_table(tmp_path, monk
     log_report_to_wandb(report, root, "report-test", "group", "run-report")
 
     (run_dir,) = (tmp_path / "wandb" / "wandb").glob("offline-run-*")
-    history = [item for r in wandb_records(run_dir) if r.WhichOneof("record_type") == "history" for item in r.history.item]
+    records = wandb_records(run_dir)
+    history = [item for r in records if r.WhichOneof("record_type") == "history" for item in r.history.item]
     logged: dict[str, dict] = {}  # each logged media's fields arrive as items keyed [name, field]
     for item in history:
         if len(item.nested_key) == 2:

@@ -56,7 +56,8 @@ def paired_bootstrap(
     before_scores = np.asarray(before, dtype=np.float64)
     after_scores = np.asarray(after, dtype=np.float64)
     if before_scores.shape != after_scores.shape or before_scores.ndim != 1:
-        raise ValueError(f"paired scores need two equal-length vectors, got {before_scores.shape} and {after_scores.shape}")
+        shapes = f"{before_scores.shape} and {after_scores.shape}"
+        raise ValueError(f"paired scores need two equal-length vectors, got {shapes}")
     if before_scores.size == 0:
         raise ValueError("paired bootstrap: no questions")
     if resamples < 1 or not 0 < level < 1:

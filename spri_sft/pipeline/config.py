@@ -121,7 +121,10 @@ class PipelineConfig:
     )
     modes: list[Mode] = field(
         default_factory=lambda: ["spri"],
-        metadata={"help": "Generation modes, each fine-tuning its own adapter: spri, direct, self-refine, seed-principles, constitution."},
+        metadata={
+            "help": "Generation modes, each fine-tuning its own adapter: the paper's Table 4 rows spri, oracle, direct, "
+            "self-instruct, self-refine, seed-principles, self-align (see `spri-sft generate --help` for all)."
+        },
     )
     generate: GenerateConfig = field(default_factory=GenerateConfig)
     format: FormatConfig = field(default_factory=FormatConfig)

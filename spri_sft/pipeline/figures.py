@@ -79,7 +79,8 @@ def truthfulqa_figure(report: dict[str, Any]) -> Figure | None:
                          fontsize=10, color="white", fontweight="bold")  # fmt: skip
         top.set_ylim(0, max(v + e for v, e in zip(values, errors)) * 1.12)
         top.set_ylabel(METRIC_LABELS[metric])
-        top.set_title(f"TruthfulQA {metric.upper()}" + (f" ({questions} questions)" if questions else "") + ", ± 1 s.e.")
+        asked = f" ({questions} questions)" if questions else ""
+        top.set_title(f"TruthfulQA {metric.upper()}{asked}, ± 1 s.e.")
 
         # Δ vs base with the paired bootstrap interval; the base column is left empty (Δ = 0 by definition).
         bottom.axhline(0, color=BASE_COLOR, linewidth=1.0)
@@ -92,19 +93,23 @@ def truthfulqa_figure(report: dict[str, Any]) -> Figure | None:
             yerr = None
             if interval:
                 # max(0, ·): a percentile interval need not contain the mean (rounding, very skewed Δs)
-                yerr = [[100 * max(0.0, interval["delta"] - interval["low"])], [100 * max(0.0, interval["high"] - interval["delta"])]]
+                below = max(0.0, interval["delta"] - interval["low"])
+                above = max(0.0, interval["high"] - interval["delta"])
+                yerr = [[100 * below], [100 * above]]
             bottom.errorbar(
                 [x], [100 * delta], yerr=yerr, fmt="o", color=color, capsize=6, markersize=7,
                 markerfacecolor=color if excludes_zero else "white",
             )  # fmt: skip
         bottom.set_ylabel(f"Δ{metric.upper()} vs base (percentage points)")
         bottom.set_title(f"Δ{metric.upper()} vs base, paired bootstrap 95% interval over questions")
-        bottom.set_xticks(positions, labels, rotation=20 if len(rows) > 4 else 0, ha="right" if len(rows) > 4 else "center")
+        crowded = len(rows) > 4
+        bottom.set_xticks(positions, labels, rotation=20 if crowded else 0, ha="right" if crowded else "center")
         bottom.set_xlim(-0.6, len(rows) - 0.4)
     legend = [
         Line2D([], [], color=BASE_COLOR, linestyle="--", label="base model"),
         Line2D([], [], color="black", marker="o", linestyle="none", label="Δ whose 95% interval excludes 0"),
-        Line2D([], [], color="black", marker="o", markerfacecolor="white", linestyle="none", label="Δ whose 95% interval includes 0"),
+        Line2D([], [], color="black", marker="o", markerfacecolor="white", linestyle="none",
+               label="Δ whose 95% interval includes 0"),
     ]  # fmt: skip
     figure.legend(handles=legend, loc="outside upper center", ncol=3, fontsize=10, frameon=False)
     return figure

@@ -244,7 +244,8 @@ def _differences_section(report: dict[str, Any]) -> list[str]:
         "",
         " ".join(text for text in (how, unpaired if len(known) < 2 * len(rows) else "") if text),
         "",
-        "| comparison (adapter of a mode − base, or − another mode's) | ΔMC1 | 95% interval | excludes 0 | ΔMC2 | 95% interval | excludes 0 |",
+        "| comparison (a mode's adapter − base, or − another mode's) "
+        "| ΔMC1 | 95% interval | excludes 0 | ΔMC2 | 95% interval | excludes 0 |",
         "| --- | ---: | ---: | :---: | ---: | ---: | :---: |",
     ]
     for name, scores in rows:
