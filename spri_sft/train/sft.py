@@ -10,9 +10,14 @@ command line, and an `env:` block in the recipe sets environment variables (e.g.
     accelerate launch --config_file recipes/accelerate/ddp.yaml scripts/sft.py \
         --config recipes/llama-3.1-8b-instruct/sft/lora.yaml
 
-What it does, top to bottom: resolve the model; refuse QLoRA without CUDA before loading
-anything; load the dataset; give the tokenizer a training chat template whose assistant turns
-(end-of-turn token included) are marked for the loss, and check it on real rows; load the model;
+What it does, top to bottom: check the recipe (YAML, field names; one line naming the file or
+flag) before TRL builds anything, and train on the CPU in float32 when there is no GPU and the
+recipe does not choose (TRL's bf16 default needs one); resolve the model (`model_revision` pins
+model and tokenizer, and is written in the model card); refuse QLoRA without CUDA before loading
+anything; load the dataset (a format output directory with or without its `hf/`; a missing
+split is named with those that exist); give the tokenizer a training chat template whose
+assistant turns (end-of-turn token included) are marked for the loss, and check it on real rows;
+seed, then load the model (so `seed` fixes every initial weight, the LoRA adapter's included);
 train with loss on assistant tokens only, evaluating on the validation split and keeping the
 best checkpoint by validation loss; resume from the last checkpoint when one exists; save the
 adapter, tokenizer, generation config (EOS set so the model stops) and model card, and
@@ -40,7 +45,8 @@ class SFTScriptArguments:
     """What to train on and what to do around training (the rest is TRL's SFTConfig and ModelConfig)."""
 
     dataset_path: str | None = field(
-        default=None, metadata={"help": "Directory written by `spri-sft format` (loaded with datasets.load_from_disk)."}
+        default=None,
+        metadata={"help": "Directory written by `spri-sft format` (itself or its hf/), or any datasets.save_to_disk one."},
     )
     dataset_name: str | None = field(default=None, metadata={"help": "Or a Hugging Face dataset id with a `messages` column."})
     dataset_train_split: str = field(default="train", metadata={"help": "Training split."})
@@ -167,8 +173,8 @@ def build_trainer(script_args: SFTScriptArguments, training_args, model_args):
         # assistant_only_loss would look for generation markers the template does not have.
         training_args.assistant_only_loss = False
 
-    # Model. The Trainer seeds only in its __init__, after SFTTrainer has built the LoRA adapter: seeding
-    # here makes the adapter's initial weights (and any newly initialised weight) follow `seed`.
+    # Model. SFTTrainer seeds just before it builds the LoRA adapter, but the model is loaded here, before it:
+    # seeding now makes the weights from_pretrained initialises (those a checkpoint lacks) follow `seed` too.
     if training_args.full_determinism:
         enable_full_determinism(training_args.seed)
     else:
