@@ -116,3 +116,10 @@ def test_write_figures_writes_pngs_and_removes_a_figure_with_nothing_left_to_dra
     assert all((tmp_path / name).read_bytes()[:4] == b"\x89PNG" for name in ("truthfulqa.png", "loss.png"))
     assert "truthfulqa" not in write_figures(make_report(evaluated=False), tmp_path)
     assert not (tmp_path / "truthfulqa.png").exists()
+
+
+def test_redrawing_the_same_report_leaves_the_files_untouched(tmp_path):
+    write_figures(make_report(), tmp_path)
+    before = {path.name: path.stat().st_mtime_ns for path in tmp_path.iterdir()}
+    write_figures(make_report(), tmp_path)
+    assert {path.name: path.stat().st_mtime_ns for path in tmp_path.iterdir()} == before

@@ -15,6 +15,7 @@ figures are drawn on matplotlib `Figure` objects (no pyplot, no display): headle
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any, Callable
 
@@ -36,7 +37,10 @@ def write_figures(report: dict[str, Any], directory: Path) -> dict[str, str]:
         if figure is None:
             path.unlink(missing_ok=True)
             continue
-        figure.savefig(path, dpi=DPI, bbox_inches="tight")
+        png = io.BytesIO()
+        figure.savefig(png, format="png", dpi=DPI, bbox_inches="tight")
+        if not path.is_file() or path.read_bytes() != png.getvalue():  # a rerun leaves unchanged figures untouched
+            path.write_bytes(png.getvalue())
         written[key] = path.name
     return written
 
