@@ -91,6 +91,11 @@ CASES = {
         {"recipe.yaml": TRAIN_RECIPE, "format": train_only_dataset},
         "dataset_path format/hf: no split 'validation' (splits: train); set dataset_test_split to one of them",
     ),
+    "train-malformed-truthfulqa-file": Case(
+        ["train", "--config", "recipe.yaml", *TRAIN_FLAGS, "--truthfulqa_file", "mc.jsonl"],
+        {"recipe.yaml": TRAIN_RECIPE, "format": sft_dataset, "mc.jsonl": '{"question": "torn",\n'},
+        "mc.jsonl:1: malformed JSON line",
+    ),
     "train-format-dir-without-hf": Case(
         ["train", "--config", "recipe.yaml", *TRAIN_FLAGS, "--dataset_path", "format", "--use_cpu", "true"],
         {"recipe.yaml": TRAIN_RECIPE, "format": sft_dataset},

@@ -264,6 +264,7 @@ def _encode_rows(dataset, encode):
 
 def main(script_args: SFTScriptArguments, training_args, model_args) -> dict:
     """Train, save, and return the final metrics. Tests call this directly."""
+    _check_truthfulqa_settings(script_args)
     trainer = build_trainer(script_args, training_args, model_args)
     if trainer.accelerator.is_main_process:
         _log_effective_config(
@@ -272,8 +273,6 @@ def main(script_args: SFTScriptArguments, training_args, model_args) -> dict:
 
     before = None
     if script_args.truthfulqa_before:
-        if not script_args.truthfulqa_file:
-            raise UserError("truthfulqa_before needs truthfulqa_file (the questions to score before and after)")
         if trainer.accelerator.is_main_process:
             before = _score_before_training(trainer, script_args, training_args, model_args)
         trainer.accelerator.wait_for_everyone()
@@ -343,6 +342,19 @@ def _truthfulqa_config(script_args, training_args, model_args, subdir: str, adap
         output_dir=str(Path(training_args.output_dir) / subdir),
         report_to=report_to,
     )
+
+
+def _check_truthfulqa_settings(script_args) -> None:
+    """The TruthfulQA settings and file, read now: a bad one must not surface only after hours of training."""
+    if script_args.truthfulqa_before and not script_args.truthfulqa_file:
+        raise UserError("truthfulqa_before needs truthfulqa_file (the questions to score before and after)")
+    if not script_args.truthfulqa_file:
+        return
+    from spri_sft.evaluate.truthfulqa import load_questions
+
+    if script_args.truthfulqa_limit is not None and script_args.truthfulqa_limit < 1:
+        raise UserError(f"truthfulqa_limit: must be >= 1 or null, got {script_args.truthfulqa_limit}")
+    load_questions(script_args.truthfulqa_file)
 
 
 def _evaluate_truthfulqa(trainer, script_args, training_args, model_args) -> dict:
