@@ -82,7 +82,7 @@ def test_batched_greedy_output_equals_unbatched(tiny_model_dir):
 
 
 def test_base_and_critic_on_one_local_model_load_it_once(tiny_model_dir):
-    from spri_sft.llm.base import build_backends
+    from spri_sft.llm import build_backends
 
     base, critic = build_backends(tiny_endpoint(tiny_model_dir), tiny_endpoint(tiny_model_dir, temperature=0.0))
     assert base is not critic and base._local is critic._local

@@ -1,8 +1,10 @@
-"""The backend interface, its per-role settings, and the factory that builds backends.
+"""The backend interface, its per-role settings, and the raw prompt layout.
 
 A backend turns a list of chat messages into one `Completion`. Both implementations are
 asynchronous so that many prompts can be in flight at once: the HTTP backend keeps many
 requests open, the transformers backend gathers concurrent requests into batches.
+The factory that picks an implementation lives in `spri_sft.llm.factory`, so this module
+imports none of them.
 """
 
 from __future__ import annotations
@@ -53,20 +55,36 @@ class EndpointConfig:
         default="OPENAI_API_KEY",
         metadata={"help": "openai: environment variable holding the API key (the key is never written anywhere)."},
     )
-    temperature: float = field(default=0.7, metadata={"help": "Sampling temperature; 0 decodes greedily."})
-    top_p: float = field(default=0.95, metadata={"help": "Nucleus sampling mass."})
+    temperature: float = field(default=0.7, metadata={"help": "Sampling temperature; 0 decodes greedily.", "ge": 0})
+    top_p: float = field(default=0.95, metadata={"help": "Nucleus sampling mass.", "gt": 0, "le": 1})
     top_k: int | None = field(
         default=50,
         metadata={"help": "Top-k sampling; sent as an extra body field to servers (vLLM/TGI accept it; set null for api.openai.com)."},
     )
-    max_new_tokens: int = field(default=256, metadata={"help": "Length cap of every reply."})
+    max_new_tokens: int = field(default=256, metadata={"help": "Length cap of every reply.", "ge": 1})
+    min_new_tokens: int | None = field(
+        default=None,
+        metadata={
+            "help": "Shortest reply before the model may stop (the SPRI authors used 30). openai: sent as "
+            "'min_tokens' (vLLM accepts it; a server that refuses it is logged once and then sent requests "
+            "without it); transformers: generate(min_new_tokens=...)."
+        },
+    )
+    prompt_format: Literal["chat", "raw"] = field(
+        default="chat",
+        metadata={
+            "help": "'chat' sends messages through the server's or tokenizer's chat template; 'raw' renders them "
+            "in the Prometheus layout ('User: ... \\n\\nAssistant: ', see render_raw) and sends plain text "
+            "(openai: /v1/completions; transformers: the tokenizer alone, no chat template)."
+        },
+    )
     max_concurrency: int = field(
         default=32,
-        metadata={"help": "openai: requests in flight per server URL; transformers: largest generate() batch."},
+        metadata={"help": "openai: requests in flight per server URL; transformers: largest generate() batch.", "ge": 1},
     )
-    timeout: float = field(default=120.0, metadata={"help": "openai: seconds before one request times out (then retried)."})
+    timeout: float = field(default=120.0, metadata={"help": "openai: seconds before one request times out (then retried).", "gt": 0})
     max_retries: int = field(
-        default=6, metadata={"help": "openai: retries on 429/5xx/timeouts/connection errors/malformed replies."}
+        default=6, metadata={"help": "openai: retries on 429/5xx/timeouts/connection errors/malformed replies.", "ge": 0}
     )
     requests_per_minute: float | None = field(default=None, metadata={"help": "openai: pace requests to this rate."})
     tokens_per_minute: float | None = field(
@@ -80,38 +98,88 @@ class EndpointConfig:
     trust_remote_code: bool = field(default=False, metadata={"help": "transformers: run code shipped with the model."})
 
     def decoding(self) -> dict:
-        """The settings that change what the model writes (they enter every record id)."""
-        return {
+        """The settings that change what the model writes (they enter every record id).
+
+        `min_new_tokens` and `prompt_format` appear only when they differ from their defaults, so
+        the ids of records written before these settings existed stay valid."""
+        settings = {
             "model": self.model,
             "temperature": self.temperature,
             "top_p": self.top_p,
             "top_k": self.top_k,
             "max_new_tokens": self.max_new_tokens,
         }
+        if self.min_new_tokens is not None:
+            settings["min_new_tokens"] = self.min_new_tokens
+        if self.prompt_format != "chat":
+            settings["prompt_format"] = self.prompt_format
+        return settings
 
 
-def build_backends(base: EndpointConfig, critic: EndpointConfig) -> tuple[ChatBackend, ChatBackend]:
-    """Build the base and critic backends. Roles on the same local model load it once; roles on the
-    same server URLs share one connection pool, so `max_concurrency` bounds each server, not each role."""
-    base_backend = _build(base)
-    if _same_resource(base, critic):
-        return base_backend, base_backend.with_sampling(critic)
-    return base_backend, _build(critic)
+def render_raw(messages: list[dict[str, str]]) -> str:
+    """Chat messages as one plain-text prompt, in the layout the SPRI authors fed Prometheus.
+
+    Their `format_input_prometheus` covers one turn: `"User: {user} \\n\\nAssistant: "`, or with a
+    system message `"{system}\\n\\nUser: {user} \\n\\nAssistant: "`. Longer histories (few-shot
+    pairs, a score reminder after a critique) continue the same layout: each earlier assistant reply
+    follows its "Assistant: " and the next turn starts after "\\n\\n", so the prompt always ends
+    with "Assistant: " (a space included):
+
+        "{system}\\n\\nUser: {u1} \\n\\nAssistant: {a1}\\n\\nUser: {u2} \\n\\nAssistant: "
+
+    Accepted: an optional first system message, then user and assistant messages alternating,
+    ending with a user message (the model writes the next assistant turn). Anything else has no
+    place in this layout and raises ValueError.
+    """
+    turns = list(messages)
+    system = turns.pop(0)["content"] if turns and turns[0]["role"] == "system" else None
+    if not turns or len(turns) % 2 == 0:
+        raise ValueError(f"render_raw needs user/assistant turns ending with a user turn, got {_roles(messages)}")
+    for index, message in enumerate(turns):
+        expected = "user" if index % 2 == 0 else "assistant"
+        if message["role"] != expected:
+            position = index + (system is not None)
+            raise ValueError(f"render_raw: message {position} is {message['role']!r}, expected {expected!r} "
+                             f"(roles: {_roles(messages)})")
+    replies = [m["content"] for m in turns[1::2]] + [""]
+    text = "\n\n".join(f"User: {user['content']} \n\nAssistant: {reply}" for user, reply in zip(turns[::2], replies))
+    return text if system is None else f"{system}\n\n{text}"
 
 
-def _same_resource(a: EndpointConfig, b: EndpointConfig) -> bool:
-    if a.backend != b.backend:
-        return False
-    if a.backend == "openai":
-        return sorted(a.base_url) == sorted(b.base_url) and a.api_key_env == b.api_key_env
-    return (a.model, a.device, a.dtype, a.trust_remote_code) == (b.model, b.device, b.dtype, b.trust_remote_code)
+def _roles(messages: list[dict[str, str]]) -> str:
+    return "[" + ", ".join(m["role"] for m in messages) + "]"
 
 
-def _build(config: EndpointConfig):
-    if config.backend == "openai":
-        from spri_sft.llm.openai_http import OpenAIChat
+def render_raw(messages: list[dict[str, str]]) -> str:
+    """Chat messages as one plain-text prompt, in the layout the SPRI authors fed Prometheus.
 
-        return OpenAIChat(config)
-    from spri_sft.llm.transformers_local import TransformersChat
+    Their `format_input_prometheus` covers one turn: `"User: {user} \\n\\nAssistant: "`, or with a
+    system message `"{system}\\n\\nUser: {user} \\n\\nAssistant: "`. Longer histories (few-shot
+    pairs, a score reminder after a critique) continue the same layout: each earlier assistant reply
+    follows its "Assistant: " and the next turn starts after "\\n\\n", so the prompt always ends
+    with "Assistant: " (a space included):
 
-    return TransformersChat(config)
+        "{system}\\n\\nUser: {u1} \\n\\nAssistant: {a1}\\n\\nUser: {u2} \\n\\nAssistant: "
+
+    Accepted: an optional first system message, then user and assistant messages alternating,
+    ending with a user message (the model writes the next assistant turn). Anything else has no
+    place in this layout and raises ValueError.
+    """
+    turns = list(messages)
+    system = turns.pop(0)["content"] if turns and turns[0]["role"] == "system" else None
+    if not turns or len(turns) % 2 == 0:
+        raise ValueError(f"render_raw needs user/assistant turns ending with a user turn, got {_roles(messages)}")
+    for index, message in enumerate(turns):
+        expected = "user" if index % 2 == 0 else "assistant"
+        if message["role"] != expected:
+            position = index + (system is not None)
+            raise ValueError(f"render_raw: message {position} is {message['role']!r}, expected {expected!r} "
+                             f"(roles: {_roles(messages)})")
+    replies = [m["content"] for m in turns[1::2]] + [""]
+    text = "\n\n".join(f"User: {user['content']} \n\nAssistant: {reply}" for user, reply in zip(turns[::2], replies))
+    return text if system is None else f"{system}\n\n{text}"
+
+
+def _roles(messages: list[dict[str, str]]) -> str:
+    return "[" + ", ".join(m["role"] for m in messages) + "]"
+

@@ -3,6 +3,12 @@
 Prompts in flight call `chat()` independently; a micro-batcher collects the requests that
 arrive within `batch_wait_ms` (up to `max_concurrency`) into one left-padded `generate()` call,
 run in a worker thread so the event loop keeps scheduling other prompts meanwhile.
+
+A role with `prompt_format: chat` has its messages written by the tokenizer's chat template;
+one with `prompt_format: raw` has them rendered by `render_raw` and encoded by the tokenizer
+alone, which adds a BOS token exactly when the tokenizer's own `encode` does (Mistral and
+Llama tokenizers do, Qwen and SmolLM2 do not) - the same rule vLLM applies to a
+`/v1/completions` prompt, so a raw prompt reaches the model the same way through either backend.
 """
 
 from __future__ import annotations
@@ -12,7 +18,7 @@ import logging
 from dataclasses import dataclass
 
 from spri_sft.errors import UserError
-from spri_sft.llm.base import Completion, EndpointConfig
+from spri_sft.llm.base import Completion, EndpointConfig, render_raw
 from spri_sft.models import resolve_model
 
 logger = logging.getLogger(__name__)
@@ -20,14 +26,21 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class _Sampling:
+    """Everything requests must have in common to share one generate() call."""
+
     temperature: float
     top_p: float
     top_k: int | None
     max_new_tokens: int
+    min_new_tokens: int | None
+    prompt_format: str
 
     @classmethod
     def of(cls, config: EndpointConfig) -> _Sampling:
-        return cls(config.temperature, config.top_p, config.top_k, config.max_new_tokens)
+        return cls(
+            config.temperature, config.top_p, config.top_k, config.max_new_tokens,
+            config.min_new_tokens, config.prompt_format,
+        )
 
 
 class TransformersChat:
@@ -37,11 +50,16 @@ class TransformersChat:
         self._local = shared or _LocalModel(config)
 
     def with_sampling(self, config: EndpointConfig) -> TransformersChat:
-        """Another role on the same loaded model, with its own decoding settings."""
+        """Another role on the same loaded model, with its own decoding settings and prompt_format."""
         return TransformersChat(config, shared=self._local)
 
     async def start(self) -> None:
         await self._local.start()
+        if self._sampling.prompt_format == "chat" and not self._local.tokenizer.chat_template:
+            raise UserError(
+                f"{self.model}: the tokenizer has no chat template; use an instruct/chat model, "
+                "add a template to its tokenizer_config.json, or set prompt_format: raw"
+            )
 
     async def chat(self, messages: list[dict[str, str]]) -> Completion:
         return await self._local.submit(messages, self._sampling)
@@ -113,17 +131,30 @@ class _LocalModel:
         import torch
 
         tokenizer = self.tokenizer
-        texts = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in conversations]
-        # The chat template already wrote any BOS token; adding special tokens again would double it.
-        inputs = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.model.device)
+        if sampling.prompt_format == "raw":
+            texts = [render_raw(c) for c in conversations]
+        else:
+            texts = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in conversations]
+        # A chat template already wrote any BOS token, so adding special tokens would double it; a raw
+        # prompt gets them exactly as the tokenizer's own encode adds them (module docstring).
+        raw = sampling.prompt_format == "raw"
+        inputs = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=raw).to(self.model.device)
+        eos_ids = _eos_ids(self.model, tokenizer)
         do_sample = sampling.temperature > 0
-        kwargs = dict(max_new_tokens=sampling.max_new_tokens, do_sample=do_sample, pad_token_id=tokenizer.pad_token_id)
+        kwargs = dict(
+            max_new_tokens=sampling.max_new_tokens,
+            do_sample=do_sample,
+            pad_token_id=tokenizer.pad_token_id,
+            # Every id the reply is cut at below also stops generation, and min_new_tokens holds all of them back.
+            eos_token_id=sorted(eos_ids) or None,
+        )
+        if sampling.min_new_tokens is not None:
+            kwargs["min_new_tokens"] = sampling.min_new_tokens
         if do_sample:
             kwargs.update(temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k or 0)
         with torch.inference_mode():
             output = self.model.generate(**inputs, **kwargs)
         prompt_width = inputs["input_ids"].shape[1]
-        eos_ids = _eos_ids(self.model, tokenizer)
         completions = []
         for row, mask in zip(output, inputs["attention_mask"]):
             new = row[prompt_width:].tolist()
@@ -154,11 +185,6 @@ def _load(config: EndpointConfig):
 
     path = resolve_model(config.model)
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=config.trust_remote_code)
-    if not tokenizer.chat_template:
-        raise UserError(
-            f"{config.model}: the tokenizer has no chat template; use an instruct/chat model "
-            "or add a template to its tokenizer_config.json"
-        )
     tokenizer.padding_side = "left"  # generation continues from the right edge of every row
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
