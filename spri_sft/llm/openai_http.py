@@ -1,35 +1,80 @@
-"""An OpenAI-compatible chat-completions server: OpenAI, vLLM, TGI, llama.cpp server, Ollama.
+"""An OpenAI-compatible server: OpenAI, vLLM, TGI, llama.cpp server, Ollama.
+
+A role with `prompt_format: chat` posts its messages to `/chat/completions` (the server applies
+the model's chat template); one with `prompt_format: raw` posts `render_raw(messages)` as the
+`prompt` of a plain text completion to `/completions` (no template at all, as the SPRI authors
+prompted Prometheus).
 
 Requests are bounded (`max_concurrency` in flight per server URL), spread over replica URLs
 by load (the least busy URL gets the next request), optionally paced to requests and tokens
-per minute, and retried with exponential backoff and jitter on 429s, 5xx replies, timeouts,
-connection errors and malformed reply bodies. Other 4xx replies (bad request, auth) are not
-retried: sending the same request again cannot fix them.
+per minute, and retried with exponential backoff and jitter.
+
+Who retries, and why here rather than inside the `openai` client: the client's own retry loop
+(`max_retries` on `AsyncOpenAI`) sleeps between attempts *inside* the request, so it would keep
+this pool's concurrency slot while it backs off, resend to the same URL however many replicas
+are idle, and skip the requests- and tokens-per-minute pacers. So the client is built with
+`max_retries=0` and `_ServerPool.send` is the one retry loop: it releases the slot while it backs
+off, sends each retry to another replica when there is one, and paces every attempt
+(tests/test_openai_retries.py shows each of the three). What the client does well is reused, not
+rewritten: which replies are worth retrying (408, 409, 429, 5xx, and `x-should-retry: true/false`
+overriding that) and how long the server asked to wait (`retry-after-ms`, `Retry-After` in
+seconds or as an HTTP date) come from the client's own `_should_retry` and
+`_parse_retry_after_header`. On top of that this loop retries what the client cannot see as
+failures: timeouts and connection errors, bodies that are not JSON, and replies without choices.
+Other 4xx replies (bad request, auth) are not retried: sending the same request again cannot fix them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import math
 import os
 import random
 import time
 from dataclasses import dataclass, field
 
 import openai
+from openai.types import Completion as TextCompletion
 from openai.types.chat import ChatCompletion
 
 from spri_sft.errors import UserError
-from spri_sft.llm.base import Completion, EndpointConfig
+from spri_sft.llm.base import Completion, EndpointConfig, render_raw
+
+logger = logging.getLogger(__name__)
 
 # Backoff: BACKOFF_BASE * 2**attempt, capped, times a random factor in [0.5, 1] so that many
-# clients hit by the same 429 do not all come back at the same moment.
+# clients hit by the same 429 do not all come back at the same moment. A server's own
+# Retry-After / retry-after-ms is honoured when it asks for longer.
 BACKOFF_BASE = 0.5
 BACKOFF_CAP = 30.0
 
+# Body fields a server may not know. One it refuses (a 400 or 422 naming the field) is logged
+# once and left out of every later request to that server, instead of failing every request.
+OPTIONAL_FIELDS = ("min_tokens",)
+
 
 class MalformedReply(Exception):
-    """The server answered 200 but the body is not a usable chat completion."""
+    """The server answered 200 but the body is not a usable completion."""
+
+
+@dataclass(frozen=True)
+class _Route:
+    """One of the two completion endpoints: where to post, how to read the reply's text."""
+
+    path: str
+    reply_type: type
+
+    def text_of(self, choice) -> str | None:
+        if self.reply_type is ChatCompletion:
+            message = getattr(choice, "message", None)
+            return None if message is None else (message.content or "")
+        return getattr(choice, "text", None)
+
+
+CHAT = _Route("/chat/completions", ChatCompletion)
+TEXT = _Route("/completions", TextCompletion)
 
 
 @dataclass
@@ -38,6 +83,7 @@ class _Replica:
     client: openai.AsyncOpenAI
     in_flight: int = 0
     served: int = 0
+    refused_fields: set[str] = field(default_factory=set)
 
 
 @dataclass
@@ -76,7 +122,8 @@ class OpenAIChat:
         self.pool = pool or _ServerPool(config)
 
     def with_sampling(self, config: EndpointConfig) -> OpenAIChat:
-        """Another role served by the same URLs: it shares the connection pool, concurrency and pacing."""
+        """Another role served by the same URLs: it shares the connection pool, concurrency and pacing,
+        and keeps its own decoding settings and prompt_format."""
         return OpenAIChat(config, pool=self.pool)
 
     async def start(self) -> None:
@@ -84,18 +131,24 @@ class OpenAIChat:
 
     async def chat(self, messages: list[dict[str, str]]) -> Completion:
         config = self.config
-        # A plain JSON body: vLLM and TGI read top_k from it; OpenAI itself rejects unknown fields.
+        # A plain JSON body: vLLM and TGI read top_k and min_tokens from it; OpenAI itself rejects unknown fields.
         body = {
             "model": config.model,
-            "messages": messages,
             "temperature": config.temperature,
             "top_p": config.top_p,
             "max_tokens": config.max_new_tokens,
         }
+        if config.prompt_format == "raw":
+            route, body["prompt"] = TEXT, render_raw(messages)
+            prompt_chars = len(body["prompt"])
+        else:
+            route, body["messages"] = CHAT, messages
+            prompt_chars = sum(len(m["content"]) for m in messages)
         if config.top_k is not None:
             body["top_k"] = config.top_k
-        estimated_tokens = sum(len(m["content"]) for m in messages) / 4 + config.max_new_tokens
-        return await self.pool.send(body, estimated_tokens)
+        if config.min_new_tokens is not None:
+            body["min_tokens"] = config.min_new_tokens
+        return await self.pool.send(route, body, estimated_tokens=prompt_chars / 4 + config.max_new_tokens)
 
     async def close(self) -> None:
         await self.pool.close()
@@ -112,7 +165,7 @@ class _ServerPool:
                 openai.AsyncOpenAI(
                     base_url=url,
                     api_key=api_key,
-                    max_retries=0,  # retried here, with backoff shared by all requests
+                    max_retries=0,  # retried by `send`, which frees the slot while it waits (module docstring)
                     timeout=config.timeout,
                     # aiohttp's transport costs a fraction of httpx's CPU per request at high concurrency.
                     http_client=openai.DefaultAioHttpClient(timeout=config.timeout),
@@ -144,51 +197,74 @@ class _ServerPool:
                 raise UserError(f"{replica.url} does not serve model {model!r} (it serves: {', '.join(served)})")
         self._checked.add(model)
 
-    async def send(self, body: dict, estimated_tokens: float) -> Completion:
+    async def send(self, route: _Route, body: dict, estimated_tokens: float) -> Completion:
+        """Send one request, retrying as the module docstring says: each attempt is paced, holds a slot
+        only while its request is open, and goes to the least busy replica other than the one that just
+        failed (when there are several)."""
         attempt = 0
+        failed_on: _Replica | None = None
         while True:
             if self._requests:
                 await self._requests.take(1)
             if self._tokens:
                 await self._tokens.take(estimated_tokens)
-            try:
-                async with self._slots:
-                    return await self._send_once(body)
-            except (
-                openai.RateLimitError,
-                openai.InternalServerError,
-                openai.APITimeoutError,
-                openai.APIConnectionError,
-                openai.APIResponseValidationError,
-                MalformedReply,
-            ) as err:
-                if attempt >= self.config.max_retries:
-                    raise
-                await asyncio.sleep(_backoff(attempt, err))
-                attempt += 1
+            async with self._slots:
+                replica = self._pick(avoid=failed_on)
+                try:
+                    return await self._send_once(replica, route, body)
+                except Exception as err:
+                    if attempt >= self.config.max_retries or not _retryable(replica.client, err):
+                        raise
+                    delay = _backoff(attempt, replica.client, err)
+            await _wait_before_retry(delay)  # outside the slot: other requests use it meanwhile
+            failed_on = replica if len(self.replicas) > 1 else None
+            attempt += 1
 
-    async def _send_once(self, body: dict) -> Completion:
-        replica = min(self.replicas, key=lambda r: (r.in_flight, r.served))
+    def _pick(self, avoid: _Replica | None) -> _Replica:
+        candidates = [r for r in self.replicas if r is not avoid] or self.replicas
+        return min(candidates, key=lambda r: (r.in_flight, r.served))
+
+    async def _send_once(self, replica: _Replica, route: _Route, body: dict) -> Completion:
         replica.in_flight += 1
         replica.served += 1
         try:
-            # `post` with a plain dict skips the SDK's per-request walk of typed params (milliseconds of
-            # CPU for a few-shot prompt), which bounds throughput at high concurrency.
-            reply = await replica.client.post("/chat/completions", body=body, cast_to=ChatCompletion)
-        except json.JSONDecodeError as err:
-            raise MalformedReply(f"{replica.url} sent a body that is not JSON ({err})") from None
+            reply = await self._post(replica, route, body)
         finally:
             replica.in_flight -= 1
-        if not getattr(reply, "choices", None) or reply.choices[0].message is None:
+        choices = getattr(reply, "choices", None)
+        text = route.text_of(choices[0]) if choices else None
+        if text is None:
             raise MalformedReply(f"{replica.url} sent a reply without choices")
-        choice = reply.choices[0]
-        usage = reply.usage
+        usage = getattr(reply, "usage", None)
         return Completion(
-            text=(choice.message.content or "").strip(),
+            text=text.strip(),
             prompt_tokens=usage.prompt_tokens if usage else 0,
             completion_tokens=usage.completion_tokens if usage else 0,
-            finish_reason=choice.finish_reason or "stop",
+            finish_reason=getattr(choices[0], "finish_reason", None) or "stop",
         )
+
+    async def _post(self, replica: _Replica, route: _Route, body: dict):
+        """The reply to `body` without the fields this replica refused; a newly refused optional field
+        is dropped (and said once) and the request sent again at once, which costs no retry."""
+        while True:
+            sent = {k: v for k, v in body.items() if k not in replica.refused_fields}
+            try:
+                # `post` with a plain dict skips the SDK's per-request walk of typed params (milliseconds of
+                # CPU for a few-shot prompt), which bounds throughput at high concurrency; it is the request
+                # `chat.completions.create(...)` / `completions.create(prompt=...)` would send.
+                return await replica.client.post(route.path, body=sent, cast_to=route.reply_type)
+            except json.JSONDecodeError as err:
+                raise MalformedReply(f"{replica.url} sent a body that is not JSON ({err})") from None
+            except (openai.BadRequestError, openai.UnprocessableEntityError) as err:
+                refused = next((f for f in OPTIONAL_FIELDS if f in sent and f in str(err)), None)
+                if refused is None:
+                    raise
+                if refused not in replica.refused_fields:  # concurrent requests may learn it together
+                    replica.refused_fields.add(refused)
+                    logger.warning(
+                        "%s refused the request field %r (HTTP %s); sending requests to it without %r from now on",
+                        replica.url, refused, err.status_code, refused,
+                    )
 
     async def close(self) -> None:
         if self._closed:
@@ -198,11 +274,23 @@ class _ServerPool:
             await replica.client.close()
 
 
-def _backoff(attempt: int, err: Exception) -> float:
+async def _wait_before_retry(seconds: float) -> None:
+    await asyncio.sleep(seconds)
+
+
+def _retryable(client: openai.AsyncOpenAI, err: Exception) -> bool:
+    if isinstance(err, openai.APIStatusError):
+        # The SDK's own rule (private but unchanged since openai 1.0; the retry tests pin it): 408, 409,
+        # 429 and 5xx, unless `x-should-retry` says otherwise or Retry-After asks for over two minutes.
+        return client._should_retry(err.response)
+    return isinstance(err, (openai.APIConnectionError, openai.APIResponseValidationError, MalformedReply))
+
+
+def _backoff(attempt: int, client: openai.AsyncOpenAI, err: Exception) -> float:
     delay = min(BACKOFF_CAP, BACKOFF_BASE * 2**attempt) * random.uniform(0.5, 1.0)
     response = getattr(err, "response", None)
-    retry_after = response.headers.get("retry-after") if response is not None else None
-    try:
-        return max(delay, float(retry_after)) if retry_after else delay
-    except ValueError:
+    if response is None:
         return delay
+    # retry-after-ms, then Retry-After as seconds or as an HTTP date, parsed by the SDK.
+    asked = client._parse_retry_after_header(response.headers)
+    return max(delay, asked) if asked is not None and math.isfinite(asked) else delay

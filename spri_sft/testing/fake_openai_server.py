@@ -1,4 +1,4 @@
-"""A local OpenAI-compatible chat-completions server that injects faults on purpose.
+"""A local OpenAI-compatible completions server that injects faults on purpose.
 
 The integration tests, the resume test and the benchmark talk to this server instead
 of a real provider: it runs offline, answers instantly or after a fixed latency, and
@@ -6,6 +6,11 @@ can be told to fail in the ways real providers fail (429 rate limits, 500 errors
 replies too slow for the client's timeout, bodies that are not JSON, completions with
 no choices). Faults are drawn from a seeded RNG, so a run can be repeated exactly,
 and ``fail_first_n`` makes retry tests fully deterministic.
+
+It serves ``POST /v1/chat/completions`` (messages) and ``POST /v1/completions`` (a plain
+text ``prompt``) with the same faults, and records every request it received (path, body,
+arrival time: `FakeOpenAIServer.received`), so tests can assert the exact prompt sent, the
+fields of the body, or the gap a client left between two attempts.
 
 It speaks real HTTP, so the code under test uses its ordinary client (the official
 ``openai`` package included) and its retry, timeout and parsing paths are exercised
@@ -36,7 +41,7 @@ import signal
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -46,7 +51,11 @@ from aiohttp import web
 logger = logging.getLogger(__name__)
 
 ReplyFn = Callable[[list[dict[str, Any]], dict[str, Any]], str]
-"""Computes the assistant's reply text from the request's messages and its whole JSON body."""
+"""Computes the assistant's reply text from the request's messages and its whole JSON body.
+A ``/v1/completions`` request passes its prompt as one user message (the body keeps ``prompt``)."""
+
+CHAT_PATH = "/v1/chat/completions"
+COMPLETIONS_PATH = "/v1/completions"
 
 DEFAULT_MODEL_NAME = "fake-model"
 
@@ -66,7 +75,7 @@ FAULT_MALFORMED = "malformed"
 FAULT_EMPTY_CHOICES = "empty_choices"
 FAULT_KINDS = (FAULT_429, FAULT_500, FAULT_SLOW, FAULT_MALFORMED, FAULT_EMPTY_CHOICES)
 
-STAT_REQUESTS = "requests"  # every POST /v1/chat/completions, whatever became of it
+STAT_REQUESTS = "requests"  # every POST to either completions endpoint, whatever became of it
 STAT_OK = "ok"  # well-formed completions sent (slow ones included, if they got that far)
 STAT_BAD_REQUEST = "bad_request"  # 400s: the request itself was invalid
 STAT_REPLY_FN_ERROR = "reply_fn_error"  # reply_fn raised; answered with a 500
@@ -83,8 +92,11 @@ class FaultPlan:
 
     Each ``rate_*`` is the probability (0..1) that a request gets that fault; the rates
     must sum to at most 1 because a request gets at most one fault. The first
-    ``fail_first_n`` requests of a server get a 429 regardless of the rates (and
-    consume no random draw), so retry tests need no luck.
+    ``fail_first_n`` requests of a server get a ``fail_first_status`` error (429 unless
+    told otherwise) regardless of the rates (and consume no random draw), so retry tests
+    need no luck. Every injected error reply (429, 500, fail-first) carries
+    ``error_headers``: the default tells clients to retry at once; a test of how a client
+    honours ``retry-after-ms``, an HTTP-date ``Retry-After`` or ``x-should-retry`` sets them.
     """
 
     rate_429: float = 0.0
@@ -94,6 +106,8 @@ class FaultPlan:
     rate_empty_choices: float = 0.0
     slow_seconds: float = 30.0
     fail_first_n: int = 0
+    fail_first_status: int = 429
+    error_headers: tuple[tuple[str, str], ...] = (("Retry-After", "0"),)
 
     def __post_init__(self) -> None:
         for kind, rate in self._bands():
@@ -106,6 +120,8 @@ class FaultPlan:
             raise ValueError(f"slow_seconds must be >= 0, got {self.slow_seconds}")
         if self.fail_first_n < 0:
             raise ValueError(f"fail_first_n must be >= 0, got {self.fail_first_n}")
+        if not 400 <= self.fail_first_status <= 599:
+            raise ValueError(f"fail_first_status must be an HTTP error status, got {self.fail_first_status}")
 
     def _bands(self) -> tuple[tuple[str, float], ...]:
         return (
@@ -166,15 +182,32 @@ def _error_response(
     )
 
 
-def _validation_problem(body: Any) -> str | None:
-    """Why a chat-completions request body is unacceptable, or None if it is fine."""
+@dataclass(frozen=True)
+class ReceivedRequest:
+    """One POST the server received, recorded on arrival (before any fault or validation)."""
+
+    path: str  # CHAT_PATH or COMPLETIONS_PATH
+    body: Any  # the parsed JSON body, or None when it was not JSON
+    received_at: float  # time.monotonic() on arrival
+
+
+def _validation_problem(path: str, body: Any, unknown_fields: frozenset[str]) -> str | None:
+    """Why a completions request body is unacceptable, or None if it is fine."""
     if not isinstance(body, dict):
         return "request body must be a JSON object"
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        return "'messages' must be a non-empty list"
-    if not all(isinstance(m, dict) for m in messages):
-        return "every message must be an object"
+    refused = sorted(unknown_fields & body.keys())
+    if refused:
+        # OpenAI's own wording; clients recognise the refused field by its name in the message.
+        return f"Unrecognized request argument supplied: {refused[0]}"
+    if path == COMPLETIONS_PATH:
+        if not isinstance(body.get("prompt"), str) or not body["prompt"]:
+            return "'prompt' must be a non-empty string (this fake server takes one prompt per request)"
+    else:
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages:
+            return "'messages' must be a non-empty list"
+        if not all(isinstance(m, dict) for m in messages):
+            return "every message must be an object"
     if body.get("n") not in (None, 1):
         return "this fake server supports only n=1"
     if body.get("stream"):
@@ -208,6 +241,7 @@ class FakeOpenAIServer:
         model: str = DEFAULT_MODEL_NAME,
         reply_fn: ReplyFn = default_reply,
         shutdown_timeout: float = 0.5,
+        unknown_fields: Collection[str] = (),
     ) -> None:
         """
         Args:
@@ -223,6 +257,8 @@ class FakeOpenAIServer:
             shutdown_timeout: how long `stop` lets requests still being handled (a
                 slow fault's sleep, say) finish before cancelling them; aiohttp waits
                 this long twice, so `stop` can take about twice this.
+            unknown_fields: body fields this server refuses with a 400 naming the field,
+                as api.openai.com refuses ``min_tokens`` or ``top_k`` (vLLM accepts both).
         """
         if latency < 0:
             raise ValueError(f"latency must be >= 0, got {latency}")
@@ -233,6 +269,7 @@ class FakeOpenAIServer:
         self.model = model
         self.reply_fn = reply_fn
         self.shutdown_timeout = shutdown_timeout
+        self.unknown_fields = frozenset(unknown_fields)
         self._requested_port = port
         self._port: int | None = None
         self._rng = random.Random(seed)
@@ -243,6 +280,7 @@ class FakeOpenAIServer:
         self._counts: dict[str, int] = dict.fromkeys(STAT_KEYS, 0)
         self._in_flight = 0
         self._max_in_flight = 0
+        self._received: list[ReceivedRequest] = []
 
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop_event: asyncio.Event | None = None
@@ -267,19 +305,26 @@ class FakeOpenAIServer:
     def stats(self) -> dict[str, int]:
         """A snapshot of the counters: ``requests``, ``ok``, one per fault kind
         (``429``, ``500``, ``slow``, ``malformed``, ``empty_choices``; the
-        ``fail_first_n`` 429s count under ``429``), ``bad_request`` and ``reply_fn_error``."""
+        ``fail_first_n`` replies count under their status, e.g. ``429`` or ``408``),
+        ``bad_request`` and ``reply_fn_error``."""
         with self._lock:
             return dict(self._counts)
 
     @property
+    def received(self) -> list[ReceivedRequest]:
+        """Every completions request received so far, in order of arrival."""
+        with self._lock:
+            return list(self._received)
+
+    @property
     def in_flight(self) -> int:
-        """How many chat-completions requests are being handled right now."""
+        """How many completions requests are being handled right now."""
         with self._lock:
             return self._in_flight
 
     @property
     def max_in_flight(self) -> int:
-        """The most chat-completions requests ever handled at once by this server."""
+        """The most completions requests ever handled at once by this server."""
         with self._lock:
             return self._max_in_flight
 
@@ -362,7 +407,8 @@ class FakeOpenAIServer:
         self._loop = asyncio.get_running_loop()
         self._stop_event = asyncio.Event()
         app = web.Application()
-        app.router.add_post("/v1/chat/completions", self._handle_chat_completions)
+        app.router.add_post(CHAT_PATH, self._handle_completions)
+        app.router.add_post(COMPLETIONS_PATH, self._handle_completions)
         app.router.add_get("/v1/models", self._handle_models)
         app.router.add_get("/health", self._handle_health)  # vLLM's readiness route
         runner = web.AppRunner(
@@ -394,12 +440,12 @@ class FakeOpenAIServer:
             self._in_flight += 1
             self._max_in_flight = max(self._max_in_flight, self._in_flight)
         if sequence <= self.faults.fail_first_n:
-            return sequence, FAULT_429
+            return sequence, str(self.faults.fail_first_status)
         return sequence, self.faults.draw(self._rng)
 
     def _count(self, key: str) -> None:
         with self._lock:
-            self._counts[key] += 1
+            self._counts[key] = self._counts.get(key, 0) + 1
 
     async def _handle_health(self, request: web.Request) -> web.Response:
         return web.Response(status=200)
@@ -409,37 +455,40 @@ class FakeOpenAIServer:
             {"object": "list", "data": [{"id": self.model, "object": "model"}]}
         )
 
-    async def _handle_chat_completions(self, request: web.Request) -> web.Response:
+    async def _handle_completions(self, request: web.Request) -> web.Response:
+        arrived = time.monotonic()
         _, fault = self._admit()
         try:
-            return await self._respond(request, fault)
+            return await self._respond(request, arrived, fault)
         finally:
             with self._lock:
                 self._in_flight -= 1
 
-    async def _respond(self, request: web.Request, fault: str | None) -> web.Response:
+    async def _respond(self, request: web.Request, arrived: float, fault: str | None) -> web.Response:
+        path = request.path
         try:
             body = await request.json()
         except (json.JSONDecodeError, UnicodeDecodeError):
             body = None
             problem: str | None = "request body is not valid JSON"
         else:
-            problem = _validation_problem(body)
+            problem = _validation_problem(path, body, self.unknown_fields)
+        with self._lock:
+            self._received.append(ReceivedRequest(path, body, arrived))
         if problem is not None:
             self._count(STAT_BAD_REQUEST)
             return _error_response(400, problem, "invalid_request_error")
 
         if fault is not None:
             self._count(fault)
+        error_headers = dict(self.faults.error_headers)
         if fault == FAULT_429:
             return _error_response(
-                429,
-                "injected rate limit: please retry",
-                "rate_limit_error",
-                headers={"Retry-After": "0"},
+                429, "injected rate limit: please retry", "rate_limit_error", headers=error_headers
             )
-        if fault == FAULT_500:
-            return _error_response(500, "injected server error", "server_error")
+        if fault is not None and fault.isdigit():  # FAULT_500, or a fail-first status
+            message = "injected server error" if fault == FAULT_500 else f"injected error {fault}"
+            return _error_response(int(fault), message, "server_error", headers=error_headers)
 
         delay = self.faults.slow_seconds if fault == FAULT_SLOW else self.latency
         if delay > 0:
@@ -449,16 +498,19 @@ class FakeOpenAIServer:
             return web.Response(text=MALFORMED_BODY, content_type="application/json")
 
         model = body.get("model") or self.model
+        chat = path == CHAT_PATH
         envelope: dict[str, Any] = {
-            "id": f"chatcmpl-fake-{uuid.uuid4().hex}",
-            "object": "chat.completion",
+            "id": f"{'chatcmpl' if chat else 'cmpl'}-fake-{uuid.uuid4().hex}",
+            "object": "chat.completion" if chat else "text_completion",
             "created": int(time.time()),
             "model": model,
         }
         if fault == FAULT_EMPTY_CHOICES:
             return web.json_response({**envelope, "choices": []})
 
-        messages: list[dict[str, Any]] = body["messages"]
+        messages: list[dict[str, Any]] = (
+            body["messages"] if chat else [{"role": "user", "content": body["prompt"]}]
+        )
         try:
             text = self.reply_fn(messages, body)
         except Exception as exc:  # noqa: BLE001 - reported to the client, and logged
@@ -479,16 +531,15 @@ class FakeOpenAIServer:
         prompt_tokens = sum(_word_count(message_text(m)) for m in messages)
         completion_tokens = _word_count(text)
         self._count(STAT_OK)
+        choice: dict[str, Any] = {"index": 0, "finish_reason": finish_reason}
+        if chat:
+            choice["message"] = {"role": "assistant", "content": text}
+        else:
+            choice.update(text=text, logprobs=None)
         return web.json_response(
             {
                 **envelope,
-                "choices": [
-                    {
-                        "index": 0,
-                        "message": {"role": "assistant", "content": text},
-                        "finish_reason": finish_reason,
-                    }
-                ],
+                "choices": [choice],
                 "usage": {
                     "prompt_tokens": prompt_tokens,
                     "completion_tokens": completion_tokens,
@@ -501,7 +552,7 @@ class FakeOpenAIServer:
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m spri_sft.testing.fake_openai_server",
-        description="Serve a fault-injecting OpenAI-compatible chat-completions API "
+        description="Serve a fault-injecting OpenAI-compatible (chat) completions API "
         "until SIGINT/SIGTERM. Prints 'listening on <base_url>' once ready.",
     )
     parser.add_argument("--host", default="127.0.0.1")
@@ -516,6 +567,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--rate-malformed", type=float, default=0.0)
     parser.add_argument("--rate-empty-choices", type=float, default=0.0)
     parser.add_argument("--fail-first-n", type=int, default=0)
+    parser.add_argument("--fail-first-status", type=int, default=429)
     return parser.parse_args(argv)
 
 
@@ -529,6 +581,7 @@ def main(argv: list[str] | None = None) -> None:
         rate_empty_choices=args.rate_empty_choices,
         slow_seconds=args.slow_seconds,
         fail_first_n=args.fail_first_n,
+        fail_first_status=args.fail_first_status,
     )
     server = FakeOpenAIServer(
         latency=args.latency,
