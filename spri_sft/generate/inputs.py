@@ -46,15 +46,7 @@ class PromptSource:
 
 def load_prompts(source: PromptSource) -> list[str]:
     """The prompts, in order, without duplicates (a prompt's id would collide with its twin)."""
-    if source.path and source.dataset:
-        raise UserError("prompts: set either prompts.path or prompts.dataset, not both")
-    if source.dataset:
-        rows = _dataset_rows(source)
-        origin = f"{source.dataset}[{source.split}]"
-    else:
-        path = Path(source.path) if source.path else BUILTIN_PROMPTS
-        rows = read_rows(path, what="prompts file")
-        origin = str(path)
+    rows, origin = _source_rows(source)
     prompts, seen = [], set()
     for where, row in rows:
         prompt = _compose(row, source, f"{origin}:{where}")
@@ -75,11 +67,7 @@ def load_references(source: PromptSource) -> dict[str, str]:
     first row of a prompt wins, as in `load_prompts`; a row with an empty response gives none."""
     if not source.response_column:
         raise UserError("mode oracle: set prompts.response_column to the field holding each prompt's own response")
-    if source.dataset:
-        rows, origin = _dataset_rows(source), f"{source.dataset}[{source.split}]"
-    else:
-        path = Path(source.path) if source.path else BUILTIN_PROMPTS
-        rows, origin = read_rows(path, what="prompts file"), str(path)
+    rows, origin = _source_rows(source)
     references: dict[str, str] = {}
     for where, row in rows:
         prompt = _compose(row, source, f"{origin}:{where}")
@@ -87,6 +75,16 @@ def load_references(source: PromptSource) -> dict[str, str]:
         if prompt not in references and isinstance(response, str) and response.strip():
             references[prompt] = response.strip()
     return references
+
+
+def _source_rows(source: PromptSource) -> tuple[Iterator[tuple[str, Any]], str]:
+    """(the rows, the name messages give their source): the file, the dataset, or the built-in prompts."""
+    if source.path and source.dataset:
+        raise UserError("prompts: set either prompts.path or prompts.dataset, not both")
+    if source.dataset:
+        return _dataset_rows(source), f"{source.dataset}[{source.split}]"
+    path = Path(source.path) if source.path else BUILTIN_PROMPTS
+    return read_rows(path, what="prompts file"), str(path)
 
 
 def _compose(row: Any, source: PromptSource, where: str) -> str:
