@@ -285,3 +285,35 @@ def test_min_new_tokens_holds_back_the_end_of_the_reply(tiny_model_dir, tmp_path
 
     assert at_once.completion_tokens == 1 and at_once.finish_reason == "stop"
     assert held.completion_tokens == 6 and held.finish_reason == "stop"  # five tokens, then the stop
+
+
+# -- a whole run ----------------------------------------------------------------------------------
+
+
+def test_a_run_with_a_raw_critic_scores_every_round_through_text_completions(tmp_path):
+    import json
+
+    from spri_sft.generate.config import GenerateConfig
+    from spri_sft.generate.inputs import PromptSource
+    from spri_sft.generate.run import generate
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": f"How do tides work, take {i}?"}) + "\n" for i in range(3)))
+    with FakeOpenAIServer() as base_server, FakeOpenAIServer() as critic_server:
+        config = GenerateConfig(
+            output_dir=str(tmp_path / "out"),
+            prompts=PromptSource(path=str(prompts)),
+            base=http_endpoint(base_server.base_url),
+            critic=http_endpoint(critic_server.base_url, prompt_format="raw", min_new_tokens=30),
+            progress=False,
+        )
+        summary = generate(config)
+        base_paths = {r.path for r in base_server.received}
+        critic_bodies = [r.body for r in critic_server.received]
+
+    assert summary["status"] == {"accepted": 3}
+    assert base_paths == {CHAT_PATH}
+    assert len(critic_bodies) == 2 * 3  # one critique of the principles and one of the response per prompt
+    for body in critic_bodies:
+        assert "messages" not in body and body["min_tokens"] == 30
+        assert body["prompt"].startswith("User: ") and body["prompt"].endswith(" \n\nAssistant: ")

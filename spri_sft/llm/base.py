@@ -67,7 +67,8 @@ class EndpointConfig:
         metadata={
             "help": "Shortest reply before the model may stop (the SPRI authors used 30). openai: sent as "
             "'min_tokens' (vLLM accepts it; a server that refuses it is logged once and then sent requests "
-            "without it); transformers: generate(min_new_tokens=...)."
+            "without it); transformers: generate(min_new_tokens=...).",
+            "ge": 0,
         },
     )
     prompt_format: Literal["chat", "raw"] = field(
@@ -84,7 +85,12 @@ class EndpointConfig:
     )
     timeout: float = field(default=120.0, metadata={"help": "openai: seconds before one request times out (then retried).", "gt": 0})
     max_retries: int = field(
-        default=6, metadata={"help": "openai: retries on 429/5xx/timeouts/connection errors/malformed replies.", "ge": 0}
+        default=6,
+        metadata={
+            "help": "openai: retries on 408/409/429/5xx (as the openai client decides: x-should-retry and "
+            "Retry-After honoured), timeouts, connection errors and malformed replies.",
+            "ge": 0,
+        },
     )
     requests_per_minute: float | None = field(default=None, metadata={"help": "openai: pace requests to this rate."})
     tokens_per_minute: float | None = field(
