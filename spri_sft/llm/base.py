@@ -154,38 +154,3 @@ def render_raw(messages: list[dict[str, str]]) -> str:
 
 def _roles(messages: list[dict[str, str]]) -> str:
     return "[" + ", ".join(m["role"] for m in messages) + "]"
-
-
-def render_raw(messages: list[dict[str, str]]) -> str:
-    """Chat messages as one plain-text prompt, in the layout the SPRI authors fed Prometheus.
-
-    Their `format_input_prometheus` covers one turn: `"User: {user} \\n\\nAssistant: "`, or with a
-    system message `"{system}\\n\\nUser: {user} \\n\\nAssistant: "`. Longer histories (few-shot
-    pairs, a score reminder after a critique) continue the same layout: each earlier assistant reply
-    follows its "Assistant: " and the next turn starts after "\\n\\n", so the prompt always ends
-    with "Assistant: " (a space included):
-
-        "{system}\\n\\nUser: {u1} \\n\\nAssistant: {a1}\\n\\nUser: {u2} \\n\\nAssistant: "
-
-    Accepted: an optional first system message, then user and assistant messages alternating,
-    ending with a user message (the model writes the next assistant turn). Anything else has no
-    place in this layout and raises ValueError.
-    """
-    turns = list(messages)
-    system = turns.pop(0)["content"] if turns and turns[0]["role"] == "system" else None
-    if not turns or len(turns) % 2 == 0:
-        raise ValueError(f"render_raw needs user/assistant turns ending with a user turn, got {_roles(messages)}")
-    for index, message in enumerate(turns):
-        expected = "user" if index % 2 == 0 else "assistant"
-        if message["role"] != expected:
-            position = index + (system is not None)
-            raise ValueError(f"render_raw: message {position} is {message['role']!r}, expected {expected!r} "
-                             f"(roles: {_roles(messages)})")
-    replies = [m["content"] for m in turns[1::2]] + [""]
-    text = "\n\n".join(f"User: {user['content']} \n\nAssistant: {reply}" for user, reply in zip(turns[::2], replies))
-    return text if system is None else f"{system}\n\n{text}"
-
-
-def _roles(messages: list[dict[str, str]]) -> str:
-    return "[" + ", ".join(m["role"] for m in messages) + "]"
-
