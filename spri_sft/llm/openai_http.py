@@ -32,6 +32,7 @@ import logging
 import math
 import os
 import random
+import re
 import time
 from dataclasses import dataclass, field
 
@@ -50,9 +51,12 @@ logger = logging.getLogger(__name__)
 BACKOFF_BASE = 0.5
 BACKOFF_CAP = 30.0
 
-# Body fields a server may not know. One it refuses (a 400 or 422 naming the field) is logged
-# once and left out of every later request to that server, instead of failing every request.
+# Body fields a server may not know. One it refuses (a 400 or 422 naming the field as unknown:
+# OpenAI's "Unrecognized request argument", pydantic's "Extra inputs are not permitted", serde's
+# "unknown field") is logged once and left out of every later request to that server, instead of
+# failing every request. A 400 about the field's value (vLLM: min_tokens above max_tokens) stays an error.
 OPTIONAL_FIELDS = ("min_tokens",)
+_UNKNOWN_FIELD = re.compile(r"unrecognized|unknown|extra|not permitted|unexpected|unsupported|not supported", re.I)
 
 
 class MalformedReply(Exception):
@@ -256,8 +260,9 @@ class _ServerPool:
             except json.JSONDecodeError as err:
                 raise MalformedReply(f"{replica.url} sent a body that is not JSON ({err})") from None
             except (openai.BadRequestError, openai.UnprocessableEntityError) as err:
-                refused = next((f for f in OPTIONAL_FIELDS if f in sent and f in str(err)), None)
-                if refused is None:
+                said = str(err)
+                refused = next((f for f in OPTIONAL_FIELDS if f in sent and f in said), None)
+                if refused is None or not _UNKNOWN_FIELD.search(said):
                     raise
                 if refused not in replica.refused_fields:  # concurrent requests may learn it together
                     replica.refused_fields.add(refused)
