@@ -33,10 +33,16 @@ PLAN_LINE = re.compile(r"(\d+) prompts, (\d+) already done, (\d+) to generate")
 
 
 @pytest.fixture(scope="module")
-def server_url() -> str:
-    # The server lives in this process; every generate run is a separate process talking HTTP.
-    with FakeOpenAIServer(latency=0.04) as server:
-        yield server.base_url
+def server() -> FakeOpenAIServer:
+    # The server lives in this process; every generate run is a separate process talking HTTP. Its
+    # replies depend on the request alone, so a rerun asks and is answered exactly as before.
+    with FakeOpenAIServer(latency=0.04) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def server_url(server: FakeOpenAIServer) -> str:
+    return server.base_url
 
 
 @pytest.fixture
@@ -192,6 +198,40 @@ def test_runs_killed_at_several_points_end_with_one_record_per_prompt_as_an_unin
     assert len(set(ids)) == len(ids), "a prompt was recorded twice"
     assert set(ids) == {r["id"] for r in reference}
     assert {r["id"]: r["prompt"] for r in records} == {r["id"]: r["prompt"] for r in reference}
+
+
+def test_a_killed_and_resumed_run_asks_again_only_the_calls_in_flight_at_the_kills(
+    generate: Generate, server: FakeOpenAIServer, tmp_path: Path
+):
+    before = server.stats["requests"]
+    generate.run(tmp_path / "uninterrupted")
+    uninterrupted = server.stats["requests"] - before
+    reference = {r["id"]: r for r in _read_records(tmp_path / "uninterrupted" / "records.jsonl")}
+
+    output_dir = tmp_path / "killed"
+    records_path, journal_path = output_dir / "records.jsonl", output_dir / "journal.jsonl"
+    before = server.stats["requests"]
+    kills = 0
+    # Killed once replies are journaled but before any record, then at four record counts.
+    points = [lambda: _line_count(journal_path) >= 3, *[lambda n=n: _line_count(records_path) >= n for n in (3, 12, 20, 30)]]
+    for reached in points:
+        process, log = generate.start(output_dir)
+        try:
+            _wait_until(reached, "the kill point", process, log)
+            _kill(process)
+            kills += 1
+        finally:
+            _reap(process)
+    output = generate.run(output_dir)
+    resumed = server.stats["requests"] - before
+
+    # Each prompt has at most one call in flight, so at most max_concurrent_prompts (4) per kill are lost.
+    assert uninterrupted <= resumed <= uninterrupted + 4 * kills
+    assert "replayed, not asked again" in output
+    records = _read_records(records_path)
+    assert {r["id"]: r["response"] for r in records} == {i: r["response"] for i, r in reference.items()}
+    assert sum(u["calls"] for r in records for u in r["usage"].values()) == uninterrupted
+    assert not journal_path.exists(), "a finished run leaves no journal"
 
 
 def test_rerunning_a_finished_run_generates_nothing(generate: Generate, tmp_path: Path):

@@ -35,5 +35,9 @@ class GenerateConfig:
     token_budget: int | None = field(
         default=None, metadata={"help": "Stop cleanly once this many tokens (prompt + completion, all models) are spent."}
     )
+    fail_fast_after: int | None = field(
+        default=8,
+        metadata={"help": "Stop when this run's first N records all failed with the same error; null never stops.", "ge": 1},
+    )
     retry_failed: bool = field(default=False, metadata={"help": "On a rerun, drop `failed` records and try those prompts again."})
     progress: bool = field(default=True, metadata={"help": "Show a progress bar."})

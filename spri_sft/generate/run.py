@@ -2,13 +2,17 @@
 
 Every prompt is its own coroutine (up to `max_concurrent_prompts` at once) that calls the
 backends and appends its record when it finishes, so nothing waits for a whole stage to end.
-A rerun with the same settings skips finished ids; changed settings change the ids.
+Every reply a prompt gets before then is journaled (`journal.py`), so a killed run's rerun
+replays them instead of paying for them again. A rerun with the same settings skips finished
+ids; changed settings change the ids (`identity.py`).
+
+A run whose records all failed is an error, and so is one whose first `fail_fast_after`
+records failed with one same error (it stops there): both name the error in one line.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import logging
 import time
@@ -19,29 +23,17 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from spri_sft.config import dump_yaml
+from spri_sft.errors import UserError
 from spri_sft.generate.config import GenerateConfig
 from spri_sft.generate.engine import Engine, Session
+from spri_sft.generate.identity import generation_identity, record_id, request_settings
 from spri_sft.generate.inputs import load_prompts
+from spri_sft.generate.journal import Journal, ReplayedCompletion
 from spri_sft.generate.prompts import PromptSet, load_prompt_set
 from spri_sft.generate.store import RecordStore
 from spri_sft.llm import Completion, build_backends
 
 logger = logging.getLogger(__name__)
-
-USES_CRITIC = {"spri", "seed-principles", "constitution"}
-
-
-def record_id(prompt: str, config: GenerateConfig, prompts: PromptSet) -> str:
-    """A stable hash of the prompt, the mode and every setting that changes the output."""
-    settings = {
-        "prompt": prompt,
-        "mode": config.mode,
-        "base": config.base.decoding(),
-        "critic": config.critic.decoding() if config.mode in USES_CRITIC else None,
-        "loop": {k: v for k, v in asdict(config.loop).items() if k != "prompts_file"},
-        "templates": prompts.fingerprint(),
-    }
-    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def plan(config: GenerateConfig, pending: int) -> dict:
@@ -73,16 +65,39 @@ def plan(config: GenerateConfig, pending: int) -> dict:
 
 
 def generate(config: GenerateConfig) -> dict:
-    """Run generation to completion (or to the token budget) and return the summary."""
-    return asyncio.run(_generate(config))
+    """Run generation to completion (or to the token budget) and return the summary.
+
+    Raises UserError, after writing the summary, when no record of this run succeeded or when
+    the first `fail_fast_after` records failed with the same error (the run stops there)."""
+    summary = asyncio.run(_generate(config))
+    failure = summary.get("failure")
+    if failure:
+        raise UserError(f"generate: {failure}")
+    return summary
+
+
+def run_records(config: GenerateConfig) -> tuple[list[dict], bool]:
+    """This configuration's finished records, in prompt order, and whether its records.jsonl also
+    holds records of other prompts or settings (a reused or shared output_dir)."""
+    _, _, ids = _inputs(config)
+    store = RecordStore(Path(config.output_dir) / "records.jsonl")
+    store.close()
+    mine = [store.records[i] for i in ids if i in store]
+    return mine, len(mine) < len(store.records)
+
+
+def _inputs(config: GenerateConfig) -> tuple[PromptSet, list[str], list[str]]:
+    """The templates, the prompts and their record ids, in order."""
+    templates = load_prompt_set(config.loop.prompts_file)
+    prompts = load_prompts(config.prompts)
+    identity = generation_identity(config, templates)
+    return templates, prompts, [record_id(p, identity) for p in prompts]
 
 
 async def _generate(config: GenerateConfig) -> dict:
     started = time.monotonic()
     output_dir = Path(config.output_dir)
-    templates = load_prompt_set(config.loop.prompts_file)
-    prompts = load_prompts(config.prompts)
-    ids = [record_id(p, config, templates) for p in prompts]
+    templates, prompts, ids = _inputs(config)
 
     output_dir.mkdir(parents=True, exist_ok=True)
     store = RecordStore(output_dir / "records.jsonl")
@@ -107,17 +122,22 @@ async def _generate(config: GenerateConfig) -> dict:
         flush=True,
     )
 
-    meter = _Meter(config.token_budget)
-    stopped_by_budget = False
+    meter = _Meter(config.token_budget, config.fail_fast_after)
     try:
         if pending:
+            journal = Journal(output_dir / "journal.jsonl", {i for i, _ in pending})
+            if journal.torn_bytes:
+                logger.warning("cut off a torn last journal line (%d bytes) left by an interrupted run", journal.torn_bytes)
+            if journal.entries:
+                print(f"[spri-sft] {journal.entries} replies of unfinished prompts journaled by an interrupted run: replayed, not asked again", flush=True)
             engine = Engine(config.mode, templates, config.loop, source=config.prompts)
             base, critic = build_backends(config.base, config.critic)
             try:
                 await base.start()
                 await critic.start()
-                stopped_by_budget = await _run_prompts(pending, engine, base, critic, store, meter, config)
+                await _run_prompts(pending, engine, base, critic, store, journal, meter, config)
             finally:
+                journal.close()
                 await base.close()
                 await critic.close()
     finally:
@@ -125,12 +145,16 @@ async def _generate(config: GenerateConfig) -> dict:
 
     wanted = set(ids)
     summary = summarize([r for r in store.records.values() if r["id"] in wanted])
+    stopped_by_budget = meter.stop_reason == "budget" and meter.records < len(pending)
     summary.update(
         wall_seconds=round(time.monotonic() - started, 2),
-        this_run={"records": meter.records, "calls": meter.calls, "tokens": meter.tokens},
+        this_run={"records": meter.records, "calls": meter.calls, "replayed_calls": meter.replayed, "tokens": meter.tokens},
         stopped_by_budget=stopped_by_budget,
         missing=len(wanted - set(store.records)),
     )
+    failure = meter.failure()
+    if failure:
+        summary["failure"] = failure
     (output_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     if stopped_by_budget:
         print(f"[spri-sft] token budget of {config.token_budget:,} spent: stopped with every finished record kept")
@@ -138,26 +162,71 @@ async def _generate(config: GenerateConfig) -> dict:
 
 
 class _Meter:
-    """Counts calls, tokens and records; signals when the token budget is spent."""
+    """Counts calls, tokens and records; says when the run must stop (budget spent, or failing alike)."""
 
-    def __init__(self, budget: int | None):
-        self.budget = budget
-        self.calls = self.tokens = self.records = self.accepted = 0
-        self.spent = asyncio.Event()
+    def __init__(self, budget: int | None, fail_fast_after: int | None):
+        self.budget, self.fail_fast_after = budget, fail_fast_after
+        self.calls = self.replayed = self.tokens = self.records = self.accepted = 0
+        self.errors: Counter[str] = Counter()  # the errors of this run's failed records
+        self.first_outcomes: list[str | None] = []  # error or None, of this run's first records
+        self.stop = asyncio.Event()
+        self.stop_reason: str | None = None
         self.on_change = lambda: None
 
     def __call__(self, completion: Completion) -> None:
+        if isinstance(completion, ReplayedCompletion):
+            self.replayed += 1  # paid by an earlier run: neither a call nor tokens of this one
+            return
         self.calls += 1
         self.tokens += completion.prompt_tokens + completion.completion_tokens
         if self.budget is not None and self.tokens >= self.budget:
-            self.spent.set()
+            self._stop("budget")
         self.on_change()
 
+    def record(self, fields: dict) -> None:
+        self.records += 1
+        self.accepted += fields["status"] == "accepted"
+        error = fields.get("error") if fields["status"] == "failed" else None
+        if error is not None:
+            self.errors[error] += 1
+        if self.fail_fast_after and len(self.first_outcomes) < self.fail_fast_after:
+            self.first_outcomes.append(error)
+            first = self.first_outcomes
+            if len(first) == self.fail_fast_after and first[0] is not None and first.count(first[0]) == len(first):
+                self._stop("failing")
 
-async def _run_prompts(pending, engine, base, critic, store, meter, config) -> bool:
-    """Run every pending prompt; returns True when the token budget stopped the run."""
+    def _stop(self, reason: str) -> None:
+        if not self.stop.is_set():
+            self.stop_reason = reason
+            self.stop.set()
+
+    def failure(self) -> str | None:
+        """One line naming why this run failed as a whole, or None."""
+        if self.stop_reason == "failing":
+            return (
+                f"stopped early: the first {self.fail_fast_after} records all failed with {_one_line(self.first_outcomes[0])} "
+                "(fix its cause and rerun with --retry_failed true; --fail_fast_after null turns this check off)"
+            )
+        failed = sum(self.errors.values())
+        if self.records and failed == self.records:
+            error, count = self.errors.most_common(1)[0]
+            return (
+                f"no record succeeded: all {failed} records of this run failed, {count} of them with "
+                f"{_one_line(error)} (fix its cause and rerun with --retry_failed true)"
+            )
+        return None
+
+
+def _one_line(error: str, limit: int = 300) -> str:
+    text = " ".join(error.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+async def _run_prompts(pending, engine, base, critic, store, journal, meter, config) -> None:
+    """Run every pending prompt, or until the meter says stop (unfinished prompts keep their journal)."""
     slots = asyncio.Semaphore(config.max_concurrent_prompts)
     bar = tqdm(total=len(pending), desc="generate", unit="prompt", disable=not config.progress, dynamic_ncols=True)
+    settings = {"base": request_settings(config.base), "critic": request_settings(config.critic)}
     started = time.monotonic()
     last_shown = 0.0
 
@@ -176,9 +245,12 @@ async def _run_prompts(pending, engine, base, critic, store, meter, config) -> b
 
     async def one(record_id: str, prompt: str) -> None:
         async with slots:
-            if meter.spent.is_set():
+            if meter.stop.is_set():
                 return
-            session = Session(base, critic, on_usage=meter)
+            calls = journal.prompt(record_id)
+            session = Session(
+                calls.backend("base", base, settings["base"]), calls.backend("critic", critic, settings["critic"]), on_usage=meter
+            )
             try:
                 fields = await engine.run(prompt, session)
             except asyncio.CancelledError:
@@ -192,30 +264,30 @@ async def _run_prompts(pending, engine, base, critic, store, meter, config) -> b
                     "rounds": [],
                     "usage": {role: asdict(u) for role, u in session.usage.items() if u.calls},
                 }
+            for role, replayed in calls.replayed.items():
+                fields["usage"][role]["replayed_calls"] = replayed  # of its calls, those read back from the journal
             # Synchronous on purpose: a finished prompt's record is written before anything can cancel it.
             store.append({"id": record_id, "prompt": prompt, "mode": engine.mode, **fields})
-            meter.records += 1
-            meter.accepted += fields["status"] == "accepted"
+            journal.forget(record_id)
+            meter.record(fields)
             show(force=True)
             bar.update()
 
     tasks = [asyncio.create_task(one(i, p)) for i, p in pending]
     everything = asyncio.gather(*tasks)
-    budget_spent = asyncio.create_task(meter.spent.wait())
+    stop = asyncio.create_task(meter.stop.wait())
     try:
-        await asyncio.wait({everything, budget_spent}, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait({everything, stop}, return_when=asyncio.FIRST_COMPLETED)
         if not everything.done():
-            # Budget spent: unfinished prompts are dropped, to be generated on a later run.
+            # Budget spent or failing alike: unfinished prompts are dropped, to be generated on a later run.
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
         else:
             everything.result()
     finally:
-        budget_spent.cancel()
+        stop.cancel()
         bar.close()
-    # A prompt that found the budget spent before it started returns without a record, so count records.
-    return meter.spent.is_set() and meter.records < len(pending)
 
 
 def summarize(records: list[dict]) -> dict:
