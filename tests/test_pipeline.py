@@ -390,6 +390,25 @@ def test_a_stage_started_with_other_settings_starts_over_when_it_left_nothing_to
         Stage("eval/x", tmp_path / "x", "def").is_done(resumable=True)
 
 
+def test_an_incremental_stage_made_with_other_settings_runs_again_instead_of_being_refused(tmp_path):
+    stage = Stage("generate/x", tmp_path / "x", "abc", incremental=True)
+    stage.begin()
+    stage.finish()
+    assert not Stage("generate/x", tmp_path / "x", "def", incremental=True).is_done()
+    assert Stage("generate/x", tmp_path / "x", "abc", incremental=True).is_done()
+
+
+def test_input_files_enter_fingerprints_by_their_contents(tmp_path):
+    from spri_sft.pipeline.stages import file_digest
+
+    path = tmp_path / "questions.json"
+    path.write_text("[1]")
+    before = file_digest(path)
+    path.write_text("[2]")  # edited in place: same path, other input
+    assert file_digest(path) != before
+    assert file_digest(tmp_path / "copy.json") != file_digest(path)
+
+
 def test_each_finish_names_new_outputs(tmp_path):
     stage = Stage("generate/x", tmp_path / "x", "abc")
     stage.begin()

@@ -36,7 +36,7 @@ from spri_sft.format.config import FormatConfig
 from spri_sft.generate.config import GenerateConfig
 from spri_sft.generate.engine import MODES
 from spri_sft.pipeline.config import PipelineConfig
-from spri_sft.pipeline.stages import Stage, fingerprint
+from spri_sft.pipeline.stages import Stage, file_digest, fingerprint
 
 logger = logging.getLogger(__name__)
 
@@ -128,18 +128,19 @@ def check_recipe(config: PipelineConfig) -> None:
 
 
 def _generate(config: PipelineConfig, mode: str, root: Path, name: str, group: str) -> Stage:
+    from spri_sft.generate.identity import generation_identity
+    from spri_sft.generate.prompts import load_prompt_set
     from spri_sft.generate.run import generate
 
-    job = dataclasses.replace(config.generate, mode=mode, output_dir=str(config.generation_dir(mode)))
-    # What shapes the records (the record ids hash the same things); not concurrency, budget or progress.
+    job = _generation_job(config, mode)
+    # What shapes the records (record ids hash the same identity), and the prompt set they are made
+    # for, its file by contents; not concurrency, budget or progress. Incremental: a change adds the
+    # records it needs beside the others, and the stages after it see new outputs.
     settings = {
-        "mode": mode,
-        "prompts": dataclasses.asdict(job.prompts),
-        "base": job.base.decoding(),
-        "critic": job.critic.decoding(),
-        "loop": dataclasses.asdict(job.loop),
+        "identity": generation_identity(job, load_prompt_set(job.loop.prompts_file)),
+        "prompts": _prompt_set(job.prompts),
     }
-    stage = Stage(f"generate/{mode}", Path(job.output_dir), fingerprint(settings))
+    stage = Stage(f"generate/{mode}", Path(job.output_dir), fingerprint(settings), incremental=True)
     if _skip(stage):
         return stage
     stage.begin()
@@ -155,6 +156,20 @@ def _generate(config: PipelineConfig, mode: str, root: Path, name: str, group: s
     return stage
 
 
+def _generation_job(config: PipelineConfig, mode: str) -> GenerateConfig:
+    return dataclasses.replace(config.generate, mode=mode, output_dir=str(config.generation_dir(mode)))
+
+
+def _prompt_set(source) -> dict:
+    """The prompt source's settings, its local file named by its contents (a Hub dataset by its id)."""
+    from spri_sft.generate.inputs import BUILTIN_PROMPTS
+
+    settings = dataclasses.asdict(source)
+    if not source.dataset:
+        settings["path"] = file_digest(source.path or BUILTIN_PROMPTS)
+    return settings
+
+
 def _format(config: PipelineConfig, mode: str, root: Path, generated: Stage, truthfulqa: dict | None) -> Stage:
     from spri_sft.format.build import build_dataset
 
@@ -167,11 +182,15 @@ def _format(config: PipelineConfig, mode: str, root: Path, generated: Stage, tru
         output_dir=str(root / "dataset" / mode),
         truthfulqa_file=guard,
     )
-    settings = {**dataclasses.asdict(job), "records": None, "output_dir": None, "after": generated.output_id}
+    settings = {
+        **dataclasses.asdict(job), "records": None, "output_dir": None, "after": generated.output_id,
+        "truthfulqa_file": file_digest(guard) if guard else None,
+    }  # fmt: skip
     stage = Stage(f"dataset/{mode}", Path(job.output_dir), fingerprint(settings))
     if _skip(stage):
         return stage
     stage.begin()
+    job.records = [str(_this_runs_records(config, mode, Path(job.output_dir)))]
     summary = build_dataset(job)
     print(
         f"[spri-sft] dataset/{mode}: {summary['rows']} rows ("
@@ -181,6 +200,23 @@ def _format(config: PipelineConfig, mode: str, root: Path, generated: Stage, tru
     )
     stage.finish(rows=summary["rows"], splits=summary["splits"])
     return stage
+
+
+def _this_runs_records(config: PipelineConfig, mode: str, output_dir: Path) -> Path:
+    """The records of this run's prompts and settings: its generation's records.jsonl when that holds
+    nothing else, else a copy of just those (records.jsonl beside the dataset made from it)."""
+    from spri_sft.generate.run import run_records
+
+    records, others = run_records(_generation_job(config, mode))
+    selected = output_dir / "records.jsonl"
+    if not others:
+        selected.unlink(missing_ok=True)  # a copy from an earlier run would only mislead
+        return config.generation_dir(mode) / "records.jsonl"
+    output_dir.mkdir(parents=True, exist_ok=True)
+    staging = selected.with_suffix(".tmp")
+    staging.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+    os.replace(staging, selected)
+    return selected
 
 
 # -- train -----------------------------------------------------------------------------------
@@ -361,7 +397,8 @@ def _evaluate(
         wandb_run_name=f"{name}-eval-{directory.name}",
     )
     # What decides the scores: the questions and how they are scored, and which model (by the stage that made it).
-    scoring = {k: getattr(job, k) for k in ("truthfulqa_file", "limit", "dtype", "chat_template", "batch_size")}
+    scoring = {k: getattr(job, k) for k in ("limit", "dtype", "chat_template", "batch_size")}
+    scoring["truthfulqa_file"] = file_digest(job.truthfulqa_file)
     upstream = trained.output_id if trained is not None else plan.student
     stage = Stage(f"eval/{directory.name}", directory, fingerprint({**scoring, "after": upstream}))
     if _skip(stage, resumable=False):
@@ -388,7 +425,11 @@ def _skip(stage: Stage, resumable: bool = True) -> bool:
     if stage.is_done(resumable):
         print(f"[spri-sft] {stage.name}: done in an earlier run, skipped", flush=True)
         return True
-    how = "starting" if stage.state() is None else "resuming" if resumable else "starting over"
+    state = stage.state()
+    if stage.incremental and state is not None and state.get("fingerprint") != stage.fingerprint:
+        print(f"[spri-sft] {stage.name}: settings or inputs changed since its last run: adding what this run needs", flush=True)
+        return False
+    how = "starting" if state is None else "resuming" if resumable else "starting over"
     print(f"[spri-sft] {stage.name}: {how}", flush=True)
     return False
 

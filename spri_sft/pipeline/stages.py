@@ -10,7 +10,12 @@ On a rerun, a `done` stage with the same fingerprint is skipped; a `running` one
 and picks up where it stopped (generation keeps its finished records, training resumes from its
 last complete checkpoint). A stage whose fingerprint differs was made with other settings or
 inputs: the pipeline stops and says which directory to delete rather than mix old and new
-outputs, except for a `running` stage that left nothing to resume from, which simply starts over.
+outputs, except for a `running` stage that left nothing to resume from, which simply starts over,
+and for an `incremental` one (generation), whose outputs are keyed by their own identity (the
+record ids), so it runs again and adds what the new settings or inputs need beside what is there.
+
+Input files enter fingerprints by their contents (`file_digest`), never by their paths, so a
+file edited in place is a changed input.
 """
 
 from __future__ import annotations
@@ -31,11 +36,24 @@ def fingerprint(settings: Any) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def file_digest(path: str | Path) -> str:
+    """The sha256 of a file's contents (a missing file is named as such; the stage reading it says so)."""
+    digest = hashlib.sha256()
+    try:
+        with Path(path).open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    except FileNotFoundError:
+        return f"missing:{path}"
+    return digest.hexdigest()
+
+
 @dataclass
 class Stage:
     name: str  # e.g. "train/spri", as printed
     directory: Path
     fingerprint: str
+    incremental: bool = False  # other settings or inputs run it again instead of refusing it (see above)
     started: float = field(default=0.0, repr=False)
 
     @property
@@ -65,7 +83,7 @@ class Stage:
         if state is None:
             return False
         if state.get("fingerprint") != self.fingerprint:
-            if state.get("status") != "done" and not resumable:
+            if self.incremental or (state.get("status") != "done" and not resumable):
                 return False
             raise UserError(
                 f"{self.directory} was {'made' if state.get('status') == 'done' else 'started'} with other settings "
