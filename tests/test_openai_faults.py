@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from spri_sft.errors import UserError
 from spri_sft.generate.config import GenerateConfig
 from spri_sft.generate.engine import LoopSettings
 from spri_sft.generate.inputs import PromptSource
@@ -135,13 +136,15 @@ def test_mixed_faults_are_retried_until_every_prompt_has_one_valid_record(tmp_pa
 # -- b. a server that always fails --------------------------------------------------
 
 
-def test_a_server_that_always_fails_gives_failed_records_not_a_crash(tmp_path):
+def test_a_server_that_always_fails_gives_failed_records_and_one_error_not_a_crash(tmp_path):
     prompts_file, prompts = write_prompts(tmp_path, 8)
     with FakeOpenAIServer(faults=FaultPlan(rate_500=1.0)) as server:
         ep = endpoint([server.base_url], max_retries=1)
         config = make_config(tmp_path, prompts_file, ep, ep)
-        summary = generate(config)
+        with pytest.raises(UserError, match="InternalServerError"):
+            generate(config)
         stats = server.stats
+    summary = read_summary(config)  # written before the error was raised
 
     records = read_records(config)
     assert sorted(r["prompt"] for r in records) == sorted(prompts)
