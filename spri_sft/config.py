@@ -219,6 +219,10 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
         return value
     if hint is Any:
         return value
+    if dataclasses.is_dataclass(hint):  # an item of a list of sections, e.g. one of prompts.sources
+        if not isinstance(value, dict):
+            raise UserError(f"{where}: expected a mapping of {hint.__name__} fields, got {value!r}")
+        return from_dict(hint, value, where)
     if hint is bool:
         if isinstance(value, bool):
             return value

@@ -27,7 +27,7 @@ def test_help_lists_commands_and_generate_help_lists_fields():
         (None, [], "prompts file not found"),
         ('{"prompt": "ok"}\n{"prompt": \n', [], "prompts.jsonl:2: malformed JSON line"),
         ('{"question": "x"}\n', [], "prompts.jsonl:1: missing field 'prompt'"),
-        ('{"prompt": ""}\n', [], "prompts.jsonl:1: empty prompt in field 'prompt'"),
+        ('{"prompt": ""}\n', [], "prompts.jsonl: no prompts found: every row was skipped (1 empty prompt, first "),
         ('{"prompt": "ok"}\n', ["--mode", "best-of-n"], "--mode: 'best-of-n' is not one of"),
         ('{"prompt": "ok"}\n', ["--base.backend", "openai"], "backend 'openai' needs base_url"),
     ],

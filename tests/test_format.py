@@ -211,6 +211,28 @@ def test_truthfulqa_reads_mc_task_json_and_the_csv(shared_dir, truthfulqa_file):
     assert TRUTHFULQA_QUESTION in from_json and TRUTHFULQA_QUESTION in from_csv
 
 
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("mc.json", '[{"question": "Is it?"},\n {"query": "no question"}]', r"mc.json:item 1: no 'question' \(or CSV 'Question'\) field"),
+        ("mc.jsonl", '{"question": "Is it?"}\n\n{"query": "x"}\n', r"mc.jsonl:3: no 'question'"),
+        ("mc.jsonl", '{"question": "Is it?"}\n{"question": \n', r"mc.jsonl:2: malformed JSON line"),
+        ("TruthfulQA.csv", "Type,Question\nAdversarial,Is it?\nAdversarial\n", r"TruthfulQA.csv:3: no 'question'"),
+        ("mc.txt", "Is it?", r"mc.txt: unsupported TruthfulQA file type '.txt'"),
+    ],
+    ids=["json-item", "jsonl-line", "jsonl-malformed", "csv-line", "unknown-type"],
+)
+def test_a_bad_truthfulqa_file_names_its_line_or_item(tmp_path, name, content, message):
+    (tmp_path / name).write_text(content)
+    with pytest.raises(UserError, match=message):
+        read_questions(tmp_path / name)
+
+
+def test_truthfulqa_questions_keep_a_unicode_line_separator(tmp_path):
+    (tmp_path / "mc.jsonl").write_text(json.dumps({"question": "Is one\u2028line?"}, ensure_ascii=False) + "\n", encoding="utf-8")
+    assert read_questions(tmp_path / "mc.jsonl") == ["Is one\u2028line?"]
+
+
 def test_a_truthfulqa_question_is_dropped_and_counted(tmp_path, truthfulqa_file):
     records = [make_record(1, "what is the SMALLEST country in the world that is at least one square mile in area")]
     summary, out = build(tmp_path, records + FILLER, truthfulqa_file=truthfulqa_file)
@@ -338,6 +360,57 @@ def test_the_split_does_not_depend_on_what_the_filters_dropped(tmp_path):
     assert set(load_from_disk(str(fewer_kept / "hf"))["validation"]["id"]) == validation & kept_ids
 
 
+def named(record: dict, split: str) -> dict:
+    """The record of a prompt whose generate source named its SFT split (`prompts.sources[i].sft_split`)."""
+    return dict(record, prompt_source=f"mix-instruct[{split}]", sft_split=split)
+
+
+def validation_prompts_of(out: Path) -> set[str]:
+    return {row["messages"][0]["content"] for row in load_from_disk(str(out / "hf"))["validation"]}
+
+
+def test_exactly_the_prompts_of_a_validation_source_are_the_validation_split(tmp_path):
+    train = [named(make_record(n), "train") for n in range(30)]
+    validation = [named(make_record(n), "validation") for n in range(30, 36)]
+    summary, out = build(tmp_path, train + validation, validation_rows=6)
+    assert validation_prompts_of(out) == {r["prompt"] for r in validation}
+    assert summary["splits"] == {"train": 30, "validation": 6}
+    assert summary["named_split_prompts"] == {"train": 30, "validation": 6}
+
+
+def test_named_validation_prompts_stay_there_whatever_validation_rows_asks(tmp_path):
+    records = [named(make_record(n), "train") for n in range(20)] + [named(make_record(n), "validation") for n in range(20, 25)]
+    _, fewer = build(tmp_path, records, name="fewer", validation_rows=2)
+    _, no_fraction = build(tmp_path, records, name="none", validation_fraction=0.0)
+    assert validation_prompts_of(fewer) == validation_prompts_of(no_fraction) == {r["prompt"] for r in records[20:]}
+
+
+def test_the_hash_fills_the_validation_split_from_auto_prompts_only(tmp_path):
+    named_train = [named(make_record(n), "train") for n in range(20)]
+    named_validation = [named(make_record(n), "validation") for n in range(20, 23)]
+    auto = [make_record(n) for n in range(23, 43)]
+    summary, out = build(tmp_path, named_train + named_validation + auto, validation_rows=8)
+    validation = validation_prompts_of(out)
+    assert {r["prompt"] for r in named_validation} <= validation and len(validation) == 8
+    assert not validation & {r["prompt"] for r in named_train}
+    assert len(validation & {r["prompt"] for r in auto}) == 5
+
+
+def test_a_named_validation_prompt_filtered_out_does_not_pull_a_train_prompt_in(tmp_path):
+    train = [named(make_record(n), "train") for n in range(10)]
+    validation = [named(make_record(n), "validation") for n in range(10, 14)]
+    validation[0]["status"] = "failed"
+    summary, out = build(tmp_path, train + validation, validation_rows=4)
+    assert validation_prompts_of(out) == {r["prompt"] for r in validation[1:]}
+    assert summary["splits"] == {"train": 10, "validation": 3}
+
+
+def test_the_card_says_which_prompts_their_source_put_in_validation(tmp_path):
+    records = [named(make_record(n), "train") for n in range(6)] + [named(make_record(n), "validation") for n in range(6, 8)]
+    _, out = build(tmp_path, records, validation_rows=2)
+    assert "named their split (`sft_split`) are in it: 2 validation and 6 train prompts" in (out / "README.md").read_text()
+
+
 def test_validation_fraction_zero_writes_a_train_split_only(tmp_path):
     summary, out = build(tmp_path, [make_record(1)], validation_fraction=0.0)
     assert summary["splits"] == {"train": 1}
@@ -394,7 +467,13 @@ def test_dataset_card_warns_when_truthfulqa_was_not_checked(tmp_path):
 def test_malformed_json_names_the_file_and_line(tmp_path):
     path = write_records(tmp_path / "records.jsonl", FILLER)
     path.write_text(path.read_text() + '{"id": "torn", "prompt": "Wh\n')
-    with pytest.raises(UserError, match=rf"{path}:5: not valid JSON"):
+    with pytest.raises(UserError, match=rf"{path}:5: malformed JSON line \(.*\); a generate run killed mid-write leaves a torn"):
+        build_dataset(FormatConfig(records=[str(path)], output_dir=str(tmp_path / "out")))
+
+
+def test_a_record_with_an_unknown_sft_split_names_the_file_and_line(tmp_path):
+    path = write_records(tmp_path / "records.jsonl", FILLER + [dict(make_record(1), sft_split="test")])
+    with pytest.raises(UserError, match=rf"{path}:5: field 'sft_split' must be one of auto, train, validation, got 'test'"):
         build_dataset(FormatConfig(records=[str(path)], output_dir=str(tmp_path / "out")))
 
 

@@ -68,15 +68,29 @@ def test_malformed_json_line_names_file_and_line(tmp_path):
         load_prompts(PromptSource(path=str(path)))
 
 
-def test_missing_column_names_line_and_field(tmp_path):
-    path = jsonl(tmp_path, [{"prompt": "ok"}, {"question": "wrong key"}])
-    with pytest.raises(UserError, match=r"prompts.jsonl:2: missing field 'prompt' \(fields: question\)"):
+def test_a_prompt_column_no_row_has_is_one_error_naming_the_first_row_and_its_fields(tmp_path):
+    path = jsonl(tmp_path, [{"question": "wrong key"}, {"question": "again"}])
+    with pytest.raises(UserError, match=r"prompts.jsonl:1: missing field 'prompt' \(fields: question\), and no row has it"):
         load_prompts(PromptSource(path=path))
 
 
-def test_empty_prompt_names_line_and_field(tmp_path):
-    path = jsonl(tmp_path, [{"instruction": "   "}])
-    with pytest.raises(UserError, match=r"prompts.jsonl:1: empty prompt in field 'instruction'"):
+def test_a_context_column_no_row_has_is_an_error_too(tmp_path):
+    path = jsonl(tmp_path, [{"instruction": "Sum up.", "input": "A text."}])
+    with pytest.raises(UserError, match=r"prompts.jsonl:1: missing field 'inputs' \(fields: instruction, input\), and no row"):
+        load_prompts(PromptSource(path=path, prompt_column="instruction", context_column="inputs"))
+
+
+def test_a_row_missing_the_prompt_field_that_others_have_is_skipped_and_counted(tmp_path):
+    path = jsonl(tmp_path, [{"prompt": "ok"}, {"question": "wrong key"}])
+    prompts = load_prompts(PromptSource(path=path))
+    assert prompts == ["ok"]
+    assert prompts.report.skipped == {"missing field 'prompt'": 1}
+    assert prompts.report.first_skipped == {"missing field 'prompt'": f"{path}:2"}
+
+
+def test_a_file_whose_every_row_is_empty_is_one_error_with_the_reason(tmp_path):
+    path = jsonl(tmp_path, [{"instruction": "   "}, {"instruction": ""}])
+    with pytest.raises(UserError, match=r"prompts.jsonl: no prompts found: every row was skipped \(2 empty prompt, first .*prompts.jsonl:1\)"):
         load_prompts(PromptSource(path=path, prompt_column="instruction"))
 
 
@@ -119,17 +133,23 @@ def test_a_jsonl_with_a_byte_order_mark_reads_its_first_line(tmp_path):
 @pytest.mark.parametrize(
     ("name", "content", "message"),
     [
-        ("p.csv", b'prompt,note\nfine,1\n"two\nlines",2\n,3\n', r"p.csv:5: empty prompt in field 'prompt'"),
         ("p.csv", b"prompt\nfine\nbad,extra\n", r"p.csv:3: 1 more cell\(s\) than the header has columns"),
         ("p.json", b'[\n  {"prompt": "a"},\n  {"prompt": }\n]\n', r"p.json:3: malformed JSON"),
         ("latin1.jsonl", '{"prompt": "caf\u00e9"}\n'.encode("latin-1"), r"latin1.jsonl: not UTF-8 text"),
     ],
-    ids=["csv-line-after-a-quoted-newline", "csv-extra-cell", "json-syntax", "not-utf8"],
+    ids=["csv-extra-cell", "json-syntax", "not-utf8"],
 )
 def test_a_bad_prompts_file_names_its_line(tmp_path, name, content, message):
     (tmp_path / name).write_bytes(content)
     with pytest.raises(UserError, match=message):
         load_prompts(PromptSource(path=str(tmp_path / name)))
+
+
+def test_a_skipped_csv_row_is_named_by_its_line_after_a_quoted_newline(tmp_path):
+    (tmp_path / "p.csv").write_bytes(b'prompt,note\nfine,1\n"two\nlines",2\n,3\n')
+    prompts = load_prompts(PromptSource(path=str(tmp_path / "p.csv")))
+    assert prompts == ["fine", "two\nlines"]
+    assert prompts.report.first_skipped == {"empty prompt": f"{tmp_path / 'p.csv'}:5"}
 
 
 def test_a_json_line_holding_a_unicode_line_separator_stays_one_row(tmp_path):
@@ -160,3 +180,167 @@ def test_read_jsonl_ends_a_malformed_line_message_with_the_callers_hint(tmp_path
     (tmp_path / "records.jsonl").write_text('{"id": "a"}\n{"id": "b", "pro')
     with pytest.raises(UserError, match=r"records.jsonl:2: malformed JSON line \(.*\); rerun generate to repair it$"):
         list(read_jsonl(tmp_path / "records.jsonl", "records file", malformed_hint="rerun generate to repair it"))
+
+
+# -- MixInstruct's layout, rows that make no prompt ------------------------------------------
+
+
+def mixinstruct_row(number: int, instruction: str, input_: str, output: str = "An answer.") -> dict:
+    """A row in llm-blender/mix-instruct's layout (its card; candidates shortened to one)."""
+    candidate = {"decoding_method": "top_p_sampling", "model": "some-model", "text": "A candidate.", "scores": {"bleu": 1.0}}
+    return {"id": f"unified_chip2/{number}", "instruction": instruction, "input": input_, "output": output, "candidates": [candidate]}
+
+
+def test_an_empty_instruction_makes_the_input_alone_the_prompt(tmp_path):
+    path = jsonl(tmp_path, [
+        mixinstruct_row(1, "", "What is the difference between a skeptic and a denier?"),
+        mixinstruct_row(2, "Summarize the text.", "Tides follow the moon."),
+        mixinstruct_row(3, "Name a prime number.", ""),
+    ])  # fmt: skip
+    prompts = load_prompts(PromptSource(path=path, prompt_column="instruction", context_column="input"))
+    assert prompts == [
+        "What is the difference between a skeptic and a denier?",
+        "Summarize the text.\n\nTides follow the moon.",
+        "Name a prime number.",
+    ]
+    assert not prompts.report.skipped
+
+
+def test_rows_that_make_no_prompt_are_skipped_and_counted_by_reason(tmp_path):
+    path = tmp_path / "mix.jsonl"
+    rows = [
+        mixinstruct_row(1, "", "A fine request."),
+        mixinstruct_row(2, "", "   "),  # empty everywhere
+        mixinstruct_row(3, "", ""),
+        {"id": "x", "instruction": 7, "input": "A number for an instruction."},
+        {"id": "y", "instruction": "Fine words.", "input": ["not", "text"]},
+        ["a", "list", "row"],
+        mixinstruct_row(4, "", "A fine request."),  # the same prompt again
+        mixinstruct_row(5, "Another", "fine request."),
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    prompts = load_prompts(PromptSource(path=str(path), prompt_column="instruction", context_column="input"))
+    assert prompts == ["A fine request.", "Another\n\nfine request."]
+    report = prompts.report
+    assert report.rows == 8
+    assert report.skipped == {
+        "empty prompt": 2, "'instruction' is not text": 1, "'input' is not text": 1, "not an object (list)": 1, "duplicate prompt": 1,
+    }  # fmt: skip
+    assert report.first_skipped["empty prompt"] == f"{path}:2" and report.first_skipped["duplicate prompt"] == f"{path}:7"
+    assert report.line().startswith("prompts: skipped 6 of 8 rows: 2 empty prompt (first: ")
+    assert json.loads(json.dumps(report.as_dict()))["skipped"]["empty prompt"] == 2
+
+
+def test_a_single_source_gives_prompts_without_an_origin(tmp_path):
+    from spri_sft.generate.inputs import prompt_origin
+
+    prompts = load_prompts(PromptSource(path=jsonl(tmp_path, [{"prompt": "one"}])))
+    assert prompt_origin(prompts[0]) == {} and prompt_origin("a plain string") == {}
+    assert prompts.report.line() == ""
+
+
+# -- several sources -------------------------------------------------------------------------
+
+
+def two_split_dataset(tmp_path, train: list[str], validation: list[str]) -> str:
+    """A local dataset folder with a train and a validation split in MixInstruct's layout."""
+    folder = tmp_path / "mix-instruct"
+    folder.mkdir()
+    for split, inputs in (("train", train), ("validation", validation)):
+        rows = [mixinstruct_row(n, "", text, output=f"answer to {text}") for n, text in enumerate(inputs)]
+        (folder / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(folder)
+
+
+def mix_source(dataset: str, train_limit: int, validation_limit: int, **settings) -> PromptSource:
+    from spri_sft.generate.inputs import PromptPart
+
+    return PromptSource(
+        dataset=dataset, prompt_column="instruction", context_column="input", response_column="output",
+        sources=[PromptPart(split="train", limit=train_limit, sft_split="train"),
+                 PromptPart(split="validation", limit=validation_limit, sft_split="validation")],
+        **settings,
+    )  # fmt: skip
+
+
+def test_two_sources_give_each_part_its_limit_and_each_prompt_its_origin(tmp_path):
+    from spri_sft.generate.inputs import prompt_origin
+
+    dataset = two_split_dataset(tmp_path, [f"train question {i}" for i in range(6)], [f"held-out question {i}" for i in range(4)])
+    prompts = load_prompts(mix_source(dataset, 3, 2))
+    assert prompts == ["train question 0", "train question 1", "train question 2", "held-out question 0", "held-out question 1"]
+    assert [prompt_origin(p) for p in prompts] == [{"prompt_source": f"{dataset}[train]", "sft_split": "train"}] * 3 + [
+        {"prompt_source": f"{dataset}[validation]", "sft_split": "validation"}
+    ] * 2
+    assert prompts.report.parts == {
+        f"{dataset}[train]": {"prompts": 3, "sft_split": "train"},
+        f"{dataset}[validation]": {"prompts": 2, "sft_split": "validation"},
+    }
+    assert "3 from " in prompts.report.line() and "(sft_split validation)" in prompts.report.line()
+
+
+def test_a_later_part_skips_the_prompts_an_earlier_part_holds_and_still_fills_its_limit(tmp_path):
+    dataset = two_split_dataset(tmp_path, ["shared question", "train only"], ["shared question", "held out 1", "held out 2"])
+    prompts = load_prompts(mix_source(dataset, 2, 2, shuffle=True, seed=3))
+    validation = [p for p in prompts if p.origin["sft_split"] == "validation"]
+    assert sorted(validation) == ["held out 1", "held out 2"]
+    assert prompts.report.skipped == {"duplicate prompt": 1}
+    assert prompts.report.first_skipped["duplicate prompt"].startswith(f"{dataset}[validation]:row ")
+
+
+def test_each_part_is_shuffled_with_the_seed_before_its_limit(tmp_path):
+    dataset = two_split_dataset(tmp_path, [f"train {i}" for i in range(20)], [f"held out {i}" for i in range(20)])
+    first, again = load_prompts(mix_source(dataset, 5, 5, shuffle=True, seed=1)), load_prompts(mix_source(dataset, 5, 5, shuffle=True, seed=1))
+    assert first == again and first[:5] != [f"train {i}" for i in range(5)]
+    assert all(p.startswith("train") for p in first[:5]) and all(p.startswith("held out") for p in first[5:])
+
+
+def test_oracle_references_come_from_every_part(tmp_path):
+    from spri_sft.generate.inputs import load_references
+
+    dataset = two_split_dataset(tmp_path, ["a train question"], ["a held-out question"])
+    references = load_references(mix_source(dataset, 1, 1))
+    assert references == {"a train question": "answer to a train question", "a held-out question": "answer to a held-out question"}
+
+
+def test_a_response_column_no_row_has_is_an_error(tmp_path):
+    from spri_sft.generate.inputs import load_references
+
+    path = jsonl(tmp_path, [{"prompt": "one", "response": "fine"}])
+    with pytest.raises(UserError, match=r"prompts.jsonl:1: missing field 'answer' \(fields: prompt, response\), and no row"):
+        load_references(PromptSource(path=path, response_column="answer"))
+
+
+def test_prompts_limit_beside_sources_is_refused(tmp_path):
+    dataset = two_split_dataset(tmp_path, ["a"], ["b"])
+    with pytest.raises(UserError, match=r"prompts.limit: with prompts.sources, give each source its own limit"):
+        load_prompts(mix_source(dataset, 1, 1, limit=2))
+
+
+def test_sources_are_read_from_yaml_and_their_fields_checked(tmp_path):
+    from spri_sft.config import load_config
+    from spri_sft.generate.config import GenerateConfig
+    from spri_sft.generate.inputs import PromptPart
+
+    good = tmp_path / "good.yaml"
+    good.write_text("prompts:\n  dataset: d\n  sources:\n    - {split: train, limit: 5, sft_split: train}\n    - {split: validation}\n")
+    config = load_config(GenerateConfig, ["--config", str(good)])
+    assert config.prompts.sources == [PromptPart(split="train", limit=5, sft_split="train"), PromptPart(split="validation")]
+    for body, message in [
+        ("- {split: train, splt: x}", r"bad.yaml: field 'prompts.sources': unknown field 'splt'"),
+        ("- {split: train, sft_split: test}", r"bad.yaml: field 'prompts.sources': field 'sft_split': 'test' is not one of"),
+        ("- {split: train, limit: -1}", r"bad.yaml: field 'prompts.sources': field 'limit': must be >= 0, got -1"),
+        ("- train", r"bad.yaml: field 'prompts.sources': expected a mapping of PromptPart fields, got 'train'"),
+    ]:
+        (tmp_path / "bad.yaml").write_text(f"prompts:\n  sources:\n    {body}\n")
+        with pytest.raises(UserError, match=message):
+            load_config(GenerateConfig, ["--config", str(tmp_path / "bad.yaml")])
+
+
+def test_two_parts_naming_the_same_place_are_refused(tmp_path):
+    from spri_sft.generate.inputs import PromptPart
+
+    dataset = two_split_dataset(tmp_path, ["a"], ["b"])
+    source = PromptSource(dataset=dataset, prompt_column="input", sources=[PromptPart(split="train"), PromptPart(split="train")])
+    with pytest.raises(UserError, match=r"prompts.sources: .*\[train\] is listed twice"):
+        load_prompts(source)

@@ -54,7 +54,13 @@ def test_the_paper_setups_have_a_pipeline_recipe_per_model_with_every_table4_row
                 assert (role.max_new_tokens, role.min_new_tokens) == (256, 30)
             assert config.generate.prompts.response_column == {"dolly": "response", "mixinstruct": "output"}[setup]
             assert config.format.validation_rows == 2_000
-            assert config.generate.prompts.limit == train_rows + 2_000
+            prompts = config.generate.prompts
+            if setup == "dolly":  # one source, split by format's hash of the prompt
+                assert prompts.limit == train_rows + 2_000 and not prompts.sources
+            else:  # the paper (§5.2): training prompts from MixInstruct's train split, validation from its validation split
+                parts = [(p.split, p.limit, p.sft_split) for p in prompts.sources]
+                assert parts == [("train", train_rows, "train"), ("validation", 2_000, "validation")]
+                assert prompts.limit is None and (prompts.prompt_column, prompts.context_column) == ("instruction", "input")
             assert config.train.recipe == f"recipes/{model}/sft/lora.yaml"
 
 

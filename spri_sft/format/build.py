@@ -2,8 +2,9 @@
 
 Steps, in this order; a record is counted under the first step that drops it:
 
-1. load: every line of every `records` file, in the order given (a blank line is skipped; a
-   malformed line or a record missing a field stops the run with its file and line).
+1. load: every line of every `records` file, in the order given, read by `spri_sft.rows` (a
+   blank line is skipped; a malformed line or a record missing a field stops the run with its
+   file and line).
 2. quality filters, on the final version of the response (the last `response` round):
    `status`: the record's status is not in `statuses`;
    `empty_response`: the response is missing or blank;
@@ -20,13 +21,18 @@ Steps, in this order; a record is counted under the first step that drops it:
    provenance columns `id`, `mode`, `principles` (null without principles), `principles_score`
    and `response_score` (the final versions' critic scores, null when unscored or absent) and
    `status`.
-6. split, keyed on the prompt alone and decided before any filter: every distinct normalized
-   prompt of the loaded records gets a rank from sha256(seed, prompt); the `validation_rows`
-   (else ceil(fraction * prompts)) lowest-ranked prompts are the validation prompts, and a
-   row goes to validation when its prompt is one of them. So every mode generated on the same
+6. split, keyed on the prompt alone and decided before any filter. A record whose prompt came
+   from a generate source that named its SFT split (`sft_split: train | validation`, e.g. the
+   paper's MixInstruct validation prompts, drawn from that dataset's own validation split) goes
+   to that split (a prompt named both ways is a validation prompt). Among the other prompts
+   (`auto`), every distinct normalized prompt gets a rank from sha256(seed, prompt), and the
+   lowest-ranked ones are validation prompts too, as many as `validation_rows` (else
+   ceil(fraction * all distinct prompts)) asks beyond the named validation prompts. A row goes
+   to validation when its prompt is a validation prompt. So every mode generated on the same
    prompts gets the same validation prompts (minus the ones that mode's filters dropped), the
    paper's like-for-like comparison; and the split does not depend on record order or ids.
-   A split needs a row on each side (a train split only with `validation_fraction: 0`).
+   A split needs a row on each side (a train split only with `validation_fraction: 0` and no
+   named validation prompts).
 7. save, in `output_dir` (earlier outputs of this step there are replaced):
      hf/                          `DatasetDict.save_to_disk`: `datasets.load_from_disk(f"{output_dir}/hf")`
      train.jsonl, validation.jsonl        one row per line
@@ -55,6 +61,8 @@ from spri_sft.format.card import render_card
 from spri_sft.format.config import STATUSES, FormatConfig
 from spri_sft.format.contamination import TruthfulQAGuard, read_questions
 from spri_sft.format.dedupe import exact_duplicates, near_duplicates, normalize
+from spri_sft.generate.inputs import SFT_SPLITS
+from spri_sft.rows import read_jsonl
 
 logger = logging.getLogger(__name__)
 
@@ -107,9 +115,10 @@ def build_dataset(config: FormatConfig) -> dict:
         kept = [r for i, r in enumerate(kept) if i not in duplicates]
 
     rows = [to_row(record, config.system_prompt) for record in kept]
-    splits = split_rows(rows, validation_prompts([r["prompt"] for r in records], config), config, dropped)
+    named = named_splits(records)
+    splits = split_rows(rows, validation_prompts(records, config, named), config, dropped)
 
-    summary = summarize(config, records, kept, dropped, splits, questions)
+    summary = summarize(config, records, kept, dropped, splits, questions, named)
     card = render_card(summary, config)
     save(splits, summary, card, dropped, config)
     if config.push_to_hub:
@@ -139,26 +148,20 @@ def _check(config: FormatConfig) -> None:
 # -- load ------------------------------------------------------------------------------------
 
 
+TORN_LINE = "a generate run killed mid-write leaves a torn last line, which rerunning it repairs; otherwise fix or remove the line"
+
+
 def read_records(paths: list[str]) -> list[dict]:
     records = []
     for path in map(Path, paths):
         if not path.is_file():
             raise UserError(f"{path}: records file not found (the records.jsonl of a `spri-sft generate` run)")
-        with path.open(encoding="utf-8") as handle:
-            for number, line in enumerate(handle, 1):
-                if line.strip():
-                    records.append(_parse_record(line, f"{path}:{number}"))
+        for row in read_jsonl(path, "records file", malformed_hint=TORN_LINE):
+            records.append(_check_record(row.value, f"{path}:{row.where}"))
     return records
 
 
-def _parse_record(line: str, where: str) -> dict:
-    try:
-        record = json.loads(line)
-    except json.JSONDecodeError as err:
-        raise UserError(
-            f"{where}: not valid JSON ({err.msg}, column {err.colno}); a generate run killed mid-write leaves a torn "
-            "last line, which rerunning it repairs; otherwise fix or remove the line"
-        ) from None
+def _check_record(record, where: str) -> dict:
     if not isinstance(record, dict):
         raise UserError(f"{where}: a record must be a JSON object, got {type(record).__name__}")
     missing = [name for name in REQUIRED_FIELDS if name not in record]
@@ -177,6 +180,8 @@ def _parse_record(line: str, where: str) -> dict:
             raise UserError(f"{where}: field '{name}' must be {expected}, got {record[name]!r:.60}")
     if not all(isinstance(r, dict) and "stage" in r for r in record["rounds"]):
         raise UserError(f"{where}: every entry of 'rounds' must be an object with a 'stage'")
+    if record.get("sft_split", "auto") not in SFT_SPLITS:
+        raise UserError(f"{where}: field 'sft_split' must be one of {', '.join(SFT_SPLITS)}, got {record['sft_split']!r:.60}")
     return record
 
 
@@ -243,14 +248,28 @@ def to_row(record: dict, system_prompt: str | None) -> dict:
     }
 
 
-def validation_prompts(prompts: list[str], config: FormatConfig) -> set[str]:
-    """The normalized prompts of the validation split, chosen among every loaded prompt (rule 6)."""
-    distinct = sorted(set(map(normalize, prompts)), key=lambda text: _prompt_rank(text, config.seed))
+def named_splits(records: list[dict]) -> dict[str, str]:
+    """Normalized prompt -> the SFT split its generate source named (train or validation; rule 6)."""
+    named: dict[str, str] = {}
+    for record in records:
+        split = record.get("sft_split", "auto")
+        if split != "auto":
+            prompt = normalize(record["prompt"])
+            named[prompt] = "validation" if "validation" in (split, named.get(prompt)) else split
+    return named
+
+
+def validation_prompts(records: list[dict], config: FormatConfig, named: dict[str, str]) -> set[str]:
+    """The normalized prompts of the validation split, chosen among every loaded record's prompt (rule 6):
+    the ones `named` for validation, then the hash's choice among the prompts not named."""
+    chosen = {prompt for prompt, split in named.items() if split == "validation"}
+    prompts = {normalize(record["prompt"]) for record in records}
+    hashed = sorted(prompts - set(named), key=lambda text: _prompt_rank(text, config.seed))
     if config.validation_rows is not None:
         wanted = config.validation_rows
     else:
-        wanted = math.ceil(config.validation_fraction * len(distinct))
-    return set(distinct[:wanted])
+        wanted = math.ceil(config.validation_fraction * len(prompts))
+    return chosen | set(hashed[: max(0, wanted - len(chosen))])
 
 
 def _prompt_rank(normalized_prompt: str, seed: int) -> str:
@@ -260,7 +279,7 @@ def _prompt_rank(normalized_prompt: str, seed: int) -> str:
 def split_rows(rows: list[dict], validation: set[str], config: FormatConfig, dropped: list[dict]):
     from datasets import Dataset, DatasetDict
 
-    if config.validation_size == 0:
+    if not validation:  # validation_fraction 0 and no prompt named for validation
         parts = {"train": rows}
     else:
         parts = {"train": [], "validation": []}
@@ -282,7 +301,7 @@ def split_rows(rows: list[dict], validation: set[str], config: FormatConfig, dro
     )
 
 
-def summarize(config, records, kept, dropped, splits, questions) -> dict:
+def summarize(config, records, kept, dropped, splits, questions, named) -> dict:
     def models(role: str) -> dict[str, int]:
         found = Counter(((r.get("usage") or {}).get(role) or {}).get("model") for r in kept)
         found.pop(None, None)
@@ -298,6 +317,8 @@ def summarize(config, records, kept, dropped, splits, questions) -> dict:
         "dropped": {reason: counts[reason] for reason in REASONS},
         "rows": len(kept),
         "splits": {name: len(split) for name, split in splits.items()},
+        # Distinct prompts whose split their generate source named (rule 6); the others' split is hashed.
+        "named_split_prompts": {name: sum(split == name for split in named.values()) for name in SPLITS},
         "modes": dict(Counter(r["mode"] for r in kept).most_common()),
         "models": {"base": models("base"), "critic": models("critic")},
         "final_score": {"response": scores("response"), "principles": scores("principles")},

@@ -70,6 +70,7 @@ def _method(summary: dict) -> str:
 def _splits(summary: dict, config: FormatConfig) -> str:
     lines = ["## Splits\n", "| split | rows |", "| --- | --- |"]
     lines += [f"| {name} | {rows} |" for name, rows in summary["splits"].items()]
+    named = summary.get("named_split_prompts") or {}
     if "validation" in summary["splits"]:
         size = f"{config.validation_rows}" if config.validation_rows else f"{config.validation_fraction:.0%} of the"
         how = (
@@ -77,6 +78,16 @@ def _splits(summary: dict, config: FormatConfig) -> str:
             f"lowest sha256(seed={config.seed}, normalized prompt) are the validation prompts, so every mode "
             "generated on the same prompts is validated on the same ones (minus the rows its filters dropped)."
         )
+        if any(named.values()):
+            total = config.validation_rows or f"{config.validation_fraction:.0%} of the distinct prompts as"
+            how = (
+                "Keyed on the prompt alone, before any filter. Prompts whose generate source named their split "
+                f"(`sft_split`) are in it: {named.get('validation', 0)} validation and {named.get('train', 0)} train "
+                f"prompts (e.g. a dataset's own validation split). Of the other prompts, those with the lowest "
+                f"sha256(seed={config.seed}, normalized prompt) are validation prompts too, as many as it takes to "
+                f"reach {total} validation prompts in all (none when the named ones reach it). So every mode "
+                "generated on the same prompts is validated on the same ones (minus the rows its filters dropped)."
+            )
     else:
         how = "No validation split (`validation_fraction: 0`)."
     return "\n".join(lines) + "\n\n" + how + "\n"

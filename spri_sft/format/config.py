@@ -21,7 +21,9 @@ class FormatConfig:
     - quality filters: `statuses`, `min_response_score`, `drop_truncated`;
     - deduplication and benchmark guard: `near_duplicate_threshold`, `truthfulqa_file`,
       `contamination_ngram`, `contamination_threshold`;
-    - rows and split: `system_prompt`, `validation_fraction` or `validation_rows`, `seed`.
+    - rows and split: `system_prompt`, `validation_fraction` or `validation_rows`, `seed`. The split
+      keys on the prompt: a prompt whose generate source named its split (`sft_split`, e.g. a
+      dataset's own validation split) goes there; the others are split by a seeded hash.
     """
 
     records: list[str] = field(
@@ -49,11 +51,13 @@ class FormatConfig:
     )
     validation_fraction: float = field(
         default=0.1,
-        metadata={"help": "Fraction of rows in the validation split (rounded up); 0 writes train only.", "ge": 0, "lt": 1},
+        metadata={"help": "Fraction of prompts in the validation split (rounded up), counting those a source named validation; 0 (and none named) writes train only.",
+                  "ge": 0, "lt": 1},
     )
     validation_rows: int | None = field(
         default=None,
-        metadata={"help": "Exactly this many validation rows instead of validation_fraction (e.g. the paper's 2,000).", "ge": 1},
+        metadata={"help": "This many validation prompts instead of validation_fraction (e.g. the paper's 2,000), counting those a source named validation.",
+                  "ge": 1},
     )
     seed: int = field(default=0, metadata={"help": "Seed of the train/validation split."})
     near_duplicate_threshold: float | None = field(
@@ -75,8 +79,3 @@ class FormatConfig:
     push_to_hub: str | None = field(
         default=None, metadata={"help": "Hub dataset repo id to push the splits and the card to (needs a token)."}
     )
-
-    @property
-    def validation_size(self) -> float | int:
-        """`Dataset.train_test_split`'s test_size: `validation_rows` when set, else `validation_fraction`."""
-        return self.validation_rows or self.validation_fraction

@@ -14,44 +14,26 @@ with a `question` field per row (the Hugging Face `truthful_qa` dataset's layout
 
 from __future__ import annotations
 
-import csv
-import json
 import math
 from collections import Counter, defaultdict
 from pathlib import Path
 
 from spri_sft.errors import UserError
 from spri_sft.format.dedupe import normalize, word_ngrams
+from spri_sft.rows import read_rows
 
 
 def read_questions(path: str | Path) -> list[str]:
+    """The questions of a TruthfulQA file, in file order, read by `spri_sft.rows` (every problem names
+    the file and its line, item or row)."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: TruthfulQA file not found (set --truthfulqa_file to mc_task.json or TruthfulQA.csv)")
-    suffix = path.suffix.lower()
-    try:
-        if suffix == ".csv":
-            with path.open(encoding="utf-8-sig", newline="") as handle:
-                rows = list(csv.DictReader(handle))
-        elif suffix == ".json":
-            rows = json.loads(path.read_text(encoding="utf-8"))
-        elif suffix == ".jsonl":
-            rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-        elif suffix == ".parquet":
-            import pyarrow.parquet as pq
-
-            rows = pq.read_table(path).to_pylist()
-        else:
-            raise UserError(f"{path}: unsupported TruthfulQA file type {suffix!r} (use .json, .jsonl, .csv or .parquet)")
-    except (json.JSONDecodeError, UnicodeDecodeError, csv.Error) as err:
-        raise UserError(f"{path}: cannot read TruthfulQA questions ({err})") from None
-    if not isinstance(rows, list):
-        raise UserError(f"{path}: expected a list of questions (mc_task.json layout), got {type(rows).__name__}")
     questions = []
-    for number, row in enumerate(rows, 1):
-        question = row.get("question", row.get("Question")) if isinstance(row, dict) else None
+    for row in read_rows(path, what="TruthfulQA file"):
+        question = row.value.get("question", row.value.get("Question")) if isinstance(row.value, dict) else None
         if not isinstance(question, str):
-            raise UserError(f"{path}: row {number} has no 'question' (or CSV 'Question') field")
+            raise UserError(f"{path}:{row.where}: no 'question' (or CSV 'Question') field")
         questions.append(question)
     if not questions:
         raise UserError(f"{path}: holds no questions")

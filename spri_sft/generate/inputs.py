@@ -1,23 +1,60 @@
-"""Read user prompts from a local JSONL/JSON/CSV/Parquet file or a Hugging Face dataset.
+"""Read user prompts from local JSONL/JSON/CSV/Parquet files or Hugging Face datasets.
 
-A prompt is built from `prompt_column` plus, when `context_column` names a non-empty field,
-a blank line and that context (Dolly: `instruction` + `context`; Self-Instruct:
-`instruction` + `instances.0.input`). Column names are dotted paths into nested rows;
-integers index lists. Files are read by `spri_sft.rows`; every problem is reported with the
-file, line (or item, or row) and field.
+A row's prompt is made from its `prompt_column` and, when set, its `context_column` (dotted
+paths into nested rows; integers index lists):
+
+- both non-empty: the prompt field, a blank line, the context (Dolly: `instruction` + `context`;
+  Self-Instruct: `instruction` + `instances.0.input`);
+- the prompt field empty or absent: the context alone. MixInstruct (`llm-blender/mix-instruct`)
+  rows are `{id, instruction, input, output, candidates}`, and its GPT4All and ShareGPT rows
+  have an empty `instruction` with the whole request in `input` (LLM-Blender's own loader reads
+  a row as `instruction + input`; a blank line joins the two here, as for Dolly);
+- neither: the row makes no prompt.
+
+A row that makes no prompt is skipped and counted by its reason (`PromptReport`), never a
+crash: an empty prompt, a field that is not text, a row that is not an object; so is a repeated
+prompt (its record id would collide with its twin's). But a prompt or context column that no row
+has is a wrong column name: an error naming the first row and the fields it does have. A
+malformed file is an error naming its file and line (files are read by `spri_sft.rows`).
+
+One prompt set from several sources: `sources` lists its parts (e.g. MixInstruct's train and
+validation splits), each with its own split, limit and `sft_split`: the SFT split `spri-sft
+format` puts its prompts in (`auto`: format's hash of the prompt decides). Each prompt keeps its
+part's name and `sft_split` (`Prompt.origin`), which `spri-sft generate` writes into its record.
+A single source (no `sources`) gives prompts without an origin, and records as before.
 """
 
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
+from collections import Counter
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Literal
 
 from spri_sft.errors import UserError
 from spri_sft.rows import read_rows
 
 BUILTIN_PROMPTS = Path(__file__).resolve().parent.parent / "data" / "prompts.jsonl"
+SFT_SPLITS = ("auto", "train", "validation")
+
+
+@dataclass
+class PromptPart:
+    """One part of a prompt set read from several places, e.g. a dataset's train or validation split."""
+
+    split: str | None = field(default=None, metadata={"help": "Dataset split of this part; unset: prompts.split."})
+    path: str | None = field(default=None, metadata={"help": "Local file of this part; unset: prompts.path (or prompts.dataset)."})
+    dataset: str | None = field(default=None, metadata={"help": "Hugging Face dataset of this part; unset: prompts.dataset (or prompts.path)."})
+    dataset_config: str | None = field(default=None, metadata={"help": "This part's dataset configuration; unset: prompts.dataset_config."})
+    limit: int | None = field(
+        default=None,
+        metadata={"help": "Keep the first N new prompts of this part (after shuffling; prompts an earlier part holds are not new).", "ge": 0},
+    )
+    sft_split: Literal["auto", "train", "validation"] = field(
+        default="auto",
+        metadata={"help": "The SFT split `spri-sft format` puts this part's prompts in; auto: format's hash of the prompt decides."},
+    )
 
 
 @dataclass
@@ -33,7 +70,8 @@ class PromptSource:
     split: str = field(default="train", metadata={"help": "Dataset split."})
     prompt_column: str = field(default="prompt", metadata={"help": "Field holding the prompt (dotted path for nested rows)."})
     context_column: str | None = field(
-        default=None, metadata={"help": "Optional field appended to the prompt after a blank line, e.g. instances.0.input."}
+        default=None,
+        metadata={"help": "Optional field appended to the prompt after a blank line (e.g. instances.0.input); the prompt when the prompt field is empty."},
     )
     response_column: str | None = field(
         default=None,
@@ -41,85 +79,280 @@ class PromptSource:
     )
     shuffle: bool = field(default=False, metadata={"help": "Shuffle before --prompts.limit is applied."})
     seed: int = field(default=0, metadata={"help": "Shuffle seed."})
-    limit: int | None = field(default=None, metadata={"help": "Keep only the first N prompts (after shuffling).", "ge": 0})
+    limit: int | None = field(
+        default=None, metadata={"help": "Keep only the first N prompts (after shuffling); with sources, set each one's limit.", "ge": 0}
+    )
+    sources: list[PromptPart] = field(
+        default_factory=list,
+        metadata={
+            "help": "Several parts of one prompt set, read in this order, each {split, path, dataset, dataset_config, limit, "
+            "sft_split}; a part's unset place is this section's, columns, shuffle and seed are this section's. "
+            "E.g. [{split: train, limit: 50000, sft_split: train}, {split: validation, limit: 2000, sft_split: validation}]."
+        },
+    )
 
 
-def load_prompts(source: PromptSource) -> list[str]:
-    """The prompts, in order, without duplicates (a prompt's id would collide with its twin)."""
-    rows, origin = _source_rows(source)
-    prompts, seen = [], set()
-    for where, row in rows:
-        prompt = _compose(row, source, f"{origin}:{where}")
-        if prompt not in seen:
-            seen.add(prompt)
-            prompts.append(prompt)
-    if not prompts:
-        raise UserError(f"{origin}: no prompts found")
-    if source.shuffle:
-        random.Random(source.seed).shuffle(prompts)
-    if source.limit is not None:
-        prompts = prompts[: source.limit]
+class Prompt(str):
+    """A prompt's text, as a `str` (everything that takes a prompt takes it), that also keeps where it
+    came from: `origin` is `{"prompt_source": part name, "sft_split": ...}` for a prompt of one of
+    `PromptSource.sources`, and empty for a single source. The record of the prompt carries it."""
+
+    origin: dict[str, str]
+
+    def __new__(cls, text: str, origin: dict[str, str] | None = None):
+        prompt = super().__new__(cls, text)
+        prompt.origin = dict(origin or {})
+        return prompt
+
+
+def prompt_origin(prompt: str) -> dict[str, str]:
+    """The fields a record of `prompt` carries about its origin (none for a plain string)."""
+    return dict(prompt.origin) if isinstance(prompt, Prompt) else {}
+
+
+@dataclass
+class PromptReport:
+    """What reading a prompt set found: rows read, prompts kept per part, rows skipped by reason."""
+
+    rows: int = 0
+    parts: dict[str, dict] = field(default_factory=dict)  # part name -> {"prompts": n, "sft_split": ...}
+    skipped: Counter = field(default_factory=Counter)  # reason -> rows
+    first_skipped: dict[str, str] = field(default_factory=dict)  # reason -> where its first row is
+
+    def skip(self, reason: str, where: str) -> None:
+        self.skipped[reason] += 1
+        self.first_skipped.setdefault(reason, where)
+
+    def line(self) -> str:
+        """One line on what was read, or "" when there is nothing to say (one source, no row skipped)."""
+        said = []
+        if len(self.parts) > 1:
+            said.append(", ".join(f"{n['prompts']:,} from {name} (sft_split {n['sft_split']})" for name, n in self.parts.items()))
+        if self.skipped:
+            reasons = ", ".join(f"{count:,} {reason} (first: {self.first_skipped[reason]})" for reason, count in self.skipped.most_common())
+            said.append(f"skipped {sum(self.skipped.values()):,} of {self.rows:,} rows: {reasons}")
+        return "prompts: " + "; ".join(said) if said else ""
+
+    def as_dict(self) -> dict:
+        return {
+            "rows": self.rows,
+            "parts": self.parts,
+            "skipped": dict(self.skipped.most_common()),
+            "first_skipped": self.first_skipped,
+        }
+
+
+class PromptList(list):
+    """The prompts (each a `Prompt`), in order, and `report`: what reading them found."""
+
+    def __init__(self, prompts=(), report: PromptReport | None = None):
+        super().__init__(prompts)
+        self.report = report or PromptReport()
+
+
+def load_prompts(source: PromptSource) -> PromptList:
+    """The prompts, in order, without duplicates; rows that make no prompt are skipped and counted."""
+    if source.sources and source.limit is not None:
+        raise UserError("prompts.limit: with prompts.sources, give each source its own limit (prompts.sources[i].limit)")
+    report = PromptReport()
+    prompts = PromptList(report=report)
+    kept: set[str] = set()
+    for part in _parts(source):
+        drawn, seen = [], set()
+        skipped_before = Counter(report.skipped)
+        for where, _, text in _composed_rows(part, report):
+            if text is None:
+                continue
+            if text in seen:
+                report.skip("duplicate prompt", where)
+                continue
+            seen.add(text)
+            drawn.append((where, text))
+        if not drawn:
+            skipped = report.skipped - skipped_before
+            why = ", ".join(f"{n} {reason}, first {report.first_skipped[reason]}" for reason, n in skipped.most_common())
+            raise UserError(f"{part.name}: no prompts found: every row was skipped ({why})")
+        if source.shuffle:
+            random.Random(source.seed).shuffle(drawn)
+        new = []
+        for where, text in drawn:
+            if text in kept:
+                report.skip("duplicate prompt", where)  # an earlier part already holds it
+            else:
+                new.append(text)
+        if part.limit is not None:
+            new = new[: part.limit]
+        kept.update(new)
+        origin = {"prompt_source": part.name, "sft_split": part.sft_split} if source.sources else {}
+        prompts.extend(Prompt(text, origin) for text in new)
+        report.parts[part.name] = {"prompts": len(new), "sft_split": part.sft_split}
     return prompts
 
 
 def load_references(source: PromptSource) -> dict[str, str]:
     """Each prompt's own response in the source (`response_column`), for the `oracle` mode: the
-    first row of a prompt wins, as in `load_prompts`; a row with an empty response gives none."""
+    first row of a prompt wins, as in `load_prompts`; a row with an empty response gives none.
+    A response column that no row has is an error, like a wrong prompt column."""
     if not source.response_column:
         raise UserError("mode oracle: set prompts.response_column to the field holding each prompt's own response")
-    rows, origin = _source_rows(source)
     references: dict[str, str] = {}
-    for where, row in rows:
-        prompt = _compose(row, source, f"{origin}:{where}")
-        response = _field(row, source.response_column, f"{origin}:{where}", required=True)
-        if prompt not in references and isinstance(response, str) and response.strip():
-            references[prompt] = response.strip()
+    for part in _parts(source):
+        column = _ColumnCheck([source.response_column])
+        for where, row, text in _composed_rows(part, PromptReport(), also=source.response_column):
+            response = column.value(row, source.response_column, where)
+            if text is not None and text not in references and isinstance(response, str) and response.strip():
+                references[text] = response.strip()
+        column.check()
     return references
 
 
-def _source_rows(source: PromptSource) -> tuple[Iterator[tuple[str, Any]], str]:
-    """(the rows, the name messages give their source): the file, the dataset, or the built-in prompts."""
+# -- the parts of a source -------------------------------------------------------------------
+
+
+@dataclass
+class _Part:
+    """One place to read rows from, with everything needed to read them."""
+
+    name: str  # as messages and records name it: the file, or dataset[split]
+    source: PromptSource  # a single source: the columns, and this part's place
+    limit: int | None
+    sft_split: str
+
+
+def _parts(source: PromptSource) -> list[_Part]:
+    if not source.sources:
+        _check_place(source, "prompts")
+        return [_Part(_place_name(source), source, source.limit, "auto")]
+    parts = []
+    for index, part in enumerate(source.sources):
+        if not isinstance(part, PromptPart):
+            raise UserError(f"prompts.sources[{index}]: expected a mapping of PromptPart fields, got {part!r}")
+        if part.sft_split not in SFT_SPLITS:
+            raise UserError(f"prompts.sources[{index}].sft_split: {part.sft_split!r} is not one of {', '.join(SFT_SPLITS)}")
+        own_place = part.path is not None or part.dataset is not None
+        single = replace(
+            source,
+            path=part.path if own_place else source.path,
+            dataset=part.dataset if own_place else source.dataset,
+            dataset_config=part.dataset_config if part.dataset_config is not None else source.dataset_config,
+            split=part.split if part.split is not None else source.split,
+            limit=part.limit,
+            sources=[],
+        )
+        _check_place(single, f"prompts.sources[{index}]")
+        parts.append(_Part(_place_name(single), single, part.limit, part.sft_split))
+    names = [p.name for p in parts]
+    repeated = next((name for name in names if names.count(name) > 1), None)
+    if repeated:
+        raise UserError(f"prompts.sources: {repeated} is listed twice (give each part its own split, file or dataset)")
+    return parts
+
+
+def _check_place(source: PromptSource, section: str) -> None:
     if source.path and source.dataset:
-        raise UserError("prompts: set either prompts.path or prompts.dataset, not both")
+        raise UserError(f"{section}: set either path or dataset, not both")
+
+
+def _place_name(source: PromptSource) -> str:
     if source.dataset:
-        return _dataset_rows(source), f"{source.dataset}[{source.split}]"
-    path = Path(source.path) if source.path else BUILTIN_PROMPTS
-    return read_rows(path, what="prompts file"), str(path)
+        config = f"/{source.dataset_config}" if source.dataset_config else ""
+        return f"{source.dataset}{config}[{source.split}]"
+    return str(Path(source.path) if source.path else BUILTIN_PROMPTS)
 
 
-def _compose(row: Any, source: PromptSource, where: str) -> str:
-    prompt = _field(row, source.prompt_column, where, required=True)
-    if not isinstance(prompt, str) or not prompt.strip():
-        raise UserError(f"{where}: empty prompt in field '{source.prompt_column}'")
-    prompt = prompt.strip()
-    if source.context_column:
-        context = _field(row, source.context_column, where, required=False)
-        if isinstance(context, str) and context.strip():
-            prompt = f"{prompt}\n\n{context.strip()}"
-    return prompt
+# -- rows to prompts -------------------------------------------------------------------------
+
+_MISSING = object()  # a field a row does not have (None is a value: a null in the data)
 
 
-def _field(row: Any, dotted: str, where: str, required: bool) -> Any:
+def _composed_rows(part: _Part, report: PromptReport, also: str | None = None) -> Iterator[tuple[str, Any, str | None]]:
+    """(where, row, prompt text or None) for every row of the part; a row without a prompt is counted
+    in `report`. After the last row, a prompt or context column no row has is an error."""
+    source = part.source
+    columns = _ColumnCheck([source.prompt_column, *([source.context_column] if source.context_column else [])])
+    rows = 0
+    for where, row in _rows(part, [source.prompt_column, source.context_column, also]):
+        where = f"{part.name}:{where}"
+        rows += 1
+        text, reason = _compose(row, source, where, columns)
+        if reason:
+            report.skip(reason, where)
+        yield where, row, text
+    report.rows += rows
+    if not rows:
+        raise UserError(f"{part.name}: no prompts found (it has no rows)")
+    columns.check()
+
+
+def _compose(row: Any, source: PromptSource, where: str, columns: "_ColumnCheck") -> tuple[str | None, str | None]:
+    """(the prompt, None), or (None, why the row makes none)."""
+    if not isinstance(row, dict):
+        return None, f"not an object ({type(row).__name__})"
+    prompt = columns.value(row, source.prompt_column, where)
+    context = columns.value(row, source.context_column, where) if source.context_column else None
+    for name, value in ((source.prompt_column, prompt), (source.context_column, context)):
+        if value is not _MISSING and value is not None and not isinstance(value, str):
+            return None, f"'{name}' is not text"
+    parts = [value.strip() for value in (prompt, context) if isinstance(value, str) and value.strip()]
+    if not parts:
+        return None, f"missing field '{source.prompt_column}'" if prompt is _MISSING and not source.context_column else "empty prompt"
+    return "\n\n".join(parts), None
+
+
+class _ColumnCheck:
+    """Reads fields and remembers, per column, whether any row has it and the first row that does not:
+    a column no row has is a wrong column name, worth an error rather than a skip per row."""
+
+    def __init__(self, columns: list[str]):
+        self.found = {column: False for column in columns}
+        self.first_missing: dict[str, str] = {}
+
+    def value(self, row: Any, dotted: str, where: str) -> Any:
+        value = _field(row, dotted)
+        if value is _MISSING:
+            if dotted not in self.first_missing:
+                fields = f" (fields: {', '.join(map(str, row))})" if isinstance(row, dict) and row else ""
+                self.first_missing[dotted] = f"{where}: missing field '{dotted}'{fields}"
+        else:
+            self.found[dotted] = True
+        return value
+
+    def check(self) -> None:
+        for column, found in self.found.items():
+            if not found and column in self.first_missing:
+                raise UserError(f"{self.first_missing[column]}, and no row has it: check the column name")
+
+
+def _field(row: Any, dotted: str) -> Any:
     value = row
     for part in dotted.split("."):
         if isinstance(value, dict) and part in value:
             value = value[part]
         elif isinstance(value, list) and part.isdigit() and int(part) < len(value):
             value = value[int(part)]
-        elif required:
-            fields = f" (fields: {', '.join(map(str, value))})" if isinstance(value, dict) and value else ""
-            raise UserError(f"{where}: missing field '{dotted}'{fields}")
         else:
-            return None
+            return _MISSING
     return value
 
 
-def _dataset_rows(source: PromptSource) -> Iterator[tuple[str, Any]]:
+def _rows(part: _Part, columns: list[str | None]) -> Iterator[tuple[str, Any]]:
+    """(where, row) of the part: the file's rows, or the dataset's."""
+    source = part.source
+    if source.dataset:
+        return _dataset_rows(source, columns)
+    return read_rows(Path(source.path) if source.path else BUILTIN_PROMPTS, what="prompts file")
+
+
+def _dataset_rows(source: PromptSource, columns: list[str | None]) -> Iterator[tuple[str, Any]]:
     import datasets
 
     try:
         dataset = datasets.load_dataset(source.dataset, source.dataset_config, split=source.split)
     except Exception as err:  # the Hub raises many kinds; the user needs the reason, not the stack
         raise UserError(f"cannot load dataset {source.dataset!r} split {source.split!r}: {err}") from None
+    # Only the columns read: MixInstruct's rows also hold 11 candidate responses each, slow to convert.
+    wanted = {column.split(".")[0] for column in columns if column}
+    if wanted <= set(dataset.column_names):
+        dataset = dataset.select_columns(sorted(wanted))
     for index, row in enumerate(dataset):
         yield f"row {index}", row

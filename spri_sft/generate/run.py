@@ -27,7 +27,7 @@ from spri_sft.errors import UserError
 from spri_sft.generate.config import GenerateConfig
 from spri_sft.generate.engine import Engine, Session
 from spri_sft.generate.identity import generation_identity, record_id, request_settings
-from spri_sft.generate.inputs import load_prompts
+from spri_sft.generate.inputs import load_prompts, prompt_origin
 from spri_sft.generate.journal import Journal, ReplayedCompletion
 from spri_sft.generate.prompts import PromptSet, load_prompt_set
 from spri_sft.generate.store import RecordStore
@@ -121,6 +121,8 @@ async def _generate(config: GenerateConfig) -> dict:
         f"at most {cost['completion_tokens_max']:,} completion tokens",
         flush=True,
     )
+    if prompts.report.line():  # the parts read and the rows skipped, by reason
+        print(f"[spri-sft] {prompts.report.line()}", flush=True)
 
     meter = _Meter(config.token_budget, config.fail_fast_after)
     try:
@@ -147,6 +149,7 @@ async def _generate(config: GenerateConfig) -> dict:
     summary = summarize([r for r in store.records.values() if r["id"] in wanted])
     stopped_by_budget = meter.stop_reason == "budget" and meter.records < len(pending)
     summary.update(
+        prompt_rows=prompts.report.as_dict(),
         wall_seconds=round(time.monotonic() - started, 2),
         this_run={"records": meter.records, "calls": meter.calls, "replayed_calls": meter.replayed, "tokens": meter.tokens},
         stopped_by_budget=stopped_by_budget,
@@ -267,7 +270,7 @@ async def _run_prompts(pending, engine, base, critic, store, journal, meter, con
             for role, replayed in calls.replayed.items():
                 fields["usage"][role]["replayed_calls"] = replayed  # of its calls, those read back from the journal
             # Synchronous on purpose: a finished prompt's record is written before anything can cancel it.
-            store.append({"id": record_id, "prompt": prompt, "mode": engine.mode, **fields})
+            store.append({"id": record_id, "prompt": prompt, "mode": engine.mode, **prompt_origin(prompt), **fields})
             journal.forget(record_id)
             meter.record(fields)
             show(force=True)
