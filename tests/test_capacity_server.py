@@ -162,7 +162,9 @@ def test_spri_generate_against_it_makes_one_accepted_record_per_prompt(tmp_path:
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": f"Explain topic {i}."}) + "\n" for i in range(6)))
     with CapacityServer(capacity=4, median=0.002, seed=5) as server:
-        endpoint = EndpointConfig(backend="openai", model="capacity-model", base_url=[server.base_url], max_concurrency=4)
+        endpoint = EndpointConfig(
+            backend="openai", model="capacity-model", base_url=[server.base_url], max_concurrency=4
+        )
         config = GenerateConfig(
             output_dir=str(tmp_path / "out"), mode="spri", prompts=PromptSource(path=str(prompts)),
             base=endpoint, critic=endpoint, progress=False,

@@ -11,7 +11,8 @@ lengths) from a seeded RNG, so the sequence of service times repeats exactly run
 Then the best any client can do is keep every slot busy: the *ideal* wall time of a run is
 the sum of the service times drawn divided by ``capacity``, and a client's scheduling ratio
 is that ideal over the server's measured busy period (first request arrived to last reply
-done). `CapacityServer.stats` (or ``GET /stats`` of a child process) reports both.
+done). `CapacityServer.stats` (or ``GET /stats`` of a child process, ``?served=1`` adding
+every request's times) reports both.
 
 It answers what `spri-sft generate` sends, so a run produces real records:
 ``POST /v1/chat/completions`` and ``POST /v1/completions`` (a critic prompt, recognised by
@@ -47,7 +48,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from types import TracebackType
 from typing import Any
 
@@ -184,7 +185,8 @@ class CapacityServer:
     @property
     def stats(self) -> dict[str, Any]:
         """Counts and the numbers of the scheduling ratio: ``requests``, ``served``, ``in_service`` and
-        ``queued`` now, ``max_in_service``, ``max_queued``, ``service_time_sum`` (drawn), ``occupied_sum`` (measured, slot-seconds),
+        ``queued`` now, ``max_in_service``, ``max_queued``, ``service_time_sum`` (drawn), ``occupied_sum``
+        (measured, slot-seconds),
         ``busy_seconds`` (first arrival to last finish), ``ideal_seconds`` (service_time_sum / capacity)
         and ``ratio`` (ideal over busy)."""
         with self._lock:
@@ -254,7 +256,9 @@ class CapacityServer:
     def __enter__(self) -> CapacityServer:
         return self.start()
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.stop()
 
     # -- serving -----------------------------------------------------------------
@@ -298,7 +302,11 @@ class CapacityServer:
         return web.json_response({"object": "list", "data": [{"id": self.model, "object": "model"}]})
 
     async def _handle_stats(self, request: web.Request) -> web.Response:
-        return web.json_response(self.stats)
+        """`stats`; with ``?served=1`` also every served request (`served`, as objects)."""
+        stats = self.stats
+        if request.query.get("served"):
+            stats["served_requests"] = [asdict(r) for r in self.served]
+        return web.json_response(stats)
 
     async def _handle_completion(self, request: web.Request) -> web.Response:
         arrived = time.monotonic()
