@@ -82,7 +82,7 @@ def test_a_mode_scoring_exactly_as_the_base_model_has_the_interval_zero_to_zero(
     assert (interval["delta"], interval["low"], interval["high"], interval["excludes_zero"]) == (0.0, 0.0, 0.0, False)
     text = write_report(report, tmp_path)
     assert table_row(text, "spri − base")[1:4] == ["+0.0000", "[+0.0000, +0.0000]", "no"]
-    assert table_row(text, "SFT on spri")[11] == "+0.0000 [+0.0000, +0.0000]"
+    assert table_row(text, "SFT on spri")[12] == "+0.0000 [+0.0000, +0.0000]"
 
 
 def test_a_mode_better_on_every_question_has_an_interval_that_excludes_zero(tmp_path):

@@ -14,6 +14,12 @@ The loop rules of a critic-scored stage (SPRI's principles and response; the `-c
   feedback the critic wrote); `accept` keeps the current version and ends the stage, not
   accepted (status `max_rounds`), which is the released scripts' rule (their
   `eval_score >= 4` raises on None and drops the prompt from the loop), with `score_retries: 0`.
+* how a critique gets its score is the critic role's `score` setting (`EndpointConfig.score`;
+  for self-refine the base role's, as the base model critiques itself): `parse` reads it from the
+  free text as above; `constrained` and `expected` have the backend write the reply as
+  "Feedback: ... [RESULT] n", so none is unscored; under `expected` a version passes when the
+  mean of the critic's digit distribution is >= `threshold`, and each round also records
+  `score_distribution`, `score_mean` and `score_mode` (`scoring.Verdict`).
 
 Modes (Table 4's rows, in its order, then the extra options):
 * `oracle`: the prompt dataset's own response (`prompts.response_column`); no model call.
@@ -60,7 +66,7 @@ from spri_sft.errors import UserError
 from spri_sft.generate.inputs import PromptSource, load_references
 from spri_sft.generate.official import official_texts
 from spri_sft.generate.prompts import PromptSet
-from spri_sft.generate.scoring import parse_feedback, parse_score, released_feedback
+from spri_sft.generate.scoring import Verdict, parse_feedback, parse_score, released_feedback
 from spri_sft.llm.base import ChatBackend, Completion
 
 Mode = Literal[
@@ -192,9 +198,15 @@ class Session:
         self.usage = {"base": Usage(base.model), "critic": Usage(critic.model)}
         self._on_usage = on_usage
 
-    async def ask(self, role: str, messages: list[dict[str, str]]) -> Completion:
+    def score_modes(self, role: str) -> tuple[str, str]:
+        """The role's `score` setting and the mode its backend really uses (a failed probe says "parse")."""
         backend = self.base if role == "base" else self.critic
-        completion = await backend.chat(messages)
+        return getattr(backend, "score_setting", "parse"), getattr(backend, "score_mode", "parse")
+
+    async def ask(self, role: str, messages: list[dict[str, str]], scored: bool = False) -> Completion:
+        """One call; `scored` asks the backend for a critique in the critic format (`critique()`)."""
+        backend = self.base if role == "base" else self.critic
+        completion = await (backend.critique(messages) if scored else backend.chat(messages))
         usage = self.usage[role]
         usage.calls += 1
         usage.prompt_tokens += completion.prompt_tokens
@@ -375,7 +387,7 @@ def build_requests(mode: str, prompts: PromptSet, loop: LoopSettings) -> Package
 async def critique_loop(
     stage: str,
     draft: Completion,
-    critique: Callable[[str], Awaitable[tuple[str, int | None]]],
+    critique: Callable[[str], Awaitable[Verdict]],
     revise: Callable[[str, str], Awaitable[Completion]],
     loop: LoopSettings,
 ) -> StageResult:
@@ -383,19 +395,19 @@ async def critique_loop(
     rounds = []
     current = draft
     for number in range(1, loop.max_rounds + 1):
-        feedback, score = await critique(current.text)
-        rounds.append(_round(stage, number, current, feedback, score))
-        if score is not None and score >= loop.threshold:
+        verdict = await critique(current.text)
+        rounds.append(_round(stage, number, current, verdict))
+        if verdict.passes(loop.threshold):
             return StageResult(current.text, True, rounds)
-        if number == loop.max_rounds or (score is None and loop.unscored == "accept"):
+        if number == loop.max_rounds or (verdict.score is None and loop.unscored == "accept"):
             break
-        current = await revise(current.text, feedback)
+        current = await revise(current.text, verdict.feedback)
     return StageResult(current.text, False, rounds)
 
 
 async def self_refine_loop(
     draft: Completion,
-    feedback: Callable[[str], Awaitable[tuple[str, int | None]]],
+    feedback: Callable[[str], Awaitable[Verdict]],
     refine: Callable[[str, str], Awaitable[Completion]],
     loop: LoopSettings,
 ) -> StageResult:
@@ -403,13 +415,13 @@ async def self_refine_loop(
     rounds = []
     current = draft
     for number in range(1, loop.max_rounds + 1):
-        text, score = await feedback(current.text)
-        rounds.append(_round("response", number, current, text, score))
-        if score is not None and score >= loop.threshold:
+        verdict = await feedback(current.text)
+        rounds.append(_round("response", number, current, verdict))
+        if verdict.passes(loop.threshold):
             return StageResult(current.text, True, rounds)
-        current = await refine(current.text, text)
+        current = await refine(current.text, verdict.feedback)
     # The refinement after the last feedback is kept without feedback of its own.
-    rounds.append(_round("response", loop.max_rounds + 1, current, None, None))
+    rounds.append(_round("response", loop.max_rounds + 1, current))
     return StageResult(current.text, False, rounds)
 
 
@@ -459,7 +471,7 @@ class Engine:
             else:  # seed-principles, self-align: the rules are in the system prompt, the same for every record
                 messages = requests.fixed_rules(mode, prompt)
             answer = await self._ask(session, "base", messages)
-            stages = [StageResult(answer.text, True, [_round("response", 1, answer, None, None)])]
+            stages = [StageResult(answer.text, True, [_round("response", 1, answer)])]
         return {
             "principles": final_principles,
             "response": stages[-1].text,
@@ -477,12 +489,12 @@ class Engine:
             "principles": None,
             "response": response,
             "status": "accepted",
-            "rounds": [_round("response", 1, version, None, None)],
+            "rounds": [_round("response", 1, version)],
             "usage": {},
         }
 
-    async def _ask(self, session: Session, role: str, messages: Messages) -> Completion:
-        completion = await session.ask(role, messages)
+    async def _ask(self, session: Session, role: str, messages: Messages, scored: bool = False) -> Completion:
+        completion = await session.ask(role, messages, scored=scored)
         return replace(completion, text=self.requests.clean(completion.text))
 
     async def _principles_stage(self, prompt: str, session: Session) -> StageResult:
@@ -528,19 +540,29 @@ class Engine:
 
     async def _critique(
         self, session: Session, role: str, messages: Messages, feedback_of: Callable[[str], str]
-    ) -> tuple[str, int | None]:
-        reply = await self._ask(session, role, messages)
-        score = parse_score(reply.text)
+    ) -> Verdict:
+        setting, used = session.score_modes(role)
+        scored = used != "parse"
+
+        async def ask(request: Messages) -> tuple[Completion, int | None]:
+            reply = await self._ask(session, role, request, scored=scored)
+            return reply, reply.score if reply.score is not None else parse_score(reply.text)
+
+        reply, score = await ask(messages)
         for _ in range(self.loop.score_retries):
             if score is not None:
                 break
-            retry = messages + [
+            reply, score = await ask(messages + [
                 {"role": "assistant", "content": reply.text},
                 {"role": "user", "content": self.prompts.score_reminder},
-            ]
-            reply = await self._ask(session, role, retry)
-            score = parse_score(reply.text)
-        return feedback_of(reply.text), score
+            ])  # fmt: skip
+        return Verdict(
+            feedback_of(reply.text),
+            score,
+            # Keys are digits; a reply replayed from the journal (JSON) has them as strings.
+            distribution={int(d): p for d, p in reply.score_distribution.items()} if reply.score_distribution else None,
+            mode=used if setting != "parse" else None,
+        )
 
 
 def mode_texts(mode: str, prompts: PromptSet, loop: LoopSettings) -> dict:
@@ -577,12 +599,6 @@ def mode_identity(mode: str, prompts: PromptSet, loop: LoopSettings, response_co
     return identity
 
 
-def _round(stage: str, number: int, version: Completion, critique: str | None, score: int | None) -> dict:
-    return {
-        "stage": stage,
-        "round": number,
-        "text": version.text,
-        "finish_reason": version.finish_reason,
-        "critique": critique,
-        "score": score,
-    }
+def _round(stage: str, number: int, version: Completion, verdict: Verdict | None = None) -> dict:
+    critique = verdict.round_fields() if verdict is not None else {"critique": None, "score": None}
+    return {"stage": stage, "round": number, "text": version.text, "finish_reason": version.finish_reason, **critique}

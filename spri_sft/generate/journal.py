@@ -139,15 +139,18 @@ class PromptJournal:
     def backend(self, role: str, backend: ChatBackend, settings: dict) -> ChatBackend:
         return _JournaledBackend(self, role, backend, settings)
 
-    async def chat(self, role: str, backend: ChatBackend, settings: dict, messages: list[dict[str, str]]) -> Completion:
-        key = request_key(settings, messages)
+    async def chat(
+        self, role: str, backend: ChatBackend, settings: dict, messages: list[dict[str, str]], scored: bool = False
+    ) -> Completion:
+        # A critique in the critic format (`backend.critique`) is another request than a chat of the same messages.
+        key = request_key({**settings, "critique": True} if scored else settings, messages)
         nth = self._sent[key]
         self._sent[key] += 1
         earlier = self._replies.get(key, [])
         if nth < len(earlier):
             self.replayed[role] += 1
             return earlier[nth]
-        completion = await backend.chat(messages)
+        completion = await (backend.critique(messages) if scored else backend.chat(messages))
         self.journal.append(self.record_id, key, completion)
         return completion
 
@@ -155,7 +158,15 @@ class PromptJournal:
 class _JournaledBackend:
     def __init__(self, journal: PromptJournal, role: str, backend: ChatBackend, settings: dict):
         self.model = backend.model
+        self.score_setting = getattr(backend, "score_setting", "parse")
         self._journal, self._role, self._backend, self._settings = journal, role, backend, settings
+
+    @property
+    def score_mode(self) -> str:
+        return getattr(self._backend, "score_mode", "parse")  # read live: the backend's probe may change it
 
     async def chat(self, messages: list[dict[str, str]]) -> Completion:
         return await self._journal.chat(self._role, self._backend, self._settings, messages)
+
+    async def critique(self, messages: list[dict[str, str]]) -> Completion:
+        return await self._journal.chat(self._role, self._backend, self._settings, messages, scored=True)

@@ -301,6 +301,7 @@ def summarize(records: list[dict]) -> dict:
     rounds_hist = {"principles": Counter(), "response": Counter()}
     usage: dict[str, Counter] = {}
     truncated = unscored = 0
+    critiques = {"principles": Counter(), "response": Counter()}  # per stage: all, and unscored
     for record in records:
         last = {}
         for round_ in record.get("rounds", []):
@@ -309,6 +310,8 @@ def summarize(records: list[dict]) -> dict:
             last[stage] = round_
             truncated += round_.get("finish_reason") == "length"
             unscored += round_.get("critique") is not None and round_["score"] is None
+            if round_.get("critique") is not None:
+                critiques[stage].update(all=1, unscored=round_["score"] is None)
         for stage, round_ in last.items():
             final_scores[stage][str(round_["score"])] += 1
             rounds_hist[stage][str(round_["round"])] += 1
@@ -325,5 +328,7 @@ def summarize(records: list[dict]) -> dict:
         "rounds_histogram": {stage: dict(sorted(c.items())) for stage, c in rounds_hist.items() if c},
         "truncated_versions": truncated,
         "unscored_rounds": unscored,
+        # Critic replies left without a score, per stage, over that stage's critiques.
+        "unscored_rate": {stage: round(c["unscored"] / c["all"], 4) for stage, c in critiques.items() if c["all"]},
         "usage": {key: dict(c) for key, c in usage.items()},
     }

@@ -15,11 +15,18 @@ The patterns, tried in this order, the first that finds a score in 1-5 wins:
 A label and a number with nothing between them is a rubric reference, not a verdict: "meets
 Score 4 but not Score 5" and a restated "Score 1: ..." line give no score. A number with a
 decimal part ("4.5") or on another scale ("8/10") or outside 1-5 is no score either.
+
+That is `score: parse`. A critic role with `score: constrained | expected` has its reply written
+in the critic format by its backend (`spri_sft.llm.critic_format`), so the score comes with the
+reply; `Verdict` holds either kind and states the accept rule's statistic.
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
+
+from spri_sft.llm.critic_format import mean_score
 
 MIN_SCORE, MAX_SCORE = 1, 5
 
@@ -90,3 +97,37 @@ def _in_range(match: re.Match) -> int | None:
     if scale is not None and int(scale) != MAX_SCORE:
         return None
     return value if MIN_SCORE <= value <= MAX_SCORE else None
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One critique: the feedback the refiner gets, its score, and how it was scored.
+
+    The accept rule's statistic: under `score: expected` (a digit distribution is present), the mean
+    of the distribution, so a version passes when sum(d * p(d)) >= threshold; otherwise the integer
+    score (None never passes). `score` is then the likeliest digit, kept for the histograms."""
+
+    feedback: str
+    score: int | None
+    distribution: dict[int, float] | None = None
+    # The score mode used, recorded only for a role whose `score` setting is not "parse" (it may
+    # still be "parse" there, when the server failed the start-up probe).
+    mode: str | None = None
+
+    @property
+    def mean(self) -> float | None:
+        return None if self.distribution is None else mean_score(self.distribution)
+
+    def passes(self, threshold: float) -> bool:
+        statistic = self.mean if self.distribution is not None else self.score
+        return statistic is not None and statistic >= threshold
+
+    def round_fields(self) -> dict:
+        """This critique's fields of a round record (the extra ones only when scored other than by parsing)."""
+        fields: dict = {"critique": self.feedback, "score": self.score}
+        if self.mode is not None:
+            fields["score_mode"] = self.mode
+        if self.distribution is not None:
+            fields["score_distribution"] = {str(d): round(p, 4) for d, p in sorted(self.distribution.items())}
+            fields["score_mean"] = round(self.mean, 4)
+        return fields

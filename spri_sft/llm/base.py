@@ -22,6 +22,12 @@ class Completion:
     completion_tokens: int
     # "stop" when the model ended its turn, "length" when max_new_tokens cut it off.
     finish_reason: str
+    # Set only by `critique()` in a `score: constrained | expected` role: the digit after "[RESULT] "
+    # (None when the reply has none) and, for `expected`, the probability of each digit 1-5.
+    score: int | None = None
+    score_distribution: dict[int, float] | None = None
+    # openai, when a request asked for logprobs: the first generated token's top alternatives {token: logprob}.
+    top_logprobs: dict[str, float] | None = None
 
 
 class ChatBackend(Protocol):
@@ -31,6 +37,14 @@ class ChatBackend(Protocol):
         """Load the model or check that the servers answer; raise UserError if they do not."""
 
     async def chat(self, messages: list[dict[str, str]]) -> Completion: ...
+
+    # The role's `score` setting, and the mode it really uses (openai: "parse" after a failed probe).
+    score_setting: str
+    score_mode: str
+
+    async def critique(self, messages: list[dict[str, str]]) -> Completion:
+        """A critic reply in the critic format "Feedback: ... [RESULT] n" with `score` set (and, for
+        `expected`, `score_distribution`); called only when `score_mode` is not "parse"."""
 
     async def close(self) -> None: ...
 
@@ -79,6 +93,18 @@ class EndpointConfig:
             "(openai: /v1/completions; transformers: the tokenizer alone, no chat template)."
         },
     )
+    score: Literal["parse", "constrained", "expected"] = field(
+        default="parse",
+        metadata={
+            "help": "How this role's critiques get their 1-5 score (it matters for the critic, and for the base "
+            "model in self-refine). 'parse' reads it from free text (a reply without one is unscored); "
+            "'constrained' makes the reply 'Feedback: ... [RESULT] n' with n in 1-5 (openai: the server's "
+            "structured_outputs regex; transformers: the feedback, then the likeliest digit after '[RESULT] '); "
+            "'expected' does the same and records the probability of each digit after '[RESULT] ' "
+            "(openai: logprobs; transformers: the 5 digits' logits), and the loop accepts when their mean "
+            ">= threshold. A server that cannot do it is said in one line at start and the role falls back to 'parse'."
+        },
+    )
     max_concurrency: int = field(
         default=32,
         metadata={"help": "openai: requests in flight per server URL; transformers: largest generate() batch.", "ge": 1},
@@ -106,8 +132,10 @@ class EndpointConfig:
     def decoding(self) -> dict:
         """The settings that change what the model writes (they enter every record id).
 
-        `min_new_tokens` and `prompt_format` appear only when they differ from their defaults, so
-        the ids of records written before these settings existed stay valid."""
+        `min_new_tokens`, `prompt_format` and `score` appear only when they differ from their defaults,
+        so the ids of records written before these settings existed stay valid. `score` shapes only
+        critiques, so it also changes the ids of a mode whose role never critiques (direct with a
+        base `score` set): a needless new id, never a wrongly reused one."""
         settings = {
             "model": self.model,
             "temperature": self.temperature,
@@ -119,6 +147,8 @@ class EndpointConfig:
             settings["min_new_tokens"] = self.min_new_tokens
         if self.prompt_format != "chat":
             settings["prompt_format"] = self.prompt_format
+        if self.score != "parse":
+            settings["score"] = self.score
         return settings
 
 

@@ -22,6 +22,18 @@ seconds or as an HTTP date) come from the client's own `_should_retry` and
 `_parse_retry_after_header`. On top of that this loop retries what the client cannot see as
 failures: timeouts and connection errors, bodies that are not JSON, and replies without choices.
 Other 4xx replies (bad request, auth) are not retried: sending the same request again cannot fix them.
+
+Critiques of a role with `score: constrained | expected` (`critique()`, formats in
+`spri_sft.llm.critic_format`) send `"structured_outputs": {"regex": CRITIC_REGEX}` (vLLM's field
+since it removed `guided_regex` in 0.12), so the reply ends "[RESULT] n". A reply cut by max_tokens
+before its marker, and every `expected` critique, is continued from its text up to "[RESULT] " with
+one more request of one token: a chat role sends the text as the final assistant message with
+`continue_final_message: true, add_generation_prompt: false` and `logprobs: true, top_logprobs: 20`;
+a raw role appends it to the prompt and sends `logprobs: 20`; the digit is constrained by
+DIGIT_REGEX and `expected` reads the digits' probabilities from the top log-probabilities (vLLM
+reports them before any processing: temperature 1, unconstrained). `start()` probes the server
+once: a server that refuses these fields, or ignores them (vLLM accepts unknown fields and only
+logs them), is said in one line and the role falls back to `score: parse`.
 """
 
 from __future__ import annotations
@@ -34,7 +46,7 @@ import os
 import random
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import openai
 from openai.types import Completion as TextCompletion
@@ -42,6 +54,14 @@ from openai.types.chat import ChatCompletion
 
 from spri_sft.errors import UserError
 from spri_sft.llm.base import Completion, EndpointConfig, render_raw
+from spri_sft.llm.critic_format import (
+    CRITIC_REGEX,
+    DIGIT_REGEX,
+    digit_distribution,
+    likeliest,
+    score_prefix,
+    scored_digit,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +76,11 @@ BACKOFF_CAP = 30.0
 # "unknown field") is logged once and left out of every later request to that server, instead of
 # failing every request. A 400 about the field's value (vLLM: min_tokens above max_tokens) stays an error.
 OPTIONAL_FIELDS = ("min_tokens",)
+# vLLM's cap on top log-probabilities per position (--max-logprobs, default 20).
+TOP_LOGPROBS = 20
+# The probe's regex: a short reply in the critic format that no model writes unasked.
+PROBE_REGEX = r"Feedback: [a-z ]{1,24}\[RESULT\] [1-5]"
+PROBE_MESSAGES = [{"role": "user", "content": "Say hello."}]
 _UNKNOWN_FIELD = re.compile(r"unrecognized|unknown|extra|not permitted|unexpected|unsupported|not supported", re.I)
 
 
@@ -124,6 +149,8 @@ class OpenAIChat:
         self.config = config
         self.model = config.model
         self.pool = pool or _ServerPool(config)
+        self.score_setting = config.score
+        self.score_mode = config.score  # "parse" after a failed probe (`start`)
 
     def with_sampling(self, config: EndpointConfig) -> OpenAIChat:
         """Another role served by the same URLs: it shares the connection pool, concurrency and pacing,
@@ -132,8 +159,76 @@ class OpenAIChat:
 
     async def start(self) -> None:
         await self.pool.check(self.model)
+        if self.score_mode != "parse":
+            missing = await self._probe_scoring()
+            if missing:
+                logger.warning(
+                    "%s: critic score %r needs %s; scoring %s's critiques by parsing their text instead (score: parse)",
+                    ", ".join(self.config.base_url), self.score_mode, missing, self.model,
+                )
+                self.score_mode = "parse"
 
     async def chat(self, messages: list[dict[str, str]]) -> Completion:
+        route, body, prompt_chars = self._request(messages)
+        return await self.pool.send(route, body, estimated_tokens=prompt_chars / 4 + self.config.max_new_tokens)
+
+    async def critique(self, messages: list[dict[str, str]]) -> Completion:
+        """One critique in the critic format (module docstring), its score set; `expected` adds the
+        digits' distribution, whose likeliest digit is then the score."""
+        route, body, prompt_chars = self._request(messages)
+        body["structured_outputs"] = {"regex": CRITIC_REGEX}
+        reply = await self.pool.send(route, body, estimated_tokens=prompt_chars / 4 + self.config.max_new_tokens)
+        score = scored_digit(reply.text)
+        if score is not None and self.score_mode == "constrained":
+            return replace(reply, score=score)
+        prefix = score_prefix(reply.text)
+        digit = await self._continue_with_digit(messages, prefix, logprobs=self.score_mode == "expected")
+        distribution = digit_distribution(digit.top_logprobs or {}) if self.score_mode == "expected" else None
+        chosen = scored_digit(prefix + digit.text)
+        if distribution is not None:
+            chosen = likeliest(distribution)
+        return Completion(
+            text=prefix + (str(chosen) if chosen is not None else digit.text),
+            prompt_tokens=reply.prompt_tokens + digit.prompt_tokens,
+            completion_tokens=reply.completion_tokens + digit.completion_tokens,
+            finish_reason=reply.finish_reason,
+            score=chosen,
+            score_distribution=distribution,
+        )
+
+    async def _continue_with_digit(self, messages: list[dict[str, str]], prefix: str, logprobs: bool) -> Completion:
+        """The one token after `prefix` (a critique up to "[RESULT] "), constrained to a digit."""
+        route, body, prompt_chars = self._request(messages, continue_from=prefix)
+        body.pop("min_tokens", None)  # one token: a min_tokens above it is a 400
+        body.update(max_tokens=1, structured_outputs={"regex": DIGIT_REGEX})
+        if logprobs:
+            body.update(_logprobs_fields(route))
+        return await self.pool.send(route, body, estimated_tokens=prompt_chars / 4 + 1)
+
+    async def _probe_scoring(self) -> str | None:
+        """What the servers lack for this role's score mode (a phrase for the notice), or None."""
+        route, body, _ = self._request(PROBE_MESSAGES)
+        body.pop("min_tokens", None)
+        body.update(temperature=0.0, max_tokens=48, structured_outputs={"regex": PROBE_REGEX})
+        try:
+            reply = await self.pool.send(route, body, estimated_tokens=60)
+        except openai.APIStatusError as err:
+            return f"structured_outputs, which the server refused (HTTP {err.status_code})"
+        if not re.fullmatch(PROBE_REGEX, reply.text):
+            return "structured_outputs, which the server ignored (its reply did not follow the regex)"
+        if self.score_mode != "expected":
+            return None
+        try:
+            digit = await self._continue_with_digit(PROBE_MESSAGES, "Feedback: fine [RESULT] ", logprobs=True)
+        except openai.APIStatusError as err:
+            return f"logprobs of a continued reply, which the server refused (HTTP {err.status_code})"
+        if not digit.top_logprobs:
+            return "logprobs of a continued reply, which the server did not send"
+        return None
+
+    def _request(self, messages: list[dict[str, str]], continue_from: str | None = None) -> tuple[_Route, dict, int]:
+        """The route, body and prompt length of one request; `continue_from` is the start of the reply,
+        which the model continues (a chat role's final assistant message, a raw role's prompt tail)."""
         config = self.config
         # A plain JSON body: vLLM and TGI read top_k and min_tokens from it; OpenAI itself rejects unknown fields.
         body = {
@@ -143,16 +238,21 @@ class OpenAIChat:
             "max_tokens": config.max_new_tokens,
         }
         if config.prompt_format == "raw":
-            route, body["prompt"] = TEXT, render_raw(messages)
+            route, body["prompt"] = TEXT, render_raw(messages) + (continue_from or "")
             prompt_chars = len(body["prompt"])
         else:
-            route, body["messages"] = CHAT, messages
-            prompt_chars = sum(len(m["content"]) for m in messages)
+            route = CHAT
+            if continue_from is None:
+                body["messages"] = messages
+            else:
+                body["messages"] = messages + [{"role": "assistant", "content": continue_from}]
+                body.update(continue_final_message=True, add_generation_prompt=False)
+            prompt_chars = sum(len(m["content"]) for m in body["messages"])
         if config.top_k is not None:
             body["top_k"] = config.top_k
         if config.min_new_tokens is not None:
             body["min_tokens"] = config.min_new_tokens
-        return await self.pool.send(route, body, estimated_tokens=prompt_chars / 4 + config.max_new_tokens)
+        return route, body, prompt_chars
 
     async def close(self) -> None:
         await self.pool.close()
@@ -240,12 +340,15 @@ class _ServerPool:
         if text is None:
             raise MalformedReply(f"{replica.url} sent a reply without choices")
         usage = getattr(reply, "usage", None)
-        return Completion(
+        completion = Completion(
             text=text.strip(),
             prompt_tokens=usage.prompt_tokens if usage else 0,
             completion_tokens=usage.completion_tokens if usage else 0,
             finish_reason=getattr(choices[0], "finish_reason", None) or "stop",
         )
+        if "logprobs" in body:
+            completion.top_logprobs = _first_top_logprobs(choices[0])
+        return completion
 
     async def _post(self, replica: _Replica, route: _Route, body: dict):
         """The reply to `body` without the fields this replica refused; a newly refused optional field
@@ -277,6 +380,27 @@ class _ServerPool:
         self._closed = True
         for replica in self.replicas:
             await replica.client.close()
+
+
+def _logprobs_fields(route: _Route) -> dict:
+    """Ask for the top log-probabilities of each generated token (the two endpoints spell it differently)."""
+    if route is CHAT:
+        return {"logprobs": True, "top_logprobs": TOP_LOGPROBS}
+    return {"logprobs": TOP_LOGPROBS}
+
+
+def _first_top_logprobs(choice) -> dict[str, float] | None:
+    """{token: logprob} of the first generated token's alternatives, as either endpoint sends them."""
+    logprobs = getattr(choice, "logprobs", None)
+    if logprobs is None:
+        return None
+    content = getattr(logprobs, "content", None)
+    if content:  # chat: content[i].top_logprobs[j].token / .logprob
+        return {alt.token: alt.logprob for alt in (content[0].top_logprobs or [])} or None
+    top = getattr(logprobs, "top_logprobs", None)
+    if top:  # completions: top_logprobs[i] is {token: logprob}
+        return dict(top[0] or {}) or None
+    return None
 
 
 async def _wait_before_retry(seconds: float) -> None:

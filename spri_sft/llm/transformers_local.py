@@ -9,16 +9,24 @@ one with `prompt_format: raw` has them rendered by `render_raw` and encoded by t
 alone, which adds a BOS token exactly when the tokenizer's own `encode` does (Mistral and
 Llama tokenizers do, Qwen and SmolLM2 do not) - the same rule vLLM applies to a
 `/v1/completions` prompt, so a raw prompt reaches the model the same way through either backend.
+
+Critiques of a role with `score: constrained | expected` (`critique()`; the format is in
+`spri_sft.llm.critic_format`) are generated after a prefilled "Feedback: " and cut at their first
+"["; then the text up to " [RESULT]" is scored with each of " 1" ... " 5" appended, in one forward
+pass when the five continuations differ only in their last token (else each continuation's
+log-probability is summed over its own tokens). `constrained` writes the likeliest digit;
+`expected` also keeps the softmax over the five (temperature 1, as vLLM's logprobs are).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from spri_sft.errors import UserError
 from spri_sft.llm.base import Completion, EndpointConfig, render_raw
+from spri_sft.llm.critic_format import DIGITS, FEEDBACK_PREFIX, RESULT_MARKER, likeliest, softmax_distribution
 from spri_sft.models import resolve_model
 
 logger = logging.getLogger(__name__)
@@ -34,6 +42,8 @@ class _Sampling:
     max_new_tokens: int
     min_new_tokens: int | None
     prompt_format: str
+    # A critique's score mode ("constrained" or "expected"); None for a plain chat request.
+    critique: str | None = None
 
     @classmethod
     def of(cls, config: EndpointConfig) -> _Sampling:
@@ -46,6 +56,8 @@ class _Sampling:
 class TransformersChat:
     def __init__(self, config: EndpointConfig, shared: _LocalModel | None = None):
         self.model = config.model
+        self.score_setting = config.score
+        self.score_mode = config.score  # the model's own logits can always be read: no fallback
         self._sampling = _Sampling.of(config)
         self._local = shared or _LocalModel(config)
 
@@ -63,6 +75,10 @@ class TransformersChat:
 
     async def chat(self, messages: list[dict[str, str]]) -> Completion:
         return await self._local.submit(messages, self._sampling)
+
+    async def critique(self, messages: list[dict[str, str]]) -> Completion:
+        """A critique in the critic format, its score set (module docstring)."""
+        return await self._local.submit(messages, replace(self._sampling, critique=self.score_mode))
 
     async def close(self) -> None:
         await self._local.close()
@@ -135,6 +151,8 @@ class _LocalModel:
             texts = [render_raw(c) for c in conversations]
         else:
             texts = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in conversations]
+        if sampling.critique:
+            texts = [text + FEEDBACK_PREFIX for text in texts]
         # A chat template already wrote any BOS token, so adding special tokens would double it; a raw
         # prompt gets them exactly as the tokenizer's own encode adds them (module docstring).
         raw = sampling.prompt_format == "raw"
@@ -168,7 +186,96 @@ class _LocalModel:
                     finish_reason="stop" if stop is not None else "length",
                 )
             )
+        if sampling.critique:
+            completions = self._score_critiques(texts, completions, sampling)
         return completions
+
+    def _score_critiques(self, texts: list[str], replies: list[Completion], sampling: _Sampling) -> list[Completion]:
+        """Each reply (generated after "Feedback: ") cut at its first "[" and given its digit after "[RESULT] "."""
+        feedbacks = [reply.text.split("[", 1)[0].strip() for reply in replies]
+        prefixes = [f"{text}{feedback} {RESULT_MARKER}" for text, feedback in zip(texts, feedbacks)]
+        scored = []
+        for reply, feedback, logprobs in zip(replies, feedbacks, self._digit_logprobs(prefixes, sampling)):
+            distribution = softmax_distribution(logprobs)
+            digit = likeliest(distribution)
+            scored.append(
+                replace(
+                    reply,
+                    text=f"{FEEDBACK_PREFIX}{feedback} {RESULT_MARKER} {digit}",
+                    completion_tokens=reply.completion_tokens + 1,
+                    score=digit,
+                    score_distribution=distribution if sampling.critique == "expected" else None,
+                )
+            )
+        return scored
+
+    def _digit_logprobs(self, prefixes: list[str], sampling: _Sampling) -> list[list[float]]:
+        """log p(" d" | prefix) for d in 1-5, per prefix (module docstring)."""
+        import torch
+
+        tokenizer = self.tokenizer
+        special = sampling.prompt_format == "raw"
+        results: list[list[float] | None] = [None] * len(prefixes)
+        last_token_rows = []  # (row, shared ids, the five last tokens)
+        for row, prefix in enumerate(prefixes):
+            candidates = [
+                tokenizer(f"{prefix} {digit}", add_special_tokens=special)["input_ids"] for digit in DIGITS
+            ]
+            shared = _common_prefix(candidates)
+            if shared and all(len(ids) == len(shared) + 1 for ids in candidates):
+                last_token_rows.append((row, shared, [ids[-1] for ids in candidates]))
+            else:
+                results[row] = self._sequence_logprobs(candidates, len(shared))
+        if last_token_rows:
+            rows = [shared for _, shared, _ in last_token_rows]
+            input_ids, attention_mask = _left_padded(rows, tokenizer.pad_token_id, self.model.device)
+            # Left padding: positions count real tokens only, as generate() computes them.
+            position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+            with torch.inference_mode():
+                logits = self.model(
+                    input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids
+                ).logits[:, -1].float()
+            logprobs = torch.log_softmax(logits, dim=-1)
+            for index, (row, _, targets) in enumerate(last_token_rows):
+                results[row] = logprobs[index, targets].tolist()
+        return results
+
+    def _sequence_logprobs(self, candidates: list[list[int]], start: int) -> list[float]:
+        """The log-probability of each candidate's tokens from `start` on (continuations that differ
+        in more than one token, or when the tokenizer merges the digit into what precedes it)."""
+        import torch
+
+        width = max(len(ids) for ids in candidates)
+        pad = self.tokenizer.pad_token_id
+        input_ids = torch.tensor([ids + [pad] * (width - len(ids)) for ids in candidates], device=self.model.device)
+        attention_mask = torch.tensor(
+            [[1] * len(ids) + [0] * (width - len(ids)) for ids in candidates], device=self.model.device
+        )
+        with torch.inference_mode():
+            logprobs = torch.log_softmax(self.model(input_ids=input_ids, attention_mask=attention_mask).logits.float(), -1)
+        totals = []
+        for row, ids in enumerate(candidates):
+            first = max(start, 1)  # the first token of a sequence has no prediction
+            totals.append(sum(logprobs[row, i - 1, ids[i]].item() for i in range(first, len(ids))))
+        return totals
+
+
+def _common_prefix(sequences: list[list[int]]) -> list[int]:
+    shared = []
+    for tokens in zip(*sequences):
+        if any(t != tokens[0] for t in tokens):
+            break
+        shared.append(tokens[0])
+    return shared
+
+
+def _left_padded(rows: list[list[int]], pad_id: int, device):
+    import torch
+
+    width = max(len(r) for r in rows)
+    input_ids = torch.tensor([[pad_id] * (width - len(r)) + r for r in rows], device=device)
+    attention_mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=device)
+    return input_ids, attention_mask
 
 
 def _eos_ids(model, tokenizer) -> set[int]:

@@ -48,6 +48,10 @@ def generation_row(summary: dict) -> dict[str, Any]:
     def per_record(value: float) -> float | None:
         return round(value / records, 2) if records else None
 
+    def unscored_rate(stage: str) -> float | None:
+        # Critic replies left without a score, over the stage's critiques (summaries before it have none).
+        return summary.get("unscored_rate", {}).get(stage)
+
     def mean_rounds(stage: str) -> float | None:
         counts = summary.get("rounds_histogram", {}).get(stage)
         if not counts:
@@ -68,6 +72,8 @@ def generation_row(summary: dict) -> dict[str, Any]:
         "accepted_rate": round(status.get("accepted", 0) / records, 4) if records else None,
         "principle_rounds_mean": mean_rounds("principles"),
         "response_rounds_mean": mean_rounds("response"),
+        "principles_unscored_rate": unscored_rate("principles"),
+        "response_unscored_rate": unscored_rate("response"),
         "base_calls_per_record": per_record(calls["base"]),
         "critic_calls_per_record": per_record(calls["critic"]),
         "tokens_per_record": per_record(tokens),
@@ -162,13 +168,14 @@ def render_markdown(report: dict[str, Any]) -> str:
             else f"{tqa['questions']} questions from `{tqa['source']}`, {tqa['prompt']} prompt (lm-eval's scoring)"
         ),
         "",
-        "| model | records | accepted | rounds (principles / response) | calls per record (base / critic) "
+        "| model | records | accepted | rounds (principles / response) | unscored (principles / response) "
+        "| calls per record (base / critic) "
         "| tokens per record | train / val rows | steps | final train loss | val loss | MC1 | ΔMC1 | MC2 | ΔMC2 |",
-        "| --- | " + " | ".join("---:" for _ in range(13)) + " |",
+        "| --- | " + " | ".join("---:" for _ in range(14)) + " |",
     ]
     base = report["base"]
     lines.append(
-        f"| base (before) | {MISSING} | {MISSING} | {MISSING} | {MISSING} | {MISSING} | {MISSING} | {MISSING} "
+        f"| base (before) | {MISSING} | {MISSING} | {MISSING} | {MISSING} | {MISSING} | {MISSING} | {MISSING} | {MISSING} "
         f"| {MISSING} | {MISSING} | {_num(base['mc1'])} | {MISSING} | {_num(base['mc2'])} | {MISSING} |"
     )
     for mode, row in report["modes"].items():
@@ -184,6 +191,7 @@ def render_markdown(report: dict[str, Any]) -> str:
                     _num(gen.get("records")),
                     f"{_num(gen.get('accepted'))} ({_pct(gen.get('accepted_rate'))})",
                     f"{_num(gen.get('principle_rounds_mean'), 2)} / {_num(gen.get('response_rounds_mean'), 2)}",
+                    f"{_pct(gen.get('principles_unscored_rate'))} / {_pct(gen.get('response_unscored_rate'))}",
                     f"{_num(gen.get('base_calls_per_record'), 2)} / {_num(gen.get('critic_calls_per_record'), 2)}",
                     _num(gen.get("tokens_per_record"), 0),
                     f"{_num(splits.get('train'))} / {_num(splits.get('validation'))}",
@@ -205,7 +213,9 @@ def render_markdown(report: dict[str, Any]) -> str:
     lines += [f"| {stage} | {s['status']} | {_num(s['wall_seconds'], 1)} |" for stage, s in report["stages"].items()]
     lines += [
         "",
-        "Rounds: mean critique rounds per record for each stage (principles, response); calls and tokens count "
+        "Rounds: mean critique rounds per record for each stage (principles, response); unscored: the share of "
+        "that stage's critic replies left without a score in 1-5 (none under the critic's score: constrained "
+        "or expected); calls and tokens count "
         "every model call of generation (prompt + completion tokens). Final train loss: the last logged one; "
         "val loss: of the saved adapter (the best checkpoint when the recipe keeps it). Δ: after minus before, "
         "[its paired bootstrap 95% interval over questions]. "
@@ -320,7 +330,7 @@ def log_report_to_wandb(report: dict[str, Any], root: Path, project: str, group:
 
 
 COMPARISON_COLUMNS = [
-    "model", "records", "accepted_rate", "train_loss", "eval_loss",
+    "model", "records", "accepted_rate", "principles_unscored_rate", "response_unscored_rate", "train_loss", "eval_loss",
     "mc1", "mc1_stderr", "mc1_delta", "mc1_delta_low", "mc1_delta_high", "mc1_delta_excludes_zero",
     "mc2", "mc2_stderr", "mc2_delta", "mc2_delta_low", "mc2_delta_high", "mc2_delta_excludes_zero",
 ]  # fmt: skip
@@ -339,11 +349,12 @@ def comparison_rows(report: dict[str, Any]) -> list[list[Any]]:
             ]  # fmt: skip
         return cells
 
-    rows = [["base", None, None, None, None, *truthfulqa_cells(report["base"])]]
+    rows = [["base", None, None, None, None, None, None, *truthfulqa_cells(report["base"])]]
     for mode, row in report["modes"].items():
         gen, train = row["generation"] or {}, row["train"]
         rows.append(
-            [mode, gen.get("records"), gen.get("accepted_rate"), train["train_loss"], train["eval_loss"],
+            [mode, gen.get("records"), gen.get("accepted_rate"), gen.get("principles_unscored_rate"),
+             gen.get("response_unscored_rate"), train["train_loss"], train["eval_loss"],
              *truthfulqa_cells(row["truthfulqa"])]
         )  # fmt: skip
     return rows

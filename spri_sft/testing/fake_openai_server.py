@@ -12,6 +12,15 @@ text ``prompt``) with the same faults, and records every request it received (pa
 arrival time: `FakeOpenAIServer.received`), so tests can assert the exact prompt sent, the
 fields of the body, or the gap a client left between two attempts.
 
+Critic scoring (`score: constrained | expected`): a request's ``structured_outputs.regex`` is
+honoured (the reply is made to match it: the reply function's text if it does, else its
+feedback rewritten as "Feedback: ... [RESULT] n") unless the server is built with
+``structured_outputs="ignore"`` (as a server that accepts unknown fields and drops them does;
+``unknown_fields=("structured_outputs",)`` refuses it instead). A continuation of a text ending
+"[RESULT] " (chat: a final assistant message with ``continue_final_message``; completions: the
+prompt's end) is answered with the likeliest digit of ``digit_logprobs``, and a request asking for
+``logprobs`` gets those as the first token's ``top_logprobs`` (unless ``logprobs=False``).
+
 It speaks real HTTP, so the code under test uses its ordinary client (the official
 ``openai`` package included) and its retry, timeout and parsing paths are exercised
 for real.
@@ -36,12 +45,14 @@ import argparse
 import asyncio
 import json
 import logging
+import math
 import random
+import re
 import signal
 import threading
 import time
 import uuid
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -63,6 +74,11 @@ DEFAULT_MODEL_NAME = "fake-model"
 # default reply function recognises them by this marker and answers with a parseable score.
 CRITIC_MARKER = "[RESULT]"
 CRITIC_REPLY = "Feedback: The text follows the guidance well. [RESULT] 5"
+
+# The log-probabilities of the token after "[RESULT] ": mostly 5, some 4 and 3, and a non-digit the
+# client must leave out (probabilities over the digits: 0.74, 0.16, 0.10 after renormalising).
+DEFAULT_DIGIT_LOGPROBS = {"5": math.log(0.666), "4": math.log(0.144), "3": math.log(0.09), "\n": math.log(0.1)}
+SCORE_CONTINUATION = "[RESULT] "
 
 # Cut off mid-array so that no JSON parser, however lenient, accepts it.
 MALFORMED_BODY = '{"choices": ['
@@ -170,6 +186,42 @@ def default_reply(messages: list[dict[str, Any]], request_json: dict[str, Any]) 
     return "Reply to: " + " ".join(last_user.split()[:12])
 
 
+def _comply(regex: str, text: str, digit: str) -> str | None:
+    """`text` made to match `regex` as a constrained decoder would, or None when this fake cannot.
+    It knows the critic regexes of `spri_sft.llm.critic_format` and the probe's: a bare digit, or
+    the reply's feedback (or a stock one) as "Feedback: ... [RESULT] n"."""
+    found = re.search(r"\[RESULT\]\s*([1-5])", text)
+    score = found.group(1) if found else digit
+    feedback = re.sub(r"^\s*Feedback:\s*", "", text.split("[RESULT]")[0]).replace("[", "").replace("]", "").strip()
+    for candidate in (text, digit, f"Feedback: {feedback} [RESULT] {score}", f"Feedback: fine [RESULT] {score}"):
+        if re.fullmatch(regex, candidate):
+            return candidate
+    return None
+
+
+def _logprobs_body(chat: bool, text: str, first_top: Mapping[str, float], count: int) -> dict[str, Any]:
+    """The `logprobs` of a choice in the endpoint's own shape: words stand in for tokens, the first
+    one's alternatives are `first_top` (its `count` likeliest), the others have none."""
+    words = text.split() or [""]
+    tops = [dict(sorted(first_top.items(), key=lambda kv: -kv[1])[:count])] + [{w: 0.0} for w in words[1:]]
+    if chat:
+        return {
+            "content": [
+                {
+                    "token": word, "logprob": top.get(word, 0.0), "bytes": None,
+                    "top_logprobs": [{"token": t, "logprob": lp, "bytes": None} for t, lp in top.items()],
+                }
+                for word, top in zip(words, tops)
+            ]
+        }  # fmt: skip
+    return {
+        "tokens": words,
+        "token_logprobs": [top.get(word, 0.0) for word, top in zip(words, tops)],
+        "top_logprobs": tops,
+        "text_offset": [0] * len(words),
+    }
+
+
 def _word_count(text: str) -> int:
     return len(text.split())
 
@@ -242,6 +294,9 @@ class FakeOpenAIServer:
         reply_fn: ReplyFn = default_reply,
         shutdown_timeout: float = 0.5,
         unknown_fields: Collection[str] = (),
+        structured_outputs: str = "honour",
+        logprobs: bool = True,
+        digit_logprobs: Mapping[str, float] = DEFAULT_DIGIT_LOGPROBS,
     ) -> None:
         """
         Args:
@@ -259,6 +314,10 @@ class FakeOpenAIServer:
                 this long twice, so `stop` can take about twice this.
             unknown_fields: body fields this server refuses with a 400 naming the field,
                 as api.openai.com refuses ``min_tokens`` or ``top_k`` (vLLM accepts both).
+            structured_outputs: "honour" makes replies match ``structured_outputs.regex``;
+                "ignore" answers as if the field were absent.
+            logprobs: whether a request asking for logprobs gets them.
+            digit_logprobs: {token: logprob} of the token after "[RESULT] " (module docstring).
         """
         if latency < 0:
             raise ValueError(f"latency must be >= 0, got {latency}")
@@ -270,6 +329,11 @@ class FakeOpenAIServer:
         self.reply_fn = reply_fn
         self.shutdown_timeout = shutdown_timeout
         self.unknown_fields = frozenset(unknown_fields)
+        if structured_outputs not in ("honour", "ignore"):
+            raise ValueError(f"structured_outputs must be 'honour' or 'ignore', got {structured_outputs!r}")
+        self.structured_outputs = structured_outputs
+        self.logprobs = logprobs
+        self.digit_logprobs = dict(digit_logprobs)
         self._requested_port = port
         self._port: int | None = None
         self._rng = random.Random(seed)
@@ -520,6 +584,25 @@ class FakeOpenAIServer:
                 500, f"reply_fn raised {type(exc).__name__}: {exc}", "server_error"
             )
 
+        continued = (
+            (messages[-1].get("role") == "assistant" and body.get("continue_final_message") and message_text(messages[-1]))
+            if chat else body["prompt"]
+        )  # fmt: skip
+        likeliest_digit = max(
+            (t.strip() for t in self.digit_logprobs if t.strip() in ("1", "2", "3", "4", "5")),
+            key=lambda d: self.digit_logprobs.get(d, -math.inf), default="3",
+        )  # fmt: skip
+        scoring_continuation = bool(continued) and continued.endswith(SCORE_CONTINUATION)
+        if scoring_continuation:
+            text = likeliest_digit
+        regex = (body.get("structured_outputs") or {}).get("regex") if self.structured_outputs == "honour" else None
+        if regex is not None:
+            complied = _comply(regex, text, likeliest_digit)
+            if complied is None:
+                self._count(STAT_REPLY_FN_ERROR)
+                return _error_response(500, f"fake server cannot satisfy regex {regex!r}", "server_error")
+            text = complied
+
         limit = body.get("max_tokens") or body.get("max_completion_tokens")
         finish_reason = "stop"
         words = text.split()
@@ -536,6 +619,10 @@ class FakeOpenAIServer:
             choice["message"] = {"role": "assistant", "content": text}
         else:
             choice.update(text=text, logprobs=None)
+        wanted = body.get("top_logprobs") if chat and body.get("logprobs") else body.get("logprobs") if not chat else None
+        if self.logprobs and isinstance(wanted, int) and not isinstance(wanted, bool):
+            first_top = self.digit_logprobs if scoring_continuation else {(text.split() or [""])[0]: 0.0}
+            choice["logprobs"] = _logprobs_body(chat, text, first_top, wanted)
         return web.json_response(
             {
                 **envelope,
