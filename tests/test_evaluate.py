@@ -127,17 +127,26 @@ def test_mc2_counts_true_answers_by_label_not_position(tiny_model_dir, tmp_path)
     )
 
 
-def test_adapter_scores_equal_merged_model_and_differ_from_base(tiny_model_dir, v0_file, tmp_path):
+def _save_random_lora(model_dir: Path, directory: Path, dtype=None) -> Path:
+    """A LoRA adapter whose B is not zero, so that it changes the scores."""
     import torch
-    from peft import LoraConfig, PeftModel, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
 
     torch.manual_seed(0)
     lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
-    peft_model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir), lora)
+    peft_model = get_peft_model(AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype), lora)
     assert any(p.abs().sum() > 0 for n, p in peft_model.named_parameters() if "lora_B" in n)
-    peft_model.save_pretrained(tmp_path / "adapter")
-    merged = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), tmp_path / "adapter")
+    peft_model.save_pretrained(directory)
+    return directory
+
+
+def test_adapter_scores_equal_merged_model_and_differ_from_base(tiny_model_dir, v0_file, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    adapter = _save_random_lora(tiny_model_dir, tmp_path / "adapter")
+    merged = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), adapter)
     merged.merge_and_unload().save_pretrained(tmp_path / "merged")
     AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(tmp_path / "merged")
 
@@ -147,15 +156,51 @@ def test_adapter_scores_equal_merged_model_and_differ_from_base(tiny_model_dir, 
         evaluate_truthfulqa(config, **(loaded or {}))
         return [x for row in _rows(out) for x in row["mc2"]["loglikelihoods"]]
 
-    with_adapter = scores("adapter", model=str(tiny_model_dir), adapter=str(tmp_path / "adapter"))
+    # lm-eval's peft= path: the PeftModel itself, unmerged.
+    with_adapter = scores("adapter", model=str(tiny_model_dir), adapter=str(adapter), merge_adapter=False)
     merged_scores = scores("merged", model=str(tmp_path / "merged"))
     base = scores("base", model=str(tiny_model_dir))
     # The model still in memory, as at the end of training.
-    in_memory = scores("in_memory", {"model": peft_model, "tokenizer": AutoTokenizer.from_pretrained(tiny_model_dir)})
+    in_memory_model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), adapter)
+    in_memory = scores(
+        "in_memory", {"model": in_memory_model, "tokenizer": AutoTokenizer.from_pretrained(tiny_model_dir)}
+    )
     assert with_adapter == pytest.approx(merged_scores, rel=1e-5)
     assert in_memory == with_adapter
     assert max(abs(a - b) for a, b in zip(with_adapter, base)) > 1e-2
-    assert json.loads((tmp_path / "adapter" / "results.json").read_text())["adapter"] == str(tmp_path / "adapter")
+    results = json.loads((tmp_path / "adapter" / "results.json").read_text())
+    assert results["adapter"] == str(adapter) and results["adapter_merged"] is False
+
+
+@pytest.mark.parametrize(("dtype", "mc2_tolerance", "ll_rel"), [EXACT, FLOAT32])
+def test_adapter_merged_for_scoring_gives_the_unmerged_scores(dtype, mc2_tolerance, ll_rel, tiny_model_dir, v0_file, tmp_path):
+    adapter = _save_random_lora(tiny_model_dir, tmp_path / "adapter")
+
+    def evaluate(name, merge):
+        config = EvaluateConfig(
+            model=str(tiny_model_dir), adapter=str(adapter), merge_adapter=merge, dtype=dtype,
+            truthfulqa_file=str(v0_file), limit=8, output_dir=str(tmp_path / name),
+        )  # fmt: skip
+        return evaluate_truthfulqa(config), _rows(tmp_path / name)
+
+    merged, merged_rows = evaluate("merged", True)
+    unmerged, unmerged_rows = evaluate("unmerged", False)
+    assert (merged["adapter_merged"], unmerged["adapter_merged"]) == (True, False)
+    for i, (a, b) in enumerate(zip(merged_rows, unmerged_rows)):
+        assert a["mc1_acc"] == b["mc1_acc"], f"question {i}"
+        assert a["mc2_acc"] == pytest.approx(b["mc2_acc"], abs=mc2_tolerance), f"question {i}"
+        lls = a["mc1"]["loglikelihoods"] + a["mc2"]["loglikelihoods"]
+        assert lls == pytest.approx(b["mc1"]["loglikelihoods"] + b["mc2"]["loglikelihoods"], rel=ll_rel, abs=0)
+
+
+def test_adapter_on_a_half_precision_model_is_scored_unmerged(tiny_model_dir, v0_file, tmp_path):
+    # Merged bfloat16 weights would round B·A to 8 bits of mantissa: not the unmerged scores.
+    adapter = _save_random_lora(tiny_model_dir, tmp_path / "adapter")
+    config = EvaluateConfig(
+        model=str(tiny_model_dir), adapter=str(adapter), dtype="bfloat16", truthfulqa_file=str(v0_file), limit=1,
+        output_dir=str(tmp_path / "eval"),
+    )  # fmt: skip
+    assert evaluate_truthfulqa(config)["adapter_merged"] is False
 
 
 def test_writes_results_json_and_one_line_per_question(tiny_model_dir, v0_file, tmp_path):

@@ -12,11 +12,12 @@ class EvaluateConfig:
 
     The prompt, tokenization and metrics are lm-eval's `truthfulqa_mc1` (v2.0) and
     `truthfulqa_mc2` (v3.0); `spri_sft.evaluate.truthfulqa` documents the rules. Each question's
-    prompt runs through the model once and all its choices are scored in one batch on its KV cache.
+    prompt runs through the model once, its choices packed beside it (`spri_sft.evaluate.scoring`).
 
     Fields, by purpose:
     - model: `model` (a Hub id, a local or merged model directory), `adapter` (a PEFT/LoRA adapter
-      loaded on top of `model`), `tokenizer`, `dtype`, `device`, `trust_remote_code`;
+      loaded on top of `model`; `merge_adapter` merges it into the loaded weights first), `tokenizer`, `dtype`,
+      `device`, `trust_remote_code`;
     - data: `truthfulqa_file` (v0 `mc_task.json`, or the Hub layout as parquet/JSON), else `dataset`
       (a Hub id, with `dataset_split`); `limit` takes the first questions, as lm-eval's `--limit`;
     - prompt: `chat_template` (the question wrapped in the tokenizer's chat template, as lm-eval's
@@ -51,6 +52,13 @@ class EvaluateConfig:
         default="auto", metadata={"help": "cpu, cuda, cuda:1, mps … ; auto = cuda when available, else cpu."}
     )
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow model code from the Hub repository."})
+    merge_adapter: bool = field(
+        default=True,
+        metadata={
+            "help": "Score a LoRA adapter merged into the loaded base weights (faster; float32/float64 only, where it "
+            "equals the unmerged scores within float32 rounding); false scores the PeftModel as lm-eval's peft= does."
+        },
+    )
 
     # Data arguments
     truthfulqa_file: str | None = field(
@@ -76,7 +84,10 @@ class EvaluateConfig:
     )
 
     # Speed
-    batch_size: int = field(default=32, metadata={"help": "Choices scored per forward pass (a question has 2-20).", "ge": 1})
+    batch_size: int = field(
+        default=32,
+        metadata={"help": "Choices scored per forward pass, whole questions (a question has 2-20).", "ge": 1},
+    )
     num_threads: int | None = field(default=None, metadata={"help": "torch CPU threads; null leaves torch's default.", "ge": 1})
 
     # Output

@@ -1,16 +1,18 @@
 """`evaluate_truthfulqa(config)`: load the model (and adapter), score TruthfulQA MC1/MC2, write and log.
 
 Top to bottom: read the questions (file or Hub) and hash them; load the tokenizer and model, with
-a PEFT adapter on top when one is given (as lm-eval's `peft=`); run the prompt prefix all
-questions share once; score each question's choices (the union of its MC1 and MC2 choices, each
-scored once) on one pass of its prompt (`scoring.ChoiceScorer`); compute
+a PEFT adapter on top when one is given (as lm-eval's `peft=`; merged into the loaded weights in
+float32/float64 unless `merge_adapter` is false); run the prompt prefix all questions share once;
+score each question's choices (the union of its MC1 and MC2 choices, each scored once) packed
+beside its prompt, several questions per pass (`scoring.ChoiceScorer`); compute
 lm-eval's per-question MC1 and MC2 values and their means and standard errors; write
 `results.json`, `per_question.jsonl` and `config.yaml` in `output_dir`; log to W&B when asked.
 
 Output, in `output_dir`:
 - `results.json`: `mc1`, `mc1_stderr`, `mc2`, `mc2_stderr`, `n`, `mode` (plain / chat_template),
-  `model`, `adapter`, `tokenizer`, `dtype`, `device`, `data_source`, `data_sha256`, `limit`,
-  `task_versions` (lm-eval's), `wall_seconds`, `questions_per_second`;
+  `model`, `adapter`, `adapter_merged` (scored merged into the weights), `tokenizer`, `dtype`,
+  `device`, `data_source`, `data_sha256`, `limit`, `task_versions` (lm-eval's), `wall_seconds`,
+  `questions_per_second`;
 - `per_question.jsonl`: one line per question in data order: `index`, `question`, `mc1_acc`,
   `mc1_pred`, `mc1_gold`, `mc2_acc`, and per metric the choices, labels and summed log-likelihoods;
 - `config.yaml`: the effective configuration.
@@ -21,7 +23,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -52,8 +53,10 @@ def evaluate_truthfulqa(config: EvaluateConfig, model: Any = None, tokenizer: An
     questions, data_sha256 = load_questions(config.truthfulqa_file, config.dataset, config.dataset_split)
     if config.limit is not None:
         questions = questions[: config.limit]
+    adapter_merged = False
     if model is None:
         model, tokenizer = load_model(config)
+        adapter_merged = bool(config.adapter) and not hasattr(model, "peft_config")
     elif tokenizer is None:
         raise UserError("evaluate_truthfulqa: a model passed in needs its tokenizer too")
     was_training = model.training
@@ -65,11 +68,15 @@ def evaluate_truthfulqa(config: EvaluateConfig, model: Any = None, tokenizer: An
     shared = scorer.share_prefix([context for context, _ in contexts])
     logger.info("TruthfulQA MC1/MC2 (%s prompt): %d questions, %d prompt tokens shared", mode, len(questions), shared)
 
+    # Each question's choices: the union of its MC1 and MC2 choices, each scored once.
+    choices = [list(dict.fromkeys(q.mc1_choices + q.mc2_choices)) for q in questions]
+    items = [(context, [delimiter + c for c in cs]) for (context, delimiter), cs in zip(contexts, choices)]
+    with tqdm(total=len(questions), desc="TruthfulQA MC1/MC2", unit="q") as progress:
+        scores = scorer.score_many(items, on_scored=progress.update)
+
     rows = []
-    progress = tqdm(questions, desc="TruthfulQA MC1/MC2", unit="q")
-    for index, (q, (context, delimiter)) in enumerate(zip(progress, contexts)):
-        choices = list(dict.fromkeys(q.mc1_choices + q.mc2_choices))
-        by_choice = dict(zip(choices, scorer.score(context, [delimiter + c for c in choices])))
+    for index, (q, cs, lls) in enumerate(zip(questions, choices, scores)):
+        by_choice = dict(zip(cs, lls))
         mc1_lls = [by_choice[c] for c in q.mc1_choices]
         mc2_lls = [by_choice[c] for c in q.mc2_choices]
         acc1, pred, gold = mc1_acc(mc1_lls, q.mc1_labels)
@@ -99,6 +106,7 @@ def evaluate_truthfulqa(config: EvaluateConfig, model: Any = None, tokenizer: An
         "mode": mode,
         "model": config.model,
         "adapter": config.adapter,
+        "adapter_merged": adapter_merged,
         "tokenizer": config.tokenizer or config.model,
         "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
         "device": str(next(model.parameters()).device),
@@ -155,49 +163,66 @@ def load_model(config: EvaluateConfig) -> tuple[Any, Any]:
             # As lm-eval: an adapter trained with added tokens needs the embeddings resized first.
             model.resize_token_embeddings(len(tokenizer))
         model = PeftModel.from_pretrained(model, config.adapter)
+        if config.merge_adapter:
+            model = merge_adapter(model)
     return model.to(device).eval(), tokenizer
+
+
+def merge_adapter(model: Any) -> Any:
+    """The base model with its LoRA adapter merged into the weights (this model's own copy), where exact enough.
+
+    An unmerged LoRA layer computes `W x + B (A x)` on every forward pass (SmolLM2-135M's 817
+    questions took 299 s with the adapter against 237 s without, before packing). Merged, it computes `(W + B A) x`, equal up to float
+    rounding of the sum: in float32 (and float64) that is far inside the tolerance lm-eval's own
+    batching moves scores by (tests/test_evaluate.py checks it). In bfloat16/float16 the merged
+    weights round `B A` to the weights' precision, so such a model stays unmerged, as does an
+    adapter PEFT cannot merge.
+    """
+    import torch
+
+    dtype = next(model.parameters()).dtype
+    if dtype not in (torch.float32, torch.float64) or not callable(getattr(model.base_model, "merge_and_unload", None)):
+        return model  # half precision, or a prompt-learning adapter (no weights to merge into)
+    try:
+        return model.merge_and_unload()
+    except (AttributeError, NotImplementedError, ValueError) as err:
+        logger.info("scoring the adapter unmerged: PEFT cannot merge it (%s)", err)
+        return model
 
 
 def log_to_wandb(config: EvaluateConfig, results: dict[str, Any], rows: list[dict[str, Any]], out: Path) -> None:
     """Summary metrics, a per-question table and results.json as an artifact, on the open run or a new one."""
-    from spri_sft.train.sft import use_wandb_offline_without_key
+    from spri_sft import tracking
 
-    use_wandb_offline_without_key(config.report_to)
-    import wandb
-
-    own_run = wandb.run is None
-    run = wandb.run or wandb.init(
-        project=config.wandb_project or os.environ.get("WANDB_PROJECT") or "spri-sft",
-        group=config.wandb_group or os.environ.get("WANDB_RUN_GROUP"),
+    with tracking.run(
+        project=config.wandb_project,
+        group=config.wandb_group,
         name=config.wandb_run_name,
         job_type="evaluate",
-        dir=None if os.environ.get("WANDB_DIR") else str(out),  # a pipeline keeps all its runs in one wandb/
         config={"evaluate": dataclasses.asdict(config)},
-    )
-    run.summary.update(
-        {
-            "truthfulqa_mc1/acc": results["mc1"],
-            "truthfulqa_mc1/acc_stderr": results["mc1_stderr"],
-            "truthfulqa_mc2/acc": results["mc2"],
-            "truthfulqa_mc2/acc_stderr": results["mc2_stderr"],
-            "truthfulqa/n": results["n"],
-            "truthfulqa/mode": results["mode"],
-        }
-    )
-    table = wandb.Table(columns=["index", "question", "mc1_acc", "mc2_acc", "mc1_predicted", "mc1_gold"])
-    for r in rows:
-        choices = r["mc1"]["choices"]
-        table.add_data(
-            r["index"], r["question"], r["mc1_acc"], r["mc2_acc"], choices[r["mc1_pred"]], choices[r["mc1_gold"]]
+        fallback_dir=out,  # a pipeline sets WANDB_DIR, keeping all its runs in one wandb/
+        join_open=True,  # the training's run, when scored at the end of training
+    ) as run:
+        run.summarize(
+            {
+                "truthfulqa_mc1/acc": results["mc1"],
+                "truthfulqa_mc1/acc_stderr": results["mc1_stderr"],
+                "truthfulqa_mc2/acc": results["mc2"],
+                "truthfulqa_mc2/acc_stderr": results["mc2_stderr"],
+                "truthfulqa/n": results["n"],
+                "truthfulqa/mode": results["mode"],
+            }
         )
-    run.log({"truthfulqa/per_question": table})
-    artifact = wandb.Artifact(
-        f"truthfulqa-{run.id}",
-        type="evaluation",
-        metadata={k: results[k] for k in ("mc1", "mc2", "n", "mode", "data_sha256")},
-    )
-    artifact.add_file(str(out / "results.json"))
-    artifact.add_file(str(out / "per_question.jsonl"))
-    run.log_artifact(artifact)
-    if own_run:
-        run.finish()
+        columns = ["index", "question", "mc1_acc", "mc2_acc", "mc1_predicted", "mc1_gold"]
+        table = [
+            [r["index"], r["question"], r["mc1_acc"], r["mc2_acc"], r["mc1"]["choices"][r["mc1_pred"]],
+             r["mc1"]["choices"][r["mc1_gold"]]]
+            for r in rows
+        ]  # fmt: skip
+        run.log(tables={"truthfulqa/per_question": (columns, table)})
+        run.log_artifact(
+            f"truthfulqa-{run.id}",
+            "evaluation",
+            {name: out / name for name in ("results.json", "per_question.jsonl")},
+            metadata={k: results[k] for k in ("mc1", "mc2", "n", "mode", "data_sha256")},
+        )

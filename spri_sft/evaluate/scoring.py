@@ -13,45 +13,78 @@ Tokenization copies `lm_eval.api.model.TemplateLM._encode_pair` and `HFLM.tok_en
   choice's score is their float sum.
 
 What differs is only the arithmetic's order. Instead of lm-eval's one full `context + choice`
-pass per choice: the token prefix that all contexts share (TruthfulQA's six-pair preamble, ~170
-tokens) runs once per evaluation and its KV cache is reused (`share_prefix`); each context's own
-tail runs once on a copy of it; then the choices run together in one batch on top of the
-context's cache (repeated once per choice). Choices are right-padded; under the causal mask a pad
-only sees tokens before it, and no scored position sees a pad. A context is only continued from
-the shared cache when its own tokens start with exactly the shared ids. A sequence longer than
-the model's maximum length falls back to lm-eval's own left truncation, one choice at a time.
+pass per choice:
 
-In float64 this gives lm-eval's numbers to ~1e-11 on TruthfulQA MC2. In float32 the summation
-order of the CPU kernels depends on tensor shapes, so per-choice log-likelihoods move by a few
-1e-5 (about as much as lm-eval's own move when only its batch size changes) and a per-question
-MC2 value by up to ~1e-5.
+* the token prefix that all contexts share (TruthfulQA's six-pair preamble, ~170 tokens) runs
+  once per evaluation and its KV cache is reused (`share_prefix`); a context is only continued
+  from it when its own tokens start with exactly the shared ids;
+* each question is *packed* into one row: its own context tail, then every choice but its last
+  token, one after another, each token at the position it has in `context + choice`. A 4D
+  attention mask lets a tail token see the prefix and the tail before it, and a choice token see
+  the prefix, the whole tail and its own choice before it, never another choice: every scored
+  position reads exactly the tokens it reads in lm-eval's pass. No choice is padded, and the
+  context runs once per question instead of once per choice;
+* several questions (up to `batch_size` choices in all) share a forward pass, sorted by packed
+  length so that the left padding between rows stays small; a pad sees only itself and the
+  prefix, and nothing sees a pad.
+
+A sequence longer than the model's maximum length falls back to lm-eval's own left truncation,
+one choice at a time.
+
+In float64 this gives lm-eval's numbers to ~1e-11 on TruthfulQA MC2 (masked attention weights are
+exactly 0). In float32 the summation order of the CPU kernels depends on tensor shapes, so
+per-choice log-likelihoods move by a few 1e-6 relative (about as much as lm-eval's own move when
+only its batch size changes) and a per-question MC2 value by up to ~1e-5.
 """
 
 from __future__ import annotations
 
-import copy
-from typing import Any
+import inspect
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import torch
+from transformers.cache_utils import DynamicCache
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 # transformers 5 renamed `past_key_values` (input and output) to `cache`; older releases know only the first.
 _CACHE = "cache" if "cache" in getattr(CausalLMOutputWithPast, "__dataclass_fields__", {}) else "past_key_values"
 
 
+@dataclass
+class _Packed:
+    """One question as one row: `tail` (context tokens after the shared prefix), then each choice but its last token."""
+
+    index: int
+    tail: list[int]
+    continuations: list[list[int]]
+    prefix: int  # tokens of the shared prefix under the tail (0: the whole context is the tail)
+
+    @property
+    def length(self) -> int:
+        return len(self.tail) + sum(len(c) - 1 for c in self.continuations)
+
+    @property
+    def scored(self) -> int:
+        """Positions whose logits are read: the tail's last token and every choice token."""
+        return 1 + sum(len(c) - 1 for c in self.continuations)
+
+
 class ChoiceScorer:
-    """Scores continuations of a shared context with one context pass and batched choices."""
+    """Scores continuations of contexts: each context once, its choices packed beside it, several per pass."""
 
     def __init__(self, model: Any, tokenizer: Any, batch_size: int = 32, max_length: int | None = None):
         self.model = model
         self.tokenizer = tokenizer
         self.batch_size = max(1, int(batch_size))
-        self.device = next(model.parameters()).device
+        parameter = next(model.parameters())
+        self.device, self.dtype = parameter.device, parameter.dtype
         prefix_id = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
         self._prefix_text = tokenizer.decode(prefix_id) if prefix_id is not None else None
         self.max_length = max_length or _model_max_length(model, tokenizer)
         self._pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
-        self._shared: tuple[list[int], Any] | None = None  # token ids every context starts with, and their KV cache
+        self._shared: tuple[list[int], list[tuple[torch.Tensor, torch.Tensor]]] | None = None  # ids, per-layer K/V
+        self._logits_to_keep = _accepts_logits_to_keep(model)
         self.shared_prefix_hits = 0
 
     # --- tokenization, as HFLM ---------------------------------------------------------------
@@ -83,6 +116,7 @@ class ChoiceScorer:
         prefix length (0: nothing worth sharing).
         """
         encoded = [self.encode(c.rstrip()) for c in contexts]
+        self._shared = None
         if len(encoded) < 2:
             return 0
         shared = encoded[0]
@@ -95,58 +129,113 @@ class ChoiceScorer:
             shared = shared[:n]
         shared = shared[:-1]  # keep at least one token of each context for the pass that predicts the answer
         if len(shared) < min_tokens:
-            self._shared = None
             return 0
         out = self.model(input_ids=torch.tensor([shared], dtype=torch.long, device=self.device), use_cache=True)
-        self._shared = (shared, getattr(out, _CACHE))
+        cache = getattr(out, _CACHE)
+        self._shared = (shared, [(layer.keys, layer.values) for layer in cache.layers])
         return len(shared)
 
-    def _run_context(self, context_enc: list[int]) -> Any:
-        shared = self._shared
-        if shared and len(context_enc) > len(shared[0]) and context_enc[: len(shared[0])] == shared[0]:
-            self.shared_prefix_hits += 1
-            tail = torch.tensor([context_enc[len(shared[0]) :]], dtype=torch.long, device=self.device)
-            return self.model(input_ids=tail, use_cache=True, **{_CACHE: copy.deepcopy(shared[1])})
-        ids = torch.tensor([context_enc], dtype=torch.long, device=self.device)
-        return self.model(input_ids=ids, use_cache=True)
-
-    @torch.inference_mode()
     def score(self, context: str, continuations: list[str]) -> list[float]:
         """Summed log-likelihood of each continuation given `context`."""
-        pairs = [self.encode_pair(context, c) for c in continuations]
-        context_enc = pairs[0][0]
-        conts = [cont for _, cont in pairs]
-        for i, cont in enumerate(conts):
-            if not cont:
-                raise ValueError(f"continuation {continuations[i]!r} has no tokens of its own")
-        if any(len(context_enc) + len(c) > self.max_length + 1 for c in conts):
-            return [self._score_truncated(context_enc, c) for c in conts]
+        return self.score_many([(context, continuations)])[0]
 
-        out = self._run_context(context_enc)
-        first = torch.log_softmax(out.logits[0, -1], dim=-1)  # predicts each continuation's first token
-        cache = getattr(out, _CACHE)
+    @torch.inference_mode()
+    def score_many(
+        self, items: list[tuple[str, list[str]]], on_scored: Callable[[int], None] | None = None
+    ) -> list[list[float]]:
+        """For each (context, continuations): the summed log-likelihood of each continuation, in order.
 
-        scores: list[float | None] = [None] * len(conts)
-        longer = [i for i, c in enumerate(conts) if len(c) > 1]
-        for i, c in enumerate(conts):
-            if len(c) == 1:
-                scores[i] = float(first[c[0]].reshape(1).sum())
-        longer.sort(key=lambda i: -len(conts[i]))
-        for start in range(0, len(longer), self.batch_size):
-            chunk = longer[start : start + self.batch_size]
-            width = len(conts[chunk[0]]) - 1
-            batch = torch.full((len(chunk), width), self._pad_id, dtype=torch.long, device=self.device)
-            for row, i in enumerate(chunk):
-                batch[row, : len(conts[i]) - 1] = torch.tensor(conts[i][:-1], device=self.device)
-            past = copy.deepcopy(cache)
-            past.batch_repeat_interleave(len(chunk))
-            logits = self.model(input_ids=batch, use_cache=True, **{_CACHE: past}).logits
-            logprobs = torch.log_softmax(logits, dim=-1)
-            for row, i in enumerate(chunk):
-                cont = torch.tensor(conts[i], device=self.device)
-                rest = logprobs[row, : len(cont) - 1].gather(-1, cont[1:, None]).squeeze(-1)
-                scores[i] = float(torch.cat([first[cont[:1]], rest]).sum())
-        return scores  # type: ignore[return-value]
+        `on_scored(n)` is called as each group of n items is done (for a progress bar): not in input order.
+        """
+        results: list[list[float] | None] = [None] * len(items)
+        packed: list[_Packed] = []
+        for index, (context, continuations) in enumerate(items):
+            pairs = [self.encode_pair(context, c) for c in continuations]
+            context_enc = pairs[0][0]
+            conts = [cont for _, cont in pairs]
+            for i, cont in enumerate(conts):
+                if not cont:
+                    raise ValueError(f"continuation {continuations[i]!r} has no tokens of its own")
+            if any(len(context_enc) + len(c) > self.max_length + 1 for c in conts):
+                results[index] = [self._score_truncated(context_enc, c) for c in conts]
+                if on_scored:
+                    on_scored(1)
+                continue
+            shared = self._shared
+            if shared and len(context_enc) > len(shared[0]) and context_enc[: len(shared[0])] == shared[0]:
+                self.shared_prefix_hits += 1
+                packed.append(_Packed(index, context_enc[len(shared[0]) :], conts, len(shared[0])))
+            else:
+                packed.append(_Packed(index, context_enc, conts, 0))
+
+        # Rows of one pass share their prefix; sorted by length, neighbours pad each other little.
+        packed.sort(key=lambda p: (p.prefix, p.length))
+        batch: list[_Packed] = []
+        choices = 0
+        for row in packed:
+            if batch and (row.prefix != batch[0].prefix or choices + len(row.continuations) > self.batch_size):
+                self._score_rows(batch, results, on_scored)
+                batch, choices = [], 0
+            batch.append(row)
+            choices += len(row.continuations)
+        if batch:
+            self._score_rows(batch, results, on_scored)
+        return results  # type: ignore[return-value]
+
+    def _score_rows(self, rows: list[_Packed], results: list[list[float] | None], on_scored: Any) -> None:
+        prefix = rows[0].prefix
+        width = max(r.length for r in rows)
+        n_rows = len(rows)
+        ids = torch.full((n_rows, width), self._pad_id, dtype=torch.long)
+        positions = torch.zeros((n_rows, width), dtype=torch.long)
+        sees = torch.zeros((n_rows, width, width), dtype=torch.bool)  # query token -> key token, within the rows
+        layout = []  # per row: where the tail ends, and where each choice's tokens start
+        for r, row in enumerate(rows):
+            pad = width - row.length  # left padding: every row's scored tokens end at the same column
+            sees[r, range(pad), range(pad)] = True  # a pad sees itself (and the prefix): no empty softmax row
+            t = len(row.tail)
+            ids[r, pad : pad + t] = torch.tensor(row.tail)
+            positions[r, pad : pad + t] = torch.arange(prefix, prefix + t)
+            sees[r, pad : pad + t, pad : pad + t] = torch.ones(t, t, dtype=torch.bool).tril()
+            start, starts = pad + t, []
+            for cont in row.continuations:
+                n = len(cont) - 1
+                ids[r, start : start + n] = torch.tensor(cont[:-1], dtype=torch.long)
+                positions[r, start : start + n] = torch.arange(prefix + t, prefix + t + n)
+                sees[r, start : start + n, pad : pad + t] = True
+                sees[r, start : start + n, start : start + n] = torch.ones(n, n, dtype=torch.bool).tril()
+                starts.append(start)
+                start += n
+            layout.append((pad + t - 1, starts))
+        # An additive float mask, as both the eager and the SDPA attention read it; the prefix is seen by all.
+        mask = torch.zeros((n_rows, 1, width, prefix + width), dtype=self.dtype)
+        mask[:, 0, :, prefix:].masked_fill_(~sees, torch.finfo(self.dtype).min)
+        kwargs: dict[str, Any] = {}
+        if prefix:
+            cache = DynamicCache()
+            for layer, (keys, values) in enumerate(self._shared[1]):  # type: ignore[index]
+                rows_keys, rows_values = (t.expand(n_rows, -1, -1, -1).contiguous() for t in (keys, values))
+                cache.update(rows_keys, rows_values, layer)
+            kwargs[_CACHE] = cache
+        keep = max(r.scored for r in rows)
+        if self._logits_to_keep:
+            kwargs["logits_to_keep"] = keep  # the last `keep` columns hold every scored position of every row
+        logits = self.model(
+            input_ids=ids.to(self.device), attention_mask=mask.to(self.device), position_ids=positions.to(self.device),
+            use_cache=prefix > 0, **kwargs,
+        ).logits  # fmt: skip
+        logprobs = torch.log_softmax(logits[:, -keep:], dim=-1)
+        offset = width - keep  # column of logprobs[:, 0]
+        for r, (row, (tail_end, starts)) in enumerate(zip(rows, layout)):
+            first = logprobs[r, tail_end - offset]  # predicts each continuation's first token
+            scores = []
+            for cont, start in zip(row.continuations, starts):
+                target = torch.tensor(cont, device=self.device)
+                rest = logprobs[r, start - offset : start - offset + len(cont) - 1].gather(-1, target[1:, None]).squeeze(-1)
+                scores.append(float(torch.cat([first[target[:1]], rest]).sum()))
+            results[row.index] = scores
+        if on_scored:
+            on_scored(len(rows))
 
     def _score_truncated(self, context_enc: list[int], cont: list[int]) -> float:
         """lm-eval's path for a too-long sequence: keep the last max_length + 1 tokens, drop the last."""
@@ -154,6 +243,15 @@ class ChoiceScorer:
         logits = self.model(input_ids=torch.tensor([inp], device=self.device)).logits[0]
         logprobs = torch.log_softmax(logits[len(inp) - len(cont) :], dim=-1)
         return float(logprobs.gather(-1, torch.tensor(cont, device=self.device)[:, None]).sum())
+
+
+def _accepts_logits_to_keep(model: Any) -> bool:
+    """Whether the (PEFT-wrapped) model's forward can skip the logits of positions nobody reads."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    try:
+        return "logits_to_keep" in inspect.signature(inner.forward).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def _model_max_length(model: Any, tokenizer: Any) -> int:
