@@ -271,3 +271,34 @@ def test_weights_the_checkpoint_lacks_are_initialised_from_the_seed(tiny_model_d
         trainer = build_trainer(*parse(headless, sft_dataset, tmp_path / str(attempt), "--seed", "7"))
         heads.append(trainer.model.get_output_embeddings().weight.detach().clone())
     assert torch.equal(*heads)
+
+
+def test_the_command_prints_a_short_summary_and_one_progress_bar(tiny_model_dir, sft_dataset, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump({"seed": 7}))
+    # 8 rows, 2 per batch, 2 batches per step: 2 steps an epoch (the summary counts them before training).
+    argv = tiny_lora_argv(
+        tiny_model_dir, sft_dataset, tmp_path / "out", "--max_steps", "-1", "--num_train_epochs", "1",
+        "--per_device_train_batch_size", "2", "--gradient_accumulation_steps", "2", "--eval_strategy", "epoch",
+    )  # fmt: skip
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    done = subprocess.run(
+        [sys.executable, "-m", "spri_sft.cli", "train", "--config", str(recipe), *argv],
+        capture_output=True, text=True, env=env, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+
+    assert f"[spri-sft] train {tiny_model_dir}: 8 train rows, 4 validation, 2 steps, LoRA r=8, alpha=16" in done.stdout
+    assert f"settings: {recipe}" in done.stdout
+    assert '"SFTConfig"' not in done.stdout and '"ModelConfig"' not in done.stdout  # no configuration dump
+    assert (tmp_path / "out" / "effective_config.json").is_file()  # which is kept in a file
+    assert json.loads((tmp_path / "out" / "trainer_state.json").read_text())["global_step"] == 2
+    bars = {line.split(":")[0] for line in done.stderr.replace("\r", "\n").splitlines() if "%|" in line}
+    assert bars == {"train"}, bars  # no bars for loading weights, tokenizing, evaluating or saving
+    assert "{'loss'" not in done.stderr + done.stdout and "eval_loss=" in done.stderr  # losses beside the bar

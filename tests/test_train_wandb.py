@@ -18,7 +18,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from spri_sft.train.sft import main, make_parser, use_wandb_offline_without_key
+from spri_sft.train.sft import main, make_parser
 
 from conftest import build_sft_dataset, tiny_lora_argv
 from wandb_log import wandb_records, without_wandb_credentials
@@ -156,40 +156,3 @@ def test_report_to_none_creates_no_wandb_directory(tiny_model_dir, sft_dataset, 
 
     assert not (tmp_path / "wandb-dir").exists() and not (tmp_path / "wandb").exists()
     assert "WANDB_MODE" not in os.environ and wandb.run is None
-
-
-@pytest.mark.parametrize(
-    "report_to, env, netrc, expected_mode",
-    [
-        (["wandb"], {}, None, "offline"),
-        ("all", {}, None, "offline"),
-        (["wandb"], {"WANDB_API_KEY": "x" * 40}, None, None),
-        (["wandb"], {"WANDB_MODE": "disabled"}, None, "disabled"),
-        (["wandb"], {}, "machine api.wandb.ai\n  login user\n  password " + "x" * 40 + "\n", None),
-        (["wandb"], {}, "machine example.com\n  login user\n  password secret\n", "offline"),
-        (["tensorboard"], {}, None, None),
-        (["none"], {}, None, None),
-    ],
-    ids=[
-        "no-key",
-        "report-to-all",
-        "api-key",
-        "explicit-mode",
-        "netrc-login",
-        "netrc-other-host",
-        "tensorboard",
-        "none",
-    ],
-)
-def test_offline_only_when_wandb_is_used_and_no_login_is_found(
-    tmp_path, monkeypatch, report_to, env, netrc, expected_mode
-):
-    without_wandb_credentials(monkeypatch, tmp_path / "home", tmp_path / "wandb-dir")
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-    if netrc is not None:
-        (tmp_path / "home" / ".netrc").write_text(netrc)
-
-    use_wandb_offline_without_key(report_to)
-
-    assert os.environ.get("WANDB_MODE") == expected_mode

@@ -5,7 +5,8 @@
 
 Modules: `config.py` (EvaluateConfig), `truthfulqa.py` (data, lm-eval's prompt and metrics),
 `scoring.py` (log-likelihoods tokenized as lm-eval's HFLM, one prompt pass per question),
-`run.py` (loading, the loop, results.json / per_question.jsonl, W&B). Heavy imports (torch,
+`run.py` (loading, the loop, results.json / per_question.jsonl, W&B), `callback.py` (scores
+before and after a training, as a TrainerCallback). Heavy imports (torch,
 transformers) happen inside the functions, so importing this package is instant.
 """
 

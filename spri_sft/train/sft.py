@@ -21,7 +21,8 @@ seed, then load the model (so `seed` fixes every initial weight, the LoRA adapte
 train with loss on assistant tokens only, evaluating on the validation split and keeping the
 best checkpoint by validation loss; resume from the last checkpoint when one exists; save the
 adapter, tokenizer, generation config (EOS set so the model stops) and model card, and
-optionally a merged model. W&B runs offline when no API key is set.
+optionally a merged model. W&B (`spri_sft.tracking`) runs offline when no API key is set; TruthfulQA
+before and after training is evaluation's `TruthfulQACallback`, added to the trainer here.
 
 Not supported: streaming datasets; resuming a run whose recipe changed the model or LoRA shape.
 """
@@ -30,7 +31,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -94,29 +94,14 @@ def field_names(parser=None) -> set[str]:
     return {action.dest for action in parser._actions if action.dest != "help"}
 
 
-def reports_to_wandb(report_to) -> bool:
-    """Whether a `report_to` setting (one name or a list, as TrainingArguments takes it) includes W&B."""
-    wanted = report_to if isinstance(report_to, list) else [report_to]
-    return "wandb" in wanted or "all" in wanted
-
-
-def use_wandb_offline_without_key(report_to) -> None:
-    """W&B runs offline (a local wandb/ dir that `wandb sync` uploads later) when no API key is set."""
-    if not reports_to_wandb(report_to):
-        return
-    if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_MODE"):
-        return
-    netrc = Path.home() / ".netrc"
-    if netrc.exists() and "api.wandb.ai" in netrc.read_text():
-        return
-    os.environ["WANDB_MODE"] = "offline"
-    logger.info("no W&B API key: logging offline (upload later with `wandb sync wandb/offline-run-*`)")
-
-
 def build_trainer(script_args: SFTScriptArguments, training_args, model_args):
-    """Everything up to training: checks, data, tokenizer with its training template, model, trainer."""
+    """Everything up to training: checks, data, tokenizer with its training template, model, trainer.
+
+    The trainer carries `truthfulqa` (its TruthfulQACallback, or None) and `assistant_masks` (how the loss
+    finds assistant tokens)."""
     import torch
 
+    from spri_sft import tracking
     from spri_sft.models import resolve_model
 
     if model_args.model_name_or_path is None:
@@ -131,12 +116,14 @@ def build_trainer(script_args: SFTScriptArguments, training_args, model_args):
             "QLoRA (load_in_4bit/load_in_8bit) needs a CUDA GPU and bitsandbytes; this machine has no CUDA. "
             "Use the LoRA recipe (load_in_4bit: false) on CPU."
         )
-    use_wandb_offline_without_key(training_args.report_to)
+    truthfulqa = truthfulqa_callback(script_args, training_args, model_args)  # its file read before any loading
+    tracking.use_offline_without_key(training_args.report_to)
 
     from transformers import AutoModelForCausalLM, AutoTokenizer, enable_full_determinism, set_seed
     from trl import SFTTrainer, get_peft_config, get_quantization_config
 
     from spri_sft.format.template import check_template, use_training_template
+    from spri_sft.train.progress import use_training_progress
 
     revision = model_args.model_revision
     # resolve_model's offline copies of the embedded default hold the main revision; a pinned one comes from the Hub.
@@ -201,7 +188,10 @@ def build_trainer(script_args: SFTScriptArguments, training_args, model_args):
         eval_dataset=eval_dataset,
         processing_class=tokenizer,
         peft_config=get_peft_config(model_args),
+        callbacks=[truthfulqa] if truthfulqa is not None else None,
     )
+    trainer.truthfulqa = truthfulqa
+    use_training_progress(trainer)
     # How the loss finds assistant tokens, for the saved effective config (assistant_only_loss reads false
     # on the prefix path, where the masks come with the data).
     if encode is not None:
@@ -262,20 +252,17 @@ def _encode_rows(dataset, encode):
     return dataset.map(tokenize, remove_columns=dataset.column_names, desc="Tokenizing with assistant masks")
 
 
-def main(script_args: SFTScriptArguments, training_args, model_args) -> dict:
-    """Train, save, and return the final metrics. Tests call this directly."""
-    _check_truthfulqa_settings(script_args)
-    trainer = build_trainer(script_args, training_args, model_args)
+def main(script_args: SFTScriptArguments, training_args, model_args, recipe: Path | None = None) -> dict:
+    """Train, save, and return the final metrics (`recipe`: the file the settings came from, to name it).
+    Tests call this directly."""
+    from spri_sft import tracking
+
+    trainer = build_trainer(script_args, training_args, model_args)  # TruthfulQA before training, if asked
     if trainer.accelerator.is_main_process:
-        _log_effective_config(
+        _write_effective_config(
             training_args.output_dir, script_args, training_args, model_args, assistant_masks=trainer.assistant_masks
         )
-
-    before = None
-    if script_args.truthfulqa_before:
-        if trainer.accelerator.is_main_process:
-            before = _score_before_training(trainer, script_args, training_args, model_args)
-        trainer.accelerator.wait_for_everyone()
+        print(training_summary(trainer, model_args, recipe), flush=True)
 
     # Resume from the last checkpoint unless told otherwise.
     checkpoint = training_args.resume_from_checkpoint
@@ -283,7 +270,7 @@ def main(script_args: SFTScriptArguments, training_args, model_args) -> dict:
         checkpoint = last_complete_checkpoint(training_args.output_dir)
         if checkpoint:
             trainer.accelerator.print(f"[spri-sft] resuming from {checkpoint}")
-    result = trainer.train(resume_from_checkpoint=checkpoint)
+    result = trainer.train(resume_from_checkpoint=checkpoint)  # TruthfulQA after training, if asked, at its end
     metrics = dict(result.metrics)
     if trainer.eval_dataset is not None:
         metrics.update(trainer.evaluate())
@@ -302,16 +289,12 @@ def main(script_args: SFTScriptArguments, training_args, model_args) -> dict:
         trainer.save_state()  # trainer_state.json (steps, log history) beside the adapter, not only in checkpoints
         if script_args.log_dataset_artifact and script_args.dataset_path:
             _log_dataset_artifact(script_args.dataset_path)
-        if script_args.truthfulqa_file:
-            metrics.update(_evaluate_truthfulqa(trainer, script_args, training_args, model_args))
-        if before is not None:
-            _record_before(before, metrics)
+        if trainer.truthfulqa is not None:
+            metrics.update(trainer.truthfulqa.metrics())
     # Barrier first: with gloo, tearing the group down right after a collective can deadlock a rank on exit.
     trainer.accelerator.wait_for_everyone()
     trainer.end()
-    wandb = sys.modules.get("wandb")
-    if wandb is not None and wandb.run is not None:
-        wandb.finish()  # the trainer's W&B callback leaves its run open; a later run in this process must not reuse it
+    tracking.finish_active_run()  # the trainer's W&B callback leaves its run open; a later run must not reuse it
     return metrics
 
 
@@ -331,77 +314,24 @@ def last_complete_checkpoint(output_dir: str) -> str | None:
     return None
 
 
-def _truthfulqa_config(script_args, training_args, model_args, subdir: str, adapter: str | None, report_to: str):
-    from spri_sft.evaluate.config import EvaluateConfig
-
-    return EvaluateConfig(
-        model=model_args.model_name_or_path,
-        adapter=adapter,
-        truthfulqa_file=script_args.truthfulqa_file,
-        limit=script_args.truthfulqa_limit,
-        output_dir=str(Path(training_args.output_dir) / subdir),
-        report_to=report_to,
-    )
-
-
-def _check_truthfulqa_settings(script_args) -> None:
-    """The TruthfulQA settings and file, read now: a bad one must not surface only after hours of training."""
+def truthfulqa_callback(script_args, training_args, model_args):
+    """Evaluation's TruthfulQA callback for these settings (its file read now), or None without truthfulqa_file."""
     if script_args.truthfulqa_before and not script_args.truthfulqa_file:
         raise UserError("truthfulqa_before needs truthfulqa_file (the questions to score before and after)")
     if not script_args.truthfulqa_file:
-        return
-    from spri_sft.evaluate.truthfulqa import load_questions
+        return None
+    from spri_sft import tracking
+    from spri_sft.evaluate.callback import TruthfulQACallback
 
-    if script_args.truthfulqa_limit is not None and script_args.truthfulqa_limit < 1:
-        raise UserError(f"truthfulqa_limit: must be >= 1 or null, got {script_args.truthfulqa_limit}")
-    load_questions(script_args.truthfulqa_file)
-
-
-def _evaluate_truthfulqa(trainer, script_args, training_args, model_args) -> dict:
-    """Score the model in memory while the training's W&B run is open, so the scores join that run."""
-    from spri_sft.evaluate.run import evaluate_truthfulqa
-
-    config = _truthfulqa_config(
-        script_args, training_args, model_args, "truthfulqa",
+    return TruthfulQACallback(
+        script_args.truthfulqa_file,
+        output_dir=training_args.output_dir,
+        model_name=model_args.model_name_or_path,
         adapter=training_args.output_dir if model_args.use_peft else None,
-        report_to="wandb" if reports_to_wandb(training_args.report_to) else "none",
-    )  # fmt: skip
-    results = evaluate_truthfulqa(config, model=trainer.model, tokenizer=trainer.processing_class)
-    return {"truthfulqa_mc1": results["mc1"], "truthfulqa_mc2": results["mc2"]}
-
-
-def _score_before_training(trainer, script_args, training_args, model_args) -> dict:
-    """TruthfulQA of the model as loaded, adapter disabled (LoRA's B starts at zero, but disabled is exact)."""
-    import contextlib
-
-    from spri_sft.evaluate.run import evaluate_truthfulqa
-
-    # The training's W&B run opens when training starts: these scores are logged then, under before/.
-    config = _truthfulqa_config(script_args, training_args, model_args, "truthfulqa_before", None, "none")
-    earlier = Path(config.output_dir) / "results.json"
-    if earlier.is_file():  # scored by an earlier attempt of this run, if on the same questions
-        results = json.loads(earlier.read_text())
-        if (results["data_source"], results["limit"]) == (config.truthfulqa_file, config.limit):
-            return results
-    model = trainer.model
-    untouched = model.disable_adapter() if hasattr(model, "disable_adapter") else contextlib.nullcontext()
-    with untouched:
-        return evaluate_truthfulqa(config, model=model, tokenizer=trainer.processing_class)
-
-
-def _record_before(before: dict, metrics: dict) -> None:
-    """Before-training scores beside the after-training ones: in the metrics and the training's W&B summary."""
-    metrics.update(truthfulqa_before_mc1=before["mc1"], truthfulqa_before_mc2=before["mc2"])
-    wandb = sys.modules.get("wandb")
-    if wandb is not None and wandb.run is not None:
-        wandb.run.summary.update(
-            {
-                "before/truthfulqa_mc1/acc": before["mc1"],
-                "before/truthfulqa_mc1/acc_stderr": before["mc1_stderr"],
-                "before/truthfulqa_mc2/acc": before["mc2"],
-                "before/truthfulqa_mc2/acc_stderr": before["mc2_stderr"],
-            }
-        )
+        limit=script_args.truthfulqa_limit,
+        before=script_args.truthfulqa_before,
+        report_to="wandb" if tracking.reports_to_wandb(training_args.report_to) else "none",
+    )
 
 
 def _record_base_model(card_path: Path, model_args) -> None:
@@ -416,13 +346,44 @@ def _record_base_model(card_path: Path, model_args) -> None:
     card.save(card_path)
 
 
-def _log_effective_config(output_dir: str, *configs, **facts) -> None:
+def _write_effective_config(output_dir: str, *configs, **facts) -> None:
+    """Every setting, resolved, in effective_config.json (printed in short by `training_summary`)."""
     from dataclasses import asdict
 
     effective = {type(c).__name__: {k: _plain(v) for k, v in asdict(c).items()} for c in configs} | facts
     Path(output_dir).mkdir(parents=True, exist_ok=True)
     (Path(output_dir) / "effective_config.json").write_text(json.dumps(effective, indent=2, default=str))
-    print(json.dumps(effective, indent=2, default=str))
+
+
+def training_summary(trainer, model_args, recipe: Path | None = None) -> str:
+    """A few lines on what is about to be trained: model, rows, steps, LoRA, and where the settings are."""
+    args = trainer.args
+    train_rows = len(trainer.train_dataset)
+    validation = f", {len(trainer.eval_dataset)} validation" if trainer.eval_dataset is not None else ""
+    adapter = (
+        f"LoRA r={model_args.lora_r}, alpha={model_args.lora_alpha}" if model_args.use_peft else "full fine-tuning"
+    )
+    if model_args.use_peft and (model_args.load_in_4bit or model_args.load_in_8bit):
+        adapter = "Q" + adapter
+    where = Path(args.output_dir)
+    lines = [
+        f"[spri-sft] train {model_args.model_name_or_path}: {train_rows} train rows{validation}, "
+        f"{planned_steps(args, train_rows, trainer.accelerator.num_processes)} steps, {adapter}",
+        f"[spri-sft]   settings: {recipe or 'command line'} (all of them: {where / 'effective_config.json'}); "
+        f"output: {where}",
+    ]
+    return "\n".join(lines)
+
+
+def planned_steps(args, train_rows: int, processes: int = 1) -> int:
+    """The optimizer steps the trainer will take: max_steps, else epochs x batches per epoch (as the Trainer counts)."""
+    import math
+
+    if args.max_steps > 0:
+        return args.max_steps
+    per_batch = max(1, args.per_device_train_batch_size * processes)
+    batches = train_rows // per_batch if args.dataloader_drop_last else math.ceil(train_rows / per_batch)
+    return math.ceil(args.num_train_epochs * max(1, math.ceil(batches / args.gradient_accumulation_steps)))
 
 
 def _plain(value):
@@ -431,17 +392,19 @@ def _plain(value):
 
 def _log_dataset_artifact(dataset_path: str) -> None:
     """Attach the dataset (and its card) to the training run the trainer's W&B callback opened."""
-    import wandb
+    from spri_sft import tracking
 
-    if wandb.run is None:  # report_to did not include wandb
+    run = tracking.active_run()
+    if run is None:  # report_to did not include wandb
         return
     root = Path(dataset_path)
-    artifact = wandb.Artifact(root.resolve().name or "sft-dataset", type="dataset")
-    for file in sorted(p for p in root.rglob("*") if p.is_file()):
-        # Tokenization caches (cache-*.arrow) land in the dataset folder; they are not the data.
-        if not file.name.startswith("cache-"):
-            artifact.add_file(str(file), name=str(file.relative_to(root)))
-    wandb.run.log_artifact(artifact)
+    # Tokenization caches (cache-*.arrow) land in the dataset folder; they are not the data.
+    files = {
+        str(file.relative_to(root)): file
+        for file in sorted(p for p in root.rglob("*") if p.is_file())
+        if not file.name.startswith("cache-")
+    }
+    run.log_artifact(root.resolve().name or "sft-dataset", "dataset", files)
 
 
 def cli(argv: list[str] | None = None) -> int:
@@ -460,12 +423,22 @@ def cli(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
     if "gradient_checkpointing" not in given:
         warnings.filterwarnings("ignore", message="`gradient_checkpointing` is deprecated", category=FutureWarning)
+    _one_progress_bar()
     try:
         script_args, training_args, model_args = parser.parse_args_and_config(args=argv)
     except ValueError as err:  # invalid values: TRL and transformers say which
         raise UserError(f"{recipe_path or 'spri-sft train'}: {err}") from None
-    main(script_args, training_args, model_args)
+    main(script_args, training_args, model_args, recipe=recipe_path)
     return 0
+
+
+def _one_progress_bar() -> None:
+    """The command shows the training's bar alone: no bars for loading weights, tokenizing, saving."""
+    import datasets
+    from transformers.utils import logging as transformers_logging
+
+    datasets.disable_progress_bars()
+    transformers_logging.disable_progress_bar()
 
 
 def _read_recipe(argv: list[str]) -> tuple[Path | None, dict]:

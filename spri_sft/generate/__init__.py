@@ -1,0 +1,1 @@
+"""prompts → SPRI records: principles and responses, critic-scored, resumable (`spri-sft generate`)."""
