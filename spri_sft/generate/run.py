@@ -25,11 +25,12 @@ from tqdm.auto import tqdm
 from spri_sft.config import dump_yaml
 from spri_sft.errors import UserError
 from spri_sft.generate.config import GenerateConfig
-from spri_sft.generate.engine import Engine, Session
+from spri_sft.generate.engine import MODE_ROLES, Engine, Session
 from spri_sft.generate.identity import generation_identity, record_id, request_settings
 from spri_sft.generate.inputs import load_prompts, prompt_origin
 from spri_sft.generate.journal import Journal, ReplayedCompletion
 from spri_sft.generate.prompts import PromptSet, load_prompt_set
+from spri_sft.generate.servers import ServedModels
 from spri_sft.generate.store import RecordStore
 from spri_sft.llm import Completion, build_backends
 
@@ -64,12 +65,14 @@ def plan(config: GenerateConfig, pending: int) -> dict:
     return {"prompts": pending, "calls_min": calls_min, "calls_max": calls_max, "completion_tokens_max": completion_max}
 
 
-def generate(config: GenerateConfig) -> dict:
+def generate(config: GenerateConfig, servers: ServedModels | None = None) -> dict:
     """Run generation to completion (or to the token budget) and return the summary.
 
-    Raises UserError, after writing the summary, when no record of this run succeeded or when
-    the first `fail_fast_after` records failed with the same error (the run stops there)."""
-    summary = asyncio.run(_generate(config))
+    `backend: vllm` roles run on `servers` (kept running for the caller), or on servers started
+    for this run and stopped at its end. Raises UserError, after writing the summary, when no
+    record of this run succeeded or when the first `fail_fast_after` records failed with the
+    same error (the run stops there)."""
+    summary = asyncio.run(_generate(config, servers))
     failure = summary.get("failure")
     if failure:
         raise UserError(f"generate: {failure}")
@@ -94,7 +97,7 @@ def _inputs(config: GenerateConfig) -> tuple[PromptSet, list[str], list[str]]:
     return templates, prompts, [record_id(p, identity) for p in prompts]
 
 
-async def _generate(config: GenerateConfig) -> dict:
+async def _generate(config: GenerateConfig, servers: ServedModels | None) -> dict:
     started = time.monotonic()
     output_dir = Path(config.output_dir)
     templates, prompts, ids = _inputs(config)
@@ -133,15 +136,21 @@ async def _generate(config: GenerateConfig) -> dict:
             if journal.entries:
                 print(f"[spri-sft] {journal.entries} replies of unfinished prompts journaled by an interrupted run: replayed, not asked again", flush=True)
             engine = Engine(config.mode, templates, config.loop, source=config.prompts)
-            base, critic = build_backends(config.base, config.critic)
+            own_servers = servers is None
+            servers = servers or ServedModels(output_dir / "servers")
             try:
-                await base.start()
-                await critic.start()
-                await _run_prompts(pending, engine, base, critic, store, journal, meter, config)
+                base, critic = _backends(config, engine.mode, servers)
+                try:
+                    await base.start()
+                    await critic.start()
+                    await _run_prompts(pending, engine, base, critic, store, journal, meter, config)
+                finally:
+                    journal.close()
+                    await base.close()
+                    await critic.close()
             finally:
-                journal.close()
-                await base.close()
-                await critic.close()
+                if own_servers:
+                    servers.close()
     finally:
         store.close()
 
@@ -162,6 +171,33 @@ async def _generate(config: GenerateConfig) -> dict:
     if stopped_by_budget:
         print(f"[spri-sft] token budget of {config.token_budget:,} spent: stopped with every finished record kept")
     return summary
+
+
+def _backends(config: GenerateConfig, mode: str, servers: ServedModels):
+    """The base and critic backends of the roles `mode` calls (a mode that calls the critic also calls
+    the base model); a role it never calls gets none: no model loaded, no server started for it."""
+    used = MODE_ROLES[mode]
+    if "base" not in used:
+        return _NoModel(config.base.model), _NoModel(config.critic.model)
+    endpoints = dict(zip(used, servers.endpoints(*(getattr(config, role) for role in used))))
+    base, critic = build_backends(endpoints["base"], endpoints.get("critic", endpoints["base"]))
+    return base, critic if "critic" in used else _NoModel(config.critic.model)
+
+
+class _NoModel:
+    """The backend of a role the mode never calls."""
+
+    def __init__(self, model: str):
+        self.model = model
+
+    async def start(self) -> None:
+        pass
+
+    async def chat(self, messages):
+        raise RuntimeError(f"this mode calls no {self.model} model")  # MODE_ROLES says it never does
+
+    async def close(self) -> None:
+        pass
 
 
 class _Meter:

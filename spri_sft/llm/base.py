@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 from spri_sft.models import DEFAULT_MODEL
+from spri_sft.serve.vllm import VLLMServer
 
 
 @dataclass
@@ -53,9 +54,12 @@ class ChatBackend(Protocol):
 class EndpointConfig:
     """One model role (base or critic): which model, served how, decoded how."""
 
-    backend: Literal["transformers", "openai"] = field(
+    backend: Literal["transformers", "openai", "vllm"] = field(
         default="transformers",
-        metadata={"help": "'transformers' runs the model in this process; 'openai' calls an OpenAI-compatible server."},
+        metadata={
+            "help": "'transformers' runs the model in this process; 'openai' calls an OpenAI-compatible server; "
+            "'vllm' starts vLLM servers for the model (settings under vllm:) and calls them like 'openai'."
+        },
     )
     model: str = field(
         default=DEFAULT_MODEL,
@@ -64,6 +68,10 @@ class EndpointConfig:
     base_url: list[str] = field(
         default_factory=list,
         metadata={"help": "openai: server URL(s) ending in /v1; several URLs are replicas of one model, spread by load."},
+    )
+    vllm: VLLMServer = field(
+        default_factory=VLLMServer,
+        metadata={"help": "vllm: how to serve the model (spri_sft.serve.VLLMServer); vllm.model may give a local copy."},
     )
     api_key_env: str = field(
         default="OPENAI_API_KEY",

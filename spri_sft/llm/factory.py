@@ -6,6 +6,7 @@ imports the HTTP client, an HTTP-only run never imports torch.
 
 from __future__ import annotations
 
+from spri_sft.errors import UserError
 from spri_sft.llm.base import ChatBackend, EndpointConfig
 
 
@@ -28,6 +29,8 @@ def _same_resource(a: EndpointConfig, b: EndpointConfig) -> bool:
 
 
 def _build(config: EndpointConfig) -> ChatBackend:
+    if config.backend == "vllm":  # `spri_sft.generate.servers` turns it into an openai role once its server runs
+        raise UserError(f"backend vllm ({config.model}): start its server first (spri_sft.generate.servers.ServedModels)")
     if config.backend == "openai":
         from spri_sft.llm.openai_http import OpenAIChat
 

@@ -501,7 +501,7 @@ def _server_env(server: VLLMServer, devices: str | None) -> dict[str, str]:
     env = dict(os.environ)
     # An inherited key would lock out clients that were not told about it.
     env.pop(VLLM_API_KEY_VAR, None)
-    env.update(server.env)
+    env.update({name: str(value) for name, value in server.env.items()})  # YAML may give `2`, not "2"
     env["PYTHONUNBUFFERED"] = "1"  # log lines as they happen, so a failure's tail is in the log
     if devices is not None:
         env["CUDA_VISIBLE_DEVICES"] = devices
