@@ -311,22 +311,16 @@ def _figures_section(figures: dict[str, str]) -> list[str]:
 
 def log_report_to_wandb(report: dict[str, Any], root: Path, project: str, group: str, run_name: str) -> None:
     """The comparison table, the figures and the report files, in a run of the pipeline's group."""
-    import wandb
+    from spri_sft import tracking
 
-    run = wandb.init(project=project, group=group, name=run_name, job_type="report", reinit="create_new")
-    table = wandb.Table(columns=COMPARISON_COLUMNS, data=comparison_rows(report))
-    images = {
-        f"report/figures/{key}": wandb.Image(str(root / filename), caption=FIGURE_TITLES[key])
-        for key, filename in (report.get("figures") or {}).items()
-    }
-    run.log({"report/comparison": table, **images})
-    artifact = wandb.Artifact(f"report-{run.id}", type="report")
-    artifact.add_file(str(root / "report.md"))
-    artifact.add_file(str(root / "report.json"))
-    for filename in (report.get("figures") or {}).values():
-        artifact.add_file(str(root / filename))
-    run.log_artifact(artifact)
-    run.finish()
+    figures = report.get("figures") or {}
+    with tracking.run(project=project, group=group, name=run_name, job_type="report") as run:
+        run.log(
+            tables={"report/comparison": (COMPARISON_COLUMNS, comparison_rows(report))},
+            images={f"report/figures/{key}": (root / name, FIGURE_TITLES[key]) for key, name in figures.items()},
+        )
+        files = ["report.md", "report.json", *figures.values()]
+        run.log_artifact(f"report-{run.id}", "report", {name: root / name for name in files})
 
 
 COMPARISON_COLUMNS = [

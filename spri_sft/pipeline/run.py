@@ -10,9 +10,10 @@ Training runs as a child process (`spri-sft train`, or `accelerate launch` with
 user runs by hand, with its own W&B run, and the memory of generation released. Generation and
 evaluation run in this process.
 
-W&B: every run of the pipeline (one per generation, training and evaluation, plus the report)
-goes into one group, named after the run; offline when no API key is set, under
-<output_dir>/wandb unless WANDB_DIR says otherwise.
+W&B (through `spri_sft.tracking`): every run of the pipeline (one per generation, training and
+evaluation, plus the report) goes into one group, named after the run; offline when no API key
+is set, under <output_dir>/wandb unless WANDB_DIR says otherwise. The output ends with the report
+and where report.md, the adapters and the W&B runs are (with the `wandb sync` command when offline).
 """
 
 from __future__ import annotations
@@ -30,12 +31,12 @@ from typing import Any
 
 import yaml
 
+from spri_sft import tracking
 from spri_sft.config import dump_yaml
 from spri_sft.errors import UserError
 from spri_sft.format.config import FormatConfig
 from spri_sft.generate.config import GenerateConfig
 from spri_sft.generate.engine import MODES
-from spri_sft.generate.servers import ServedModels
 from spri_sft.pipeline.config import PipelineConfig
 from spri_sft.pipeline.stages import Stage, file_digest, fingerprint
 
@@ -60,27 +61,8 @@ def run_pipeline(config: PipelineConfig) -> dict[str, Any]:
 
     root.mkdir(parents=True, exist_ok=True)
     dump_yaml(config, root / "config.yaml")
-    with _wandb_environment(config.wandb.enabled, root):
+    with tracking.environment(root) if config.wandb.enabled else contextlib.nullcontext():
         return _run_stages(config, root, name, group, train_plans, truthfulqa)
-
-
-@contextlib.contextmanager
-def _wandb_environment(enabled: bool, root: Path):
-    """WANDB_DIR (unless set) and offline mode (without a key) for this run and its children, undone after."""
-    saved = {key: os.environ.get(key) for key in ("WANDB_DIR", "WANDB_MODE")}
-    try:
-        if enabled:
-            from spri_sft.train.sft import use_wandb_offline_without_key
-
-            os.environ.setdefault("WANDB_DIR", str(root.resolve()))
-            use_wandb_offline_without_key("wandb")
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 def _run_stages(config: PipelineConfig, root: Path, name: str, group: str, train_plans: dict, truthfulqa) -> dict:
@@ -89,12 +71,9 @@ def _run_stages(config: PipelineConfig, root: Path, name: str, group: str, train
     print(f"[spri-sft] run {name}: modes {', '.join(config.modes)} → {root}", flush=True)
 
     stages: dict[str, Stage] = {}
-    # Managed vLLM servers (`backend: vllm` roles) start at the first generation that needs them and
-    # serve every mode's; they stop before training, which needs the GPUs.
-    with ServedModels(root / "servers") as servers:
-        for mode in config.modes:
-            stages[f"generate/{mode}"] = _generate(config, mode, root, name, group, servers)
-            stages[f"dataset/{mode}"] = _format(config, mode, root, stages[f"generate/{mode}"], truthfulqa)
+    for mode in config.modes:
+        stages[f"generate/{mode}"] = _generate(config, mode, root, name, group)
+        stages[f"dataset/{mode}"] = _format(config, mode, root, stages[f"generate/{mode}"], truthfulqa)
     if truthfulqa is not None:
         stages["eval/base"] = _evaluate(config, truthfulqa, root / "eval" / "base", train_plans[config.modes[0]], None, name, group)
     for mode in config.modes:
@@ -107,10 +86,20 @@ def _run_stages(config: PipelineConfig, root: Path, name: str, group: str, train
 
     report = build_report(config, root, name, train_plans[config.modes[0]].student, truthfulqa)
     text = write_report(report, root)
-    print("\n" + text, flush=True)
     if config.wandb.enabled:
         log_report_to_wandb(report, root, config.wandb.project, group, f"{name}-report")
+    print("\n" + text + "\n\n" + "\n".join(where_the_results_are(config, root, train_plans)), flush=True)
     return report
+
+
+def where_the_results_are(config: PipelineConfig, root: Path, train_plans: dict) -> list[str]:
+    """The last lines of a run: report.md, each mode's adapter (or model), and the W&B runs (how to upload them)."""
+    lines = [f"[spri-sft] report: {root / 'report.md'}"]
+    for mode, plan in train_plans.items():
+        lines.append(f"[spri-sft] {'adapter' if plan.adapter else 'model'} ({mode}): {plan.output_dir}")
+    if config.wandb.enabled:
+        lines.append(f"[spri-sft] {tracking.sync_hint(root)}")
+    return lines
 
 
 def check_recipe(config: PipelineConfig) -> None:
@@ -131,7 +120,7 @@ def check_recipe(config: PipelineConfig) -> None:
 # -- generate and format ---------------------------------------------------------------------
 
 
-def _generate(config: PipelineConfig, mode: str, root: Path, name: str, group: str, servers: ServedModels) -> Stage:
+def _generate(config: PipelineConfig, mode: str, root: Path, name: str, group: str) -> Stage:
     from spri_sft.generate.identity import generation_identity
     from spri_sft.generate.prompts import load_prompt_set
     from spri_sft.generate.run import generate
@@ -148,7 +137,7 @@ def _generate(config: PipelineConfig, mode: str, root: Path, name: str, group: s
     if _skip(stage):
         return stage
     stage.begin()
-    summary = generate(job, servers)
+    summary = generate(job)
     if summary["missing"]:
         raise UserError(
             f"generate/{mode}: {summary['missing']} prompts have no record yet (token budget spent): raise "
@@ -257,7 +246,7 @@ def train_plan(config: PipelineConfig, mode: str, root: Path, name: str, group: 
     output_dir = root / "checkpoints" / mode
     args.update(output_dir=str(output_dir), dataset_path=str(root / "dataset" / mode / "hf"), run_name=f"{name}-{mode}")
     if config.wandb.enabled:
-        env.update(WANDB_PROJECT=config.wandb.project, WANDB_RUN_GROUP=group)
+        env.update(tracking.group_environment(config.wandb.project, group))
         args["report_to"] = ["wandb"]
     else:
         args["report_to"] = "none"
@@ -440,18 +429,19 @@ def _skip(stage: Stage, resumable: bool = True) -> bool:
 
 def _log_generation(summary: dict, directory: Path, project: str, group: str, run_name: str, mode: str) -> None:
     """A W&B run for one generation: its counts, acceptance, rounds and tokens, histograms, and the records."""
-    import wandb
     from spri_sft.pipeline.report import generation_row
 
-    run = wandb.init(project=project, group=group, name=run_name, job_type="generate", config={"mode": mode}, reinit="create_new")
-    row = generation_row(summary)
-    run.summary.update({f"generate/{key}": value for key, value in row.items() if value is not None})
-    for kind in ("final_score", "rounds_histogram"):
-        for stage, counts in summary.get(kind, {}).items():
-            table = wandb.Table(columns=["value", "records"], data=[[k, v] for k, v in counts.items()])
-            run.log({f"generate/{kind}/{stage}": wandb.plot.bar(table, "value", "records", title=f"{kind} ({stage})")})
-    artifact = wandb.Artifact(f"records-{mode}", type="sft-records", metadata={"records": summary["records"]})
-    artifact.add_file(str(directory / "records.jsonl"))
-    artifact.add_file(str(directory / "summary.json"))
-    run.log_artifact(artifact)
-    run.finish()
+    charts = {
+        f"generate/{kind}/{stage}": (counts, "value", "records", f"{kind} ({stage})")
+        for kind in ("final_score", "rounds_histogram")
+        for stage, counts in summary.get(kind, {}).items()
+    }
+    with tracking.run(project=project, group=group, name=run_name, job_type="generate", config={"mode": mode}) as run:
+        run.summarize({f"generate/{key}": value for key, value in generation_row(summary).items() if value is not None})
+        run.log(bar_charts=charts)
+        run.log_artifact(
+            f"records-{mode}",
+            "sft-records",
+            {name: directory / name for name in ("records.jsonl", "summary.json")},
+            metadata={"records": summary["records"]},
+        )
