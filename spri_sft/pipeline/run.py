@@ -61,7 +61,10 @@ def run_pipeline(config: PipelineConfig) -> dict[str, Any]:
 
     root.mkdir(parents=True, exist_ok=True)
     dump_yaml(config, root / "config.yaml")
-    with tracking.environment(root) if config.wandb.enabled else contextlib.nullcontext():
+    from spri_sft.train.progress import only_stage_bars
+
+    # One bar per stage (generate, train, TruthfulQA), none from the libraries under them.
+    with tracking.environment(root) if config.wandb.enabled else contextlib.nullcontext(), only_stage_bars():
         return _run_stages(config, root, name, group, train_plans, truthfulqa)
 
 

@@ -1,4 +1,6 @@
-"""One progress bar for a training: steps with their rate and ETA, the last losses beside it.
+"""One progress bar for a training: steps with their rate and ETA, the last losses beside it; and
+`only_stage_bars()`, which keeps the libraries' own bars (loading weights, tokenizing, saving a
+dataset) off while `spri-sft train` or `spri-sft run` works, so each stage shows its bar alone.
 
 transformers' own `ProgressCallback` prints every logged dict on a line of its own and opens a
 second bar at each evaluation; here the logged losses go into the bar's postfix instead and the
@@ -7,6 +9,9 @@ W&B): only what the terminal shows differs.
 """
 
 from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
 
 from tqdm.auto import tqdm
 from transformers import ProgressCallback
@@ -50,3 +55,22 @@ def use_training_progress(trainer) -> None:
     handler.remove_callback(ProgressCallback)
     ours = [i for i, callback in enumerate(handler.callbacks) if type(callback).__module__.startswith("spri_sft.")]
     handler.callbacks.insert(ours[0] if ours else len(handler.callbacks), TrainingProgress())
+
+
+@contextlib.contextmanager
+def only_stage_bars() -> Iterator[None]:
+    """No progress bars from datasets (map, save_to_disk) or transformers (loading weights) inside the block;
+    the stages' own bars (tqdm: generate, train, TruthfulQA) are unaffected. As before afterwards."""
+    import datasets
+    from transformers.utils import logging as transformers_logging
+
+    datasets_bars, transformers_bars = datasets.is_progress_bar_enabled(), transformers_logging.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if datasets_bars:
+            datasets.enable_progress_bars()
+        if transformers_bars:
+            transformers_logging.enable_progress_bar()

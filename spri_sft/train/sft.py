@@ -423,22 +423,15 @@ def cli(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
     if "gradient_checkpointing" not in given:
         warnings.filterwarnings("ignore", message="`gradient_checkpointing` is deprecated", category=FutureWarning)
-    _one_progress_bar()
     try:
         script_args, training_args, model_args = parser.parse_args_and_config(args=argv)
     except ValueError as err:  # invalid values: TRL and transformers say which
         raise UserError(f"{recipe_path or 'spri-sft train'}: {err}") from None
-    main(script_args, training_args, model_args, recipe=recipe_path)
+    from spri_sft.train.progress import only_stage_bars
+
+    with only_stage_bars():  # the training's bar alone: none for loading weights, tokenizing, saving
+        main(script_args, training_args, model_args, recipe=recipe_path)
     return 0
-
-
-def _one_progress_bar() -> None:
-    """The command shows the training's bar alone: no bars for loading weights, tokenizing, saving."""
-    import datasets
-    from transformers.utils import logging as transformers_logging
-
-    datasets.disable_progress_bars()
-    transformers_logging.disable_progress_bar()
 
 
 def _read_recipe(argv: list[str]) -> tuple[Path | None, dict]:
