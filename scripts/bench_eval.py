@@ -8,11 +8,13 @@ Run (defaults: SmolLM2-135M-Instruct in float32 on CPU, the v0 mc_task.json from
 Needs `pip install lm-eval`. Both arms run in this process, one after the other (ours first), on the
 same model directory, dtype, device, thread count and questions:
 
-* ours: `evaluate_truthfulqa(EvaluateConfig(...))`, which loads the model and scores each question's
-  prompt once with all its choices (MC1 and MC2 choices together, each once) batched on the prompt's KV cache;
+* ours: `evaluate_truthfulqa(EvaluateConfig(...))`, which loads the model (an `--adapter` merged into
+  its float32 weights) and scores each question's prompt once with all its choices (MC1 and MC2
+  choices together, each once) packed beside it, several questions per forward pass;
 * lm-eval: `lm_eval.simple_evaluate` on its own `truthfulqa_mc1` and `truthfulqa_mc2` task configs,
   included unchanged except for the data (a local copy in the Hub layout, see
-  `spri_sft.evaluate.lm_eval_reference`), with `HFLM` at `--lm-eval-batch-size` (default 1, lm-eval's).
+  `spri_sft.evaluate.lm_eval_reference`), with `HFLM` at `--lm-eval-batch-size` (default 1, lm-eval's)
+  and `--adapter` as its `peft=` (unmerged).
 
 For each arm: load seconds (model and tokenizer), scoring seconds, process CPU seconds, questions per
 second, and the projected time for all 817 questions (load + scoring rate x 817). Then both arms' MC1
@@ -55,6 +57,9 @@ FULL = 817
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="HuggingFaceTB/SmolLM2-135M-Instruct", help="Hub id or local directory")
+    parser.add_argument(
+        "--adapter", help="a PEFT adapter directory on top of --model (ours: merged in float32; lm-eval: its peft=)"
+    )
     parser.add_argument("--truthfulqa-file", default=str(DEFAULT_DATA), help="v0 mc_task.json")
     parser.add_argument("--limit", type=int, default=None, help="first N questions (default: all)")
     parser.add_argument("--dtype", default="float32")
@@ -96,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         # Ours: load and score timed apart, as evaluate_truthfulqa would do them in one call.
         config = EvaluateConfig(
             model=model_dir, truthfulqa_file=args.truthfulqa_file, limit=args.limit, output_dir=f"{tmp}/ours",
-            dtype=args.dtype, device=args.device, batch_size=args.batch_size,
+            dtype=args.dtype, device=args.device, batch_size=args.batch_size, adapter=args.adapter,
         )  # fmt: skip
         cpu0, t0 = time.process_time(), time.perf_counter()
         model, tokenizer = load_model(config)
@@ -109,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
 
         batch = int(args.lm_eval_batch_size) if args.lm_eval_batch_size.isdigit() else args.lm_eval_batch_size
         cpu0, t0 = time.process_time(), time.perf_counter()
-        lm = HFLM(pretrained=model_dir, dtype=args.dtype, device=args.device, batch_size=batch)
+        lm = HFLM(pretrained=model_dir, peft=args.adapter, dtype=args.dtype, device=args.device, batch_size=batch)
         t1 = time.perf_counter()
         reference = run_lm_eval(lm, questions, Path(tmp, "lm_eval"))
         theirs = _arm(t0, t1, time.perf_counter(), cpu0, n)
@@ -145,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
                 {
                     "n": n,
                     "model": model_dir,
+                    "adapter": args.adapter,
                     "dtype": args.dtype,
                     "device": args.device,
                     "threads": torch.get_num_threads(),
