@@ -37,6 +37,7 @@ from spri_sft.errors import UserError
 from spri_sft.format.config import FormatConfig
 from spri_sft.generate.config import GenerateConfig
 from spri_sft.generate.engine import MODES
+from spri_sft.generate.servers import ServedModels
 from spri_sft.pipeline.config import PipelineConfig
 from spri_sft.pipeline.stages import Stage, file_digest, fingerprint
 
@@ -74,9 +75,12 @@ def _run_stages(config: PipelineConfig, root: Path, name: str, group: str, train
     print(f"[spri-sft] run {name}: modes {', '.join(config.modes)} → {root}", flush=True)
 
     stages: dict[str, Stage] = {}
-    for mode in config.modes:
-        stages[f"generate/{mode}"] = _generate(config, mode, root, name, group)
-        stages[f"dataset/{mode}"] = _format(config, mode, root, stages[f"generate/{mode}"], truthfulqa)
+    # Managed vLLM servers (`backend: vllm` roles) start at the first generation that needs them and
+    # serve every mode's; they stop before training, which needs the GPUs.
+    with ServedModels(root / "servers") as servers:
+        for mode in config.modes:
+            stages[f"generate/{mode}"] = _generate(config, mode, root, name, group, servers)
+            stages[f"dataset/{mode}"] = _format(config, mode, root, stages[f"generate/{mode}"], truthfulqa)
     if truthfulqa is not None:
         stages["eval/base"] = _evaluate(config, truthfulqa, root / "eval" / "base", train_plans[config.modes[0]], None, name, group)
     for mode in config.modes:
@@ -123,7 +127,7 @@ def check_recipe(config: PipelineConfig) -> None:
 # -- generate and format ---------------------------------------------------------------------
 
 
-def _generate(config: PipelineConfig, mode: str, root: Path, name: str, group: str) -> Stage:
+def _generate(config: PipelineConfig, mode: str, root: Path, name: str, group: str, servers: ServedModels) -> Stage:
     from spri_sft.generate.identity import generation_identity
     from spri_sft.generate.prompts import load_prompt_set
     from spri_sft.generate.run import generate
@@ -140,7 +144,7 @@ def _generate(config: PipelineConfig, mode: str, root: Path, name: str, group: s
     if _skip(stage):
         return stage
     stage.begin()
-    summary = generate(job)
+    summary = generate(job, servers)
     if summary["missing"]:
         raise UserError(
             f"generate/{mode}: {summary['missing']} prompts have no record yet (token budget spent): raise "
