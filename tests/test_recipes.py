@@ -79,3 +79,20 @@ def test_pipeline_recipe_parses_and_its_training_recipe_validates(recipe, monkey
         plan = train_plan(config, mode, tmp_path, "name", "group")
         assert plan.args["dataset_path"] == str(tmp_path / "dataset" / mode / "hf")
         assert plan.args["model_name_or_path"]
+
+
+def test_the_managed_vllm_variant_makes_the_records_of_its_hand_served_recipe():
+    from spri_sft.config import load_config
+    from spri_sft.generate.identity import request_settings
+    from spri_sft.pipeline.config import PipelineConfig
+
+    managed, by_hand = (
+        load_config(PipelineConfig, ["--config", str(ROOT / "recipes/paper" / path)])
+        for path in ("managed-vllm/dolly-llama-3.1-8b-instruct.yaml", "dolly/llama-3.1-8b-instruct.yaml")
+    )
+    assert (managed.generate.base.backend, managed.generate.critic.backend) == ("vllm", "vllm")
+    assert managed.generate_dir == by_hand.generate_dir and managed.modes == by_hand.modes
+    # What enters record ids besides the templates: the same, so both recipes share one generation.
+    assert managed.generate.loop == by_hand.generate.loop and managed.generate.prompts == by_hand.generate.prompts
+    for role in ("base", "critic"):
+        assert request_settings(getattr(managed.generate, role)) == request_settings(getattr(by_hand.generate, role))

@@ -150,7 +150,7 @@ def test_a_paper_column_that_is_not_in_table_4_is_refused_when_the_recipe_is_rea
         from_dict(PipelineConfig, {"report": {"paper_column": "L3.1-8B Alpaca"}})
 
 
-PAPER_RECIPES = sorted((REPO / "recipes/paper").glob("*/*.yaml"))
+PAPER_RECIPES = sorted([*(REPO / "recipes/paper/dolly").glob("*.yaml"), *(REPO / "recipes/paper/mixinstruct").glob("*.yaml")])
 
 
 @pytest.mark.parametrize("recipe", PAPER_RECIPES, ids=lambda p: f"{p.parent.name}/{p.stem}")
