@@ -326,3 +326,25 @@ def test_the_report_shows_each_stages_unscored_rate(tmp_path):
     rows = comparison_rows(report)
     assert all(len(row) == len(COMPARISON_COLUMNS) for row in rows)
     assert dict(zip(COMPARISON_COLUMNS, rows[1]))["principles_unscored_rate"] == 0.25
+
+
+@pytest.mark.slow
+def test_the_embedded_default_critic_leaves_no_reply_unscored(tmp_path):
+    from pathlib import Path
+
+    from spri_sft.config import load_config
+    from spri_sft.generate.config import GenerateConfig
+    from spri_sft.generate.run import generate
+
+    recipe = Path(__file__).resolve().parents[1] / "recipes/smollm2-135m-instruct/generate/spri.yaml"
+    config = load_config(GenerateConfig, [
+        "--config", str(recipe), "--output_dir", str(tmp_path), "--prompts.limit", "2",
+        "--base.max_new_tokens", "48", "--critic.max_new_tokens", "48", "--progress", "false",
+    ])  # fmt: skip
+    summary = generate(config)
+
+    assert config.critic.score == "expected"
+    assert summary["unscored_rounds"] == 0 and set(summary["unscored_rate"].values()) == {0.0}
+    records = [json.loads(line) for line in (tmp_path / "records.jsonl").read_text().splitlines()]
+    for round_ in (r for record in records for r in record["rounds"]):
+        assert sum(round_["score_distribution"].values()) == pytest.approx(1.0, abs=1e-3)
