@@ -127,7 +127,9 @@ def check_recipe(config: PipelineConfig) -> None:
 # -- generate and format ---------------------------------------------------------------------
 
 
-def _generate(config: PipelineConfig, mode: str, root: Path, name: str, group: str, servers: ServedModels) -> Stage:
+def _generate(
+    config: PipelineConfig, mode: str, root: Path, name: str, group: str, servers: ServedModels | None = None
+) -> Stage:
     from spri_sft.generate.identity import generation_identity
     from spri_sft.generate.prompts import load_prompt_set
     from spri_sft.generate.run import generate
