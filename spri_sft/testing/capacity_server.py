@@ -42,25 +42,22 @@ import hashlib
 import json
 import math
 import random
-import signal
 import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from types import TracebackType
 from typing import Any
 
 from aiohttp import web
+
+from spri_sft.testing.threaded_server import ThreadedServer
 
 CHAT_PATH = "/v1/chat/completions"
 COMPLETIONS_PATH = "/v1/completions"
 DEFAULT_MODEL_NAME = "capacity-model"
 CRITIC_MARKER = "[RESULT]"
 ACCEPTED_SCORE, REJECTED_SCORE = 5, 3
-# Far above aiohttp's default of 128: a client's burst of hundreds of connections is accepted at once.
-LISTEN_BACKLOG = 4096
 _FILLER = "the answer weighs each principle in turn and keeps to the point".split()
 
 
@@ -128,7 +125,7 @@ def _message_text(message: Any) -> str:
     return content if isinstance(content, str) else ""
 
 
-class CapacityServer:
+class CapacityServer(ThreadedServer):
     """At most `capacity` requests in service at once, FIFO queue, lognormal service times (module docstring)."""
 
     def __init__(
@@ -148,11 +145,11 @@ class CapacityServer:
             raise ValueError(f"median must be > 0 and sigma >= 0, got median={median}, sigma={sigma}")
         if not 0.0 <= accept_rate <= 1.0:
             raise ValueError(f"accept_rate must be in [0, 1], got {accept_rate}")
+        super().__init__()
         self.capacity, self.median, self.sigma, self.seed = capacity, median, sigma, seed
         self.accept_rate, self.reply_words = accept_rate, reply_words
         self.host, self.model = host, model
         self._requested_port = port
-        self._port: int | None = None
         self._rng = random.Random(seed)
         self._slots = FifoSlots(capacity)
         # Handlers run on the server's loop; tests read from their own thread: the lock keeps reads consistent.
@@ -163,10 +160,6 @@ class CapacityServer:
         self._max_in_service = 0
         self._max_queued = 0
         self._first_arrival: float | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop_event: asyncio.Event | None = None
-        self._thread: threading.Thread | None = None
-        self._startup_error: BaseException | None = None
 
     # -- public API --------------------------------------------------------------
 
@@ -212,88 +205,15 @@ class CapacityServer:
             "ratio": ideal / busy if busy > 0 else None,
         }
 
-    def start(self) -> CapacityServer:
-        """Serve from a background thread; returns once the port is bound."""
-        if self._thread is not None:
-            raise RuntimeError("CapacityServer is already running")
-        ready = threading.Event()
-        self._thread = threading.Thread(target=self._thread_main, args=(ready,), name="capacity-server", daemon=True)
-        self._thread.start()
-        ready.wait()
-        if self._startup_error is not None:
-            self._thread.join()
-            self._thread = None
-            raise self._startup_error
-        return self
+    thread_name = "capacity-server"
 
-    def stop(self, timeout: float = 10.0) -> None:
-        thread = self._thread
-        if thread is None:
-            return
-        if self._loop is not None and self._stop_event is not None:
-            try:
-                self._loop.call_soon_threadsafe(self._stop_event.set)
-            except RuntimeError:
-                pass  # the loop already closed
-        thread.join(timeout)
-        if thread.is_alive():
-            raise RuntimeError(f"CapacityServer did not stop within {timeout} s")
-        self._thread = None
-        self._port = None
-
-    def serve_forever(self, on_ready: Callable[[str], None] | None = None) -> None:
-        """Serve from the calling thread until SIGINT or SIGTERM; `on_ready(base_url)` once bound."""
-
-        def ready() -> None:
-            loop = asyncio.get_running_loop()
-            for signum in (signal.SIGINT, signal.SIGTERM):
-                loop.add_signal_handler(signum, self._stop_event.set)
-            if on_ready is not None:
-                on_ready(self.base_url)
-
-        asyncio.run(self._serve(ready))
-
-    def __enter__(self) -> CapacityServer:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
-
-    # -- serving -----------------------------------------------------------------
-
-    def _thread_main(self, ready: threading.Event) -> None:
-        try:
-            asyncio.run(self._serve(ready.set))
-        except BaseException as exc:  # noqa: BLE001 - handed to start()
-            if not ready.is_set():
-                self._startup_error = exc
-                ready.set()
-            else:
-                raise
-
-    async def _serve(self, on_ready: Callable[[], None]) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._stop_event = asyncio.Event()
-        app = web.Application()
+    def _add_routes(self, app: web.Application) -> None:
+        # A client that hangs up cancels its handler, which frees its slot or leaves the queue.
         app.router.add_post(CHAT_PATH, self._handle_completion)
         app.router.add_post(COMPLETIONS_PATH, self._handle_completion)
         app.router.add_get("/v1/models", self._handle_models)
         app.router.add_get("/health", self._handle_health)
         app.router.add_get("/stats", self._handle_stats)
-        # No access log: it costs more than a request's whole handling. A client that hangs up
-        # cancels its handler, which frees its slot or leaves the queue.
-        runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=0.5)
-        await runner.setup()
-        try:
-            site = web.TCPSite(runner, self.host, self._requested_port, backlog=LISTEN_BACKLOG)
-            await site.start()
-            self._port = runner.addresses[0][1]
-            on_ready()
-            await self._stop_event.wait()
-        finally:
-            await runner.cleanup()
 
     async def _handle_health(self, request: web.Request) -> web.Response:
         return web.Response(status=200)

@@ -48,16 +48,16 @@ import logging
 import math
 import random
 import re
-import signal
 import threading
 import time
 import uuid
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any
 
 from aiohttp import web
+
+from spri_sft.testing.threaded_server import ThreadedServer
 
 logger = logging.getLogger(__name__)
 
@@ -96,11 +96,6 @@ STAT_OK = "ok"  # well-formed completions sent (slow ones included, if they got 
 STAT_BAD_REQUEST = "bad_request"  # 400s: the request itself was invalid
 STAT_REPLY_FN_ERROR = "reply_fn_error"  # reply_fn raised; answered with a 500
 STAT_KEYS = (STAT_REQUESTS, STAT_OK, *FAULT_KINDS, STAT_BAD_REQUEST, STAT_REPLY_FN_ERROR)
-
-# Far above aiohttp's default of 128 so that a benchmark's burst of concurrent
-# connections is accepted at once instead of some waiting in SYN retries.
-LISTEN_BACKLOG = 4096
-
 
 @dataclass(frozen=True)
 class FaultPlan:
@@ -271,7 +266,7 @@ def _validation_problem(path: str, body: Any, unknown_fields: frozenset[str]) ->
     return None
 
 
-class FakeOpenAIServer:
+class FakeOpenAIServer(ThreadedServer):
     """An OpenAI-compatible HTTP server on localhost with injected faults.
 
     Use it as a context manager (or call `start` / `stop`) to serve from a background
@@ -321,6 +316,7 @@ class FakeOpenAIServer:
         """
         if latency < 0:
             raise ValueError(f"latency must be >= 0, got {latency}")
+        super().__init__()
         self.latency = latency
         self.faults = faults if faults is not None else FaultPlan()
         self.seed = seed
@@ -335,7 +331,6 @@ class FakeOpenAIServer:
         self.logprobs = logprobs
         self.digit_logprobs = dict(digit_logprobs)
         self._requested_port = port
-        self._port: int | None = None
         self._rng = random.Random(seed)
 
         # Handlers all run on the server's loop, but the counters are read from test
@@ -345,11 +340,6 @@ class FakeOpenAIServer:
         self._in_flight = 0
         self._max_in_flight = 0
         self._received: list[ReceivedRequest] = []
-
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop_event: asyncio.Event | None = None
-        self._thread: threading.Thread | None = None
-        self._startup_error: BaseException | None = None
 
     # -- public API --------------------------------------------------------------
 
@@ -392,107 +382,13 @@ class FakeOpenAIServer:
         with self._lock:
             return self._max_in_flight
 
-    def start(self) -> FakeOpenAIServer:
-        """Start serving from a background thread; returns once the port is bound."""
-        if self._thread is not None:
-            raise RuntimeError("FakeOpenAIServer is already running")
-        ready = threading.Event()
-        self._startup_error = None
-        thread = threading.Thread(
-            target=self._thread_main, args=(ready,), name="fake-openai-server", daemon=True
-        )
-        self._thread = thread
-        thread.start()
-        ready.wait()
-        if self._startup_error is not None:
-            thread.join()
-            self._thread = None
-            raise self._startup_error
-        return self
+    thread_name = "fake-openai-server"
 
-    def stop(self, timeout: float = 10.0) -> None:
-        """Stop serving and wait for the background thread to end. Idempotent."""
-        thread = self._thread
-        if thread is None:
-            return
-        loop, stop_event = self._loop, self._stop_event
-        if loop is not None and stop_event is not None:
-            try:
-                loop.call_soon_threadsafe(stop_event.set)
-            except RuntimeError:
-                pass  # the loop already closed on its own: nothing left to stop
-        thread.join(timeout)
-        if thread.is_alive():
-            raise RuntimeError(f"FakeOpenAIServer did not stop within {timeout} s")
-        self._thread = None
-        self._port = None
-
-    def serve_forever(self, on_ready: Callable[[str], None] | None = None) -> None:
-        """Serve from the calling (main) thread until SIGINT or SIGTERM.
-
-        ``on_ready(base_url)`` is called once the port is bound.
-        """
-
-        def ready() -> None:
-            loop = asyncio.get_running_loop()
-            assert self._stop_event is not None
-            for signum in (signal.SIGINT, signal.SIGTERM):
-                loop.add_signal_handler(signum, self._stop_event.set)
-            if on_ready is not None:
-                on_ready(self.base_url)
-
-        asyncio.run(self._serve(ready))
-        self._port = None
-
-    def __enter__(self) -> FakeOpenAIServer:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    # -- serving -----------------------------------------------------------------
-
-    def _thread_main(self, ready: threading.Event) -> None:
-        try:
-            asyncio.run(self._serve(ready.set))
-        except BaseException as exc:  # noqa: BLE001 - handed to start() or logged
-            if ready.is_set():
-                logger.exception("FakeOpenAIServer crashed")
-            else:
-                self._startup_error = exc
-                ready.set()
-
-    async def _serve(self, on_ready: Callable[[], None]) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._stop_event = asyncio.Event()
-        app = web.Application()
+    def _add_routes(self, app: web.Application) -> None:
         app.router.add_post(CHAT_PATH, self._handle_completions)
         app.router.add_post(COMPLETIONS_PATH, self._handle_completions)
         app.router.add_get("/v1/models", self._handle_models)
         app.router.add_get("/health", self._handle_health)  # vLLM's readiness route
-        runner = web.AppRunner(
-            app,
-            # Access logging costs more than the benchmark's whole request handling.
-            access_log=None,
-            # A client that timed out on a slow fault hangs up; cancelling its handler
-            # keeps in_flight honest and lets stop() finish without waiting it out.
-            handler_cancellation=True,
-            shutdown_timeout=self.shutdown_timeout,
-        )
-        await runner.setup()
-        try:
-            site = web.TCPSite(runner, self.host, self._requested_port, backlog=LISTEN_BACKLOG)
-            await site.start()
-            self._port = runner.addresses[0][1]
-            on_ready()
-            await self._stop_event.wait()
-        finally:
-            await runner.cleanup()
 
     def _admit(self) -> tuple[int, str | None]:
         """Count a request in and decide its fault, in order of arrival."""
