@@ -14,6 +14,8 @@ Commands:
   format           Turn records.jsonl files into a chat SFT dataset (filters, dedupe, TruthfulQA guard).
   train            Fine-tune with TRL SFTTrainer + LoRA/QLoRA on a formatted dataset
                    (TRL's flags; run under `accelerate launch scripts/sft.py` for several GPUs).
+  dpo              DPO with TRL DPOTrainer + LoRA on format's preference pairs (`format --preference true`),
+                   fresh or continuing an SFT adapter (`--sft_adapter`; `scripts/dpo.py` for several GPUs).
   evaluate         Score a model (optionally + LoRA adapter) on TruthfulQA MC1/MC2 as lm-evaluation-harness does.
   check-template   Check that a model's chat template trains its assistant turns and EOS.
   run              The whole pipeline from one recipe: generate → format → train → evaluate before/after,
@@ -44,6 +46,10 @@ def main(argv: list[str] | None = None) -> int:
             from spri_sft.train.sft import cli
 
             return cli(rest)
+        if command == "dpo":
+            from spri_sft.train.dpo import cli as dpo_cli
+
+            return dpo_cli(rest)
         if command == "check-template":
             return _check_template(rest)
         if command == "run":
@@ -102,6 +108,14 @@ def _format(argv: list[str]) -> int:
         f"[spri-sft] {summary['rows']} rows (train {summary['splits']['train']}, "
         f"validation {summary['splits'].get('validation', 0)}) in {config.output_dir}; dropped: {dropped}"
     )
+    if "preference" in summary:
+        pairs = summary["preference"]
+        no_pair = ", ".join(f"{n} {reason}" for reason, n in pairs["no_pair"].items() if n) or "none"
+        print(
+            f"[spri-sft] {pairs['pairs']} preference pairs ("
+            + ", ".join(f"{split} {n}" for split, n in pairs["splits"].items())
+            + f") in {config.output_dir}/preference; without a pair: {no_pair}"
+        )
     return 0
 
 

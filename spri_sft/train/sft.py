@@ -79,13 +79,20 @@ class SFTScriptArguments:
 
 
 def make_parser():
-    from trl import ModelConfig, SFTConfig, TrlParser
+    from trl import ModelConfig, SFTConfig
+
+    return job_parser((SFTScriptArguments, SFTConfig, ModelConfig), prog="spri-sft train")
+
+
+def job_parser(dataclass_types: tuple, prog: str):
+    """TRL's parser (YAML via --config, flags override it, an `env:` block) whose errors are one line."""
+    from trl import TrlParser
 
     class Parser(TrlParser):
         def error(self, message):  # argparse would print its whole usage before the one line that matters
             raise UserError(message)
 
-    return Parser((SFTScriptArguments, SFTConfig, ModelConfig), prog="spri-sft train")
+    return Parser(dataclass_types, prog=prog)
 
 
 def field_names(parser=None) -> set[str]:
@@ -99,45 +106,36 @@ def build_trainer(script_args: SFTScriptArguments, training_args, model_args):
 
     The trainer carries `truthfulqa` (its TruthfulQACallback, or None) and `assistant_masks` (how the loss
     finds assistant tokens)."""
-    import torch
-
     from spri_sft import tracking
-    from spri_sft.models import resolve_model
 
-    if model_args.model_name_or_path is None:
-        raise UserError("model_name_or_path is required (a Hub id or a local model directory)")
+    check_model_args(model_args)
     if training_args.packing and training_args.packing_strategy == "wrapped":
         raise UserError(
             "packing_strategy 'wrapped' cuts examples mid-sequence and lets packed examples attend to each other; "
             "use 'bfd' (the default), which keeps them apart"
         )
-    if (model_args.load_in_4bit or model_args.load_in_8bit) and not torch.cuda.is_available():
-        raise UserError(
-            "QLoRA (load_in_4bit/load_in_8bit) needs a CUDA GPU and bitsandbytes; this machine has no CUDA. "
-            "Use the LoRA recipe (load_in_4bit: false) on CPU."
-        )
     truthfulqa = truthfulqa_callback(script_args, training_args, model_args)  # its file read before any loading
     tracking.use_offline_without_key(training_args.report_to)
 
-    from transformers import AutoModelForCausalLM, AutoTokenizer, enable_full_determinism, set_seed
-    from trl import SFTTrainer, get_peft_config, get_quantization_config
+    from transformers import AutoTokenizer
+    from trl import SFTTrainer, get_peft_config
 
     from spri_sft.format.template import check_template, use_training_template
     from spri_sft.train.progress import use_training_progress
 
     revision = model_args.model_revision
-    # resolve_model's offline copies of the embedded default hold the main revision; a pinned one comes from the Hub.
-    pinned = revision not in (None, "main") and not Path(model_args.model_name_or_path).is_dir()
-    model_path = model_args.model_name_or_path if pinned else resolve_model(model_args.model_name_or_path)
+    model_path = model_location(model_args)
 
     # Data
     dataset, source = load_sft_dataset(script_args)
-    train_dataset = _split(dataset, source, script_args.dataset_train_split, "dataset_train_split")
+    train_dataset = dataset_split(dataset, source, script_args.dataset_train_split, "dataset_train_split")
     if "messages" not in train_dataset.column_names:
         raise UserError(f"the training split has no `messages` column (columns: {', '.join(train_dataset.column_names)})")
     eval_dataset = None
     if training_args.eval_strategy != "no":
-        eval_dataset = _split(dataset, source, script_args.dataset_test_split, "dataset_test_split", 'or eval_strategy to "no"')
+        eval_dataset = dataset_split(
+            dataset, source, script_args.dataset_test_split, "dataset_test_split", 'or eval_strategy to "no"'
+        )
 
     # Tokenizer and the training chat template
     tokenizer = AutoTokenizer.from_pretrained(
@@ -160,27 +158,7 @@ def build_trainer(script_args: SFTScriptArguments, training_args, model_args):
         # assistant_only_loss would look for generation markers the template does not have.
         training_args.assistant_only_loss = False
 
-    # Model. SFTTrainer seeds just before it builds the LoRA adapter, but the model is loaded here, before it:
-    # seeding now makes the weights from_pretrained initialises (those a checkpoint lacks) follow `seed` too.
-    if training_args.full_determinism:
-        enable_full_determinism(training_args.seed)
-    else:
-        set_seed(training_args.seed)
-    quantization_config = get_quantization_config(model_args)
-    dtype = model_args.dtype if model_args.dtype in (None, "auto") else getattr(torch, model_args.dtype)
-    model = AutoModelForCausalLM.from_pretrained(
-        model_path,
-        revision=revision,
-        dtype=dtype,
-        quantization_config=quantization_config,
-        attn_implementation=model_args.attn_implementation,
-        trust_remote_code=training_args.trust_remote_code,
-        device_map={"": torch.cuda.current_device()} if quantization_config is not None else None,
-    )
-    # Generation stops at the end-of-turn token the template trains.
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-
+    model = load_model(model_path, model_args, training_args, tokenizer)
     trainer = SFTTrainer(
         model=model,
         args=training_args,
@@ -199,6 +177,59 @@ def build_trainer(script_args: SFTScriptArguments, training_args, model_args):
     else:
         trainer.assistant_masks = "chat template markers" if training_args.assistant_only_loss else "none: all tokens"
     return trainer
+
+
+def check_model_args(model_args) -> None:
+    """A model is named, and QLoRA is refused without CUDA before anything is loaded."""
+    import torch
+
+    if model_args.model_name_or_path is None:
+        raise UserError("model_name_or_path is required (a Hub id or a local model directory)")
+    if (model_args.load_in_4bit or model_args.load_in_8bit) and not torch.cuda.is_available():
+        raise UserError(
+            "QLoRA (load_in_4bit/load_in_8bit) needs a CUDA GPU and bitsandbytes; this machine has no CUDA. "
+            "Use the LoRA recipe (load_in_4bit: false) on CPU."
+        )
+
+
+def model_location(model_args) -> str:
+    """Where the model loads from: the local copy `resolve_model` finds or builds, unless a revision is pinned."""
+    from spri_sft.models import resolve_model
+
+    # resolve_model's offline copies of the embedded default hold the main revision; a pinned one comes from the Hub.
+    revision = model_args.model_revision
+    pinned = revision not in (None, "main") and not Path(model_args.model_name_or_path).is_dir()
+    return model_args.model_name_or_path if pinned else resolve_model(model_args.model_name_or_path)
+
+
+def load_model(model_path: str, model_args, training_args, tokenizer):
+    """The model to train, loaded after seeding, its generation config stopping at the tokenizer's EOS.
+
+    The trainers seed just before they build the LoRA adapter, but the model is loaded here, before that:
+    seeding now makes the weights from_pretrained initialises (those a checkpoint lacks) follow `seed` too."""
+    import torch
+    from transformers import AutoModelForCausalLM, enable_full_determinism, set_seed
+    from trl import get_quantization_config
+
+    if training_args.full_determinism:
+        enable_full_determinism(training_args.seed)
+    else:
+        set_seed(training_args.seed)
+    quantization_config = get_quantization_config(model_args)
+    dtype = model_args.dtype if model_args.dtype in (None, "auto") else getattr(torch, model_args.dtype)
+    model = AutoModelForCausalLM.from_pretrained(
+        model_path,
+        revision=model_args.model_revision,
+        dtype=dtype,
+        quantization_config=quantization_config,
+        attn_implementation=model_args.attn_implementation,
+        trust_remote_code=training_args.trust_remote_code,
+        device_map={"": torch.cuda.current_device()} if quantization_config is not None else None,
+    )
+    # Generation stops at the end-of-turn token the template trains.
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model
 
 
 def load_sft_dataset(script_args: SFTScriptArguments):
@@ -234,7 +265,8 @@ def _is_saved_dataset(path: Path) -> bool:
     return (path / "dataset_dict.json").is_file() or (path / "state.json").is_file()
 
 
-def _split(dataset, source: str, name: str, option: str, alternative: str = ""):
+def dataset_split(dataset, source: str, name: str, option: str, alternative: str = ""):
+    """`dataset[name]`, or an error naming the splits there are and the option that chose `name`."""
     if name not in dataset:
         raise UserError(
             f"{source}: no split '{name}' (splits: {', '.join(dataset) or 'none'}); set {option} to one of them"
@@ -255,14 +287,19 @@ def _encode_rows(dataset, encode):
 def main(script_args: SFTScriptArguments, training_args, model_args, recipe: Path | None = None) -> dict:
     """Train, save, and return the final metrics (`recipe`: the file the settings came from, to name it).
     Tests call this directly."""
+    trainer = build_trainer(script_args, training_args, model_args)  # TruthfulQA before training, if asked
+    summary = training_summary(trainer, model_args, recipe)
+    return train_and_save(trainer, script_args, training_args, model_args, summary, assistant_masks=trainer.assistant_masks)
+
+
+def train_and_save(trainer, script_args, training_args, model_args, summary: str, **facts) -> dict:
+    """Everything after the trainer is built, for SFT and DPO alike: the effective config (with `facts`) and
+    `summary` printed, resume, train, evaluate, save, card, metrics; returns the final metrics."""
     from spri_sft import tracking
 
-    trainer = build_trainer(script_args, training_args, model_args)  # TruthfulQA before training, if asked
     if trainer.accelerator.is_main_process:
-        _write_effective_config(
-            training_args.output_dir, script_args, training_args, model_args, assistant_masks=trainer.assistant_masks
-        )
-        print(training_summary(trainer, model_args, recipe), flush=True)
+        write_effective_config(training_args.output_dir, script_args, training_args, model_args, **facts)
+        print(summary, flush=True)
 
     # Resume from the last checkpoint unless told otherwise.
     checkpoint = training_args.resume_from_checkpoint
@@ -346,7 +383,7 @@ def _record_base_model(card_path: Path, model_args) -> None:
     card.save(card_path)
 
 
-def _write_effective_config(output_dir: str, *configs, **facts) -> None:
+def write_effective_config(output_dir: str, *configs, **facts) -> None:
     """Every setting, resolved, in effective_config.json (printed in short by `training_summary`)."""
     from dataclasses import asdict
 
@@ -355,19 +392,23 @@ def _write_effective_config(output_dir: str, *configs, **facts) -> None:
     (Path(output_dir) / "effective_config.json").write_text(json.dumps(effective, indent=2, default=str))
 
 
-def training_summary(trainer, model_args, recipe: Path | None = None) -> str:
-    """A few lines on what is about to be trained: model, rows, steps, LoRA, and where the settings are."""
+def training_summary(
+    trainer, model_args, recipe: Path | None = None, job: str = "train", unit: str = "rows", adapter: str | None = None
+) -> str:
+    """A few lines on what is about to be trained: model, rows (or pairs: `unit`), steps, LoRA (or `adapter`),
+    and where the settings are."""
     args = trainer.args
     train_rows = len(trainer.train_dataset)
     validation = f", {len(trainer.eval_dataset)} validation" if trainer.eval_dataset is not None else ""
-    adapter = (
-        f"LoRA r={model_args.lora_r}, alpha={model_args.lora_alpha}" if model_args.use_peft else "full fine-tuning"
-    )
-    if model_args.use_peft and (model_args.load_in_4bit or model_args.load_in_8bit):
-        adapter = "Q" + adapter
+    if adapter is None:
+        adapter = (
+            f"LoRA r={model_args.lora_r}, alpha={model_args.lora_alpha}" if model_args.use_peft else "full fine-tuning"
+        )
+        if model_args.use_peft and (model_args.load_in_4bit or model_args.load_in_8bit):
+            adapter = "Q" + adapter
     where = Path(args.output_dir)
     lines = [
-        f"[spri-sft] train {model_args.model_name_or_path}: {train_rows} train rows{validation}, "
+        f"[spri-sft] {job} {model_args.model_name_or_path}: {train_rows} train {unit}{validation}, "
         f"{planned_steps(args, train_rows, trainer.accelerator.num_processes)} steps, {adapter}",
         f"[spri-sft]   settings: {recipe or 'command line'} (all of them: {where / 'effective_config.json'}); "
         f"output: {where}",
@@ -409,14 +450,19 @@ def _log_dataset_artifact(dataset_path: str) -> None:
 
 def cli(argv: list[str] | None = None) -> int:
     """`spri-sft train`: the recipe and the flags are checked (YAML, field names) before TRL parses them."""
+    return run_job(argv, "spri-sft train", make_parser, main)
+
+
+def run_job(argv: list[str] | None, command: str, make_parser, main) -> int:
+    """Check the recipe and flags (YAML, field names), train on the CPU without a GPU, parse, run `main`."""
     import warnings
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    recipe_path, recipe = _read_recipe(argv) if "-h" not in argv and "--help" not in argv else (None, {})
+    recipe_path, recipe = _read_recipe(argv, command) if "-h" not in argv and "--help" not in argv else (None, {})
     parser = make_parser()  # imports TRL (seconds): after the recipe's own checks
     if "-h" in argv or "--help" in argv:
         parser.parse_args_and_config(args=["--help"])  # prints every field and exits
-    given = _check_field_names(parser, recipe_path, recipe, argv)
+    given = _check_field_names(parser, recipe_path, recipe, argv, command)
     argv += _cpu_without_a_gpu(given)
     # transformers 5 renamed gradient checkpointing; TRL's SFTConfig default and its trainer still use the old
     # names, which would warn on every run although the user set neither.
@@ -426,7 +472,7 @@ def cli(argv: list[str] | None = None) -> int:
     try:
         script_args, training_args, model_args = parser.parse_args_and_config(args=argv)
     except ValueError as err:  # invalid values: TRL and transformers say which
-        raise UserError(f"{recipe_path or 'spri-sft train'}: {err}") from None
+        raise UserError(f"{recipe_path or command}: {err}") from None
     from spri_sft.train.progress import only_stage_bars
 
     with only_stage_bars():  # the training's bar alone: none for loading weights, tokenizing, saving
@@ -434,7 +480,7 @@ def cli(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _read_recipe(argv: list[str]) -> tuple[Path | None, dict]:
+def _read_recipe(argv: list[str], command: str = "spri-sft train") -> tuple[Path | None, dict]:
     """The recipe named by `--config` as a mapping; a missing, malformed or empty file is one line."""
     from spri_sft.config import read_yaml
 
@@ -446,13 +492,15 @@ def _read_recipe(argv: list[str]) -> tuple[Path | None, dict]:
     path = Path(argv[index + 1])
     recipe = read_yaml(path)
     if recipe is None:
-        raise UserError(f"{path}: the recipe is empty (expected `spri-sft train` fields, e.g. model_name_or_path)")
+        raise UserError(f"{path}: the recipe is empty (expected `{command}` fields, e.g. model_name_or_path)")
     if not isinstance(recipe, dict):
-        raise UserError(f"{path}: expected a mapping of `spri-sft train` fields, got a YAML {type(recipe).__name__}")
+        raise UserError(f"{path}: expected a mapping of `{command}` fields, got a YAML {type(recipe).__name__}")
     return path, recipe
 
 
-def _check_field_names(parser, recipe_path: Path | None, recipe: dict, argv: list[str]) -> set[str]:
+def _check_field_names(
+    parser, recipe_path: Path | None, recipe: dict, argv: list[str], command: str = "spri-sft train"
+) -> set[str]:
     """The names the recipe and the flags set, each one a known field (before TRL builds, and checks, anything)."""
     import difflib
 
@@ -461,7 +509,7 @@ def _check_field_names(parser, recipe_path: Path | None, recipe: dict, argv: lis
 
     def unknown(name: str, where: str) -> UserError:
         close = difflib.get_close_matches(name, known, n=1)
-        hint = f" (did you mean '{close[0]}'?)" if close else " (spri-sft train --help lists every field)"
+        hint = f" (did you mean '{close[0]}'?)" if close else f" ({command} --help lists every field)"
         return UserError(f"{where}: unknown field '{name}'{hint}")
 
     for key in recipe:

@@ -1,0 +1,210 @@
+"""Direct preference optimization on a `spri-sft format` preference dataset: TRL DPOTrainer + PEFT LoRA.
+
+The same job as `spri-sft train` (`spri_sft.train.sft`, whose helpers it uses), with TRL's `DPOConfig`
+in place of `SFTConfig` and `DPOScriptArguments` in place of `SFTScriptArguments`, parsed by `TrlParser`:
+a YAML recipe sets everything, flags override it, an `env:` block sets environment variables.
+
+    # CPU: a fresh LoRA adapter on the base model, the base model as the reference
+    spri-sft dpo --config recipes/smollm2-135m-instruct/dpo/lora.yaml
+    # after SFT: continue the SFT adapter, the SFT policy as the reference
+    spri-sft dpo --config recipes/smollm2-135m-instruct/dpo/lora.yaml \
+        --sft_adapter outputs/smollm2-135m-instruct/sft/lora
+    # one or several GPUs
+    accelerate launch --config_file recipes/accelerate/ddp.yaml scripts/dpo.py \
+        --config recipes/smollm2-135m-instruct/dpo/lora.yaml
+
+What it does, top to bottom: check the recipe and flags, and train on the CPU in float32 without a GPU,
+as `spri-sft train` does; load the dataset (the `preference/` directory `spri-sft format --preference
+true` writes, with or without its `hf/`) and check it has TRL's preference columns (`prompt`, `chosen`,
+`rejected`); give the tokenizer the training chat template SFT uses (or, with `sft_adapter`, the one
+saved with that adapter), so prompts render as they did in SFT; seed, then load the model; then either
+a fresh LoRA adapter from the `lora_*` fields, with the base model (the adapter disabled) as the
+reference, or, with `sft_adapter`, that adapter loaded trainable and continued, its shape its own,
+with a frozen copy of it (TRL's "ref" adapter) as the reference: the usual DPO setup, where the
+reference is the SFT model. Train on the DPO loss (`beta`, `loss_type`), evaluating on the validation
+split; resume from the last checkpoint; save the adapter (only the trained one: the reference copy is
+the SFT adapter itself), tokenizer, generation config, model card, and optionally the merged model.
+The saved adapter applies to the base model like any `spri-sft train` adapter, so `spri-sft evaluate
+--adapter` scores it the same way.
+
+Not supported: full fine-tuning with a pretrained adapter; `truthfulqa_before` with `sft_adapter` (it
+would score the base model, not the SFT one: score the SFT adapter with `spri-sft evaluate`).
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from spri_sft.errors import UserError
+from spri_sft.train import sft
+
+logger = logging.getLogger(__name__)
+
+PREFERENCE_COLUMNS = ("prompt", "chosen", "rejected")
+
+
+@dataclass
+class DPOScriptArguments:
+    """What to train on and what to do around training (the rest is TRL's DPOConfig and ModelConfig)."""
+
+    dataset_path: str | None = field(
+        default=None,
+        metadata={"help": "The preference/ directory of a `spri-sft format --preference true` output (itself or its "
+                  "hf/), or any datasets.save_to_disk one with prompt/chosen/rejected columns."},
+    )
+    dataset_name: str | None = field(default=None, metadata={"help": "Or a Hugging Face preference dataset id."})
+    dataset_train_split: str = field(default="train", metadata={"help": "Training split."})
+    dataset_test_split: str = field(default="validation", metadata={"help": "Validation split (eval loss and rewards)."})
+    sft_adapter: str | None = field(
+        default=None,
+        metadata={"help": "A `spri-sft train` LoRA adapter to continue (needs use_peft; its own r/alpha/targets, "
+                  "the lora_* fields unused); a frozen copy of it is the reference. Unset: a fresh adapter on "
+                  "the base model, which is the reference."},
+    )
+    chat_template_fallback: str | None = field(
+        default=None,
+        metadata={"help": "Template for a tokenizer without a chat template (base models): 'alpaca', or unset to refuse."},
+    )
+    training_template: str = field(
+        default="model",
+        metadata={"help": "'model': the tokenizer's own chat template (chat_template_fallback when it has none); "
+                  "'alpaca': the Alpaca format even when it ships one. Use the SFT recipe's value."},
+    )
+    merge_adapter: bool = field(default=False, metadata={"help": "Also save the LoRA adapter merged into the base model."})
+    log_dataset_artifact: bool = field(default=True, metadata={"help": "Log the preference dataset to W&B."})
+    truthfulqa_file: str | None = field(
+        default=None,
+        metadata={"help": "After training, score the trained model on this TruthfulQA file; into "
+                  "<output_dir>/truthfulqa and the training's W&B run."},
+    )
+    truthfulqa_limit: int | None = field(default=None, metadata={"help": "Score only the first N TruthfulQA questions."})
+    truthfulqa_before: bool = field(
+        default=False,
+        metadata={"help": "Also score the base model (adapter disabled) before training; not with sft_adapter."},
+    )
+
+
+def make_parser():
+    from trl import DPOConfig, ModelConfig
+
+    return sft.job_parser((DPOScriptArguments, DPOConfig, ModelConfig), prog="spri-sft dpo")
+
+
+def build_trainer(script_args: DPOScriptArguments, training_args, model_args):
+    """Checks, data, tokenizer with its training template, model (and adapter), DPOTrainer.
+
+    The trainer carries `truthfulqa` (its TruthfulQACallback, or None) and `reference` (in words)."""
+    from spri_sft import tracking
+
+    sft.check_model_args(model_args)
+    adapter_dir = _check_sft_adapter(script_args, model_args)
+    truthfulqa = sft.truthfulqa_callback(script_args, training_args, model_args)  # its file read before any loading
+    tracking.use_offline_without_key(training_args.report_to)
+
+    from transformers import AutoTokenizer
+    from trl import DPOTrainer, get_peft_config
+
+    from spri_sft.format.template import use_training_template
+    from spri_sft.train.progress import use_training_progress
+
+    model_path = sft.model_location(model_args)
+
+    # Data
+    dataset, source = sft.load_sft_dataset(script_args)
+    train_dataset = sft.dataset_split(dataset, source, script_args.dataset_train_split, "dataset_train_split")
+    _check_preference_columns(train_dataset, source)
+    eval_dataset = None
+    if training_args.eval_strategy != "no":
+        eval_dataset = sft.dataset_split(
+            dataset, source, script_args.dataset_test_split, "dataset_test_split", 'or eval_strategy to "no"'
+        )
+
+    # Tokenizer: the SFT adapter's own (saved with its training template), else the base model's given the
+    # training template SFT would give it, so a prompt renders here as it did in SFT.
+    tokenizer = AutoTokenizer.from_pretrained(
+        adapter_dir if adapter_dir and (adapter_dir / "tokenizer_config.json").is_file() else model_path,
+        revision=None if adapter_dir else model_args.model_revision,
+        trust_remote_code=training_args.trust_remote_code,
+    )
+    # A template that cannot be marked is kept as it is: DPO needs no assistant mask, only the rendering.
+    use_training_template(tokenizer, fallback=script_args.chat_template_fallback, template=script_args.training_template)
+
+    model = sft.load_model(model_path, model_args, training_args, tokenizer)
+    if adapter_dir is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=True)
+        peft_config = None  # DPOTrainer adds the frozen "ref" copy of a pretrained adapter itself
+        reference = f"the SFT adapter {adapter_dir} (a frozen copy)"
+    else:
+        peft_config = get_peft_config(model_args)
+        reference = "the base model (adapter disabled)" if peft_config is not None else "a copy of the base model"
+
+    trainer = DPOTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        processing_class=tokenizer,
+        peft_config=peft_config,
+        callbacks=[truthfulqa] if truthfulqa is not None else None,
+    )
+    trainer.truthfulqa = truthfulqa
+    trainer.reference = reference
+    use_training_progress(trainer)
+    return trainer
+
+
+def _check_sft_adapter(script_args: DPOScriptArguments, model_args) -> Path | None:
+    if script_args.sft_adapter is None:
+        return None
+    path = Path(script_args.sft_adapter)
+    if not (path / "adapter_config.json").is_file():
+        raise UserError(f"sft_adapter {path}: no adapter_config.json there (give a `spri-sft train` output_dir)")
+    if not model_args.use_peft:
+        raise UserError("sft_adapter continues a LoRA adapter: set use_peft true (its r, alpha and targets are its own)")
+    if script_args.truthfulqa_before:
+        raise UserError(
+            "truthfulqa_before with sft_adapter would score the base model, not the SFT one; "
+            "score the SFT adapter with `spri-sft evaluate --adapter` instead"
+        )
+    return path
+
+
+def _check_preference_columns(train_dataset, source: str) -> None:
+    missing = [name for name in PREFERENCE_COLUMNS if name not in train_dataset.column_names]
+    if missing:
+        raise UserError(
+            f"{source}: the training split has no {', '.join(missing)} column(s) (columns: "
+            f"{', '.join(train_dataset.column_names)}); give the preference/ directory that "
+            "`spri-sft format --preference true` writes beside the SFT dataset"
+        )
+
+
+def main(script_args: DPOScriptArguments, training_args, model_args, recipe: Path | None = None) -> dict:
+    """Train, save, and return the final metrics (`recipe`: the file the settings came from). Tests call this."""
+    trainer = build_trainer(script_args, training_args, model_args)
+    adapter = _adapter_words(trainer, script_args, model_args)
+    summary = sft.training_summary(trainer, model_args, recipe, job="dpo", unit="pairs", adapter=adapter)
+    summary += f"\n[spri-sft]   DPO beta={training_args.beta}, loss {'+'.join(training_args.loss_type)}; reference: {trainer.reference}"
+    metrics = sft.train_and_save(trainer, script_args, training_args, model_args, summary, reference=trainer.reference)
+    if "ref" in getattr(trainer.model, "peft_config", {}):
+        # PEFT saves every adapter the model holds; the reference copy is the SFT adapter, which stays where it was.
+        shutil.rmtree(Path(training_args.output_dir) / "ref", ignore_errors=True)
+    return metrics
+
+
+def _adapter_words(trainer, script_args: DPOScriptArguments, model_args) -> str | None:
+    """The adapter in the summary line: the continued SFT adapter's own shape, else the recipe's (None)."""
+    if script_args.sft_adapter is None:
+        return None
+    config = trainer.model.peft_config["default"]
+    return f"LoRA r={config.r}, alpha={config.lora_alpha} continued from {script_args.sft_adapter}"
+
+
+def cli(argv: list[str] | None = None) -> int:
+    """`spri-sft dpo`: as `spri-sft train`, with the DPO fields."""
+    return sft.run_job(argv, "spri-sft dpo", make_parser, main)
