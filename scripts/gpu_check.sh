@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# The GPU check, one command from the repository root (scripts/gpu_check.py says what it checks):
+#
+#   bash scripts/gpu_check.sh          # a CUDA machine; under 8 minutes on one GPU
+#   bash scripts/gpu_check.sh --cpu    # the same steps on the CPU, QLoRA refused
+#
+# On a machine that can fetch nothing (the lent GPU machine), the packages it lacks travel as wheels in
+# .whl/ (made here by scripts/gpu_wheels.sh; the device call names .whl in `carry`): they are installed
+# into /tmp/site, put first on PYTHONPATH, and their requirements checked against what is installed.
+# Without .whl/ the current environment is used as it is. With $OUT set, the whole log goes to
+# $OUT/gpu_check.log and the JSON summary to $OUT/gpu_check.json. Exit status: 0 only when every check passed.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+python="${PYTHON:-}"
+if [ -z "$python" ]; then
+    if [ -x .venv/bin/python ]; then python=.venv/bin/python; else python=python3; fi
+fi
+wheels="${GPU_CHECK_WHEELS:-.whl}"  # another folder of wheels, or an empty one to use none
+site="${GPU_CHECK_SITE:-/tmp/site}"
+
+log=/dev/null
+if [ -n "${OUT:-}" ]; then mkdir -p "$OUT" && log="$OUT/gpu_check.log"; fi
+
+{
+    site_args=()
+    if compgen -G "$wheels/*.whl" >/dev/null; then
+        echo "[gpu_check] installing $(ls "$wheels"/*.whl | wc -l) carried wheels into $site"
+        "$python" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+            --target "$site" "$wheels"/*.whl || { echo "[gpu_check] FAILED: could not install the wheels of $wheels/"; exit 1; }
+        export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
+        site_args=(--site "$site")
+    else
+        echo "[gpu_check] no wheels in $wheels/: using the packages of $python as they are"
+    fi
+    PYTHONUNBUFFERED=1 "$python" scripts/gpu_check.py "${site_args[@]}" "$@"
+} 2>&1 | tee "$log"
