@@ -126,10 +126,18 @@ def _split_argv(argv: list[str]) -> tuple[Path | None, list[tuple[str, str]]]:
             value = argv[i + 1]
             i += 1
         i += 1
+        # More words before the next option are more items of a list field, as a shell glob writes
+        # them: --records shard-*/records.jsonl.
+        values = [value]
+        while i < len(argv) and not argv[i].startswith("--"):
+            values.append(argv[i])
+            i += 1
         if name == "config":
+            if len(values) > 1:
+                raise UserError(f"unexpected argument '{values[1]}': --config takes one file")
             config_path = Path(value)
         else:
-            overrides.append((name.replace("-", "_"), value))
+            overrides.append((name.replace("-", "_"), values if len(values) > 1 else value))
     return config_path, overrides
 
 
@@ -169,11 +177,22 @@ def _apply_override(config: Any, dotted: str, raw: str) -> None:
     if dataclasses.is_dataclass(hints[leaf]):
         raise UserError(f"--{dotted}: is a section; set one of its fields, e.g. --{dotted}.<field>")
     field = next(f for f in dataclasses.fields(target) if f.name == leaf)
+    if isinstance(raw, list) and not _takes_a_list(hints[leaf]):
+        raise UserError(f"--{dotted}: takes one value, got {len(raw)}: {' '.join(raw)}")
     setattr(target, leaf, _check_range(_coerce(_parse_value(raw), hints[leaf], f"--{dotted}"), field, f"--{dotted}"))
 
 
-def _parse_value(raw: str) -> Any:
-    """YAML parsing turns "3" into 3, "null" into None and "[a, b]" into a list, as in a config file."""
+def _takes_a_list(hint: Any) -> bool:
+    if get_origin(hint) in (typing.Union, types.UnionType):
+        return any(_takes_a_list(arm) for arm in get_args(hint))
+    return get_origin(hint) is list
+
+
+def _parse_value(raw: str | list[str]) -> Any:
+    """YAML parsing turns "3" into 3, "null" into None and "[a, b]" into a list, as in a config file;
+    several words (`--records a.jsonl b.jsonl`) are a list of their values."""
+    if isinstance(raw, list):
+        return [_parse_value(item) for item in raw]
     try:
         value = yaml.safe_load(raw)
     except yaml.YAMLError:

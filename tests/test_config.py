@@ -45,6 +45,13 @@ def test_overrides_reach_into_a_free_form_mapping(tmp_path):
     assert config.train.args == {"max_steps": 5, "env": {"A": "x", "B": "y"}, "lora_target_modules": ["q", "v"]}
 
 
+def test_words_after_a_list_option_are_its_items_as_a_shell_glob_writes_them():
+    from spri_sft.format.config import FormatConfig
+
+    config = load_config(FormatConfig, ["--records", "shard-0/records.jsonl", "shard-1/records.jsonl", "--output_dir", "out"])
+    assert config.records == ["shard-0/records.jsonl", "shard-1/records.jsonl"] and config.output_dir == "out"
+
+
 def test_int_is_accepted_where_a_float_is_expected():
     assert load_config(GenerateConfig, ["--base.temperature", "1"]).base.temperature == 1.0
 
@@ -66,6 +73,8 @@ def test_int_is_accepted_where_a_float_is_expected():
         (["--loop.score_retries", "-1"], r"--loop.score_retries: must be >= 0, got -1"),
         (["--prompts.limit", "-1"], r"--prompts.limit: must be >= 0, got -1"),
         (["--critic.top_p", "0"], r"--critic.top_p: must be > 0 and <= 1, got 0"),
+        (["--shard", "0/2", "1/2"], r"--shard: takes one value, got 2: 0/2 1/2"),
+        (["--config", "a.yaml", "b.yaml"], r"unexpected argument 'b.yaml': --config takes one file"),
     ],
 )
 def test_bad_overrides_name_the_flag(argv, message):

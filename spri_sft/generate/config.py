@@ -39,5 +39,13 @@ class GenerateConfig:
         default=8,
         metadata={"help": "Stop when this run's first N records all failed with the same error; null never stops.", "ge": 1},
     )
+    shard: str | None = field(
+        default=None,
+        metadata={
+            "help": "i/N: generate only the prompts of shard i of N (0 <= i < N), chosen by a hash of the prompt's "
+            "text, so every machine draws the same split whatever the order of the file; give each shard its own "
+            "output_dir and merge them with `spri-sft format --records a.jsonl b.jsonl ...`."
+        },
+    )
     retry_failed: bool = field(default=False, metadata={"help": "On a rerun, drop `failed` records and try those prompts again."})
     progress: bool = field(default=True, metadata={"help": "Show a progress bar."})

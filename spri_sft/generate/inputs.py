@@ -26,7 +26,9 @@ A single source (no `sources`) gives prompts without an origin, and records as b
 
 from __future__ import annotations
 
+import hashlib
 import random
+import re
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -118,6 +120,7 @@ class PromptReport:
     parts: dict[str, dict] = field(default_factory=dict)  # part name -> {"prompts": n, "sft_split": ...}
     skipped: Counter = field(default_factory=Counter)  # reason -> rows
     first_skipped: dict[str, str] = field(default_factory=dict)  # reason -> where its first row is
+    shard: dict | None = None  # {"shard": "i/N", "prompts": kept, "of": all}, when one shard is generated
 
     def skip(self, reason: str, where: str) -> None:
         self.skipped[reason] += 1
@@ -131,6 +134,8 @@ class PromptReport:
         if self.skipped:
             reasons = ", ".join(f"{count:,} {reason} (first: {self.first_skipped[reason]})" for reason, count in self.skipped.most_common())
             said.append(f"skipped {sum(self.skipped.values()):,} of {self.rows:,} rows: {reasons}")
+        if self.shard:
+            said.append(f"shard {self.shard['shard']}: {self.shard['prompts']:,} of {self.shard['of']:,} prompts")
         return "prompts: " + "; ".join(said) if said else ""
 
     def as_dict(self) -> dict:
@@ -139,6 +144,7 @@ class PromptReport:
             "parts": self.parts,
             "skipped": dict(self.skipped.most_common()),
             "first_skipped": self.first_skipped,
+            **({"shard": self.shard} if self.shard else {}),
         }
 
 
@@ -187,6 +193,34 @@ def load_prompts(source: PromptSource) -> PromptList:
         prompts.extend(Prompt(text, origin) for text in new)
         report.parts[part.name] = {"prompts": len(new), "sft_split": part.sft_split}
     return prompts
+
+
+def parse_shard(shard: str) -> tuple[int, int]:
+    """`"i/N"` as (i, N), with 0 <= i < N."""
+    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", shard)
+    if not match:
+        raise UserError(f"--shard: expected i/N (e.g. 0/4), got {shard!r}")
+    index, count = int(match[1]), int(match[2])
+    if count < 1 or index >= count:
+        raise UserError(f"--shard: need N >= 1 and 0 <= i < N, got {shard!r}")
+    return index, count
+
+
+def shard_of(text: str, count: int) -> int:
+    """The shard (of `count`) a prompt belongs to: a hash of its text, so the split depends on nothing
+    but the prompts themselves (not their order, the file, the machine or Python's hash seed)."""
+    return int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:8], "big") % count
+
+
+def select_shard(prompts: PromptList, shard: str | None) -> PromptList:
+    """The prompts of shard `i/N`, in their order; all of them when `shard` is None. The N shards of
+    one prompt set are disjoint and together hold every prompt."""
+    if shard is None:
+        return prompts
+    index, count = parse_shard(shard)
+    kept = PromptList((p for p in prompts if shard_of(p, count) == index), report=prompts.report)
+    prompts.report.shard = {"shard": f"{index}/{count}", "prompts": len(kept), "of": len(prompts)}
+    return kept
 
 
 def load_references(source: PromptSource) -> dict[str, str]:

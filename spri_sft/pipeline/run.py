@@ -154,6 +154,7 @@ def _generate(
         )
     if config.wandb.enabled:
         _log_generation(summary, Path(job.output_dir), config.wandb.project, group, f"{name}-generate-{mode}", mode)
+        **({"shard": job.shard} if job.shard else {}),  # absent when unsharded: earlier stages stay valid
     stage.finish(records=summary["records"], statuses=summary["status"])
     return stage
 
