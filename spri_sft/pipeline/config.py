@@ -34,7 +34,8 @@ class TrainStage:
 
 @dataclass
 class EvaluateStage:
-    """TruthfulQA MC1/MC2 of the student model before fine-tuning and of each adapter after it."""
+    """TruthfulQA MC1/MC2 of the student model before fine-tuning and of each adapter after it; with
+    `lm_eval_tasks`, lm-evaluation-harness tasks too (lm-eval's own runs and numbers), on the same models."""
 
     enabled: bool = field(default=True, metadata={"help": "Score before and after; false skips evaluation."})
     truthfulqa_file: str | None = field(
@@ -53,7 +54,36 @@ class EvaluateStage:
     chat_template: bool = field(
         default=False, metadata={"help": "Wrap questions in the chat template (lm-eval's --apply_chat_template)."}
     )
-    batch_size: int = field(default=32, metadata={"help": "Choices scored per forward pass."})
+    batch_size: int = field(default=32, metadata={"help": "Choices scored per forward pass (lm-eval's batch_size too)."})
+    device: str = field(
+        default="auto", metadata={"help": "cpu, cuda, cuda:1, ...; auto = cuda when available, else cpu."}
+    )
+    lm_eval_tasks: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "lm-evaluation-harness tasks or groups run by lm-eval itself on the base model and each adapter "
+            "(the paper's: leaderboard_musr, leaderboard_gpqa, leaderboard_bbh, leaderboard_mmlu_pro, hellaswag) "
+            "into eval/<model>/lm_eval/results.json and the report. Needs pip install 'spri-sft[lm-eval]'."
+        },
+    )
+    lm_eval_args: dict[str, Any] = field(
+        default_factory=dict,
+        metadata={
+            "help": "More lm_eval.simple_evaluate arguments, passed through (num_fewshot, limit, apply_chat_template, "
+            "fewshot_as_multiturn, model_args: {...}); batch_size and device here override the two above."
+        },
+    )
+    lm_eval_include_path: str | None = field(
+        default=None,
+        metadata={"help": "A folder of local lm-eval task YAMLs (lm-eval's --include_path); they win over lm-eval's own."},
+    )
+    lm_eval_include_defaults: bool = field(
+        default=True,
+        metadata={
+            "help": "false: only the tasks of lm_eval_include_path (skips indexing lm-eval's ~15,000 task files, about "
+            "a minute on two busy cores)."
+        },
+    )
     guard_training_data: bool = field(
         default=True,
         metadata={

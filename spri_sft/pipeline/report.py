@@ -3,8 +3,9 @@
 Every number comes from a stage's own output file: generate/<mode>/summary.json (records,
 statuses, rounds, calls and tokens), dataset/<mode>/summary.json (rows per split),
 checkpoints/<mode>/all_results.json and trainer_state.json (losses, steps), eval/*/results.json
-(TruthfulQA) with eval/*/per_question.jsonl (the paired bootstrap intervals of every Δ), and
-each stage.json (wall time). A value a stage did not produce (no validation split, evaluation
+(TruthfulQA) with eval/*/per_question.jsonl (the paired bootstrap intervals of every Δ),
+eval/*/lm_eval/results.json (lm-evaluation-harness tasks, lm-eval's numbers), and each
+stage.json (wall time). A value a stage did not produce (no validation split, evaluation
 skipped) is shown as "–", never filled in. The figures (`figures.py`) are PNGs beside report.md,
 drawn from report.json alone; with `report.paper_column`, the paper's Table 4 column is set
 beside this run's rows.
@@ -115,8 +116,9 @@ def build_report(
             "loss_curve": {"train": _logged_curve(state, "loss"), "validation": _logged_curve(state, "eval_loss")},
         }
     stages = {}
-    order = [f"{kind}/{mode}" for kind in ("generate", "dataset") for mode in config.modes] + ["eval/base"]
-    order += [f"{kind}/{mode}" for mode in config.modes for kind in ("checkpoints", "eval")]
+    order = [f"{kind}/{mode}" for kind in ("generate", "dataset") for mode in config.modes]
+    order += ["eval/base", "eval/base/lm_eval"]
+    order += [stage for mode in config.modes for stage in (f"checkpoints/{mode}", f"eval/{mode}", f"eval/{mode}/lm_eval")]
     for stage in order:
         directory = config.generation_dir(stage.split("/")[1]) if stage.startswith("generate/") else root / stage
         state = _read(directory / "stage.json")
@@ -139,6 +141,7 @@ def build_report(
         "modes": modes,
         "comparisons": _mode_comparisons(per_question),
         "paper_table4": _paper_table4(config.report.paper_column, base_eval, modes),
+        "lm_eval": _lm_eval_scores(config, root) if evaluated else None,
         "stages": stages,
     }
 
@@ -206,6 +209,7 @@ def render_markdown(report: dict[str, Any]) -> str:
             )
             + " |"
         )
+    lines += _lm_eval_section(report.get("lm_eval"))
     lines += _differences_section(report)
     lines += _paper_section(report.get("paper_table4"))
     lines += _figures_section(report.get("figures") or {})
@@ -274,6 +278,34 @@ def _differences_section(report: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _lm_eval_section(table: dict[str, Any] | None) -> list[str]:
+    """One column per lm-eval task: its main metric ± standard error per model, (Δ vs the base model)."""
+    if table is None:
+        return []
+    tasks = table["tasks"]
+    versions = ", ".join(
+        f"{task} v{table['versions'].get(task, MISSING)} ({_num(table['n-shot'].get(task))}-shot)" for task in tasks
+    )
+    lines = [
+        "",
+        "## lm-evaluation-harness tasks",
+        "",
+        f"lm-eval {table['lm_eval_version'] or MISSING}'s own numbers (every metric in eval/<model>/lm_eval/results.json): "
+        f"each task's main metric ± its standard error; (Δ): minus the base model's. Tasks: {versions}.",
+        "",
+        "| model | " + " | ".join(f"{task} ({table['metrics'][task] or MISSING})" for task in tasks) + " |",
+        "| --- | " + " | ".join("---:" for _ in tasks) + " |",
+    ]
+    for model, scores in table["rows"].items():
+        cells = []
+        for task in tasks:
+            score = scores[task]
+            cell = _num(score["value"]) + (f" ± {_num(score['stderr'])}" if score["stderr"] is not None else "")
+            cells.append(cell + (f" ({_signed(score['delta'])})" if score["delta"] is not None else ""))
+        lines.append(f"| {'base (before)' if model == 'base' else f'SFT on {model}'} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def _paper_section(table: dict[str, Any] | None) -> list[str]:
     if table is None:
         return []
@@ -315,8 +347,11 @@ def log_report_to_wandb(report: dict[str, Any], root: Path, project: str, group:
 
     figures = report.get("figures") or {}
     with tracking.run(project=project, group=group, name=run_name, job_type="report") as run:
+        tables = {"report/comparison": (COMPARISON_COLUMNS, comparison_rows(report))}
+        if report.get("lm_eval"):
+            tables["report/lm_eval"] = lm_eval_rows(report)
         run.log(
-            tables={"report/comparison": (COMPARISON_COLUMNS, comparison_rows(report))},
+            tables=tables,
             images={f"report/figures/{key}": (root / name, FIGURE_TITLES[key]) for key, name in figures.items()},
         )
         files = ["report.md", "report.json", *figures.values()]
@@ -352,6 +387,52 @@ def comparison_rows(report: dict[str, Any]) -> list[list[Any]]:
              *truthfulqa_cells(row["truthfulqa"])]
         )  # fmt: skip
     return rows
+
+
+def lm_eval_rows(report: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
+    """The W&B table of the lm-eval tasks: per model, each task's main metric, its standard error and Δ vs base."""
+    table = report["lm_eval"]
+    columns = ["model"]
+    for task in table["tasks"]:
+        metric = table["metrics"][task]
+        columns += [f"{task}/{metric}", f"{task}/{metric}_stderr", f"{task}/{metric}_delta"]
+    rows = [
+        [model, *(scores[task][key] for task in table["tasks"] for key in ("value", "stderr", "delta"))]
+        for model, scores in table["rows"].items()
+    ]
+    return columns, rows
+
+
+def _lm_eval_scores(config: PipelineConfig, root: Path) -> dict[str, Any] | None:
+    """Per model (base, then each mode), each lm-eval task's main metric, standard error and Δ vs the base model."""
+    tasks = config.evaluate.lm_eval_tasks
+    if not tasks:
+        return None
+    found = {model: _read(root / "eval" / model / "lm_eval" / "results.json") for model in ("base", *config.modes)}
+    base = (found["base"] or {}).get("tasks", {})
+    rows: dict[str, dict[str, dict]] = {}
+    for model, results in found.items():
+        rows[model] = {}
+        for task in tasks:
+            score = (results or {}).get("tasks", {}).get(task) or {}
+            before = base.get(task) if model != "base" else None
+            known = before is not None and None not in (before.get("value"), score.get("value"))
+            comparable = known and before["metric"] == score["metric"]
+            rows[model][task] = {
+                "metric": score.get("metric"),
+                "value": score.get("value"),
+                "stderr": score.get("stderr"),
+                "delta": score["value"] - before["value"] if comparable else None,
+            }
+    first = next((results for results in found.values() if results), {})
+    return {
+        "tasks": list(tasks),
+        "metrics": {task: next((r[task]["metric"] for r in rows.values() if r[task]["metric"]), None) for task in tasks},
+        "versions": {task: first.get("versions", {}).get(task) for task in tasks if task in first.get("versions", {})},
+        "n-shot": {task: first.get("n-shot", {}).get(task) for task in tasks if task in first.get("n-shot", {})},
+        "lm_eval_version": first.get("lm_eval_version"),
+        "rows": rows,
+    }
 
 
 def _scores(

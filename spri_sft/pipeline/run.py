@@ -2,8 +2,10 @@
 
 Order: for each mode, generate its records and format its dataset (the data, where API calls go,
 comes first, so a problem with it shows before any training); then score the untouched student
-model on TruthfulQA once (eval/base); then, for each mode, fine-tune an adapter and score it. At
-the end, report.md and report.json compare every mode with the base model.
+model on TruthfulQA once (eval/base); then, for each mode, fine-tune an adapter and score it. With
+`evaluate.lm_eval_tasks`, lm-evaluation-harness runs those tasks after each TruthfulQA scoring
+(eval/base/lm_eval, eval/<mode>/lm_eval). At the end, report.md and report.json compare every
+mode with the base model.
 
 Training runs as a child process (`spri-sft train`, or `accelerate launch` with
 `train.accelerate_config`) on a recipe written to checkpoints/<mode>/recipe.yaml: the same job a
@@ -34,12 +36,13 @@ import yaml
 from spri_sft import tracking
 from spri_sft.config import dump_yaml
 from spri_sft.errors import UserError
+from spri_sft.evaluate.lm_eval_tasks import LmEvalJob, check_job, lm_eval_version, log_to_wandb, run_lm_eval_tasks
 from spri_sft.format.config import FormatConfig
 from spri_sft.generate.config import GenerateConfig
 from spri_sft.generate.engine import MODES
 from spri_sft.generate.servers import ServedModels
 from spri_sft.pipeline.config import PipelineConfig
-from spri_sft.pipeline.stages import Stage, file_digest, fingerprint
+from spri_sft.pipeline.stages import Stage, file_digest, fingerprint, folder_digest
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +61,8 @@ def run_pipeline(config: PipelineConfig) -> dict[str, Any]:
     group = config.wandb.group or name
     check_recipe(config)
     train_plans = {mode: train_plan(config, mode, root, name, group) for mode in config.modes}  # fails early
+    if config.evaluate.enabled and config.evaluate.lm_eval_tasks:  # no lm-eval, or a task-name typo: fail now
+        check_job(lm_eval_job(config, train_plans[config.modes[0]], None))
     truthfulqa = _truthfulqa_source(config, root) if config.evaluate.enabled else None
 
     root.mkdir(parents=True, exist_ok=True)
@@ -83,6 +88,10 @@ def _run_stages(config: PipelineConfig, root: Path, name: str, group: str, train
             stages[f"dataset/{mode}"] = _format(config, mode, root, stages[f"generate/{mode}"], truthfulqa)
     if truthfulqa is not None:
         stages["eval/base"] = _evaluate(config, truthfulqa, root / "eval" / "base", train_plans[config.modes[0]], None, name, group)
+        if config.evaluate.lm_eval_tasks:
+            stages["eval/base/lm_eval"] = lm_eval_stage(
+                config, root / "eval" / "base" / "lm_eval", train_plans[config.modes[0]], None, name, group
+            )
     for mode in config.modes:
         plan = train_plans[mode]
         stages[f"checkpoints/{mode}"] = _train(plan, stages[f"dataset/{mode}"])
@@ -90,6 +99,10 @@ def _run_stages(config: PipelineConfig, root: Path, name: str, group: str, train
             stages[f"eval/{mode}"] = _evaluate(
                 config, truthfulqa, root / "eval" / mode, plan, stages[f"checkpoints/{mode}"], name, group
             )
+            if config.evaluate.lm_eval_tasks:
+                stages[f"eval/{mode}/lm_eval"] = lm_eval_stage(
+                    config, root / "eval" / mode / "lm_eval", plan, stages[f"checkpoints/{mode}"], name, group
+                )
 
     report = build_report(config, root, name, train_plans[config.modes[0]].student, truthfulqa)
     text = write_report(report, root)
@@ -141,6 +154,7 @@ def _generate(
     settings = {
         "identity": generation_identity(job, load_prompt_set(job.loop.prompts_file)),
         "prompts": _prompt_set(job.prompts),
+        **({"shard": job.shard} if job.shard else {}),  # absent when unsharded: earlier stages stay valid
     }
     stage = Stage(f"generate/{mode}", Path(job.output_dir), fingerprint(settings), incremental=True)
     if _skip(stage):
@@ -154,7 +168,6 @@ def _generate(
         )
     if config.wandb.enabled:
         _log_generation(summary, Path(job.output_dir), config.wandb.project, group, f"{name}-generate-{mode}", mode)
-        **({"shard": job.shard} if job.shard else {}),  # absent when unsharded: earlier stages stay valid
     stage.finish(records=summary["records"], statuses=summary["status"])
     return stage
 
@@ -383,8 +396,7 @@ def _evaluate(
     from spri_sft.evaluate.run import evaluate_truthfulqa
 
     settings = config.evaluate
-    adapter = str(plan.output_dir) if trained is not None and plan.adapter else None
-    model = str(plan.output_dir) if trained is not None and not plan.adapter else plan.student
+    model, adapter = _scored_model(plan, trained)
     job = EvaluateConfig(
         model=model,
         adapter=adapter,
@@ -393,6 +405,7 @@ def _evaluate(
         dtype=settings.dtype,
         chat_template=settings.chat_template,
         batch_size=settings.batch_size,
+        device=settings.device,
         output_dir=str(directory),
         report_to="wandb" if config.wandb.enabled else "none",
         wandb_project=config.wandb.project,
@@ -410,6 +423,59 @@ def _evaluate(
     results = evaluate_truthfulqa(job)
     _release_memory()  # the model is gone; give its memory back before a training child needs it
     stage.finish(mc1=results["mc1"], mc2=results["mc2"], n=results["n"])
+    return stage
+
+
+def _scored_model(plan: TrainPlan, trained: Stage | None) -> tuple[str, str | None]:
+    """(model, adapter) an evaluation scores: the student before training; after, its adapter or the trained model."""
+    if trained is None:
+        return plan.student, None
+    return (plan.student, str(plan.output_dir)) if plan.adapter else (str(plan.output_dir), None)
+
+
+def lm_eval_job(config: PipelineConfig, plan: TrainPlan, trained: Stage | None) -> LmEvalJob:
+    """The lm-eval call for one model: evaluate's tasks, dtype, batch size, device and chat template, then
+    lm_eval_args (whose batch_size and device win)."""
+    settings = config.evaluate
+    extra = {"apply_chat_template": settings.chat_template, **settings.lm_eval_args}
+    model, adapter = _scored_model(plan, trained)
+    return LmEvalJob(
+        model=model,
+        adapter=adapter,
+        tasks=list(settings.lm_eval_tasks),
+        include_path=settings.lm_eval_include_path,
+        include_defaults=settings.lm_eval_include_defaults,
+        batch_size=extra.pop("batch_size", settings.batch_size),
+        device=extra.pop("device", settings.device),
+        dtype=settings.dtype,
+        extra_args=extra,
+    )
+
+
+def lm_eval_fingerprint(config: PipelineConfig, plan: TrainPlan, trained: Stage | None) -> str:
+    """What decides lm-eval's numbers: the tasks and their arguments (local task files by contents), lm-eval's
+    version, and which model (by the stage that made it); not the device."""
+    job = lm_eval_job(config, plan, trained)
+    settings = {**dataclasses.asdict(job), "model": None, "adapter": None, "device": None}
+    settings["include_path"] = folder_digest(job.include_path) if job.include_path else None
+    settings["lm_eval"] = lm_eval_version()
+    settings["after"] = trained.output_id if trained is not None else plan.student
+    return fingerprint(settings)
+
+
+def lm_eval_stage(
+    config: PipelineConfig, directory: Path, plan: TrainPlan, trained: Stage | None, name: str, group: str
+) -> Stage:
+    """lm-eval's tasks on the student (`trained` None) or on a mode's adapter, into `directory`/results.json."""
+    stage = Stage(f"eval/{directory.parent.name}/lm_eval", directory, lm_eval_fingerprint(config, plan, trained))
+    if _skip(stage, resumable=False):
+        return stage
+    stage.begin()
+    results = run_lm_eval_tasks(lm_eval_job(config, plan, trained), directory)
+    _release_memory()
+    if config.wandb.enabled:
+        log_to_wandb(results, directory, config.wandb.project, group, f"{name}-lm-eval-{directory.parent.name}")
+    stage.finish(tasks={task: {s["metric"]: s["value"]} for task, s in results["tasks"].items()})
     return stage
 
 

@@ -48,6 +48,16 @@ def file_digest(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def folder_digest(path: str | Path) -> dict[str, str]:
+    """Every file under a folder (a local lm-eval task folder), by relative path and contents; bytecode left out."""
+    folder = Path(path)
+    return {
+        str(file.relative_to(folder)): file_digest(file)
+        for file in sorted(folder.rglob("*"))
+        if file.is_file() and "__pycache__" not in file.parts
+    }
+
+
 @dataclass
 class Stage:
     name: str  # e.g. "train/spri", as printed
