@@ -41,6 +41,8 @@ Steps, in this order; a record is counted under the first step that drops it:
      summary.json                 what `build_dataset` returns
      dropped.jsonl                one line per dropped record: id, reason, detail
      config.yaml                  the effective configuration
+     preference/                  with `preference`: DPO pairs of the kept records, split as the rows are
+                                  (hf/, {train,validation}.jsonl, no_pair.jsonl; `spri_sft.format.preference`)
    and, with `push_to_hub`, the splits and the card go to that Hub dataset repo.
 """
 
@@ -61,6 +63,7 @@ from spri_sft.format.card import render_card
 from spri_sft.format.config import STATUSES, FormatConfig
 from spri_sft.format.contamination import TruthfulQAGuard, read_questions
 from spri_sft.format.dedupe import exact_duplicates, near_duplicates, normalize
+from spri_sft.format.preference import PREFERENCE_DIR, build_preference, save_preference
 from spri_sft.generate.inputs import SFT_SPLITS
 from spri_sft.rows import read_jsonl
 
@@ -116,11 +119,19 @@ def build_dataset(config: FormatConfig) -> dict:
 
     rows = [to_row(record, config.system_prompt) for record in kept]
     named = named_splits(records)
-    splits = split_rows(rows, validation_prompts(records, config, named), config, dropped)
+    validation = validation_prompts(records, config, named)
+    splits = split_rows(rows, validation, config, dropped)
 
     summary = summarize(config, records, kept, dropped, splits, questions, named)
+    if config.preference:
+        pairs, no_pair, summary["preference"] = build_preference(
+            kept, validation, config.preference_margin, config.system_prompt
+        )
     card = render_card(summary, config)
     save(splits, summary, card, dropped, config)
+    if config.preference:
+        with _quiet_datasets():
+            save_preference(pairs, no_pair, Path(config.output_dir))
     if config.push_to_hub:
         push(splits, card, config.push_to_hub)
     return summary
@@ -143,6 +154,8 @@ def _check(config: FormatConfig) -> None:
         raise UserError(f"contamination_ngram must be >= 1, got {config.contamination_ngram}")
     if not 0 < config.contamination_threshold <= 1:
         raise UserError(f"contamination_threshold must be in (0, 1], got {config.contamination_threshold}")
+    if config.preference_margin <= 0:
+        raise UserError(f"preference_margin must be > 0 (a rejected version scored that much lower), got {config.preference_margin}")
 
 
 # -- load ------------------------------------------------------------------------------------
@@ -334,6 +347,7 @@ def save(splits, summary: dict, card: str, dropped: list[dict], config: FormatCo
     output_dir = Path(config.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(output_dir / "hf", ignore_errors=True)
+    shutil.rmtree(output_dir / PREFERENCE_DIR, ignore_errors=True)  # rewritten after this when `preference` is set
     for name in SPLITS:
         for suffix in (".jsonl", ".parquet"):
             (output_dir / f"{name}{suffix}").unlink(missing_ok=True)

@@ -23,7 +23,9 @@ class FormatConfig:
       `contamination_ngram`, `contamination_threshold`;
     - rows and split: `system_prompt`, `validation_fraction` or `validation_rows`, `seed`. The split
       keys on the prompt: a prompt whose generate source named its split (`sft_split`, e.g. a
-      dataset's own validation split) goes there; the others are split by a seeded hash.
+      dataset's own validation split) goes there; the others are split by a seeded hash;
+    - preference pairs for DPO: `preference`, `preference_margin` (the rules are in
+      `spri_sft.format.preference`).
     """
 
     records: list[str] = field(
@@ -75,6 +77,16 @@ class FormatConfig:
     contamination_threshold: float = field(
         default=0.5,
         metadata={"help": "Drop a prompt holding at least this fraction of a TruthfulQA question's word n-grams.", "gt": 0, "le": 1},
+    )
+    preference: bool = field(
+        default=False,
+        metadata={"help": "Also write DPO pairs (the final response against an earlier version the critic scored "
+                  "lower) from the kept records, in <output_dir>/preference, split like the SFT rows."},
+    )
+    preference_margin: float = field(
+        default=1.0,
+        metadata={"help": "A rejected version's critic score is at least this much below the final one's "
+                  "(under score: expected, the digits' mean).", "gt": 0},
     )
     push_to_hub: str | None = field(
         default=None, metadata={"help": "Hub dataset repo id to push the splits and the card to (needs a token)."}
