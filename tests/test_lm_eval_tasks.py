@@ -231,3 +231,25 @@ def test_the_papers_five_benchmarks_are_lm_eval_task_names(tmp_path, tiny_model_
     paper = ["leaderboard_musr", "leaderboard_gpqa", "leaderboard_bbh", "leaderboard_mmlu_pro", "hellaswag"]
     config = from_dict(PipelineConfig, {"output_dir": str(tmp_path), "evaluate": {"lm_eval_tasks": paper}})
     check_job(lm_eval_job(config, TrainPlan("spri", tmp_path, {"model_name_or_path": str(tiny_model_dir)}, None), None))
+
+
+def test_the_wandb_run_holds_every_metric_in_the_pipelines_group(evaluated, tmp_path, monkeypatch):
+    from wandb_log import wandb_records, without_wandb_credentials
+
+    from spri_sft.evaluate.lm_eval_tasks import log_to_wandb
+
+    without_wandb_credentials(monkeypatch, tmp_path / "home", tmp_path / "wandb-dir")
+    directory = evaluated["root"] / "eval" / "spri" / "lm_eval"
+    log_to_wandb(results_of(evaluated, "spri"), directory, "lm-eval-test", "the-group", "run-lm-eval-spri")
+
+    (run_dir,) = (tmp_path / "wandb-dir" / "wandb").glob("offline-run-*")
+    records = wandb_records(run_dir)
+    (info,) = [r.run for r in records if r.WhichOneof("record_type") == "run"]
+    assert (info.project, info.run_group, info.job_type) == ("lm-eval-test", "the-group", "evaluate")
+    summary = {
+        item.key or "/".join(item.nested_key): json.loads(item.value_json)
+        for r in records if r.WhichOneof("record_type") == "summary" for item in r.summary.update
+    }  # fmt: skip
+    scores = results_of(evaluated, "spri")["tasks"][TASK]["metrics"]
+    assert summary[f"lm_eval/{TASK}/acc"] == scores["acc,none"]
+    assert summary[f"lm_eval/{TASK}/acc_norm_stderr"] == scores["acc_norm_stderr,none"]

@@ -213,20 +213,24 @@ def main_metric(metrics: dict[str, Any], declared: list[str]) -> tuple[str, str]
 
 
 def log_to_wandb(results: dict[str, Any], output_dir: Path, project: str | None, group: str | None, run_name: str) -> None:
-    """Every metric of the named tasks on a run's summary (`lm_eval/<task>/<metric>`), results.json as an artifact."""
+    """A run of the group: every metric of the named tasks in its summary (`lm_eval/<task>/<metric>`), task versions
+    and shots in its config, results.json as an artifact."""
     from spri_sft import tracking
 
     summary = {}
     for task, scores in results["tasks"].items():
         for key, value in scores["metrics"].items():
-            if _number(value) is not None:
-                summary[f"lm_eval/{task}/{key.replace(',', '/')}"] = value
+            metric, _, filter_name = key.partition(",")
+            if _number(value) is not None:  # `acc,none` as lm_eval/<task>/acc, a filtered one with its filter
+                summary[f"lm_eval/{task}/{metric}" + ("" if filter_name == "none" else f"/{filter_name}")] = value
     with tracking.run(
         project=project,
         group=group,
         name=run_name,
         job_type="evaluate",
-        config={"lm_eval": {"model": results["model"], "adapter": results["adapter"], "tasks": list(results["tasks"])}},
+        config={
+            "lm_eval": {key: results[key] for key in ("model", "adapter", "versions", "n-shot", "lm_eval_version")}
+        },
         fallback_dir=output_dir,
     ) as run:
         run.summarize(summary)
