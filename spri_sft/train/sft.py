@@ -330,7 +330,7 @@ def train_and_save(trainer, script_args, training_args, model_args, summary: str
             metrics.update(trainer.truthfulqa.metrics())
     # Barrier first: with gloo, tearing the group down right after a collective can deadlock a rank on exit.
     trainer.accelerator.wait_for_everyone()
-    trainer.end()
+    trainer.accelerator.end_training()  # = Trainer.end(), which transformers 5.17 (the GPU machine's) lacks
     tracking.finish_active_run()  # the trainer's W&B callback leaves its run open; a later run must not reuse it
     return metrics
 
