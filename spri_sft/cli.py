@@ -20,6 +20,9 @@ Commands:
   check-template   Check that a model's chat template trains its assistant turns and EOS.
   run              The whole pipeline from one recipe: generate → format → train → evaluate before/after,
                    one output directory, a report, resumable stage by stage (`spri-sft run RECIPE.yaml`).
+  plan             Generate a few prompts of each mode of a recipe (pipeline or generate) for real and
+                   predict the whole generation: calls, tokens, wall time, GPU-hours, cost
+                   (`spri-sft plan RECIPE.yaml [--plan.sample 4]`).
 
 Every command reads its settings from an optional YAML file (--config) and then from
 --dotted.name VALUE overrides of any field. `spri-sft COMMAND --help` lists every field.
@@ -54,6 +57,8 @@ def main(argv: list[str] | None = None) -> int:
             return _check_template(rest)
         if command == "run":
             return _run(rest)
+        if command == "plan":
+            return _plan(rest)
         raise UserError(f"unknown command {command!r} (try: spri-sft --help)")
     except UserError as err:
         print(f"spri-sft: error: {err}", file=sys.stderr)
@@ -145,6 +150,43 @@ def _run(argv: list[str]) -> int:
 
     run_pipeline(config)  # prints the report
     return 0
+
+
+def _plan(argv: list[str]) -> int:
+    from spri_sft.pipeline.plan import PlanSettings
+
+    if "-h" in argv or "--help" in argv:
+        from spri_sft.config import format_help
+
+        print("usage: spri-sft plan RECIPE.yaml [--plan.field VALUE ...] [--section.field VALUE ...]\n")
+        print("RECIPE is a pipeline recipe or a generate config; flags other than --plan.* override its fields.\n")
+        print("Fields:\n" + format_help(PlanSettings, prefix="plan."))
+        return 0
+    if not argv or argv[0].startswith("-"):
+        raise UserError("plan: give a recipe (usage: spri-sft plan RECIPE.yaml [--plan.sample N])")
+    own, overrides = _split_prefixed(argv[1:], "--plan.")
+
+    from spri_sft.config import load_config
+    from spri_sft.pipeline.plan import load_recipe, plan_recipe
+
+    settings = load_config(PlanSettings, own)
+    plan_recipe(load_recipe(argv[0], overrides), settings)  # prints the plan and where plan.json went
+    return 0
+
+
+def _split_prefixed(argv: list[str], prefix: str) -> tuple[list[str], list[str]]:
+    """The `--prefix.name value` flags (as `--name value`) and the other flags, each with its value."""
+    own, others = [], []
+    i = 0
+    while i < len(argv):
+        step = 1 if "=" in argv[i] or i + 1 == len(argv) else 2
+        flag, value = argv[i], argv[i + 1 : i + step]
+        if flag.startswith(prefix):
+            own += ["--" + flag[len(prefix) :], *value]
+        else:
+            others += [flag, *value]
+        i += step
+    return own, others
 
 
 def _check_template(argv: list[str]) -> int:

@@ -9,10 +9,7 @@ import pytest
 import yaml
 
 from spri_sft.errors import UserError
-from spri_sft.generate.config import GenerateConfig
-from spri_sft.generate.engine import MODES, LoopSettings
 from spri_sft.generate.prompts import PromptSet, load_prompt_set
-from spri_sft.generate.run import plan
 
 
 def write(tmp_path, text: str) -> str:
@@ -76,16 +73,3 @@ def test_the_default_rules_and_seeds_do_not_target_what_truthfulqa_measures():
     texts = prompts.constitution + [p["question"] + "\n" + p["principles"] for p in prompts.seed_pairs]
     texts += [v for v in vars(prompts).values() if isinstance(v, str)]
     assert [t for t in texts if TRUTHFULQA_TARGETS.search(t)] == []
-
-
-@pytest.mark.parametrize("mode", MODES)
-def test_the_plan_bounds_every_mode(mode):
-    config = GenerateConfig(mode=mode, loop=LoopSettings(max_rounds=4, score_retries=0))
-    cost = plan(config, 10)
-    assert 0 <= cost["calls_min"] <= cost["calls_max"]
-    assert (cost["calls_max"] == 0) == (mode == "oracle")
-
-
-def test_the_plan_of_self_refine_counts_a_refinement_after_every_feedback():
-    config = GenerateConfig(mode="self-refine", loop=LoopSettings(max_rounds=4, score_retries=0))
-    assert plan(config, 1)["calls_max"] == 1 + 4 + 4

@@ -35,6 +35,14 @@ class GenerateConfig:
     token_budget: int | None = field(
         default=None, metadata={"help": "Stop cleanly once this many tokens (prompt + completion, all models) are spent."}
     )
+    max_cost: float | None = field(
+        default=None,
+        metadata={
+            "help": "Stop cleanly once this run has spent this many USD at the roles' prices (price_*_per_million "
+            "tokens, price_per_gpu_hour for the run's wall time); rerun to resume.",
+            "gt": 0,
+        },
+    )
     fail_fast_after: int | None = field(
         default=8,
         metadata={"help": "Stop when this run's first N records all failed with the same error; null never stops.", "ge": 1},

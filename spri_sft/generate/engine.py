@@ -193,7 +193,7 @@ class Usage:
 class Session:
     """One prompt's calls to the base and critic models, with token accounting."""
 
-    def __init__(self, base: ChatBackend, critic: ChatBackend, on_usage: Callable[[Completion], None] | None = None):
+    def __init__(self, base: ChatBackend, critic: ChatBackend, on_usage: Callable[[str, Completion], None] | None = None):
         self.base, self.critic = base, critic
         self.usage = {"base": Usage(base.model), "critic": Usage(critic.model)}
         self._on_usage = on_usage
@@ -212,7 +212,7 @@ class Session:
         usage.prompt_tokens += completion.prompt_tokens
         usage.completion_tokens += completion.completion_tokens
         if self._on_usage:
-            self._on_usage(completion)
+            self._on_usage(role, completion)
         return completion
 
 

@@ -8,6 +8,11 @@ ids; changed settings change the ids (`identity.py`).
 
 A run whose records all failed is an error, and so is one whose first `fail_fast_after`
 records failed with one same error (it stops there): both name the error in one line.
+
+`token_budget` and `max_cost` stop a run cleanly once it has spent that many tokens or dollars
+(at the roles' prices, `spri_sft.generate.plan.Prices`): finished records are kept, unfinished
+prompts are dropped with their journals, and a rerun with a higher limit (or none) finishes them.
+summary.json says what the records cost (`cost_usd`) and what this run spent (`this_run`).
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from spri_sft.generate.engine import MODE_ROLES, Engine, Session
 from spri_sft.generate.identity import generation_identity, record_id, request_settings
 from spri_sft.generate.inputs import load_prompts, prompt_origin, select_shard
 from spri_sft.generate.journal import Journal, ReplayedCompletion
+from spri_sft.generate.plan import Prices, call_bounds
 from spri_sft.generate.prompts import PromptSet, load_prompt_set
 from spri_sft.generate.servers import ServedModels
 from spri_sft.generate.store import RecordStore
@@ -37,36 +43,8 @@ from spri_sft.llm import Completion, build_backends
 logger = logging.getLogger(__name__)
 
 
-def plan(config: GenerateConfig, pending: int) -> dict:
-    """Calls and tokens the pending prompts may cost, from the round limits and length caps."""
-    from spri_sft.generate.engine import canonical_mode
-
-    rounds, retries = config.loop.max_rounds, config.loop.score_retries
-    critic_max = rounds * (1 + retries)
-    one_call = {"base": (1, 1), "critic": (0, 0)}
-    fixed_rules_critic = {"base": (1, rounds), "critic": (1, critic_max)}
-    per_prompt = {
-        "spri": {"base": (2, 2 * rounds), "critic": (2, 2 * critic_max)},
-        "oracle": {"base": (0, 0), "critic": (0, 0)},
-        "direct": one_call,
-        "self-instruct": one_call,
-        # A draft, up to `rounds` feedbacks (with their score reminders) and a refinement after each.
-        "self-refine": {"base": (2, 1 + critic_max + rounds), "critic": (0, 0)},
-        "seed-principles": one_call,
-        "self-align": one_call,
-        "seed-principles-critic": fixed_rules_critic,
-        "self-align-critic": fixed_rules_critic,
-    }[canonical_mode(config.mode)]
-    calls_min = sum(low for low, _ in per_prompt.values()) * pending
-    calls_max = sum(high for _, high in per_prompt.values()) * pending
-    completion_max = pending * (
-        per_prompt["base"][1] * config.base.max_new_tokens + per_prompt["critic"][1] * config.critic.max_new_tokens
-    )
-    return {"prompts": pending, "calls_min": calls_min, "calls_max": calls_max, "completion_tokens_max": completion_max}
-
-
 def generate(config: GenerateConfig, servers: ServedModels | None = None) -> dict:
-    """Run generation to completion (or to the token budget) and return the summary.
+    """Run generation to completion (or to the token budget or max_cost) and return the summary.
 
     `backend: vllm` roles run on `servers` (kept running for the caller), or on servers started
     for this run and stopped at its end. Raises UserError, after writing the summary, when no
@@ -100,6 +78,10 @@ def _inputs(config: GenerateConfig) -> tuple[PromptSet, list[str], list[str]]:
 async def _generate(config: GenerateConfig, servers: ServedModels | None) -> dict:
     started = time.monotonic()
     output_dir = Path(config.output_dir)
+    prices = Prices(config)
+    if config.max_cost is not None and not prices.priced:
+        roles = " or ".join(f"{role}.price_prompt_per_million" for role in prices.roles) or "a role's price"
+        raise UserError(f"generate: max_cost {config.max_cost} needs a price: set {roles} (or another price_* field)")
     templates, prompts, ids = _inputs(config)
 
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -117,7 +99,7 @@ async def _generate(config: GenerateConfig, servers: ServedModels | None) -> dic
         logger.info("dropped %d failed records to retry them", store.drop("failed"))
     pending = [(i, p) for i, p in zip(ids, prompts) if i not in store]
 
-    cost = plan(config, len(pending))
+    cost = call_bounds(config, len(pending))
     print(
         f"[spri-sft] {len(prompts)} prompts, {len(prompts) - len(pending)} already done, {len(pending)} to generate "
         f"(mode {config.mode}): {cost['calls_min']:,}-{cost['calls_max']:,} model calls, "
@@ -127,7 +109,7 @@ async def _generate(config: GenerateConfig, servers: ServedModels | None) -> dic
     if prompts.report.line():  # the parts read and the rows skipped, by reason
         print(f"[spri-sft] {prompts.report.line()}", flush=True)
 
-    meter = _Meter(config.token_budget, config.fail_fast_after)
+    meter = _Meter(config, prices, started)
     try:
         if pending:
             journal = Journal(output_dir / "journal.jsonl", {i for i, _ in pending})
@@ -156,20 +138,37 @@ async def _generate(config: GenerateConfig, servers: ServedModels | None) -> dic
 
     wanted = set(ids)
     summary = summarize([r for r in store.records.values() if r["id"] in wanted])
-    stopped_by_budget = meter.stop_reason == "budget" and meter.records < len(pending)
+    stopped_by = meter.stop_reason if meter.stop_reason in _LIMITS and meter.records < len(pending) else None
+    wall_seconds = time.monotonic() - started
     summary.update(
         prompt_rows=prompts.report.as_dict(),
-        wall_seconds=round(time.monotonic() - started, 2),
-        this_run={"records": meter.records, "calls": meter.calls, "replayed_calls": meter.replayed, "tokens": meter.tokens},
-        stopped_by_budget=stopped_by_budget,
+        wall_seconds=round(wall_seconds, 2),
+        # The tokens of the records at the roles' prices; GPU-hours are paid per run, below.
+        cost_usd=prices.records_cost(summary["usage"]),
+        this_run={
+            "records": meter.records, "calls": meter.calls, "replayed_calls": meter.replayed, "tokens": meter.tokens,
+            # From the first prompt started to the last one finished: without model loading or server start.
+            "generating_seconds": round(meter.generating_seconds, 3),
+            # The finished prompts' own times, summed (each from its start to its record).
+            "prompt_seconds": round(meter.prompt_seconds, 3),
+            "gpu_hours": round(prices.gpu_hours(wall_seconds), 9),
+            "cost_usd": round(meter.cost(wall_seconds), 6) if prices.priced else None,
+        },
+        stopped_by_budget=stopped_by is not None,
+        stopped_by=stopped_by,
         missing=len(wanted - set(store.records)),
     )
     failure = meter.failure()
     if failure:
         summary["failure"] = failure
     (output_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    if stopped_by_budget:
+    if stopped_by == "token_budget":
         print(f"[spri-sft] token budget of {config.token_budget:,} spent: stopped with every finished record kept")
+    elif stopped_by == "max_cost":
+        print(
+            f"[spri-sft] max_cost of ${config.max_cost:,.2f} spent (${summary['this_run']['cost_usd']:,.2f}): "
+            "stopped with every finished record kept"
+        )
     return summary
 
 
@@ -200,30 +199,45 @@ class _NoModel:
         pass
 
 
-class _Meter:
-    """Counts calls, tokens and records; says when the run must stop (budget spent, or failing alike)."""
+# The stop reasons of a run that spent what it was allowed: it stopped cleanly, and a rerun resumes.
+_LIMITS = ("token_budget", "max_cost")
 
-    def __init__(self, budget: int | None, fail_fast_after: int | None):
-        self.budget, self.fail_fast_after = budget, fail_fast_after
+
+class _Meter:
+    """Counts calls, tokens, dollars and records; says when the run must stop (a limit spent, or failing alike)."""
+
+    def __init__(self, config: GenerateConfig, prices: Prices, started: float):
+        self.budget, self.max_cost, self.fail_fast_after = config.token_budget, config.max_cost, config.fail_fast_after
+        self.prices, self.started = prices, started
         self.calls = self.replayed = self.tokens = self.records = self.accepted = 0
+        self.tokens_cost = 0.0  # USD of this run's tokens
+        self.generating_seconds = self.prompt_seconds = 0.0
         self.errors: Counter[str] = Counter()  # the errors of this run's failed records
         self.first_outcomes: list[str | None] = []  # error or None, of this run's first records
         self.stop = asyncio.Event()
         self.stop_reason: str | None = None
         self.on_change = lambda: None
 
-    def __call__(self, completion: Completion) -> None:
+    def __call__(self, role: str, completion: Completion) -> None:
         if isinstance(completion, ReplayedCompletion):
             self.replayed += 1  # paid by an earlier run: neither a call nor tokens of this one
             return
         self.calls += 1
         self.tokens += completion.prompt_tokens + completion.completion_tokens
+        self.tokens_cost += self.prices.tokens_cost(role, completion.prompt_tokens, completion.completion_tokens)
         if self.budget is not None and self.tokens >= self.budget:
-            self._stop("budget")
+            self._stop("token_budget")
+        if self.max_cost is not None and self.cost(time.monotonic() - self.started) >= self.max_cost:
+            self._stop("max_cost")
         self.on_change()
 
-    def record(self, fields: dict) -> None:
+    def cost(self, seconds: float) -> float:
+        """USD this run has spent: its tokens, and its self-hosted GPUs over `seconds` of wall time."""
+        return self.tokens_cost + self.prices.gpu_cost(seconds)
+
+    def record(self, fields: dict, seconds: float) -> None:
         self.records += 1
+        self.prompt_seconds += seconds
         self.accepted += fields["status"] == "accepted"
         error = fields.get("error") if fields["status"] == "failed" else None
         if error is not None:
@@ -286,6 +300,7 @@ async def _run_prompts(pending, engine, base, critic, store, journal, meter, con
         async with slots:
             if meter.stop.is_set():
                 return
+            prompt_started = time.monotonic()
             calls = journal.prompt(record_id)
             session = Session(
                 calls.backend("base", base, settings["base"]), calls.backend("critic", critic, settings["critic"]), on_usage=meter
@@ -308,13 +323,14 @@ async def _run_prompts(pending, engine, base, critic, store, journal, meter, con
             # Synchronous on purpose: a finished prompt's record is written before anything can cancel it.
             store.append({"id": record_id, "prompt": prompt, "mode": engine.mode, **prompt_origin(prompt), **fields})
             journal.forget(record_id)
-            meter.record(fields)
+            meter.record(fields, time.monotonic() - prompt_started)
             show(force=True)
             bar.update()
 
     tasks = [asyncio.create_task(one(i, p)) for i, p in pending]
     everything = asyncio.gather(*tasks)
     stop = asyncio.create_task(meter.stop.wait())
+    generating = time.monotonic()
     try:
         await asyncio.wait({everything, stop}, return_when=asyncio.FIRST_COMPLETED)
         if not everything.done():
@@ -325,6 +341,7 @@ async def _run_prompts(pending, engine, base, critic, store, journal, meter, con
         else:
             everything.result()
     finally:
+        meter.generating_seconds = time.monotonic() - generating
         stop.cancel()
         bar.close()
 

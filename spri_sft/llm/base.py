@@ -136,9 +136,40 @@ class EndpointConfig:
     device: str = field(default="auto", metadata={"help": "transformers: 'auto', 'cpu', 'cuda', 'cuda:1', ..."})
     dtype: str = field(default="auto", metadata={"help": "transformers: 'auto', 'float32', 'bfloat16', 'float16'."})
     trust_remote_code: bool = field(default=False, metadata={"help": "transformers: run code shipped with the model."})
+    # Prices: what `spri-sft plan`, summary.json and generate.max_cost count; they shape no record.
+    price_prompt_per_million: float | None = field(
+        default=None, metadata={"help": "USD per million prompt tokens of this role (a hosted API's price).", "ge": 0}
+    )
+    price_completion_per_million: float | None = field(
+        default=None, metadata={"help": "USD per million completion tokens of this role (a hosted API's price).", "ge": 0}
+    )
+    price_per_gpu_hour: float | None = field(
+        default=None,
+        metadata={
+            "help": "Self-hosted: USD per GPU-hour; the role's `gpus` are paid for the run's whole wall time "
+            "(a server two roles share, once).",
+            "ge": 0,
+        },
+    )
+    gpus: int | None = field(
+        default=None,
+        metadata={
+            "help": "GPUs this role's model runs on, for price_per_gpu_hour and the plan's GPU-hours; null: "
+            "vllm: tensor_parallel_size x replicas; else 1 with price_per_gpu_hour set, 0 without (a hosted API).",
+            "ge": 0,
+        },
+    )
+
+    def gpu_count(self) -> int:
+        """The GPUs this role's model runs on (see `gpus`)."""
+        if self.gpus is not None:
+            return self.gpus
+        if self.backend == "vllm":
+            return self.vllm.tensor_parallel_size * self.vllm.replicas
+        return 1 if self.price_per_gpu_hour is not None else 0
 
     def decoding(self) -> dict:
-        """The settings that change what the model writes (they enter every record id).
+        """The settings that change what the model writes (they enter every record id; prices do not).
 
         `min_new_tokens`, `prompt_format` and `score` appear only when they differ from their defaults,
         so the ids of records written before these settings existed stay valid. `score` shapes only

@@ -163,8 +163,8 @@ def _generate(
     summary = generate(job, servers)
     if summary["missing"]:
         raise UserError(
-            f"generate/{mode}: {summary['missing']} prompts have no record yet (token budget spent): raise "
-            "generate.token_budget and rerun the same command to finish them"
+            f"generate/{mode}: {summary['missing']} prompts have no record yet ({summary['stopped_by'] or 'a limit'} "
+            "spent): raise generate.token_budget or generate.max_cost and rerun the same command to finish them"
         )
     if config.wandb.enabled:
         _log_generation(summary, Path(job.output_dir), config.wandb.project, group, f"{name}-generate-{mode}", mode)
