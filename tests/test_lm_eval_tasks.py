@@ -253,3 +253,4 @@ def test_the_wandb_run_holds_every_metric_in_the_pipelines_group(evaluated, tmp_
     scores = results_of(evaluated, "spri")["tasks"][TASK]["metrics"]
     assert summary[f"lm_eval/{TASK}/acc"] == scores["acc,none"]
     assert summary[f"lm_eval/{TASK}/acc_norm_stderr"] == scores["acc_norm_stderr,none"]
+    assert not any(key.endswith("/") for key in summary)

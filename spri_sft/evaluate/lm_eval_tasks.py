@@ -221,7 +221,8 @@ def log_to_wandb(results: dict[str, Any], output_dir: Path, project: str | None,
     for task, scores in results["tasks"].items():
         for key, value in scores["metrics"].items():
             metric, _, filter_name = key.partition(",")
-            if _number(value) is not None:  # `acc,none` as lm_eval/<task>/acc, a filtered one with its filter
+            # `acc,none` as lm_eval/<task>/acc, a filtered one with its filter; not lm-eval's `name`, `sample_len`
+            if filter_name and _number(value) is not None:
                 summary[f"lm_eval/{task}/{metric}" + ("" if filter_name == "none" else f"/{filter_name}")] = value
     with tracking.run(
         project=project,
