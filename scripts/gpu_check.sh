@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU check, one command from the repository root (scripts/gpu_check.py says what it checks):
 #
-#   bash scripts/gpu_check.sh          # a CUDA machine; under 8 minutes on one GPU
+#   bash scripts/gpu_check.sh          # a CUDA machine; meant to take under 8 minutes on one GPU
 #   bash scripts/gpu_check.sh --cpu    # the same steps on the CPU, QLoRA refused
 #
 # On a machine that can fetch nothing (the lent GPU machine), the packages it lacks travel as wheels in
@@ -9,6 +9,9 @@
 # into /tmp/site, put first on PYTHONPATH, and their requirements checked against what is installed.
 # Without .whl/ the current environment is used as it is. With $OUT set, the whole log goes to
 # $OUT/gpu_check.log and the JSON summary to $OUT/gpu_check.json. Exit status: 0 only when every check passed.
+#
+# On the lent H200 (after `bash scripts/gpu_wheels.sh` here): the device tool's run with carry [".whl"],
+# command `bash scripts/gpu_check.sh`, timeout_s 540. It has not run on a GPU yet.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
