@@ -72,7 +72,7 @@ def lm_eval_version() -> str:
 
 def check_job(job: LmEvalJob) -> None:
     """Refuse, before any model runs, what lm-eval would refuse late: no lm-eval, unknown task names, bad arguments."""
-    require_lm_eval()
+    lm_eval = require_lm_eval()
     if not job.tasks:
         raise UserError("evaluate.lm_eval_tasks: name at least one lm-eval task (e.g. [hellaswag])")
     if job.include_path and not Path(job.include_path).is_dir():
@@ -83,8 +83,6 @@ def check_job(job: LmEvalJob) -> None:
     if taken:
         raise UserError(f"evaluate.lm_eval_args: {', '.join(taken)} are set from the recipe itself; remove them")
     import inspect
-
-    import lm_eval
 
     accepted = set(inspect.signature(lm_eval.simple_evaluate).parameters)
     unknown = sorted(set(job.extra_args) - accepted)
