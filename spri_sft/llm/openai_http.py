@@ -49,8 +49,6 @@ import time
 from dataclasses import dataclass, field, replace
 
 import openai
-from openai.types import Completion as TextCompletion
-from openai.types.chat import ChatCompletion
 
 from spri_sft.errors import UserError
 from spri_sft.llm.base import Completion, EndpointConfig, render_raw
@@ -90,20 +88,21 @@ class MalformedReply(Exception):
 
 @dataclass(frozen=True)
 class _Route:
-    """One of the two completion endpoints: where to post, how to read the reply's text."""
+    """One of the two completion endpoints: where to post, and where a choice of its reply holds the text."""
 
     path: str
-    reply_type: type
+    chat: bool
 
-    def text_of(self, choice) -> str | None:
-        if self.reply_type is ChatCompletion:
-            message = getattr(choice, "message", None)
-            return None if message is None else (message.content or "")
-        return getattr(choice, "text", None)
+    def text_of(self, choice: dict) -> str | None:
+        if self.chat:
+            message = choice.get("message")
+            return (message.get("content") or "") if isinstance(message, dict) else None
+        text = choice.get("text")
+        return text if isinstance(text, str) else None
 
 
-CHAT = _Route("/chat/completions", ChatCompletion)
-TEXT = _Route("/completions", TextCompletion)
+CHAT = _Route("/chat/completions", chat=True)
+TEXT = _Route("/completions", chat=False)
 
 
 @dataclass
@@ -335,19 +334,20 @@ class _ServerPool:
             reply = await self._post(replica, route, body)
         finally:
             replica.in_flight -= 1
-        choices = getattr(reply, "choices", None)
-        text = route.text_of(choices[0]) if choices else None
+        choices = reply.get("choices") if isinstance(reply, dict) else None
+        choice = choices[0] if isinstance(choices, list) and choices and isinstance(choices[0], dict) else None
+        text = route.text_of(choice) if choice else None
         if text is None:
             raise MalformedReply(f"{replica.url} sent a reply without choices")
-        usage = getattr(reply, "usage", None)
+        usage = reply.get("usage") or {}
         completion = Completion(
             text=text.strip(),
-            prompt_tokens=usage.prompt_tokens if usage else 0,
-            completion_tokens=usage.completion_tokens if usage else 0,
-            finish_reason=getattr(choices[0], "finish_reason", None) or "stop",
+            prompt_tokens=usage.get("prompt_tokens") or 0,
+            completion_tokens=usage.get("completion_tokens") or 0,
+            finish_reason=choice.get("finish_reason") or "stop",
         )
         if "logprobs" in body:
-            completion.top_logprobs = _first_top_logprobs(choices[0])
+            completion.top_logprobs = _first_top_logprobs(choice)
         return completion
 
     async def _post(self, replica: _Replica, route: _Route, body: dict):
@@ -356,10 +356,12 @@ class _ServerPool:
         while True:
             sent = {k: v for k, v in body.items() if k not in replica.refused_fields}
             try:
-                # `post` with a plain dict skips the SDK's per-request walk of typed params (milliseconds of
-                # CPU for a few-shot prompt), which bounds throughput at high concurrency; it is the request
-                # `chat.completions.create(...)` / `completions.create(prompt=...)` would send.
-                return await replica.client.post(route.path, body=sent, cast_to=route.reply_type)
+                # The request `chat.completions.create(...)` / `completions.create(prompt=...)` would send,
+                # with the SDK's own error replies (APIStatusError and its subclasses), minus two costs that
+                # bound throughput at high concurrency: a plain dict body skips the walk of typed params, and
+                # `cast_to=object` returns the reply's JSON as it came instead of building pydantic models
+                # of it (the SDK's documented escape hatch), which this module reads as dicts.
+                return await replica.client.post(route.path, body=sent, cast_to=object)
             except json.JSONDecodeError as err:
                 raise MalformedReply(f"{replica.url} sent a body that is not JSON ({err})") from None
             except (openai.BadRequestError, openai.UnprocessableEntityError) as err:
@@ -389,15 +391,15 @@ def _logprobs_fields(route: _Route) -> dict:
     return {"logprobs": TOP_LOGPROBS}
 
 
-def _first_top_logprobs(choice) -> dict[str, float] | None:
+def _first_top_logprobs(choice: dict) -> dict[str, float] | None:
     """{token: logprob} of the first generated token's alternatives, as either endpoint sends them."""
-    logprobs = getattr(choice, "logprobs", None)
-    if logprobs is None:
+    logprobs = choice.get("logprobs")
+    if not isinstance(logprobs, dict):
         return None
-    content = getattr(logprobs, "content", None)
-    if content:  # chat: content[i].top_logprobs[j].token / .logprob
-        return {alt.token: alt.logprob for alt in (content[0].top_logprobs or [])} or None
-    top = getattr(logprobs, "top_logprobs", None)
+    content = logprobs.get("content")
+    if content:  # chat: content[i].top_logprobs[j] = {token, logprob, ...}
+        return {alt["token"]: alt["logprob"] for alt in (content[0].get("top_logprobs") or [])} or None
+    top = logprobs.get("top_logprobs")
     if top:  # completions: top_logprobs[i] is {token: logprob}
         return dict(top[0] or {}) or None
     return None
