@@ -202,6 +202,8 @@ def _format(config: PipelineConfig, mode: str, root: Path, generated: Stage, tru
         **dataclasses.asdict(job), "records": None, "output_dir": None, "after": generated.output_id,
         "truthfulqa_file": file_digest(guard) if guard else None,
     }  # fmt: skip
+    if not job.preference:  # absent when off: datasets made before preference pairs existed stay valid
+        del settings["preference"], settings["preference_margin"]
     stage = Stage(f"dataset/{mode}", Path(job.output_dir), fingerprint(settings))
     if _skip(stage):
         return stage
