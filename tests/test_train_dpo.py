@@ -174,11 +174,13 @@ def test_an_unknown_recipe_field_names_the_dpo_command(tmp_path):
         dpo.cli(["--config", str(recipe)])
 
 
-def test_the_recipe_sets_only_dpo_fields():
-    from spri_sft.config import read_yaml
-
-    known = sft.field_names(dpo.make_parser())
-    assert set(read_yaml(RECIPE)) - {"env"} <= known
+def test_the_recipe_parses_into_a_lora_dpo_job_on_the_preference_data(monkeypatch):
+    for variable in ("WANDB_PROJECT", "WANDB_RUN_GROUP"):
+        monkeypatch.delenv(variable, raising=False)  # the recipe's env: block sets them
+    script_args, training_args, model_args = parse("--config", str(RECIPE))
+    assert script_args.dataset_path.endswith("/preference") and script_args.sft_adapter is None
+    assert model_args.use_peft and training_args.beta == 0.1 and training_args.loss_type == ["sigmoid"]
+    assert not training_args.gradient_checkpointing  # DPOConfig's default is on
 
 
 @pytest.mark.slow
