@@ -175,17 +175,15 @@ def _plan(argv: list[str]) -> int:
 
 
 def _split_prefixed(argv: list[str], prefix: str) -> tuple[list[str], list[str]]:
-    """The `--prefix.name value` flags (as `--name value`) and the other flags, each with its value."""
+    """The `--prefix.name value ...` options (as `--name value ...`) and the other options, each with its words."""
+    from spri_sft.config import option_groups
+
     own, others = [], []
-    i = 0
-    while i < len(argv):
-        step = 1 if "=" in argv[i] or i + 1 == len(argv) else 2
-        flag, value = argv[i], argv[i + 1 : i + step]
-        if flag.startswith(prefix):
-            own += ["--" + flag[len(prefix) :], *value]
+    for option, *words in option_groups(argv):
+        if option.startswith(prefix):
+            own += ["--" + option[len(prefix) :], *words]
         else:
-            others += [flag, *value]
-        i += step
+            others += [option, *words]
     return own, others
 
 

@@ -111,33 +111,34 @@ def format_help(cls: type, prefix: str = "", instance: Any = None) -> str:
     return "\n".join(lines)
 
 
-def _split_argv(argv: list[str]) -> tuple[Path | None, list[tuple[str, str]]]:
+def option_groups(argv: list[str]) -> list[list[str]]:
+    """argv as groups of an option and the words before the next option: more than one word are the
+    items of a list field, as a shell glob writes them (`--records shard-*/records.jsonl`)."""
+    groups: list[list[str]] = []
+    for arg in argv:
+        if arg.startswith("--") or not groups:
+            groups.append([arg])
+        else:
+            groups[-1].append(arg)
+    return groups
+
+
+def _split_argv(argv: list[str]) -> tuple[Path | None, list[tuple[str, str | list[str]]]]:
     config_path = None
     overrides = []
-    i = 0
-    while i < len(argv):
-        arg = argv[i]
-        if not arg.startswith("--"):
-            raise UserError(f"unexpected argument '{arg}': options look like --name value")
-        name, eq, value = arg[2:].partition("=")
-        if not eq:
-            if i + 1 >= len(argv):
-                raise UserError(f"option --{name} needs a value")
-            value = argv[i + 1]
-            i += 1
-        i += 1
-        # More words before the next option are more items of a list field, as a shell glob writes
-        # them: --records shard-*/records.jsonl.
-        values = [value]
-        while i < len(argv) and not argv[i].startswith("--"):
-            values.append(argv[i])
-            i += 1
+    for option, *words in option_groups(argv):
+        if not option.startswith("--"):
+            raise UserError(f"unexpected argument '{option}': options look like --name value")
+        name, eq, value = option[2:].partition("=")
+        values = ([value] if eq else []) + words
+        if not values:
+            raise UserError(f"option --{name} needs a value")
         if name == "config":
             if len(values) > 1:
                 raise UserError(f"unexpected argument '{values[1]}': --config takes one file")
-            config_path = Path(value)
+            config_path = Path(values[0])
         else:
-            overrides.append((name.replace("-", "_"), values if len(values) > 1 else value))
+            overrides.append((name.replace("-", "_"), values if len(values) > 1 else values[0]))
     return config_path, overrides
 
 

@@ -47,3 +47,11 @@ def test_bad_input_gives_one_line_error(tmp_path, content, flags, message):
 def test_unknown_command():
     result = spri_sft("distill")
     assert result.returncode == 2 and "unknown command 'distill'" in result.stderr
+
+
+def test_plan_options_are_told_from_recipe_overrides_whatever_their_order_and_number_of_words():
+    from spri_sft.cli import _split_prefixed
+
+    own, others = _split_prefixed(["--modes", "spri", "direct", "--plan.sample", "3", "--loop.max_rounds=2"], "--plan.")
+    assert own == ["--sample", "3"]
+    assert others == ["--modes", "spri", "direct", "--loop.max_rounds=2"]

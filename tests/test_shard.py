@@ -2,9 +2,8 @@
 each prompt's text, and `spri-sft format` merges their records into the dataset one machine would
 have made.
 
-The prompts are real Self-Instruct prompts (`../shared/`) where present, else made-up ones; the
-model is `FakeOpenAIServer`, so config, prompt reading, sharding, engine, store and format are the
-real ones.
+The model is `FakeOpenAIServer`, so config, prompt reading, sharding, engine, store and format are
+the real ones.
 """
 
 from __future__ import annotations

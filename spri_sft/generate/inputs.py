@@ -156,8 +156,9 @@ class PromptList(list):
         self.report = report or PromptReport()
 
 
-def load_prompts(source: PromptSource) -> PromptList:
-    """The prompts, in order, without duplicates; rows that make no prompt are skipped and counted."""
+def load_prompts(source: PromptSource, shard: str | None = None) -> PromptList:
+    """The prompts, in order, without duplicates; rows that make no prompt are skipped and counted.
+    With `shard` ("i/N"), only those of that shard (`select_shard`)."""
     if source.sources and source.limit is not None:
         raise UserError("prompts.limit: with prompts.sources, give each source its own limit (prompts.sources[i].limit)")
     report = PromptReport()
@@ -192,7 +193,7 @@ def load_prompts(source: PromptSource) -> PromptList:
         origin = {"prompt_source": part.name, "sft_split": part.sft_split} if source.sources else {}
         prompts.extend(Prompt(text, origin) for text in new)
         report.parts[part.name] = {"prompts": len(new), "sft_split": part.sft_split}
-    return prompts
+    return select_shard(prompts, shard)
 
 
 def parse_shard(shard: str) -> tuple[int, int]:

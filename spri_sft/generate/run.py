@@ -32,7 +32,7 @@ from spri_sft.errors import UserError
 from spri_sft.generate.config import GenerateConfig
 from spri_sft.generate.engine import MODE_ROLES, Engine, Session
 from spri_sft.generate.identity import generation_identity, record_id, request_settings
-from spri_sft.generate.inputs import load_prompts, prompt_origin, select_shard
+from spri_sft.generate.inputs import load_prompts, prompt_origin
 from spri_sft.generate.journal import Journal, ReplayedCompletion
 from spri_sft.generate.plan import Prices, call_bounds
 from spri_sft.generate.prompts import PromptSet, load_prompt_set
@@ -70,7 +70,7 @@ def run_records(config: GenerateConfig) -> tuple[list[dict], bool]:
 def _inputs(config: GenerateConfig) -> tuple[PromptSet, list[str], list[str]]:
     """The templates, the prompts and their record ids, in order."""
     templates = load_prompt_set(config.loop.prompts_file)
-    prompts = select_shard(load_prompts(config.prompts), config.shard)
+    prompts = load_prompts(config.prompts, config.shard)
     identity = generation_identity(config, templates)
     return templates, prompts, [record_id(p, identity) for p in prompts]
 

@@ -24,7 +24,7 @@ from spri_sft.config import load_config, read_yaml
 from spri_sft.errors import UserError
 from spri_sft.generate.config import GenerateConfig
 from spri_sft.generate.engine import MODE_ROLES
-from spri_sft.generate.inputs import PromptSource, load_prompts, select_shard
+from spri_sft.generate.inputs import PromptSource, load_prompts
 from spri_sft.generate.plan import extrapolate, plan_lines, sample_prompts
 from spri_sft.generate.run import generate, run_records
 from spri_sft.generate.servers import ServedModels
@@ -84,7 +84,7 @@ def plan_recipe(recipe: PipelineConfig | GenerateConfig, settings: PlanSettings)
 
 
 def _plan_mode(job: GenerateConfig, sample: int, directory: Path, servers: ServedModels) -> dict:
-    prompts = select_shard(load_prompts(job.prompts), job.shard)
+    prompts = load_prompts(job.prompts, job.shard)
     already_done = len(run_records(job)[0]) if (Path(job.output_dir) / "records.jsonl").exists() else 0
     if directory.exists():
         shutil.rmtree(directory)
