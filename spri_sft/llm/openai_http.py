@@ -334,6 +334,11 @@ class _ServerPool:
             reply = await self._post(replica, route, body)
         finally:
             replica.in_flight -= 1
+        if isinstance(reply, str):  # the SDK hands back the text of a body not labelled JSON (some proxies)
+            try:
+                reply = json.loads(reply)
+            except json.JSONDecodeError as err:
+                raise MalformedReply(f"{replica.url} sent a body that is not JSON ({err})") from None
         choices = reply.get("choices") if isinstance(reply, dict) else None
         choice = choices[0] if isinstance(choices, list) and choices and isinstance(choices[0], dict) else None
         text = route.text_of(choice) if choice else None
