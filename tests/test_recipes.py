@@ -23,7 +23,10 @@ def test_the_published_models_have_lora_and_qlora_recipes():
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: f"{p.parts[-3]}/{p.stem}")
 def test_recipe_parses(recipe, monkeypatch):
     for variable in ("WANDB_PROJECT", "WANDB_RUN_GROUP"):
-        monkeypatch.delenv(variable, raising=False)  # the recipe's env: block sets them
+        # The recipe's env: block sets them through os.environ; setting them here first makes
+        # monkeypatch restore them (it records nothing to undo for an unset variable it deletes).
+        monkeypatch.setenv(variable, "")
+        monkeypatch.delenv(variable)
     script_args, training_args, model_args = make_parser().parse_args_and_config(
         args=["--config", str(recipe), "--use_cpu", "true", "--bf16", "false"]
     )

@@ -176,7 +176,10 @@ def test_an_unknown_recipe_field_names_the_dpo_command(tmp_path):
 
 def test_the_recipe_parses_into_a_lora_dpo_job_on_the_preference_data(monkeypatch):
     for variable in ("WANDB_PROJECT", "WANDB_RUN_GROUP"):
-        monkeypatch.delenv(variable, raising=False)  # the recipe's env: block sets them
+        # The recipe's env: block sets them through os.environ; setting them here first makes
+        # monkeypatch restore them (it records nothing to undo for an unset variable it deletes).
+        monkeypatch.setenv(variable, "")
+        monkeypatch.delenv(variable)
     script_args, training_args, model_args = parse("--config", str(RECIPE))
     assert script_args.dataset_path.endswith("/preference") and script_args.sft_adapter is None
     assert model_args.use_peft and training_args.beta == 0.1 and training_args.loss_type == ["sigmoid"]
