@@ -21,6 +21,15 @@ feedback rewritten as "Feedback: ... [RESULT] n") unless the server is built wit
 prompt's end) is answered with the likeliest digit of ``digit_logprobs``, and a request asking for
 ``logprobs`` gets those as the first token's ``top_logprobs`` (unless ``logprobs=False``).
 
+Critiques that improve (``critic_scores=(2, 5)``): the critic scores by round instead of always 5,
+so a revision scores higher than the version before it and records hold preference pairs. A
+critique's round is how many times this server has been asked the same critique: its prompt
+with every text this server wrote as a reply left out (the version under critique, and the
+principles it is judged by), so the first version of each stage of each record gets
+``critic_scores[0]``, its revision ``critic_scores[1]``, and later rounds the last score.
+It sets the score a reply's text carries (``score: parse`` and ``constrained``); under ``score:
+expected`` the digit still follows ``digit_logprobs``.
+
 It speaks real HTTP, so the code under test uses its ordinary client (the official
 ``openai`` package included) and its retry, timeout and parsing paths are exercised
 for real.
@@ -51,7 +60,7 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -173,7 +182,7 @@ def message_text(message: dict[str, Any]) -> str:
 
 def default_reply(messages: list[dict[str, Any]], request_json: dict[str, Any]) -> str:
     """Answer critic prompts with a perfect score, anything else with an echo of the user."""
-    if any(CRITIC_MARKER in message_text(message) for message in messages):
+    if _is_critique(messages):
         return CRITIC_REPLY
     last_user = next(
         (message_text(m) for m in reversed(messages) if m.get("role") == "user"), ""
@@ -292,6 +301,7 @@ class FakeOpenAIServer(ThreadedServer):
         structured_outputs: str = "honour",
         logprobs: bool = True,
         digit_logprobs: Mapping[str, float] = DEFAULT_DIGIT_LOGPROBS,
+        critic_scores: Sequence[int] | None = None,
     ) -> None:
         """
         Args:
@@ -313,6 +323,8 @@ class FakeOpenAIServer(ThreadedServer):
                 "ignore" answers as if the field were absent.
             logprobs: whether a request asking for logprobs gets them.
             digit_logprobs: {token: logprob} of the token after "[RESULT] " (module docstring).
+            critic_scores: the critic's score of each round of the same critique, the last one
+                repeated (module docstring); None: `reply_fn` answers critiques too.
         """
         if latency < 0:
             raise ValueError(f"latency must be >= 0, got {latency}")
@@ -330,6 +342,9 @@ class FakeOpenAIServer(ThreadedServer):
         self.structured_outputs = structured_outputs
         self.logprobs = logprobs
         self.digit_logprobs = dict(digit_logprobs)
+        if critic_scores is not None and (not critic_scores or not all(1 <= s <= 5 for s in critic_scores)):
+            raise ValueError(f"critic_scores must be scores from 1 to 5, got {critic_scores!r}")
+        self.critic_scores = tuple(critic_scores) if critic_scores is not None else None
         self._requested_port = port
         self._rng = random.Random(seed)
 
@@ -340,6 +355,8 @@ class FakeOpenAIServer(ThreadedServer):
         self._in_flight = 0
         self._max_in_flight = 0
         self._received: list[ReceivedRequest] = []
+        self._written: set[str] = set()  # every non-critique reply sent, for the critique rounds
+        self._critique_rounds: dict[str, int] = {}
 
     # -- public API --------------------------------------------------------------
 
@@ -471,8 +488,9 @@ class FakeOpenAIServer(ThreadedServer):
         messages: list[dict[str, Any]] = (
             body["messages"] if chat else [{"role": "user", "content": body["prompt"]}]
         )
+        critique = self.critic_scores is not None and _is_critique(messages)
         try:
-            text = self.reply_fn(messages, body)
+            text = self._scripted_critique(messages) if critique else self.reply_fn(messages, body)
         except Exception as exc:  # noqa: BLE001 - reported to the client, and logged
             logger.exception("FakeOpenAIServer reply_fn raised")
             self._count(STAT_REPLY_FN_ERROR)
@@ -507,6 +525,9 @@ class FakeOpenAIServer(ThreadedServer):
             text = " ".join(words[:limit])
             finish_reason = "length"
 
+        if self.critic_scores is not None and not critique:
+            with self._lock:
+                self._written.add(text)
         prompt_tokens = sum(_word_count(message_text(m)) for m in messages)
         completion_tokens = _word_count(text)
         self._count(STAT_OK)
@@ -531,6 +552,22 @@ class FakeOpenAIServer(ThreadedServer):
             }
         )
 
+    def _scripted_critique(self, messages: list[dict[str, Any]]) -> str:
+        """The critique of `critic_scores`: its round is how often this critique, less the texts this
+        server wrote, was asked before (module docstring)."""
+        key = "\n".join(message_text(m) for m in messages)
+        with self._lock:
+            for text in sorted(self._written, key=len, reverse=True):  # a longer reply may quote a shorter one
+                if text:
+                    key = key.replace(text, "")
+            rounds = self._critique_rounds[key] = self._critique_rounds.get(key, 0) + 1
+        score = self.critic_scores[min(rounds, len(self.critic_scores)) - 1]
+        return f"Feedback: Round {rounds} of this critique. [RESULT] {score}"
+
+
+def _is_critique(messages: list[dict[str, Any]]) -> bool:
+    return any(CRITIC_MARKER in message_text(message) for message in messages)
+
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
@@ -551,6 +588,10 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--rate-empty-choices", type=float, default=0.0)
     parser.add_argument("--fail-first-n", type=int, default=0)
     parser.add_argument("--fail-first-status", type=int, default=429)
+    parser.add_argument(
+        "--critic-scores", type=lambda text: [int(s) for s in text.split(",")], default=None,
+        help="the critic's score by round of the same critique, e.g. 2,5 (default: always 5)",
+    )
     return parser.parse_args(argv)
 
 
@@ -573,6 +614,7 @@ def main(argv: list[str] | None = None) -> None:
         host=args.host,
         port=args.port,
         model=args.model,
+        critic_scores=args.critic_scores,
     )
     # Tests read this exact line from the subprocess's stdout to learn the port.
     server.serve_forever(on_ready=lambda url: print(f"listening on {url}", flush=True))
