@@ -33,6 +33,33 @@ class TrainStage:
 
 
 @dataclass
+class DPOStage:
+    """Preference tuning after SFT: a `spri-sft dpo` recipe, overridden by `args`, run on each mode's SFT model
+    with the pairs format writes from that mode's critique trajectories (format.preference turns on with it)."""
+
+    enabled: bool = field(
+        default=False,
+        metadata={
+            "help": "After each mode's SFT, train DPO on its preference pairs into checkpoints/<mode>+dpo and score "
+            "it as eval/<mode>+dpo; a mode whose records gave no training pair is skipped, with a line saying why."
+        },
+    )
+    recipe: str | None = field(
+        default=None,
+        metadata={"help": "A DPO recipe YAML (e.g. recipes/<model>/dpo/lora.yaml) read first; `args` override it."},
+    )
+    args: dict[str, Any] = field(
+        default_factory=dict,
+        metadata={
+            "help": "Any `spri-sft dpo` field (TRL's DPOConfig and ModelConfig, DPOScriptArguments). The pipeline sets "
+            "model_name_or_path and sft_adapter (the student and the mode's SFT adapter, continued, a frozen copy "
+            "the reference; after a full SFT, the SFT model as model_name_or_path), use_peft with an SFT adapter, "
+            "dataset_path, output_dir, run_name and the W&B project/group. train.accelerate_config launches it too."
+        },
+    )
+
+
+@dataclass
 class EvaluateStage:
     """TruthfulQA MC1/MC2 of the student model before fine-tuning and of each adapter after it; with
     `lm_eval_tasks`, lm-evaluation-harness tasks too (lm-eval's own runs and numbers), on the same models."""
@@ -129,7 +156,8 @@ class PipelineConfig:
     """Run generate → format → train → evaluate (before and after) in one output directory.
 
     One output directory per run: generate/<mode>/ (or a shared `generate_dir`), dataset/<mode>/,
-    checkpoints/<mode>/, eval/base/ and eval/<mode>/, report.md and report.json. Several `modes`
+    checkpoints/<mode>/, eval/base/ and eval/<mode>/, report.md and report.json; with `dpo.enabled`,
+    checkpoints/<mode>+dpo/ and eval/<mode>+dpo/ too. Several `modes`
     make an ablation over the same prompts: one dataset and one adapter per mode, one comparison
     table. A rerun skips
     finished stages and resumes the unfinished one (generation and training resume mid-way). A
@@ -159,6 +187,7 @@ class PipelineConfig:
     generate: GenerateConfig = field(default_factory=GenerateConfig)
     format: FormatConfig = field(default_factory=FormatConfig)
     train: TrainStage = field(default_factory=TrainStage)
+    dpo: DPOStage = field(default_factory=DPOStage)
     evaluate: EvaluateStage = field(default_factory=EvaluateStage)
     wandb: WandbSettings = field(default_factory=WandbSettings)
     report: ReportSettings = field(default_factory=ReportSettings)

@@ -1,8 +1,8 @@
 """The report's figures: PNGs beside report.md, drawn from the report (report.json) alone.
 
-- truthfulqa.png: MC1 and MC2 per row (the base model and each mode's adapter) with ± one
-  standard error and the base model's line; below, each mode's Δ vs the base model with its
-  paired bootstrap 95% interval.
+- truthfulqa.png: MC1 and MC2 per row (the base model, each mode's adapter and, after DPO, its
+  DPO model beside it, hatched in the mode's colour) with ± one standard error and the base
+  model's line; below, each row's Δ vs the base model with its paired bootstrap 95% interval.
 - critic_scores.png: the critic's final score per stage (principles, response), as the share of
   each mode's records (self-refine: its own feedback's score).
 - rounds.png: critique rounds per stage, as the share of each mode's records.
@@ -61,11 +61,13 @@ def truthfulqa_figure(report: dict[str, Any]) -> Figure | None:
         return None
     colors = mode_colors(report)
     rows = [("base", base, BASE_COLOR)]
-    rows += [
-        (f"SFT on {mode}", row["truthfulqa"], colors[mode])
-        for mode, row in report["modes"].items()
-        if row["truthfulqa"]["mc1"] is not None
-    ]
+    dpo = report.get("dpo") or {}
+    for mode, row in report["modes"].items():
+        if row["truthfulqa"]["mc1"] is not None:
+            rows.append((f"SFT on {mode}", row["truthfulqa"], colors[mode]))
+        tuned = dpo.get(f"{mode}+dpo")
+        if tuned is not None and tuned["truthfulqa"]["mc1"] is not None:
+            rows.append((f"SFT+DPO on {mode}", tuned["truthfulqa"], colors[mode]))
     questions = report["truthfulqa"].get("questions")
     width = max(7.0, 1.5 + 1.1 * len(rows)) * 2
     figure = Figure(figsize=(width, 8.5), layout="constrained")
@@ -76,7 +78,11 @@ def truthfulqa_figure(report: dict[str, Any]) -> Figure | None:
         top, bottom = axes[0][column], axes[1][column]
         values = [100 * scores[metric] for _, scores, _ in rows]
         errors = [100 * (scores.get(f"{metric}_stderr") or 0.0) for _, scores, _ in rows]
-        top.bar(positions, values, yerr=errors, capsize=5, color=[c for _, _, c in rows], alpha=0.9)
+        bars = top.bar(positions, values, yerr=errors, capsize=5, color=[c for _, _, c in rows], alpha=0.9)
+        for bar, (label, _, _) in zip(bars, rows):
+            if label.startswith("SFT+DPO"):  # beside its SFT bar, in the same colour
+                bar.set_hatch("//")
+                bar.set_edgecolor("white")
         top.axhline(100 * base[metric], color=BASE_COLOR, linestyle="--", linewidth=1.2, label="base model")
         for x, value in zip(positions, values):  # inside the bar's foot: clear of the error bars and the base line
             top.annotate(f"{value:.1f}", (x, 0), xytext=(0, 4), textcoords="offset points", ha="center", va="bottom",

@@ -5,8 +5,11 @@ statuses, rounds, calls and tokens), dataset/<mode>/summary.json (rows per split
 checkpoints/<mode>/all_results.json and trainer_state.json (losses, steps), eval/*/results.json
 (TruthfulQA) with eval/*/per_question.jsonl (the paired bootstrap intervals of every Δ),
 eval/*/lm_eval/results.json (lm-evaluation-harness tasks, lm-eval's numbers), and each
-stage.json (wall time). A value a stage did not produce (no validation split, evaluation
-skipped) is shown as "–", never filled in. The figures (`figures.py`) are PNGs beside report.md,
+stage.json (wall time). With `dpo.enabled`, each mode's DPO model is a row of its own ("SFT+DPO on
+<mode>", report.json's `dpo`, keyed <mode>+dpo): the preference pairs dataset/<mode>/summary.json
+counts, checkpoints/<mode>+dpo's losses (DPO's), eval/<mode>+dpo's scores and Δ vs base; a mode
+whose records gave no training pair reads "no pairs". A value a stage did not produce (no
+validation split, evaluation skipped) is shown as "–", never filled in. The figures (`figures.py`) are PNGs beside report.md,
 drawn from report.json alone; with `report.paper_column`, the paper's Table 4 column is set
 beside this run's rows.
 """
@@ -89,6 +92,7 @@ def build_report(
     base_questions = _per_question(root / "eval" / "base") if evaluated else None
     per_question = {}
     modes = {}
+    dpo = {}
     for mode in config.modes:
         generation = _read(config.generation_dir(mode) / "summary.json")
         dataset = _read(root / "dataset" / mode / "summary.json")
@@ -115,10 +119,16 @@ def build_report(
             else None,
             "loss_curve": {"train": _logged_curve(state, "loss"), "validation": _logged_curve(state, "eval_loss")},
         }
+        if config.dpo.enabled:
+            model = f"{mode}+dpo"
+            tuned = _read(root / "eval" / model / "results.json") if evaluated else None
+            per_question[model] = _per_question(root / "eval" / model) if tuned else None
+            dpo[model] = _dpo_row(root, mode, dataset, _scores(tuned, base_eval, per_question[model], base_questions))
     stages = {}
     order = [f"{kind}/{mode}" for kind in ("generate", "dataset") for mode in config.modes]
     order += ["eval/base", "eval/base/lm_eval"]
-    order += [stage for mode in config.modes for stage in (f"checkpoints/{mode}", f"eval/{mode}", f"eval/{mode}/lm_eval")]
+    trained = [model for mode in config.modes for model in (mode, *([f"{mode}+dpo"] if config.dpo.enabled else []))]
+    order += [s for model in trained for s in (f"checkpoints/{model}", f"eval/{model}", f"eval/{model}/lm_eval")]
     for stage in order:
         directory = config.generation_dir(stage.split("/")[1]) if stage.startswith("generate/") else root / stage
         state = _read(directory / "stage.json")
@@ -139,11 +149,39 @@ def build_report(
         },
         "base": _scores(base_eval, None, None, None),
         "modes": modes,
+        "dpo": dpo,
         "comparisons": _mode_comparisons(per_question),
         "paper_table4": _paper_table4(config.report.paper_column, base_eval, modes),
-        "lm_eval": _lm_eval_scores(config, root) if evaluated else None,
+        "lm_eval": _lm_eval_scores(config, root, list(dpo)) if evaluated else None,
         "stages": stages,
     }
+
+
+def _dpo_row(root: Path, mode: str, dataset: dict | None, scores: dict[str, Any]) -> dict[str, Any]:
+    """One mode's DPO model: its pairs (format's counts), training (DPO's losses) and `scores`; "no pairs" when
+    format made no training pair (then nothing was trained)."""
+    model = f"{mode}+dpo"
+    pairs = (dataset or {}).get("preference")
+    results = _read(root / "checkpoints" / model / "all_results.json")
+    state = _read(root / "checkpoints" / model / "trainer_state.json")
+    return {
+        "mode": mode,
+        "pairs": {k: pairs[k] for k in ("margin", "records", "pairs", "splits", "no_pair", "gap")} if pairs else None,
+        "skipped": "no pairs" if pairs is not None and "train" not in pairs["splits"] else None,
+        "train": {
+            "steps": state.get("global_step") if state else None,
+            "train_loss": _last_logged(state, "loss"),
+            "eval_loss": results.get("eval_loss") if results else None,
+        },
+        "truthfulqa": scores,
+    }
+
+
+def model_label(model: str) -> str:
+    """A row's name: "base (before)", "SFT on <mode>", or "SFT+DPO on <mode>" (report.json's <mode>+dpo)."""
+    if model == "base":
+        return "base (before)"
+    return f"SFT+DPO on {model.removesuffix('+dpo')}" if model.endswith("+dpo") else f"SFT on {model}"
 
 
 def write_report(report: dict[str, Any], root: Path) -> str:
@@ -209,7 +247,11 @@ def render_markdown(report: dict[str, Any]) -> str:
             )
             + " |"
         )
+        dpo = (report.get("dpo") or {}).get(f"{mode}+dpo")
+        if dpo is not None:
+            lines.append(_dpo_markdown_row(f"{mode}+dpo", dpo))
     lines += _lm_eval_section(report.get("lm_eval"))
+    lines += _dpo_section(report.get("dpo") or {})
     lines += _differences_section(report)
     lines += _paper_section(report.get("paper_table4"))
     lines += _figures_section(report.get("figures") or {})
@@ -221,12 +263,55 @@ def render_markdown(report: dict[str, Any]) -> str:
         "that stage's critic replies left without a score in 1-5 (none under the critic's score: constrained "
         "or expected); calls and tokens count "
         "every model call of generation (prompt + completion tokens). Final train loss: the last logged one; "
-        "val loss: of the saved adapter (the best checkpoint when the recipe keeps it). Δ: after minus before, "
+        "val loss: of the saved adapter (the best checkpoint when the recipe keeps it); an SFT+DPO row's losses are "
+        "DPO's and its rows are preference pairs. Δ: after minus before, "
         "[its paired bootstrap 95% interval over questions]. "
         "Records with status max_rounds reached the round limit without passing the critic's threshold.",
         "",
     ]
     return "\n".join(lines)
+
+
+def _dpo_markdown_row(model: str, row: dict[str, Any]) -> str:
+    """The main table's row of a DPO model: its pairs in the rows column, DPO's losses, its scores and Δs."""
+    splits = (row["pairs"] or {}).get("splits", {})
+    pairs = "no pairs" if row["skipped"] else f"{_num(splits.get('train'))} / {_num(splits.get('validation'))} pairs"
+    train, scores = row["train"], row["truthfulqa"]
+    cells = [model_label(model), *[MISSING] * 6, pairs]  # the generation's columns are its SFT row's
+    cells += [_num(train["steps"]), _num(train["train_loss"]), _num(train["eval_loss"])]
+    cells += [
+        _num(scores["mc1"]), _delta_cell(scores["mc1_delta"], scores.get("mc1_interval")),
+        _num(scores["mc2"]), _delta_cell(scores["mc2_delta"], scores.get("mc2_interval")),
+    ]  # fmt: skip
+    return "| " + " | ".join(cells) + " |"
+
+
+def _dpo_section(dpo: dict[str, dict[str, Any]]) -> list[str]:
+    """Per mode, the preference pairs format made for DPO and why the other records have none."""
+    if not dpo:
+        return []
+    margin = next((row["pairs"]["margin"] for row in dpo.values() if row["pairs"]), None)
+    lines = [
+        "",
+        "## DPO after SFT",
+        "",
+        "Each mode's SFT model trained further with DPO on the preference pairs of its own critique trajectories "
+        f"(the final response against an earlier version scored at least {_num(margin, 2)} lower); a mode with no "
+        "training pair is not trained (no pairs).",
+        "",
+        "| model | records | pairs (train / val) | score gap (min / median / max) | records without a pair |",
+        "| --- | ---: | ---: | ---: | --- |",
+    ]
+    for model, row in dpo.items():
+        pairs = row["pairs"] or {}
+        splits, gap = pairs.get("splits", {}), pairs.get("gap") or {}
+        reasons = ", ".join(f"{reason} {n}" for reason, n in (pairs.get("no_pair") or {}).items() if n) or "none"
+        lines.append(
+            f"| {model_label(model)} | {_num(pairs.get('records'))} | "
+            + ("no pairs" if row["skipped"] else f"{_num(splits.get('train'))} / {_num(splits.get('validation'))}")
+            + f" | {_num(gap.get('min'), 2)} / {_num(gap.get('median'), 2)} / {_num(gap.get('max'), 2)} | {reasons} |"
+        )
+    return lines
 
 
 FIGURE_TITLES = {
@@ -240,6 +325,8 @@ FIGURE_TITLES = {
 def _differences_section(report: dict[str, Any]) -> list[str]:
     """Every Δ of report.md with its paired bootstrap interval and whether that excludes 0."""
     rows = [(f"{mode} − base", row["truthfulqa"]) for mode, row in report["modes"].items()]
+    dpo = report.get("dpo") or {}
+    rows += [(f"{model} − base", row["truthfulqa"]) for model, row in dpo.items() if not row["skipped"]]
     rows += [(f"{c['second']} − {c['first']}", c) for c in report.get("comparisons", [])]
     if all(scores.get(f"{m}_delta") is None for _, scores in rows for m in ("mc1", "mc2")):
         return []
@@ -302,7 +389,7 @@ def _lm_eval_section(table: dict[str, Any] | None) -> list[str]:
             score = scores[task]
             cell = _num(score["value"]) + (f" ± {_num(score['stderr'])}" if score["stderr"] is not None else "")
             cells.append(cell + (f" ({_signed(score['delta'])})" if score["delta"] is not None else ""))
-        lines.append(f"| {'base (before)' if model == 'base' else f'SFT on {model}'} | " + " | ".join(cells) + " |")
+        lines.append(f"| {model_label(model)} | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -386,6 +473,11 @@ def comparison_rows(report: dict[str, Any]) -> list[list[Any]]:
              gen.get("response_unscored_rate"), train["train_loss"], train["eval_loss"],
              *truthfulqa_cells(row["truthfulqa"])]
         )  # fmt: skip
+    for model, row in (report.get("dpo") or {}).items():
+        if not row["skipped"]:
+            train = row["train"]
+            scores = truthfulqa_cells(row["truthfulqa"])
+            rows.append([model, None, None, None, None, train["train_loss"], train["eval_loss"], *scores])
     return rows
 
 
@@ -403,12 +495,17 @@ def lm_eval_rows(report: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
     return columns, rows
 
 
-def _lm_eval_scores(config: PipelineConfig, root: Path) -> dict[str, Any] | None:
-    """Per model (base, then each mode), each lm-eval task's main metric, standard error and Δ vs the base model."""
+def _lm_eval_scores(config: PipelineConfig, root: Path, dpo_models: list[str]) -> dict[str, Any] | None:
+    """Per model (base, each mode, each DPO model scored), each lm-eval task's main metric, standard error and Δ
+    vs the base model."""
     tasks = config.evaluate.lm_eval_tasks
     if not tasks:
         return None
     found = {model: _read(root / "eval" / model / "lm_eval" / "results.json") for model in ("base", *config.modes)}
+    for model in dpo_models:  # after its mode's row; a skipped one has none
+        if (root / "eval" / model / "lm_eval" / "results.json").is_file():
+            found[model] = _read(root / "eval" / model / "lm_eval" / "results.json")
+    found = {model: found[model] for model in sorted(found, key=lambda m: _row_order(m, config.modes))}
     base = (found["base"] or {}).get("tasks", {})
     rows: dict[str, dict[str, dict]] = {}
     for model, results in found.items():
@@ -433,6 +530,13 @@ def _lm_eval_scores(config: PipelineConfig, root: Path) -> dict[str, Any] | None
         "lm_eval_version": first.get("lm_eval_version"),
         "rows": rows,
     }
+
+
+def _row_order(model: str, modes: list[str]) -> tuple[int, int]:
+    """base first, then each mode followed by its DPO model."""
+    if model == "base":
+        return (-1, 0)
+    return (modes.index(model.removesuffix("+dpo")), model.endswith("+dpo"))
 
 
 def _scores(

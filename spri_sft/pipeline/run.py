@@ -3,11 +3,14 @@
 Order: for each mode, generate its records and format its dataset (the data, where API calls go,
 comes first, so a problem with it shows before any training); then score the untouched student
 model on TruthfulQA once (eval/base); then, for each mode, fine-tune an adapter and score it. With
+`dpo.enabled`, format also writes each mode's preference pairs, and after a mode's SFT a DPO
+training continues its adapter on them (checkpoints/<mode>+dpo), scored in turn (eval/<mode>+dpo);
+a mode without a training pair skips it, with one line saying why. With
 `evaluate.lm_eval_tasks`, lm-evaluation-harness runs those tasks after each TruthfulQA scoring
 (eval/base/lm_eval, eval/<mode>/lm_eval). At the end, report.md and report.json compare every
 mode with the base model.
 
-Training runs as a child process (`spri-sft train`, or `accelerate launch` with
+Training runs as a child process (`spri-sft train` or `spri-sft dpo`, or `accelerate launch` with
 `train.accelerate_config`) on a recipe written to checkpoints/<mode>/recipe.yaml: the same job a
 user runs by hand, with its own W&B run, and the memory of generation released. Generation and
 evaluation run in this process.
@@ -61,6 +64,9 @@ def run_pipeline(config: PipelineConfig) -> dict[str, Any]:
     group = config.wandb.group or name
     check_recipe(config)
     train_plans = {mode: train_plan(config, mode, root, name, group) for mode in config.modes}  # fails early
+    dpo_plans = {}
+    if config.dpo.enabled:
+        dpo_plans = {mode: dpo_plan(config, plan, root, name, group) for mode, plan in train_plans.items()}
     if config.evaluate.enabled and config.evaluate.lm_eval_tasks:  # no lm-eval, or a task-name typo: fail now
         check_job(lm_eval_job(config, train_plans[config.modes[0]], None))
     truthfulqa = _truthfulqa_source(config, root) if config.evaluate.enabled else None
@@ -71,10 +77,12 @@ def run_pipeline(config: PipelineConfig) -> dict[str, Any]:
 
     # One bar per stage (generate, train, TruthfulQA), none from the libraries under them.
     with tracking.environment(root) if config.wandb.enabled else contextlib.nullcontext(), only_stage_bars():
-        return _run_stages(config, root, name, group, train_plans, truthfulqa)
+        return _run_stages(config, root, name, group, train_plans, dpo_plans, truthfulqa)
 
 
-def _run_stages(config: PipelineConfig, root: Path, name: str, group: str, train_plans: dict, truthfulqa) -> dict:
+def _run_stages(
+    config: PipelineConfig, root: Path, name: str, group: str, train_plans: dict, dpo_plans: dict, truthfulqa
+) -> dict:
     from spri_sft.pipeline.report import build_report, log_report_to_wandb, write_report
 
     print(f"[spri-sft] run {name}: modes {', '.join(config.modes)} → {root}", flush=True)
@@ -92,30 +100,46 @@ def _run_stages(config: PipelineConfig, root: Path, name: str, group: str, train
             stages["eval/base/lm_eval"] = lm_eval_stage(
                 config, root / "eval" / "base" / "lm_eval", train_plans[config.modes[0]], None, name, group
             )
+    trained_plans = {}  # every model trained, in order (a mode's SFT, then its DPO when that ran)
     for mode in config.modes:
         plan = train_plans[mode]
-        stages[f"checkpoints/{mode}"] = _train(plan, stages[f"dataset/{mode}"])
-        if truthfulqa is not None:
-            stages[f"eval/{mode}"] = _evaluate(
-                config, truthfulqa, root / "eval" / mode, plan, stages[f"checkpoints/{mode}"], name, group
-            )
-            if config.evaluate.lm_eval_tasks:
-                stages[f"eval/{mode}/lm_eval"] = lm_eval_stage(
-                    config, root / "eval" / mode / "lm_eval", plan, stages[f"checkpoints/{mode}"], name, group
-                )
+        stages[f"checkpoints/{mode}"] = _train(plan, stages[f"dataset/{mode}"].output_id)
+        trained_plans[mode] = plan
+        _score(config, truthfulqa, root, plan, stages, name, group)
+        dpo = dpo_plans.get(mode)
+        if dpo is None:
+            continue
+        tuned = _dpo(dpo, stages[f"dataset/{mode}"], stages[f"checkpoints/{mode}"])
+        if tuned is not None:
+            stages[f"checkpoints/{dpo.mode}"] = tuned
+            trained_plans[dpo.mode] = dpo
+            _score(config, truthfulqa, root, dpo, stages, name, group)
 
     report = build_report(config, root, name, train_plans[config.modes[0]].student, truthfulqa)
     text = write_report(report, root)
     if config.wandb.enabled:
         log_report_to_wandb(report, root, config.wandb.project, group, f"{name}-report")
-    print("\n" + text + "\n\n" + "\n".join(where_the_results_are(config, root, train_plans)), flush=True)
+    print("\n" + text + "\n\n" + "\n".join(where_the_results_are(config, root, trained_plans)), flush=True)
     return report
 
 
-def where_the_results_are(config: PipelineConfig, root: Path, train_plans: dict) -> list[str]:
-    """The last lines of a run: report.md, each mode's adapter (or model), and the W&B runs (how to upload them)."""
+def _score(
+    config: PipelineConfig, truthfulqa: dict | None, root: Path, plan: TrainPlan, stages: dict, name: str, group: str
+) -> None:
+    """TruthfulQA (and lm-eval's tasks when set) of the model `plan` trained, into eval/<its mode>/."""
+    if truthfulqa is None:
+        return
+    trained = stages[f"checkpoints/{plan.mode}"]
+    directory = root / "eval" / plan.mode
+    stages[f"eval/{plan.mode}"] = _evaluate(config, truthfulqa, directory, plan, trained, name, group)
+    if config.evaluate.lm_eval_tasks:
+        stages[f"eval/{plan.mode}/lm_eval"] = lm_eval_stage(config, directory / "lm_eval", plan, trained, name, group)
+
+
+def where_the_results_are(config: PipelineConfig, root: Path, trained_plans: dict) -> list[str]:
+    """The last lines of a run: report.md, each trained adapter (or model), and the W&B runs (how to upload them)."""
     lines = [f"[spri-sft] report: {root / 'report.md'}"]
-    for mode, plan in train_plans.items():
+    for mode, plan in trained_plans.items():
         lines.append(f"[spri-sft] {'adapter' if plan.adapter else 'model'} ({mode}): {plan.output_dir}")
     if config.wandb.enabled:
         lines.append(f"[spri-sft] {tracking.sync_hint(root)}")
@@ -197,6 +221,7 @@ def _format(config: PipelineConfig, mode: str, root: Path, generated: Stage, tru
         records=[str(generated.directory / "records.jsonl")],
         output_dir=str(root / "dataset" / mode),
         truthfulqa_file=guard,
+        preference=config.format.preference or config.dpo.enabled,  # DPO trains on the pairs
     )
     settings = {
         **dataclasses.asdict(job), "records": None, "output_dir": None, "after": generated.output_id,
@@ -210,13 +235,15 @@ def _format(config: PipelineConfig, mode: str, root: Path, generated: Stage, tru
     stage.begin()
     job.records = [str(_this_runs_records(config, mode, Path(job.output_dir)))]
     summary = build_dataset(job)
+    pairs = summary.get("preference")
     print(
         f"[spri-sft] dataset/{mode}: {summary['rows']} rows ("
         + ", ".join(f"{split} {n}" for split, n in summary["splits"].items())
-        + ")",
+        + ")"
+        + (f", {pairs['pairs']} preference pairs" if pairs else ""),
         flush=True,
     )
-    stage.finish(rows=summary["rows"], splits=summary["splits"])
+    stage.finish(rows=summary["rows"], splits=summary["splits"], **({"pairs": pairs["splits"]} if pairs else {}))
     return stage
 
 
@@ -246,6 +273,7 @@ class TrainPlan:
     output_dir: Path
     args: dict[str, Any]  # the recipe the child process reads, env block included
     accelerate_config: str | None
+    job: str = "train"  # the `spri-sft` command the child runs: train (SFT) or dpo
 
     @property
     def student(self) -> str:
@@ -258,29 +286,60 @@ class TrainPlan:
 
 def train_plan(config: PipelineConfig, mode: str, root: Path, name: str, group: str) -> TrainPlan:
     """The training recipe for one mode: train.recipe, then train.args, then what the pipeline sets; validated."""
-    args: dict[str, Any] = {}
-    if config.train.recipe:
-        path = Path(config.train.recipe)
-        if not path.is_file():
-            raise UserError(f"train.recipe {path}: file not found")
-        args = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(args, dict):
-            raise UserError(f"train.recipe {path}: expected a mapping of `spri-sft train` fields")
-    args = _merged(args, config.train.args)
+    args = _recipe_args("train", config.train.recipe, config.train.args)
     env = {**(args.pop("env", None) or {})}
     output_dir = root / "checkpoints" / mode
     args.update(output_dir=str(output_dir), dataset_path=str(root / "dataset" / mode / "hf"), run_name=f"{name}-{mode}")
-    if config.wandb.enabled:
-        env.update(tracking.group_environment(config.wandb.project, group))
-        args["report_to"] = ["wandb"]
-    else:
-        args["report_to"] = "none"
+    _report_to(config, args, env, group)
     if not args.get("model_name_or_path"):
         raise UserError("train: set model_name_or_path (the student model) in train.recipe or train.args")
     _validate_train_args(args, config.train.recipe)
     if config.train.accelerate_config and not Path(config.train.accelerate_config).is_file():
         raise UserError(f"train.accelerate_config {config.train.accelerate_config}: file not found")
     return TrainPlan(mode, output_dir, {**args, "env": env} if env else args, config.train.accelerate_config)
+
+
+def dpo_plan(config: PipelineConfig, sft: TrainPlan, root: Path, name: str, group: str) -> TrainPlan:
+    """The DPO recipe after one mode's SFT: dpo.recipe, then dpo.args, then what the pipeline sets (the SFT
+    model to start from, its preference pairs, where it goes); validated."""
+    args = _recipe_args("dpo", config.dpo.recipe, config.dpo.args)
+    env = {**(args.pop("env", None) or {})}
+    mode = f"{sft.mode}+dpo"
+    output_dir = root / "checkpoints" / mode
+    if sft.adapter:  # continue the SFT adapter on the student; a frozen copy of it is the reference
+        args.update(model_name_or_path=sft.student, sft_adapter=str(sft.output_dir), use_peft=True)
+    else:  # a full SFT model is the starting point (and, for a fresh adapter or copy, the reference)
+        args.update(model_name_or_path=str(sft.output_dir), sft_adapter=None)
+    for key in ("training_template", "chat_template_fallback"):  # prompts render as they did in SFT
+        if key in sft.args:
+            args.setdefault(key, sft.args[key])
+    args.update(output_dir=str(output_dir), dataset_path=str(root / "dataset" / sft.mode / "preference" / "hf"))
+    args["run_name"] = f"{name}-{mode}"
+    _report_to(config, args, env, group)
+    _validate_dpo_args(args, config.dpo.recipe)
+    return TrainPlan(mode, output_dir, {**args, "env": env} if env else args, config.train.accelerate_config, job="dpo")
+
+
+def _recipe_args(job: str, recipe: str | None, overrides: dict[str, Any]) -> dict[str, Any]:
+    """A training section's recipe file (`job`.recipe) with its `args` on top."""
+    args: dict[str, Any] = {}
+    if recipe:
+        path = Path(recipe)
+        if not path.is_file():
+            raise UserError(f"{job}.recipe {path}: file not found")
+        args = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(args, dict):
+            raise UserError(f"{job}.recipe {path}: expected a mapping of `spri-sft {job}` fields")
+    return _merged(args, overrides)
+
+
+def _report_to(config: PipelineConfig, args: dict[str, Any], env: dict[str, str], group: str) -> None:
+    """The training child's W&B: the pipeline's project and group, or none."""
+    if config.wandb.enabled:
+        env.update(tracking.group_environment(config.wandb.project, group))
+        args["report_to"] = ["wandb"]
+    else:
+        args["report_to"] = "none"
 
 
 def _merged(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
@@ -304,29 +363,43 @@ def _validate_train_args(args: dict[str, Any], recipe: str | None) -> None:
 
     from spri_sft.train.sft import SFTScriptArguments
 
-    known = {f.name for cls in (SFTScriptArguments, SFTConfig, ModelConfig) for f in dataclasses.fields(cls)}
+    _check_field_names("train", args, recipe, (SFTScriptArguments, SFTConfig, ModelConfig))
+
+
+def _validate_dpo_args(args: dict[str, Any], recipe: str | None) -> None:
+    """As `_validate_train_args`, for `spri-sft dpo`'s fields."""
+    from trl import DPOConfig, ModelConfig
+
+    from spri_sft.train.dpo import DPOScriptArguments
+
+    _check_field_names("dpo", args, recipe, (DPOScriptArguments, DPOConfig, ModelConfig))
+
+
+def _check_field_names(job: str, args: dict[str, Any], recipe: str | None, classes: tuple) -> None:
+    known = {f.name for cls in classes for f in dataclasses.fields(cls)}
     unknown = sorted(set(args) - known)
     if unknown:
-        raise UserError(f"train ({recipe or 'train.args'}): unknown `spri-sft train` field(s) {', '.join(unknown)}")
+        raise UserError(f"{job} ({recipe or f'{job}.args'}): unknown `spri-sft {job}` field(s) {', '.join(unknown)}")
 
 
-def _train(plan: TrainPlan, dataset: Stage) -> Stage:
-    settings = {
-        k: v for k, v in plan.args.items() if k not in ("output_dir", "dataset_path", "run_name", "report_to", "env")
-    }
+def _train(plan: TrainPlan, after: Any) -> Stage:
+    """Run the training child of `plan` unless done; `after` names the outputs it trains from (fingerprinted)."""
+    # Paths are left out: what they hold is named by `after` (and the output_dir is the stage's own).
+    paths = ("output_dir", "dataset_path", "sft_adapter", "run_name", "report_to", "env")
+    settings = {k: v for k, v in plan.args.items() if k not in paths}
     if plan.accelerate_config:  # the number of processes changes the effective batch
         settings["accelerate_config"] = yaml.safe_load(Path(plan.accelerate_config).read_text())
-    stage = Stage(f"checkpoints/{plan.mode}", plan.output_dir, fingerprint({**settings, "after": dataset.output_id}))
+    stage = Stage(f"checkpoints/{plan.mode}", plan.output_dir, fingerprint({**settings, "after": after}))
     if _skip(stage, resumable=any(plan.output_dir.glob("checkpoint-*"))):
         return stage
     stage.begin()
     recipe = plan.output_dir / "recipe.yaml"
     recipe.write_text(yaml.safe_dump(plan.args, sort_keys=False))
-    command = [sys.executable, "-m", "spri_sft.cli", "train", "--config", str(recipe)]
+    command = [sys.executable, "-m", "spri_sft.cli", plan.job, "--config", str(recipe)]
     if plan.accelerate_config:
         command = [
             sys.executable, "-m", "accelerate.commands.launch", "--config_file", plan.accelerate_config,
-            "--module", "spri_sft.cli", "train", "--config", str(recipe),
+            "--module", "spri_sft.cli", plan.job, "--config", str(recipe),
         ]  # fmt: skip
     print(f"[spri-sft] checkpoints/{plan.mode}: {' '.join(command[1:])}", flush=True)
     returncode = subprocess.call(command)
@@ -338,6 +411,25 @@ def _train(plan: TrainPlan, dataset: Stage) -> Stage:
     state = json.loads((plan.output_dir / "trainer_state.json").read_text())
     stage.finish(steps=state["global_step"])
     return stage
+
+
+def _dpo(plan: TrainPlan, dataset: Stage, sft: Stage) -> Stage | None:
+    """DPO on the mode's preference pairs from its SFT model; None (one line why) when format made no training pair."""
+    pairs = json.loads((dataset.directory / "summary.json").read_text())["preference"]
+    if "train" not in pairs["splits"]:
+        reasons = ", ".join(f"{reason} {n}" for reason, n in pairs["no_pair"].items() if n) or "none"
+        only_validation = f", {pairs['pairs']} pairs all in the validation split" if pairs["pairs"] else ""
+        print(
+            f"[spri-sft] checkpoints/{plan.mode}: skipped: no preference pairs to train on ({pairs['records']} records"
+            f"{only_validation}; without a pair: {reasons}; see {dataset.directory / 'preference' / 'no_pair.jsonl'})",
+            flush=True,
+        )
+        return None
+    if "validation" not in pairs["splits"] and plan.args.get("eval_strategy", "no") != "no":
+        # A trainer cannot evaluate on a split that is not there; the pairs decide it, fingerprinted with them.
+        print(f"[spri-sft] checkpoints/{plan.mode}: no validation pair: training without evaluation", flush=True)
+        plan = dataclasses.replace(plan, args={**plan.args, "eval_strategy": "no", "load_best_model_at_end": False})
+    return _train(plan, [dataset.output_id, sft.output_id])
 
 
 # -- evaluate --------------------------------------------------------------------------------
