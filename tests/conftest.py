@@ -60,3 +60,20 @@ def tiny_lora_argv(model_dir: Path, dataset: Path, output_dir: Path, *overrides:
         "--dataloader_num_workers", "0",
         *overrides,
     ]  # fmt: skip
+
+
+def train_and_check_only_lora_moved(trainer) -> None:
+    """Train, then assert the trainable weights are exactly the LoRA ones, every one changed and no frozen one did."""
+    import torch
+
+    before = {name: p.detach().clone() for name, p in trainer.model.named_parameters()}
+    trainable = {name for name, p in trainer.model.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in name for name in trainable)
+
+    trainer.train()
+
+    for name, param in trainer.model.named_parameters():
+        if name in trainable:
+            assert not torch.equal(before[name], param), f"{name} did not change"
+        else:
+            assert torch.equal(before[name], param), f"frozen {name} changed"

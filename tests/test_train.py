@@ -10,7 +10,7 @@ import torch
 from spri_sft.errors import UserError
 from spri_sft.train.sft import build_trainer, main, make_parser
 
-from conftest import build_sft_dataset, tiny_lora_argv
+from conftest import build_sft_dataset, tiny_lora_argv, train_and_check_only_lora_moved
 
 
 @pytest.fixture(scope="module")
@@ -24,18 +24,7 @@ def parse(tiny_model_dir, sft_dataset, output_dir, *extra):
 
 
 def test_lora_steps_change_every_trainable_parameter_and_no_frozen_one(tiny_model_dir, sft_dataset, tmp_path):
-    trainer = build_trainer(*parse(tiny_model_dir, sft_dataset, tmp_path))
-    before = {name: p.detach().clone() for name, p in trainer.model.named_parameters()}
-    trainable = {name for name, p in trainer.model.named_parameters() if p.requires_grad}
-    assert trainable and all("lora_" in name for name in trainable)
-
-    trainer.train()
-
-    for name, param in trainer.model.named_parameters():
-        if name in trainable:
-            assert not torch.equal(before[name], param), f"{name} did not change"
-        else:
-            assert torch.equal(before[name], param), f"frozen {name} changed"
+    train_and_check_only_lora_moved(build_trainer(*parse(tiny_model_dir, sft_dataset, tmp_path)))
 
 
 def test_training_loss_goes_down_on_a_tiny_overfit_set(tiny_model_dir, sft_dataset, tmp_path):

@@ -12,7 +12,7 @@ from spri_sft.cli import main as spri_sft
 from spri_sft.errors import UserError
 from spri_sft.train import dpo, sft
 
-from conftest import build_sft_dataset, tiny_lora_argv
+from conftest import build_sft_dataset, tiny_lora_argv, train_and_check_only_lora_moved
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes/smollm2-135m-instruct/dpo/lora.yaml"
 
@@ -106,18 +106,7 @@ def test_two_dpo_steps_through_the_command_line_log_the_dpo_loss_and_save_an_ada
 
 
 def test_dpo_steps_change_every_lora_parameter_and_no_frozen_one(tiny_model_dir, preference_dataset, tmp_path):
-    trainer = dpo.build_trainer(*parse(*dpo_argv(tiny_model_dir, preference_dataset, tmp_path)))
-    before = {name: p.detach().clone() for name, p in trainer.model.named_parameters()}
-    trainable = {name for name, p in trainer.model.named_parameters() if p.requires_grad}
-    assert trainable and all("lora_" in name for name in trainable)
-
-    trainer.train()
-
-    for name, param in trainer.model.named_parameters():
-        if name in trainable:
-            assert not torch.equal(before[name], param), f"{name} did not change"
-        else:
-            assert torch.equal(before[name], param), f"frozen {name} changed"
+    train_and_check_only_lora_moved(dpo.build_trainer(*parse(*dpo_argv(tiny_model_dir, preference_dataset, tmp_path))))
 
 
 def test_continuing_an_sft_adapter_trains_it_against_a_frozen_copy_of_it(
