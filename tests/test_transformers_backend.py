@@ -81,6 +81,27 @@ def test_batched_greedy_output_equals_unbatched(tiny_model_dir):
     assert [r.text for r in alone] == [r.text for r in batched]
 
 
+def test_prompts_sharing_a_long_prefix_run_it_once_and_reply_as_alone(tiny_model_dir):
+    config = tiny_endpoint(tiny_model_dir, temperature=0.0, batch_wait_ms=200)
+    template = "Answer the question below as the principles say. " * 8  # one stage's shared instructions
+    prompts = [[{"role": "user", "content": template + q}] for q in ("short", "a much longer question here", "why?")]
+
+    async def one_by_one():
+        backend = TransformersChat(config)
+        return [await backend.chat(p) for p in prompts], backend._local.shared_prefix_tokens
+
+    async def together():
+        backend = TransformersChat(config)
+        return await asyncio.gather(*(backend.chat(p) for p in prompts)), backend._local
+
+    (alone, shared_alone), (batched, local) = asyncio.run(one_by_one()), asyncio.run(together())
+    assert shared_alone == [] and local.batch_sizes == [3]
+    assert len(local.shared_prefix_tokens) == 1 and local.shared_prefix_tokens[0] >= 32  # ran once for the batch
+    assert all(r.completion_tokens > 1 for r in alone)
+    assert [r.text for r in alone] == [r.text for r in batched]
+    assert [r.prompt_tokens for r in alone] == [r.prompt_tokens for r in batched]
+
+
 def test_base_and_critic_on_one_local_model_load_it_once(tiny_model_dir):
     from spri_sft.llm import build_backends
 

@@ -45,10 +45,10 @@ from typing import Any, Callable
 
 import torch
 from transformers.cache_utils import DynamicCache
-from transformers.modeling_outputs import CausalLMOutputWithPast
 
-# transformers 5 renamed `past_key_values` (input and output) to `cache`; older releases know only the first.
-_CACHE = "cache" if "cache" in getattr(CausalLMOutputWithPast, "__dataclass_fields__", {}) else "past_key_values"
+from spri_sft.models import cache_argument
+
+_CACHE = cache_argument()
 
 
 @dataclass

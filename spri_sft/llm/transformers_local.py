@@ -2,7 +2,9 @@
 
 Prompts in flight call `chat()` independently; a micro-batcher collects the requests that
 arrive within `batch_wait_ms` (up to `max_concurrency`) into one left-padded `generate()` call,
-run in a worker thread so the event loop keeps scheduling other prompts meanwhile.
+run in a worker thread so the event loop keeps scheduling other prompts meanwhile. The token
+prefix a batch's prompts share (a stage's template) is run once and its KV cache copied to each
+row (`_shared_prefix_inputs`); replies are those of a left-padded batch.
 
 A role with `prompt_format: chat` has its messages written by the tokenizer's chat template;
 one with `prompt_format: raw` has them rendered by `render_raw` and encoded by the tokenizer
@@ -27,9 +29,12 @@ from dataclasses import dataclass, replace
 from spri_sft.errors import UserError
 from spri_sft.llm.base import Completion, EndpointConfig, render_raw
 from spri_sft.llm.critic_format import DIGITS, FEEDBACK_PREFIX, RESULT_MARKER, likeliest, softmax_distribution
-from spri_sft.models import resolve_model
+from spri_sft.models import cache_argument, resolve_model
 
 logger = logging.getLogger(__name__)
+
+# Shorter common prefixes are left in the padded batch: running one costs a forward pass of its own.
+SHARED_PREFIX_MIN = 32
 
 
 @dataclass(frozen=True)
@@ -92,6 +97,7 @@ class _LocalModel:
         self._worker: asyncio.Task | None = None
         self._start_lock = asyncio.Lock()
         self.batch_sizes: list[int] = []  # kept for tests and benchmarks
+        self.shared_prefix_tokens: list[int] = []  # per generate() call that shared one (tests, benchmarks)
 
     async def start(self) -> None:
         async with self._start_lock:
@@ -156,7 +162,8 @@ class _LocalModel:
         # A chat template already wrote any BOS token, so adding special tokens would double it; a raw
         # prompt gets them exactly as the tokenizer's own encode adds them (module docstring).
         raw = sampling.prompt_format == "raw"
-        inputs = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=raw).to(self.model.device)
+        encoded = [tokenizer(text, add_special_tokens=raw)["input_ids"] for text in texts]
+        inputs = self._shared_prefix_inputs(encoded)
         eos_ids = _eos_ids(self.model, tokenizer)
         do_sample = sampling.temperature > 0
         kwargs = dict(
@@ -189,6 +196,38 @@ class _LocalModel:
         if sampling.critique:
             completions = self._score_critiques(texts, completions, sampling)
         return completions
+
+    def _shared_prefix_inputs(self, encoded: list[list[int]]) -> dict:
+        """generate()'s inputs for these prompts' token ids, their common prefix run once.
+
+        A stage sends every prompt the same template (the principles stage: six seed pairs, ~600 of
+        its ~750 tokens), so a batch's rows share a long token prefix. It runs once, its KV cache is
+        copied to every row, and each row's own tail follows it after that row's padding: rows read
+        `prefix, pads, tail`, the pads masked out and position ids counted over real tokens only (as
+        generate() derives them from the attention mask), so every row attends to exactly its own
+        tokens at their own positions, as in a left-padded batch. Without a prefix worth sharing
+        (one row, or under SHARED_PREFIX_MIN tokens) the batch is simply left-padded.
+        """
+        import torch
+        from transformers import DynamicCache
+
+        device, pad_id = self.model.device, self.tokenizer.pad_token_id
+        shared = _common_prefix(encoded)[: min(len(ids) for ids in encoded) - 1]  # every row keeps a token to run
+        if len(encoded) < 2 or len(shared) < SHARED_PREFIX_MIN:
+            input_ids, attention_mask = _left_padded(encoded, pad_id, device)
+            return {"input_ids": input_ids, "attention_mask": attention_mask}
+        cache = DynamicCache(config=self.model.config)
+        with torch.inference_mode():
+            self.model(input_ids=torch.tensor([shared], device=device), use_cache=True, **{cache_argument(): cache})
+        cache.batch_repeat_interleave(len(encoded))
+        tails = [ids[len(shared) :] for ids in encoded]
+        width = max(len(tail) for tail in tails)
+        input_ids = torch.tensor([shared + [pad_id] * (width - len(t)) + t for t in tails], device=device)
+        attention_mask = torch.tensor(
+            [[1] * len(shared) + [0] * (width - len(t)) + [1] * len(t) for t in tails], device=device
+        )
+        self.shared_prefix_tokens.append(len(shared))
+        return {"input_ids": input_ids, "attention_mask": attention_mask, cache_argument(): cache}
 
     def _score_critiques(self, texts: list[str], replies: list[Completion], sampling: _Sampling) -> list[Completion]:
         """Each reply (generated after "Feedback: ") cut at its first "[" and given its digit after "[RESULT] "."""
