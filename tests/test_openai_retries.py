@@ -1,7 +1,8 @@
 """How the HTTP backend retries, against the real fake server and the real `openai` client.
 
 The first half pins the retry policy reused from the `openai` client (which replies are worth
-retrying, how long the server asked to wait). The second half shows why the retry loop is the
+retrying, how long the server asked to wait); then the failures that never become a reply (a
+refused connection, a timeout) are retried too. The second half shows why the retry loop is the
 backend's own rather than the client's: it frees its concurrency slot while it backs off, moves a
 retry to another replica, and paces every attempt - none of which the client's internal loop can.
 Timing is asserted only as lower bounds on the gaps the server saw, never as wall-clock limits.
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import socket
 import time
 
 import openai
@@ -61,6 +63,24 @@ def asked(server: FakeOpenAIServer) -> list[str]:
     return [message_text(r.body["messages"][-1]) for r in server.received]
 
 
+def closed_port_url() -> str:
+    """The URL of a port nothing listens on: connecting to it is refused."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
+
+
+def count_retries(monkeypatch) -> list[float]:
+    """The backoff of every retry, as the backend waits it (at once: the retry tests need no wait)."""
+    waits: list[float] = []
+
+    async def record(seconds):
+        waits.append(seconds)
+
+    monkeypatch.setattr(openai_http, "_wait_before_retry", record)
+    return waits
+
+
 # -- the policy, as the openai client defines it ---------------------------------------------
 
 
@@ -73,6 +93,17 @@ def test_retry_after_ms_is_honoured():
     assert reply.text.startswith("Reply to:")
     assert server.stats["requests"] == 2 and len(gaps) == 1
     assert gaps[0] >= 0.3  # the backend's own backoff alone is ~1 ms
+
+
+def test_a_retry_after_in_seconds_is_honoured():
+    faults = FaultPlan(fail_first_n=1, error_headers=(("Retry-After", "1"),))
+    with FakeOpenAIServer(faults=faults) as server:
+        [reply] = ask(endpoint([server.base_url]), "Why is the sky blue?")
+        gaps = arrival_gaps(server)
+
+    assert reply.text.startswith("Reply to:")
+    assert server.stats["429"] == 1 and server.stats["requests"] == 2
+    assert gaps[0] >= 0.9
 
 
 def test_an_http_date_retry_after_is_honoured():
@@ -138,6 +169,44 @@ def test_retries_stop_after_max_retries():
 
     assert isinstance(error, openai.InternalServerError)
     assert server.stats["requests"] == 3
+
+
+# -- failures below HTTP: no server, no reply in time ----------------------------------------
+
+
+def test_a_refused_connection_is_an_api_connection_error():
+    [error] = ask(endpoint([closed_port_url()], max_retries=0), "Why is the sky blue?")
+
+    assert isinstance(error, openai.APIConnectionError) and not isinstance(error, openai.APITimeoutError)
+
+
+def test_a_refused_connection_is_retried(monkeypatch):
+    # The first attempt goes to the first replica (both idle), which refuses; the retry to the other.
+    waits = count_retries(monkeypatch)
+    with FakeOpenAIServer() as up:
+        [reply] = ask(endpoint([closed_port_url(), up.base_url], max_retries=1), "Why is the sky blue?")
+        served = up.stats["requests"]
+
+    assert reply.text.startswith("Reply to:")
+    assert len(waits) == 1 and served == 1
+
+
+def test_a_request_unanswered_within_the_timeout_is_an_api_timeout_error():
+    with FakeOpenAIServer(faults=FaultPlan(rate_slow=1.0, slow_seconds=30)) as slow:
+        [error] = ask(endpoint([slow.base_url], timeout=0.3, max_retries=0), "Why is the sky blue?")
+
+    assert isinstance(error, openai.APITimeoutError)
+
+
+def test_a_timed_out_request_is_retried(monkeypatch):
+    waits = count_retries(monkeypatch)
+    with FakeOpenAIServer(faults=FaultPlan(rate_slow=1.0, slow_seconds=30)) as slow, FakeOpenAIServer() as up:
+        config = endpoint([slow.base_url, up.base_url], timeout=0.3, max_retries=1)
+        [reply] = ask(config, "Why is the sky blue?")
+        timed_out, served = slow.stats["slow"], up.stats["requests"]
+
+    assert reply.text.startswith("Reply to:")
+    assert len(waits) == 1 and timed_out == 1 and served == 1
 
 
 # -- why the loop is the backend's own ---------------------------------------------------------

@@ -23,6 +23,21 @@ seconds or as an HTTP date) come from the client's own `_should_retry` and
 failures: timeouts and connection errors, bodies that are not JSON, and replies without choices.
 Other 4xx replies (bad request, auth) are not retried: sending the same request again cannot fix them.
 
+How a completion is posted, and why not through the SDK's request path: each replica URL has one
+`aiohttp.ClientSession` (the SDK's headers and the key as a bearer token, a JSON body, the role's
+`timeout` for the whole request, the environment's proxy), and a 2xx reply's JSON is read as dicts,
+whatever its content-type. The SDK's path, even its lightest form (`AsyncOpenAI.post(...,
+cast_to=object)` over its aiohttp transport), builds per request its pydantic request options,
+httpx Request, URL and Headers models around the aiohttp call, and an APIResponse. Against
+`spri_sft.testing.capacity_server` at C=256 slots (`scripts/bench_generate.py --bench scheduling`,
+4096 prompts, client limit 2C, one session on two shared cores) the client's CPU per call fell from
+2.0 ms to 0.9 ms, and ideal/busy from 0.81-0.91 (lower whenever other work took the client's CPU
+and it refilled slots late) to 0.905 in every run, the rest being the last prompts' drain. What
+stays the SDK's: a non-2xx reply becomes its own exception (`_make_status_error_from_response`:
+BadRequestError, RateLimitError, InternalServerError, ..., with the reply's headers, which the retry
+rule above reads), a failure to connect is its APIConnectionError and a timeout its APITimeoutError,
+and `start()`'s check lists the models with the SDK's client.
+
 Critiques of a role with `score: constrained | expected` (`critique()`, formats in
 `spri_sft.llm.critic_format`) send `"structured_outputs": {"regex": CRITIC_REGEX}` (vLLM's field
 since it removed `guided_regex` in 0.12), so the reply ends "[RESULT] n". A reply cut by max_tokens
@@ -39,6 +54,7 @@ logs them), is said in one line and the role falls back to `score: parse`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import math
@@ -48,7 +64,15 @@ import re
 import time
 from dataclasses import dataclass, field, replace
 
+import aiohttp
 import openai
+import yarl
+from aiohttp.helpers import get_env_proxy_for_url
+
+try:  # the HTTP models the SDK's errors carry: httpx2 since openai 3, httpx before
+    import httpx2 as sdk_http
+except ImportError:  # pragma: no cover - an openai older than 3
+    import httpx as sdk_http
 
 from spri_sft.errors import UserError
 from spri_sft.llm.base import Completion, EndpointConfig, render_raw
@@ -108,7 +132,10 @@ TEXT = _Route("/completions", chat=False)
 @dataclass
 class _Replica:
     url: str
-    client: openai.AsyncOpenAI
+    client: openai.AsyncOpenAI  # lists models, and turns error replies into the SDK's exceptions
+    session: aiohttp.ClientSession | None = None  # posts completions; opened by the first one (it needs the loop)
+    proxy: yarl.URL | None = None  # the environment's, read when the session opens
+    proxy_auth: aiohttp.BasicAuth | None = None
     in_flight: int = 0
     served: int = 0
     refused_fields: set[str] = field(default_factory=set)
@@ -261,22 +288,21 @@ class _ServerPool:
     def __init__(self, config: EndpointConfig):
         self.config = config
         # A local server needs no key, but the client insists on one.
-        api_key = os.environ.get(config.api_key_env) or "EMPTY"
+        self._api_key = os.environ.get(config.api_key_env) or "EMPTY"
         self.replicas = [
             _Replica(
                 url,
                 openai.AsyncOpenAI(
                     base_url=url,
-                    api_key=api_key,
+                    api_key=self._api_key,
                     max_retries=0,  # retried by `send`, which frees the slot while it waits (module docstring)
                     timeout=config.timeout,
-                    # aiohttp's transport costs a fraction of httpx's CPU per request at high concurrency.
-                    http_client=openai.DefaultAioHttpClient(timeout=config.timeout),
                 ),
             )
             for url in config.base_url
         ]
-        self._slots = asyncio.Semaphore(max(1, config.max_concurrency) * len(self.replicas))
+        self._slot_count = max(1, config.max_concurrency) * len(self.replicas)
+        self._slots = asyncio.Semaphore(self._slot_count)
         self._requests = _Pacer(config.requests_per_minute) if config.requests_per_minute else None
         self._tokens = _Pacer(config.tokens_per_minute) if config.tokens_per_minute else None
         self._checked: set[str] = set()
@@ -334,11 +360,6 @@ class _ServerPool:
             reply = await self._post(replica, route, body)
         finally:
             replica.in_flight -= 1
-        if isinstance(reply, str):  # the SDK hands back the text of a body not labelled JSON (some proxies)
-            try:
-                reply = json.loads(reply)
-            except json.JSONDecodeError as err:
-                raise MalformedReply(f"{replica.url} sent a body that is not JSON ({err})") from None
         choices = reply.get("choices") if isinstance(reply, dict) else None
         choice = choices[0] if isinstance(choices, list) and choices and isinstance(choices[0], dict) else None
         text = route.text_of(choice) if choice else None
@@ -361,14 +382,7 @@ class _ServerPool:
         while True:
             sent = {k: v for k, v in body.items() if k not in replica.refused_fields}
             try:
-                # The request `chat.completions.create(...)` / `completions.create(prompt=...)` would send,
-                # with the SDK's own error replies (APIStatusError and its subclasses), minus two costs that
-                # bound throughput at high concurrency: a plain dict body skips the walk of typed params, and
-                # `cast_to=object` returns the reply's JSON as it came instead of building pydantic models
-                # of it (the SDK's documented escape hatch), which this module reads as dicts.
-                return await replica.client.post(route.path, body=sent, cast_to=object)
-            except json.JSONDecodeError as err:
-                raise MalformedReply(f"{replica.url} sent a body that is not JSON ({err})") from None
+                return await self._post_json(replica, route.path, sent)
             except (openai.BadRequestError, openai.UnprocessableEntityError) as err:
                 said = str(err)
                 refused = next((f for f in OPTIONAL_FIELDS if f in sent and f in said), None)
@@ -381,11 +395,56 @@ class _ServerPool:
                         replica.url, refused, err.status_code, refused,
                     )
 
+    async def _post_json(self, replica: _Replica, path: str, body: dict) -> object:
+        """The parsed JSON of a 2xx reply to `body` posted to the replica's `path`; any other reply is the
+        exception the SDK raises for it, a failure to connect or to be answered in time its
+        APIConnectionError or APITimeoutError (module docstring: why not the SDK's own request path)."""
+        url = replica.url.rstrip("/") + path  # what the SDK makes of base_url and path
+        data = json.dumps(body).encode()
+        try:
+            posted = self._session(replica).post(url, data=data, proxy=replica.proxy, proxy_auth=replica.proxy_auth)
+            async with posted as response:
+                status, headers, content = response.status, response.raw_headers, await response.read()
+        except TimeoutError as err:  # aiohttp's timeouts are TimeoutErrors (some also ClientErrors)
+            raise openai.APITimeoutError(request=sdk_http.Request("POST", url)) from err
+        except aiohttp.ClientError as err:
+            raise openai.APIConnectionError(request=sdk_http.Request("POST", url)) from err
+        if not 200 <= status < 300:
+            # aiohttp has already decoded a compressed body; the SDK's response must not decode it again.
+            headers = [(name, value) for name, value in headers if name.lower() != b"content-encoding"]
+            request = sdk_http.Request("POST", url)
+            error_reply = sdk_http.Response(status, headers=headers, content=content, request=request)
+            raise replica.client._make_status_error_from_response(error_reply)
+        try:  # whatever its content-type says: some proxies label JSON text/plain
+            return json.loads(content)
+        except ValueError as err:  # not JSON, or not UTF-8
+            raise MalformedReply(f"{replica.url} sent a body that is not JSON ({err})") from None
+
+    def _session(self, replica: _Replica) -> aiohttp.ClientSession:
+        if replica.session is None:
+            # The SDK's own headers (JSON in and out, its User-Agent, OpenAI-Organization and -Project when
+            # set), less those it leaves out (Omit), and the key as a bearer token.
+            headers = {name: value for name, value in replica.client.default_headers.items() if isinstance(value, str)}
+            replica.session = aiohttp.ClientSession(
+                headers={**headers, "Authorization": f"Bearer {self._api_key}"},
+                timeout=aiohttp.ClientTimeout(total=self.config.timeout),
+                # The pool's slots bound the requests in flight; one replica may hold all of them.
+                connector=aiohttp.TCPConnector(limit=self._slot_count),
+            )
+            # HTTP_PROXY, HTTPS_PROXY and NO_PROXY apply as they do to the SDK's client, read once as it
+            # reads them. (aiohttp's trust_env=True would read them, and ~/.netrc, on a worker thread for
+            # every request: two thread hand-offs per call.)
+            with contextlib.suppress(LookupError):  # no proxy for this URL
+                replica.proxy, replica.proxy_auth = get_env_proxy_for_url(yarl.URL(replica.url))
+        return replica.session
+
     async def close(self) -> None:
         if self._closed:
             return
         self._closed = True
         for replica in self.replicas:
+            if replica.session is not None:
+                await replica.session.close()
             await replica.client.close()
 
 

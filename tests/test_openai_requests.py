@@ -1,0 +1,126 @@
+"""What the HTTP backend puts on the wire, as a real HTTP server receives it: the key, the JSON body
+on the role's route, the proxy the environment names; and that closing the backend closes its
+connections.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http.server
+import json
+import threading
+
+import pytest
+
+from spri_sft.llm.base import EndpointConfig
+from spri_sft.llm.openai_http import OpenAIChat
+
+pytestmark = pytest.mark.timeout(60)
+
+REPLY = {"choices": [{"message": {"role": "assistant", "content": "Hello."}, "finish_reason": "stop"}]}
+
+
+class RecordingServer:
+    """A real HTTP server that answers every POST with one chat completion and keeps, per request,
+    the target of its request line (a proxy's is the whole URL), its headers and its body."""
+
+    def __init__(self):
+        self.requests: list[tuple[str, dict[str, str], bytes]] = []
+        recorded = self.requests
+        payload = json.dumps(REPLY).encode()
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive, as a real server
+
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("content-length", 0)))
+                recorded.append((self.path, dict(self.headers), body))
+                self.send_response(200)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.address = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def __enter__(self) -> RecordingServer:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def endpoint(base_url: str, **overrides) -> EndpointConfig:
+    settings = dict(backend="openai", model="m", base_url=[base_url], max_retries=0)
+    settings.update(overrides)
+    return EndpointConfig(**settings)
+
+
+def chat_once(config: EndpointConfig) -> tuple[str, OpenAIChat]:
+    """One chat request's reply text, and the closed backend that sent it."""
+
+    async def go():
+        backend = OpenAIChat(config)
+        try:
+            return (await backend.chat([{"role": "user", "content": "Hi"}])).text, backend
+        finally:
+            await backend.close()
+
+    return asyncio.run(go())
+
+
+def test_the_api_key_is_sent_as_a_bearer_token(monkeypatch):
+    monkeypatch.setenv("SPRI_TEST_API_KEY", "sk-test-123")
+    with RecordingServer() as server:
+        chat_once(endpoint(f"{server.address}/v1", api_key_env="SPRI_TEST_API_KEY"))
+
+    [(_, headers, _)] = server.requests
+    assert headers["Authorization"] == "Bearer sk-test-123"
+
+
+def test_a_chat_request_is_a_json_body_posted_to_chat_completions():
+    with RecordingServer() as server:
+        text, _ = chat_once(endpoint(f"{server.address}/v1/"))  # a trailing slash is not doubled
+
+    [(target, headers, body)] = server.requests
+    assert text == "Hello."
+    assert target == "/v1/chat/completions"
+    assert headers["Content-Type"] == "application/json"
+    assert json.loads(body)["messages"] == [{"role": "user", "content": "Hi"}]
+
+
+def test_the_proxy_the_environment_names_carries_the_request(monkeypatch):
+    for name in ("NO_PROXY", "no_proxy", "http_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    with RecordingServer() as proxy:
+        monkeypatch.setenv("HTTP_PROXY", proxy.address)
+        text, _ = chat_once(endpoint("http://model-server.invalid/v1"))  # only the proxy can reach it
+
+    [(target, _, _)] = proxy.requests
+    assert text == "Hello."
+    assert target == "http://model-server.invalid/v1/chat/completions"
+
+
+def test_a_host_in_no_proxy_is_reached_directly(monkeypatch):
+    for name in ("no_proxy", "http_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")  # the discard port: a proxy that is not there
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    with RecordingServer() as server:
+        text, _ = chat_once(endpoint(f"{server.address}/v1"))
+
+    assert text == "Hello." and len(server.requests) == 1
+
+
+def test_closing_the_backend_closes_its_connections():
+    with RecordingServer() as server:
+        _, backend = chat_once(endpoint(f"{server.address}/v1"))
+
+    [replica] = backend.pool.replicas
+    assert replica.session is not None and replica.session.closed
