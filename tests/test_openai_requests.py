@@ -12,6 +12,7 @@ import threading
 
 import pytest
 
+from spri_sft.errors import UserError
 from spri_sft.llm.base import EndpointConfig
 from spri_sft.llm.openai_http import OpenAIChat
 
@@ -124,3 +125,26 @@ def test_closing_the_backend_closes_its_connections():
 
     [replica] = backend.pool.replicas
     assert replica.session is not None and replica.session.closed
+
+
+def test_a_proxy_the_http_client_cannot_use_is_refused_in_one_line(monkeypatch):
+    for name in ("NO_PROXY", "no_proxy", "http_proxy", "HTTP_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", "https://proxy.invalid:3128")  # aiohttp would ignore it and go direct
+
+    with pytest.raises(UserError, match=r"proxy 'https://proxy.invalid:3128'.*only http:// proxies"):
+        OpenAIChat(endpoint("http://model-server.invalid/v1"))
+
+
+def test_a_backend_closed_after_one_event_loop_serves_the_next():
+    with RecordingServer() as server:
+        backend = OpenAIChat(endpoint(f"{server.address}/v1"))
+
+        async def one_request():
+            try:
+                return (await backend.chat([{"role": "user", "content": "Hi"}])).text
+            finally:
+                await backend.close()
+
+        assert [asyncio.run(one_request()), asyncio.run(one_request())] == ["Hello.", "Hello."]
+    assert len(server.requests) == 2

@@ -28,11 +28,9 @@ How a completion is posted, and why not through the SDK's request path: each rep
 `timeout` for the whole request, the environment's proxy), and a 2xx reply's JSON is read as dicts,
 whatever its content-type. The SDK's path, even its lightest form (`AsyncOpenAI.post(...,
 cast_to=object)` over its aiohttp transport), builds per request its pydantic request options,
-httpx Request, URL and Headers models around the aiohttp call, and an APIResponse. Against
-`spri_sft.testing.capacity_server` at C=256 slots (`scripts/bench_generate.py --bench scheduling`,
-4096 prompts, client limit 2C, one session on two shared cores) the client's CPU per call fell from
-2.0 ms to 0.9 ms, and ideal/busy from 0.81-0.91 (lower whenever other work took the client's CPU
-and it refilled slots late) to 0.905 in every run, the rest being the last prompts' drain. What
+httpx Request, URL and Headers models around the aiohttp call, and an APIResponse: at C=256
+requests in flight that CPU bounded throughput (README, "Benchmarks": the client's CPU per call and
+the scheduling ratio before and after). What
 stays the SDK's: a non-2xx reply becomes its own exception (`_make_status_error_from_response`:
 BadRequestError, RateLimitError, InternalServerError, ..., with the reply's headers, which the retry
 rule above reads), a failure to connect is its APIConnectionError and a timeout its APITimeoutError,
@@ -134,6 +132,7 @@ class _Replica:
     url: str
     client: openai.AsyncOpenAI  # lists models, and turns error replies into the SDK's exceptions
     session: aiohttp.ClientSession | None = None  # posts completions; opened by the first one (it needs the loop)
+    session_loop: asyncio.AbstractEventLoop | None = None  # the loop it belongs to: another run opens its own
     proxy: yarl.URL | None = None  # the environment's, read when the session opens
     proxy_auth: aiohttp.BasicAuth | None = None
     in_flight: int = 0
@@ -301,6 +300,8 @@ class _ServerPool:
             )
             for url in config.base_url
         ]
+        for replica in self.replicas:
+            replica.proxy, replica.proxy_auth = _env_proxy(replica.url)
         self._slot_count = max(1, config.max_concurrency) * len(self.replicas)
         self._slots = asyncio.Semaphore(self._slot_count)
         self._requests = _Pacer(config.requests_per_minute) if config.requests_per_minute else None
@@ -408,7 +409,8 @@ class _ServerPool:
         except TimeoutError as err:  # aiohttp's timeouts are TimeoutErrors (some also ClientErrors)
             raise openai.APITimeoutError(request=sdk_http.Request("POST", url)) from err
         except aiohttp.ClientError as err:
-            raise openai.APIConnectionError(request=sdk_http.Request("POST", url)) from err
+            cause = f"Connection error: {type(err).__name__}: {err}"
+            raise openai.APIConnectionError(message=cause, request=sdk_http.Request("POST", url)) from err
         if not 200 <= status < 300:
             # aiohttp has already decoded a compressed body; the SDK's response must not decode it again.
             headers = [(name, value) for name, value in headers if name.lower() != b"content-encoding"]
@@ -421,7 +423,8 @@ class _ServerPool:
             raise MalformedReply(f"{replica.url} sent a body that is not JSON ({err})") from None
 
     def _session(self, replica: _Replica) -> aiohttp.ClientSession:
-        if replica.session is None:
+        loop = asyncio.get_running_loop()
+        if replica.session is None or replica.session.closed or replica.session_loop is not loop:
             # The SDK's own headers (JSON in and out, its User-Agent, OpenAI-Organization and -Project when
             # set), less those it leaves out (Omit), and the key as a bearer token.
             headers = {name: value for name, value in replica.client.default_headers.items() if isinstance(value, str)}
@@ -431,21 +434,43 @@ class _ServerPool:
                 # The pool's slots bound the requests in flight; one replica may hold all of them.
                 connector=aiohttp.TCPConnector(limit=self._slot_count),
             )
-            # HTTP_PROXY, HTTPS_PROXY and NO_PROXY apply as they do to the SDK's client, read once as it
-            # reads them. (aiohttp's trust_env=True would read them, and ~/.netrc, on a worker thread for
-            # every request: two thread hand-offs per call.)
-            with contextlib.suppress(LookupError):  # no proxy for this URL
-                replica.proxy, replica.proxy_auth = get_env_proxy_for_url(yarl.URL(replica.url))
+            replica.session_loop = loop
         return replica.session
 
     async def close(self) -> None:
+        for replica in self.replicas:  # a session of an earlier run's loop went with that loop
+            if replica.session is not None and replica.session_loop is asyncio.get_running_loop():
+                await replica.session.close()  # a later run opens a new one (`_session`)
         if self._closed:
             return
         self._closed = True
         for replica in self.replicas:
-            if replica.session is not None:
-                await replica.session.close()
             await replica.client.close()
+
+
+def _env_proxy(url: str) -> tuple[yarl.URL | None, aiohttp.BasicAuth | None]:
+    """The proxy HTTP_PROXY / HTTPS_PROXY name for `url` (NO_PROXY respected), read once, as the SDK's client does.
+
+    aiohttp's `trust_env=True` would read them, and ~/.netrc, on a worker thread for every request
+    (two thread hand-offs per call). aiohttp speaks only to http:// proxies: one the environment
+    names that it would ignore (an https:// or socks proxy, or ALL_PROXY) is refused in one line
+    rather than bypassed.
+    """
+    from urllib.request import getproxies, proxy_bypass
+
+    target = yarl.URL(url)
+    if target.host is not None and proxy_bypass(target.host):
+        return None, None
+    with contextlib.suppress(LookupError):  # no usable proxy for this URL
+        return get_env_proxy_for_url(target)
+    named = getproxies()
+    unusable = named.get(target.scheme) or named.get("all")
+    if unusable:
+        raise UserError(
+            f"{url}: the environment names the proxy {unusable!r} (HTTP(S)_PROXY / ALL_PROXY), which spri-sft's "
+            "HTTP client cannot use (only http:// proxies): set an http:// proxy or add the host to NO_PROXY"
+        )
+    return None, None
 
 
 def _logprobs_fields(route: _Route) -> dict:
