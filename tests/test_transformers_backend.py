@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 
 import pytest
 
@@ -97,9 +98,29 @@ def test_prompts_sharing_a_long_prefix_run_it_once_and_reply_as_alone(tiny_model
     (alone, shared_alone), (batched, local) = asyncio.run(one_by_one()), asyncio.run(together())
     assert shared_alone == [] and local.batch_sizes == [3]
     assert len(local.shared_prefix_tokens) == 1 and local.shared_prefix_tokens[0] >= 32  # ran once for the batch
-    assert all(r.completion_tokens > 1 for r in alone)
+    assert all(r.completion_tokens > 1 for r in alone) and len({r.text for r in alone}) == 3  # rows can't be mixed up
     assert [r.text for r in alone] == [r.text for r in batched]
     assert [r.prompt_tokens for r in alone] == [r.prompt_tokens for r in batched]
+
+
+def test_a_sliding_window_model_gets_a_left_padded_batch_not_a_shared_prefix(tiny_model_dir, tmp_path):
+    # Middle padding would take cache slots of a sliding window, so such a model never shares a prefix.
+    model_dir = tmp_path / "sliding"
+    shutil.copytree(tiny_model_dir, model_dir)
+    config = json.loads((model_dir / "config.json").read_text())
+    config.update(architectures=["MistralForCausalLM"], model_type="mistral", sliding_window=16)
+    (model_dir / "config.json").write_text(json.dumps(config))
+    template = "Answer the question below as the principles say. " * 8
+    prompts = [[{"role": "user", "content": template + q}] for q in ("short", "why?")]
+
+    async def together():
+        backend = TransformersChat(tiny_endpoint(model_dir, temperature=0.0, batch_wait_ms=200))
+        replies = await asyncio.gather(*(backend.chat(p) for p in prompts))
+        return replies, backend._local
+
+    replies, local = asyncio.run(together())
+    assert local.batch_sizes == [2] and local.shared_prefix_tokens == []
+    assert all(r.completion_tokens >= 1 for r in replies)
 
 
 def test_base_and_critic_on_one_local_model_load_it_once(tiny_model_dir):

@@ -4,7 +4,7 @@ Prompts in flight call `chat()` independently; a micro-batcher collects the requ
 arrive within `batch_wait_ms` (up to `max_concurrency`) into one left-padded `generate()` call,
 run in a worker thread so the event loop keeps scheduling other prompts meanwhile. The token
 prefix a batch's prompts share (a stage's template) is run once and its KV cache copied to each
-row (`_shared_prefix_inputs`); replies are those of a left-padded batch.
+row (`_shared_prefix_inputs`, full-attention models); replies are those of a left-padded batch.
 
 A role with `prompt_format: chat` has its messages written by the tokenizer's chat template;
 one with `prompt_format: raw` has them rendered by `render_raw` and encoded by the tokenizer
@@ -200,25 +200,35 @@ class _LocalModel:
     def _shared_prefix_inputs(self, encoded: list[list[int]]) -> dict:
         """generate()'s inputs for these prompts' token ids, their common prefix run once.
 
-        A stage sends every prompt the same template (the principles stage: six seed pairs, ~600 of
-        its ~750 tokens), so a batch's rows share a long token prefix. It runs once, its KV cache is
-        copied to every row, and each row's own tail follows it after that row's padding: rows read
-        `prefix, pads, tail`, the pads masked out and position ids counted over real tokens only (as
-        generate() derives them from the attention mask), so every row attends to exactly its own
-        tokens at their own positions, as in a left-padded batch. Without a prefix worth sharing
-        (one row, or under SHARED_PREFIX_MIN tokens) the batch is simply left-padded.
+        A stage sends every prompt the same template (the embedded default's principles stage: six
+        seed pairs; its 8 built-in prompts share 717 of their ~747 tokens), so a batch's rows share a
+        long token prefix. It runs once, its KV cache is copied to every row, and each row's own tail
+        follows it after that row's padding: rows read `prefix, pads, tail`, the pads masked out and
+        position ids counted over real tokens only (as generate() derives them from the attention
+        mask), so every row attends to exactly its own tokens at their own positions, as in a
+        left-padded batch (the same replies up to float rounding: the prefix ran at batch size 1).
+
+        Only for models whose every layer keeps a plain full-attention cache: a sliding window counts
+        cache slots, pads included, and a recurrent or linear-attention state would read the pads, so
+        such a model (and remote code, whose cache handling is its own) gets a left-padded batch, as
+        does a batch of one or one sharing under SHARED_PREFIX_MIN tokens.
         """
         import torch
         from transformers import DynamicCache
+        from transformers.cache_utils import DynamicLayer
 
         device, pad_id = self.model.device, self.tokenizer.pad_token_id
         shared = _common_prefix(encoded)[: min(len(ids) for ids in encoded) - 1]  # every row keeps a token to run
-        if len(encoded) < 2 or len(shared) < SHARED_PREFIX_MIN:
+        cache = None
+        if len(encoded) > 1 and len(shared) >= SHARED_PREFIX_MIN and not self.config.trust_remote_code:
+            cache = DynamicCache(config=self.model.config)
+            if not all(type(layer) is DynamicLayer for layer in cache.layers):
+                cache = None
+        if cache is None:
             input_ids, attention_mask = _left_padded(encoded, pad_id, device)
             return {"input_ids": input_ids, "attention_mask": attention_mask}
-        cache = DynamicCache(config=self.model.config)
-        with torch.inference_mode():
-            self.model(input_ids=torch.tensor([shared], device=device), use_cache=True, **{cache_argument(): cache})
+        with torch.inference_mode():  # the decoder alone: nobody reads the prefix's logits
+            self.model.base_model(input_ids=torch.tensor([shared], device=device), use_cache=True, **{cache_argument(): cache})
         cache.batch_repeat_interleave(len(encoded))
         tails = [ids[len(shared) :] for ids in encoded]
         width = max(len(tail) for tail in tails)
