@@ -64,6 +64,13 @@ and the ratio of vLLM's rate to transformers'. The server's start-up is timed ap
 once per run, not per record):
 
     python scripts/bench_generate.py --bench engines --prompts 8 --output bench_engines.json
+    python scripts/bench_generate.py --bench engines --vllm-dtype float32,bfloat16   # one server per dtype
+
+vLLM's CPU build computes in bfloat16 under its `--dtype auto` (what `VLLMServer(dtype=None)`
+passes); with `--vllm-dtype` each dtype named gets a server of its own, measured beside the same
+transformers run. The JSON output (`--output`) holds each engine's start-up seconds
+(`vllm_startup_s`, by engine), every run's row (`results`) and each vLLM engine's records/min over
+transformers' (`over_transformers`).
 
 To see where the client spends its time, run it under py-spy (`pip install py-spy`):
 `py-spy record -o profile.svg -- python scripts/bench_generate.py --bench scheduling ...`.
@@ -153,6 +160,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="engines: the generate recipe both engines run (default: the embedded default's)",
     )
     parser.add_argument("--repeats", type=int, default=1, help="engines: runs of each engine, alternating (default 1)")
+    parser.add_argument(
+        "--vllm-dtype",
+        default="bfloat16",
+        help="engines: comma-separated vLLM --dtype values, one server each, e.g. bfloat16,float32 (default bfloat16)",
+    )
     parser.add_argument("--output", type=Path, default=None, help="also write the results as JSON to this path")
     args = parser.parse_args(argv)
     try:
@@ -439,35 +451,46 @@ def engines_main(args: argparse.Namespace) -> int:
 
     recipe = load_config(GenerateConfig, ["--config", str(args.recipe), "--progress", "false"])
     prompts = recipe.prompts.limit = args.prompts or recipe.prompts.limit or 8
-    vllm = VLLMServer(dtype="bfloat16", max_model_len=4096, env={"VLLM_CPU_KVCACHE_SPACE": "2"})
+    dtypes = list(dict.fromkeys(d.strip() for d in args.vllm_dtype.split(",") if d.strip()))
+    if not dtypes:
+        raise SystemExit("bench_generate.py: --vllm-dtype names no dtype (e.g. bfloat16,float32)")
 
-    def on(backend: str, role: EndpointConfig) -> EndpointConfig:
-        return dataclasses.replace(role, backend=backend, vllm=vllm) if backend == "vllm" else role
+    def on(engine: str, role: EndpointConfig) -> EndpointConfig:
+        if engine == "transformers":
+            return role
+        server = VLLMServer(dtype=engine.removeprefix("vllm-"), max_model_len=4096, env={"VLLM_CPU_KVCACHE_SPACE": "2"})
+        return dataclasses.replace(role, backend="vllm", vllm=server)
 
-    rows = []
-    with tempfile.TemporaryDirectory(prefix="bench-engines-") as tmp, ServedModels(Path(tmp) / "servers") as servers:
-        started = time.perf_counter()
-        servers.endpoints(on("vllm", recipe.base), on("vllm", recipe.critic))
-        startup = time.perf_counter() - started
-        print(f"  vLLM server ready in {startup:.0f} s (not counted below)", flush=True)
-        order = ["transformers", "vllm"]
-        for repeat in range(args.repeats):
-            for backend in order if repeat % 2 == 0 else order[::-1]:
-                config = dataclasses.replace(
-                    recipe,
-                    output_dir=str(Path(tmp) / f"{backend}-{repeat}"),
-                    base=on(backend, recipe.base),
-                    critic=on(backend, recipe.critic),
-                )
-                print(f"  {backend} (run {repeat + 1}): {prompts} prompts, mode {config.mode} ...", flush=True)
-                with contextlib.redirect_stdout(io.StringIO()):
-                    began = time.perf_counter()
-                    summary = generate(config, servers)
-                    wall = time.perf_counter() - began
-                done = summary["this_run"]["records"]
-                rows.append({"engine": backend, "repeat": repeat, "records": done, "calls": summary["this_run"]["calls"],
-                             "tokens": summary["this_run"]["tokens"], "wall_s": round(wall, 1),
-                             "records_per_min": round(60 * done / wall, 2)})  # fmt: skip
+    def run(engine: str, repeat: int, servers: ServedModels, tmp: str) -> None:
+        config = dataclasses.replace(
+            recipe, output_dir=str(Path(tmp) / f"{engine}-{repeat}"), base=on(engine, recipe.base),
+            critic=on(engine, recipe.critic),
+        )  # fmt: skip
+        print(f"  {engine} (run {repeat + 1}): {prompts} prompts, mode {config.mode} ...", flush=True)
+        with contextlib.redirect_stdout(io.StringIO()):
+            began = time.perf_counter()
+            summary = generate(config, servers)
+            wall = time.perf_counter() - began
+        done = summary["this_run"]["records"]
+        rows.append({"engine": engine, "repeat": repeat, "records": done, "calls": summary["this_run"]["calls"],
+                     "tokens": summary["this_run"]["tokens"], "wall_s": round(wall, 1),
+                     "records_per_min": round(60 * done / wall, 2)})  # fmt: skip
+
+    # One server per dtype, one at a time (two would share these cores); transformers alternates with the first.
+    rows: list[dict] = []
+    startups: dict[str, float] = {}
+    with tempfile.TemporaryDirectory(prefix="bench-engines-") as tmp:
+        for dtype in dtypes:
+            engine = f"vllm-{dtype}"
+            with ServedModels(Path(tmp) / f"servers-{dtype}") as servers:
+                started = time.perf_counter()
+                servers.endpoints(on(engine, recipe.base), on(engine, recipe.critic))
+                startups[engine] = round(time.perf_counter() - started, 1)
+                print(f"  {engine} server ready in {startups[engine]:.0f} s (not counted below)", flush=True)
+                order = ["transformers", engine] if dtype == dtypes[0] else [engine]
+                for repeat in range(args.repeats):
+                    for each in order if repeat % 2 == 0 else order[::-1]:
+                        run(each, repeat, servers, tmp)
 
     def rate(engine: str) -> float:
         runs = [r for r in rows if r["engine"] == engine]
@@ -477,12 +500,13 @@ def engines_main(args: argparse.Namespace) -> int:
     for row in rows:
         print(f"{row['engine']:<13} {row['repeat'] + 1:>3} {row['records']:>7} {row['calls']:>6} {row['tokens']:>7} "
               f"{row['wall_s']:>7.1f} {row['records_per_min']:>8.2f}")  # fmt: skip
-    ratio = rate("vllm") / rate("transformers")
-    print(f"vLLM / transformers records per minute: {ratio:.2f}x (vLLM start-up {startup:.0f} s, paid once per run)")
+    ratios = {engine: round(rate(engine) / rate("transformers"), 3) for engine in startups}
+    for engine, ratio in ratios.items():
+        print(f"{engine} / transformers records per minute: {ratio:.2f}x (start-up {startups[engine]:.0f} s, paid once per run)")
     if args.output:
         args.output.parent.mkdir(parents=True, exist_ok=True)
-        result = {"settings": {"recipe": str(args.recipe), "prompts": prompts, "repeats": args.repeats},
-                  "vllm_startup_s": round(startup, 1), "results": rows, "vllm_over_transformers": round(ratio, 3)}  # fmt: skip
+        result = {"settings": {"recipe": str(args.recipe), "prompts": prompts, "repeats": args.repeats, "vllm_dtypes": dtypes},
+                  "vllm_startup_s": startups, "results": rows, "over_transformers": ratios}  # fmt: skip
         args.output.write_text(json.dumps(result, indent=2) + "\n")
         print(f"wrote {args.output}")
     return 0
