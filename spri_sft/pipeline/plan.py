@@ -29,7 +29,7 @@ from spri_sft.generate.plan import extrapolate, plan_lines, sample_prompts
 from spri_sft.generate.run import generate, run_records
 from spri_sft.generate.servers import ServedModels
 from spri_sft.pipeline.config import PipelineConfig
-from spri_sft.pipeline.run import _generation_job, check_recipe
+from spri_sft.pipeline.run import check_recipe, generation_job
 
 SAMPLE_FILE = "sample_prompts.jsonl"
 
@@ -60,7 +60,7 @@ def generation_jobs(recipe: PipelineConfig | GenerateConfig) -> dict[str, Genera
     if isinstance(recipe, GenerateConfig):
         return {recipe.mode: recipe}
     check_recipe(recipe)
-    return {mode: _generation_job(recipe, mode) for mode in recipe.modes}
+    return {mode: generation_job(recipe, mode) for mode in recipe.modes}
 
 
 def plan_recipe(recipe: PipelineConfig | GenerateConfig, settings: PlanSettings) -> dict:

@@ -171,7 +171,7 @@ def _generate(
     from spri_sft.generate.prompts import load_prompt_set
     from spri_sft.generate.run import generate
 
-    job = _generation_job(config, mode)
+    job = generation_job(config, mode)
     # What shapes the records (record ids hash the same identity), and the prompt set they are made
     # for, its file by contents; not concurrency, budget or progress. Incremental: a change adds the
     # records it needs beside the others, and the stages after it see new outputs.
@@ -196,7 +196,8 @@ def _generate(
     return stage
 
 
-def _generation_job(config: PipelineConfig, mode: str) -> GenerateConfig:
+def generation_job(config: PipelineConfig, mode: str) -> GenerateConfig:
+    """The `spri-sft generate` job a pipeline runs for one mode (also what `spri-sft plan` samples)."""
     return dataclasses.replace(config.generate, mode=mode, output_dir=str(config.generation_dir(mode)))
 
 
@@ -252,7 +253,7 @@ def _this_runs_records(config: PipelineConfig, mode: str, output_dir: Path) -> P
     nothing else, else a copy of just those (records.jsonl beside the dataset made from it)."""
     from spri_sft.generate.run import run_records
 
-    records, others = run_records(_generation_job(config, mode))
+    records, others = run_records(generation_job(config, mode))
     selected = output_dir / "records.jsonl"
     if not others:
         selected.unlink(missing_ok=True)  # a copy from an earlier run would only mislead
