@@ -27,6 +27,7 @@ from spri_sft.generate.prompts import PromptSet
 from spri_sft.generate.run import generate
 from spri_sft.llm import openai_http
 from spri_sft.llm.base import EndpointConfig
+from spri_sft.testing.canned_http_server import CannedHTTPServer
 from spri_sft.testing.fake_openai_server import FAULT_KINDS, FakeOpenAIServer, FaultPlan, message_text
 
 pytestmark = pytest.mark.timeout(120)
@@ -389,35 +390,6 @@ def test_cli_reports_an_unreachable_server_in_one_line(tmp_path):
     assert not (tmp_path / "out" / "records.jsonl").exists() or not (tmp_path / "out" / "records.jsonl").read_text()
 
 
-class _PlainTextServer:
-    """A real HTTP server that answers every completion with `body` labelled text/plain (as some
-    proxies relabel replies)."""
-
-    def __init__(self, body: str):
-        import http.server
-
-        payload = body.encode()
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_POST(self):
-                self.rfile.read(int(self.headers.get("content-length", 0)))
-                self.send_response(200)
-                self.send_header("content-type", "text/plain")
-                self.send_header("content-length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-
-            def log_message(self, *args):
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.base_url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.server.shutdown()
-
-
 def _chat_once(base_url: str, max_retries: int = 0):
     import asyncio
 
@@ -434,18 +406,13 @@ def _chat_once(base_url: str, max_retries: int = 0):
 def test_a_json_reply_labelled_text_plain_is_still_read():
     reply = {"choices": [{"message": {"role": "assistant", "content": " Hello. "}, "finish_reason": "stop"}],
              "usage": {"prompt_tokens": 7, "completion_tokens": 2}}  # fmt: skip
-    server = _PlainTextServer(json.dumps(reply))
-    try:
-        completion = _chat_once(server.base_url)
-    finally:
-        server.close()
+    with CannedHTTPServer(json.dumps(reply), content_type="text/plain") as server:  # as some proxies relabel it
+        completion = _chat_once(f"{server.address}/v1")
     assert (completion.text, completion.prompt_tokens, completion.completion_tokens) == ("Hello.", 7, 2)
 
 
 def test_a_reply_that_is_not_json_is_a_malformed_reply_naming_the_server():
-    server = _PlainTextServer("<html>bad gateway</html>")
-    try:
-        with pytest.raises(openai_http.MalformedReply, match=rf"{re.escape(server.base_url)} sent a body that is not JSON"):
-            _chat_once(server.base_url)
-    finally:
-        server.close()
+    with CannedHTTPServer("<html>bad gateway</html>", content_type="text/plain") as server:
+        base_url = f"{server.address}/v1"
+        with pytest.raises(openai_http.MalformedReply, match=rf"{re.escape(base_url)} sent a body that is not JSON"):
+            _chat_once(base_url)

@@ -6,55 +6,23 @@ connections.
 from __future__ import annotations
 
 import asyncio
-import http.server
 import json
-import threading
 
 import pytest
 
 from spri_sft.errors import UserError
 from spri_sft.llm.base import EndpointConfig
 from spri_sft.llm.openai_http import OpenAIChat
+from spri_sft.testing.canned_http_server import CannedHTTPServer
 
 pytestmark = pytest.mark.timeout(60)
 
 REPLY = {"choices": [{"message": {"role": "assistant", "content": "Hello."}, "finish_reason": "stop"}]}
 
 
-class RecordingServer:
-    """A real HTTP server that answers every POST with one chat completion and keeps, per request,
-    the target of its request line (a proxy's is the whole URL), its headers and its body."""
-
-    def __init__(self):
-        self.requests: list[tuple[str, dict[str, str], bytes]] = []
-        recorded = self.requests
-        payload = json.dumps(REPLY).encode()
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"  # keep-alive, as a real server
-
-            def do_POST(self):
-                body = self.rfile.read(int(self.headers.get("content-length", 0)))
-                recorded.append((self.path, dict(self.headers), body))
-                self.send_response(200)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-
-            def log_message(self, *args):
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.address = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def __enter__(self) -> RecordingServer:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+def chat_server() -> CannedHTTPServer:
+    """Answers every POST with one chat completion and keeps each request's target, headers and body."""
+    return CannedHTTPServer(json.dumps(REPLY))
 
 
 def endpoint(base_url: str, **overrides) -> EndpointConfig:
@@ -78,7 +46,7 @@ def chat_once(config: EndpointConfig) -> tuple[str, OpenAIChat]:
 
 def test_the_api_key_is_sent_as_a_bearer_token(monkeypatch):
     monkeypatch.setenv("SPRI_TEST_API_KEY", "sk-test-123")
-    with RecordingServer() as server:
+    with chat_server() as server:
         chat_once(endpoint(f"{server.address}/v1", api_key_env="SPRI_TEST_API_KEY"))
 
     [(_, headers, _)] = server.requests
@@ -86,7 +54,7 @@ def test_the_api_key_is_sent_as_a_bearer_token(monkeypatch):
 
 
 def test_a_chat_request_is_a_json_body_posted_to_chat_completions():
-    with RecordingServer() as server:
+    with chat_server() as server:
         text, _ = chat_once(endpoint(f"{server.address}/v1/"))  # a trailing slash is not doubled
 
     [(target, headers, body)] = server.requests
@@ -99,7 +67,7 @@ def test_a_chat_request_is_a_json_body_posted_to_chat_completions():
 def test_the_proxy_the_environment_names_carries_the_request(monkeypatch):
     for name in ("NO_PROXY", "no_proxy", "http_proxy"):
         monkeypatch.delenv(name, raising=False)
-    with RecordingServer() as proxy:
+    with chat_server() as proxy:
         monkeypatch.setenv("HTTP_PROXY", proxy.address)
         text, _ = chat_once(endpoint("http://model-server.invalid/v1"))  # only the proxy can reach it
 
@@ -113,14 +81,14 @@ def test_a_host_in_no_proxy_is_reached_directly(monkeypatch):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")  # the discard port: a proxy that is not there
     monkeypatch.setenv("NO_PROXY", "127.0.0.1")
-    with RecordingServer() as server:
+    with chat_server() as server:
         text, _ = chat_once(endpoint(f"{server.address}/v1"))
 
     assert text == "Hello." and len(server.requests) == 1
 
 
 def test_closing_the_backend_closes_its_connections():
-    with RecordingServer() as server:
+    with chat_server() as server:
         _, backend = chat_once(endpoint(f"{server.address}/v1"))
 
     [replica] = backend.pool.replicas
@@ -137,7 +105,7 @@ def test_a_proxy_the_http_client_cannot_use_is_refused_in_one_line(monkeypatch):
 
 
 def test_a_backend_closed_after_one_event_loop_serves_the_next():
-    with RecordingServer() as server:
+    with chat_server() as server:
         backend = OpenAIChat(endpoint(f"{server.address}/v1"))
 
         async def one_request():
