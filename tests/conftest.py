@@ -23,6 +23,22 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def family_dir(tmp_path_factory):
+    """`family_dir(name, sliding_window=None)`: the tiny model of a family (spri_sft.testing.families), built once."""
+    from spri_sft.testing.families import build_family
+
+    built: dict[tuple[str, int | None], Path] = {}
+
+    def build(name: str, sliding_window: int | None = None) -> Path:
+        if (name, sliding_window) not in built:
+            folder = tmp_path_factory.mktemp(f"{name}-{sliding_window or 'window'}")
+            built[name, sliding_window] = build_family(name, folder, sliding_window)
+        return built[name, sliding_window]
+
+    return build
+
+
+@pytest.fixture(scope="session")
 def shared_dir() -> Path:
     if not SHARED.is_dir():
         pytest.skip(f"shared data folder not found at {SHARED} (set SPRI_SFT_SHARED)")
