@@ -33,7 +33,20 @@ Steps, in this order; a record is counted under the first step that drops it:
    paper's like-for-like comparison; and the split does not depend on record order or ids.
    A split needs a row on each side (a train split only with `validation_fraction: 0` and no
    named validation prompts).
-7. save, in `output_dir` (earlier outputs of this step there are replaced):
+7. `overlong` (with `tokenizer` and `max_length`, training's max_length): every row is measured in
+   the tokenizer's tokens as `spri-sft train` renders it (`spri_sft.format.template`: the training
+   chat template, or the model's own with prefix masks; a tokenizer without a chat template gets the
+   Alpaca layout, and the count is approximate: training uses Alpaca there only with
+   `chat_template_fallback: alpaca`). TRL cuts a row longer than max_length at max_length
+   (`truncation_mode: keep_start`), which removes the end of its response: counted per split are
+   the rows over max_length, those whose end-of-turn token (the last trained token) is cut off,
+   and among them those whose prompt alone (the conversation up to the last assistant message, with
+   the generation prompt) reaches max_length, which TRL drops as they keep no trained token. With
+   `overlong: drop` every row over max_length is dropped here (and counted under `overlong`); with
+   `keep` it stays and summary.json, the card and the printed line say how many lost their
+   end-of-turn token. A dropped record gives no preference pair either. Without `tokenizer` and
+   `max_length`, nothing is measured and summary.json says so (`lengths.checked: false`).
+8. save, in `output_dir` (earlier outputs of this step there are replaced):
      hf/                          `DatasetDict.save_to_disk`: `datasets.load_from_disk(f"{output_dir}/hf")`
      train.jsonl, validation.jsonl        one row per line
      train.parquet, validation.parquet    the card's `configs` name these: `load_dataset(output_dir)` works too
@@ -55,12 +68,13 @@ import math
 import logging
 import shutil
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 from spri_sft.config import dump_yaml
 from spri_sft.errors import UserError
-from spri_sft.format.card import render_card
-from spri_sft.format.config import STATUSES, FormatConfig
+from spri_sft.format.card import NOT_MEASURED, lengths_line, render_card
+from spri_sft.format.config import OVERLONG, STATUSES, FormatConfig
 from spri_sft.format.contamination import TruthfulQAGuard, read_questions
 from spri_sft.format.dedupe import exact_duplicates, near_duplicates, normalize
 from spri_sft.format.preference import PREFERENCE_DIR, build_preference, save_preference
@@ -70,8 +84,9 @@ from spri_sft.rows import read_jsonl
 logger = logging.getLogger(__name__)
 
 REQUIRED_FIELDS = ("id", "prompt", "mode", "status", "response", "rounds")
-# Every drop reason, in the order the steps run.
+# Every drop reason, in the order the steps run; `overlong` only when rows are measured (step 7).
 REASONS = ("status", "empty_response", "truncated", "response_score", "truthfulqa", "duplicate", "near_duplicate")
+OVERLONG_REASON = "overlong"
 SPLITS = ("train", "validation")
 
 
@@ -120,9 +135,17 @@ def build_dataset(config: FormatConfig) -> dict:
     rows = [to_row(record, config.system_prompt) for record in kept]
     named = named_splits(records)
     validation = validation_prompts(records, config, named)
-    splits = split_rows(rows, validation, config, dropped)
+    parts = partition(rows, validation)
+    lengths = {"checked": False, "why": NOT_MEASURED}
+    if measured(config):
+        parts, lengths = check_lengths(parts, config, dropped)
+        print(f"[spri-sft] format: {lengths_line(lengths)}", flush=True)
+        remaining = {row["id"] for part in parts.values() for row in part}
+        kept = [record for record in kept if record["id"] in remaining]  # a dropped record gives no preference pair either
+    splits = split_rows(parts, validation, dropped)
 
     summary = summarize(config, records, kept, dropped, splits, questions, named)
+    summary["lengths"] = lengths
     if config.preference:
         pairs, no_pair, summary["preference"] = build_preference(
             kept, validation, config.preference_margin, config.system_prompt
@@ -156,6 +179,15 @@ def _check(config: FormatConfig) -> None:
         raise UserError(f"contamination_threshold must be in (0, 1], got {config.contamination_threshold}")
     if config.preference_margin <= 0:
         raise UserError(f"preference_margin must be > 0 (a rejected version scored that much lower), got {config.preference_margin}")
+    if (config.tokenizer is None) != (config.max_length is None):
+        given, missing = ("tokenizer", "max_length") if config.max_length is None else ("max_length", "tokenizer")
+        raise UserError(f"{given} is set but {missing} is not: rows are measured with both (training's tokenizer and max_length), or neither")
+    if config.max_length is not None and config.max_length < 1:
+        raise UserError(f"max_length must be >= 1 (training's max_length in tokens), got {config.max_length}")
+    if config.overlong not in OVERLONG:
+        raise UserError(f"overlong must be one of {', '.join(OVERLONG)}, got {config.overlong!r}")
+    if config.training_template not in ("model", "alpaca"):
+        raise UserError(f"training_template must be model or alpaca (as `spri-sft train`'s), got {config.training_template!r}")
 
 
 # -- load ------------------------------------------------------------------------------------
@@ -289,22 +321,27 @@ def _prompt_rank(normalized_prompt: str, seed: int) -> str:
     return hashlib.sha256(f"{seed}\0{normalized_prompt}".encode()).hexdigest()
 
 
-def split_rows(rows: list[dict], validation: set[str], config: FormatConfig, dropped: list[dict]):
+def partition(rows: list[dict], validation: set[str]) -> dict[str, list[dict]]:
+    """The rows of each split (rule 6): validation when the row's prompt is a validation prompt."""
+    if not validation:  # validation_fraction 0 and no prompt named for validation
+        return {"train": list(rows)}
+    parts: dict[str, list[dict]] = {"train": [], "validation": []}
+    for row in rows:
+        prompt = normalize(next(m["content"] for m in row["messages"] if m["role"] == "user"))
+        parts["validation" if prompt in validation else "train"].append(row)
+    return parts
+
+
+def split_rows(parts: dict[str, list[dict]], validation: set[str], dropped: list[dict]):
     from datasets import Dataset, DatasetDict
 
-    if not validation:  # validation_fraction 0 and no prompt named for validation
-        parts = {"train": rows}
-    else:
-        parts = {"train": [], "validation": []}
-        for row in rows:
-            prompt = normalize(next(m["content"] for m in row["messages"] if m["role"] == "user"))
-            parts["validation" if prompt in validation else "train"].append(row)
     empty = [name for name, part in parts.items() if not part]
     if empty:
         counts = Counter(d["reason"] for d in dropped)
         why = ", ".join(f"{n} {reason}" for reason, n in counts.items()) or "none dropped"
+        rows = sum(len(part) for part in parts.values())
         raise UserError(
-            f"{len(rows)} row(s) survive the filters (dropped: {why}), none of them for the {empty[0]} split "
+            f"{rows} row(s) survive the filters (dropped: {why}), none of them for the {empty[0]} split "
             f"({len(validation)} validation prompts of the records): loosen the filters, add records, or lower "
             "validation_rows / set validation_fraction 0 for a train split only"
         )
@@ -312,6 +349,128 @@ def split_rows(rows: list[dict], validation: set[str], config: FormatConfig, dro
     return DatasetDict(
         {name: Dataset.from_list(sorted(part, key=lambda row: row["id"]), features=features()) for name, part in parts.items()}
     )
+
+
+# -- lengths ---------------------------------------------------------------------------------
+
+
+def measured(config: FormatConfig) -> bool:
+    """Whether step 7 runs: training's tokenizer and max_length are both given."""
+    return config.tokenizer is not None and config.max_length is not None
+
+
+@dataclass(frozen=True)
+class RowLength:
+    tokens: int  # the whole row, as training tokenizes it
+    end_of_turn: int  # tokens up to and including the last assistant turn's end-of-turn token
+
+
+class RowMeter:
+    """Measures rows in tokens as `spri-sft train` renders them, with the student's tokenizer.
+
+    The template is training's (`choose_training_template` with `training_template`; Alpaca for a
+    tokenizer without one, `approximate` then); a template that cannot be marked is measured by
+    prefix rendering, as training masks it (`encode_with_prefix_masks`). The end-of-turn token is the
+    last special token of the assistant mask (`<|im_end|>`, `<end_of_turn>`, `<|eot_id|>`, EOS: what
+    training checks is trained), not a newline some templates train after it; a mask without one
+    ends at its last token.
+    """
+
+    BATCH = 512
+
+    def __init__(self, name: str, training_template: str = "model"):
+        import functools
+
+        from transformers import AutoTokenizer
+
+        from spri_sft.format.template import UnmarkableTemplateError, choose_training_template, encode_with_prefix_masks
+        from spri_sft.models import resolve_model
+
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(resolve_model(name))
+        except (OSError, ValueError) as err:
+            raise UserError(
+                f"tokenizer {name}: cannot be loaded ({str(err).splitlines()[0][:200]}); give the student's model "
+                "directory or Hub id (training's model_name_or_path), or unset tokenizer and max_length"
+            ) from None
+        own = tokenizer.chat_template
+        own = own.get("default") if isinstance(own, dict) else own
+        self.approximate = training_template == "model" and not own
+        self.encode = None
+        try:
+            chosen = choose_training_template(tokenizer, fallback="alpaca", template=training_template)
+        except UnmarkableTemplateError:
+            self.encode = functools.partial(encode_with_prefix_masks, tokenizer)
+            self.template = "the model's own chat template (assistant turns found by prefix rendering)"
+        else:
+            tokenizer.chat_template = chosen.text
+            self.template = chosen.source
+        self.tokenizer = tokenizer
+        self.special = set(tokenizer.all_special_ids)
+        self.special |= {i for i, token in tokenizer.added_tokens_decoder.items() if token.special}
+
+    def measure(self, conversations: list[list[dict]]) -> list[RowLength]:
+        found = []
+        for start in range(0, len(conversations), self.BATCH):
+            batch = conversations[start : start + self.BATCH]
+            if self.encode is not None:
+                encoded = [self.encode(conversation) for conversation in batch]
+                ids, masks = [e["input_ids"] for e in encoded], [e["assistant_masks"] for e in encoded]
+            else:
+                encoded = self.tokenizer.apply_chat_template(
+                    batch, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
+                )
+                ids, masks = encoded["input_ids"], encoded["assistant_masks"]
+            for row_ids, mask in zip(ids, masks):
+                trained = [i for i, bit in enumerate(mask) if bit] or [len(row_ids) - 1]
+                ends = [i for i in trained if row_ids[i] in self.special] or trained
+                found.append(RowLength(len(row_ids), ends[-1] + 1))
+        return found
+
+    def prompt_tokens(self, conversation: list[dict]) -> int:
+        """The tokens before the last assistant message's content: the conversation up to it, generation prompt added."""
+        last = max(i for i, message in enumerate(conversation) if message["role"] == "assistant")
+        encoded = self.tokenizer.apply_chat_template(
+            conversation[:last], tokenize=True, return_dict=True, add_generation_prompt=True
+        )
+        return len(encoded["input_ids"])
+
+
+def check_lengths(parts: dict[str, list[dict]], config: FormatConfig, dropped: list[dict]) -> tuple[dict, dict]:
+    """Step 7: measure every row; drop the ones over max_length under `overlong: drop`; the counts per split."""
+    meter = RowMeter(config.tokenizer, config.training_template)
+    limit = config.max_length
+    counts = {key: {} for key in ("rows", "over_max_length", "lost_eos", "prompt_too_long", "dropped")}
+    longest = 0
+    kept_parts = {}
+    for name, part in parts.items():
+        lengths = meter.measure([row["messages"] for row in part])
+        over = [(row, length) for row, length in zip(part, lengths) if length.tokens > limit]
+        prompts = {row["id"]: meter.prompt_tokens(row["messages"]) for row, _ in over}
+        counts["rows"][name] = len(part)
+        counts["over_max_length"][name] = len(over)
+        counts["lost_eos"][name] = sum(length.end_of_turn > limit for _, length in over)
+        counts["prompt_too_long"][name] = sum(prompts[row["id"]] >= limit for row, _ in over)
+        longest = max([longest, *(length.tokens for length in lengths)])
+        if config.overlong == "drop":
+            for row, length in over:
+                detail = f"{length.tokens} tokens > max_length {limit} (prompt {prompts[row['id']]})"
+                dropped.append({"id": row["id"], "reason": OVERLONG_REASON, "detail": detail})
+            cut = {row["id"] for row, _ in over}
+            part = [row for row in part if row["id"] not in cut]
+        counts["dropped"][name] = counts["rows"][name] - len(part)
+        kept_parts[name] = part
+    lengths = {
+        "checked": True,
+        "max_length": limit,
+        "tokenizer": config.tokenizer,
+        "template": meter.template,
+        "approximate": meter.approximate,
+        "policy": config.overlong,
+        **counts,
+        "longest": longest,
+    }
+    return kept_parts, lengths
 
 
 def summarize(config, records, kept, dropped, splits, questions, named) -> dict:
@@ -325,9 +484,10 @@ def summarize(config, records, kept, dropped, splits, questions, named) -> dict:
         return dict(sorted(found.items()))
 
     counts = Counter(d["reason"] for d in dropped)
+    reasons = REASONS + ((OVERLONG_REASON,) if measured(config) else ())
     return {
         "records": len(records),
-        "dropped": {reason: counts[reason] for reason in REASONS},
+        "dropped": {reason: counts[reason] for reason in reasons},
         "rows": len(kept),
         "splits": {name: len(split) for name, split in splits.items()},
         # Distinct prompts whose split their generate source named (rule 6); the others' split is hashed.

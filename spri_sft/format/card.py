@@ -1,8 +1,9 @@
 """The dataset card (README.md) written beside the formatted data.
 
 Its YAML header names the parquet files per split, so `datasets.load_dataset(output_dir)` reads
-them; its text states the method, the models, the filters with their counts, and the score
-distribution, all taken from the summary `build_dataset` returns.
+them; its text states the method, the models, the filters with their counts, the rows over
+training's max_length (or that they were not counted), and the score distribution, all taken from
+the summary `build_dataset` returns.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import yaml
 
 from spri_sft.format.config import FormatConfig
 from spri_sft.format.dedupe import SHINGLE_WORDS
+
+NOT_MEASURED = "tokenizer and max_length unset: rows were not measured against training's max_length"
 
 MODES = {
     "spri": "**SPRI** (Situated-PRInciples; Zhan et al., ICML 2025): the base model drafts principles for each "
@@ -47,11 +50,30 @@ def render_card(summary: dict, config: FormatConfig) -> str:
         _method(summary),
         _splits(summary, config),
         _filters(summary, config),
+        _lengths(summary),
         _scores(summary),
         _columns(config),
         _benchmark(summary, config),
     ]
     return "\n".join(parts)
+
+
+def lengths_line(lengths: dict) -> str:
+    """One sentence of the row-length counts (`build.check_lengths`): printed by format, written in the card."""
+    if not lengths.get("checked"):
+        return f"row lengths not checked ({lengths.get('why', NOT_MEASURED)})"
+    rows, over = sum(lengths["rows"].values()), sum(lengths["over_max_length"].values())
+    lost, no_prompt = sum(lengths["lost_eos"].values()), sum(lengths["prompt_too_long"].values())
+    approx = ", approximate: the tokenizer has no chat template, measured in the Alpaca layout" if lengths["approximate"] else ""
+    text = f"{over} of {rows} rows exceed max_length={lengths['max_length']} tokens of `{lengths['tokenizer']}`{approx}"
+    if not over:
+        return f"{text} (the longest has {lengths['longest']})"
+    if lengths["policy"] == "drop":
+        return f"{text} ({lost} would lose their end-of-turn token, {no_prompt} keep no trained token) and were dropped"
+    return (
+        f"{text} ({lost} lost their end-of-turn token, {no_prompt} keep no trained token and are dropped by TRL) and "
+        f"were kept: training cuts them at {lengths['max_length']} tokens"
+    )
 
 
 def _method(summary: dict) -> str:
@@ -111,6 +133,9 @@ def _filters(summary: dict, config: FormatConfig) -> str:
         if config.truthfulqa_file
         else off("truthfulqa_file: null"),
         "duplicate": "the normalized prompt (lowercase, punctuation and whitespace runs to one space) is new",
+        "overlong": f"the row fits in training's max_length={config.max_length} tokens"
+        if config.overlong == "drop"
+        else off("overlong: keep"),
         "near_duplicate": f"the prompt's word {SHINGLE_WORDS}-gram Jaccard similarity to every earlier kept prompt "
         f"is under {config.near_duplicate_threshold}"
         if config.near_duplicate_threshold is not None
@@ -129,6 +154,29 @@ def _filters(summary: dict, config: FormatConfig) -> str:
     for reason, count in summary["dropped"].items():
         remaining -= count
         lines.append(f"| {reason} | {rules[reason]} | {count} | {remaining} |")
+    return "\n".join(lines) + "\n"
+
+
+def _lengths(summary: dict) -> str:
+    lengths = summary.get("lengths") or {}
+    if not lengths.get("checked"):
+        return (
+            "## Row lengths\n\nNot checked: no `tokenizer` and `max_length` were given, so rows longer than training's "
+            "max_length (which training cuts, losing their end-of-turn token) are not counted.\n"
+        )
+    lines = [
+        "## Row lengths\n",
+        lengths_line(lengths) + f". Rows rendered as training renders them: {lengths['template']}. A row over "
+        "max_length is cut there by "
+        "training and loses the end of its response, its end-of-turn token with it (the model then learns not to "
+        "stop); one whose prompt alone reaches max_length keeps no trained token. Dropping such rows is this "
+        "project's choice, not the paper's.\n",
+        "| split | rows | over max_length | lost end-of-turn | prompt alone too long | dropped |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, rows in lengths["rows"].items():
+        cells = [lengths[key][name] for key in ("over_max_length", "lost_eos", "prompt_too_long", "dropped")]
+        lines.append(f"| {name} | {rows} | " + " | ".join(map(str, cells)) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 STATUSES = ("accepted", "max_rounds", "failed")
+OVERLONG = ("drop", "keep")
 
 
 @dataclass
@@ -25,7 +27,10 @@ class FormatConfig:
       keys on the prompt: a prompt whose generate source named its split (`sft_split`, e.g. a
       dataset's own validation split) goes there; the others are split by a seeded hash;
     - preference pairs for DPO: `preference`, `preference_margin` (the rules are in
-      `spri_sft.format.preference`).
+      `spri_sft.format.preference`);
+    - rows over the training max_length: `tokenizer`, `max_length`, `training_template`, `overlong`
+      (step 6 of `spri_sft.format.build`). Unset (the default), no row is measured and
+      summary.json says so; `spri-sft run` sets the first three from its training recipe.
     """
 
     records: list[str] = field(
@@ -87,6 +92,30 @@ class FormatConfig:
         default=1.0,
         metadata={"help": "A rejected version's critic score is at least this much below the final one's "
                   "(under score: expected, the digits' mean).", "gt": 0},
+    )
+    tokenizer: str | None = field(
+        default=None,
+        metadata={"help": "The student's tokenizer (a local model directory or Hub id, e.g. the training recipe's "
+                  "model_name_or_path): with max_length, every row is measured in its tokens as training renders "
+                  "it. `spri-sft run` takes it from train's recipe."},
+    )
+    max_length: int | None = field(
+        default=None,
+        metadata={"help": "Training's max_length in tokens (TRL's SFTConfig; it cuts a longer row at this length): rows "
+                  "over it are counted per split. `spri-sft run` takes it from train's recipe.", "ge": 1},
+    )
+    training_template: Literal["model", "alpaca"] = field(
+        default="model",
+        metadata={"help": "How training renders a row (`spri-sft train`'s training_template): 'model', the "
+                  "tokenizer's chat template (without one, the Alpaca layout, and the count is approximate); "
+                  "'alpaca', the Alpaca layout. `spri-sft run` takes it from train's recipe."},
+    )
+    overlong: Literal["drop", "keep"] = field(
+        default="drop",
+        metadata={"help": "What to do with a row over max_length: 'drop' it (counted under overlong), or 'keep' it "
+                  "and count how many lost their end-of-turn token. Drop is this project's choice, not the paper's "
+                  "(it gives no max length): training cuts such a row at max_length, so the model learns a "
+                  "response that never ends, i.e. not to stop."},
     )
     push_to_hub: str | None = field(
         default=None, metadata={"help": "Hub dataset repo id to push the splits and the card to (needs a token)."}
