@@ -114,7 +114,12 @@ def test_a_row_over_only_by_what_follows_its_end_of_turn_token_keeps_it(tmp_path
 
 @pytest.mark.parametrize(
     ("family", "template"),
-    [("gemma-2-it", "model"), ("qwen2.5-instruct", "model"), ("mistral-v0.3-instruct", "model"), ("llama-3.1", "alpaca")],
+    [
+        ("gemma-2-it", "model"),
+        ("qwen2.5-instruct", "model"),
+        ("mistral-v0.3-instruct", "model"),  # a template that cannot be marked: prefix rendering
+        ("llama-3.1", "alpaca"),
+    ],
 )
 def test_the_end_of_turn_token_is_the_one_the_family_trains(family, template, family_dir):
     meter = RowMeter(str(family_dir(family)), template)
@@ -145,7 +150,8 @@ def test_nothing_over_max_length_is_said_as_zero(tmp_path, tiny_model_dir, capsy
     summary, out = build(tmp_path, FILLER, tokenizer=str(tiny_model_dir), max_length=1024)
 
     assert total(summary["lengths"]["over_max_length"]) == 0 and summary["dropped"]["overlong"] == 0
-    assert f"[spri-sft] format: 0 of 4 rows exceed max_length=1024 tokens of `{tiny_model_dir}`" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert f"[spri-sft] format: 0 of 4 rows exceed max_length=1024 tokens of `{tiny_model_dir}`" in printed
 
 
 def test_without_tokenizer_and_max_length_nothing_is_measured_and_the_summary_says_so(tmp_path, capsys):

@@ -181,13 +181,18 @@ def _check(config: FormatConfig) -> None:
         raise UserError(f"preference_margin must be > 0 (a rejected version scored that much lower), got {config.preference_margin}")
     if (config.tokenizer is None) != (config.max_length is None):
         given, missing = ("tokenizer", "max_length") if config.max_length is None else ("max_length", "tokenizer")
-        raise UserError(f"{given} is set but {missing} is not: rows are measured with both (training's tokenizer and max_length), or neither")
+        raise UserError(
+            f"{given} is set but {missing} is not: rows are measured with both (training's tokenizer and max_length), "
+            "or neither"
+        )
     if config.max_length is not None and config.max_length < 1:
         raise UserError(f"max_length must be >= 1 (training's max_length in tokens), got {config.max_length}")
     if config.overlong not in OVERLONG:
         raise UserError(f"overlong must be one of {', '.join(OVERLONG)}, got {config.overlong!r}")
     if config.training_template not in ("model", "alpaca"):
-        raise UserError(f"training_template must be model or alpaca (as `spri-sft train`'s), got {config.training_template!r}")
+        raise UserError(
+            f"training_template must be model or alpaca (as `spri-sft train`'s), got {config.training_template!r}"
+        )
 
 
 # -- load ------------------------------------------------------------------------------------
@@ -428,7 +433,7 @@ class RowMeter:
         return found
 
     def prompt_tokens(self, conversation: list[dict]) -> int:
-        """The tokens before the last assistant message's content: the conversation up to it, generation prompt added."""
+        """Tokens before the last assistant message's content: the conversation up to it, generation prompt added."""
         last = max(i for i, message in enumerate(conversation) if message["role"] == "assistant")
         encoded = self.tokenizer.apply_chat_template(
             conversation[:last], tokenize=True, return_dict=True, add_generation_prompt=True

@@ -64,7 +64,9 @@ def lengths_line(lengths: dict) -> str:
         return f"row lengths not checked ({lengths.get('why', NOT_MEASURED)})"
     rows, over = sum(lengths["rows"].values()), sum(lengths["over_max_length"].values())
     lost, no_prompt = sum(lengths["lost_eos"].values()), sum(lengths["prompt_too_long"].values())
-    approx = ", approximate: the tokenizer has no chat template, measured in the Alpaca layout" if lengths["approximate"] else ""
+    approx = ""
+    if lengths["approximate"]:
+        approx = ", approximate: the tokenizer has no chat template, measured in the Alpaca layout"
     text = f"{over} of {rows} rows exceed max_length={lengths['max_length']} tokens of `{lengths['tokenizer']}`{approx}"
     if not over:
         return f"{text} (the longest has {lengths['longest']})"
