@@ -173,6 +173,24 @@ def test_report_md_has_every_field_filled(finished_run):
     assert len(cells(lines[row])) == len(cells(lines[header])) and "–" not in cells(lines[row]), lines[row]
 
 
+def test_format_counts_the_rows_over_the_training_recipes_max_length_and_the_report_shows_it(
+    finished_run, tiny_model_dir
+):
+    root = finished_run["root"]
+    lengths = read(root / "dataset/spri/summary.json")["lengths"]
+    # The recipe names no max_length: TRL's default, 1024, is what training cuts at.
+    assert (lengths["tokenizer"], lengths["max_length"], lengths["policy"]) == (str(tiny_model_dir), 1024, "drop")
+    assert lengths["rows"] == {"train": 6, "validation": 2}
+    assert lengths["over_max_length"] == {"train": 0, "validation": 0}
+    printed = f"[spri-sft] format: 0 of 8 rows exceed max_length=1024 tokens of `{tiny_model_dir}`"
+    assert printed in finished_run["first"]
+    text = (root / "report.md").read_text()
+    header = next(line for line in text.splitlines() if line.startswith("| model | records |"))
+    column = [cell.strip() for cell in header.strip("|").split("|")].index("over max_length")
+    (row,) = [line for line in text.splitlines() if line.startswith("| SFT on spri |")]
+    assert [cell.strip() for cell in row.strip("|").split("|")][column].startswith("0 of 8")
+
+
 def test_the_run_ends_with_the_report_then_where_the_report_adapter_and_wandb_runs_are(finished_run):
     root = finished_run["root"]
     text = (root / "report.md").read_text()
@@ -464,3 +482,61 @@ def test_training_arguments_merge_into_the_recipe_key_by_key(tmp_path):
     plan = train_plan(config, "spri", tmp_path, "name", "group")
     assert plan.args["env"] == {"A": "1", "B": 3, "WANDB_PROJECT": "spri-sft", "WANDB_RUN_GROUP": "group"}
     assert plan.args["learning_rate"] == 0.001
+
+
+# -- format measures rows with the training recipe's tokenizer and max_length ------------------
+
+
+def format_stage_of(tmp_path: Path, train_args: dict, **format_section):
+    """format_stage of mode spri for a recipe whose format section is `format_section`, after a finished generation."""
+    from spri_sft.config import from_dict
+    from spri_sft.pipeline.run import TrainPlan, format_stage
+
+    config = from_dict(PipelineConfig, {"output_dir": str(tmp_path), "format": format_section})
+    generated = Stage("generate/spri", tmp_path / "generate/spri", "g")
+    if generated.output_id is None:
+        generated.begin()
+        generated.finish()
+    plan = TrainPlan("spri", tmp_path / "checkpoints/spri", {"model_name_or_path": "student/model", **train_args}, None)
+    return format_stage(config, "spri", tmp_path, generated, None, plan)
+
+
+def test_format_takes_the_student_max_length_template_and_overlong_from_the_training_recipe(tmp_path):
+    def lengths(job):
+        return job.tokenizer, job.max_length, job.training_template, job.overlong
+
+    job, _ = format_stage_of(tmp_path, {"max_length": 2048, "training_template": "alpaca", "overlong": "keep"})
+    assert lengths(job) == ("student/model", 2048, "alpaca", "keep")
+
+    job, _ = format_stage_of(tmp_path, {})  # the recipe names none: TRL's default is what training cuts at
+    assert lengths(job) == ("student/model", 1024, "model", "drop")
+
+    job, _ = format_stage_of(tmp_path, {"max_length": None})  # training cuts nothing: nothing to count
+    assert job.tokenizer is None and job.max_length is None
+
+    own = {"tokenizer": "other/tokenizer", "max_length": 512, "overlong": "keep"}  # the recipe's format section wins
+    job, _ = format_stage_of(tmp_path, {"max_length": 2048, "overlong": "drop"}, **own)
+    assert lengths(job) == ("other/tokenizer", 512, "model", "keep")
+
+
+def test_a_dataset_made_before_rows_were_measured_stays_done_unless_the_recipe_asks_for_lengths(tmp_path, capsys):
+    _, before = format_stage_of(tmp_path, {"max_length": None})  # no length fields in its fingerprint, as before them
+    before.begin()
+    before.finish(rows=8)
+
+    _, stage = format_stage_of(tmp_path, {"max_length": 1024})
+    assert stage.is_done()
+    assert "dataset/spri: made without measuring its rows against training's max_length" in capsys.readouterr().out
+
+    _, stage = format_stage_of(tmp_path, {}, tokenizer="student/model", max_length=1024)  # the recipe's own setting
+    with pytest.raises(UserError, match="dataset/spri was made with other settings"):
+        stage.is_done()
+
+
+def test_a_measured_dataset_is_redone_when_training_cuts_elsewhere(tmp_path):
+    _, first = format_stage_of(tmp_path, {"max_length": 1024})
+    first.begin()
+    first.finish(rows=8)
+    assert format_stage_of(tmp_path, {"max_length": 1024})[1].is_done()
+    with pytest.raises(UserError, match="dataset/spri was made with other settings"):
+        format_stage_of(tmp_path, {"max_length": 512})[1].is_done()

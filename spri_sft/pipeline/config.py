@@ -165,7 +165,10 @@ class PipelineConfig:
 
     The jobs' sections are their own configs (`spri-sft generate/format --help`), except the
     fields the pipeline sets: generate.output_dir and generate.mode (use `modes`),
-    format.records and format.output_dir.
+    format.records and format.output_dir. Format's length fields come from the training recipe
+    unless format sets tokenizer or max_length: the student (model_name_or_path) as tokenizer,
+    training's max_length (TRL's default, 1024, when the recipe names none), and its
+    training_template and overlong where format leaves them at their defaults.
     """
 
     output_dir: str = field(default="outputs/run", metadata={"help": "Where every stage's outputs and the report go."})

@@ -1,7 +1,8 @@
 """`run_pipeline(config)`: generate → format → train → evaluate, stage by stage, into one output directory.
 
 Order: for each mode, generate its records and format its dataset (the data, where API calls go,
-comes first, so a problem with it shows before any training); then score the untouched student
+comes first, so a problem with it shows before any training; format measures the rows with the
+student's tokenizer against the training recipe's max_length, `length_settings`); then score the untouched student
 model on TruthfulQA once (eval/base); then, for each mode, fine-tune an adapter and score it. With
 `dpo.enabled`, format also writes each mode's preference pairs, and after a mode's SFT a DPO
 training continues its adapter on them (checkpoints/<mode>+dpo), scored in turn (eval/<mode>+dpo);
@@ -93,7 +94,9 @@ def _run_stages(
     with ServedModels(root / "servers") as servers:
         for mode in config.modes:
             stages[f"generate/{mode}"] = _generate(config, mode, root, name, group, servers)
-            stages[f"dataset/{mode}"] = _format(config, mode, root, stages[f"generate/{mode}"], truthfulqa)
+            stages[f"dataset/{mode}"] = _format(
+                config, mode, root, stages[f"generate/{mode}"], truthfulqa, train_plans[mode]
+            )
     if truthfulqa is not None:
         stages["eval/base"] = _evaluate(config, truthfulqa, root / "eval" / "base", train_plans[config.modes[0]], None, name, group)
         if config.evaluate.lm_eval_tasks:
@@ -211,26 +214,17 @@ def _prompt_set(source) -> dict:
     return settings
 
 
-def _format(config: PipelineConfig, mode: str, root: Path, generated: Stage, truthfulqa: dict | None) -> Stage:
+def _format(
+    config: PipelineConfig,
+    mode: str,
+    root: Path,
+    generated: Stage,
+    truthfulqa: dict | None,
+    plan: TrainPlan | None = None,
+) -> Stage:
     from spri_sft.format.build import build_dataset
 
-    guard = config.format.truthfulqa_file
-    if guard is None and config.evaluate.guard_training_data and truthfulqa is not None:
-        guard = truthfulqa["file"]
-    job = dataclasses.replace(
-        config.format,
-        records=[str(generated.directory / "records.jsonl")],
-        output_dir=str(root / "dataset" / mode),
-        truthfulqa_file=guard,
-        preference=config.format.preference or config.dpo.enabled,  # DPO trains on the pairs
-    )
-    settings = {
-        **dataclasses.asdict(job), "records": None, "output_dir": None, "after": generated.output_id,
-        "truthfulqa_file": file_digest(guard) if guard else None,
-    }  # fmt: skip
-    if not job.preference:  # absent when off: datasets made before preference pairs existed stay valid
-        del settings["preference"], settings["preference_margin"]
-    stage = Stage(f"dataset/{mode}", Path(job.output_dir), fingerprint(settings))
+    job, stage = format_stage(config, mode, root, generated, truthfulqa, plan)
     if _skip(stage):
         return stage
     stage.begin()
@@ -246,6 +240,76 @@ def _format(config: PipelineConfig, mode: str, root: Path, generated: Stage, tru
     )
     stage.finish(rows=summary["rows"], splits=summary["splits"], **({"pairs": pairs["splits"]} if pairs else {}))
     return stage
+
+
+# Format's fields that measure rows against training's max_length (`spri_sft.format.build`, step 7).
+LENGTH_FIELDS = ("tokenizer", "max_length", "training_template", "overlong")
+
+
+def format_stage(
+    config: PipelineConfig, mode: str, root: Path, generated: Stage, truthfulqa: dict | None, plan: TrainPlan | None
+) -> tuple[FormatConfig, Stage]:
+    """The `spri-sft format` job of one mode and its stage (not run): format's section with the pipeline's paths, the
+    TruthfulQA guard, preference pairs with DPO, and, from `plan` (the mode's training), training's tokenizer,
+    max_length, training_template and overlong, so rows over max_length are counted (`length_settings`).
+
+    Fields that did not exist when a dataset was made stay out of its fingerprint while they are off (preference,
+    the length fields without a tokenizer); a dataset made before rows were measured, whose length settings only
+    came from the training recipe, stays done (it says its rows were not counted) instead of being refused.
+    """
+    guard = config.format.truthfulqa_file
+    if guard is None and config.evaluate.guard_training_data and truthfulqa is not None:
+        guard = truthfulqa["file"]
+    filled = length_settings(config.format, plan)
+    job = dataclasses.replace(
+        config.format,
+        records=[str(generated.directory / "records.jsonl")],
+        output_dir=str(root / "dataset" / mode),
+        truthfulqa_file=guard,
+        preference=config.format.preference or config.dpo.enabled,  # DPO trains on the pairs
+        **filled,
+    )
+    settings = {
+        **dataclasses.asdict(job), "records": None, "output_dir": None, "after": generated.output_id,
+        "truthfulqa_file": file_digest(guard) if guard else None,
+    }  # fmt: skip
+    if not job.preference:  # absent when off: datasets made before preference pairs existed stay valid
+        del settings["preference"], settings["preference_margin"]
+    unmeasured = {key: value for key, value in settings.items() if key not in LENGTH_FIELDS}
+    measuring = job.tokenizer is not None and job.max_length is not None
+    stage = Stage(f"dataset/{mode}", Path(job.output_dir), fingerprint(settings if measuring else unmeasured))
+    state = stage.state() or {}
+    if filled and state.get("status") == "done" and state.get("fingerprint") == fingerprint(unmeasured):
+        print(
+            f"[spri-sft] dataset/{mode}: made without measuring its rows against training's max_length (before "
+            f"format did): rows over it are not counted there; delete {stage.directory} to count them",
+            flush=True,
+        )
+        stage = Stage(stage.name, stage.directory, fingerprint(unmeasured))
+    return job, stage
+
+
+def length_settings(section: FormatConfig, plan: TrainPlan | None) -> dict[str, Any]:
+    """Format's length fields taken from the mode's training recipe, for the ones the recipe's format section leaves
+    unset: the student as tokenizer, training's max_length (TRL's default when the recipe names none; none when it
+    is null: nothing is cut), its training_template and overlong. Empty when format sets tokenizer or max_length."""
+    if plan is None or plan.job != "train" or section.tokenizer is not None or section.max_length is not None:
+        return {}
+    max_length = plan.args.get("max_length", _sft_default("max_length"))
+    if max_length is None:
+        return {}
+    defaults = FormatConfig()
+    filled: dict[str, Any] = {"tokenizer": plan.student, "max_length": max_length}
+    for key in ("training_template", "overlong"):
+        if getattr(section, key) == getattr(defaults, key) and plan.args.get(key) is not None:
+            filled[key] = plan.args[key]
+    return filled
+
+
+def _sft_default(name: str) -> Any:
+    from trl import SFTConfig
+
+    return next(f.default for f in dataclasses.fields(SFTConfig) if f.name == name)
 
 
 def _this_runs_records(config: PipelineConfig, mode: str, output_dir: Path) -> Path:
