@@ -17,7 +17,14 @@ import yaml
 from spri_sft.config import from_dict
 from spri_sft.errors import UserError
 from spri_sft.pipeline.config import PaperColumn, PipelineConfig
-from spri_sft.pipeline.report import PAPER_ROWS, build_report, load_paper_table4, log_report_to_wandb, write_report
+from spri_sft.pipeline.report import (
+    PAPER_ROWS,
+    build_report,
+    load_paper_table4,
+    log_report_to_wandb,
+    render_markdown,
+    write_report,
+)
 
 from wandb_log import wandb_records, without_wandb_credentials
 
@@ -82,7 +89,7 @@ def test_a_mode_scoring_exactly_as_the_base_model_has_the_interval_zero_to_zero(
     assert (interval["delta"], interval["low"], interval["high"], interval["excludes_zero"]) == (0.0, 0.0, 0.0, False)
     text = write_report(report, tmp_path)
     assert table_row(text, "spri − base")[1:4] == ["+0.0000", "[+0.0000, +0.0000]", "no"]
-    assert table_row(text, "SFT on spri")[12] == "+0.0000 [+0.0000, +0.0000]"
+    assert table_row(text, "SFT on spri")[13] == "+0.0000 [+0.0000, +0.0000]"
 
 
 def test_a_mode_better_on_every_question_has_an_interval_that_excludes_zero(tmp_path):
@@ -212,3 +219,124 @@ def test_the_report_run_logs_the_figures_and_the_comparison_table(tmp_path, monk
     table = json.loads(table_file.read_text())
     spri = dict(zip(table["columns"], table["data"][1]))
     assert spri["model"] == "spri" and spri["mc2_delta_low"] == pytest.approx(0.1) and spri["mc2_delta_excludes_zero"]
+
+
+# -- rows over training's max_length, and TruthfulQA's BOS convention --------------------------
+
+
+def per_split(train: int, validation: int = 0) -> dict[str, int]:
+    return {"train": train, "validation": validation}
+
+
+def format_lengths(policy: str, over: dict, lost: dict, rows=None) -> dict:
+    """dataset/<mode>/summary.json's `lengths`, as `spri-sft format` writes it when it measured the rows."""
+    rows = rows or {"train": 8, "validation": 2}
+    return {"checked": True, "max_length": 1024, "tokenizer": "student", "template": "t", "approximate": False,
+            "policy": policy, "rows": rows, "over_max_length": over, "lost_eos": lost,
+            "prompt_too_long": {name: 0 for name in rows},
+            "dropped": over if policy == "drop" else {name: 0 for name in rows}, "longest": 2000}  # fmt: skip
+
+
+def training_lengths(policy: str, over: dict, lost: dict, rows=None) -> dict:
+    """checkpoints/<mode>/lengths.json, as `spri-sft train` writes it."""
+    rows = rows or {"train": 8, "validation": 2}
+    splits = {
+        name: {"rows": n, "over_max_length": over[name], "lost_eos": lost[name], "no_trained_token": 0,
+               "dropped": over[name] if policy == "drop" else 0}
+        for name, n in rows.items()
+    }  # fmt: skip
+    return {"max_length": 1024, "policy": policy, "packing": False, "splits": splits}
+
+
+def report_with_lengths(root: Path, dataset: dict | None = None, trained: dict | None = None) -> tuple[dict, str]:
+    """A one-mode run whose dataset summary and training say what they did with rows over max_length."""
+    report_of(root, {"spri": (BASE_MC1, [0.6] * 40)})
+    summary = json.loads((root / "dataset/spri/summary.json").read_text())
+    if dataset is not None:
+        write_json(root / "dataset/spri/summary.json", {**summary, "lengths": dataset})
+    if trained is not None:
+        write_json(root / "checkpoints/spri/lengths.json", trained)
+    config = from_dict(PipelineConfig, {"output_dir": str(root), "modes": ["spri"]})
+    report = build_report(config, root, "run", "student", {"file": "tqa.json", "source": "tqa.json"})
+    return report, render_markdown(report)
+
+
+def over_max_length(text: str, model: str = "SFT on spri") -> str:
+    header = next(line for line in text.splitlines() if line.startswith("| model | records |"))
+    columns = [cell.strip() for cell in header.strip("|").split("|")]
+    return table_row(text, model)[columns.index("over max_length")]
+
+
+def test_the_report_shows_the_rows_format_dropped_over_max_length(tmp_path):
+    report, text = report_with_lengths(tmp_path, format_lengths("drop", per_split(2, 1), per_split(2, 1)))
+    assert over_max_length(text) == "3 of 10 dropped"
+    assert report["modes"]["spri"]["lengths"]["format"]["over_max_length"] == {"train": 2, "validation": 1}
+    assert "Over max_length (1,024 tokens): the train + validation rows longer than training's max_length" in text
+
+
+def test_the_report_shows_kept_rows_with_how_many_lost_their_eos(tmp_path):
+    _, text = report_with_lengths(tmp_path, format_lengths("keep", per_split(3), per_split(2)))
+    assert over_max_length(text) == "3 of 10 kept, 2 lost EOS"
+
+
+def test_training_adds_its_count_where_it_still_found_rows_over_max_length(tmp_path):
+    dataset = format_lengths("keep", per_split(3), per_split(2))
+    trained = training_lengths("drop", per_split(3), per_split(2))
+    report, text = report_with_lengths(tmp_path, dataset, trained)
+    assert over_max_length(text) == "3 of 10 kept, 2 lost EOS; training: 3 of 10 dropped"
+    assert report["modes"]["spri"]["lengths"]["train"] == trained
+
+
+def test_training_that_found_none_left_adds_nothing_to_formats_count(tmp_path):
+    dataset = format_lengths("drop", per_split(1), per_split(1))
+    trained = training_lengths("drop", per_split(0), per_split(0), rows=per_split(7, 2))
+    _, text = report_with_lengths(tmp_path, dataset, trained)
+    assert over_max_length(text) == "1 of 10 dropped"
+
+
+def test_a_dataset_made_without_counting_shows_trainings_count_alone(tmp_path):
+    trained = training_lengths("keep", per_split(4, 1), per_split(4))
+    _, text = report_with_lengths(tmp_path, {"checked": False, "why": "not measured"}, trained)
+    assert over_max_length(text) == "5 of 10 kept, 4 lost EOS (training)"
+
+
+def test_rows_nobody_counted_say_so(tmp_path):
+    _, text = report_with_lengths(tmp_path)
+    assert over_max_length(text) == "not counted"
+
+
+def write_bos(root: Path, model: str, add_bos_token: bool, setting: str) -> None:
+    results = json.loads((root / "eval" / model / "results.json").read_text())
+    write_json(root / "eval" / model / "results.json", {**results, "add_bos_token": add_bos_token,
+                                                        "add_bos_token_setting": setting})  # fmt: skip
+
+
+def test_the_report_says_which_bos_convention_truthfulqa_was_scored_with_beside_the_paper_column(tmp_path):
+    report_of(tmp_path, {"spri": (BASE_MC1, [0.6] * 40)})
+    for model in ("base", "spri"):
+        write_bos(tmp_path, model, False, "false")
+    recipe = {"output_dir": str(tmp_path), "modes": ["spri"], "report": {"paper_column": "L3.1-8B Dolly"}}
+    config = from_dict(PipelineConfig, recipe)
+    text = render_markdown(build_report(config, tmp_path, "run", "student", {"file": "t", "source": "t"}))
+
+    assert "- TruthfulQA BOS: without a BOS token (evaluate.add_bos_token: false)" in text.splitlines()
+    paper = text[text.index("## The paper's Table 4"):]
+    assert "This run's TruthfulQA was scored without a BOS token (evaluate.add_bos_token: false)" in paper
+
+
+def test_models_scored_with_different_bos_conventions_are_named_each(tmp_path):
+    report_of(tmp_path, {"spri": (BASE_MC1, [0.6] * 40)})
+    write_bos(tmp_path, "base", True, "auto")
+    write_bos(tmp_path, "spri", False, "false")
+    config = from_dict(PipelineConfig, {"output_dir": str(tmp_path), "modes": ["spri"]})
+    text = render_markdown(build_report(config, tmp_path, "run", "student", {"file": "t", "source": "t"}))
+
+    assert (
+        "- TruthfulQA BOS: base (before) with a BOS token before each question (evaluate.add_bos_token: auto, the "
+        "tokenizer's default); SFT on spri without a BOS token (evaluate.add_bos_token: false)"
+    ) in text.splitlines()
+
+
+def test_results_that_name_no_bos_convention_add_no_line(tmp_path):
+    _, text = report_with_lengths(tmp_path)
+    assert "TruthfulQA BOS" not in text

@@ -1,15 +1,19 @@
 """report.md / report.json of a pipeline run, read back from what each stage wrote.
 
 Every number comes from a stage's own output file: generate/<mode>/summary.json (records,
-statuses, rounds, calls and tokens), dataset/<mode>/summary.json (rows per split),
-checkpoints/<mode>/all_results.json and trainer_state.json (losses, steps), eval/*/results.json
-(TruthfulQA) with eval/*/per_question.jsonl (the paired bootstrap intervals of every Δ),
+statuses, rounds, calls and tokens), dataset/<mode>/summary.json (rows per split, rows over
+training's max_length and what format did with them), checkpoints/<mode>/all_results.json and
+trainer_state.json (losses, steps), checkpoints/<mode>/lengths.json (rows over max_length as
+training counted them, when it wrote one), eval/*/results.json (TruthfulQA, and the BOS convention
+it was scored with when it names one) with eval/*/per_question.jsonl (the paired bootstrap
+intervals of every Δ),
 eval/*/lm_eval/results.json (lm-evaluation-harness tasks, lm-eval's numbers), and each
 stage.json (wall time). With `dpo.enabled`, each mode's DPO model is a row of its own ("SFT+DPO on
 <mode>", report.json's `dpo`, keyed <mode>+dpo): the preference pairs dataset/<mode>/summary.json
 counts, checkpoints/<mode>+dpo's losses (DPO's), eval/<mode>+dpo's scores and Δ vs base; a mode
 whose records gave no training pair reads "no pairs". A value a stage did not produce (no
-validation split, evaluation skipped) is shown as "–", never filled in. The figures (`figures.py`) are PNGs beside report.md,
+validation split, evaluation skipped) is shown as "–", never filled in; rows over max_length that
+neither format nor training counted read "not counted". The figures (`figures.py`) are PNGs beside report.md,
 drawn from report.json alone; with `report.paper_column`, the paper's Table 4 column is set
 beside this run's rows.
 """
@@ -27,6 +31,7 @@ from spri_sft.evaluate.bootstrap import paired_bootstrap
 from spri_sft.pipeline.config import PipelineConfig
 
 MISSING = "–"
+NOT_COUNTED = "not counted"  # rows over max_length: neither format nor training counted them (an earlier run's dataset)
 
 # The paper's Table 4 rows in its order, and the modes of this package that run each (self-align is
 # the Dromedary/Watson rule list: `self-align`, formerly `constitution`). off-the-shelf = the untouched student.
@@ -103,6 +108,10 @@ def build_report(
         modes[mode] = {
             "generation": generation_row(generation) if generation else None,
             "dataset": {"rows": dataset["rows"], "splits": dataset["splits"], "dropped": dataset["dropped"]} if dataset else None,
+            "lengths": {
+                "format": (dataset or {}).get("lengths"),
+                "train": _read(root / "checkpoints" / mode / "lengths.json"),
+            },
             "train": {
                 "steps": state.get("global_step") if state else None,
                 # The last logged loss: all_results' train_loss averages only the steps of the last
@@ -146,6 +155,7 @@ def build_report(
             "questions": base_eval["n"] if base_eval else None,
             "prompt": base_eval["mode"] if base_eval else None,
             "skipped": truthfulqa is None,
+            "bos": _bos_conventions(root, ["base", *config.modes, *dpo]) if evaluated else {},
         },
         "base": _scores(base_eval, None, None, None),
         "modes": modes,
@@ -155,6 +165,18 @@ def build_report(
         "lm_eval": _lm_eval_scores(config, root, list(dpo)) if evaluated else None,
         "stages": stages,
     }
+
+
+def _bos_conventions(root: Path, models: list[str]) -> dict[str, dict[str, Any]]:
+    """Per evaluated model, whether TruthfulQA put a BOS token before each question (`add_bos_token`, resolved) and
+    the setting that decided it (`add_bos_token_setting`: auto, true, false); models whose results name none are left
+    out."""
+    found = {}
+    for model in models:
+        results = _read(root / "eval" / model / "results.json") or {}
+        if "add_bos_token" in results:
+            found[model] = {"add_bos_token": results["add_bos_token"], "setting": results.get("add_bos_token_setting")}
+    return found
 
 
 def _dpo_row(root: Path, mode: str, dataset: dict | None, scores: dict[str, Any]) -> dict[str, Any]:
@@ -168,6 +190,8 @@ def _dpo_row(root: Path, mode: str, dataset: dict | None, scores: dict[str, Any]
         "mode": mode,
         "pairs": {k: pairs[k] for k in ("margin", "records", "pairs", "splits", "no_pair", "gap")} if pairs else None,
         "skipped": "no pairs" if pairs is not None and "train" not in pairs["splits"] else None,
+        # Format does not measure preference pairs; a DPO training that counted its rows wrote lengths.json.
+        "lengths": {"format": None, "train": _read(root / "checkpoints" / model / "lengths.json")},
         "train": {
             "steps": state.get("global_step") if state else None,
             "train_loss": _last_logged(state, "loss"),
@@ -208,16 +232,18 @@ def render_markdown(report: dict[str, Any]) -> str:
             if tqa["skipped"]
             else f"{tqa['questions']} questions from `{tqa['source']}`, {tqa['prompt']} prompt (lm-eval's scoring)"
         ),
+        *([f"- TruthfulQA BOS: {bos_line(tqa['bos'])}"] if tqa.get("bos") else []),
         "",
         "| model | records | accepted | rounds (principles / response) | unscored (principles / response) "
         "| calls per record (base / critic) "
-        "| tokens per record | train / val rows | steps | final train loss | val loss | MC1 | ΔMC1 | MC2 | ΔMC2 |",
-        "| --- | " + " | ".join("---:" for _ in range(14)) + " |",
+        "| tokens per record | train / val rows | over max_length | steps | final train loss | val loss "
+        "| MC1 | ΔMC1 | MC2 | ΔMC2 |",
+        "| --- | " + " | ".join("---:" for _ in range(15)) + " |",
     ]
     base = report["base"]
     lines.append(
         f"| base (before) | {MISSING} | {MISSING} | {MISSING} | {MISSING} | {MISSING} | {MISSING} | {MISSING} | {MISSING} "
-        f"| {MISSING} | {MISSING} | {_num(base['mc1'])} | {MISSING} | {_num(base['mc2'])} | {MISSING} |"
+        f"| {MISSING} | {MISSING} | {MISSING} | {_num(base['mc1'])} | {MISSING} | {_num(base['mc2'])} | {MISSING} |"
     )
     for mode, row in report["modes"].items():
         gen = row["generation"] or {}
@@ -236,6 +262,7 @@ def render_markdown(report: dict[str, Any]) -> str:
                     f"{_num(gen.get('base_calls_per_record'), 2)} / {_num(gen.get('critic_calls_per_record'), 2)}",
                     _num(gen.get("tokens_per_record"), 0),
                     f"{_num(splits.get('train'))} / {_num(splits.get('validation'))}",
+                    over_max_length_cell(row.get("lengths") or {}),
                     _num(train["steps"]),
                     _num(train["train_loss"]),
                     _num(train["eval_loss"]),
@@ -253,7 +280,7 @@ def render_markdown(report: dict[str, Any]) -> str:
     lines += _lm_eval_section(report.get("lm_eval"))
     lines += _dpo_section(report.get("dpo") or {})
     lines += _differences_section(report)
-    lines += _paper_section(report.get("paper_table4"))
+    lines += _paper_section(report.get("paper_table4"), tqa.get("bos") or {})
     lines += _figures_section(report.get("figures") or {})
     lines += ["", "| stage | status | wall time (s) |", "| --- | --- | ---: |"]
     lines += [f"| {stage} | {s['status']} | {_num(s['wall_seconds'], 1)} |" for stage, s in report["stages"].items()]
@@ -264,7 +291,12 @@ def render_markdown(report: dict[str, Any]) -> str:
         "or expected); calls and tokens count "
         "every model call of generation (prompt + completion tokens). Final train loss: the last logged one; "
         "val loss: of the saved adapter (the best checkpoint when the recipe keeps it); an SFT+DPO row's losses are "
-        "DPO's and its rows are preference pairs. Δ: after minus before, "
+        f"DPO's and its rows are preference pairs. Over max_length{_max_lengths(report)}: the train + validation "
+        "rows longer than training's max_length in the student's tokens, as format counted them "
+        "(dataset/<mode>/summary.json) and, where it differs, as training did (checkpoints/<mode>/lengths.json); "
+        "dropped, or kept and cut at max_length, "
+        "where a row that lost its end-of-turn token (lost EOS) teaches the model not to stop (dropping is this "
+        "project's choice, not the paper's). Δ: after minus before, "
         "[its paired bootstrap 95% interval over questions]. "
         "Records with status max_rounds reached the round limit without passing the critic's threshold.",
         "",
@@ -277,7 +309,7 @@ def _dpo_markdown_row(model: str, row: dict[str, Any]) -> str:
     splits = (row["pairs"] or {}).get("splits", {})
     pairs = "no pairs" if row["skipped"] else f"{_num(splits.get('train'))} / {_num(splits.get('validation'))} pairs"
     train, scores = row["train"], row["truthfulqa"]
-    cells = [model_label(model), *[MISSING] * 6, pairs]  # the generation's columns are its SFT row's
+    cells = [model_label(model), *[MISSING] * 6, pairs, over_max_length_cell(row.get("lengths") or {})]
     cells += [_num(train["steps"]), _num(train["train_loss"]), _num(train["eval_loss"])]
     cells += [
         _num(scores["mc1"]), _delta_cell(scores["mc1_delta"], scores.get("mc1_interval")),
@@ -393,15 +425,21 @@ def _lm_eval_section(table: dict[str, Any] | None) -> list[str]:
     return lines
 
 
-def _paper_section(table: dict[str, Any] | None) -> list[str]:
+def _paper_section(table: dict[str, Any] | None, bos: dict[str, dict[str, Any]]) -> list[str]:
     if table is None:
         return []
+    scored = (
+        f" This run's TruthfulQA was scored {bos_line(bos)}; the paper's numbers are comparable only where its "
+        "harness did the same."
+        if bos
+        else ""
+    )
     lines = [
         "",
         f"## The paper's Table 4, column {table['column']}",
         "",
         "TruthfulQA in %, rows in the paper's order; this run's number is its MC2 (the paper's metric is most "
-        "likely lm-eval's mc2). off-the-shelf = the untouched student (base).",
+        f"likely lm-eval's mc2). off-the-shelf = the untouched student (base).{scored}",
         "",
         "| paper row | this run's mode | this run (%) | paper (%) | this run − paper |",
         "| --- | --- | ---: | ---: | ---: |",
@@ -419,6 +457,59 @@ def _paper_section(table: dict[str, Any] | None) -> list[str]:
             "(its App. B Table 7, base and critic calls together).",
         ]
     return lines
+
+
+def bos_line(bos: dict[str, dict[str, Any]]) -> str:
+    """Which BOS convention TruthfulQA was scored with: one phrase when every model's was the same, else per model."""
+
+    def convention(entry: dict[str, Any]) -> str:
+        how = "with a BOS token before each question" if entry["add_bos_token"] else "without a BOS token"
+        setting = entry.get("setting")
+        why = {"auto": ", the tokenizer's default"}.get(setting, "")
+        return f"{how} (evaluate.add_bos_token: {setting}{why})" if setting else how
+
+    phrases = {model: convention(entry) for model, entry in bos.items()}
+    if len(set(phrases.values())) == 1:
+        return next(iter(phrases.values()))
+    return "; ".join(f"{model_label(model)} {phrase}" for model, phrase in phrases.items())
+
+
+def over_max_length_cell(lengths: dict[str, Any]) -> str:
+    """The main table's "over max_length" cell: format's count and what it did, then training's where it adds to it
+    (it counts what format left); "not counted" when neither counted."""
+    measured, trained = lengths.get("format") or {}, lengths.get("train")
+    parts = []
+    if measured.get("checked"):
+        rows, over = sum(measured["rows"].values()), sum(measured["over_max_length"].values())
+        lost = sum(measured["lost_eos"].values())
+        parts.append(_what_happened(over, rows, measured["policy"], lost))
+    if trained is not None:
+        splits = trained.get("splits") or {}
+        rows, over, lost = (sum(s.get(key, 0) for s in splits.values()) for key in ("rows", "over_max_length", "lost_eos"))
+        if not parts:
+            parts.append(_what_happened(over, rows, trained.get("policy"), lost) + " (training)")
+        elif over:
+            parts.append("training: " + _what_happened(over, rows, trained.get("policy"), lost))
+    return "; ".join(parts) or NOT_COUNTED
+
+
+def _max_lengths(report: dict[str, Any]) -> str:
+    """" (1,024 tokens)": the max_length the rows were counted against, as format or training recorded it."""
+    found = set()
+    for row in [*report["modes"].values(), *(report.get("dpo") or {}).values()]:
+        lengths = row.get("lengths") or {}
+        for counted in (lengths.get("format"), lengths.get("train")):
+            if counted and counted.get("checked", True) and counted.get("max_length") is not None:
+                found.add(counted["max_length"])
+    return f" ({' or '.join(f'{n:,}' for n in sorted(found))} tokens)" if found else ""
+
+
+def _what_happened(over: int, rows: int, policy: str | None, lost_eos: int) -> str:
+    if not over:
+        return f"0 of {rows:,}"
+    if policy == "drop":
+        return f"{over:,} of {rows:,} dropped"
+    return f"{over:,} of {rows:,} kept, {lost_eos:,} lost EOS"
 
 
 def _figures_section(figures: dict[str, str]) -> list[str]:
