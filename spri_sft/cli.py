@@ -202,6 +202,11 @@ def _check_template(argv: list[str]) -> int:
         "--template", choices=["model", "alpaca"], default="model",
         help="'alpaca' trains on the Alpaca format even when the tokenizer ships a chat template (base students)",
     )
+    parser.add_argument(
+        "--eos-token",
+        help="the token assistant turns end with, when it is not the tokenizer's EOS (the recipe's eos_token, e.g. "
+        "Gemma-it's <end_of_turn>)",
+    )
     parser.add_argument("--dataset", help="a `spri-sft format` output directory to take the sample rows from")
     parser.add_argument("--trust-remote-code", action="store_true")
     args = parser.parse_args(argv)
@@ -213,11 +218,13 @@ def _check_template(argv: list[str]) -> int:
         UnmarkableTemplateError,
         check_template,
         choose_training_template,
+        use_eos_token,
         use_training_template,
     )
     from spri_sft.models import resolve_model
 
     tokenizer = AutoTokenizer.from_pretrained(resolve_model(args.model), trust_remote_code=args.trust_remote_code)
+    use_eos_token(tokenizer, args.eos_token)
     try:
         how = choose_training_template(tokenizer, fallback=args.fallback, template=args.template).source
     except UnmarkableTemplateError:
@@ -229,14 +236,25 @@ def _check_template(argv: list[str]) -> int:
 
         train = load_from_disk(args.dataset)["train"]
         conversations = train.select(range(min(32, len(train))))["messages"]
-    if encode is not None and not args.dataset:  # the probes include a system message, which such templates may move
-        conversations = [c for c in conversations if c[0]["role"] != "system"]
+    if not args.dataset:
+        # The probes include system messages, which some templates refuse (Gemma) or move (Mistral v0.3).
+        conversations = [c for c in conversations if _renders(tokenizer, c) and (encode is None or c[0]["role"] != "system")]
     report = check_template(tokenizer, conversations, encode=encode)
     print(
         f"{args.model}: ok, trains on {how} — {report.rows} rows, {report.trained_tokens}/{report.tokens} tokens trained, "
         f"EOS trained in {report.eos_trained}/{report.assistant_turns} assistant turns"
     )
     return 0
+
+
+def _renders(tokenizer, conversation) -> bool:
+    from jinja2 import TemplateError
+
+    try:
+        tokenizer.apply_chat_template(conversation, tokenize=False)
+    except TemplateError:
+        return False
+    return True
 
 
 if __name__ == "__main__":

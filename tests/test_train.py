@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 import torch
@@ -69,11 +70,18 @@ def test_saved_adapter_reloads_with_peft_and_generates(tiny_model_dir, sft_datas
     assert json.loads((tmp_path / "all_results.json").read_text())["train_loss"] > 0
 
 
-def test_qlora_is_refused_on_cpu_before_loading_anything(sft_dataset, tmp_path):
+def test_8bit_is_refused_on_cpu_before_loading_anything(sft_dataset, tmp_path):
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
+    args = parse("/no/such/model", sft_dataset, tmp_path, "--load_in_8bit", "true")
+    with pytest.raises(UserError, match="load_in_8bit needs a CUDA GPU"):
+        main(*args)
+
+
+def test_qlora_without_bitsandbytes_is_refused_before_loading_anything(sft_dataset, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # `import bitsandbytes` raises ImportError
     args = parse("/no/such/model", sft_dataset, tmp_path, "--load_in_4bit", "true")
-    with pytest.raises(UserError, match="needs a CUDA GPU"):
+    with pytest.raises(UserError, match=r"needs bitsandbytes: pip install"):
         main(*args)
 
 
@@ -291,3 +299,49 @@ def test_the_command_prints_a_short_summary_and_one_progress_bar(tiny_model_dir,
     bars = {line.split(":")[0] for line in done.stderr.replace("\r", "\n").splitlines() if "%|" in line}
     assert bars == {"train"}, bars  # no bars for loading weights, tokenizing, evaluating or saving
     assert "{'loss'" not in done.stderr + done.stdout and "eval_loss=" in done.stderr  # losses beside the bar
+
+
+LONG_ANSWER = " ".join(["Water falls from clouds when droplets grow heavy."] * 12)
+
+
+@pytest.fixture(scope="module")
+def dataset_with_long_rows(tmp_path_factory):
+    """Eight short rows, one with a long answer, one with a long question (its prompt alone over 64 tokens)."""
+    from datasets import Dataset, DatasetDict
+
+    from conftest import SFT_PAIRS
+
+    def row(question, answer):
+        return {"messages": [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]}
+
+    rows = [row(q, a) for q, a in SFT_PAIRS * 2] + [row("What is rain?", LONG_ANSWER), row(LONG_ANSWER + "?", "Yes.")]
+    path = tmp_path_factory.mktemp("long") / "hf"
+    DatasetDict({"train": Dataset.from_list(rows)}).save_to_disk(path)
+    return path
+
+
+def test_rows_over_max_length_are_counted_and_dropped_by_default(tiny_model_dir, dataset_with_long_rows, tmp_path):
+    trainer = build_trainer(*parse(tiny_model_dir, dataset_with_long_rows, tmp_path, "--max_length", "64"))
+    train = trainer.lengths["splits"]["train"]
+    assert (train["rows"], train["over_max_length"], train["lost_eos"], train["no_trained_token"]) == (10, 2, 2, 1)
+    assert train["dropped"] == 2 and len(trainer.train_dataset) == 8
+    assert max(len(ids) for ids in trainer.train_dataset["input_ids"]) <= 64
+
+
+def test_kept_overlong_rows_are_cut_and_those_left_without_a_trained_token_dropped(
+    tiny_model_dir, dataset_with_long_rows, tmp_path
+):
+    args = parse(tiny_model_dir, dataset_with_long_rows, tmp_path, "--max_length", "64", "--overlong", "keep")
+    trainer = build_trainer(*args)
+    assert trainer.lengths["policy"] == "keep" and trainer.lengths["splits"]["train"]["dropped"] == 1
+    assert len(trainer.train_dataset) == 9  # the long answer kept, cut before its EOS; TRL drops the long question
+    eos = trainer.processing_class.eos_token_id
+    cut = [row for row in trainer.train_dataset if len(row["input_ids"]) == 64]
+    assert len(cut) == 1 and eos not in [t for t, label in zip(cut[0]["input_ids"], cut[0]["labels"]) if label != -100]
+
+
+def test_training_writes_the_length_counts_and_says_them(tiny_model_dir, dataset_with_long_rows, tmp_path, capsys):
+    main(*parse(tiny_model_dir, dataset_with_long_rows, tmp_path, "--max_length", "64", "--max_steps", "1"))
+    written = json.loads((tmp_path / "lengths.json").read_text())
+    assert written["max_length"] == 64 and written["splits"]["train"]["over_max_length"] == 2
+    assert "2 of 10 train rows exceed max_length=64 tokens and are dropped (overlong: drop)" in capsys.readouterr().out

@@ -18,8 +18,10 @@ to stop. It takes the first of:
    every probe conversation (with and without system message, one and two turns, with and without generation
    prompt);
 4. for a tokenizer without a template: the Alpaca format with `fallback="alpaca"` (the published setup's format
-   for base models), EOS inside the markers. `template="alpaca"` takes it first, even over a shipped chat
-   template (the paper trains its base students on Alpaca, §5.2).
+   for base models), EOS inside the markers, and the BOS token first when the tokenizer puts one in front of
+   plain text (Llama-3.1, Mistral and Gemma do; evaluation tokenizes that way, so training rows must start the
+   same). `template="alpaca"` takes it first, even over a shipped chat template (the paper trains its base
+   students on Alpaca, §5.2).
 
 Any other template (Mistral's `[INST]` family, say) raises `UnmarkableTemplateError`. Training then keeps the
 model's own template and marks assistant turns by rendering prefixes instead (`encode_with_prefix_masks`): an
@@ -28,9 +30,14 @@ it with the generation prompt, i.e. its content and end-of-turn token. That need
 shorter conversation renders as a prefix of the longer one; a row where it does not is refused, never guessed.
 `use_training_template(tokenizer)` takes whichever of the two applies.
 
-`check_template(tokenizer, conversations)` renders real rows with the tokenizer's current template, runs them through the collator training will use, and raises `TemplateError` when
-a row trains no token, when the EOS token ending an assistant turn would get no label, or when the rendered text
-would start with two BOS tokens.
+`check_template(tokenizer, conversations)` renders real rows with the tokenizer's current template, runs them through
+the collator training will use, and raises `TemplateError` when a row trains no token, when the EOS token ending an
+assistant turn would get no label, or when a row does not start with exactly one BOS token although the tokenizer
+puts one in front of plain text.
+
+The end-of-turn token: Gemma-it's tokenizer EOS is `<eos>`, but its turns end with `<end_of_turn>`. TRL's remedy is
+`SFTConfig.eos_token`, which `SFTTrainer` applies to the tokenizer when it is built; `use_eos_token` applies it
+first, so the template check sees the token training will teach.
 
 Imports: the tokenizer API of transformers, TRL (inside the functions: importing its trainer takes seconds),
 `spri_sft.errors`.
@@ -77,8 +84,9 @@ ALPACA_PREAMBLE = (
 )
 
 # Stanford Alpaca's prompt (no `### Input:` section: a prompt's context is already part of the user message).
-# A system message replaces the preamble. EOS ends every response, inside the markers. No BOS is written:
-# `apply_chat_template(tokenize=True)` adds no special tokens, so rows start as the text does.
+# A system message replaces the preamble. EOS ends every response, inside the markers. No BOS is written here:
+# `alpaca_template(tokenizer)` puts it in front for a tokenizer that adds one to plain text, because
+# `apply_chat_template(tokenize=True)` adds no special tokens and rows start exactly as the text does.
 ALPACA_TEMPLATE = """\
 {%- if messages[0]['role'] == 'system' %}
     {{- messages[0]['content'] + '\\n\\n' }}
@@ -101,6 +109,31 @@ ALPACA_TEMPLATE = """\
 {%- if add_generation_prompt %}
     {{- '### Response:\\n' }}
 {%- endif %}""".replace("__PREAMBLE__", ALPACA_PREAMBLE)
+
+
+
+def adds_bos(tokenizer: Any) -> bool:
+    """Whether the tokenizer puts its BOS token in front of plain text (`tokenizer(text)`, as evaluation encodes)."""
+    bos_id = tokenizer.bos_token_id
+    return bos_id is not None and tokenizer("a")["input_ids"][:1] == [bos_id]
+
+
+def alpaca_template(tokenizer: Any) -> str:
+    """The Alpaca training template for this tokenizer: BOS first exactly when the tokenizer adds one to text."""
+    return ("{{- bos_token }}\n" if adds_bos(tokenizer) else "") + ALPACA_TEMPLATE
+
+
+def use_eos_token(tokenizer: Any, eos_token: str | None) -> None:
+    """Make `eos_token` (SFTConfig's, e.g. Gemma-it's `<end_of_turn>`) the tokenizer's EOS, as SFTTrainer will."""
+    if eos_token is None or eos_token == tokenizer.eos_token:
+        return
+    if eos_token not in tokenizer.get_vocab():
+        raise TemplateError(
+            f"eos_token {eos_token!r} is not a token of this tokenizer (its EOS is {tokenizer.eos_token!r}); give the "
+            "token the chat template ends an assistant turn with"
+        )
+    tokenizer.eos_token = eos_token
+
 
 # Conversations the ChatML training template must render exactly like the original before it is used.
 _PROBE_TEXTS = ("What is 2 + 2?", "It is 4.\nAnything else?", " Leading space, trailing space ", "Ünïcode: ✓")
@@ -188,7 +221,7 @@ def choose_training_template(tokenizer: Any, fallback: str | None = None, templa
                 "`tokenizer.eos_token` first."
             )
         source = "Alpaca (training_template: alpaca)" if template == "alpaca" else "Alpaca (the tokenizer has no chat template)"
-        return TrainingTemplate(ALPACA_TEMPLATE, source)
+        return TrainingTemplate(alpaca_template(tokenizer), source)
     if has_generation_markers(own):
         return TrainingTemplate(own, "the model's own chat template (it has generation markers)")
     try:
@@ -230,6 +263,18 @@ def use_training_template(
     except UnmarkableTemplateError:
         return functools.partial(encode_with_prefix_masks, tokenizer)
     return None
+
+
+def encode_with_template(
+    tokenizer: Any, assistant_only_loss: bool, conversation: list[dict[str, Any]]
+) -> dict[str, list[int]]:
+    """`input_ids` and `assistant_masks` of the conversation as SFTTrainer tokenizes it: the chat template's
+    `{% generation %}` markers give the mask (every token is marked when not `assistant_only_loss`)."""
+    encoded = tokenizer.apply_chat_template(
+        conversation, tokenize=True, return_dict=True, return_assistant_tokens_mask=assistant_only_loss
+    )
+    ids = list(encoded["input_ids"])
+    return {"input_ids": ids, "assistant_masks": list(encoded["assistant_masks"]) if assistant_only_loss else [1] * len(ids)}
 
 
 def encode_with_prefix_masks(tokenizer: Any, conversation: list[dict[str, Any]]) -> dict[str, list[int]]:
@@ -283,7 +328,8 @@ def check_template(
     `SFTTrainer` would pick). Raises `TemplateError` when the
     tokenizer has no chat template, a row has no assistant token in the mask, an assistant turn's EOS token is
     outside the mask or loses its label in the collator, or the rendered text tokenized with the tokenizer's
-    defaults starts with two BOS tokens as training tokenizes it. Returns a `TemplateReport` otherwise.
+    defaults starts with two BOS tokens as training tokenizes it, or a row lacks the BOS the tokenizer puts in front
+    of plain text. Returns a `TemplateReport` otherwise.
     """
     if not tokenizer.chat_template:
         raise TemplateError(f"The tokenizer has no chat template to train with. {_FIX_NO_TEMPLATE}")
@@ -299,28 +345,30 @@ def check_template(
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_id
         collator = DataCollatorForLanguageModeling(pad_token_id=pad_id)
 
+    bos_expected = adds_bos(tokenizer)
     tokens = trained_tokens = turns = eos_trained = 0
     retokenized_double_bos = False
     for row, conversation in enumerate(conversations):
         if not any(message.get("role") == "assistant" for message in conversation):
             raise TemplateError(f"Row {row} has no assistant message, so assistant-only loss trains nothing on it.")
-        if encode is not None:
-            encoded = encode(conversation)
-        else:
-            encoded = tokenizer.apply_chat_template(
-                conversation, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
-            )
+        encoded = encode(conversation) if encode is not None else encode_with_template(tokenizer, True, conversation)
         if bos_id is not None and list(encoded["input_ids"][:2]) == [bos_id, bos_id]:
             raise TemplateError(
                 f"Row {row} starts with two BOS tokens {tokenizer.bos_token!r} as training tokenizes it: the chat "
                 "template writes the BOS twice. Remove the duplicate from the template."
+            )
+        if bos_expected and list(encoded["input_ids"][:1]) != [bos_id]:
+            raise TemplateError(
+                f"Row {row} does not start with the BOS token {tokenizer.bos_token!r} as training tokenizes it, while "
+                "the tokenizer puts one in front of plain text (so evaluation reads every prompt after a BOS): the "
+                "chat template must write `{{ bos_token }}` first."
             )
         text = tokenizer.apply_chat_template(conversation, tokenize=False)
         if bos_id is not None and tokenizer(text)["input_ids"][:2] == [bos_id, bos_id] and not retokenized_double_bos:
             # Training never retokenizes rendered text (TRL tokenizes conversations without adding special
             # tokens), so this is only a trap for code that does, such as a `text` dataset or an eval harness.
             retokenized_double_bos = True
-            logger.warning(
+            logger.info(
                 "The chat template writes the BOS token %r and the tokenizer adds another by default: rendered text "
                 "tokenized with `tokenizer(text)` starts with two BOS tokens. Training is not affected; tokenize "
                 "rendered text with add_special_tokens=False.",

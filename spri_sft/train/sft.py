@@ -29,6 +29,7 @@ Not supported: streaming datasets; resuming a run whose recipe changed the model
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import sys
@@ -62,6 +63,13 @@ class SFTScriptArguments:
     )
     check_template: bool = field(
         default=True, metadata={"help": "Check on real rows that assistant tokens and EOS are trained before training."}
+    )
+    overlong: str = field(
+        default="drop",
+        metadata={"help": "Rows longer than max_length: 'drop' them, or 'keep' them cut to max_length (a row cut "
+                  "before its end loses its end-of-turn token, teaching the model not to stop). Counted either way "
+                  "in <output_dir>/lengths.json. 'drop' is this project's default, not the paper's (it names none).",
+                  "choices": ["drop", "keep"]},
     )
     merge_adapter: bool = field(default=False, metadata={"help": "Also save the LoRA adapter merged into the base model."})
     log_dataset_artifact: bool = field(default=True, metadata={"help": "Log the training dataset (with its card) to W&B."})
@@ -120,7 +128,7 @@ def build_trainer(script_args: SFTScriptArguments, training_args, model_args):
     from transformers import AutoTokenizer
     from trl import SFTTrainer, get_peft_config
 
-    from spri_sft.format.template import check_template, use_training_template
+    from spri_sft.format.template import check_template, encode_with_template, use_eos_token, use_training_template
     from spri_sft.train.progress import use_training_progress
 
     revision = model_args.model_revision
@@ -141,6 +149,8 @@ def build_trainer(script_args: SFTScriptArguments, training_args, model_args):
     tokenizer = AutoTokenizer.from_pretrained(
         model_path, revision=revision, trust_remote_code=training_args.trust_remote_code
     )
+    # SFTTrainer would make `eos_token` (Gemma-it's <end_of_turn>) the EOS when built; the template check must see it.
+    use_eos_token(tokenizer, training_args.eos_token)
     # The model's own template (Mistral's [INST], say) when no marked one exists, assistant turns found by prefixes.
     encode = use_training_template(
         tokenizer, fallback=script_args.chat_template_fallback, template=script_args.training_template
@@ -152,11 +162,20 @@ def build_trainer(script_args: SFTScriptArguments, training_args, model_args):
         check_template(tokenizer, train_dataset.select(range(min(32, len(train_dataset))))["messages"], encode=encode)
     if encode is not None:
         logger.info("the chat template has no generation markers: assistant turns are masked by prefix rendering")
-        train_dataset = _encode_rows(train_dataset, encode)
-        eval_dataset = _encode_rows(eval_dataset, encode) if eval_dataset is not None else None
-        # The masks are in the data now; TRL turns `assistant_masks` into labels by itself, while its own
-        # assistant_only_loss would look for generation markers the template does not have.
-        training_args.assistant_only_loss = False
+        masks = "prefix rendering"
+    else:
+        masks = "chat template markers" if training_args.assistant_only_loss else "none: all tokens"
+        encode = functools.partial(encode_with_template, tokenizer, training_args.assistant_only_loss)
+    # Rows are tokenized here, with their assistant masks, so that rows over max_length are counted (and dropped
+    # or kept, `overlong`) before TRL truncates them; TRL turns `assistant_masks` into labels by itself and skips
+    # its own tokenization (its assistant_only_loss flag would want the raw `messages`).
+    train_dataset = _encode_rows(train_dataset, encode)
+    eval_dataset = _encode_rows(eval_dataset, encode) if eval_dataset is not None else None
+    training_args.assistant_only_loss = False
+    splits = {"train": train_dataset, "validation": eval_dataset}
+    lengths = overlong_rows(splits, tokenizer.eos_token_id, training_args, script_args.overlong)
+    if script_args.overlong == "drop":
+        train_dataset, eval_dataset = (_drop_overlong(d, training_args.max_length) for d in (train_dataset, eval_dataset))
 
     model = load_model(model_path, model_args, training_args, tokenizer)
     trainer = SFTTrainer(
@@ -170,12 +189,10 @@ def build_trainer(script_args: SFTScriptArguments, training_args, model_args):
     )
     trainer.truthfulqa = truthfulqa
     use_training_progress(trainer)
-    # How the loss finds assistant tokens, for the saved effective config (assistant_only_loss reads false
-    # on the prefix path, where the masks come with the data).
-    if encode is not None:
-        trainer.assistant_masks = "prefix rendering"
-    else:
-        trainer.assistant_masks = "chat template markers" if training_args.assistant_only_loss else "none: all tokens"
+    # How the loss finds assistant tokens, for the saved effective config (assistant_only_loss reads false there:
+    # the masks come with the data).
+    trainer.assistant_masks = masks
+    trainer.lengths = lengths
     return trainer
 
 
@@ -185,11 +202,18 @@ def check_model_args(model_args) -> None:
 
     if model_args.model_name_or_path is None:
         raise UserError("model_name_or_path is required (a Hub id or a local model directory)")
-    if (model_args.load_in_4bit or model_args.load_in_8bit) and not torch.cuda.is_available():
+    if model_args.load_in_8bit and not torch.cuda.is_available():
         raise UserError(
-            "QLoRA (load_in_4bit/load_in_8bit) needs a CUDA GPU and bitsandbytes; this machine has no CUDA. "
-            "Use the LoRA recipe (load_in_4bit: false) on CPU."
+            "load_in_8bit needs a CUDA GPU; this machine has none. On the CPU, bitsandbytes quantizes 4-bit NF4 "
+            "(load_in_4bit: true), or use the LoRA recipe."
         )
+    if model_args.load_in_4bit or model_args.load_in_8bit:
+        try:
+            import bitsandbytes  # noqa: F401
+        except ImportError:
+            raise UserError(
+                "QLoRA (load_in_4bit) needs bitsandbytes: pip install -e \".[qlora]\" (or pip install bitsandbytes)"
+            ) from None
 
 
 def model_location(model_args) -> str:
@@ -224,12 +248,28 @@ def load_model(model_path: str, model_args, training_args, tokenizer):
         quantization_config=quantization_config,
         attn_implementation=model_args.attn_implementation,
         trust_remote_code=training_args.trust_remote_code,
-        device_map={"": torch.cuda.current_device()} if quantization_config is not None else None,
+        # A quantized model is placed at load: on this process's GPU, or on the CPU (bitsandbytes' NF4 runs there).
+        device_map=_quantized_device_map() if quantization_config is not None else None,
     )
-    # Generation stops at the end-of-turn token the template trains.
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    # Generation stops at the end-of-turn token the template trains, and still at every token the model's own
+    # generation config stops at (Llama-3.1-Instruct has three, Gemma-it two).
+    model.generation_config.eos_token_id = stop_token_ids(model.generation_config.eos_token_id, tokenizer.eos_token_id)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model
+
+
+def stop_token_ids(model_stops: int | list[int] | None, trained_eos: int) -> int | list[int]:
+    """The model's stop ids with the trained end-of-turn id added (one id stays an int, as configs write it)."""
+    stops = [] if model_stops is None else [model_stops] if isinstance(model_stops, int) else list(model_stops)
+    if trained_eos not in stops:
+        stops.append(trained_eos)
+    return stops[0] if len(stops) == 1 else stops
+
+
+def _quantized_device_map() -> dict:
+    import torch
+
+    return {"": torch.cuda.current_device()} if torch.cuda.is_available() else {"": "cpu"}
 
 
 def load_sft_dataset(script_args: SFTScriptArguments):
@@ -284,12 +324,76 @@ def _encode_rows(dataset, encode):
     return dataset.map(tokenize, remove_columns=dataset.column_names, desc="Tokenizing with assistant masks")
 
 
+def overlong_rows(splits: dict, eos_id: int, training_args, policy: str) -> dict:
+    """How many tokenized rows of each split exceed max_length, and what cutting them would cost.
+
+    Per split: `rows`, `over_max_length`, `lost_eos` (rows whose kept window, as TRL cuts it, loses a trained EOS),
+    `no_trained_token` (rows with no trained token left: TRL drops them when it keeps overlong rows), `dropped`
+    (rows that will not be trained on: all overlong ones under 'drop'), and `longest`. Packing cuts like
+    truncation_mode keep_start (TRL's bfd packing truncates an overflowing sequence)."""
+    max_length = training_args.max_length
+    keep_end = training_args.truncation_mode == "keep_end" and not training_args.packing
+    counts = {}
+    for name, dataset in splits.items():
+        if dataset is None:
+            continue
+        split = {"rows": len(dataset), "over_max_length": 0, "lost_eos": 0, "no_trained_token": 0, "dropped": 0,
+                 "longest": 0}  # fmt: skip
+        rows = (row for batch in dataset.iter(batch_size=1000) for row in zip(batch["input_ids"], batch["assistant_masks"]))
+        for ids, mask in rows:
+            split["longest"] = max(split["longest"], len(ids))
+            if max_length is None or len(ids) <= max_length:
+                continue
+            split["over_max_length"] += 1
+            kept = range(len(ids) - max_length, len(ids)) if keep_end else range(max_length)
+            trained = [i for i, bit in enumerate(mask) if bit]
+            if any(ids[i] == eos_id and i not in kept for i in trained):
+                split["lost_eos"] += 1
+            if not any(i in kept for i in trained):
+                split["no_trained_token"] += 1
+        split["dropped"] = split["over_max_length"] if policy == "drop" else split["no_trained_token"]
+        counts[name] = split
+    return {"max_length": max_length, "policy": policy, "packing": bool(training_args.packing),
+            "truncation_mode": "keep_start" if not keep_end else "keep_end", "splits": counts}  # fmt: skip
+
+
+def _drop_overlong(dataset, max_length: int | None):
+    if dataset is None or max_length is None:
+        return dataset
+    return dataset.filter(lambda row: len(row["input_ids"]) <= max_length, desc=f"Dropping rows over {max_length} tokens")
+
+
+def lengths_line(lengths: dict) -> str:
+    """One line on the rows over max_length, for the training summary (never silent, 0 included)."""
+    train = lengths["splits"]["train"]
+    over, rows = train["over_max_length"], train["rows"]
+    line = f"[spri-sft]   {over} of {rows} train rows exceed max_length={lengths['max_length']} tokens"
+    if over:
+        if lengths["policy"] == "drop":
+            line += " and are dropped (overlong: drop)"
+        else:
+            line += (f": kept cut to max_length, {train['lost_eos']} lost their end-of-turn token, "
+                     f"{train['no_trained_token']} kept no trained token and are dropped by TRL (overlong: keep)")
+    validation = lengths["splits"].get("validation")
+    if validation and validation["over_max_length"]:
+        line += f"; validation {validation['over_max_length']} of {validation['rows']}"
+    return line + f" (longest {train['longest']})"
+
+
 def main(script_args: SFTScriptArguments, training_args, model_args, recipe: Path | None = None) -> dict:
     """Train, save, and return the final metrics (`recipe`: the file the settings came from, to name it).
     Tests call this directly."""
     trainer = build_trainer(script_args, training_args, model_args)  # TruthfulQA before training, if asked
     summary = training_summary(trainer, model_args, recipe)
-    return train_and_save(trainer, script_args, training_args, model_args, summary, assistant_masks=trainer.assistant_masks)
+    if trainer.lengths["max_length"] is not None:
+        summary += "\n" + lengths_line(trainer.lengths)
+    if trainer.accelerator.is_main_process:
+        Path(training_args.output_dir).mkdir(parents=True, exist_ok=True)
+        (Path(training_args.output_dir) / "lengths.json").write_text(json.dumps(trainer.lengths, indent=2) + "\n")
+    return train_and_save(
+        trainer, script_args, training_args, model_args, summary, assistant_masks=trainer.assistant_masks,
+        lengths=trainer.lengths,
+    )
 
 
 def train_and_save(trainer, script_args, training_args, model_args, summary: str, **facts) -> dict:
