@@ -29,8 +29,9 @@ class FormatConfig:
     - preference pairs for DPO: `preference`, `preference_margin` (the rules are in
       `spri_sft.format.preference`);
     - rows over the training max_length: `tokenizer`, `max_length`, `training_template`, `overlong`
-      (step 6 of `spri_sft.format.build`). Unset (the default), no row is measured and
-      summary.json says so; `spri-sft run` sets the first three from its training recipe.
+      (step 7 of `spri_sft.format.build`). Unset (the default), no row is measured and
+      summary.json says so; `spri-sft run` takes them from its training recipe unless its
+      format section sets tokenizer or max_length.
     """
 
     records: list[str] = field(
