@@ -2,7 +2,8 @@
 # The GPU check, one command from the repository root (scripts/gpu_check.py says what it checks):
 #
 #   bash scripts/gpu_check.sh          # a CUDA machine; meant to take under 8 minutes on one GPU
-#   bash scripts/gpu_check.sh --cpu    # the same steps on the CPU, QLoRA refused
+#   bash scripts/gpu_check.sh --cpu    # the same steps on the CPU (QLoRA too: bitsandbytes NF4 runs there)
+#   bash scripts/gpu_check.sh --families llama-3.1-instruct,gemma-2-it   # a subset of the family fixtures
 #
 # On a machine that can fetch nothing (the lent GPU machine), the packages it lacks travel as wheels in
 # .whl/ (made here by scripts/gpu_wheels.sh; the device call names .whl in `carry`): they are installed

@@ -16,6 +16,10 @@
 #   fsspec       datasets needs fsspec<=2026.9.0, and that machine's (torch's requirement) is likely newer:
 #                this one shadows it in /tmp/site
 #   bitsandbytes 4-bit QLoRA; its wheel carries one library per CUDA version (cuda130 for torch's cu130)
+#   llama-models, mistral-common   only for their files: Llama 3's tiktoken vocabulary and Mistral v3's
+#                SentencePiece model, which the family fixtures (spri_sft/testing/families.py) read; none of
+#                their code runs beyond the package's __init__, so their requirements are not checked
+#   sentencepiece, protobuf   transformers' conversion of Mistral's SentencePiece model to a fast tokenizer
 # spri_sft itself needs nothing else on its train and evaluate path: openai, wandb and gguf are imported
 # only by generation, W&B tracking and model conversion (tests/test_gpu_check.py imports that path with
 # them blocked).
@@ -29,6 +33,10 @@ WHEELS=(
     multiprocess==0.70.19
     fsspec==2026.9.0
     bitsandbytes==0.50.2
+    llama-models==0.3.0
+    mistral-common==1.13.1
+    sentencepiece==0.2.3
+    protobuf==7.36.2
 )
 python="${PYTHON:-}"
 if [ -z "$python" ]; then

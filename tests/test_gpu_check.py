@@ -1,5 +1,5 @@
-"""scripts/gpu_check.sh, as far as a machine without CUDA can check it: its --cpu mode end to end, in an
-environment missing what the GPU machine misses, and the comparisons it decides with."""
+"""scripts/gpu_check.sh, as far as a machine without CUDA can check it: its --cpu mode end to end (one family, the
+Gemma-2-it fixture), in an environment missing what the GPU machine misses, and the comparisons it decides with."""
 
 from __future__ import annotations
 
@@ -41,7 +41,8 @@ def cpu_run(tmp_path_factory):
     env = dict(os.environ, PYTHON=sys.executable, PYTHONPATH=str(blocker), OUT=str(root / "out"))
     env["GPU_CHECK_WHEELS"] = str(root / "no-wheels")
     process = subprocess.run(
-        ["bash", "scripts/gpu_check.sh", "--cpu", "--steps", "3", "--limit", "12", "--work", str(root / "work")],
+        ["bash", "scripts/gpu_check.sh", "--cpu", "--families", "gemma-2-it", "--steps", "3", "--limit", "12",
+         "--work", str(root / "work")],
         cwd=REPO, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=900,
     )  # fmt: skip
     return process, root / "out"
@@ -54,26 +55,27 @@ def test_cpu_mode_passes_without_the_packages_the_gpu_machine_lacks(cpu_run):
     summary = json.loads((out / "gpu_check.json").read_text())
     assert summary["passed"] and summary["mode"] == "cpu"
     assert [check["name"] for check in summary["checks"]] == [
-        "environment", "train qlora-4bit", "train lora-fp32", "score lora-fp32: cpu vs cpu",
+        "environment", "gemma-2-it train qlora-4bit", "gemma-2-it score qlora-4bit: cpu vs cpu",
+        "gemma-2-it train lora-fp32", "gemma-2-it score lora-fp32: cpu vs cpu",
     ]  # fmt: skip
     assert (out / "gpu_check.log").read_text().rstrip().endswith(process.stdout.rstrip().splitlines()[-1])
 
 
 @pytest.mark.slow
-def test_cpu_mode_refuses_qlora_with_the_train_entrys_message(cpu_run):
+def test_cpu_mode_trains_qlora_through_the_recipe_in_4_bit(cpu_run):
     process, out = cpu_run
     checks = {check["name"]: check for check in json.loads((out / "gpu_check.json").read_text())["checks"]}
-    assert checks["train qlora-4bit"]["facts"] == {"trained": False, "exit": 2}
-    assert load_gpu_check().QLORA_REFUSAL in process.stdout
+    assert len(checks["gemma-2-it train qlora-4bit"]["facts"]["losses"]) == 3
+    assert "recipes/gemma-2-9b-it/sft/qlora.yaml" in process.stdout and "QLoRA r=16" in process.stdout
 
 
 @pytest.mark.slow
 def test_cpu_mode_trains_and_scores_the_adapter_it_trained(cpu_run):
     process, out = cpu_run
     checks = {check["name"]: check for check in json.loads((out / "gpu_check.json").read_text())["checks"]}
-    training = checks["train lora-fp32"]["facts"]
-    assert len(training["losses"]) == 3 and training["lora_b_matrices"] == 4  # q_proj, v_proj x 2 layers
-    scoring = checks["score lora-fp32: cpu vs cpu"]["facts"]
+    training = checks["gemma-2-it train lora-fp32"]["facts"]
+    assert len(training["losses"]) == 3 and training["lora_b_matrices"] == 14  # the recipe's 7 modules x 2 layers
+    scoring = checks["gemma-2-it score lora-fp32: cpu vs cpu"]["facts"]
     assert scoring["device"]["n"] == scoring["cpu"]["n"] == 12
     assert scoring["device"]["adapter_merged"] and scoring["device"]["dtype"] == "float32"
     # Two different batchings: close, not necessarily identical, and the adapter changed the scores.

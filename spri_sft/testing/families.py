@@ -28,6 +28,7 @@ on them, on the CPU too). Llama-3.1's real vocabulary makes its embeddings the l
 
 from __future__ import annotations
 
+import base64
 import json
 import shutil
 from dataclasses import dataclass
@@ -187,8 +188,16 @@ def _llama_tokenizer(family: Family):
     from transformers import PreTrainedTokenizerFast
     from transformers.convert_slow_tokenizer import TikTokenConverter
 
+    class Converter(TikTokenConverter):
+        @staticmethod
+        def load_tiktoken_bpe(path: str) -> dict[bytes, int]:
+            # tiktoken's file format (a base64 token and its rank per line), read without tiktoken, which the
+            # GPU check's machine lacks.
+            pairs = (line.split() for line in Path(path).read_bytes().splitlines() if line)
+            return {base64.b64decode(token): int(rank) for token, rank in pairs}
+
     vocabulary = Path(llama_models.__file__).parent / "llama3" / "tokenizer.model"
-    backend = TikTokenConverter(str(vocabulary), pattern=LLAMA3_PATTERN, extra_special_tokens=LLAMA3_SPECIAL).converted()
+    backend = Converter(str(vocabulary), pattern=LLAMA3_PATTERN, extra_special_tokens=LLAMA3_SPECIAL).converted()
     bos = "<|begin_of_text|>"
     bos_id = backend.token_to_id(bos)
     # As the released tokenizer.json: BOS in front of every text (and of each text of a pair).
