@@ -11,8 +11,9 @@ lm-eval's per-question MC1 and MC2 values and their means and standard errors; w
 Output, in `output_dir`:
 - `results.json`: `mc1`, `mc1_stderr`, `mc2`, `mc2_stderr`, `n`, `mode` (plain / chat_template),
   `model`, `adapter`, `adapter_merged` (scored merged into the weights), `tokenizer`, `dtype`,
-  `device`, `data_source`, `data_sha256`, `limit`, `task_versions` (lm-eval's), `wall_seconds`,
-  `questions_per_second`;
+  `device`, `questions_scored_alone` (one pass per choice: longer than the model's maximum length or
+  its attention window), `data_source`, `data_sha256`, `limit`, `task_versions` (lm-eval's),
+  `wall_seconds`, `questions_per_second`;
 - `per_question.jsonl`: one line per question in data order: `index`, `question`, `mc1_acc`,
   `mc1_pred`, `mc1_gold`, `mc2_acc`, and per metric the choices, labels and summed log-likelihoods;
 - `config.yaml`: the effective configuration.
@@ -94,6 +95,11 @@ def evaluate_truthfulqa(config: EvaluateConfig, model: Any = None, tokenizer: An
         )
     wall = time.perf_counter() - start
     model.train(was_training)
+    if scorer.scored_alone:
+        logger.info(
+            "%d of %d questions scored one pass per choice: longer than the model's maximum length (%d) or its "
+            "attention window (%s)", scorer.scored_alone, len(questions), scorer.max_length, scorer.window,
+        )  # fmt: skip
 
     mc1 = [r["mc1_acc"] for r in rows]
     mc2 = [r["mc2_acc"] for r in rows]
@@ -110,6 +116,7 @@ def evaluate_truthfulqa(config: EvaluateConfig, model: Any = None, tokenizer: An
         "tokenizer": config.tokenizer or config.model,
         "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
         "device": str(next(model.parameters()).device),
+        "questions_scored_alone": scorer.scored_alone,
         "data_source": config.truthfulqa_file or f"{config.dataset}:multiple_choice:{config.dataset_split}",
         "data_sha256": data_sha256,
         "limit": config.limit,

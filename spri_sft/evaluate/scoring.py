@@ -28,8 +28,13 @@ pass per choice:
   length so that the left padding between rows stays small; a pad sees only itself and the
   prefix, and nothing sees a pad.
 
-A sequence longer than the model's maximum length falls back to lm-eval's own left truncation,
-one choice at a time.
+A question is scored lm-eval's way instead, one full pass per choice, when one of its sequences is
+longer than the model's maximum length (lm-eval's left truncation) or than the shortest attention
+window of its layers (`attention_window`: Gemma-2's sliding layers, Mistral with `sliding_window`).
+The packed mask is full causal attention, which a sliding-window layer computes only while no query
+is `window` or more positions after a key it reads; a longer question in a packed row would read
+keys its sliding layers never see. A model with layers that are no attention at all (linear
+attention, recurrent state) has every question scored that way, and shares no prefix.
 
 In float64 this gives lm-eval's numbers to ~1e-11 on TruthfulQA MC2 (masked attention weights are
 exactly 0). In float32 the summation order of the CPU kernels depends on tensor shapes, so
@@ -73,7 +78,13 @@ class _Packed:
 class ChoiceScorer:
     """Scores continuations of contexts: each context once, its choices packed beside it, several per pass."""
 
-    def __init__(self, model: Any, tokenizer: Any, batch_size: int = 32, max_length: int | None = None):
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        batch_size: int = 32,
+        max_length: int | None = None,
+    ):
         self.model = model
         self.tokenizer = tokenizer
         self.batch_size = max(1, int(batch_size))
@@ -82,6 +93,8 @@ class ChoiceScorer:
         prefix_id = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
         self._prefix_text = tokenizer.decode(prefix_id) if prefix_id is not None else None
         self.max_length = max_length or _model_max_length(model, tokenizer)
+        self.window = attention_window(model)
+        self.scored_alone = 0  # questions scored one pass per choice (too long for max_length or the window)
         self._pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
         self._shared: tuple[list[int], list[tuple[torch.Tensor, torch.Tensor]]] | None = None  # ids, per-layer K/V
         self._logits_to_keep = _accepts_logits_to_keep(model)
@@ -117,7 +130,7 @@ class ChoiceScorer:
         """
         encoded = [self.encode(c.rstrip()) for c in contexts]
         self._shared = None
-        if len(encoded) < 2:
+        if len(encoded) < 2 or self.window == 0:
             return 0
         shared = encoded[0]
         for ids in encoded[1:]:
@@ -130,8 +143,11 @@ class ChoiceScorer:
         shared = shared[:-1]  # keep at least one token of each context for the pass that predicts the answer
         if len(shared) < min_tokens:
             return 0
-        out = self.model(input_ids=torch.tensor([shared], dtype=torch.long, device=self.device), use_cache=True)
-        cache = getattr(out, _CACHE)
+        # A plain cache keeps every prefix token in every layer (a sliding layer's own cache keeps only the last
+        # `window` - 1): a question reusing it is one that fits the window, whose every key is in reach.
+        cache = DynamicCache()
+        ids = torch.tensor([shared], dtype=torch.long, device=self.device)
+        self.model(input_ids=ids, use_cache=True, **{_CACHE: cache})
         self._shared = (shared, [(layer.keys, layer.values) for layer in cache.layers])
         return len(shared)
 
@@ -156,8 +172,9 @@ class ChoiceScorer:
             for i, cont in enumerate(conts):
                 if not cont:
                     raise ValueError(f"continuation {continuations[i]!r} has no tokens of its own")
-            if any(len(context_enc) + len(c) > self.max_length + 1 for c in conts):
-                results[index] = [self._score_truncated(context_enc, c) for c in conts]
+            if any(not self._packs(len(context_enc) + len(c) - 1) for c in conts):
+                results[index] = [self._score_alone(context_enc, c) for c in conts]
+                self.scored_alone += 1
                 if on_scored:
                     on_scored(1)
                 continue
@@ -237,12 +254,40 @@ class ChoiceScorer:
         if on_scored:
             on_scored(len(rows))
 
-    def _score_truncated(self, context_enc: list[int], cont: list[int]) -> float:
-        """lm-eval's path for a too-long sequence: keep the last max_length + 1 tokens, drop the last."""
+    def _packs(self, inputs: int) -> bool:
+        """Whether a sequence of `inputs` model inputs (context and choice but its last token) scores packed exactly."""
+        return inputs <= self.max_length and (self.window is None or inputs <= self.window)
+
+    def _score_alone(self, context_enc: list[int], cont: list[int]) -> float:
+        """lm-eval's path: one pass of context + choice, no mask of ours (the model's own causal or sliding-window
+        one), the last max_length + 1 tokens kept (left truncation), the last one dropped."""
         inp = (context_enc + cont)[-(self.max_length + 1) :][:-1]
         logits = self.model(input_ids=torch.tensor([inp], device=self.device)).logits[0]
         logprobs = torch.log_softmax(logits[len(inp) - len(cont) :], dim=-1)
         return float(logprobs.gather(-1, torch.tensor(cont, device=self.device)[:, None]).sum())
+
+
+def attention_window(model: Any) -> int | None:
+    """The longest input every layer of `model` attends to in full (None: no limit; 0: some layer is no attention).
+
+    Read from the KV cache transformers builds for the model's config, so every model type is judged by the rule its
+    own cache follows: a full-attention layer (`DynamicLayer`) reads all keys; a sliding-window or chunked layer
+    (`DynamicSlidingWindowLayer`) reads the last `sliding_window` (the chunk size), i.e. all of an input no longer
+    than that; any other layer (linear attention, recurrent or convolution state) would read packed choices and pads.
+    """
+    from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
+
+    try:
+        layers = DynamicCache(config=model.config).layers
+    except Exception:  # noqa: BLE001  (a config transformers cannot lay a cache out for: trust nothing)
+        return 0
+    window = None
+    for layer in layers:
+        if type(layer) is DynamicSlidingWindowLayer:
+            window = layer.sliding_window if window is None else min(window, layer.sliding_window)
+        elif type(layer) is not DynamicLayer:
+            return 0
+    return window
 
 
 def _accepts_logits_to_keep(model: Any) -> bool:

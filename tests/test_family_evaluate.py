@@ -1,0 +1,135 @@
+"""TruthfulQA scoring on every model family: lm-eval's per-question numbers with sliding windows.
+
+Each family fixture (spri_sft.testing.families) is the layout that breaks scoring code written for one model: which
+BOS its tokenizer adds (Qwen2.5: none), Gemma-2's alternating sliding-window layers and softcapping, Llama-3.1's real
+128k vocabulary. lm-eval's HFLM on the same directory is the reference; both run in float32 on the CPU, where the
+kernels' summation order depends on tensor shapes, hence tolerances instead of equality (tests/test_evaluate.py
+measures them: per-choice log-likelihoods within ~1e-5 relative, a question's MC2 within ~2e-5).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+
+import pytest
+
+from spri_sft.evaluate import EvaluateConfig, evaluate_truthfulqa
+from spri_sft.evaluate.packaged_truthfulqa import write_packaged_copy
+from spri_sft.evaluate.scoring import ChoiceScorer
+from spri_sft.evaluate.truthfulqa import build_context, load_questions
+
+MC2_ABS, LL_REL = 2e-5, 1e-5
+
+
+@pytest.fixture(scope="module")
+def questions_file(tmp_path_factory) -> Path:
+    return write_packaged_copy(tmp_path_factory.mktemp("truthfulqa"))
+
+
+@pytest.fixture(autouse=True)
+def offline(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+
+
+def _evaluate(model_dir: Path, questions_file: Path, n: int, out: Path, **settings) -> tuple[dict, list[dict]]:
+    config = EvaluateConfig(
+        model=str(model_dir), truthfulqa_file=str(questions_file), limit=n, output_dir=str(out), dtype="float32",
+        **settings,
+    )  # fmt: skip
+    results = evaluate_truthfulqa(config)
+    return results, [json.loads(line) for line in (out / "per_question.jsonl").read_text().splitlines()]
+
+
+def _lm_eval(model_dir: Path, questions_file: Path, n: int, work: Path, **settings) -> dict:
+    pytest.importorskip("lm_eval")
+    from spri_sft.evaluate.lm_eval_reference import run_lm_eval
+
+    questions = load_questions(str(questions_file))[0][:n]
+    return run_lm_eval(str(model_dir), questions, work, dtype="float32", **settings)
+
+
+def _assert_equal_per_question(rows: list[dict], reference: dict) -> None:
+    assert len(rows) == len(reference["mc1"])
+    for i, row in enumerate(rows):
+        assert row["mc1_acc"] == reference["mc1"][i], f"question {i}"
+        assert row["mc2_acc"] == pytest.approx(reference["mc2"][i], abs=MC2_ABS), f"question {i}"
+        ours = row["mc1"]["loglikelihoods"] + row["mc2"]["loglikelihoods"]
+        theirs = reference["mc1_loglikelihoods"][i] + reference["mc2_loglikelihoods"][i]
+        assert ours == pytest.approx(theirs, rel=LL_REL, abs=0), f"question {i}"
+
+
+@functools.cache
+def _loaded(model_dir: Path):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(model_dir)
+
+
+def _longest_inputs(model_dir: Path, questions_file: Path, n: int) -> list[int]:
+    """Per question: the most model inputs one of its choices needs (context + choice, less the last token)."""
+    from transformers import AutoTokenizer
+
+    scorer = ChoiceScorer(_loaded(model_dir), AutoTokenizer.from_pretrained(model_dir))
+    longest = []
+    for q in load_questions(str(questions_file))[0][:n]:
+        context, delimiter = build_context(q.question)
+        pairs = [scorer.encode_pair(context, delimiter + c) for c in dict.fromkeys(q.mc1_choices + q.mc2_choices)]
+        longest.append(max(len(ctx) + len(cont) - 1 for ctx, cont in pairs))
+    return longest
+
+
+@pytest.mark.parametrize("family", ["gemma-2-it", "mistral-v0.3"])
+def test_a_sliding_window_shorter_than_some_questions_scores_equal_lm_eval(
+    family, family_dir, questions_file, tmp_path
+):
+    # The window splits the questions: those that fit it are packed, the others scored one pass per choice. Before,
+    # Gemma-2 crashed (its sliding layers' prefix cache kept only the last window - 1 tokens) and a packed question
+    # longer than the window read keys its sliding layers never see.
+    n = 6
+    window = sorted(_longest_inputs(family_dir(family), questions_file, n))[n // 2]
+    model_dir = family_dir(family, sliding_window=window)
+    results, rows = _evaluate(model_dir, questions_file, n, tmp_path / "ours")
+    reference = _lm_eval(model_dir, questions_file, n, tmp_path / "lm_eval")
+
+    _assert_equal_per_question(rows, reference)
+    assert 0 < results["questions_scored_alone"] < n
+
+
+def test_a_window_shorter_than_the_shared_prompt_scores_equal_lm_eval(family_dir, questions_file, tmp_path):
+    # The issue's case: Gemma-2 with a 128-token window, shorter than TruthfulQA's six-pair preamble alone.
+    model_dir = family_dir("gemma-2-it", sliding_window=128)
+    results, rows = _evaluate(model_dir, questions_file, 2, tmp_path / "ours")
+    reference = _lm_eval(model_dir, questions_file, 2, tmp_path / "lm_eval")
+
+    _assert_equal_per_question(rows, reference)
+    assert results["questions_scored_alone"] == 2
+
+
+@pytest.mark.parametrize("extra", [0, 1], ids=["as-long-as-the-window", "one-past-the-window"])
+def test_a_sequence_packs_up_to_exactly_the_window(extra, family_dir):
+    # Mistral's every layer slides: a query reads the keys fewer than `window` positions before it, so `window`
+    # inputs are attended in full and one more is not (its last query no longer reaches the first token).
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    window = 24
+    model_dir = family_dir("mistral-v0.3", sliding_window=window)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float64)
+    scorer = ChoiceScorer(model, AutoTokenizer.from_pretrained(model_dir))
+    continuation = " Water falling from the clouds."
+    for words in range(window):  # one more word, one more token: until context + choice is window + extra inputs
+        context = "rain " * words + "Q: What is rain?\nA:"
+        context_enc, cont = scorer.encode_pair(context, continuation)
+        if len(context_enc) + len(cont) - 1 >= window + extra:
+            break
+    assert len(context_enc) + len(cont) - 1 == window + extra
+    inputs = torch.tensor([(context_enc + cont)[:-1]])
+    with torch.inference_mode():  # one pass with the model's own sliding-window mask: lm-eval's
+        logprobs = torch.log_softmax(model(input_ids=inputs).logits[0, len(context_enc) - 1 :], dim=-1)
+    expected = float(logprobs.gather(-1, torch.tensor(cont)[:, None]).sum())
+
+    assert scorer.score(context, [continuation]) == pytest.approx([expected], rel=1e-10, abs=0)
+    assert scorer.scored_alone == extra
