@@ -1,4 +1,4 @@
-"""TruthfulQA scoring on every model family: lm-eval's per-question numbers with sliding windows.
+"""TruthfulQA scoring on every model family: lm-eval's per-question numbers, its BOS settings, sliding windows.
 
 Each family fixture (spri_sft.testing.families) is the layout that breaks scoring code written for one model: which
 BOS its tokenizer adds (Qwen2.5: none), Gemma-2's alternating sliding-window layers and softcapping, Llama-3.1's real
@@ -19,7 +19,9 @@ from spri_sft.evaluate import EvaluateConfig, evaluate_truthfulqa
 from spri_sft.evaluate.packaged_truthfulqa import write_packaged_copy
 from spri_sft.evaluate.scoring import ChoiceScorer
 from spri_sft.evaluate.truthfulqa import build_context, load_questions
+from spri_sft.testing.families import FAMILIES
 
+INSTRUCT = [name for name, family in FAMILIES.items() if family.instruct]
 MC2_ABS, LL_REL = 2e-5, 1e-5
 
 
@@ -61,11 +63,79 @@ def _assert_equal_per_question(rows: list[dict], reference: dict) -> None:
         assert ours == pytest.approx(theirs, rel=LL_REL, abs=0), f"question {i}"
 
 
+# lm-eval's one pass per choice with a log-softmax over every position dominates (Llama-3.1's 128k vocabulary: ~4 s
+# a question on two busy cores), so the default run takes a few questions and the slow one twenty.
+FEW = [5, pytest.param(20, marks=pytest.mark.slow)]
+
+
+@pytest.mark.parametrize("n", FEW)
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_plain_prompt_scores_equal_lm_eval_per_question(family, n, family_dir, questions_file, tmp_path):
+    model_dir = family_dir(family)
+    results, rows = _evaluate(model_dir, questions_file, n, tmp_path / "ours")
+    reference = _lm_eval(model_dir, questions_file, n, tmp_path / "lm_eval")
+
+    _assert_equal_per_question(rows, reference)
+    # auto: the tokenizer's default, a BOS for every family but Qwen2.5, and results.json says so.
+    assert (results["add_bos_token_setting"], results["add_bos_token"]) == ("auto", FAMILIES[family].bos is not None)
+
+
+@pytest.mark.parametrize("n", [2, pytest.param(20, marks=pytest.mark.slow)])
+@pytest.mark.parametrize("family", INSTRUCT)
+def test_chat_template_scores_equal_lm_eval_per_question(family, n, family_dir, questions_file, tmp_path):
+    model_dir = family_dir(family)
+    results, rows = _evaluate(model_dir, questions_file, n, tmp_path / "ours", chat_template=True)
+    reference = _lm_eval(model_dir, questions_file, n, tmp_path / "lm_eval", chat_template=True)
+
+    assert results["mode"] == "chat_template"
+    _assert_equal_per_question(rows, reference)
+
+
 @functools.cache
 def _loaded(model_dir: Path):
     from transformers import AutoModelForCausalLM
 
     return AutoModelForCausalLM.from_pretrained(model_dir)
+
+
+# The tiny model's tokenizer has a BOS it does not add by default: forcing it (lm-eval loads the tokenizer with
+# add_bos_token=True) must prepend one. Qwen2.5 has no BOS at all: no setting can add one.
+@pytest.mark.parametrize("family", ["llama-3.1", "gemma-2", "mistral-v0.3", "qwen2.5-instruct", "tiny"])
+@pytest.mark.parametrize("add_bos_token", [None, True, False], ids=["auto", "true", "false"])
+def test_tokenization_equals_lm_eval_under_each_add_bos_token(
+    family, add_bos_token, family_dir, tiny_model_dir, questions_file
+):
+    lm_eval_hf = pytest.importorskip("lm_eval.models.huggingface")
+    from transformers import AutoTokenizer
+
+    model_dir = tiny_model_dir if family == "tiny" else family_dir(family)
+    model = _loaded(model_dir)
+    # HFLM loads its tokenizer from the path, with add_bos_token=<setting> when one is set; the model is only held.
+    lm = lm_eval_hf.HFLM(pretrained=model, tokenizer=str(model_dir), add_bos_token=add_bos_token, device="cpu")
+    scorer = ChoiceScorer(model, AutoTokenizer.from_pretrained(model_dir), add_bos_token=add_bos_token)
+    for q in load_questions(str(questions_file))[0][:3]:
+        for chat in (False, True)[: 1 + bool(scorer.tokenizer.chat_template)]:  # a template writes its own BOS text
+            context, delimiter = build_context(q.question, scorer.tokenizer, chat)
+            for choice in q.mc2_choices[:2]:
+                assert scorer.encode_pair(context, delimiter + choice) == lm._encode_pair(context, delimiter + choice)
+    bos = scorer.tokenizer.bos_token_id
+    assert scorer.adds_bos == (bos is not None and lm.tok_encode("Q")[:1] == [bos])
+
+
+@pytest.mark.parametrize("family", ["llama-3.1", "gemma-2"])
+def test_a_forced_add_bos_token_scores_equal_lm_eval_with_the_same_setting(
+    family, family_dir, questions_file, tmp_path
+):
+    # false: the paper-era (lm-eval <= 0.4.9.1) convention for Llama; these tokenizers add a BOS by default.
+    model_dir = family_dir(family)
+    results, rows = _evaluate(model_dir, questions_file, 2, tmp_path / "ours", add_bos_token=False)
+    reference = _lm_eval(model_dir, questions_file, 2, tmp_path / "lm_eval", add_bos_token=False)
+    _, auto_rows = _evaluate(model_dir, questions_file, 2, tmp_path / "auto")
+
+    _assert_equal_per_question(rows, reference)
+    assert (results["add_bos_token_setting"], results["add_bos_token"]) == (False, False)
+    without, with_bos = rows[0]["mc2"]["loglikelihoods"], auto_rows[0]["mc2"]["loglikelihoods"]
+    assert max(abs(a - b) for a, b in zip(without, with_bos)) > 1e-3  # the BOS is read: the setting matters
 
 
 def _longest_inputs(model_dir: Path, questions_file: Path, n: int) -> list[int]:

@@ -9,8 +9,9 @@ When, and why then:
 - the questions are read when the callback is made: a bad file must not surface after hours of training;
 - before (optional): when the trainer is built (`on_init_end`), on the model as loaded with its
   adapter disabled (LoRA's B starts at zero, but disabled is exact), so neither the training's
-  runtime nor its progress bar includes it; an earlier attempt's scores on the same questions are
-  reused (a resumed run does not score them again). Into <output_dir>/truthfulqa_before;
+  runtime nor its progress bar includes it; an earlier attempt's scores on the same questions
+  (and `add_bos_token`) are reused (a resumed run does not score them again). Into
+  <output_dir>/truthfulqa_before;
 - after: when training ends (`on_train_end`, the best checkpoint loaded if the trainer keeps it),
   on the model in memory. Into <output_dir>/truthfulqa.
 
@@ -48,6 +49,7 @@ class TruthfulQACallback(TrainerCallback):
         limit: int | None = None,
         before: bool = False,
         report_to: str = "none",
+        add_bos_token: str | bool = "auto",
     ):
         from spri_sft.evaluate.truthfulqa import load_questions
 
@@ -61,6 +63,7 @@ class TruthfulQACallback(TrainerCallback):
         self.limit = limit
         self.score_before = before
         self.report_to = report_to
+        self.add_bos_token = add_bos_token
         self.before: dict[str, Any] | None = None
         self.after: dict[str, Any] | None = None
 
@@ -70,6 +73,7 @@ class TruthfulQACallback(TrainerCallback):
             adapter=adapter,
             truthfulqa_file=self.truthfulqa_file,
             limit=self.limit,
+            add_bos_token=self.add_bos_token,
             output_dir=str(self.output_dir / subdir),
             report_to=report_to,
         )
@@ -84,7 +88,9 @@ class TruthfulQACallback(TrainerCallback):
         earlier = Path(config.output_dir) / "results.json"
         if earlier.is_file():
             results = json.loads(earlier.read_text())
-            if (results.get("data_source"), results.get("limit")) == (config.truthfulqa_file, config.limit):
+            # Scores written before add_bos_token existed were made with the tokenizer's default: auto.
+            same = (results.get("data_source"), results.get("limit"), results.get("add_bos_token_setting", "auto"))
+            if same == (config.truthfulqa_file, config.limit, config.add_bos_token):
                 self.before = results
                 return
         untouched = model.disable_adapter() if hasattr(model, "disable_adapter") else contextlib.nullcontext()

@@ -22,13 +22,18 @@ class EvaluateConfig:
       (a Hub id, with `dataset_split`); `limit` takes the first questions, as lm-eval's `--limit`;
     - prompt: `chat_template` (the question wrapped in the tokenizer's chat template, as lm-eval's
       `--apply_chat_template`); the mode is recorded in results.json, so scores of the two modes are
-      never mixed;
+      never mixed; `add_bos_token` (lm-eval's HFLM model argument; results.json records the setting
+      and whether a BOS was written);
     - speed: `batch_size` (choices per forward pass), `num_threads`;
     - output: `output_dir` (results.json, per_question.jsonl, config.yaml);
     - W&B: `report_to`, `wandb_project`, `wandb_group`, `wandb_run_name`.
 
     Defaults that differ from lm-eval's: none for scoring (`dtype: auto` is lm-eval's default, the
-    checkpoint's own dtype; use `float32` on CPU for a bfloat16 checkpoint).
+    checkpoint's own dtype; use `float32` on CPU for a bfloat16 checkpoint; `add_bos_token: auto` is
+    lm-eval's default since 0.4.9.2, PR #3347). lm-eval 0.4.2-0.4.9.1 (0.4.5-0.4.7 when the SPRI paper
+    was scored, Feb 2025) added no BOS for causal models except Gemma's (every "gemma" model type since
+    0.4.4), which always got one: `add_bos_token: false` (Llama, Mistral, Qwen) or `true` (Gemma)
+    reproduces it for the plain prompt.
     """
 
     # Model arguments
@@ -81,6 +86,15 @@ class EvaluateConfig:
     chat_template: bool = field(
         default=False,
         metadata={"help": "Wrap the prompt in the tokenizer's chat template (lm-eval's --apply_chat_template)."},
+    )
+
+    add_bos_token: Literal["auto"] | bool = field(
+        default="auto",
+        metadata={
+            "help": "BOS in front of each prompt, as lm-eval's HFLM add_bos_token: auto = the tokenizer's default "
+            "(lm-eval >= 0.4.9.2); true/false force it. lm-eval 0.4.4-0.4.9.1 scored causal models with false, "
+            "Gemma with true. A prompt already starting with the BOS text (a chat template's) never gets a second one."
+        },
     )
 
     # Speed

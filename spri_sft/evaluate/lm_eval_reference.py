@@ -50,11 +50,13 @@ def run_lm_eval(
     batch_size: int | str = 1,
     device: str = "cpu",
     dtype: str = "auto",
+    add_bos_token: bool | None = None,
 ) -> dict[str, Any]:
     """lm-eval's per-question MC1/MC2 values (data order), per-choice log-likelihoods and aggregate results.
 
-    `model` is a model path/Hub id for lm-eval's `hf` model (with `adapter` as its `peft=`), or an
-    already built `lm_eval` LM object (then `adapter`, `batch_size`, `device` and `dtype` are its own).
+    `model` is a model path/Hub id for lm-eval's `hf` model (with `adapter` as its `peft=` and
+    `add_bos_token` as its model argument when not None), or an already built `lm_eval` LM object
+    (then `adapter`, `batch_size`, `device`, `dtype` and `add_bos_token` are its own).
     """
     import lm_eval
     from lm_eval.tasks import TaskManager
@@ -65,6 +67,8 @@ def run_lm_eval(
         model_args = {"pretrained": model, "dtype": dtype}
         if adapter:
             model_args["peft"] = adapter
+        if add_bos_token is not None:
+            model_args["add_bos_token"] = add_bos_token
     out = lm_eval.simple_evaluate(
         model="hf" if isinstance(model, str) else model,
         model_args=model_args,

@@ -6,9 +6,13 @@ Tokenization copies `lm_eval.api.model.TemplateLM._encode_pair` and `HFLM.tok_en
 * the continuation's tokens are `encode(context + continuation)[len(encode(context)):]`, and the
   model reads `encode(context) + continuation_tokens` (so a token merged across the boundary is
   handled exactly as lm-eval handles it);
-* `encode` is the tokenizer's own `encode` with its default special tokens (a BOS only where the
-  tokenizer adds one), except that a text already starting with the BOS string (or EOS where
-  there is no BOS: HFLM's `prefix_token_id`) gets no special tokens;
+* `encode` is the tokenizer's own `encode`, with HFLM's `add_bos_token` (lm-eval >= 0.4.9.2, PR #3347):
+  None (the default) keeps the tokenizer's default special tokens (a BOS only where the tokenizer
+  adds one); False adds none; True adds them and a BOS in front where the tokenizer would not
+  (HFLM loads its tokenizer with `add_bos_token=True`, which makes it prepend one). Whatever the
+  setting, a text already starting with the BOS string (or EOS where there is no BOS: HFLM's
+  `prefix_token_id`) gets no special tokens. lm-eval before 0.4.9.2 had no None: causal models got
+  False, Gemma models True, the same as these two settings give (for a text not starting with BOS);
 * each token's log-probability is `log_softmax` of the logits in the model's dtype, and a
   choice's score is their float sum.
 
@@ -84,10 +88,12 @@ class ChoiceScorer:
         tokenizer: Any,
         batch_size: int = 32,
         max_length: int | None = None,
+        add_bos_token: bool | None = None,
     ):
         self.model = model
         self.tokenizer = tokenizer
         self.batch_size = max(1, int(batch_size))
+        self.add_bos_token = add_bos_token
         parameter = next(model.parameters())
         self.device, self.dtype = parameter.device, parameter.dtype
         prefix_id = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
@@ -105,7 +111,19 @@ class ChoiceScorer:
     def encode(self, text: str) -> list[int]:
         if self._prefix_text and text.startswith(self._prefix_text):
             return self.tokenizer.encode(text, add_special_tokens=False)
-        return self.tokenizer.encode(text)
+        if self.add_bos_token is None:
+            return self.tokenizer.encode(text)
+        ids = self.tokenizer.encode(text, add_special_tokens=self.add_bos_token)
+        bos = self.tokenizer.bos_token_id
+        if self.add_bos_token and bos is not None and ids[:1] != [bos]:
+            ids = [bos] + ids  # what a tokenizer loaded with add_bos_token=True (as HFLM loads it) writes
+        return ids
+
+    @property
+    def adds_bos(self) -> bool:
+        """Whether a text not already starting with it is encoded with the tokenizer's BOS in front."""
+        bos = self.tokenizer.bos_token_id
+        return bos is not None and self.encode("Q")[:1] == [bos]
 
     def encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
         if not context:
