@@ -218,13 +218,95 @@ def test_model_revision_reaches_the_model_and_tokenizer_loads(tiny_model_dir, sf
     assert revisions == {"tokenizer": ("some-org/some-model", "abc123"), "model": ("some-org/some-model", "abc123")}
 
 
-def test_the_model_card_records_the_base_model_revision(tiny_model_dir, sft_dataset, tmp_path):
+def test_a_local_model_directory_is_recorded_by_its_path_without_a_commit(tiny_model_dir, sft_dataset, tmp_path):
     from huggingface_hub import ModelCard
 
+    # A revision means nothing to a local directory (from_pretrained ignores it): no commit is claimed.
     main(*parse(tiny_model_dir, sft_dataset, tmp_path, "--model_revision", "v1.0"))
+    revisions = json.loads((tmp_path / "effective_config.json").read_text())["revisions"]
+    local = {"name_or_path": str(tiny_model_dir), "revision": None, "commit": None, "local_directory": str(tiny_model_dir)}
+    assert revisions == {"model": local, "tokenizer": local}
     card = ModelCard.load(tmp_path / "README.md")
-    assert card.data.base_model_revision == "v1.0"
-    assert f"Base model: `{tiny_model_dir}`, revision `v1.0`." in card.text
+    assert getattr(card.data, "base_model_revision", None) is None  # no revision claimed in the metadata
+    assert f"Base model: `{tiny_model_dir}` (a local directory: no Hub commit to record, only its path); " \
+        "tokenizer: the same." in card.text
+
+
+def test_the_effective_batch_derives_gradient_accumulation_from_the_processes(tiny_model_dir, sft_dataset, tmp_path):
+    from spri_sft.train.sft import batch_line, use_effective_batch
+
+    _, training_args, _ = parse(tiny_model_dir, sft_dataset, tmp_path, "--per_device_train_batch_size", "4")
+    batch = use_effective_batch(16, training_args)
+    assert training_args.gradient_accumulation_steps == 4 and batch["size"] == 16 and batch["processes"] == 1
+    assert batch_line(batch) == (
+        "[spri-sft]   effective batch 16 = 4 per device × 4 accumulation × 1 process "
+        "(gradient_accumulation_steps derived from effective_batch_size)"
+    )
+    _, unset, _ = parse(tiny_model_dir, sft_dataset, tmp_path, "--gradient_accumulation_steps", "3")
+    assert batch_line(use_effective_batch(None, unset)) == (
+        "[spri-sft]   effective batch 12 = 4 per device × 3 accumulation × 1 process "
+        "(effective_batch_size unset: it changes with the number of processes)"
+    )
+
+
+def with_processes(monkeypatch, training_args, processes: int):
+    """`training_args` as accelerate launch with `processes` ranks would make it (world_size is a property)."""
+    monkeypatch.setattr(type(training_args), "world_size", property(lambda self: processes))
+    return training_args
+
+
+def test_eight_processes_keep_the_effective_batch_with_less_accumulation(tiny_model_dir, sft_dataset, tmp_path, monkeypatch):
+    from spri_sft.train.sft import use_effective_batch
+
+    _, training_args, _ = parse(tiny_model_dir, sft_dataset, tmp_path, "--per_device_train_batch_size", "2")
+    batch = use_effective_batch(16, with_processes(monkeypatch, training_args, 8))
+    assert (training_args.gradient_accumulation_steps, batch["size"]) == (1, 16)
+
+
+def test_an_effective_batch_the_processes_cannot_make_is_refused_before_loading_anything(sft_dataset, tmp_path, monkeypatch):
+    script_args, training_args, model_args = parse("/no/such/model", sft_dataset, tmp_path, "--effective_batch_size", "16")
+    with_processes(monkeypatch, training_args, 8)  # ddp.yaml's 8 processes x 4 rows per device = 32 rows a step
+    message = (
+        r"^effective_batch_size 16 is not a multiple of 4 per device × 8 processes = 32 rows; set "
+        r"per_device_train_batch_size to 2 or 1, or effective_batch_size to a multiple of 32$"
+    )
+    with pytest.raises(UserError, match=message):
+        main(script_args, training_args, model_args)
+    _, three, _ = parse("/no/such/model", sft_dataset, tmp_path)
+    with pytest.raises(UserError, match=r"16 is not a multiple of 4 per device × 3 processes = 12 rows; set effective_batch"):
+        from spri_sft.train.sft import use_effective_batch
+
+        use_effective_batch(16, with_processes(monkeypatch, three, 3))  # the paper's 3 GPUs: no per-device size fits
+
+
+def test_gradient_accumulation_that_contradicts_the_effective_batch_is_refused(sft_dataset, tmp_path):
+    args = parse("/no/such/model", sft_dataset, tmp_path, "--effective_batch_size", "16", "--gradient_accumulation_steps", "2")
+    with pytest.raises(UserError, match=r"gradient_accumulation_steps 2 contradicts effective_batch_size 16, which makes it 4"):
+        main(*args)
+
+
+def test_the_effective_batch_of_two_cpu_ranks_is_the_one_asked_for(tiny_model_dir, sft_dataset, tmp_path):
+    """Two real ranks (accelerate launch, ddp_cpu.yaml): 8 rows a step = 2 per device x 2 accumulation x 2 processes."""
+    import os
+    from pathlib import Path
+
+    from test_train_distributed import free_port, run_to_end
+
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "WANDB_MODE": "disabled"}
+    argv = [
+        sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(repo / "recipes/accelerate/ddp_cpu.yaml"),
+        "--main_process_port", str(free_port()), str(repo / "scripts/sft.py"),
+        *tiny_lora_argv(tiny_model_dir, sft_dataset, tmp_path / "out", "--per_device_train_batch_size", "2",
+                        "--effective_batch_size", "8", "--max_steps", "2"),
+    ]  # fmt: skip
+    log = tmp_path / "launch.log"
+    assert run_to_end(argv, env, log, 240) == 0, log.read_text()[-3000:]
+    assert "effective batch 8 = 2 per device × 2 accumulation × 2 processes" in log.read_text()
+    state = json.loads((tmp_path / "out/trainer_state.json").read_text())
+    assert state["epoch"] == pytest.approx(2 * 8 / 8)  # 2 steps of 8 rows over the 8 train rows
+    effective = json.loads((tmp_path / "out/effective_config.json").read_text())
+    assert effective["SFTConfig"]["gradient_accumulation_steps"] == 2 and effective["effective_batch"]["processes"] == 2
 
 
 def test_a_format_output_directory_is_read_with_or_without_hf(tiny_model_dir, tmp_path):
@@ -292,6 +374,8 @@ def test_the_command_prints_a_short_summary_and_one_progress_bar(tiny_model_dir,
     assert done.returncode == 0, done.stderr[-2000:]
 
     assert f"[spri-sft] train {tiny_model_dir}: 8 train rows, 4 validation, 2 steps, LoRA r=8, alpha=16" in done.stdout
+    assert "[spri-sft]   effective batch 4 = 2 per device × 2 accumulation × 1 process (effective_batch_size unset" \
+        in done.stdout
     assert f"settings: {recipe}" in done.stdout
     assert '"SFTConfig"' not in done.stdout and '"ModelConfig"' not in done.stdout  # no configuration dump
     assert (tmp_path / "out" / "effective_config.json").is_file()  # which is kept in a file

@@ -88,9 +88,12 @@ def parse(*argv: str):
 
 
 def test_two_dpo_steps_through_the_command_line_log_the_dpo_loss_and_save_an_adapter(
-    tiny_model_dir, preference_dataset, tmp_path
+    tiny_model_dir, preference_dataset, tmp_path, capsys
 ):
-    argv = dpo_argv(tiny_model_dir, preference_dataset, tmp_path, "--eval_strategy", "steps", "--eval_steps", "2")
+    argv = dpo_argv(
+        tiny_model_dir, preference_dataset, tmp_path, "--eval_strategy", "steps", "--eval_steps", "2",
+        "--per_device_train_batch_size", "2", "--effective_batch_size", "4",
+    )  # fmt: skip
 
     assert spri_sft(["dpo", *argv]) == 0
 
@@ -103,6 +106,8 @@ def test_two_dpo_steps_through_the_command_line_log_the_dpo_loss_and_save_an_ada
     effective = json.loads((tmp_path / "effective_config.json").read_text())
     assert effective["DPOConfig"]["beta"] == 0.1
     assert effective["reference"] == "the base model (adapter disabled)"
+    assert effective["DPOConfig"]["gradient_accumulation_steps"] == 2 and effective["effective_batch"]["size"] == 4
+    assert "effective batch 4 = 2 per device × 2 accumulation × 1 process" in capsys.readouterr().out
 
 
 def test_dpo_steps_change_every_lora_parameter_and_no_frozen_one(tiny_model_dir, preference_dataset, tmp_path):
@@ -136,6 +141,10 @@ def test_continuing_an_sft_adapter_trains_it_against_a_frozen_copy_of_it(
     dpo.main(*parse(*argv))  # a second run, as the command runs it: saved
 
     assert not (tmp_path / "ref").exists()  # the reference is the SFT adapter itself, not saved twice
+    revisions = json.loads((tmp_path / "effective_config.json").read_text())["revisions"]
+    # The tokenizer is the SFT adapter's (saved with its training template): a local folder, recorded by its path.
+    assert revisions["tokenizer"]["local_directory"] == str(sft_adapter.resolve())
+    assert revisions["model"]["local_directory"] == str(tiny_model_dir.resolve())
     sft_weights, dpo_weights = load_file(sft_adapter / "adapter_model.safetensors"), load_file(tmp_path / "adapter_model.safetensors")
     assert sft_weights.keys() == dpo_weights.keys()
     assert any(not torch.equal(sft_weights[key], dpo_weights[key]) for key in sft_weights)

@@ -13,8 +13,9 @@ a YAML recipe sets everything, flags override it, an `env:` block sets environme
     accelerate launch --config_file recipes/accelerate/ddp.yaml scripts/dpo.py \
         --config recipes/smollm2-135m-instruct/dpo/lora.yaml
 
-What it does, top to bottom: check the recipe and flags, and train on the CPU in float32 without a GPU,
-as `spri-sft train` does; load the dataset (the `preference/` directory `spri-sft format --preference
+What it does, top to bottom: check the recipe and flags, train on the CPU in float32 without a GPU,
+derive gradient accumulation from `effective_batch_size` and resolve the base model's commit, as
+`spri-sft train` does; load the dataset (the `preference/` directory `spri-sft format --preference
 true` writes, with or without its `hf/`) and check it has TRL's preference columns (`prompt`, `chosen`,
 `rejected`); give the tokenizer the training chat template SFT uses (or, with `sft_adapter`, the one
 saved with that adapter), so prompts render as they did in SFT; seed, then load the model; then either
@@ -73,6 +74,7 @@ class DPOScriptArguments:
         metadata={"help": "'model': the tokenizer's own chat template (chat_template_fallback when it has none); "
                   "'alpaca': the Alpaca format even when it ships one. Use the SFT recipe's value."},
     )
+    effective_batch_size: int | None = field(default=None, metadata={"help": sft.EFFECTIVE_BATCH_HELP})
     merge_adapter: bool = field(default=False, metadata={"help": "Also save the LoRA adapter merged into the base model."})
     log_dataset_artifact: bool = field(default=True, metadata={"help": "Log the preference dataset to W&B."})
     truthfulqa_file: str | None = field(
@@ -96,10 +98,12 @@ def make_parser():
 def build_trainer(script_args: DPOScriptArguments, training_args, model_args):
     """Checks, data, tokenizer with its training template, model (and adapter), DPOTrainer.
 
-    The trainer carries `truthfulqa` (its TruthfulQACallback, or None) and `reference` (in words)."""
+    The trainer carries `truthfulqa` (its TruthfulQACallback, or None), `reference` (in words), `effective_batch`
+    and `revisions` (as `spri-sft train`'s)."""
     from spri_sft import tracking
 
     sft.check_model_args(model_args)
+    effective_batch = sft.use_effective_batch(script_args.effective_batch_size, training_args)  # before the trainer
     adapter_dir = _check_sft_adapter(script_args, model_args)
     truthfulqa = sft.truthfulqa_callback(script_args, training_args, model_args)  # its file read before any loading
     tracking.use_offline_without_key(training_args.report_to)
@@ -111,6 +115,8 @@ def build_trainer(script_args: DPOScriptArguments, training_args, model_args):
     from spri_sft.train.progress import use_training_progress
 
     model_path = sft.model_location(model_args)
+    model_revision = sft.resolve_revision(model_path, model_args.model_revision)  # the commit both loads read
+    revision = model_revision["commit"] or model_args.model_revision
 
     # Data
     dataset, source = sft.load_sft_dataset(script_args)
@@ -124,15 +130,20 @@ def build_trainer(script_args: DPOScriptArguments, training_args, model_args):
 
     # Tokenizer: the SFT adapter's own (saved with its training template), else the base model's given the
     # training template SFT would give it, so a prompt renders here as it did in SFT.
+    own_tokenizer = adapter_dir is not None and (adapter_dir / "tokenizer_config.json").is_file()
     tokenizer = AutoTokenizer.from_pretrained(
-        adapter_dir if adapter_dir and (adapter_dir / "tokenizer_config.json").is_file() else model_path,
-        revision=None if adapter_dir else model_args.model_revision,
+        adapter_dir if own_tokenizer else model_path,
+        revision=None if own_tokenizer else revision,
         trust_remote_code=training_args.trust_remote_code,
     )
+    revisions = {
+        "model": model_revision,
+        "tokenizer": sft.resolve_revision(str(adapter_dir), None) if own_tokenizer else model_revision,
+    }
     # A template that cannot be marked is kept as it is: DPO needs no assistant mask, only the rendering.
     use_training_template(tokenizer, fallback=script_args.chat_template_fallback, template=script_args.training_template)
 
-    model = sft.load_model(model_path, model_args, training_args, tokenizer)
+    model = sft.load_model(model_path, model_args, training_args, tokenizer, revision)
     if adapter_dir is not None:
         from peft import PeftModel
 
@@ -154,6 +165,8 @@ def build_trainer(script_args: DPOScriptArguments, training_args, model_args):
     )
     trainer.truthfulqa = truthfulqa
     trainer.reference = reference
+    trainer.effective_batch = effective_batch
+    trainer.revisions = revisions
     use_training_progress(trainer)
     return trainer
 

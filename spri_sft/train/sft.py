@@ -12,9 +12,11 @@ command line, and an `env:` block in the recipe sets environment variables (e.g.
 
 What it does, top to bottom: check the recipe (YAML, field names; one line naming the file or
 flag) before TRL builds anything, and train on the CPU in float32 when there is no GPU and the
-recipe does not choose (TRL's bf16 default needs one); resolve the model (`model_revision` pins
-model and tokenizer, and is written in the model card); refuse QLoRA without CUDA before loading
-anything; load the dataset (a format output directory with or without its `hf/`; a missing
+recipe does not choose (TRL's bf16 default needs one); derive gradient accumulation from
+`effective_batch_size` and the number of processes; resolve the model and the commit its
+`model_revision` points to (model and tokenizer load that commit; it is written in
+effective_config.json and the model card, for a rerun to pin); refuse QLoRA without CUDA before
+loading anything; load the dataset (a format output directory with or without its `hf/`; a missing
 split is named with those that exist); give the tokenizer a training chat template whose
 assistant turns (end-of-turn token included) are marked for the loss, and check it on real rows;
 seed, then load the model (so `seed` fixes every initial weight, the LoRA adapter's included);
@@ -32,6 +34,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +42,12 @@ from pathlib import Path
 from spri_sft.errors import UserError
 
 logger = logging.getLogger(__name__)
+
+EFFECTIVE_BATCH_HELP = (
+    "Rows per optimizer step, whatever the number of processes: gradient_accumulation_steps is derived as "
+    "effective_batch_size / (per_device_train_batch_size x processes), and a remainder is refused. Unset (None): "
+    "gradient_accumulation_steps as given, so the batch grows with the GPU count."
+)
 
 
 @dataclass
@@ -71,6 +80,7 @@ class SFTScriptArguments:
                   "in <output_dir>/lengths.json. 'drop' is this project's default, not the paper's (it names none).",
                   "choices": ["drop", "keep"]},
     )
+    effective_batch_size: int | None = field(default=None, metadata={"help": EFFECTIVE_BATCH_HELP})
     merge_adapter: bool = field(default=False, metadata={"help": "Also save the LoRA adapter merged into the base model."})
     log_dataset_artifact: bool = field(default=True, metadata={"help": "Log the training dataset (with its card) to W&B."})
     truthfulqa_file: str | None = field(
@@ -112,11 +122,13 @@ def field_names(parser=None) -> set[str]:
 def build_trainer(script_args: SFTScriptArguments, training_args, model_args):
     """Everything up to training: checks, data, tokenizer with its training template, model, trainer.
 
-    The trainer carries `truthfulqa` (its TruthfulQACallback, or None) and `assistant_masks` (how the loss
-    finds assistant tokens)."""
+    The trainer carries `truthfulqa` (its TruthfulQACallback, or None), `assistant_masks` (how the loss
+    finds assistant tokens), `effective_batch` and `revisions` (what `use_effective_batch` and
+    `resolve_revision` found)."""
     from spri_sft import tracking
 
     check_model_args(model_args)
+    effective_batch = use_effective_batch(script_args.effective_batch_size, training_args)  # before the trainer
     if training_args.packing and training_args.packing_strategy == "wrapped":
         raise UserError(
             "packing_strategy 'wrapped' cuts examples mid-sequence and lets packed examples attend to each other; "
@@ -131,8 +143,11 @@ def build_trainer(script_args: SFTScriptArguments, training_args, model_args):
     from spri_sft.format.template import check_template, encode_with_template, use_eos_token, use_training_template
     from spri_sft.train.progress import use_training_progress
 
-    revision = model_args.model_revision
     model_path = model_location(model_args)
+    # One commit for model and tokenizer (two loads of `main` could straddle a push), recorded for a rerun to pin.
+    resolved = resolve_revision(model_path, model_args.model_revision)
+    revisions = {"model": resolved, "tokenizer": resolved}
+    revision = resolved["commit"] or model_args.model_revision
 
     # Data
     dataset, source = load_sft_dataset(script_args)
@@ -177,7 +192,7 @@ def build_trainer(script_args: SFTScriptArguments, training_args, model_args):
     if script_args.overlong == "drop":
         train_dataset, eval_dataset = (_drop_overlong(d, training_args.max_length) for d in (train_dataset, eval_dataset))
 
-    model = load_model(model_path, model_args, training_args, tokenizer)
+    model = load_model(model_path, model_args, training_args, tokenizer, revision)
     trainer = SFTTrainer(
         model=model,
         args=training_args,
@@ -193,7 +208,102 @@ def build_trainer(script_args: SFTScriptArguments, training_args, model_args):
     # the masks come with the data).
     trainer.assistant_masks = masks
     trainer.lengths = lengths
+    trainer.effective_batch = effective_batch
+    trainer.revisions = revisions
     return trainer
+
+
+def use_effective_batch(effective_batch_size: int | None, training_args) -> dict:
+    """Set gradient_accumulation_steps so that an optimizer step takes `effective_batch_size` rows on any number of
+    processes (None: as the recipe gives it); returns how the batch is made, for the summary line and the saved
+    effective config. Called before the trainer is built: its accelerator reads gradient_accumulation_steps once."""
+    per_device = training_args.per_device_train_batch_size
+    processes = training_args.world_size  # accelerate/torchrun ranks, known before the trainer exists
+    gpus = max(1, training_args.n_gpu)  # several: one process drives them all (torch DataParallel)
+    per_step = per_device * gpus * processes
+    if effective_batch_size is not None:
+        if effective_batch_size < 1:
+            raise UserError(f"effective_batch_size must be a positive number of rows (got {effective_batch_size})")
+        made = _batch_words(per_device, None, processes, gpus)
+        if effective_batch_size % per_step:
+            fits = [n for n in range(per_device - 1, 0, -1) if effective_batch_size % (n * gpus * processes) == 0]
+            hint = f"per_device_train_batch_size to {' or '.join(map(str, fits[:3]))}, or " if fits else ""
+            raise UserError(
+                f"effective_batch_size {effective_batch_size} is not a multiple of {made} = {per_step} rows; set "
+                f"{hint}effective_batch_size to a multiple of {per_step}"
+            )
+        accumulation = effective_batch_size // per_step
+        given = training_args.gradient_accumulation_steps
+        if given not in (1, accumulation):  # 1, TrainingArguments' default, is taken as unset
+            raise UserError(
+                f"gradient_accumulation_steps {given} contradicts effective_batch_size {effective_batch_size}, which "
+                f"makes it {accumulation} ({made}); set one of them (--effective_batch_size None turns it off)"
+            )
+        training_args.gradient_accumulation_steps = accumulation
+    accumulation = training_args.gradient_accumulation_steps
+    return {
+        "size": per_step * accumulation, "per_device": per_device, "accumulation": accumulation,
+        "processes": processes, "gpus_per_process": gpus, "from_effective_batch_size": effective_batch_size is not None,
+    }  # fmt: skip
+
+
+def _batch_words(per_device: int, accumulation: int | None, processes: int, gpus: int = 1) -> str:
+    words = [f"{per_device} per device"]
+    if gpus > 1:
+        words.append(f"{gpus} GPUs in one process (DataParallel)")
+    if accumulation is not None:
+        words.append(f"{accumulation} accumulation")
+    words.append(f"{processes} process" + ("es" if processes != 1 else ""))
+    return " × ".join(words)
+
+
+def batch_line(batch: dict) -> str:
+    """One line on the rows an optimizer step takes and how that number is made (printed with every training)."""
+    words = _batch_words(batch["per_device"], batch["accumulation"], batch["processes"], batch["gpus_per_process"])
+    how = (
+        "gradient_accumulation_steps derived from effective_batch_size"
+        if batch["from_effective_batch_size"]
+        else "effective_batch_size unset: it changes with the number of processes"
+    )
+    return f"[spri-sft]   effective batch {batch['size']} = {words} ({how})"
+
+
+def resolve_revision(name_or_path: str, revision: str | None) -> dict:
+    """Which commit a load of `name_or_path` at `revision` reads: {"name_or_path", "revision", "commit"}, and
+    "local_directory" for a directory.
+
+    A Hub id is resolved once, through huggingface_hub (the Hub, or its local cache offline), to the commit `revision`
+    points to now; transformers 5 keeps no commit on what it loads (`config._commit_hash` and the tokenizer's are
+    gone). A local directory has no commit (None), unless it is a snapshot of the Hub cache (`.../snapshots/<commit>`,
+    where `resolve_model` finds the embedded default). A Hub id that cannot be resolved (gated, unreachable, unknown)
+    gets commit None, and from_pretrained then says why it cannot load it."""
+    path = Path(name_or_path)
+    if path.is_dir():
+        snapshot = re.search(r"/snapshots/([0-9a-f]{40})(/|$)", path.resolve().as_posix())
+        return {"name_or_path": name_or_path, "revision": None, "commit": snapshot.group(1) if snapshot else None,
+                "local_directory": str(path.resolve())}  # fmt: skip
+    from huggingface_hub import hf_hub_download
+
+    try:
+        config = hf_hub_download(name_or_path, "config.json", revision=revision)
+    except Exception as err:  # noqa: BLE001 - from_pretrained reports it better, or loads what it can
+        logger.info("could not resolve revision %s of %s (%s)", revision, name_or_path, type(err).__name__)
+        return {"name_or_path": name_or_path, "revision": revision, "commit": None}
+    snapshot = re.search(r"/snapshots/([0-9a-f]{40})/", Path(config).as_posix())
+    return {"name_or_path": name_or_path, "revision": revision, "commit": snapshot.group(1) if snapshot else None}
+
+
+def revision_words(resolved: dict) -> str:
+    """`resolve_revision`'s answer in words, for the model card."""
+    name = f"`{resolved['name_or_path']}`"
+    if resolved.get("local_directory") is not None:
+        if resolved["commit"]:
+            return f"{name} (a Hub cache snapshot: commit `{resolved['commit']}`)"
+        return f"{name} (a local directory: no Hub commit to record, only its path)"
+    if resolved["commit"] is None:
+        return f"{name}, revision `{resolved['revision']}` (its commit could not be resolved)"
+    asked = f", revision `{resolved['revision']}`" if resolved["revision"] not in (None, resolved["commit"]) else ""
+    return f"{name}, commit `{resolved['commit']}`{asked}"
 
 
 def check_model_args(model_args) -> None:
@@ -226,8 +336,9 @@ def model_location(model_args) -> str:
     return model_args.model_name_or_path if pinned else resolve_model(model_args.model_name_or_path)
 
 
-def load_model(model_path: str, model_args, training_args, tokenizer):
-    """The model to train, loaded after seeding, its generation config stopping at the tokenizer's EOS.
+def load_model(model_path: str, model_args, training_args, tokenizer, revision: str | None = None):
+    """The model to train (at `revision`, else model_revision), loaded after seeding, its generation config stopping
+    at the tokenizer's EOS.
 
     The trainers seed just before they build the LoRA adapter, but the model is loaded here, before that:
     seeding now makes the weights from_pretrained initialises (those a checkpoint lacks) follow `seed` too."""
@@ -243,7 +354,7 @@ def load_model(model_path: str, model_args, training_args, tokenizer):
     dtype = model_args.dtype if model_args.dtype in (None, "auto") else getattr(torch, model_args.dtype)
     model = AutoModelForCausalLM.from_pretrained(
         model_path,
-        revision=model_args.model_revision,
+        revision=revision or model_args.model_revision,
         dtype=dtype,
         quantization_config=quantization_config,
         attn_implementation=model_args.attn_implementation,
@@ -397,10 +508,12 @@ def main(script_args: SFTScriptArguments, training_args, model_args, recipe: Pat
 
 
 def train_and_save(trainer, script_args, training_args, model_args, summary: str, **facts) -> dict:
-    """Everything after the trainer is built, for SFT and DPO alike: the effective config (with `facts`) and
-    `summary` printed, resume, train, evaluate, save, card, metrics; returns the final metrics."""
+    """Everything after the trainer is built, for SFT and DPO alike: the effective config (with `facts`, the
+    trainer's `effective_batch` and `revisions`) and `summary` printed, resume, train, evaluate, save, card (with
+    the base model's commit), metrics; returns the final metrics."""
     from spri_sft import tracking
 
+    facts = {"effective_batch": trainer.effective_batch, "revisions": trainer.revisions, **facts}
     if trainer.accelerator.is_main_process:
         write_effective_config(training_args.output_dir, script_args, training_args, model_args, **facts)
         print(summary, flush=True)
@@ -421,7 +534,7 @@ def train_and_save(trainer, script_args, training_args, model_args, summary: str
     if trainer.accelerator.is_main_process:
         trainer.model.generation_config.save_pretrained(training_args.output_dir)
         trainer.create_model_card(dataset_name=script_args.dataset_path or script_args.dataset_name)
-        _record_base_model(Path(training_args.output_dir) / "README.md", model_args)
+        _record_base_model(Path(training_args.output_dir) / "README.md", trainer.revisions)
         if script_args.merge_adapter and model_args.use_peft:
             merged_dir = Path(training_args.output_dir) / "merged"
             trainer.model.merge_and_unload().save_pretrained(merged_dir)
@@ -475,13 +588,18 @@ def truthfulqa_callback(script_args, training_args, model_args):
     )
 
 
-def _record_base_model(card_path: Path, model_args) -> None:
-    """The base model and its revision in the model card: its metadata and a line of its text."""
+def _record_base_model(card_path: Path, revisions: dict) -> None:
+    """The commit of the base model (and of the tokenizer) in the model card: its metadata and a line of its text."""
     from huggingface_hub import ModelCard
 
+    model, tokenizer = revisions["model"], revisions["tokenizer"]
     card = ModelCard.load(card_path)
-    card.data.base_model_revision = model_args.model_revision
-    line = f"Base model: `{model_args.model_name_or_path}`, revision `{model_args.model_revision}`.\n\n"
+    card.data.base_model_revision = model["commit"] or model["revision"]
+    line = f"Base model: {revision_words(model)}; tokenizer: "
+    line += "the same." if tokenizer == model else f"{revision_words(tokenizer)}."
+    if model["commit"] and model.get("local_directory") is None:
+        line += f" A rerun loads these files with `model_revision: {model['commit']}`."
+    line += "\n\n"
     intro, heading, rest = card.text.partition("## Quick start")  # TRL's card: the line joins its introduction
     card.text = intro + line + heading + rest if heading else card.text + "\n" + line
     card.save(card_path)
@@ -514,6 +632,7 @@ def training_summary(
     lines = [
         f"[spri-sft] {job} {model_args.model_name_or_path}: {train_rows} train {unit}{validation}, "
         f"{planned_steps(args, train_rows, trainer.accelerator.num_processes)} steps, {adapter}",
+        batch_line(trainer.effective_batch),
         f"[spri-sft]   settings: {recipe or 'command line'} (all of them: {where / 'effective_config.json'}); "
         f"output: {where}",
     ]
@@ -526,7 +645,7 @@ def planned_steps(args, train_rows: int, processes: int = 1) -> int:
 
     if args.max_steps > 0:
         return args.max_steps
-    per_batch = max(1, args.per_device_train_batch_size * processes)
+    per_batch = max(1, args.train_batch_size * processes)  # train_batch_size: per device x GPUs of this process
     batches = train_rows // per_batch if args.dataloader_drop_last else math.ceil(train_rows / per_batch)
     return math.ceil(args.num_train_epochs * max(1, math.ceil(batches / args.gradient_accumulation_steps)))
 
