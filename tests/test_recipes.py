@@ -12,6 +12,14 @@ ROOT = Path(__file__).resolve().parents[1]
 RECIPES = sorted((ROOT / "recipes").glob("*/sft/*.yaml"))
 PIPELINES = sorted([*(ROOT / "recipes").glob("*/pipeline/*.yaml"), *(ROOT / "recipes/paper").glob("*/*.yaml")])
 PAPER_MODELS = ["llama-3.1-8b", "llama-3.1-8b-instruct", "mistral-7b-v0.3", "mistral-7b-instruct-v0.3", "gemma-2-9b", "gemma-2-9b-it"]
+STUDENT_RECIPES = [ROOT / "recipes" / model / "sft" / f"{kind}.yaml" for model in PAPER_MODELS for kind in ("lora", "qlora")]
+# All the paper (SPRI, §5.2) fixes of a student's training: the student, LoRA, the loss on the response only, Alpaca
+# for base students, the best checkpoint by validation loss. Anything else a recipe sets is this project's choice.
+PAPER_FIELDS = {"model_name_or_path", "use_peft", "assistant_only_loss", "training_template", "load_best_model_at_end",
+                "metric_for_best_model", "greater_is_better"}  # fmt: skip
+# Where files go and what is logged: no bearing on the trained model.
+BOOKKEEPING = {"env", "dataset_path", "dataset_train_split", "dataset_test_split", "output_dir", "run_name",
+               "logging_steps", "report_to", "per_device_eval_batch_size"}  # fmt: skip
 
 
 def test_the_published_models_have_lora_and_qlora_recipes():
@@ -37,6 +45,25 @@ def test_recipe_parses(recipe, monkeypatch):
         assert script_args.training_template == "alpaca"  # the paper: base students train on Alpaca (§5.2)
     else:
         assert script_args.training_template == "model"
+    if recipe.parts[-3] in PAPER_MODELS:  # 16 rows a step whatever the GPU count: accumulation is derived from it
+        assert script_args.effective_batch_size == 16 and training_args.gradient_accumulation_steps == 1
+
+
+@pytest.mark.parametrize("recipe", STUDENT_RECIPES, ids=lambda p: f"{p.parts[-3]}/{p.stem}")
+def test_every_value_of_a_student_recipe_says_whether_it_is_the_papers_or_this_projects(recipe):
+    import re
+
+    text = recipe.read_text()
+    assert "published experiment's setup" not in text and "published setup kept" not in text
+    assert "The paper (§5.2) fixes only" in text.split("\n\n")[0]  # the header says what the paper fixes
+    for line in text.splitlines():
+        key = re.match(r"^(\w+):", line)
+        if key is None or key.group(1) in BOOKKEEPING:
+            continue
+        whose = re.search(r"#\s*(paper §5\.2|project)\b", line)
+        assert whose, f"{recipe.parts[-3]}/{recipe.name}: {key.group(1)} does not say whose value it is"
+        if whose.group(1) == "paper §5.2":
+            assert key.group(1) in PAPER_FIELDS, f"{key.group(1)} is claimed for the paper, which does not set it"
 
 
 def test_the_paper_setups_have_a_pipeline_recipe_per_model_with_every_table4_row():
