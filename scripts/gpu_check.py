@@ -21,8 +21,9 @@ logging and, on the CPU, precision are overridden. Scoring calls the function `s
    `lora-fp32`);
 4. score each adapter on TruthfulQA (`--limit` questions) in float32 on the device and on the CPU (a QLoRA
    adapter on its 4-bit base, as evaluation loads it from the adapter's effective_config.json), and compare:
-   every summed log-likelihood within LL_ATOL + LL_RTOL * |ll| (QLORA_LL_RTOL on a 4-bit base), MC2 per question within MC_ATOL, MC1's pick
-   the same wherever its top two choices are further apart than the log-likelihood tolerance; the adapter must
+   every summed log-likelihood within LL_ATOL + LL_RTOL * |ll| (QLORA_LL_RTOL on a 4-bit base), MC2 per
+   question within MC_ATOL, MC1's pick the same wherever its top two choices are further apart than the
+   log-likelihood tolerance; the adapter must
    also move the log-likelihoods off the base model's (else both sides may ignore it). With --cpu, "the
    device" is the CPU scoring one question per pass (batch_size 1) against the default batching, so the
    comparison still compares two different computations.

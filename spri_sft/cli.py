@@ -38,6 +38,11 @@ def main(argv: list[str] | None = None) -> int:
     # Our own progress notes at INFO; libraries (httpx logs every request at INFO) only warn.
     logging.basicConfig(level=logging.WARNING, format="[spri-sft] %(message)s")
     logging.getLogger("spri_sft").setLevel(logging.INFO)
+    # bitsandbytes, imported by PEFT, tries at import to fetch a faster CPU 4-bit kernel from the Hub (through the
+    # `kernels` package, which warns offline that it skips the publisher check) and warns when it cannot, then uses
+    # its own kernels: nothing for the user to fix, and not spri-sft's message.
+    for library in ("bitsandbytes.backends.cpu.ops", "kernels"):
+        logging.getLogger(library).setLevel(logging.ERROR)
     try:
         if command == "generate":
             return _generate(rest)
