@@ -1,4 +1,4 @@
-"""TruthfulQA scoring on every model family: lm-eval's per-question numbers, its BOS settings, sliding windows.
+"""TruthfulQA scoring on every model family: lm-eval's per-question numbers, its BOS settings, sliding windows, QLoRA.
 
 Each family fixture (spri_sft.testing.families) is the layout that breaks scoring code written for one model: which
 BOS its tokenizer adds (Qwen2.5: none), Gemma-2's alternating sliding-window layers and softcapping, Llama-3.1's real
@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from spri_sft.errors import UserError
 from spri_sft.evaluate import EvaluateConfig, evaluate_truthfulqa
 from spri_sft.evaluate.packaged_truthfulqa import write_packaged_copy
 from spri_sft.evaluate.scoring import ChoiceScorer
@@ -203,3 +204,125 @@ def test_a_sequence_packs_up_to_exactly_the_window(extra, family_dir):
 
     assert scorer.score(context, [continuation]) == pytest.approx([expected], rel=1e-10, abs=0)
     assert scorer.scored_alone == extra
+
+
+# --- QLoRA: an adapter trained on a 4-bit base is scored on that base -------------------------------------------
+
+QLORA_FAMILY = "gemma-2"  # a small vocabulary: its 4-bit layers are most of the model
+
+
+def _four_bit_base(model_dir: Path):
+    """The family model as QLoRA training loads it on the CPU: bitsandbytes NF4, float32 compute and dtype."""
+    pytest.importorskip("bitsandbytes")
+    import torch
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    quantization = BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32
+    )
+    return AutoModelForCausalLM.from_pretrained(
+        model_dir, quantization_config=quantization, dtype=torch.float32, device_map={"": "cpu"}
+    )
+
+
+@pytest.fixture(scope="module")
+def qlora_adapter(family_dir, tmp_path_factory) -> tuple[Path, object]:
+    """A random LoRA (B not zero) saved from a 4-bit base, with the effective_config.json training writes beside it;
+    and the 4-bit PeftModel still in memory, as at the end of training. Its weights are bfloat16, as TRL's SFTTrainer
+    casts a QLoRA adapter's (trl/trainer/sft_trainer.py, the QLoRA paper's recipe), and saved so."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from trl import ModelConfig
+
+    from spri_sft.train.sft import write_effective_config
+
+    model_dir = family_dir(QLORA_FAMILY)
+    adapter = tmp_path_factory.mktemp("qlora") / "adapter"
+    torch.manual_seed(0)
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    model = get_peft_model(_four_bit_base(model_dir), lora)
+    for parameter in (p for p in model.parameters() if p.requires_grad):
+        parameter.data = parameter.data.to(torch.bfloat16)
+    model.save_pretrained(adapter)
+    trained = ModelConfig(
+        model_name_or_path=str(model_dir), dtype="float32", use_peft=True, load_in_4bit=True, bnb_4bit_quant_type="nf4"
+    )  # fmt: skip
+    write_effective_config(str(adapter), trained)
+    return adapter, model
+
+
+def _rows_lls(out: Path) -> list[float]:
+    rows = [json.loads(line) for line in (out / "per_question.jsonl").read_text().splitlines()]
+    return [x for row in rows for x in row["mc1"]["loglikelihoods"] + row["mc2"]["loglikelihoods"]]
+
+
+def test_a_qlora_adapter_scores_as_its_4bit_model_in_training(qlora_adapter, family_dir, questions_file, tmp_path):
+    from transformers import AutoTokenizer, TrainerControl, TrainerState
+
+    from spri_sft.evaluate.callback import AFTER_DIR, TruthfulQACallback
+
+    adapter, in_training = qlora_adapter
+    model_dir = family_dir(QLORA_FAMILY)
+    config = EvaluateConfig(
+        model=str(model_dir), adapter=str(adapter), truthfulqa_file=str(questions_file), limit=3,
+        output_dir=str(tmp_path / "saved"),
+    )  # fmt: skip
+    results = evaluate_truthfulqa(config)
+    # The callback's after-scores: the model in memory at the end of training.
+    callback = TruthfulQACallback(
+        str(questions_file), output_dir=str(tmp_path / "training"), model_name=str(model_dir), adapter=str(adapter),
+        limit=3,
+    )  # fmt: skip
+    callback.on_train_end(
+        None, TrainerState(is_world_process_zero=True), TrainerControl(), model=in_training,
+        processing_class=AutoTokenizer.from_pretrained(model_dir),
+    )  # fmt: skip
+
+    assert _rows_lls(tmp_path / "saved") == _rows_lls(tmp_path / "training" / AFTER_DIR)
+    assert results["adapter_merged"] is False  # merging into 4-bit weights would round B·A
+    assert results["quantization"]["load_in_4bit"] is True
+    assert results["quantization"]["bnb_4bit_quant_type"] == "nf4"
+    assert results["quantization"] == callback.after["quantization"]
+
+
+def test_quantization_none_scores_a_qlora_adapter_on_the_unquantized_base(
+    qlora_adapter, family_dir, questions_file, tmp_path
+):
+    adapter, _ = qlora_adapter
+
+    def evaluate(name, **settings):
+        config = EvaluateConfig(
+            model=str(family_dir(QLORA_FAMILY)), adapter=str(adapter), truthfulqa_file=str(questions_file), limit=3,
+            dtype="float32", output_dir=str(tmp_path / name), **settings,
+        )  # fmt: skip
+        return evaluate_truthfulqa(config), _rows_lls(tmp_path / name)
+
+    four_bit, four_bit_lls = evaluate("auto")
+    unquantized, unquantized_lls = evaluate("none", quantization="none")
+
+    assert unquantized["quantization"] is None and four_bit["quantization"]["load_in_4bit"] is True
+    assert max(abs(a - b) for a, b in zip(four_bit_lls, unquantized_lls)) > 1e-2  # NF4 rounding moves the scores
+
+
+def test_a_dtype_other_than_the_qlora_trainings_is_refused_naming_both(
+    qlora_adapter, family_dir, questions_file, tmp_path
+):
+    adapter, _ = qlora_adapter
+    config = EvaluateConfig(
+        model=str(family_dir(QLORA_FAMILY)), adapter=str(adapter), truthfulqa_file=str(questions_file), limit=1,
+        dtype="bfloat16", output_dir=str(tmp_path),
+    )  # fmt: skip
+    with pytest.raises(UserError, match=r"trained on a 4-bit nf4 base \(dtype float32.*dtype bfloat16 would score"):
+        evaluate_truthfulqa(config)
+
+
+def test_a_checkpoint_reads_the_quantization_its_run_was_trained_with(tmp_path):
+    from spri_sft.evaluate.run import trained_quantization
+
+    (tmp_path / "checkpoint-2").mkdir()
+    trained = {"ModelConfig": {"load_in_4bit": True, "dtype": "bfloat16"}}
+    (tmp_path / "effective_config.json").write_text(json.dumps(trained))
+    found = trained_quantization(str(tmp_path / "checkpoint-2"))
+
+    assert found is not None and found.fields == {"load_in_4bit": True, "dtype": "bfloat16"}
+    assert found.source == tmp_path / "effective_config.json"

@@ -13,7 +13,8 @@ When, and why then:
   (and `add_bos_token`) are reused (a resumed run does not score them again). Into
   <output_dir>/truthfulqa_before;
 - after: when training ends (`on_train_end`, the best checkpoint loaded if the trainer keeps it),
-  on the model in memory. Into <output_dir>/truthfulqa.
+  on the model in memory (a QLoRA model on its 4-bit base, as `spri-sft evaluate` scores the saved
+  adapter). Into <output_dir>/truthfulqa.
 
 Both are scored on the main process only. With `report_to` W&B they land in the training's run (the
 trainer's W&B callback opens it at train start): after as `truthfulqa_mc{1,2}/acc` with the

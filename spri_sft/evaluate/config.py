@@ -17,7 +17,8 @@ class EvaluateConfig:
     Fields, by purpose:
     - model: `model` (a Hub id, a local or merged model directory), `adapter` (a PEFT/LoRA adapter
       loaded on top of `model`; `merge_adapter` merges it into the loaded weights first), `tokenizer`, `dtype`,
-      `device`, `trust_remote_code`;
+      `device`, `trust_remote_code`, `quantization` (auto: a QLoRA adapter is scored on the 4-bit/8-bit base
+      it was trained on, as its effective_config.json records it);
     - data: `truthfulqa_file` (v0 `mc_task.json`, or the Hub layout as parquet/JSON), else `dataset`
       (a Hub id, with `dataset_split`); `limit` takes the first questions, as lm-eval's `--limit`;
     - prompt: `chat_template` (the question wrapped in the tokenizer's chat template, as lm-eval's
@@ -57,6 +58,16 @@ class EvaluateConfig:
         default="auto", metadata={"help": "cpu, cuda, cuda:1, mps … ; auto = cuda when available, else cpu."}
     )
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow model code from the Hub repository."})
+    quantization: Literal["auto", "none"] = field(
+        default="auto",
+        metadata={
+            "help": "auto: an adapter whose effective_config.json (training's, in the adapter folder or above its "
+            "checkpoint-N) says load_in_4bit/load_in_8bit is scored on the base loaded as it was trained, with the "
+            "same BitsAndBytesConfig and dtype, its weights in the dtype saved (TRL trains them in bfloat16), unmerged "
+            "(a dtype set here other than the training's is refused); none: the base unquantized in `dtype` (not the "
+            "model the adapter was trained on). results.json records which."
+        },
+    )
     merge_adapter: bool = field(
         default=True,
         metadata={

@@ -2,7 +2,9 @@
 
 Top to bottom: read the questions (file or Hub) and hash them; load the tokenizer and model, with
 a PEFT adapter on top when one is given (as lm-eval's `peft=`; merged into the loaded weights in
-float32/float64 unless `merge_adapter` is false); run the prompt prefix all questions share once;
+float32/float64 unless `merge_adapter` is false; a QLoRA adapter on the base quantized as its
+training's effective_config.json says, unmerged, in the dtype it was saved in: the model training
+scored); run the prompt prefix all questions share once;
 score each question's choices (the union of its MC1 and MC2 choices, each scored once) packed
 beside its prompt, several questions per pass (`scoring.ChoiceScorer`); compute
 lm-eval's per-question MC1 and MC2 values and their means and standard errors; write
@@ -12,7 +14,8 @@ Output, in `output_dir`:
 - `results.json`: `mc1`, `mc1_stderr`, `mc2`, `mc2_stderr`, `n`, `mode` (plain / chat_template),
   `add_bos_token` (whether a prompt not starting with the BOS text got one), `add_bos_token_setting`
   (auto / true / false), `model`, `adapter`, `adapter_merged` (scored merged into the weights),
-  `tokenizer`, `dtype`, `device`, `questions_scored_alone` (one pass per choice: longer than the model's
+  `tokenizer`, `dtype`, `quantization` (the scored base's bitsandbytes settings, null when
+  unquantized), `device`, `questions_scored_alone` (one pass per choice: longer than the model's
   maximum length or its attention window), `data_source`, `data_sha256`, `limit`, `task_versions`
   (lm-eval's), `wall_seconds`, `questions_per_second`;
 - `per_question.jsonl`: one line per question in data order: `index`, `question`, `mc1_acc`,
@@ -122,6 +125,7 @@ def evaluate_truthfulqa(config: EvaluateConfig, model: Any = None, tokenizer: An
         "adapter_merged": adapter_merged,
         "tokenizer": config.tokenizer or config.model,
         "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
+        "quantization": quantization_of(model),
         "device": str(next(model.parameters()).device),
         "questions_scored_alone": scorer.scored_alone,
         "data_source": config.truthfulqa_file or f"{config.dataset}:multiple_choice:{config.dataset_split}",
@@ -153,7 +157,8 @@ def _pm(value: float, stderr: float | None) -> str:
 
 
 def load_model(config: EvaluateConfig) -> tuple[Any, Any]:
-    """Tokenizer and model as lm-eval's HFLM loads them (`pretrained=`, `peft=`, `dtype=`, `tokenizer=`)."""
+    """Tokenizer and model as lm-eval's HFLM loads them (`pretrained=`, `peft=`, `dtype=`, `tokenizer=`); an adapter
+    trained on a quantized base (`trained_quantization`) on that base, quantized the same way, on `device`."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -168,8 +173,15 @@ def load_model(config: EvaluateConfig) -> tuple[Any, Any]:
     tokenizer = AutoTokenizer.from_pretrained(
         resolve_model(config.tokenizer) if config.tokenizer else model_path, trust_remote_code=config.trust_remote_code
     )
-    dtype = "auto" if config.dtype == "auto" else getattr(torch, config.dtype)
-    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype, trust_remote_code=config.trust_remote_code)
+    load: dict[str, Any] = {"dtype": "auto" if config.dtype == "auto" else getattr(torch, config.dtype)}
+    trained = trained_quantization(config.adapter) if config.adapter else None
+    if trained is not None and config.quantization == "none":
+        logger.info("scoring %s unquantized (quantization: none), trained on %s", config.adapter, trained.described)
+    elif trained is not None:
+        load = trained.load_kwargs(config, device)
+        logger.info("scoring %s on the base it was trained on: %s", config.adapter, trained.described)
+    quantized = "quantization_config" in load
+    model = AutoModelForCausalLM.from_pretrained(model_path, trust_remote_code=config.trust_remote_code, **load)
     if config.adapter:
         from peft import PeftModel
 
@@ -177,9 +189,109 @@ def load_model(config: EvaluateConfig) -> tuple[Any, Any]:
             # As lm-eval: an adapter trained with added tokens needs the embeddings resized first.
             model.resize_token_embeddings(len(tokenizer))
         model = PeftModel.from_pretrained(model, config.adapter)
-        if config.merge_adapter:
+        if quantized:
+            as_saved(model, config.adapter)
+        elif config.merge_adapter:  # (merged into 4-bit weights, B·A would be rounded to 4 bits)
             model = merge_adapter(model)
-    return model.to(device).eval(), tokenizer
+    return (model if quantized else model.to(device)).eval(), tokenizer
+
+
+# The ModelConfig (TRL) fields that decide how a QLoRA base is loaded: trl.get_quantization_config reads them.
+_QUANTIZATION_FIELDS = ("load_in_4bit", "load_in_8bit", "bnb_4bit_quant_type", "use_bnb_nested_quant",
+                        "bnb_4bit_quant_storage", "dtype")  # fmt: skip
+
+
+@dataclasses.dataclass
+class TrainedQuantization:
+    """How an adapter's base was quantized in training: TRL ModelConfig fields, from `source`."""
+
+    fields: dict[str, Any]
+    source: Path
+
+    @property
+    def described(self) -> str:
+        f = self.fields
+        kind = f"4-bit {f.get('bnb_4bit_quant_type', 'nf4')}" if f.get("load_in_4bit") else "8-bit"
+        nested = ", nested quantization" if f.get("load_in_4bit") and f.get("use_bnb_nested_quant") else ""
+        return f"a {kind} base (dtype {f.get('dtype') or 'auto'}{nested}; {self.source})"
+
+    def load_kwargs(self, config: EvaluateConfig, device: str) -> dict[str, Any]:
+        """from_pretrained's quantization_config (TRL's, from the same fields), dtype and device_map, as training's."""
+        import torch
+        from trl import ModelConfig, get_quantization_config
+
+        trained_dtype = self.fields.get("dtype") or "auto"
+        if config.dtype != "auto" and config.dtype != trained_dtype:
+            raise UserError(
+                f"adapter {config.adapter} was trained on {self.described}: dtype {config.dtype} would score another "
+                f"model; leave dtype auto (or set {trained_dtype}), or set quantization: none to score it unquantized"
+            )
+        if self.fields.get("load_in_8bit") and not device.startswith("cuda"):
+            raise UserError(f"adapter {config.adapter} was trained on {self.described}: 8-bit needs a CUDA device")
+        try:
+            import bitsandbytes  # noqa: F401
+        except ImportError:
+            raise UserError(
+                f"adapter {config.adapter} was trained on {self.described}: scoring it needs bitsandbytes "
+                "(pip install bitsandbytes), or set quantization: none to score it unquantized"
+            ) from None
+        quantization = get_quantization_config(ModelConfig(**self.fields))
+        dtype = trained_dtype if trained_dtype == "auto" else getattr(torch, trained_dtype)
+        return {"quantization_config": quantization, "dtype": dtype, "device_map": {"": device}}
+
+
+def trained_quantization(adapter: str) -> TrainedQuantization | None:
+    """The quantization an adapter was trained with, from training's effective_config.json ("ModelConfig") in the
+    adapter folder (or in the run folder above a `checkpoint-N`); None when there is none or it says unquantized."""
+    folder = Path(adapter)
+    for candidate in (folder, folder.parent) if folder.name.startswith("checkpoint-") else (folder,):
+        path = candidate / "effective_config.json"
+        if not path.is_file():
+            continue
+        try:
+            saved = json.loads(path.read_text()).get("ModelConfig") or {}
+        except (json.JSONDecodeError, AttributeError) as err:
+            raise UserError(f"{path}: not training's effective_config.json ({err})") from None
+        if not (saved.get("load_in_4bit") or saved.get("load_in_8bit")):
+            return None
+        return TrainedQuantization({k: saved[k] for k in _QUANTIZATION_FIELDS if k in saved}, path)
+    return None
+
+
+def as_saved(model: Any, adapter: str) -> None:
+    """The adapter's weights back in the dtype its file holds them in, as training computed with them.
+
+    TRL's SFTTrainer casts a QLoRA adapter to bfloat16 (the QLoRA paper's recipe) and saves it so, while PEFT's
+    loading upcasts it to float32: the LoRA branch would then compute in another precision than in training (on the
+    tiny Gemma-2 fixture, log-likelihoods moved by up to 1.4e-4 relative).
+    """
+    import torch
+
+    path = Path(adapter) / "adapter_model.safetensors"
+    if not path.is_file():
+        return
+    from safetensors import safe_open
+
+    dtypes = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32, "F64": torch.float64}
+    with safe_open(str(path), "pt") as saved:
+        stored = {key: dtypes.get(saved.get_slice(key).get_dtype()) for key in saved.keys()}
+    name = f".{model.active_adapter}."
+    for parameter_name, parameter in model.named_parameters():
+        dtype = stored.get(parameter_name.replace(name, "."))  # the file's keys leave out the adapter's name
+        if dtype is not None and parameter.dtype != dtype:
+            parameter.data = parameter.data.to(dtype)
+
+
+def quantization_of(model: Any) -> dict[str, Any] | None:
+    """The bitsandbytes settings a loaded (PEFT-wrapped) model's weights were quantized with; None when unquantized."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    quantization = getattr(getattr(inner, "config", None), "quantization_config", None)
+    if quantization is None:
+        return None
+    settings = quantization if isinstance(quantization, dict) else quantization.to_dict()
+    keys = ("quant_method", "load_in_4bit", "load_in_8bit", "bnb_4bit_quant_type", "bnb_4bit_use_double_quant",
+            "bnb_4bit_compute_dtype", "bnb_4bit_quant_storage")  # fmt: skip
+    return {k: settings[k] if isinstance(settings[k], (bool, str)) else str(settings[k]) for k in keys if k in settings}
 
 
 def merge_adapter(model: Any) -> Any:
