@@ -120,7 +120,7 @@ def test_tokenization_equals_lm_eval_under_each_add_bos_token(
             for choice in q.mc2_choices[:2]:
                 assert scorer.encode_pair(context, delimiter + choice) == lm._encode_pair(context, delimiter + choice)
     bos = scorer.tokenizer.bos_token_id
-    assert scorer.adds_bos == (bos is not None and lm.tok_encode("Q")[:1] == [bos])
+    assert scorer.starts_with_bos("Q: a?") == (bos is not None and lm.tok_encode("Q: a?")[:1] == [bos])
 
 
 @pytest.mark.parametrize("family", ["llama-3.1", "gemma-2"])
@@ -137,6 +137,13 @@ def test_a_forced_add_bos_token_scores_equal_lm_eval_with_the_same_setting(
     assert (results["add_bos_token_setting"], results["add_bos_token"]) == (False, False)
     without, with_bos = rows[0]["mc2"]["loglikelihoods"], auto_rows[0]["mc2"]["loglikelihoods"]
     assert max(abs(a - b) for a, b in zip(without, with_bos)) > 1e-3  # the BOS is read: the setting matters
+
+
+def test_a_chat_templates_own_bos_is_recorded_whatever_the_setting(family_dir, questions_file, tmp_path):
+    # Gemma's template writes <bos> itself: the prompts start with it even under add_bos_token false.
+    model_dir = family_dir("gemma-2-it")
+    results, _ = _evaluate(model_dir, questions_file, 1, tmp_path, chat_template=True, add_bos_token=False)
+    assert (results["add_bos_token_setting"], results["add_bos_token"]) == (False, True)
 
 
 def _longest_inputs(model_dir: Path, questions_file: Path, n: int) -> list[int]:

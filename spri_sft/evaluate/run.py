@@ -12,12 +12,13 @@ lm-eval's per-question MC1 and MC2 values and their means and standard errors; w
 
 Output, in `output_dir`:
 - `results.json`: `mc1`, `mc1_stderr`, `mc2`, `mc2_stderr`, `n`, `mode` (plain / chat_template),
-  `add_bos_token` (whether a prompt not starting with the BOS text got one), `add_bos_token_setting`
-  (auto / true / false), `model`, `adapter`, `adapter_merged` (scored merged into the weights),
-  `tokenizer`, `dtype`, `quantization` (the scored base's bitsandbytes settings, null when
-  unquantized), `device`, `questions_scored_alone` (one pass per choice: longer than the model's
-  maximum length or its attention window), `data_source`, `data_sha256`, `limit`, `task_versions`
-  (lm-eval's), `wall_seconds`, `questions_per_second`;
+  `add_bos_token` (whether the scored prompts start with the BOS token: the setting's, or a chat
+  template's own), `add_bos_token_setting` (auto / true / false), `model`, `adapter`,
+  `adapter_merged` (scored merged into the weights), `tokenizer`, `dtype`, `quantization` (the
+  scored base's bitsandbytes settings, null when unquantized), `device`, `questions_scored_alone`
+  (one pass per choice: longer than the model's maximum length or its attention window),
+  `data_source`, `data_sha256`, `limit`, `task_versions` (lm-eval's), `wall_seconds`,
+  `questions_per_second`;
 - `per_question.jsonl`: one line per question in data order: `index`, `question`, `mc1_acc`,
   `mc1_pred`, `mc1_gold`, `mc2_acc`, and per metric the choices, labels and summed log-likelihoods;
 - `config.yaml`: the effective configuration.
@@ -72,9 +73,10 @@ def evaluate_truthfulqa(config: EvaluateConfig, model: Any = None, tokenizer: An
     contexts = [build_context(q.question, tokenizer, config.chat_template) for q in questions]
     start = time.perf_counter()
     shared = scorer.share_prefix([context for context, _ in contexts])
+    starts_with_bos = scorer.starts_with_bos(contexts[0][0])  # every prompt starts alike: preamble or template
     logger.info(
-        "TruthfulQA MC1/MC2 (%s prompt, BOS %s: add_bos_token %s): %d questions, %d prompt tokens shared",
-        mode, "added" if scorer.adds_bos else "not added", config.add_bos_token, len(questions), shared,
+        "TruthfulQA MC1/MC2 (%s prompt, %s, add_bos_token %s): %d questions, %d prompt tokens shared",
+        mode, "BOS first" if starts_with_bos else "no BOS", config.add_bos_token, len(questions), shared,
     )  # fmt: skip
 
     # Each question's choices: the union of its MC1 and MC2 choices, each scored once.
@@ -118,7 +120,7 @@ def evaluate_truthfulqa(config: EvaluateConfig, model: Any = None, tokenizer: An
         "mc2_stderr": mean_stderr(mc2),
         "n": len(rows),
         "mode": mode,
-        "add_bos_token": scorer.adds_bos,
+        "add_bos_token": starts_with_bos,
         "add_bos_token_setting": config.add_bos_token,
         "model": config.model,
         "adapter": config.adapter,

@@ -119,11 +119,10 @@ class ChoiceScorer:
             ids = [bos] + ids  # what a tokenizer loaded with add_bos_token=True (as HFLM loads it) writes
         return ids
 
-    @property
-    def adds_bos(self) -> bool:
-        """Whether a text not already starting with it is encoded with the tokenizer's BOS in front."""
+    def starts_with_bos(self, text: str) -> bool:
+        """Whether `text` is encoded with the tokenizer's BOS first (the setting's, or one the text itself holds)."""
         bos = self.tokenizer.bos_token_id
-        return bos is not None and self.encode("Q")[:1] == [bos]
+        return bos is not None and self.encode(text)[:1] == [bos]
 
     def encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
         if not context:
