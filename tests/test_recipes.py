@@ -66,6 +66,17 @@ def test_every_value_of_a_student_recipe_says_whether_it_is_the_papers_or_this_p
             assert key.group(1) in PAPER_FIELDS, f"{key.group(1)} is claimed for the paper, which does not set it"
 
 
+@pytest.mark.parametrize("setup", ["dolly", "mixinstruct"])
+def test_the_paper_recipes_score_truthfulqa_with_the_paper_era_bos_convention(setup):
+    """lm-eval 0.4.4-0.4.9.1 (the paper's, Feb 2025) added no BOS for causal models but Gemma's, which always got one."""
+    from spri_sft.config import load_config
+    from spri_sft.pipeline.config import PipelineConfig
+
+    for model in PAPER_MODELS:
+        config = load_config(PipelineConfig, ["--config", str(ROOT / "recipes/paper" / setup / f"{model}.yaml")])
+        assert config.evaluate.add_bos_token is model.startswith("gemma"), model
+
+
 def test_the_paper_setups_have_a_pipeline_recipe_per_model_with_every_table4_row():
     from spri_sft.generate.engine import TABLE4_MODES
     from spri_sft.pipeline.config import PipelineConfig

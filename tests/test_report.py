@@ -305,7 +305,8 @@ def test_rows_nobody_counted_say_so(tmp_path):
     assert over_max_length(text) == "not counted"
 
 
-def write_bos(root: Path, model: str, add_bos_token: bool, setting: str) -> None:
+def write_bos(root: Path, model: str, add_bos_token: bool, setting: str | bool) -> None:
+    """results.json as evaluation writes it: the setting "auto", or the bool a true/false setting parsed to."""
     results = json.loads((root / "eval" / model / "results.json").read_text())
     write_json(root / "eval" / model / "results.json", {**results, "add_bos_token": add_bos_token,
                                                         "add_bos_token_setting": setting})  # fmt: skip
@@ -314,7 +315,7 @@ def write_bos(root: Path, model: str, add_bos_token: bool, setting: str) -> None
 def test_the_report_says_which_bos_convention_truthfulqa_was_scored_with_beside_the_paper_column(tmp_path):
     report_of(tmp_path, {"spri": (BASE_MC1, [0.6] * 40)})
     for model in ("base", "spri"):
-        write_bos(tmp_path, model, False, "false")
+        write_bos(tmp_path, model, False, False)
     recipe = {"output_dir": str(tmp_path), "modes": ["spri"], "report": {"paper_column": "L3.1-8B Dolly"}}
     config = from_dict(PipelineConfig, recipe)
     text = render_markdown(build_report(config, tmp_path, "run", "student", {"file": "t", "source": "t"}))
@@ -327,7 +328,7 @@ def test_the_report_says_which_bos_convention_truthfulqa_was_scored_with_beside_
 def test_models_scored_with_different_bos_conventions_are_named_each(tmp_path):
     report_of(tmp_path, {"spri": (BASE_MC1, [0.6] * 40)})
     write_bos(tmp_path, "base", True, "auto")
-    write_bos(tmp_path, "spri", False, "false")
+    write_bos(tmp_path, "spri", False, False)
     config = from_dict(PipelineConfig, {"output_dir": str(tmp_path), "modes": ["spri"]})
     text = render_markdown(build_report(config, tmp_path, "run", "student", {"file": "t", "source": "t"}))
 

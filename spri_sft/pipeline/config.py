@@ -85,6 +85,21 @@ class EvaluateStage:
     device: str = field(
         default="auto", metadata={"help": "cpu, cuda, cuda:1, ...; auto = cuda when available, else cpu."}
     )
+    add_bos_token: Literal["auto"] | bool = field(
+        default="auto",
+        metadata={
+            "help": "BOS before each TruthfulQA prompt, as lm-eval's add_bos_token: auto = the tokenizer's default "
+            "(lm-eval >= 0.4.9.2); false/true = lm-eval 0.4.4-0.4.9.1's convention for Llama and Mistral / Gemma "
+            "(the recipes/paper/ ones set it). The report says which."
+        },
+    )
+    quantization: Literal["auto", "none"] = field(
+        default="auto",
+        metadata={
+            "help": "auto: a QLoRA adapter is scored on the 4-bit base it was trained on; none: on the unquantized "
+            "base in `dtype` (said in one line)."
+        },
+    )
     lm_eval_tasks: list[str] = field(
         default_factory=list,
         metadata={

@@ -466,7 +466,9 @@ def bos_line(bos: dict[str, dict[str, Any]]) -> str:
         how = "with a BOS token before each question" if entry["add_bos_token"] else "without a BOS token"
         setting = entry.get("setting")
         why = {"auto": ", the tokenizer's default"}.get(setting, "")
-        return f"{how} (evaluate.add_bos_token: {setting}{why})" if setting else how
+        if isinstance(setting, bool):  # written as the YAML/command line spells it
+            setting = "true" if setting else "false"
+        return f"{how} (evaluate.add_bos_token: {setting}{why})" if setting is not None else how
 
     phrases = {model: convention(entry) for model, entry in bos.items()}
     if len(set(phrases.values())) == 1:

@@ -565,6 +565,8 @@ def _evaluate(
         chat_template=settings.chat_template,
         batch_size=settings.batch_size,
         device=settings.device,
+        add_bos_token=settings.add_bos_token,
+        quantization=settings.quantization,
         output_dir=str(directory),
         report_to="wandb" if config.wandb.enabled else "none",
         wandb_project=config.wandb.project,
@@ -574,6 +576,8 @@ def _evaluate(
     # What decides the scores: the questions and how they are scored, and which model (by the stage that made it).
     scoring = {k: getattr(job, k) for k in ("limit", "dtype", "chat_template", "batch_size")}
     scoring["truthfulqa_file"] = file_digest(job.truthfulqa_file)
+    # Fields added later count only when set, so evaluations made before them (with these defaults) stay done.
+    scoring |= {k: getattr(job, k) for k in ("add_bos_token", "quantization") if getattr(job, k) != "auto"}
     upstream = trained.output_id if trained is not None else plan.student
     stage = Stage(f"eval/{directory.name}", directory, fingerprint({**scoring, "after": upstream}))
     if _skip(stage, resumable=False):
