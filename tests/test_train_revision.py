@@ -80,3 +80,19 @@ def test_a_snapshot_folder_of_the_hub_cache_is_recorded_with_its_commit(hub_cach
     assert resolve_revision(str(snapshot), "main") == {
         "name_or_path": str(snapshot), "revision": None, "commit": FIRST, "local_directory": str(snapshot.resolve()),
     }  # fmt: skip
+
+
+def test_an_adapter_is_scored_on_the_commit_its_training_recorded_after_main_moved(hub_cache, tmp_path, shared_dir):
+    dataset = build_sft_dataset(tmp_path / "data")
+    train(hub_cache, dataset, tmp_path / "run")
+    repo = hub_cache / "models--org--name"
+    (repo / "snapshots" / SECOND).mkdir()
+    (repo / "snapshots" / SECOND / "config.json").write_text("not json")
+    (repo / "refs" / "main").write_text(SECOND)
+
+    env = {**os.environ, "HF_HUB_CACHE": str(hub_cache), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    argv = ["evaluate", "--model", "org/name", "--adapter", str(tmp_path / "run"), "--limit", "2", "--output_dir",
+            str(tmp_path / "eval"), "--truthfulqa_file", str(shared_dir / "data/truthfulqa/data/v0/mc_task.json")]  # fmt: skip
+    done = subprocess.run([sys.executable, "-m", "spri_sft.cli", *argv], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads((tmp_path / "eval/results.json").read_text())["model_revision"] == FIRST

@@ -58,6 +58,14 @@ class EvaluateConfig:
         default="auto", metadata={"help": "cpu, cuda, cuda:1, mps … ; auto = cuda when available, else cpu."}
     )
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow model code from the Hub repository."})
+    model_revision: str | None = field(
+        default=None,
+        metadata={
+            "help": "Branch, tag or commit of `model` (and its tokenizer). Unset with an adapter: the commit its "
+            "training recorded (effective_config.json `revisions`), so the adapter is scored on the base it was "
+            "trained on; else the Hub's main."
+        },
+    )
     quantization: Literal["auto", "none"] = field(
         default="auto",
         metadata={

@@ -13,7 +13,8 @@ lm-eval's per-question MC1 and MC2 values and their means and standard errors; w
 Output, in `output_dir`:
 - `results.json`: `mc1`, `mc1_stderr`, `mc2`, `mc2_stderr`, `n`, `mode` (plain / chat_template),
   `add_bos_token` (whether the scored prompts start with the BOS token: the setting's, or a chat
-  template's own), `add_bos_token_setting` (auto / true / false), `model`, `adapter`,
+  template's own), `add_bos_token_setting` (auto / true / false), `model`, `model_revision` (the one loaded: asked for, or
+  the commit an adapter's training recorded), `adapter`,
   `adapter_merged` (scored merged into the weights), `tokenizer`, `dtype`, `quantization` (the
   scored base's bitsandbytes settings, null when unquantized), `device`, `questions_scored_alone`
   (one pass per choice: longer than the model's maximum length or its attention window),
@@ -60,6 +61,7 @@ def evaluate_truthfulqa(config: EvaluateConfig, model: Any = None, tokenizer: An
     if config.limit is not None:
         questions = questions[: config.limit]
     adapter_merged = False
+    model_loaded_here = model is None
     if model is None:
         model, tokenizer = load_model(config)
         adapter_merged = bool(config.adapter) and not hasattr(model, "peft_config")
@@ -123,6 +125,7 @@ def evaluate_truthfulqa(config: EvaluateConfig, model: Any = None, tokenizer: An
         "add_bos_token": starts_with_bos,
         "add_bos_token_setting": config.add_bos_token,
         "model": config.model,
+        "model_revision": base_revision(config) if model_loaded_here else config.model_revision,
         "adapter": config.adapter,
         "adapter_merged": adapter_merged,
         "tokenizer": config.tokenizer or config.model,
@@ -172,10 +175,14 @@ def load_model(config: EvaluateConfig) -> tuple[Any, Any]:
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"device {device!r}: this machine has no CUDA; use --device cpu")
     model_path = resolve_model(config.model)
+    revision = base_revision(config)
     tokenizer = AutoTokenizer.from_pretrained(
-        resolve_model(config.tokenizer) if config.tokenizer else model_path, trust_remote_code=config.trust_remote_code
+        resolve_model(config.tokenizer) if config.tokenizer else model_path,
+        revision=None if config.tokenizer else revision,
+        trust_remote_code=config.trust_remote_code,
     )
     load: dict[str, Any] = {"dtype": "auto" if config.dtype == "auto" else getattr(torch, config.dtype)}
+    load["revision"] = revision
     trained = trained_quantization(config.adapter) if config.adapter else None
     if trained is not None and config.quantization == "none":
         logger.info("scoring %s unquantized (quantization: none), trained on %s", config.adapter, trained.described)
@@ -196,6 +203,23 @@ def load_model(config: EvaluateConfig) -> tuple[Any, Any]:
         elif config.merge_adapter:  # (merged into 4-bit weights, B·A would be rounded to 4 bits)
             model = merge_adapter(model)
     return (model if quantized else model.to(device)).eval(), tokenizer
+
+
+def base_revision(config: EvaluateConfig) -> str | None:
+    """The revision of `config.model` to load: the one asked for, else, under an adapter trained on that model, the
+    commit its training recorded (train/sft.py `resolve_revision`, in effective_config.json), else None (main)."""
+    if config.model_revision is not None or not config.adapter:
+        return config.model_revision
+    folder = Path(config.adapter)
+    for candidate in (folder, folder.parent) if folder.name.startswith("checkpoint-") else (folder,):
+        path = candidate / "effective_config.json"
+        if path.is_file():
+            try:
+                recorded = (json.loads(path.read_text()).get("revisions") or {}).get("model") or {}
+            except (json.JSONDecodeError, AttributeError):
+                return None  # not training's file; trained_quantization names the problem
+            return recorded.get("commit") if recorded.get("name_or_path") == config.model else None
+    return None
 
 
 # The ModelConfig (TRL) fields that decide how a QLoRA base is loaded: trl.get_quantization_config reads them.
