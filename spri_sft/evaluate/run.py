@@ -210,15 +210,25 @@ def base_revision(config: EvaluateConfig) -> str | None:
     commit its training recorded (train/sft.py `resolve_revision`, in effective_config.json), else None (main)."""
     if config.model_revision is not None or not config.adapter:
         return config.model_revision
-    folder = Path(config.adapter)
+    found = training_config(config.adapter)
+    recorded = ((found[1].get("revisions") or {}).get("model") or {}) if found else {}
+    return recorded.get("commit") if recorded.get("name_or_path") == config.model else None
+
+
+def training_config(adapter: str) -> tuple[Path, dict] | None:
+    """Training's effective_config.json of an adapter (in its folder, or in the run folder above a `checkpoint-N`)
+    and its contents; None when there is none."""
+    folder = Path(adapter)
     for candidate in (folder, folder.parent) if folder.name.startswith("checkpoint-") else (folder,):
         path = candidate / "effective_config.json"
         if path.is_file():
             try:
-                recorded = (json.loads(path.read_text()).get("revisions") or {}).get("model") or {}
-            except (json.JSONDecodeError, AttributeError):
-                return None  # not training's file; trained_quantization names the problem
-            return recorded.get("commit") if recorded.get("name_or_path") == config.model else None
+                saved = json.loads(path.read_text())
+            except json.JSONDecodeError as err:
+                raise UserError(f"{path}: not training's effective_config.json ({err})") from None
+            if not isinstance(saved, dict):
+                raise UserError(f"{path}: not training's effective_config.json (not a mapping)")
+            return path, saved
     return None
 
 
@@ -267,21 +277,18 @@ class TrainedQuantization:
 
 
 def trained_quantization(adapter: str) -> TrainedQuantization | None:
-    """The quantization an adapter was trained with, from training's effective_config.json ("ModelConfig") in the
-    adapter folder (or in the run folder above a `checkpoint-N`); None when there is none or it says unquantized."""
-    folder = Path(adapter)
-    for candidate in (folder, folder.parent) if folder.name.startswith("checkpoint-") else (folder,):
-        path = candidate / "effective_config.json"
-        if not path.is_file():
-            continue
-        try:
-            saved = json.loads(path.read_text()).get("ModelConfig") or {}
-        except (json.JSONDecodeError, AttributeError) as err:
-            raise UserError(f"{path}: not training's effective_config.json ({err})") from None
-        if not (saved.get("load_in_4bit") or saved.get("load_in_8bit")):
-            return None
-        return TrainedQuantization({k: saved[k] for k in _QUANTIZATION_FIELDS if k in saved}, path)
-    return None
+    """The quantization an adapter was trained with, from training's effective_config.json ("ModelConfig"); None when
+    there is none or it says unquantized."""
+    found = training_config(adapter)
+    if found is None:
+        return None
+    path, saved = found
+    model_config = saved.get("ModelConfig") or {}
+    if not isinstance(model_config, dict):
+        raise UserError(f"{path}: not training's effective_config.json (ModelConfig is not a mapping)")
+    if not (model_config.get("load_in_4bit") or model_config.get("load_in_8bit")):
+        return None
+    return TrainedQuantization({k: model_config[k] for k in _QUANTIZATION_FIELDS if k in model_config}, path)
 
 
 def as_saved(model: Any, adapter: str) -> None:
