@@ -15,12 +15,14 @@ logging and, on the CPU, precision are overridden. Scoring calls the function `s
 
 1. (once) environment: versions, the GPU, and every requirement of the carried wheels met by what is installed;
 2. the family's tiny model, a tiny `messages` dataset (save_to_disk) and the packaged TruthfulQA copy;
-3. train `qlora-4bit` (the QLoRA recipe: nf4, nested quantization, bf16 compute) and `lora-bf16` (the LoRA
-   recipe: bf16 weights and mixed precision): every planned step logs a finite loss and every LoRA B matrix
-   (initialised to zero) has moved. With --cpu, both train in float32 (`qlora-4bit` still 4-bit NF4 weights,
-   `lora-fp32`);
+3. train `qlora-4bit` (the QLoRA recipe: nf4, nested quantization; float32 compute, so that its scores compare
+   tightly below) and `lora-bf16` (the LoRA recipe: bf16 weights and mixed precision); for the first family also
+   `qlora-4bit-bf16`, the QLoRA recipe's own bf16 compute, trained only: every planned step logs a finite loss
+   and every LoRA B matrix (initialised to zero) has moved. With --cpu, both train in float32 (`qlora-4bit`
+   still 4-bit NF4 weights, `lora-fp32`);
 4. score each adapter on TruthfulQA (`--limit` questions) in float32 on the device and on the CPU (a QLoRA
-   adapter on its 4-bit base, as evaluation loads it from the adapter's effective_config.json), and compare:
+   adapter on its 4-bit base in its training's dtype, float32, as evaluation loads it from the adapter's
+   effective_config.json), and compare:
    every summed log-likelihood within LL_ATOL + LL_RTOL * |ll| (QLORA_LL_RTOL on a 4-bit base), MC2 per
    question within MC_ATOL, MC1's pick the same wherever its top two choices are further apart than the
    log-likelihood tolerance; the adapter must
@@ -101,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         return finish(checks, args, start)  # nothing below can run
 
     dataset_dir, truthfulqa = prepare(work)
-    for name in families:
+    for index, name in enumerate(families):
         model_dir = family_model(name, work)
         base = score(model_dir, None, "cpu", truthfulqa, args.limit, work / "scores" / name / "base-cpu")
         # bf16 is a GPU check; on the CPU, LoRA trains in float32, the train entry's CPU default.
@@ -111,6 +113,9 @@ def main(argv: list[str] | None = None) -> int:
             checks.append(check)
             if check.ok:
                 checks.append(compare_scores(name, variant, device, model_dir, adapter, truthfulqa, args.limit, work, base))
+        if device == "cuda" and index == 0:  # the QLoRA recipe as users run it, bf16 compute: trained, not compared
+            variant = "qlora-4bit-bf16"
+            checks.append(train(name, variant, device, model_dir, dataset_dir, work / "adapters" / name / variant, args.steps))
     return finish(checks, args, start)
 
 
@@ -208,7 +213,7 @@ def train_argv(name: str, variant: str, device: str, model_dir: Path, dataset_di
     from spri_sft.testing.families import FAMILIES
 
     family = FAMILIES[name]
-    kind = "qlora" if variant == "qlora-4bit" else "lora"
+    kind = "qlora" if variant.startswith("qlora") else "lora"
     recipe = RECIPES / family.recipe_dir / "sft" / f"{kind}.yaml" if family.recipe_dir else None
     argv = [
         "--config", str(recipe or RECIPES / "smollm2-135m-instruct" / "sft" / "lora.yaml"),
@@ -225,10 +230,14 @@ def train_argv(name: str, variant: str, device: str, model_dir: Path, dataset_di
         "--dataloader_num_workers", "0",
         "--seed", "0",
     ]  # fmt: skip
-    if variant == "qlora-4bit" and recipe is None:  # no QLoRA recipe for this family: SmolLM2's with 4-bit loading
+    if kind == "qlora" and recipe is None:  # no QLoRA recipe for this family: SmolLM2's with 4-bit loading
         argv += ["--load_in_4bit", "true", "--bnb_4bit_quant_type", "nf4", "--use_bnb_nested_quant", "true"]
-    if device == "cuda":
+    if device == "cuda" and variant != "qlora-4bit":
         argv += ["--use_cpu", "false", "--dtype", "bfloat16", "--bf16", "true"]
+    elif device == "cuda":
+        # NF4 weights with float32 compute: its adapter is scored on that base in float32 on CUDA and on the CPU,
+        # which compare tightly (in bf16 compute the two devices' kernels would differ by far more).
+        argv += ["--use_cpu", "false", "--dtype", "float32", "--bf16", "false"]
     else:
         argv += ["--use_cpu", "true", "--dtype", "float32", "--bf16", "false"]
     return argv
@@ -242,7 +251,7 @@ def train(name: str, variant: str, device: str, model_dir: Path, dataset_dir: Pa
     if rc != 0:
         return Check(check, False, f"exit {rc}: {last_line(output)}", seconds, {"exit": rc})
     problems, facts = trained_adapter_problems(output_dir, steps)
-    if variant == "qlora-4bit" and "QLoRA r=" not in output:
+    if variant.startswith("qlora") and "QLoRA r=" not in output:
         problems.append("the train entry did not report QLoRA (was 4-bit loading skipped?)")
     losses = facts.get("losses") or [float("nan")]
     detail = "; ".join(problems) or f"{len(losses)} steps, loss {losses[0]:.3f} -> {losses[-1]:.3f}, all LoRA B moved"

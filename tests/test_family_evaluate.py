@@ -333,3 +333,24 @@ def test_a_checkpoint_reads_the_quantization_its_run_was_trained_with(tmp_path):
 
     assert found is not None and found.fields == {"load_in_4bit": True, "dtype": "bfloat16"}
     assert found.source == tmp_path / "effective_config.json"
+
+
+def test_a_base_scored_with_base_quantization_is_the_4bit_model_training_starts_from(
+    family_dir, questions_file, tmp_path
+):
+    """A QLoRA run's 'before' score: the student on the 4-bit base its adapter will be scored on."""
+    from transformers import AutoTokenizer
+
+    model_dir = family_dir(QLORA_FAMILY)
+    common = dict(model=str(model_dir), truthfulqa_file=str(questions_file), limit=3)
+    fields = {"load_in_4bit": True, "bnb_4bit_quant_type": "nf4", "dtype": "float32"}
+    results = evaluate_truthfulqa(EvaluateConfig(**common, base_quantization=fields, output_dir=str(tmp_path / "q")))
+    evaluate_truthfulqa(
+        EvaluateConfig(**common, output_dir=str(tmp_path / "in-memory")),
+        model=_four_bit_base(model_dir), tokenizer=AutoTokenizer.from_pretrained(model_dir),
+    )  # fmt: skip
+    evaluate_truthfulqa(EvaluateConfig(**common, dtype="float32", output_dir=str(tmp_path / "unquantized")))
+
+    assert results["quantization"]["load_in_4bit"] is True
+    assert _rows_lls(tmp_path / "q") == _rows_lls(tmp_path / "in-memory")
+    assert _rows_lls(tmp_path / "q") != _rows_lls(tmp_path / "unquantized")

@@ -96,3 +96,40 @@ def test_an_adapter_is_scored_on_the_commit_its_training_recorded_after_main_mov
     done = subprocess.run([sys.executable, "-m", "spri_sft.cli", *argv], capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert json.loads((tmp_path / "eval/results.json").read_text())["model_revision"] == FIRST
+
+
+def test_a_qlora_adapter_is_scored_on_the_4bit_base_at_its_recorded_commit(family_dir, tmp_path, shared_dir):
+    """The quantized load keeps the revision: model and tokenizer both at the commit training recorded."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+    from trl import ModelConfig
+
+    from spri_sft.train.sft import write_effective_config
+
+    pytest.importorskip("bitsandbytes")
+    cache = tmp_path / "hub"
+    repo = cache / "models--org--qbase"
+    shutil.copytree(family_dir("gemma-2"), repo / "snapshots" / FIRST)  # hidden size 64: bitsandbytes quantizes it
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(SECOND)  # main already moved to files that cannot load
+    (repo / "snapshots" / SECOND).mkdir()
+    (repo / "snapshots" / SECOND / "config.json").write_text("not json")
+
+    quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32)
+    base = AutoModelForCausalLM.from_pretrained(
+        repo / "snapshots" / FIRST, quantization_config=quantization, dtype=torch.float32, device_map={"": "cpu"}
+    )
+    adapter = tmp_path / "adapter"
+    get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)).save_pretrained(adapter)
+    trained = ModelConfig(model_name_or_path="org/qbase", dtype="float32", use_peft=True, load_in_4bit=True)
+    resolved = {"name_or_path": "org/qbase", "revision": "main", "commit": FIRST}
+    write_effective_config(str(adapter), trained, revisions={"model": resolved, "tokenizer": resolved})
+
+    env = {**os.environ, "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    argv = ["evaluate", "--model", "org/qbase", "--adapter", str(adapter), "--limit", "2", "--output_dir",
+            str(tmp_path / "eval"), "--truthfulqa_file", str(shared_dir / "data/truthfulqa/data/v0/mc_task.json")]  # fmt: skip
+    done = subprocess.run([sys.executable, "-m", "spri_sft.cli", *argv], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads((tmp_path / "eval/results.json").read_text())
+    assert results["model_revision"] == FIRST and results["quantization"]["load_in_4bit"] is True

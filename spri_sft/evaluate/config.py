@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 
 @dataclass
@@ -74,6 +74,14 @@ class EvaluateConfig:
             "same BitsAndBytesConfig and dtype, its weights in the dtype saved (TRL trains them in bfloat16), unmerged "
             "(a dtype set here other than the training's is refused); none: the base unquantized in `dtype` (not the "
             "model the adapter was trained on). results.json records which."
+        },
+    )
+    base_quantization: dict[str, Any] = field(
+        default_factory=dict,
+        metadata={
+            "help": "Without an adapter: load the model quantized as a QLoRA training loads it, given as TRL "
+            "ModelConfig fields (load_in_4bit, bnb_4bit_quant_type, use_bnb_nested_quant, dtype), so a QLoRA run's "
+            "'before' score is of the 4-bit base its adapter is scored on (the pipeline sets it from the train recipe)."
         },
     )
     merge_adapter: bool = field(

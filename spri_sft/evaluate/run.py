@@ -183,12 +183,19 @@ def load_model(config: EvaluateConfig) -> tuple[Any, Any]:
     )
     load: dict[str, Any] = {"dtype": "auto" if config.dtype == "auto" else getattr(torch, config.dtype)}
     load["revision"] = revision
-    trained = trained_quantization(config.adapter) if config.adapter else None
+    if config.adapter:
+        trained = trained_quantization(config.adapter)
+    elif config.base_quantization.get("load_in_4bit") or config.base_quantization.get("load_in_8bit"):
+        fields = {k: v for k, v in config.base_quantization.items() if k in QUANTIZATION_FIELDS}
+        trained = TrainedQuantization(fields, "base_quantization")
+    else:
+        trained = None
     if trained is not None and config.quantization == "none":
         logger.info("scoring %s unquantized (quantization: none), trained on %s", config.adapter, trained.described)
     elif trained is not None:
-        load = trained.load_kwargs(config, device)
-        logger.info("scoring %s on the base it was trained on: %s", config.adapter, trained.described)
+        # The revision stays: the quantized base is the same commit the tokenizer was loaded at.
+        load = {**trained.load_kwargs(config, device), "revision": revision}
+        logger.info("scoring %s on the base it was trained on: %s", config.adapter or config.model, trained.described)
     quantized = "quantization_config" in load
     model = AutoModelForCausalLM.from_pretrained(model_path, trust_remote_code=config.trust_remote_code, **load)
     if config.adapter:
@@ -233,7 +240,7 @@ def training_config(adapter: str) -> tuple[Path, dict] | None:
 
 
 # The ModelConfig (TRL) fields that decide how a QLoRA base is loaded: trl.get_quantization_config reads them.
-_QUANTIZATION_FIELDS = ("load_in_4bit", "load_in_8bit", "bnb_4bit_quant_type", "use_bnb_nested_quant",
+QUANTIZATION_FIELDS = ("load_in_4bit", "load_in_8bit", "bnb_4bit_quant_type", "use_bnb_nested_quant",
                         "bnb_4bit_quant_storage", "dtype")  # fmt: skip
 
 
@@ -242,7 +249,7 @@ class TrainedQuantization:
     """How an adapter's base was quantized in training: TRL ModelConfig fields, from `source`."""
 
     fields: dict[str, Any]
-    source: Path
+    source: Path | str  # the effective_config.json it was read from, or "base_quantization"
 
     @property
     def described(self) -> str:
@@ -256,19 +263,20 @@ class TrainedQuantization:
         import torch
         from trl import ModelConfig, get_quantization_config
 
+        what = f"adapter {config.adapter} was trained on" if config.adapter else f"{config.model} is scored as"
         trained_dtype = self.fields.get("dtype") or "auto"
         if config.dtype != "auto" and config.dtype != trained_dtype:
             raise UserError(
-                f"adapter {config.adapter} was trained on {self.described}: dtype {config.dtype} would score another "
+                f"{what} {self.described}: dtype {config.dtype} would score another "
                 f"model; leave dtype auto (or set {trained_dtype}), or set quantization: none to score it unquantized"
             )
         if self.fields.get("load_in_8bit") and not device.startswith("cuda"):
-            raise UserError(f"adapter {config.adapter} was trained on {self.described}: 8-bit needs a CUDA device")
+            raise UserError(f"{what} {self.described}: 8-bit needs a CUDA device")
         try:
             import bitsandbytes  # noqa: F401
         except ImportError:
             raise UserError(
-                f"adapter {config.adapter} was trained on {self.described}: scoring it needs bitsandbytes "
+                f"{what} {self.described}: scoring it needs bitsandbytes "
                 "(pip install bitsandbytes), or set quantization: none to score it unquantized"
             ) from None
         quantization = get_quantization_config(ModelConfig(**self.fields))
@@ -288,7 +296,7 @@ def trained_quantization(adapter: str) -> TrainedQuantization | None:
         raise UserError(f"{path}: not training's effective_config.json (ModelConfig is not a mapping)")
     if not (model_config.get("load_in_4bit") or model_config.get("load_in_8bit")):
         return None
-    return TrainedQuantization({k: model_config[k] for k in _QUANTIZATION_FIELDS if k in model_config}, path)
+    return TrainedQuantization({k: model_config[k] for k in QUANTIZATION_FIELDS if k in model_config}, path)
 
 
 def as_saved(model: Any, adapter: str) -> None:

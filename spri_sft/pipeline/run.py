@@ -552,13 +552,19 @@ def _evaluate(
     config: PipelineConfig, truthfulqa: dict, directory: Path, plan: TrainPlan, trained: Stage | None, name: str, group: str
 ) -> Stage:
     from spri_sft.evaluate.config import EvaluateConfig
-    from spri_sft.evaluate.run import evaluate_truthfulqa
+    from spri_sft.evaluate.run import QUANTIZATION_FIELDS, evaluate_truthfulqa
 
     settings = config.evaluate
     model, adapter = _scored_model(plan, trained)
+    # A QLoRA recipe's adapters are scored on its 4-bit base (their effective_config.json says how); its student is
+    # scored on that same base, so that Δ is the training's, not the quantization's.
+    quantized = {k: plan.args[k] for k in QUANTIZATION_FIELDS if k in plan.args}
+    if not (settings.quantization == "auto" and (quantized.get("load_in_4bit") or quantized.get("load_in_8bit"))):
+        quantized = {}
     job = EvaluateConfig(
         model=model,
         adapter=adapter,
+        base_quantization=quantized if adapter is None else {},
         truthfulqa_file=truthfulqa["file"],
         limit=settings.limit,
         dtype=settings.dtype,
@@ -578,6 +584,8 @@ def _evaluate(
     scoring["truthfulqa_file"] = file_digest(job.truthfulqa_file)
     # Fields added later count only when set, so evaluations made before them (with these defaults) stay done.
     scoring |= {k: getattr(job, k) for k in ("add_bos_token", "quantization") if getattr(job, k) != "auto"}
+    if quantized:  # scored on the 4-bit base since these fields: QLoRA evaluations made before rescore
+        scoring["quantized_base"] = quantized
     upstream = trained.output_id if trained is not None else plan.student
     stage = Stage(f"eval/{directory.name}", directory, fingerprint({**scoring, "after": upstream}))
     if _skip(stage, resumable=False):

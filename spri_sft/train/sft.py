@@ -359,8 +359,9 @@ def load_model(model_path: str, model_args, training_args, tokenizer, revision: 
         quantization_config=quantization_config,
         attn_implementation=model_args.attn_implementation,
         trust_remote_code=training_args.trust_remote_code,
-        # A quantized model is placed at load: on this process's GPU, or on the CPU (bitsandbytes' NF4 runs there).
-        device_map=_quantized_device_map() if quantization_config is not None else None,
+        # A quantized model is placed at load, on the device this process trains on: its GPU, or the CPU (no GPU, or
+        # use_cpu; bitsandbytes' NF4 runs there).
+        device_map={"": str(training_args.device)} if quantization_config is not None else None,
     )
     # Generation stops at the end-of-turn token the template trains, and still at every token the model's own
     # generation config stops at (Llama-3.1-Instruct has three, Gemma-it two).
@@ -376,11 +377,6 @@ def stop_token_ids(model_stops: int | list[int] | None, trained_eos: int) -> int
         stops.append(trained_eos)
     return stops[0] if len(stops) == 1 else stops
 
-
-def _quantized_device_map() -> dict:
-    import torch
-
-    return {"": torch.cuda.current_device()} if torch.cuda.is_available() else {"": "cpu"}
 
 
 def load_sft_dataset(script_args: SFTScriptArguments):
