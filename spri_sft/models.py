@@ -9,8 +9,9 @@ embedded default lives in one place:
   converted once into an ordinary Hugging Face model directory under the cache;
 * any other name is returned unchanged for `from_pretrained` to fetch from the Hub.
 
-`cache_argument()` names a loaded model's KV cache argument in the installed transformers, for
-the two places that pass one in (in-process generation, TruthfulQA scoring).
+`cache_argument()` names a loaded model's KV cache argument in the installed transformers, and
+`attention_window(config)` how far its layers' caches reach, for the two places that pass a cache
+in (in-process generation, TruthfulQA scoring).
 """
 
 from __future__ import annotations
@@ -36,6 +37,31 @@ def cache_argument() -> str:
     from transformers.modeling_outputs import CausalLMOutputWithPast
 
     return "cache" if "cache" in getattr(CausalLMOutputWithPast, "__dataclass_fields__", {}) else "past_key_values"
+
+
+def attention_window(config) -> int | None:
+    """The longest input every layer of a model with this `config` attends to in full (None: no limit, every layer
+    is plain full attention; 0: some layer is no attention at all).
+
+    Read from the KV cache transformers builds for the config, so every model type is judged by the rule its own
+    cache follows: a full-attention layer (`DynamicLayer`) reads all keys; a sliding-window or chunked layer
+    (`DynamicSlidingWindowLayer`) reads the last `sliding_window` (the chunk size), i.e. all of an input no longer
+    than that; any other layer (linear attention, recurrent or convolution state) would read packed choices and pads.
+    """
+    from transformers import DynamicCache
+    from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
+
+    try:
+        layers = DynamicCache(config=config).layers
+    except Exception:  # noqa: BLE001  (a config transformers cannot lay a cache out for: trust nothing)
+        return 0
+    window = None
+    for layer in layers:
+        if type(layer) is DynamicSlidingWindowLayer:
+            window = layer.sliding_window if window is None else min(window, layer.sliding_window)
+        elif type(layer) is not DynamicLayer:
+            return 0
+    return window
 
 
 def cache_dir() -> Path:

@@ -55,7 +55,7 @@ from typing import Any, Callable
 import torch
 from transformers.cache_utils import DynamicCache
 
-from spri_sft.models import cache_argument
+from spri_sft.models import attention_window, cache_argument
 
 _CACHE = cache_argument()
 
@@ -99,7 +99,7 @@ class ChoiceScorer:
         prefix_id = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
         self._prefix_text = tokenizer.decode(prefix_id) if prefix_id is not None else None
         self.max_length = max_length or _model_max_length(model, tokenizer)
-        self.window = attention_window(model)
+        self.window = attention_window(model.config)
         self.scored_alone = 0  # questions scored one pass per choice (too long for max_length or the window)
         self._pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
         self._shared: tuple[list[int], list[tuple[torch.Tensor, torch.Tensor]]] | None = None  # ids, per-layer K/V
@@ -283,28 +283,6 @@ class ChoiceScorer:
         logprobs = torch.log_softmax(logits[len(inp) - len(cont) :], dim=-1)
         return float(logprobs.gather(-1, torch.tensor(cont, device=self.device)[:, None]).sum())
 
-
-def attention_window(model: Any) -> int | None:
-    """The longest input every layer of `model` attends to in full (None: no limit; 0: some layer is no attention).
-
-    Read from the KV cache transformers builds for the model's config, so every model type is judged by the rule its
-    own cache follows: a full-attention layer (`DynamicLayer`) reads all keys; a sliding-window or chunked layer
-    (`DynamicSlidingWindowLayer`) reads the last `sliding_window` (the chunk size), i.e. all of an input no longer
-    than that; any other layer (linear attention, recurrent or convolution state) would read packed choices and pads.
-    """
-    from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
-
-    try:
-        layers = DynamicCache(config=model.config).layers
-    except Exception:  # noqa: BLE001  (a config transformers cannot lay a cache out for: trust nothing)
-        return 0
-    window = None
-    for layer in layers:
-        if type(layer) is DynamicSlidingWindowLayer:
-            window = layer.sliding_window if window is None else min(window, layer.sliding_window)
-        elif type(layer) is not DynamicLayer:
-            return 0
-    return window
 
 
 def _accepts_logits_to_keep(model: Any) -> bool:

@@ -29,7 +29,7 @@ from dataclasses import dataclass, replace
 from spri_sft.errors import UserError
 from spri_sft.llm.base import Completion, EndpointConfig, render_raw
 from spri_sft.llm.critic_format import DIGITS, FEEDBACK_PREFIX, RESULT_MARKER, likeliest, softmax_distribution
-from spri_sft.models import cache_argument, resolve_model
+from spri_sft.models import attention_window, cache_argument, resolve_model
 
 logger = logging.getLogger(__name__)
 
@@ -215,15 +215,13 @@ class _LocalModel:
         """
         import torch
         from transformers import DynamicCache
-        from transformers.cache_utils import DynamicLayer
 
         device, pad_id = self.model.device, self.tokenizer.pad_token_id
         shared = _common_prefix(encoded)[: min(len(ids) for ids in encoded) - 1]  # every row keeps a token to run
         cache = None
         if len(encoded) > 1 and len(shared) >= SHARED_PREFIX_MIN and not self.config.trust_remote_code:
-            cache = DynamicCache(config=self.model.config)
-            if not all(type(layer) is DynamicLayer for layer in cache.layers):
-                cache = None
+            if attention_window(self.model.config) is None:  # every layer plain full attention
+                cache = DynamicCache(config=self.model.config)
         if cache is None:
             input_ids, attention_mask = _left_padded(encoded, pad_id, device)
             return {"input_ids": input_ids, "attention_mask": attention_mask}

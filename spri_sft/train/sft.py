@@ -15,8 +15,8 @@ flag) before TRL builds anything, and train on the CPU in float32 when there is 
 recipe does not choose (TRL's bf16 default needs one); derive gradient accumulation from
 `effective_batch_size` and the number of processes; resolve the model and the commit its
 `model_revision` points to (model and tokenizer load that commit; it is written in
-effective_config.json and the model card, for a rerun to pin); refuse QLoRA without CUDA before
-loading anything; load the dataset (a format output directory with or without its `hf/`; a missing
+effective_config.json and the model card, for a rerun to pin); refuse 8-bit without CUDA and QLoRA
+without bitsandbytes before loading anything; load the dataset (a format output directory with or without its `hf/`; a missing
 split is named with those that exist); give the tokenizer a training chat template whose
 assistant turns (end-of-turn token included) are marked for the loss, and check it on real rows;
 seed, then load the model (so `seed` fixes every initial weight, the LoRA adapter's included);
@@ -307,7 +307,7 @@ def revision_words(resolved: dict) -> str:
 
 
 def check_model_args(model_args) -> None:
-    """A model is named, and QLoRA is refused without CUDA before anything is loaded."""
+    """A model is named; 8-bit without CUDA, and QLoRA without bitsandbytes, are refused before anything is loaded."""
     import torch
 
     if model_args.model_name_or_path is None:
@@ -376,7 +376,6 @@ def stop_token_ids(model_stops: int | list[int] | None, trained_eos: int) -> int
     if trained_eos not in stops:
         stops.append(trained_eos)
     return stops[0] if len(stops) == 1 else stops
-
 
 
 def load_sft_dataset(script_args: SFTScriptArguments):
