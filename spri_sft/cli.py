@@ -26,13 +26,36 @@ Commands:
 
 Every command reads its settings from an optional YAML file (--config) and then from
 --dotted.name VALUE overrides of any field. `spri-sft COMMAND --help` lists every field.
+`spri-sft --version` (-V) prints the versions of spri-sft and of the libraries a run depends on.
 """
+
+# What a run's results depend on besides spri-sft itself, in the order a bug report would list them.
+REPRODUCING_PACKAGES = ("torch", "transformers", "trl", "peft", "datasets", "accelerate", "lm-eval", "vllm")
+
+
+def versions() -> str:
+    """`spri-sft --version`: the installed spri-sft, Python and the packages of REPRODUCING_PACKAGES, one a
+    line, read from the installed distributions' metadata (none is imported, so it is instant)."""
+    import platform
+    from importlib import metadata
+
+    def version(package: str) -> str:
+        try:
+            return metadata.version(package)
+        except metadata.PackageNotFoundError:
+            return "not installed"
+
+    lines = [f"spri-sft {version('spri-sft')}", f"python {platform.python_version()}"]
+    return "\n".join(lines + [f"{package} {version(package)}" for package in REPRODUCING_PACKAGES])
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE)
+        return 0
+    if argv[0] in ("-V", "--version"):
+        print(versions())
         return 0
     command, rest = argv[0], argv[1:]
     # Our own progress notes at INFO; libraries (httpx logs every request at INFO) only warn.

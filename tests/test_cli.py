@@ -55,3 +55,22 @@ def test_plan_options_are_told_from_recipe_overrides_whatever_their_order_and_nu
     own, others = _split_prefixed(["--modes", "spri", "direct", "--plan.sample", "3", "--loop.max_rounds=2"], "--plan.")
     assert own == ["--sample", "3"]
     assert others == ["--modes", "spri", "direct", "--loop.max_rounds=2"]
+
+
+@pytest.mark.parametrize("flag", ["--version", "-V"])
+def test_version_prints_spri_sft_and_the_libraries_a_run_depends_on_as_installed(flag):
+    from importlib import metadata
+
+    result = spri_sft(flag)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == f"spri-sft {metadata.version('spri-sft')}"
+    for package in ("torch", "transformers", "trl", "peft", "datasets"):
+        assert f"{package} {metadata.version(package)}" in lines
+    assert any(line.startswith("vllm ") for line in lines)  # its version, or "not installed" on a machine without it
+
+
+def test_version_imports_none_of_the_libraries_it_names():
+    code = "import sys; from spri_sft.cli import main; main(['--version']); print(sorted({'torch', 'transformers', 'trl'} & set(sys.modules)))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.stdout.splitlines()[-1] == "[]", result.stdout + result.stderr
