@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from spri_sft.config import RANGE_KEYS
+from spri_sft.evaluate.config import EvaluateConfig
 from spri_sft.format.config import FormatConfig
 from spri_sft.generate.config import GenerateConfig
 from spri_sft.generate.engine import Mode
@@ -59,6 +62,13 @@ class DPOStage:
     )
 
 
+def scoring_range(name: str) -> dict[str, Any]:
+    """The range `spri-sft evaluate` states for its field `name`: the pipeline's copy of the field refuses the same
+    values when the recipe is read, before generation (not when the evaluation starts)."""
+    metadata = next(f.metadata for f in dataclasses.fields(EvaluateConfig) if f.name == name)
+    return {key: metadata[key] for key in RANGE_KEYS if key in metadata}
+
+
 @dataclass
 class EvaluateStage:
     """TruthfulQA MC1/MC2 of the student model before fine-tuning and of each adapter after it; with
@@ -74,14 +84,20 @@ class EvaluateStage:
         },
     )
     dataset: str = field(default="truthfulqa/truthful_qa", metadata={"help": "Hub dataset id used without a file."})
-    limit: int | None = field(default=None, metadata={"help": "Score only the first N questions (all 817 by default)."})
+    limit: int | None = field(
+        default=None,
+        metadata={"help": "Score only the first N questions (all 817 by default).", **scoring_range("limit")},
+    )
     dtype: Literal["auto", "float32", "bfloat16", "float16", "float64"] = field(
         default="auto", metadata={"help": "Model dtype for scoring; auto = the checkpoint's."}
     )
     chat_template: bool = field(
         default=False, metadata={"help": "Wrap questions in the chat template (lm-eval's --apply_chat_template)."}
     )
-    batch_size: int = field(default=32, metadata={"help": "Choices scored per forward pass (lm-eval's batch_size too)."})
+    batch_size: int = field(
+        default=32,
+        metadata={"help": "Choices scored per forward pass (lm-eval's batch_size too).", **scoring_range("batch_size")},
+    )
     device: str = field(
         default="auto", metadata={"help": "cpu, cuda, cuda:1, ...; auto = cuda when available, else cpu."}
     )

@@ -38,7 +38,7 @@ from typing import Any
 import yaml
 
 from spri_sft import tracking
-from spri_sft.config import dump_yaml
+from spri_sft.config import check_ranges, dump_yaml
 from spri_sft.errors import UserError
 from spri_sft.evaluate.lm_eval_tasks import LmEvalJob, check_job, lm_eval_version, log_to_wandb, run_lm_eval_tasks
 from spri_sft.format.config import FormatConfig
@@ -150,6 +150,7 @@ def where_the_results_are(config: PipelineConfig, root: Path, trained_plans: dic
 
 
 def check_recipe(config: PipelineConfig) -> None:
+    check_ranges(config, "recipe")  # a config built in code; one read from YAML or flags was checked as it was read
     if not config.modes:
         raise UserError("modes: give at least one generation mode (e.g. [spri])")
     unknown = [m for m in config.modes if m not in MODES]
