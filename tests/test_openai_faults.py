@@ -416,3 +416,38 @@ def test_a_reply_that_is_not_json_is_a_malformed_reply_naming_the_server():
         base_url = f"{server.address}/v1"
         with pytest.raises(openai_http.MalformedReply, match=rf"{re.escape(base_url)} sent a body that is not JSON"):
             _chat_once(base_url)
+
+
+# -- h. a base URL without /v1 ---------------------------------------------------------------
+
+
+def test_a_base_url_without_v1_is_refused_before_any_prompt_naming_the_base_url_to_set(tmp_path):
+    prompts_file, _ = write_prompts(tmp_path, 3)
+    with FakeOpenAIServer() as server:
+        root = f"http://127.0.0.1:{server.port}"  # as one might copy it from `vllm serve`'s banner
+        config = make_config(tmp_path, prompts_file, endpoint([root]), endpoint([root]))
+        with pytest.raises(UserError) as raised:
+            generate(config)
+        completions = [r for r in server.received if r.path.endswith("completions")]
+    assert str(raised.value) == (
+        f"404 Not Found at {root}/models: OpenAI-compatible servers serve under /v1 — set base_url to {root}/v1"
+    )
+    assert completions == []
+
+
+def test_a_completion_404_at_a_base_url_without_v1_says_to_add_it():
+    with FakeOpenAIServer() as server:  # a server without /models reaches the first completion: the same hint there
+        root = f"http://127.0.0.1:{server.port}/"
+        with pytest.raises(openai_http.openai.NotFoundError) as raised:
+            _chat_once(root)
+    assert str(raised.value) == (
+        f"404 Not Found at {root.rstrip('/')}/chat/completions: OpenAI-compatible servers serve under /v1 — "
+        f"set base_url to {root.rstrip('/')}/v1"
+    )
+
+
+def test_a_404_at_a_base_url_ending_in_v1_keeps_the_servers_own_message():
+    with FakeOpenAIServer() as server:
+        with pytest.raises(openai_http.openai.NotFoundError) as raised:
+            _chat_once(f"http://127.0.0.1:{server.port}/api/v1")  # a wrong prefix, but /v1 is there
+    assert str(raised.value).startswith("Error code: 404") and "serve under /v1" not in str(raised.value)

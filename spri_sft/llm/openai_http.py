@@ -320,7 +320,9 @@ class _ServerPool:
                 raise UserError(f"cannot reach {replica.url} ({type(err).__name__}): is the server running?") from None
             except openai.AuthenticationError:
                 raise UserError(f"{replica.url} refused the API key (set ${self.config.api_key_env})") from None
-            except openai.APIStatusError:
+            except openai.APIStatusError as err:
+                if err.status_code == 404 and await _serves_under_v1(replica):
+                    raise UserError(_without_v1_message(replica.url, "/models")) from None
                 continue  # some servers do not implement /models; chat requests will tell
             served = [m.id for m in models.data]
             if served and model not in served:
@@ -416,7 +418,10 @@ class _ServerPool:
             headers = [(name, value) for name, value in headers if name.lower() != b"content-encoding"]
             request = sdk_http.Request("POST", url)
             error_reply = sdk_http.Response(status, headers=headers, content=content, request=request)
-            raise replica.client._make_status_error_from_response(error_reply)
+            error = replica.client._make_status_error_from_response(error_reply)
+            if status == 404 and not _under_v1(replica.url):
+                error = type(error)(_without_v1_message(replica.url, path), response=error.response, body=error.body)
+            raise error
         try:  # whatever its content-type says: some proxies label JSON text/plain
             return json.loads(content)
         except ValueError as err:  # not JSON, or not UTF-8
@@ -471,6 +476,31 @@ def _env_proxy(url: str) -> tuple[yarl.URL | None, aiohttp.BasicAuth | None]:
             "HTTP client cannot use (only http:// proxies): set an http:// proxy or add the host to NO_PROXY"
         )
     return None, None
+
+
+def _under_v1(url: str) -> bool:
+    """Whether a base URL ends in /v1, where OpenAI-compatible servers (vLLM, TGI, llama.cpp, Ollama) serve."""
+    return yarl.URL(url).path.rstrip("/").endswith("/v1")
+
+
+def _without_v1_message(url: str, path: str) -> str:
+    """What a 404 at a base URL without /v1 says: the likeliest cause (`http://host:8000` for vLLM's
+    `http://host:8000/v1`), and the base_url to set."""
+    return (
+        f"404 Not Found at {url.rstrip('/')}{path}: OpenAI-compatible servers serve under /v1 — "
+        f"set base_url to {url.rstrip('/')}/v1"
+    )
+
+
+async def _serves_under_v1(replica: _Replica) -> bool:
+    """Whether a replica whose base URL lacks /v1 (and 404s there) lists models at base URL + /v1."""
+    if _under_v1(replica.url):
+        return False
+    try:
+        await replica.client.with_options(base_url=replica.url.rstrip("/") + "/v1").models.list(timeout=15.0)
+    except openai.OpenAIError:
+        return False
+    return True
 
 
 def _logprobs_fields(route: _Route) -> dict:
