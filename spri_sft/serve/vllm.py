@@ -19,8 +19,8 @@ What it guarantees:
   all and raises `UserError`, one line quoting the end of its log.
 * **Logs in the output directory.** Each process writes ``<log_dir>/vllm-<name>-<replica>.log``,
   appended to, under a header with its command line.
-* **Never an orphan.** Every server runs under a small guard (`_guard.py`) that leads its own
-  process group, so stopping a server stops every worker vLLM spawned. Servers stop on context
+* **Never an orphan.** Every server runs under a small guard (`spri_sft.processes.spawn_bound`)
+  that leads its own process group, so stopping a server stops every worker vLLM spawned. Servers stop on context
   exit, on any exception or Ctrl-C inside it, at interpreter exit (`atexit`), on SIGTERM and SIGHUP
   to this process (handlers installed while servers run, when started from the main thread; they
   stop the servers, then hand the signal to the handler that was there before, or die of it), and
@@ -65,13 +65,13 @@ from types import FrameType, TracebackType
 from typing import IO
 
 from spri_sft.errors import UserError
+from spri_sft.processes import signal_group, spawn_bound
 
 logger = logging.getLogger(__name__)
 
 VLLM_ENTRYPOINT = ["-m", "vllm.entrypoints.openai.api_server"]
 VLLM_VENV = ".venv-vllm"
 SETUP_HINT = "build it with `bash scripts/setup.sh --vllm`, or set the server's python or command"
-GUARD_SCRIPT = Path(__file__).with_name("_guard.py")
 # Environment variable vLLM reads its API key from; equivalent to --api-key.
 VLLM_API_KEY_VAR = "VLLM_API_KEY"
 WILDCARD_HOSTS = ("", "0.0.0.0", "::")
@@ -354,7 +354,7 @@ class ManagedServers:
         with self._lock:
             processes, self._processes = self._processes, []
             for process in processes:
-                _signal_group(process.popen.pid, signal.SIGTERM)
+                signal_group(process.popen.pid, signal.SIGTERM)
             deadline = time.monotonic() + self.stop_timeout
             for process in processes:
                 try:
@@ -362,7 +362,7 @@ class ManagedServers:
                 except subprocess.TimeoutExpired:
                     pass
                 # The guard is gone (or late): whatever is left of its group goes now.
-                _signal_group(process.popen.pid, signal.SIGKILL)
+                signal_group(process.popen.pid, signal.SIGKILL)
                 process.popen.wait()
                 process.parent_pipe.close()
             if processes:
@@ -404,14 +404,8 @@ class ManagedServers:
                 header = f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} spri-sft starts: {shlex.join(command)}\n"
                 log.write(header.encode())
                 log.flush()
-                guard = [sys.executable, str(GUARD_SCRIPT), str(os.getpid()), str(self.stop_timeout), "--", *command]
-                popen = subprocess.Popen(
-                    guard,
-                    stdin=subprocess.PIPE,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    env=_server_env(server, devices),
-                    start_new_session=True,  # its own process group, out of reach of the terminal's Ctrl-C
+                popen = spawn_bound(
+                    command, self.stop_timeout, stdout=log, stderr=subprocess.STDOUT, env=_server_env(server, devices)
                 )
             assert popen.stdin is not None
             process = _Process(
@@ -521,9 +515,3 @@ def _healthy(url: str) -> bool:
     except (urllib.error.URLError, OSError, ValueError):
         return False
 
-
-def _signal_group(pgid: int, signum: int) -> None:
-    try:
-        os.killpg(pgid, signum)
-    except (ProcessLookupError, PermissionError):
-        pass  # the group is gone already

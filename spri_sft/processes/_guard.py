@@ -1,16 +1,18 @@
-"""Run one server command and take its whole process group down when the parent goes away.
+"""Run one child command and take its whole process group down when the parent goes away.
 
-`ManagedServers` starts every server as ``python _guard.py PARENT_PID GRACE_S -- COMMAND...`` in a
-new session, so this guard leads a process group that the server and every worker it spawns join.
-The parent stops a server by signalling that group. This guard covers the case the parent cannot:
+`spri_sft.processes.spawn_bound` starts a child (a managed vLLM server, the pipeline's training
+job) as ``python _guard.py PARENT_PID GRACE_S -- COMMAND...`` in a new session, so this guard leads
+a process group that the child and every worker it spawns join. The parent stops the child by
+signalling that group. This guard covers the case the parent cannot:
 the parent dying without cleaning up (SIGKILL, a crash). It notices in two independent ways:
 
 * Linux `PR_SET_PDEATHSIG`: the kernel sends this process SIGTERM when its parent dies;
 * its stdin is a pipe whose only writer is the parent, so reading it returns EOF once the parent is
   gone, whatever the platform.
 
-Either way it sends SIGTERM to its group, gives the server GRACE_S seconds to exit, then SIGKILLs
-the group (itself included), so no vLLM worker outlives spri-sft.
+Either way it sends SIGTERM to its group, gives the child GRACE_S seconds to exit (a trainer to
+finish the checkpoint it is writing), then SIGKILLs the group (itself included), so nothing it
+started outlives spri-sft.
 
 It is run as a script, by path, with only the standard library: starting it costs no import of
 spri-sft or its dependencies, and any Python 3 runs it.
@@ -73,9 +75,9 @@ def main(argv: list[str]) -> int:
         os.killpg(0, signal.SIGTERM)
         if child is not None:
             _wait_for_exit(child.pid, grace)
-        os.killpg(0, signal.SIGKILL)  # workers the server left behind, and this guard
+        os.killpg(0, signal.SIGKILL)  # workers the child left behind, and this guard
 
-    # Handlers before the server starts: a stop that comes early still takes the group down.
+    # Handlers before the child starts: a stop that comes early still takes the group down.
     for stop_signal in STOP_SIGNALS:
         signal.signal(stop_signal, shutdown)
     _die_with_parent(parent_pid)
@@ -83,7 +85,7 @@ def main(argv: list[str]) -> int:
 
     child = subprocess.Popen(command, stdin=subprocess.DEVNULL)
     returncode = child.wait()
-    # The server ended by itself (a crash, a bad flag): its exit code is what the parent reports.
+    # The child ended by itself (a crash, a bad flag): its exit code is what the parent reports.
     # Its workers get SIGTERM here; the parent SIGKILLs whatever of the group is left when it cleans up.
     for stop_signal in STOP_SIGNALS:
         signal.signal(stop_signal, signal.SIG_IGN)
@@ -93,5 +95,5 @@ def main(argv: list[str]) -> int:
 
 if __name__ == "__main__":
     # os._exit, not sys.exit: the stdin reader is still blocked in read(), and a normal interpreter
-    # shutdown aborts on the lock that thread holds (exit code -6 instead of the server's).
+    # shutdown aborts on the lock that thread holds (exit code -6 instead of the child's).
     os._exit(main(sys.argv[1:]))
