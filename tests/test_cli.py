@@ -71,6 +71,9 @@ def test_version_prints_spri_sft_and_the_libraries_a_run_depends_on_as_installed
 
 
 def test_version_imports_none_of_the_libraries_it_names():
-    code = "import sys; from spri_sft.cli import main; main(['--version']); print(sorted({'torch', 'transformers', 'trl'} & set(sys.modules)))"
+    code = (
+        "import sys; from spri_sft.cli import main; main(['--version']); "
+        "print(sorted({'torch', 'transformers', 'trl'} & set(sys.modules)))"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.stdout.splitlines()[-1] == "[]", result.stdout + result.stderr

@@ -88,8 +88,8 @@ def test_a_mode_scoring_exactly_as_the_base_model_has_the_interval_zero_to_zero(
     interval = report["modes"]["spri"]["truthfulqa"]["mc1_interval"]
     assert (interval["delta"], interval["low"], interval["high"], interval["excludes_zero"]) == (0.0, 0.0, 0.0, False)
     text = write_report(report, tmp_path)
-    assert table_row(text, "spri − base")[1:4] == ["+0.0000", "[+0.0000, +0.0000]", "no"]
-    assert table_row(text, "SFT on spri")[13] == "+0.0000 [+0.0000, +0.0000]"
+    assert table_row(text, "spri − base")[1:4] == ["+0.0000", "[+0.0000, +0.0000]", "negligible"]
+    assert table_row(text, "SFT on spri")[13] == "+0.0000 [+0.0000, +0.0000] negligible"
 
 
 def test_a_mode_better_on_every_question_has_an_interval_that_excludes_zero(tmp_path):
@@ -108,6 +108,30 @@ def test_every_pair_of_modes_is_compared_over_the_same_questions(tmp_path):
     spri_to_direct = report["comparisons"][0]["mc1_interval"]
     assert spri_to_direct["delta"] == 0.5 and spri_to_direct["excludes_zero"]
     assert table_row(write_report(report, tmp_path), "direct − spri")[1] == "+0.5000"
+
+
+@pytest.mark.parametrize(
+    "after_mc2, verdict, negligible",
+    [(0.500006, "negligible", True), (0.506, "yes", False)],
+    ids=["2-step-adapter-6e-06", "0.6-points"],
+)
+def test_a_delta_below_half_a_point_is_negligible_whatever_its_interval(tmp_path, after_mc2, verdict, negligible):
+    report = report_of(tmp_path, {"spri": (BASE_MC1, [after_mc2] * 40)})  # every question moves alike: excludes 0
+    scores = report["modes"]["spri"]["truthfulqa"]
+    assert scores["mc2_interval"]["excludes_zero"] and scores["mc2_negligible"] is negligible
+    assert report["negligible_delta"] == 0.005
+    text = write_report(report, tmp_path)
+    assert table_row(text, "spri − base")[6] == verdict
+    assert table_row(text, "SFT on spri")[15].endswith(" negligible") is negligible
+    assert "“negligible” where |Δ| < 0.005 (0.5 points) whatever the interval" in text
+
+
+def test_a_negligible_difference_between_two_modes_is_marked_too(tmp_path):
+    modes = {"spri": (BASE_MC1, [0.6] * 40), "direct": (BASE_MC1, [0.6001] * 40)}
+    report = report_of(tmp_path, modes)
+    (comparison,) = report["comparisons"]
+    assert comparison["mc2_interval"]["excludes_zero"] and comparison["mc2_negligible"]
+    assert table_row(write_report(report, tmp_path), "direct − spri")[4:7] == ["+0.0001", "[+0.0001, +0.0001]", "negligible"]
 
 
 def test_evaluations_of_other_questions_get_no_interval(tmp_path):

@@ -7,6 +7,7 @@ trainer_state.json (losses, steps), checkpoints/<mode>/lengths.json (rows over m
 training counted them, when it wrote one), eval/*/results.json (TruthfulQA, and the BOS convention
 it was scored with when it names one) with eval/*/per_question.jsonl (the paired bootstrap
 intervals of every Δ),
+(a Δ smaller than NEGLIGIBLE_DELTA, half a point, is marked "negligible" whatever its interval),
 eval/*/lm_eval/results.json (lm-evaluation-harness tasks, lm-eval's numbers), and each
 stage.json (wall time). With `dpo.enabled`, each mode's DPO model is a row of its own ("SFT+DPO on
 <mode>", report.json's `dpo`, keyed <mode>+dpo): the preference pairs dataset/<mode>/summary.json
@@ -47,6 +48,10 @@ PAPER_ROWS = {
 }
 # Model calls per SPRI record in the paper (App. B, Table 7): base and critic calls together (≈ 2.5 + 2.5).
 PAPER_SPRI_CALLS_PER_RECORD = 5.0
+# The smallest TruthfulQA Δ (MC1 or MC2, as a fraction) worth a reader's attention: half a point. A smaller Δ
+# is "negligible" in report.md and report.json whatever its interval: a 2-step adapter moves MC2 by 1e-5, and
+# over 817 questions such a shift can exclude 0 without being a difference anyone would act on.
+NEGLIGIBLE_DELTA = 0.005
 
 
 def generation_row(summary: dict) -> dict[str, Any]:
@@ -157,6 +162,7 @@ def build_report(
             "skipped": truthfulqa is None,
             "bos": _bos_conventions(root, ["base", *config.modes, *dpo]) if evaluated else {},
         },
+        "negligible_delta": NEGLIGIBLE_DELTA,
         "base": _scores(base_eval, None, None, None),
         "modes": modes,
         "dpo": dpo,
@@ -267,9 +273,9 @@ def render_markdown(report: dict[str, Any]) -> str:
                     _num(train["train_loss"]),
                     _num(train["eval_loss"]),
                     _num(scores["mc1"]),
-                    _delta_cell(scores["mc1_delta"], scores.get("mc1_interval")),
+                    _delta_cell(scores, "mc1"),
                     _num(scores["mc2"]),
-                    _delta_cell(scores["mc2_delta"], scores.get("mc2_interval")),
+                    _delta_cell(scores, "mc2"),
                 ]
             )
             + " |"
@@ -297,7 +303,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         "dropped, or kept and cut at max_length, "
         "where a row that lost its end-of-turn token (lost EOS) teaches the model not to stop (dropping is this "
         "project's choice, not the paper's). Δ: after minus before, "
-        "[its paired bootstrap 95% interval over questions]. "
+        "[its paired bootstrap 95% interval over questions]; “negligible”: "
+        f"|Δ| < {NEGLIGIBLE_DELTA} ({100 * NEGLIGIBLE_DELTA:g} points), too small to matter whatever its interval. "
         "Records with status max_rounds reached the round limit without passing the critic's threshold.",
         "",
     ]
@@ -312,8 +319,8 @@ def _dpo_markdown_row(model: str, row: dict[str, Any]) -> str:
     cells = [model_label(model), *[MISSING] * 6, pairs, over_max_length_cell(row.get("lengths") or {})]
     cells += [_num(train["steps"]), _num(train["train_loss"]), _num(train["eval_loss"])]
     cells += [
-        _num(scores["mc1"]), _delta_cell(scores["mc1_delta"], scores.get("mc1_interval")),
-        _num(scores["mc2"]), _delta_cell(scores["mc2_delta"], scores.get("mc2_interval")),
+        _num(scores["mc1"]), _delta_cell(scores, "mc1"),
+        _num(scores["mc2"]), _delta_cell(scores, "mc2"),
     ]  # fmt: skip
     return "| " + " | ".join(cells) + " |"
 
@@ -366,7 +373,8 @@ def _differences_section(report: dict[str, Any]) -> list[str]:
     how = (
         f"Paired bootstrap over the {known[0]['questions']} questions both rows scored ({known[0]['resamples']:,} "
         f"resamples of the questions, seeded): Δ and its {known[0]['level']:.0%} percentile interval; "
-        "“yes” where the interval excludes 0."
+        f"“yes” where the interval excludes 0, “negligible” where |Δ| < {NEGLIGIBLE_DELTA} "
+        f"({100 * NEGLIGIBLE_DELTA:g} points) whatever the interval (report.json: <metric>_negligible)."
         if known
         else ""
     )
@@ -391,7 +399,7 @@ def _differences_section(report: dict[str, Any]) -> list[str]:
                 cells += [
                     _signed(interval["delta"]),
                     _bounds(interval),
-                    "yes" if interval["excludes_zero"] else "no",
+                    "negligible" if scores[f"{metric}_negligible"] else "yes" if interval["excludes_zero"] else "no",
                 ]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
@@ -541,7 +549,9 @@ def log_report_to_wandb(report: dict[str, Any], root: Path, project: str, group:
 COMPARISON_COLUMNS = [
     "model", "records", "accepted_rate", "principles_unscored_rate", "response_unscored_rate", "train_loss", "eval_loss",
     "mc1", "mc1_stderr", "mc1_delta", "mc1_delta_low", "mc1_delta_high", "mc1_delta_excludes_zero",
+    "mc1_delta_negligible",
     "mc2", "mc2_stderr", "mc2_delta", "mc2_delta_low", "mc2_delta_high", "mc2_delta_excludes_zero",
+    "mc2_delta_negligible",
 ]  # fmt: skip
 
 
@@ -555,6 +565,7 @@ def comparison_rows(report: dict[str, Any]) -> list[list[Any]]:
             cells += [
                 scores[metric], scores.get(f"{metric}_stderr"), scores.get(f"{metric}_delta"),
                 interval.get("low"), interval.get("high"), interval.get("excludes_zero"),
+                scores.get(f"{metric}_negligible"),
             ]  # fmt: skip
         return cells
 
@@ -642,10 +653,16 @@ def _scores(
         scores[metric] = value
         scores[f"{metric}_stderr"] = results.get(f"{metric}_stderr") if results else None
         scores[f"{metric}_delta"] = value - before[metric] if value is not None and before else None
+        scores[f"{metric}_negligible"] = negligible(scores[f"{metric}_delta"])
     if before is not None:
         for metric, interval in _intervals(before_questions, questions).items():
             scores[f"{metric}_interval"] = interval
     return scores
+
+
+def negligible(delta: float | None) -> bool | None:
+    """Whether a Δ is below NEGLIGIBLE_DELTA in size (None when there is no Δ)."""
+    return None if delta is None else abs(delta) < NEGLIGIBLE_DELTA
 
 
 def _intervals(before: dict | None, after: dict | None) -> dict[str, dict | None]:
@@ -664,6 +681,7 @@ def _comparison(first: str, second: str, per_question: dict[str, dict | None]) -
     comparison: dict[str, Any] = {"first": first, "second": second}
     for metric, interval in intervals.items():
         comparison[f"{metric}_delta"] = interval["delta"] if interval else None
+        comparison[f"{metric}_negligible"] = negligible(comparison[f"{metric}_delta"])
         comparison[f"{metric}_interval"] = interval
     return comparison
 
@@ -750,10 +768,11 @@ def _num(value: Any, digits: int = 4) -> str:
     return f"{value:,}" if isinstance(value, int) else str(value)
 
 
-def _delta_cell(delta: float | None, interval: dict | None) -> str:
-    if delta is None or interval is None:
-        return _signed(delta)
-    return f"{_signed(delta)} {_bounds(interval)}"
+def _delta_cell(scores: dict[str, Any], metric: str) -> str:
+    """Δ, its [interval] when paired, and "negligible" when it is (NEGLIGIBLE_DELTA)."""
+    delta, interval = scores[f"{metric}_delta"], scores.get(f"{metric}_interval")
+    cell = _signed(delta) if delta is None or interval is None else f"{_signed(delta)} {_bounds(interval)}"
+    return f"{cell} negligible" if scores.get(f"{metric}_negligible") else cell
 
 
 def _bounds(interval: dict) -> str:
