@@ -69,3 +69,41 @@ def test_a_config_built_in_code_is_range_checked_before_generation(tmp_path):
     with pytest.raises(UserError, match=r"field 'evaluate.batch_size': must be >= 1, got 0"):
         run_pipeline(config)
     assert records_written(tmp_path) == []
+
+
+# -- the training recipe, through TRL's and transformers' own checks ----------------------------
+
+
+def test_a_training_recipe_transformers_refuses_stops_the_run_before_generation_in_one_line(tmp_path, capsys):
+    recipe_file = tmp_path / "lora.yaml"
+    recipe_file.write_text(
+        yaml.safe_dump(
+            {"model_name_or_path": "tiny-student", "use_peft": True, "load_best_model_at_end": True,
+             "eval_strategy": "steps", "eval_steps": 10, "save_steps": 15}  # fmt: skip
+        )
+    )
+    recipe = write_recipe(tmp_path, train={"recipe": str(recipe_file)})
+
+    assert main(["run", str(recipe)]) == 2
+
+    error = capsys.readouterr().err.strip()
+    assert error.startswith(f"spri-sft: error: train ({recipe_file}): --load_best_model_at_end requires")
+    assert "15, which is not a round multiple of 10" in error and "\n" not in error
+    assert records_written(tmp_path) == []
+
+
+def test_a_dpo_recipe_is_checked_as_the_dpo_child_parses_it(tmp_path):
+    recipe = write_recipe(tmp_path, dpo={"enabled": True, "args": {"logging_strategy": "steps", "logging_steps": 0}})
+    with pytest.raises(UserError, match=r"^dpo \(dpo.args\): logging strategy .* requires non-zero --logging_steps$"):
+        run_pipeline(load_config(PipelineConfig, ["--config", str(recipe)]))
+    assert records_written(tmp_path) == []
+
+
+def test_checking_the_recipes_leaves_this_process_without_accelerate_device_state(tmp_path):
+    from accelerate.state import PartialState
+
+    from spri_sft.pipeline.recipe_check import check_training_recipes
+
+    assert PartialState._shared_state == {}
+    check_training_recipes([("train", {"model_name_or_path": "x", "output_dir": str(tmp_path), "max_steps": 2}, "train")])
+    assert PartialState._shared_state == {}

@@ -30,7 +30,6 @@ import gc
 import json
 import logging
 import os
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -46,7 +45,9 @@ from spri_sft.generate.config import GenerateConfig
 from spri_sft.generate.engine import MODES
 from spri_sft.generate.servers import ServedModels
 from spri_sft.pipeline.config import PipelineConfig
+from spri_sft.pipeline.recipe_check import check_training_recipes
 from spri_sft.pipeline.stages import Stage, file_digest, fingerprint, folder_digest
+from spri_sft.processes import run_bound, writes_output_dir
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +59,7 @@ SET_BY_PIPELINE = {
 }
 
 
+@writes_output_dir  # one run per output_dir; each stage also holds its own directory while it writes there
 def run_pipeline(config: PipelineConfig) -> dict[str, Any]:
     """Run every stage not yet done and return the report (also written to report.md / report.json)."""
     root = Path(config.output_dir)
@@ -68,6 +70,11 @@ def run_pipeline(config: PipelineConfig) -> dict[str, Any]:
     dpo_plans = {}
     if config.dpo.enabled:
         dpo_plans = {mode: dpo_plan(config, plan, root, name, group) for mode, plan in train_plans.items()}
+    # TRL's and transformers' own checks of the recipes' values, in a child process (see recipe_check)
+    origins = {"train": _recipe_origin("train", config.train.recipe, config.train.args)}
+    origins["dpo"] = _recipe_origin("dpo", config.dpo.recipe, config.dpo.args)
+    plans = [*train_plans.values(), *dpo_plans.values()]
+    check_training_recipes([(plan.job, plan.args, origins[plan.job]) for plan in plans])
     if config.evaluate.enabled and config.evaluate.lm_eval_tasks:  # no lm-eval, or a task-name typo: fail now
         check_job(lm_eval_job(config, train_plans[config.modes[0]], None))
     truthfulqa = _truthfulqa_source(config, root) if config.evaluate.enabled else None
@@ -386,6 +393,11 @@ def dpo_plan(config: PipelineConfig, sft: TrainPlan, root: Path, name: str, grou
     return TrainPlan(mode, output_dir, {**args, "env": env} if env else args, config.train.accelerate_config, job="dpo")
 
 
+def _recipe_origin(job: str, recipe: str | None, overrides: dict[str, Any]) -> str:
+    """Where a training section's settings come from, as an error names them: `train (lora.yaml + train.args)`."""
+    return f"{job} ({' + '.join(([recipe] if recipe else []) + ([f'{job}.args'] if overrides or not recipe else []))})"
+
+
 def _recipe_args(job: str, recipe: str | None, overrides: dict[str, Any]) -> dict[str, Any]:
     """A training section's recipe file (`job`.recipe) with its `args` on top."""
     args: dict[str, Any] = {}
@@ -448,6 +460,9 @@ def _check_field_names(job: str, args: dict[str, Any], recipe: str | None, class
         raise UserError(f"{job} ({recipe or f'{job}.args'}): unknown `spri-sft {job}` field(s) {', '.join(unknown)}")
 
 
+TRAINING_STOP_GRACE_S = 60.0  # how long a stopped trainer may take to finish writing a checkpoint
+
+
 def _train(plan: TrainPlan, after: Any) -> Stage:
     """Run the training child of `plan` unless done; `after` names the outputs it trains from (fingerprinted)."""
     # Paths are left out: what they hold is named by `after` (and the output_dir is the stage's own).
@@ -468,7 +483,9 @@ def _train(plan: TrainPlan, after: Any) -> Stage:
             "--module", "spri_sft.cli", plan.job, "--config", str(recipe),
         ]  # fmt: skip
     print(f"[spri-sft] checkpoints/{plan.mode}: {' '.join(command[1:])}", flush=True)
-    returncode = subprocess.call(command)
+    # Bound to this process: a SIGKILLed pipeline leaves no trainer writing checkpoints behind it, and Ctrl-C or
+    # SIGTERM of the pipeline stops the trainer, with time to finish the checkpoint it is saving.
+    returncode = run_bound(command, grace=TRAINING_STOP_GRACE_S)
     if returncode != 0:
         raise UserError(
             f"training of {plan.mode} failed (exit status {returncode}; its output is above). Rerun the same "
@@ -502,51 +519,38 @@ def _dpo(plan: TrainPlan, dataset: Stage, sft: Stage) -> Stage | None:
 
 
 def _truthfulqa_source(config: PipelineConfig, root: Path) -> dict | None:
-    """The questions' file: the given one, else a snapshot of the Hub dataset, else (no Hub) the packaged copy.
+    """The questions' file by `spri_sft.truthfulqa_data`'s rule: the given one, else a snapshot of the Hub dataset
+    (eval/truthfulqa.jsonl), else (no Hub) the packaged copy (eval/truthfulqa-packaged-v0-mc_task.json).
 
-    One file serves the guard against TruthfulQA prompts in the SFT data and every evaluation, so
-    both use the same questions; the snapshot is taken once per run directory.
+    One file serves the guard against TruthfulQA prompts in the SFT data and every evaluation, so both use the same
+    questions; a run keeps the ones it started with (its snapshot, or the packaged copy once used: a rerun with the
+    Hub back must not change the questions its stages were made with).
     """
-    settings = config.evaluate
-    if settings.truthfulqa_file:
-        if not Path(settings.truthfulqa_file).is_file():
-            raise UserError(f"evaluate.truthfulqa_file {settings.truthfulqa_file}: file not found")
-        return {"file": settings.truthfulqa_file, "source": settings.truthfulqa_file}
-    source = f"{settings.dataset} (multiple_choice, validation)"
-    snapshot = root / "eval" / "truthfulqa.jsonl"
-    if snapshot.is_file():
-        return {"file": str(snapshot), "source": source}
-    from spri_sft.evaluate import packaged_truthfulqa as packaged
+    from spri_sft import truthfulqa_data
 
-    # The packaged copy once used here stays this run's copy (a rerun online must not change the questions).
-    reused = (root / "eval" / packaged.FILE_NAME).is_file()
-    if reused or not _hub_reachable():
-        why = "as before in this run" if reused else "no evaluate.truthfulqa_file and the Hugging Face Hub is unreachable"
-        print(f"[spri-sft] TruthfulQA: {why}: using {packaged.SOURCE}", flush=True)
-        return {"file": str(packaged.write_packaged_copy(root / "eval")), "source": packaged.SOURCE}
-    print(f"[spri-sft] TruthfulQA: {source} from the Hugging Face Hub", flush=True)
+    settings = config.evaluate
+    hub = f"{settings.dataset} ({truthfulqa_data.HUB_CONFIG}, validation)"
+    snapshot = root / "eval" / "truthfulqa.jsonl"
+    packaged = root / "eval" / truthfulqa_data.FILE_NAME
+    if not settings.truthfulqa_file and snapshot.is_file():
+        return {"file": str(snapshot), "source": hub}
+    if not settings.truthfulqa_file and packaged.is_file():
+        print(f"[spri-sft] TruthfulQA: {truthfulqa_data.SOURCE} (as before in this run)", flush=True)
+        return {"file": str(packaged), "source": truthfulqa_data.SOURCE}
+    source = truthfulqa_data.choose_source(
+        settings.truthfulqa_file, settings.dataset, "validation", directory=root / "eval", setting="evaluate.truthfulqa_file"
+    )
+    if source.file is not None:
+        return {"file": source.file, "source": source.described}
     from spri_sft.evaluate.truthfulqa import load_questions, to_hub_rows
 
-    questions, _ = load_questions(None, settings.dataset, "validation")
+    questions, _ = load_questions(None, source.dataset, source.split)
     snapshot.parent.mkdir(parents=True, exist_ok=True)
     partial = snapshot.with_suffix(".tmp")
     with partial.open("w", encoding="utf-8") as handle:
         handle.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in to_hub_rows(questions))
     os.replace(partial, snapshot)  # a kill mid-write never leaves a short question file to reuse
-    return {"file": str(snapshot), "source": source}
-
-
-def _hub_reachable() -> bool:
-    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
-        return False
-    import httpx
-    from huggingface_hub import constants
-
-    try:
-        httpx.head(constants.ENDPOINT, timeout=5.0)  # honours HTTPS_PROXY like the Hub client does
-    except httpx.HTTPError:
-        return False
-    return True
+    return {"file": str(snapshot), "source": source.described}
 
 
 def _evaluate(
