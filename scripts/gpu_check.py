@@ -186,7 +186,7 @@ def unmet_requirements(site: Path) -> list[str]:
 
 def prepare(work: Path) -> tuple[Path, Path]:
     """A tiny SFT dataset and the packaged TruthfulQA file, written once into `work`."""
-    from spri_sft.evaluate.packaged_truthfulqa import write_packaged_copy
+    from spri_sft.truthfulqa_data import write_packaged_copy
     from spri_sft.testing.tiny_model import build_sft_dataset
 
     dataset_dir = work / "sft-data" / "hf"

@@ -17,7 +17,7 @@ import pytest
 
 from spri_sft.errors import UserError
 from spri_sft.evaluate import EvaluateConfig, evaluate_truthfulqa
-from spri_sft.evaluate.packaged_truthfulqa import write_packaged_copy
+from spri_sft.truthfulqa_data import write_packaged_copy
 from spri_sft.evaluate.scoring import ChoiceScorer
 from spri_sft.evaluate.truthfulqa import build_context, load_questions
 from spri_sft.testing.families import FAMILIES

@@ -457,7 +457,7 @@ def test_dataset_card_states_method_models_counts_scores_and_filters(tmp_path, t
 
 
 def test_dataset_card_warns_when_truthfulqa_was_not_checked(tmp_path):
-    _, out = build(tmp_path, FILLER)
+    _, out = build(tmp_path, FILLER, truthfulqa_file="none")
     assert "not checked against TruthfulQA" in (out / "README.md").read_text()
 
 

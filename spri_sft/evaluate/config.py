@@ -19,8 +19,10 @@ class EvaluateConfig:
       loaded on top of `model`; `merge_adapter` merges it into the loaded weights first), `tokenizer`, `dtype`,
       `device`, `trust_remote_code`, `quantization` (auto: a QLoRA adapter is scored on the 4-bit/8-bit base
       it was trained on, as its effective_config.json records it);
-    - data: `truthfulqa_file` (v0 `mc_task.json`, or the Hub layout as parquet/JSON), else `dataset`
-      (a Hub id, with `dataset_split`); `limit` takes the first questions, as lm-eval's `--limit`;
+    - data: `truthfulqa_file` (v0 `mc_task.json`, the packaged `mc_task.json.gz`, or the Hub layout as
+      .json/.jsonl/.parquet), else `dataset` from the Hub (with `dataset_split`), else, offline, the packaged
+      copy of upstream's mc_task.json (`spri_sft.truthfulqa_data`; one line says which); `limit` takes the
+      first questions, as lm-eval's `--limit`;
     - prompt: `chat_template` (the question wrapped in the tokenizer's chat template, as lm-eval's
       `--apply_chat_template`); the mode is recorded in results.json, so scores of the two modes are
       never mixed; `add_bos_token` (lm-eval's HFLM model argument; results.json records the setting
@@ -96,14 +98,16 @@ class EvaluateConfig:
     truthfulqa_file: str | None = field(
         default=None,
         metadata={
-            "help": "TruthfulQA multiple-choice file: upstream data/v0/mc_task.json, or the Hub `multiple_choice` layout "
-            "as .parquet/.json/.jsonl. Takes precedence over `dataset`."
+            "help": "TruthfulQA multiple-choice file: upstream data/v0/mc_task.json (also gzipped, as the packaged "
+            "mc_task.json.gz), or the Hub `multiple_choice` layout as .parquet/.json/.jsonl; not the generation "
+            "task's TruthfulQA.csv (no MC targets). Takes precedence over `dataset`."
         },
     )
     dataset: str = field(
         default="truthfulqa/truthful_qa",
         metadata={
-            "help": "Hub dataset id read (config multiple_choice) when no truthfulqa_file is given; needs the Hub."
+            "help": "Hub dataset id read (config multiple_choice) when no truthfulqa_file is given; without the Hub "
+            "(HF_HUB_OFFLINE, or unreachable) the default's packaged copy is scored instead, another id is refused."
         },
     )
     dataset_split: str = field(default="validation", metadata={"help": "Split of `dataset` (lm-eval uses validation)."})

@@ -1,6 +1,7 @@
 """`evaluate_truthfulqa(config)`: load the model (and adapter), score TruthfulQA MC1/MC2, write and log.
 
-Top to bottom: read the questions (file or Hub) and hash them; load the tokenizer and model, with
+Top to bottom: read the questions (a file, else the Hub, else the packaged copy: `spri_sft.truthfulqa_data`) and
+hash them; load the tokenizer and model, with
 a PEFT adapter on top when one is given (as lm-eval's `peft=`; merged into the loaded weights in
 float32/float64 unless `merge_adapter` is false; a QLoRA adapter on the base quantized as its
 training's effective_config.json says, unmerged, in the dtype it was saved in: the model training
@@ -52,12 +53,15 @@ def evaluate_truthfulqa(config: EvaluateConfig, model: Any = None, tokenizer: An
     from spri_sft.config import check_ranges, dump_yaml
     from spri_sft.evaluate.scoring import ChoiceScorer
     from spri_sft.evaluate.truthfulqa import TASK_VERSIONS, build_context, load_questions, mc1_acc, mc2_acc, mean_stderr
+    from spri_sft.truthfulqa_data import choose_source
 
     check_ranges(config, where="evaluate")  # a config built in code (the train entry, the pipeline) too
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
 
-    questions, data_sha256 = load_questions(config.truthfulqa_file, config.dataset, config.dataset_split)
+    source = choose_source(config.truthfulqa_file, config.dataset, config.dataset_split, directory=config.output_dir,
+                           setting="truthfulqa_file")  # fmt: skip
+    questions, data_sha256 = load_questions(source.file, source.dataset, source.split)
     if config.limit is not None:
         questions = questions[: config.limit]
     adapter_merged = False
@@ -133,7 +137,7 @@ def evaluate_truthfulqa(config: EvaluateConfig, model: Any = None, tokenizer: An
         "quantization": quantization_of(model),
         "device": str(next(model.parameters()).device),
         "questions_scored_alone": scorer.scored_alone,
-        "data_source": config.truthfulqa_file or f"{config.dataset}:multiple_choice:{config.dataset_split}",
+        "data_source": source.file or f"{source.dataset}:multiple_choice:{source.split}",
         "data_sha256": data_sha256,
         "limit": config.limit,
         "task_versions": TASK_VERSIONS,

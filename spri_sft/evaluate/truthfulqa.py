@@ -28,11 +28,10 @@ import hashlib
 import json
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from spri_sft.errors import UserError
-from spri_sft.rows import Row, read_rows
+from spri_sft.truthfulqa_data import hub_rows, read_file_rows, refuse_generation_csv
 
 # lm-eval's truthfulqa_mc1.yaml `doc_to_text`, `prompt_qa` part (verbatim).
 PREAMBLE = (
@@ -51,7 +50,6 @@ PREAMBLE = (
 )
 TARGET_DELIMITER = " "
 TASK_VERSIONS = {"truthfulqa_mc1": "2.0", "truthfulqa_mc2": "3.0"}
-HUB_DATASET = "truthfulqa/truthful_qa"
 
 
 @dataclass
@@ -114,21 +112,13 @@ def mean_stderr(values: list[float]) -> float | None:
 def load_questions(
     path: str | None = None, dataset: str | None = None, split: str = "validation"
 ) -> tuple[list[Question], str]:
-    """The questions and a sha256 of their source: the file's bytes, or the Hub rows as canonical JSON."""
+    """The questions and a sha256 of their source: the file's (uncompressed) bytes, or the Hub rows as canonical JSON.
+    Which source to read is `spri_sft.truthfulqa_data.choose_source`'s rule; a CSV is refused (no MC targets)."""
     if path:
-        file = Path(path)
-        rows = list(read_rows(file, what="truthfulqa_file"))
-        digest = hashlib.sha256(file.read_bytes()).hexdigest()
+        refuse_generation_csv(path, "truthfulqa_file")
+        rows, digest = read_file_rows(path, what="truthfulqa_file")
     elif dataset:
-        from datasets import load_dataset
-
-        try:
-            rows = [Row(f"row {i}", dict(r)) for i, r in enumerate(load_dataset(dataset, "multiple_choice", split=split))]
-        except Exception as err:  # noqa: BLE001  (offline, unknown id, no split: one message for all)
-            raise UserError(
-                f"could not load the Hub dataset {dataset!r} (config multiple_choice, split {split!r}): "
-                f"{type(err).__name__}: {err}. Without the Hub, pass --truthfulqa_file with upstream's data/v0/mc_task.json"
-            ) from None
+        rows = hub_rows(dataset, split)
         digest = hashlib.sha256(json.dumps([r.value for r in rows], sort_keys=True, ensure_ascii=False).encode()).hexdigest()
     else:
         raise UserError("set truthfulqa_file (mc_task.json or the Hub parquet/JSON layout) or dataset (a Hub id)")

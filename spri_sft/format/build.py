@@ -11,7 +11,8 @@ Steps, in this order; a record is counted under the first step that drops it:
    `truncated`: `drop_truncated` and the final version's finish_reason is "length";
    `response_score`: `min_response_score` is set and the final version's critic score is
    lower, or missing (an unscored round, or a mode without a critic).
-3. `truthfulqa`: the prompt overlaps a question of `truthfulqa_file` (the rule is in
+3. `truthfulqa`: the prompt overlaps a TruthfulQA question: of `truthfulqa_file`, else of the Hub
+   dataset, else of the packaged copy; `truthfulqa_file: none` turns it off (the rules are in
    `spri_sft.format.contamination`). It runs before deduplication so that every contaminated
    record is counted and none can stand in for a clean near duplicate of itself.
 4. `duplicate`: the normalized prompt equals an earlier kept one; `near_duplicate`: its word
@@ -75,7 +76,7 @@ from spri_sft.config import dump_yaml
 from spri_sft.errors import UserError
 from spri_sft.format.card import NOT_MEASURED, lengths_line, render_card
 from spri_sft.format.config import OVERLONG, STATUSES, FormatConfig
-from spri_sft.format.contamination import TruthfulQAGuard, read_questions
+from spri_sft.format.contamination import TruthfulQAGuard, guard_source, source_questions
 from spri_sft.format.dedupe import exact_duplicates, near_duplicates, normalize
 from spri_sft.format.preference import PREFERENCE_DIR, build_preference, save_preference
 from spri_sft.generate.inputs import SFT_SPLITS
@@ -108,8 +109,9 @@ def build_dataset(config: FormatConfig) -> dict:
             kept.append(record)
 
     questions = None
-    if config.truthfulqa_file:
-        questions = read_questions(config.truthfulqa_file)
+    source = guard_source(config.truthfulqa_file)  # the file, else the Hub, else the packaged copy; None: `none`
+    if source is not None:
+        questions = source_questions(source)
         guard = TruthfulQAGuard(questions, config.contamination_ngram, config.contamination_threshold)
         clean = []
         for record in kept:
@@ -120,7 +122,7 @@ def build_dataset(config: FormatConfig) -> dict:
                 drop(record, "truthfulqa", question)
         kept = clean
     else:
-        logger.warning("no --truthfulqa_file given: prompts are not checked against TruthfulQA")
+        logger.warning("truthfulqa_file: none: prompts are not checked against TruthfulQA")
 
     duplicates = exact_duplicates([r["prompt"] for r in kept])
     for i, first in duplicates.items():
@@ -146,6 +148,7 @@ def build_dataset(config: FormatConfig) -> dict:
 
     summary = summarize(config, records, kept, dropped, splits, questions, named)
     summary["lengths"] = lengths
+    summary["truthfulqa_source"] = source.described if source is not None else None  # the card names it
     if config.preference:
         pairs, no_pair, summary["preference"] = build_preference(
             kept, validation, config.preference_margin, config.system_prompt

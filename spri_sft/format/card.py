@@ -14,6 +14,7 @@ import yaml
 
 from spri_sft.format.config import FormatConfig
 from spri_sft.format.dedupe import SHINGLE_WORDS
+from spri_sft.truthfulqa_data import SOURCE
 
 NOT_MEASURED = "tokenizer and max_length unset: rows were not measured against training's max_length"
 
@@ -131,9 +132,9 @@ def _filters(summary: dict, config: FormatConfig) -> str:
         if config.min_response_score is not None
         else off("min_response_score: null"),
         "truthfulqa": f"the prompt holds under {config.contamination_threshold:.0%} of every TruthfulQA question's "
-        f"word {config.contamination_ngram}-grams (so never a whole question) in `{Path(config.truthfulqa_file).name}`"
-        if config.truthfulqa_file
-        else off("truthfulqa_file: null"),
+        f"word {config.contamination_ngram}-grams (so never a whole question) in {_truthfulqa_named(summary)}"
+        if summary.get("truthfulqa_source")
+        else off("truthfulqa_file: none"),
         "duplicate": "the normalized prompt (lowercase, punctuation and whitespace runs to one space) is new",
         "overlong": f"the row fits in training's max_length={config.max_length} tokens"
         if config.overlong == "drop"
@@ -212,18 +213,26 @@ def _columns(config: FormatConfig) -> str:
     )
 
 
+def _truthfulqa_named(summary: dict) -> str:
+    """The guard's questions as the card names them: a file by its name, the packaged copy or the Hub in words."""
+    source = summary["truthfulqa_source"]
+    if Path(source).is_file():
+        return f"`{Path(source).name}`"
+    return source if source == SOURCE else f"the Hub dataset {source}"
+
+
 def _benchmark(summary: dict, config: FormatConfig) -> str:
-    if config.truthfulqa_file:
+    if summary.get("truthfulqa_source"):
         text = (
             f"Prompts overlapping any of the {summary['truthfulqa_questions']} questions of "
-            f"`{Path(config.truthfulqa_file).name}` were removed ({summary['dropped']['truthfulqa']} records): a "
+            f"{_truthfulqa_named(summary)} were removed ({summary['dropped']['truthfulqa']} records): a "
             "normalized exact match, or a prompt holding at least "
             f"{config.contamination_threshold:.0%} of a question's word {config.contamination_ngram}-grams (a question "
             f"of fewer words: the whole question)."
         )
     else:
         text = (
-            "**These prompts were not checked against TruthfulQA.** Check them (`--truthfulqa_file`) before "
-            "evaluating a model trained on this data on TruthfulQA."
+            "**These prompts were not checked against TruthfulQA** (`truthfulqa_file: none`). Check them (leave "
+            "truthfulqa_file unset, or name a file) before evaluating a model trained on this data on TruthfulQA."
         )
     return "## Benchmark contamination\n\n" + text + "\n"

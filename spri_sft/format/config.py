@@ -14,7 +14,7 @@ class FormatConfig:
     """Turn generation records into a Hugging Face SFT dataset in TRL's conversational format.
 
     Records pass, in this order: the quality filters (`statuses`, empty response, `drop_truncated`,
-    `min_response_score`), the TruthfulQA guard (`truthfulqa_file`), then prompt deduplication
+    `min_response_score`), the TruthfulQA guard (`truthfulqa_file`; on by default), then prompt deduplication
     (exact, then `near_duplicate_threshold`); the first step a record fails is the reason it is
     counted under. The rules are documented in `spri_sft.format.build`.
 
@@ -75,7 +75,9 @@ class FormatConfig:
     )
     truthfulqa_file: str | None = field(
         default=None,
-        metadata={"help": "TruthfulQA mc_task.json or TruthfulQA.csv: prompts overlapping its questions are dropped."},
+        metadata={"help": "Prompts overlapping TruthfulQA's questions are dropped: of this file (mc_task.json, the "
+                  "packaged mc_task.json.gz, TruthfulQA.csv, or the Hub layout as .json/.jsonl/.parquet); unset, of "
+                  "the Hub dataset truthfulqa/truthful_qa, else (offline) of the packaged copy; none turns the guard off."},
     )
     contamination_ngram: int = field(
         default=8, metadata={"help": "Word n-gram length of the TruthfulQA overlap rule.", "ge": 1}

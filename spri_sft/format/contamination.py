@@ -7,9 +7,11 @@ word for word. A normalized exact match always overlaps (every n-gram is found),
 prompt that wraps the question in other text ("Answer briefly: <question>"), or keeps most of
 it; a prompt that only shares common words or short phrases with a question does not.
 
-The file is the upstream `mc_task.json` (a list of {question, mc1_targets, mc2_targets}), the
-`TruthfulQA.csv` of the generation task (a `Question` column), or any .json / .jsonl / .parquet
-with a `question` field per row (the Hugging Face `truthful_qa` dataset's layout).
+Which questions guard, by the one TruthfulQA source rule (`spri_sft.truthfulqa_data`): format's
+`truthfulqa_file` when given (the upstream `mc_task.json`, the packaged `mc_task.json.gz`, the
+generation task's `TruthfulQA.csv`, whose `Question` column is all the guard reads, or any .json /
+.jsonl / .parquet with a `question` field per row, the Hub dataset's layout), else the Hub dataset,
+else the packaged copy; `truthfulqa_file: none` turns the guard off.
 """
 
 from __future__ import annotations
@@ -20,17 +22,33 @@ from pathlib import Path
 
 from spri_sft.errors import UserError
 from spri_sft.format.dedupe import normalize, word_ngrams
-from spri_sft.rows import read_rows
+from spri_sft.models import cache_dir
+from spri_sft.truthfulqa_data import OFF, TruthfulQASource, choose_source, hub_rows, read_file_rows
+
+
+def guard_source(truthfulqa_file: str | None) -> TruthfulQASource | None:
+    """Format's `truthfulqa_file` by the one rule: the file, else the Hub, else the packaged copy (written to the
+    spri-sft cache, never beside the dataset); None when it is `none` (the guard is off)."""
+    if truthfulqa_file is not None and truthfulqa_file.strip().lower() == OFF:
+        return None
+    return choose_source(truthfulqa_file, directory=cache_dir() / "truthfulqa", setting="truthfulqa_file", purpose="guard")
+
+
+def source_questions(source: TruthfulQASource) -> list[str]:
+    """The questions of a source: its file's, or the Hub dataset's."""
+    if source.file is not None:
+        return read_questions(source.file)
+    return [str(row.value["question"]) for row in hub_rows(source.dataset, source.split)]
 
 
 def read_questions(path: str | Path) -> list[str]:
-    """The questions of a TruthfulQA file, in file order, read by `spri_sft.rows` (every problem names
-    the file and its line, item or row)."""
+    """The questions of a TruthfulQA file (a `.gz` read as the file inside), in file order, read by `spri_sft.rows`
+    (every problem names the file and its line, item or row)."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: TruthfulQA file not found (set --truthfulqa_file to mc_task.json or TruthfulQA.csv)")
     questions = []
-    for row in read_rows(path, what="TruthfulQA file"):
+    for row in read_file_rows(path, what="TruthfulQA file")[0]:
         question = row.value.get("question", row.value.get("Question")) if isinstance(row.value, dict) else None
         if not isinstance(question, str):
             raise UserError(f"{path}:{row.where}: no 'question' (or CSV 'Question') field")

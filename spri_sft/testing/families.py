@@ -282,7 +282,7 @@ def _train_bpe(template_tokenizer, first: list[str], size: int, alphabet: list[s
 
 
 def _corpus() -> list[str]:
-    from spri_sft.evaluate.packaged_truthfulqa import packaged_bytes
+    from spri_sft.truthfulqa_data import packaged_bytes
     from spri_sft.generate.prompts import PromptSet
 
     prompts = PromptSet()
