@@ -352,15 +352,15 @@ def test_recipe_mistakes_are_one_line_errors(tmp_path, tiny_model_dir, server, t
 def test_without_truthfulqa_data_or_the_hub_the_packaged_copy_is_used_in_one_line(
     tmp_path, tiny_model_dir, server, truthfulqa_file, no_wandb_credentials, capsys
 ):
-    from spri_sft.evaluate import packaged_truthfulqa
+    from spri_sft import truthfulqa_data
 
     recipe = make_recipe(tmp_path, tiny_model_dir, server, truthfulqa_file)
     report = run_pipeline_from(recipe, "--evaluate.truthfulqa_file", "null", "--wandb.enabled", "false")
 
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[spri-sft] TruthfulQA")]
     assert len(lines) == 1 and "Hub is unreachable" in lines[0]
-    assert report["truthfulqa"]["source"] == packaged_truthfulqa.SOURCE and report["base"]["mc1"] is not None
-    assert read(tmp_path / "run/eval/spri/results.json")["data_sha256"] == packaged_truthfulqa.SHA256
+    assert report["truthfulqa"]["source"] == truthfulqa_data.SOURCE and report["base"]["mc1"] is not None
+    assert read(tmp_path / "run/eval/spri/results.json")["data_sha256"] == truthfulqa_data.SHA256
 
 
 # -- stage markers ----------------------------------------------------------------------------
@@ -388,6 +388,7 @@ def test_a_torn_stage_marker_means_run_the_stage_again(tmp_path):
 def test_without_a_file_the_hub_questions_are_snapshotted_once_for_guard_and_evaluation(
     tmp_path, truthfulqa_file, monkeypatch
 ):
+    from spri_sft import truthfulqa_data
     from spri_sft.evaluate import truthfulqa
     from spri_sft.pipeline import run
 
@@ -398,7 +399,7 @@ def test_without_a_file_the_hub_questions_are_snapshotted_once_for_guard_and_eva
         hub_calls.append((path, dataset, split))
         return load_questions(str(truthfulqa_file))  # stands in for the Hub's 817 rows
 
-    monkeypatch.setattr(run, "_hub_reachable", lambda: True)
+    monkeypatch.setattr(truthfulqa_data, "hub_reachable", lambda: True)
     monkeypatch.setattr(truthfulqa, "load_questions", load_from_hub)
     config = PipelineConfig()
 
