@@ -290,6 +290,7 @@ def test_saved_dataset_is_in_trls_conversational_format_with_provenance(tmp_path
         "principles_score": 5,
         "response_score": 5,
         "status": "accepted",
+        "source_id": None,  # generated without prompts.id_column
     }
     assert is_conversational(rows["rec001"])
 

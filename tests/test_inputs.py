@@ -344,3 +344,76 @@ def test_two_parts_naming_the_same_place_are_refused(tmp_path):
     source = PromptSource(dataset=dataset, prompt_column="input", sources=[PromptPart(split="train"), PromptPart(split="train")])
     with pytest.raises(UserError, match=r"prompts.sources: .*\[train\] is listed twice"):
         load_prompts(source)
+
+
+# -- the user's own id column ----------------------------------------------------------------
+
+
+def test_id_column_gives_each_prompt_its_rows_id_as_text(tmp_path):
+    from spri_sft.generate.inputs import prompt_origin
+
+    path = jsonl(tmp_path, [{"uid": "a-1", "prompt": "first"}, {"uid": 7, "prompt": "second"}])
+    prompts = load_prompts(PromptSource(path=path, id_column="uid"))
+    assert prompts == ["first", "second"]
+    assert [prompt_origin(p) for p in prompts] == [{"source_id": "a-1"}, {"source_id": "7"}]
+
+
+def test_id_column_reads_parquet_and_csv_ids(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"id": [10, 11], "prompt": ["p one", "p two"]}), tmp_path / "p.parquet")
+    (tmp_path / "p.csv").write_text("id,prompt\nrow-1,c one\n")
+    parquet = load_prompts(PromptSource(path=str(tmp_path / "p.parquet"), id_column="id"))
+    csv = load_prompts(PromptSource(path=str(tmp_path / "p.csv"), id_column="id"))
+    assert [p.origin for p in parquet] == [{"source_id": "10"}, {"source_id": "11"}]
+    assert [p.origin for p in csv] == [{"source_id": "row-1"}]
+
+
+def test_id_column_joins_the_origin_of_each_part_of_a_dataset(tmp_path):
+    dataset = two_split_dataset(tmp_path, ["train question"], ["held-out question"])  # MixInstruct ids: unified_chip2/N
+    prompts = load_prompts(mix_source(dataset, 1, 1, id_column="id"))
+    assert [p.origin for p in prompts] == [
+        {"prompt_source": f"{dataset}[train]", "sft_split": "train", "source_id": "unified_chip2/0"},
+        {"prompt_source": f"{dataset}[validation]", "sft_split": "validation", "source_id": "unified_chip2/0"},
+    ]
+
+
+def test_a_prompt_whose_row_has_no_usable_id_is_skipped_and_counted(tmp_path):
+    rows = [{"uid": "ok", "prompt": "kept"}, {"prompt": "no id field"}, {"uid": None, "prompt": "null id"},
+            {"uid": " ", "prompt": "blank id"}, {"uid": [1], "prompt": "list id"}, {"uid": True, "prompt": "bool id"}]  # fmt: skip
+    path = jsonl(tmp_path, rows)
+    prompts = load_prompts(PromptSource(path=path, id_column="uid"))
+    assert prompts == ["kept"]
+    assert prompts.report.skipped == {"no id in 'uid'": 3, "'uid' is not a text or integer id": 2}
+    assert prompts.report.first_skipped["no id in 'uid'"] == f"{path}:2"
+
+
+def test_an_id_column_no_row_has_is_an_error_naming_the_first_row_and_its_fields(tmp_path):
+    path = jsonl(tmp_path, [{"id": 1, "prompt": "a"}])
+    with pytest.raises(UserError, match=r"prompts.jsonl:1: missing field 'uid' \(fields: id, prompt\), and no row has it"):
+        load_prompts(PromptSource(path=path, id_column="uid"))
+
+
+def test_a_repeated_prompt_under_another_id_is_counted_apart_and_keeps_the_first_rows_id(tmp_path):
+    rows = [{"uid": "u1", "prompt": "same"}, {"uid": "u1", "prompt": "same"}, {"uid": "u2", "prompt": "same"}]
+    path = jsonl(tmp_path, rows)
+    prompts = load_prompts(PromptSource(path=path, id_column="uid"))
+    assert prompts == ["same"] and prompts[0].origin == {"source_id": "u1"}
+    assert prompts.report.skipped == {"duplicate prompt": 1, "duplicate prompt under another id": 1}
+    assert prompts.report.first_skipped["duplicate prompt under another id"] == f"{path}:3, id 'u2', kept as id 'u1'"
+    assert "1 duplicate prompt under another id (first: " in prompts.report.line()
+
+
+def test_an_id_shared_by_distinct_prompts_is_counted(tmp_path):
+    path = jsonl(tmp_path, [{"uid": "u1", "prompt": "one"}, {"uid": "u1", "prompt": "two"}, {"uid": "u2", "prompt": "three"}])
+    prompts = load_prompts(PromptSource(path=path, id_column="uid"))
+    assert prompts == ["one", "two", "three"]  # distinct prompts: all generated
+    assert prompts.report.repeated_ids == 1
+    assert "1 prompt(s) share an id with an earlier prompt (first: " in prompts.report.line()
+    assert prompts.report.as_dict()["first_repeated_id"] == f"{path}:2, id 'u1' as at {path}:1"
+
+
+def test_without_id_column_an_id_field_is_not_carried(tmp_path):
+    prompts = load_prompts(PromptSource(path=jsonl(tmp_path, [{"id": "x", "prompt": "one"}])))
+    assert prompts[0].origin == {} and "repeated_ids" not in prompts.report.as_dict()

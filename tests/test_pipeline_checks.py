@@ -7,6 +7,8 @@ connection error (or a records.jsonl) instead of the one-line refusal.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from pathlib import Path
 
 import pytest
@@ -107,3 +109,139 @@ def test_checking_the_recipes_leaves_this_process_without_accelerate_device_stat
     assert PartialState._shared_state == {}
     check_training_recipes([("train", {"model_name_or_path": "x", "output_dir": str(tmp_path), "max_steps": 2}, "train")])
     assert PartialState._shared_state == {}
+
+
+# -- a stage refused for changed settings, and --redo ------------------------------------------
+
+
+def test_a_refused_stage_names_each_changed_setting_and_input(tmp_path):
+    from spri_sft.pipeline.stages import Stage, StageChanged
+
+    made = Stage.made_from("checkpoints/spri", tmp_path / "c", {"learning_rate": 0.0002, "lora_r": 8, "after": "a1"})
+    made.begin()
+    made.finish()
+    rerun = Stage.made_from("checkpoints/spri", tmp_path / "c", {"learning_rate": 0.0001, "lora_r": 8, "after": "b2"})
+
+    with pytest.raises(StageChanged) as refused:
+        rerun.is_done()
+
+    message = refused.value.describe("dataset/spri", [tmp_path / "c", tmp_path / "e"])
+    assert "(checkpoints/spri: learning_rate 0.0002 → 0.0001; the outputs of dataset/spri changed)" in message
+    assert f"rerun with --redo checkpoints/spri, or remove {tmp_path / 'c'} {tmp_path / 'e'}" in message
+
+
+def test_a_stage_made_before_settings_were_recorded_is_refused_saying_so(tmp_path):
+    from spri_sft.pipeline.stages import Stage, StageChanged
+
+    old = Stage("eval/spri", tmp_path / "e", "0123456789abcdef")  # as stage.json was written before this version
+    old.begin()
+    old.finish()
+    with pytest.raises(StageChanged, match=r"settings were not recorded \(made before this version\)"):
+        Stage.made_from("eval/spri", tmp_path / "e", {"limit": 4}).is_done(resumable=False)
+
+
+def test_a_changed_input_file_is_named_by_its_setting_not_by_its_digests(tmp_path):
+    from spri_sft.pipeline.stages import changes, file_digest
+
+    first, second = tmp_path / "a.json", tmp_path / "b.json"
+    first.write_text("[1]")
+    second.write_text("[2]")
+    assert changes({"truthfulqa_file": file_digest(first)}, {"truthfulqa_file": file_digest(second)}) == [
+        "truthfulqa_file: the file's contents changed"
+    ]
+
+
+def plans_of(config: PipelineConfig, root: Path):
+    from spri_sft.pipeline.run import TrainPlan
+
+    train = {mode: TrainPlan(mode, root / "checkpoints" / mode, {"use_peft": True}, None) for mode in config.modes}
+    dpo = {mode: TrainPlan(f"{mode}+dpo", root / "checkpoints" / f"{mode}+dpo", {}, None, "dpo") for mode in config.modes}
+    return train, dpo if config.dpo.enabled else {}
+
+
+def test_redoing_a_training_takes_every_stage_after_it_that_reads_its_outputs(tmp_path):
+    from spri_sft.pipeline.run import redo_stages, stage_graph
+
+    config = PipelineConfig(output_dir=str(tmp_path), modes=["spri", "direct"])
+    config.dpo.enabled = True
+    config.evaluate.lm_eval_tasks = ["hellaswag"]
+    graph = stage_graph(config, tmp_path, *plans_of(config, tmp_path))
+
+    assert redo_stages(["train/spri"], graph, tmp_path) == [
+        "checkpoints/spri", "eval/spri", "eval/spri/lm_eval", "checkpoints/spri+dpo", "eval/spri+dpo",
+        "eval/spri+dpo/lm_eval",
+    ]  # fmt: skip
+    assert redo_stages(["dataset/direct"], graph, tmp_path)[:2] == ["dataset/direct", "checkpoints/direct"]
+    assert redo_stages(["eval/base"], graph, tmp_path) == ["eval/base"]
+
+
+def test_redo_of_an_unknown_stage_is_one_line_listing_the_stages(tmp_path):
+    from spri_sft.pipeline.run import redo_stages, stage_graph
+
+    config = PipelineConfig(output_dir=str(tmp_path))
+    graph = stage_graph(config, tmp_path, *plans_of(config, tmp_path))
+    with pytest.raises(UserError, match=r"^redo: no stage 'train/sprii' in this run \(its stages: generate/spri, "):
+        redo_stages(["train/sprii"], graph, tmp_path)
+
+
+def test_redo_refuses_to_remove_a_generation_shared_from_outside_the_run(tmp_path):
+    from spri_sft.pipeline.run import redo_stages, stage_graph
+
+    config = PipelineConfig(output_dir=str(tmp_path / "run"), generate_dir=str(tmp_path / "shared"))
+    graph = stage_graph(config, tmp_path / "run", *plans_of(config, tmp_path / "run"))
+    with pytest.raises(UserError, match=r"redo generate/spri: its directory .*shared/spri is outside"):
+        redo_stages(["generate/spri"], graph, tmp_path / "run")
+
+
+# -- on a finished run of the tiny model ---------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, tiny_model_dir, shared_dir):
+    """One finished `spri-sft run` (fake generation server, 1 training step, 2 TruthfulQA questions), no W&B."""
+    from spri_sft.testing.fake_openai_server import FakeOpenAIServer
+
+    from test_pipeline import make_recipe
+
+    tmp = tmp_path_factory.mktemp("finished")
+    with FakeOpenAIServer() as server, pytest.MonkeyPatch.context() as env:
+        env.setenv("HF_HUB_OFFLINE", "1")
+        env.setenv("TOKENIZERS_PARALLELISM", "false")
+        recipe = make_recipe(tmp, tiny_model_dir, server, shared_dir / "data/truthfulqa/data/v0/mc_task.json", max_steps=1)
+        config = load_config(PipelineConfig, ["--config", str(recipe), "--wandb.enabled", "false", "--evaluate.limit", "2"])
+        run_pipeline(config)
+        yield {"root": tmp / "run", "config": config}
+
+
+@pytest.mark.slow
+def test_a_changed_training_setting_is_refused_naming_it_and_the_directories_to_remove(finished_run):
+    from spri_sft.pipeline.stages import StageChanged
+
+    root, config = finished_run["root"], finished_run["config"]
+    train = dataclasses.replace(config.train, args={**config.train.args, "learning_rate": 0.5})
+
+    with pytest.raises(UserError) as refused:
+        run_pipeline(dataclasses.replace(config, train=train))
+
+    message = str(refused.value)
+    assert not isinstance(refused.value, StageChanged) and "\n" not in message
+    assert "(checkpoints/spri: learning_rate 0.001 → 0.5)" in message
+    assert f"rerun with --redo checkpoints/spri, or remove {root / 'checkpoints/spri'} {root / 'eval/spri'} to redo it" in message
+
+
+@pytest.mark.slow
+def test_redo_of_a_training_retrains_and_rescores_that_mode_without_regenerating_or_reformatting(finished_run, capsys):
+    root, config = finished_run["root"], finished_run["config"]
+    before = {name: json.loads((root / name / "stage.json").read_text())["output_id"]
+              for name in ("generate/spri", "dataset/spri", "eval/base", "checkpoints/spri", "eval/spri")}  # fmt: skip
+    records = (root / "generate/spri/records.jsonl").stat().st_mtime_ns
+    capsys.readouterr()
+
+    run_pipeline(dataclasses.replace(config, redo=["checkpoints/spri"]))
+
+    out = capsys.readouterr().out
+    assert "[spri-sft] redo checkpoints/spri: running again checkpoints/spri, eval/spri" in out
+    after = {name: json.loads((root / name / "stage.json").read_text())["output_id"] for name in before}
+    assert [name for name in before if after[name] != before[name]] == ["checkpoints/spri", "eval/spri"]
+    assert (root / "generate/spri/records.jsonl").stat().st_mtime_ns == records
+    assert yaml.safe_load((root / "config.yaml").read_text())["redo"] == []  # its saved config redoes nothing

@@ -104,3 +104,53 @@ def test_a_wrong_column_name_stops_generate_before_any_model_call(recipe, tmp_pa
     with pytest.raises(UserError, match=r"\[train\]:row 0: missing field 'instructions' \(fields: .*\), and no row has it"):
         generate(config)  # no server: a model call would fail differently
     assert not (tmp_path / "generate" / "records.jsonl").exists()
+
+
+# -- the user's own id column, from prompts to dataset rows ------------------------------------
+
+
+def test_id_column_reaches_records_rows_and_dropped_lines_and_leaves_record_ids_as_they_were(tmp_path):
+    rows = [{"uid": f"q-{n}", "prompt": f"How do I keep basil plant {n} alive?"} for n in range(8)]
+    rows.append({"uid": "q-8", "prompt": "how do i keep basil plant 0 alive"})  # format's duplicate of q-0
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    uid_of = {row["prompt"]: row["uid"] for row in rows}
+    with FakeOpenAIServer() as server:
+        endpoints = [f"--{role}.{key}={value}" for role in ("base", "critic")
+                     for key, value in (("backend", "openai"), ("base_url", server.base_url), ("model", "fake-model"))]  # fmt: skip
+        for name, own_ids in (("with_ids", ["--prompts.id_column", "uid"]), ("without", [])):
+            flags = ["--prompts.path", str(prompts), "--output_dir", str(tmp_path / name), "--mode", "direct"]
+            generate(load_config(GenerateConfig, [*flags, "--progress", "false", *endpoints, *own_ids]))
+
+    def records(name: str) -> list[dict]:
+        return [json.loads(line) for line in (tmp_path / name / "records.jsonl").read_text().splitlines()]
+
+    assert {r["id"]: r["prompt"] for r in records("with_ids")} == {r["id"]: r["prompt"] for r in records("without")}
+    assert {r["prompt"]: r["source_id"] for r in records("with_ids")} == uid_of
+    assert not any("source_id" in r for r in records("without"))
+
+    build_dataset(FormatConfig(records=[str(tmp_path / "with_ids" / "records.jsonl")], output_dir=str(tmp_path / "dataset")))
+    splits = load_from_disk(str(tmp_path / "dataset" / "hf"))
+    kept = [row for split in splits.values() for row in split]
+    assert all(row["source_id"] == uid_of[row["messages"][0]["content"]] for row in kept)
+    dropped = [json.loads(line) for line in (tmp_path / "dataset" / "dropped.jsonl").read_text().splitlines()]
+    assert [d["reason"] for d in dropped] == ["duplicate"] and dropped[0]["source_id"] in {"q-0", "q-8"}
+    assert sorted([row["source_id"] for row in kept] + [dropped[0]["source_id"]]) == sorted(uid_of.values())
+
+
+def test_a_record_whose_source_id_is_not_text_is_refused_naming_its_line(tmp_path):
+    from spri_sft.errors import UserError
+
+    record = {"id": "r1", "prompt": "p", "mode": "direct", "status": "accepted", "response": "r", "rounds": [], "source_id": 7}
+    (tmp_path / "records.jsonl").write_text(json.dumps(record) + "\n")
+    with pytest.raises(UserError, match=r"records.jsonl:1: field 'source_id' must be a string or null, got 7"):
+        build_dataset(FormatConfig(records=[str(tmp_path / "records.jsonl")], output_dir=str(tmp_path / "dataset")))
+
+
+def test_a_pipelines_generate_fingerprint_holds_id_column_only_when_it_is_set(tmp_path):
+    from spri_sft.generate.inputs import PromptSource
+    from spri_sft.pipeline.run import _prompt_set
+
+    # Unset, the settings are those of the generate stages made before id_column existed: they stay done.
+    assert "id_column" not in _prompt_set(PromptSource())
+    assert _prompt_set(PromptSource(id_column="uid"))["id_column"] == "uid"

@@ -20,8 +20,9 @@ Steps, in this order; a record is counted under the first step that drops it:
    rules are in `spri_sft.format.dedupe`). The first record of a group is kept.
 5. rows: `messages` = [system (if `system_prompt`), user: prompt, assistant: response] and the
    provenance columns `id`, `mode`, `principles` (null without principles), `principles_score`
-   and `response_score` (the final versions' critic scores, null when unscored or absent) and
-   `status`.
+   and `response_score` (the final versions' critic scores, null when unscored or absent),
+   `status` and `source_id` (the prompt row's own id, from generate's `prompts.id_column`; null
+   without it).
 6. split, keyed on the prompt alone and decided before any filter. A record whose prompt came
    from a generate source that named its SFT split (`sft_split: train | validation`, e.g. the
    paper's MixInstruct validation prompts, drawn from that dataset's own validation split) goes
@@ -53,7 +54,7 @@ Steps, in this order; a record is counted under the first step that drops it:
      train.parquet, validation.parquet    the card's `configs` name these: `load_dataset(output_dir)` works too
      README.md                    the dataset card: method, models, counts per step, scores, filters
      summary.json                 what `build_dataset` returns
-     dropped.jsonl                one line per dropped record: id, reason, detail
+     dropped.jsonl                one line per dropped record: id, reason, detail (and source_id, when it has one)
      config.yaml                  the effective configuration
      preference/                  with `preference`: DPO pairs of the kept records, split as the rows are
                                   (hf/, {train,validation}.jsonl, no_pair.jsonl; `spri_sft.format.preference`)
@@ -95,10 +96,11 @@ def build_dataset(config: FormatConfig) -> dict:
     """Run every step of the module docstring and return the summary (also written to summary.json)."""
     _check(config)
     records = read_records(config.records)
+    _say_records_without_source_id(records)
     dropped: list[dict] = []
 
     def drop(record: dict, reason: str, detail: str = "") -> None:
-        dropped.append({"id": record["id"], "reason": reason, "detail": detail})
+        dropped.append(dropped_entry(record, reason, detail))
 
     kept = []
     for record in records:
@@ -233,6 +235,8 @@ def _check_record(record, where: str) -> dict:
             raise UserError(f"{where}: field '{name}' must be {expected}, got {record[name]!r:.60}")
     if not all(isinstance(r, dict) and "stage" in r for r in record["rounds"]):
         raise UserError(f"{where}: every entry of 'rounds' must be an object with a 'stage'")
+    if not isinstance(record.get("source_id"), (str, type(None))):
+        raise UserError(f"{where}: field 'source_id' must be a string or null, got {record['source_id']!r:.60}")
     if record.get("sft_split", "auto") not in SFT_SPLITS:
         raise UserError(f"{where}: field 'sft_split' must be one of {', '.join(SFT_SPLITS)}, got {record['sft_split']!r:.60}")
     return record
@@ -283,6 +287,7 @@ def features():
             "principles_score": Value("int32"),
             "response_score": Value("int32"),
             "status": Value("string"),
+            "source_id": Value("string"),
         }
     )
 
@@ -298,7 +303,27 @@ def to_row(record: dict, system_prompt: str | None) -> dict:
         "principles_score": final_score(record, "principles"),
         "response_score": final_score(record, "response"),
         "status": record["status"],
+        "source_id": record.get("source_id"),
     }
+
+
+def dropped_entry(record: dict, reason: str, detail: str) -> dict:
+    """A line of dropped.jsonl for a record (or its row): its id, why, and its source_id when it has one."""
+    entry = {"id": record["id"], "reason": reason, "detail": detail}
+    if record.get("source_id") is not None:
+        entry["source_id"] = record["source_id"]
+    return entry
+
+
+def _say_records_without_source_id(records: list[dict]) -> None:
+    """Records of one set where some carry a source_id and some do not: the ones without were generated before
+    prompts.id_column was set (a rerun keeps finished records as they are), and their rows cannot be joined back."""
+    without = sum(record.get("source_id") is None for record in records)
+    if 0 < without < len(records):
+        logger.warning(
+            "%d of %d records carry no source_id (generated before prompts.id_column was set?): their rows' "
+            "source_id is null", without, len(records),
+        )
 
 
 def named_splits(records: list[dict]) -> dict[str, str]:
@@ -463,7 +488,7 @@ def check_lengths(parts: dict[str, list[dict]], config: FormatConfig, dropped: l
         if config.overlong == "drop":
             for row, length in over:
                 detail = f"{length.tokens} tokens > max_length {limit} (prompt {prompts[row['id']]})"
-                dropped.append({"id": row["id"], "reason": OVERLONG_REASON, "detail": detail})
+                dropped.append(dropped_entry(row, OVERLONG_REASON, detail))
             cut = {row["id"] for row, _ in over}
             part = [row for row in part if row["id"] not in cut]
         counts["dropped"][name] = counts["rows"][name] - len(part)

@@ -17,6 +17,14 @@ prompt (its record id would collide with its twin's). But a prompt or context co
 has is a wrong column name: an error naming the first row and the fields it does have. A
 malformed file is an error naming its file and line (files are read by `spri_sft.rows`).
 
+The row's own id (`id_column`, e.g. a dataset's `id` or `uid`) travels with its prompt
+(`Prompt.origin["source_id"]`, as text) into its record, format's dataset row and dropped.jsonl,
+so every output joins back to the source. It is not part of the record id (`identity.py`): it
+changes nothing the models are sent, so setting it regenerates nothing. A row with a prompt but no
+usable id is skipped and counted; a repeated prompt is kept once under its first row's id, and
+counted apart ("duplicate prompt under another id") when its id differs, so no id vanishes unsaid;
+ids that repeat across distinct prompts are counted too (a join on them would be ambiguous).
+
 One prompt set from several sources: `sources` lists its parts (e.g. MixInstruct's train and
 validation splits), each with its own split, limit and `sft_split`: the SFT split `spri-sft
 format` puts its prompts in (`auto`: format's hash of the prompt decides). Each prompt keeps its
@@ -79,6 +87,13 @@ class PromptSource:
         default=None,
         metadata={"help": "mode oracle: field holding each prompt's own response (Dolly: response, MixInstruct: output)."},
     )
+    id_column: str | None = field(
+        default=None,
+        metadata={
+            "help": "Field holding each row's own id (text or integer; e.g. id, uid), carried as `source_id` into its "
+            "record, format's dataset row and dropped.jsonl to join back to the source; record ids do not change."
+        },
+    )
     shuffle: bool = field(default=False, metadata={"help": "Shuffle before --prompts.limit is applied."})
     seed: int = field(default=0, metadata={"help": "Shuffle seed."})
     limit: int | None = field(
@@ -97,7 +112,8 @@ class PromptSource:
 class Prompt(str):
     """A prompt's text, as a `str` (everything that takes a prompt takes it), that also keeps where it
     came from: `origin` is `{"prompt_source": part name, "sft_split": ...}` for a prompt of one of
-    `PromptSource.sources`, and empty for a single source. The record of the prompt carries it."""
+    `PromptSource.sources`, and empty for a single source; with `id_column`, also `{"source_id": the
+    row's id}`. The record of the prompt carries it."""
 
     origin: dict[str, str]
 
@@ -120,6 +136,8 @@ class PromptReport:
     parts: dict[str, dict] = field(default_factory=dict)  # part name -> {"prompts": n, "sft_split": ...}
     skipped: Counter = field(default_factory=Counter)  # reason -> rows
     first_skipped: dict[str, str] = field(default_factory=dict)  # reason -> where its first row is
+    repeated_ids: int = 0  # kept prompts whose id_column value an earlier prompt of their part has
+    first_repeated_id: str = ""  # where the first of them is
     shard: dict | None = None  # {"shard": "i/N", "prompts": kept, "of": all}, when one shard is generated
 
     def skip(self, reason: str, where: str) -> None:
@@ -134,6 +152,8 @@ class PromptReport:
         if self.skipped:
             reasons = ", ".join(f"{count:,} {reason} (first: {self.first_skipped[reason]})" for reason, count in self.skipped.most_common())
             said.append(f"skipped {sum(self.skipped.values()):,} of {self.rows:,} rows: {reasons}")
+        if self.repeated_ids:
+            said.append(f"{self.repeated_ids:,} prompt(s) share an id with an earlier prompt (first: {self.first_repeated_id})")
         if self.shard:
             said.append(f"shard {self.shard['shard']}: {self.shard['prompts']:,} of {self.shard['of']:,} prompts")
         return "prompts: " + "; ".join(said) if said else ""
@@ -144,6 +164,7 @@ class PromptReport:
             "parts": self.parts,
             "skipped": dict(self.skipped.most_common()),
             "first_skipped": self.first_skipped,
+            **({"repeated_ids": self.repeated_ids, "first_repeated_id": self.first_repeated_id} if self.repeated_ids else {}),
             **({"shard": self.shard} if self.shard else {}),
         }
 
@@ -157,24 +178,33 @@ class PromptList(list):
 
 
 def load_prompts(source: PromptSource, shard: str | None = None) -> PromptList:
-    """The prompts, in order, without duplicates; rows that make no prompt are skipped and counted.
-    With `shard` ("i/N"), only those of that shard (`select_shard`)."""
+    """The prompts, in order, without duplicates; rows that make no prompt (or, with `id_column`, no id)
+    are skipped and counted. With `shard` ("i/N"), only those of that shard (`select_shard`)."""
     if source.sources and source.limit is not None:
         raise UserError("prompts.limit: with prompts.sources, give each source its own limit (prompts.sources[i].limit)")
     report = PromptReport()
     prompts = PromptList(report=report)
-    kept: set[str] = set()
+    kept: dict[str, str | None] = {}  # prompt -> the id of the row it was kept from
     for part in _parts(source):
-        drawn, seen = [], set()
+        drawn, seen = [], {}
         skipped_before = Counter(report.skipped)
-        for where, _, text in _composed_rows(part, report):
+        ids = _ColumnCheck([source.id_column]) if source.id_column else None
+        for where, row, text in _composed_rows(part, report):
             if text is None:
                 continue
+            source_id = None
+            if ids is not None:
+                source_id, reason = _source_id(row, source.id_column, where, ids)
+                if reason:
+                    report.skip(reason, where)
+                    continue
             if text in seen:
-                report.skip("duplicate prompt", where)
+                _skip_duplicate(report, where, source_id, seen[text])
                 continue
-            seen.add(text)
-            drawn.append((where, text))
+            seen[text] = source_id
+            drawn.append((where, text, source_id))
+        if ids is not None:
+            ids.check()
         if not drawn:
             skipped = report.skipped - skipped_before
             why = ", ".join(f"{n} {reason}, first {report.first_skipped[reason]}" for reason, n in skipped.most_common())
@@ -182,18 +212,51 @@ def load_prompts(source: PromptSource, shard: str | None = None) -> PromptList:
         if source.shuffle:
             random.Random(source.seed).shuffle(drawn)
         new = []
-        for where, text in drawn:
+        for where, text, source_id in drawn:
             if text in kept:
-                report.skip("duplicate prompt", where)  # an earlier part already holds it
+                _skip_duplicate(report, where, source_id, kept[text])  # an earlier part already holds it
             else:
-                new.append(text)
+                new.append((where, text, source_id))
         if part.limit is not None:
             new = new[: part.limit]
-        kept.update(new)
+        kept.update((text, source_id) for _, text, source_id in new)
+        if ids is not None:
+            _count_repeated_ids(report, new)
         origin = {"prompt_source": part.name, "sft_split": part.sft_split} if source.sources else {}
-        prompts.extend(Prompt(text, origin) for text in new)
+        for _, text, source_id in new:
+            prompts.append(Prompt(text, {**origin, "source_id": source_id} if ids is not None else origin))
         report.parts[part.name] = {"prompts": len(new), "sft_split": part.sft_split}
     return select_shard(prompts, shard)
+
+
+def _source_id(row: dict, column: str, where: str, ids: "_ColumnCheck") -> tuple[str | None, str | None]:
+    """(the row's id as text, None), or (None, why it has no usable one). Text, so that one column type
+    holds every source's ids in records and datasets: an integer id 7 is "7"."""
+    value = ids.value(row, column, where)
+    if value is _MISSING or value is None or (isinstance(value, str) and not value.strip()):
+        return None, f"no id in '{column}'"
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        return None, f"'{column}' is not a text or integer id"
+    return str(value), None
+
+
+def _skip_duplicate(report: PromptReport, where: str, source_id: str | None, kept_id: str | None) -> None:
+    """Count a repeated prompt; one whose row has another id than the kept one is counted apart, naming both."""
+    if source_id is not None and source_id != kept_id:
+        report.skip("duplicate prompt under another id", f"{where}, id {source_id!r}, kept as id {kept_id!r}")
+    else:
+        report.skip("duplicate prompt", where)
+
+
+def _count_repeated_ids(report: PromptReport, kept: list[tuple[str, str, str | None]]) -> None:
+    """Count the kept prompts of one part whose id an earlier kept prompt of it has: a join on them is ambiguous."""
+    first_of: dict[str | None, str] = {}
+    for where, _, source_id in kept:
+        if source_id in first_of:
+            report.repeated_ids += 1
+            report.first_repeated_id = report.first_repeated_id or f"{where}, id {source_id!r} as at {first_of[source_id]}"
+        else:
+            first_of[source_id] = where
 
 
 def parse_shard(shard: str) -> tuple[int, int]:
@@ -306,7 +369,7 @@ def _composed_rows(part: _Part, report: PromptReport, also: str | None = None) -
     source = part.source
     columns = _ColumnCheck([source.prompt_column, *([source.context_column] if source.context_column else [])])
     rows = 0
-    for where, row in _rows(part, [source.prompt_column, source.context_column, also]):
+    for where, row in _rows(part, [source.prompt_column, source.context_column, source.id_column, also]):
         where = f"{part.name}:{where}"
         rows += 1
         text, reason = _compose(row, source, where, columns)

@@ -218,6 +218,15 @@ class PipelineConfig:
             "self-instruct, self-refine, seed-principles, self-align (see `spri-sft generate --help` for all)."
         },
     )
+    redo: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "Stages to run again with everything after them that reads their outputs (e.g. "
+            "`--redo checkpoints/spri`, or train/spri: retrains spri and rescores it, without regenerating or "
+            "reformatting); their outputs are removed first. Names as the run prints them (generate/<mode>, "
+            "dataset/<mode>, checkpoints/<mode>, eval/base, eval/<mode>); aliases train/, format/, evaluate/, dpo/."
+        },
+    )
     generate: GenerateConfig = field(default_factory=GenerateConfig)
     format: FormatConfig = field(default_factory=FormatConfig)
     train: TrainStage = field(default_factory=TrainStage)

@@ -30,6 +30,7 @@ import gc
 import json
 import logging
 import os
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -46,7 +47,7 @@ from spri_sft.generate.engine import MODES
 from spri_sft.generate.servers import ServedModels
 from spri_sft.pipeline.config import PipelineConfig
 from spri_sft.pipeline.recipe_check import check_training_recipes
-from spri_sft.pipeline.stages import Stage, file_digest, fingerprint, folder_digest
+from spri_sft.pipeline.stages import Stage, StageChanged, file_digest, fingerprint, folder_digest
 from spri_sft.processes import run_bound, writes_output_dir
 
 logger = logging.getLogger(__name__)
@@ -77,15 +78,25 @@ def run_pipeline(config: PipelineConfig) -> dict[str, Any]:
     check_training_recipes([(plan.job, plan.args, origins[plan.job]) for plan in plans])
     if config.evaluate.enabled and config.evaluate.lm_eval_tasks:  # no lm-eval, or a task-name typo: fail now
         check_job(lm_eval_job(config, train_plans[config.modes[0]], None))
+    graph = stage_graph(config, root, train_plans, dpo_plans)
+    redone = redo_stages(config.redo, graph, root)  # an unknown name fails now
     truthfulqa = _truthfulqa_source(config, root) if config.evaluate.enabled else None
 
     root.mkdir(parents=True, exist_ok=True)
-    dump_yaml(config, root / "config.yaml")
+    dump_yaml(dataclasses.replace(config, redo=[]), root / "config.yaml")  # rerunning the saved config redoes nothing
+    _clear_stages(redone, graph, config.redo)
     from spri_sft.train.progress import only_stage_bars
 
     # One bar per stage (generate, train, TruthfulQA), none from the libraries under them.
     with tracking.environment(root) if config.wandb.enabled else contextlib.nullcontext(), only_stage_bars():
-        return _run_stages(config, root, name, group, train_plans, dpo_plans, truthfulqa)
+        try:
+            return _run_stages(config, root, name, group, train_plans, dpo_plans, truthfulqa)
+        except StageChanged as changed:  # say what changed, and every directory that redoing it takes
+            node = graph.get(changed.stage.name)
+            made_from = ", ".join(node.made_from) if node else "the stage before it"
+            later = [graph[stage].directory for stage in later_stages(graph, [changed.stage.name])]
+            remove = [directory for directory in later if directory.exists()] or [changed.stage.directory]
+            raise UserError(changed.describe(made_from, remove)) from None
 
 
 def _run_stages(
@@ -172,6 +183,90 @@ def check_recipe(config: PipelineConfig) -> None:
             raise UserError(f"{dotted} is set by the pipeline (under output_dir); remove it from the recipe")
 
 
+# -- the stage graph: which stage reads which one's outputs ------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class StageNode:
+    directory: Path
+    made_from: tuple[str, ...]  # the stages whose outputs it reads (their output ids are in its fingerprint)
+
+
+def stage_graph(config: PipelineConfig, root: Path, train_plans: dict, dpo_plans: dict) -> dict[str, StageNode]:
+    """Every stage of this run by name, as `_run_stages` runs them (a stage after those it is made from), with
+    its directory and the stages it reads."""
+    graph: dict[str, StageNode] = {}
+    for mode in config.modes:
+        graph[f"generate/{mode}"] = StageNode(config.generation_dir(mode), ())
+        graph[f"dataset/{mode}"] = StageNode(root / "dataset" / mode, (f"generate/{mode}",))
+
+    def scored(model: str, made_from: tuple[str, ...]) -> None:
+        if config.evaluate.enabled:
+            graph[f"eval/{model}"] = StageNode(root / "eval" / model, made_from)
+            if config.evaluate.lm_eval_tasks:
+                graph[f"eval/{model}/lm_eval"] = StageNode(root / "eval" / model / "lm_eval", made_from)
+
+    scored("base", ())
+    for mode in config.modes:
+        graph[f"checkpoints/{mode}"] = StageNode(train_plans[mode].output_dir, (f"dataset/{mode}",))
+        scored(mode, (f"checkpoints/{mode}",))
+        if mode in dpo_plans:
+            dpo = dpo_plans[mode]
+            graph[f"checkpoints/{dpo.mode}"] = StageNode(dpo.output_dir, (f"dataset/{mode}", f"checkpoints/{mode}"))
+            scored(dpo.mode, (f"checkpoints/{dpo.mode}",))
+    return graph
+
+
+def later_stages(graph: dict[str, StageNode], names: list[str]) -> list[str]:
+    """`names` and every stage that reads their outputs, directly or through others, in the order they run."""
+    affected = set(names)
+    for stage, node in graph.items():
+        if affected & set(node.made_from):
+            affected.add(stage)
+    return [stage for stage in graph if stage in affected]
+
+
+# The names the issue and the commands use for the stages: train/spri is checkpoints/spri, and so on.
+STAGE_ALIASES = {"train": "checkpoints", "format": "dataset", "evaluate": "eval"}
+
+
+def redo_stages(names: list[str], graph: dict[str, StageNode], root: Path) -> list[str]:
+    """The stages `redo` names (aliases resolved) and every stage after them that reads their outputs."""
+    wanted = []
+    for name in names:
+        kind, _, rest = name.strip("/").partition("/")
+        resolved = f"{STAGE_ALIASES.get(kind, kind)}/{rest}"
+        if kind == "dpo":  # dpo/spri: the DPO training after spri's SFT
+            resolved = f"checkpoints/{rest}+dpo"
+        if resolved not in graph:
+            raise UserError(f"redo: no stage '{name}' in this run (its stages: {', '.join(graph)})")
+        wanted.append(resolved)
+    redone = later_stages(graph, wanted)
+    for stage in redone:
+        directory = graph[stage].directory
+        if not directory.resolve().is_relative_to(root.resolve()):
+            raise UserError(
+                f"redo {stage}: its directory {directory} is outside this run's output_dir (a shared generate_dir): "
+                "remove it yourself to make it again"
+            )
+    return redone
+
+
+def _clear_stages(stages: list[str], graph: dict[str, StageNode], asked: list[str]) -> None:
+    """Remove what `stages` made (a stage folder nested in another, eval/spri/lm_eval, is left to its own stage),
+    so each runs again from the start, and say so in one line."""
+    if not stages:
+        return
+    nested = {graph[stage].directory for stage in graph}
+    for stage in stages:
+        directory = graph[stage].directory
+        for path in directory.iterdir() if directory.is_dir() else ():
+            if path in nested:
+                continue
+            shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+    print(f"[spri-sft] redo {', '.join(asked)}: running again {', '.join(stages)}", flush=True)
+
+
 # -- generate and format ---------------------------------------------------------------------
 
 
@@ -191,11 +286,11 @@ def _generate(
         "prompts": _prompt_set(job.prompts),
         **({"shard": job.shard} if job.shard else {}),  # absent when unsharded: earlier stages stay valid
     }
-    stage = Stage(f"generate/{mode}", Path(job.output_dir), fingerprint(settings), incremental=True)
+    stage = Stage.made_from(f"generate/{mode}", Path(job.output_dir), settings, incremental=True)
     if _skip(stage):
         return stage
     stage.begin()
-    summary = generate(job, servers)
+    summary = generate(job, servers, flags="--generate.")  # its errors name the flags `spri-sft run` takes
     if summary["missing"]:
         raise UserError(
             f"generate/{mode}: {summary['missing']} prompts have no record yet ({summary['stopped_by'] or 'a limit'} "
@@ -219,6 +314,8 @@ def _prompt_set(source) -> dict:
     settings = dataclasses.asdict(source)
     if not source.dataset:
         settings["path"] = file_digest(source.path or BUILTIN_PROMPTS)
+    if source.id_column is None:
+        del settings["id_column"]  # absent when unset: generate stages made before it existed stay done
     return settings
 
 
@@ -285,7 +382,7 @@ def format_stage(
         del settings["preference"], settings["preference_margin"]
     unmeasured = {key: value for key, value in settings.items() if key not in LENGTH_FIELDS}
     measuring = job.tokenizer is not None and job.max_length is not None
-    stage = Stage(f"dataset/{mode}", Path(job.output_dir), fingerprint(settings if measuring else unmeasured))
+    stage = Stage.made_from(f"dataset/{mode}", Path(job.output_dir), settings if measuring else unmeasured)
     state = stage.state() or {}
     if filled and state.get("status") == "done" and state.get("fingerprint") == fingerprint(unmeasured):
         print(
@@ -293,7 +390,7 @@ def format_stage(
             f"format did): rows over it are not counted there; delete {stage.directory} to count them",
             flush=True,
         )
-        stage = Stage(stage.name, stage.directory, fingerprint(unmeasured))
+        stage = Stage.made_from(stage.name, stage.directory, unmeasured)
     return job, stage
 
 
@@ -470,7 +567,7 @@ def _train(plan: TrainPlan, after: Any) -> Stage:
     settings = {k: v for k, v in plan.args.items() if k not in paths}
     if plan.accelerate_config:  # the number of processes changes the effective batch
         settings["accelerate_config"] = yaml.safe_load(Path(plan.accelerate_config).read_text())
-    stage = Stage(f"checkpoints/{plan.mode}", plan.output_dir, fingerprint({**settings, "after": after}))
+    stage = Stage.made_from(f"checkpoints/{plan.mode}", plan.output_dir, {**settings, "after": after})
     if _skip(stage, resumable=any(plan.output_dir.glob("checkpoint-*"))):
         return stage
     stage.begin()
@@ -592,7 +689,7 @@ def _evaluate(
     if quantized:  # scored on the 4-bit base since these fields: QLoRA evaluations made before rescore
         scoring["quantized_base"] = quantized
     upstream = trained.output_id if trained is not None else plan.student
-    stage = Stage(f"eval/{directory.name}", directory, fingerprint({**scoring, "after": upstream}))
+    stage = Stage.made_from(f"eval/{directory.name}", directory, {**scoring, "after": upstream})
     if _skip(stage, resumable=False):
         return stage
     stage.begin()
@@ -629,6 +726,10 @@ def lm_eval_job(config: PipelineConfig, plan: TrainPlan, trained: Stage | None) 
 
 
 def lm_eval_fingerprint(config: PipelineConfig, plan: TrainPlan, trained: Stage | None) -> str:
+    return fingerprint(lm_eval_settings(config, plan, trained))
+
+
+def lm_eval_settings(config: PipelineConfig, plan: TrainPlan, trained: Stage | None) -> dict[str, Any]:
     """What decides lm-eval's numbers: the tasks and their arguments (local task files by contents), lm-eval's
     version, and which model (by the stage that made it); not the device."""
     job = lm_eval_job(config, plan, trained)
@@ -636,14 +737,14 @@ def lm_eval_fingerprint(config: PipelineConfig, plan: TrainPlan, trained: Stage 
     settings["include_path"] = folder_digest(job.include_path) if job.include_path else None
     settings["lm_eval"] = lm_eval_version()
     settings["after"] = trained.output_id if trained is not None else plan.student
-    return fingerprint(settings)
+    return settings
 
 
 def lm_eval_stage(
     config: PipelineConfig, directory: Path, plan: TrainPlan, trained: Stage | None, name: str, group: str
 ) -> Stage:
     """lm-eval's tasks on the student (`trained` None) or on a mode's adapter, into `directory`/results.json."""
-    stage = Stage(f"eval/{directory.parent.name}/lm_eval", directory, lm_eval_fingerprint(config, plan, trained))
+    stage = Stage.made_from(f"eval/{directory.parent.name}/lm_eval", directory, lm_eval_settings(config, plan, trained))
     if _skip(stage, resumable=False):
         return stage
     stage.begin()
