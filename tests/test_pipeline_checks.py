@@ -184,6 +184,16 @@ def test_redo_of_an_unknown_stage_is_one_line_listing_the_stages(tmp_path):
         redo_stages(["train/sprii"], graph, tmp_path)
 
 
+def test_an_unknown_redo_flag_stops_the_run_before_generation(tmp_path, capsys):
+    recipe = write_recipe(tmp_path)
+
+    assert main(["run", str(recipe), "--redo", "train/sprii"]) == 2
+
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("spri-sft: error: redo: no stage 'train/sprii' in this run (its stages: generate/spri, ")
+    assert records_written(tmp_path) == []
+
+
 def test_redo_refuses_to_remove_a_generation_shared_from_outside_the_run(tmp_path):
     from spri_sft.pipeline.run import redo_stages, stage_graph
 

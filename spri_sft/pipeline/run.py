@@ -71,6 +71,8 @@ def run_pipeline(config: PipelineConfig) -> dict[str, Any]:
     dpo_plans = {}
     if config.dpo.enabled:
         dpo_plans = {mode: dpo_plan(config, plan, root, name, group) for mode, plan in train_plans.items()}
+    graph = stage_graph(config, root, train_plans, dpo_plans)
+    redone = redo_stages(config.redo, graph, root)  # an unknown name fails now
     # TRL's and transformers' own checks of the recipes' values, in a child process (see recipe_check)
     origins = {"train": _recipe_origin("train", config.train.recipe, config.train.args)}
     origins["dpo"] = _recipe_origin("dpo", config.dpo.recipe, config.dpo.args)
@@ -78,8 +80,6 @@ def run_pipeline(config: PipelineConfig) -> dict[str, Any]:
     check_training_recipes([(plan.job, plan.args, origins[plan.job]) for plan in plans])
     if config.evaluate.enabled and config.evaluate.lm_eval_tasks:  # no lm-eval, or a task-name typo: fail now
         check_job(lm_eval_job(config, train_plans[config.modes[0]], None))
-    graph = stage_graph(config, root, train_plans, dpo_plans)
-    redone = redo_stages(config.redo, graph, root)  # an unknown name fails now
     truthfulqa = _truthfulqa_source(config, root) if config.evaluate.enabled else None
 
     root.mkdir(parents=True, exist_ok=True)
