@@ -210,6 +210,8 @@ def _columns(config: FormatConfig) -> str:
         "- `principles_score`, `response_score`: the critic's score of the final principles and response; null "
         "when unscored.\n"
         "- `status`: `accepted` (every stage passed its threshold) or `max_rounds` (kept after the round limit).\n"
+        "- `source_id`: the prompt's own id in the source it was read from (`prompts.id_column` of `spri-sft "
+        "generate`), to join rows back to it; null when no id column was set.\n"
     )
 
 
