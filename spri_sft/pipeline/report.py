@@ -399,7 +399,7 @@ def _differences_section(report: dict[str, Any]) -> list[str]:
                 cells += [
                     _signed(interval["delta"]),
                     _bounds(interval),
-                    "negligible" if scores[f"{metric}_negligible"] else "yes" if interval["excludes_zero"] else "no",
+                    "negligible" if scores.get(f"{metric}_negligible") else "yes" if interval["excludes_zero"] else "no",
                 ]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
