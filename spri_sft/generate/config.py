@@ -30,10 +30,11 @@ class GenerateConfig:
     critic: EndpointConfig = field(default_factory=EndpointConfig)
     loop: LoopSettings = field(default_factory=LoopSettings)
     max_concurrent_prompts: int = field(
-        default=64, metadata={"help": "Prompts in flight at once; each waits on its own model calls."}
+        default=64, metadata={"help": "Prompts in flight at once; each waits on its own model calls.", "ge": 1}
     )
     token_budget: int | None = field(
-        default=None, metadata={"help": "Stop cleanly once this many tokens (prompt + completion, all models) are spent."}
+        default=None,
+        metadata={"help": "Stop cleanly once this many tokens (prompt + completion, all models) are spent.", "ge": 1},
     )
     max_cost: float | None = field(
         default=None,
@@ -47,6 +48,15 @@ class GenerateConfig:
         default=8,
         metadata={"help": "Stop when this run's first N records all failed with the same error; null never stops.", "ge": 1},
     )
+    max_failed_share: float = field(
+        default=0.1,
+        metadata={
+            "help": "The largest share of failed records a finished run may hold (0.1: one in ten): above it, or when no "
+            "record succeeded, the run is an error (a pipeline's generate stage is not done); 1 allows any but all.",
+            "ge": 0,
+            "le": 1,
+        },
+    )
     shard: str | None = field(
         default=None,
         metadata={
@@ -55,5 +65,11 @@ class GenerateConfig:
             "output_dir and merge them with `spri-sft format --records a.jsonl b.jsonl ...`."
         },
     )
-    retry_failed: bool = field(default=False, metadata={"help": "On a rerun, drop `failed` records and try those prompts again."})
+    retry_failed: bool = field(
+        default=False,
+        metadata={
+            "help": "On a rerun, also retry the records that failed with a permanent error (a rerun always retries "
+            "the ones that failed with a connection, HTTP status or timeout error)."
+        },
+    )
     progress: bool = field(default=True, metadata={"help": "Show a progress bar."})

@@ -6,13 +6,31 @@ Every reply a prompt gets before then is journaled (`journal.py`), so a killed r
 replays them instead of paying for them again. A rerun with the same settings skips finished
 ids; changed settings change the ids (`identity.py`).
 
-A run whose records all failed is an error, and so is one whose first `fail_fast_after`
-records failed with one same error (it stops there): both name the error in one line.
+One output_dir holds one mode's records: a run of another mode into a directory that holds
+records of a mode is refused (give it its own output_dir), so records.jsonl, summary.json and
+config.yaml always describe one mode, and `spri-sft format` never meets two modes' versions of
+one prompt in one file.
 
-`token_budget` and `max_cost` stop a run cleanly once it has spent that many tokens or dollars
-(at the roles' prices, `spri_sft.generate.plan.Prices`): finished records are kept, unfinished
-prompts are dropped with their journals, and a rerun with a higher limit (or none) finishes them.
-summary.json says what the records cost (`cost_usd`) and what this run spent (`this_run`).
+Failed is not done. A failed record keeps its error and its kind (`error_kind`): `transient`
+for a failure to connect, an HTTP error status or a timeout (a server down, a wrong URL, a rate
+limit outlasting the retries: fixing the server fixes it), `permanent` for any other (the same
+request would fail again). A rerun retries this configuration's transient failures by itself (a
+record's id says its settings are unchanged); `retry_failed` retries the permanent ones too. When
+no record of this configuration in records.jsonl succeeded, or more than `max_failed_share` of
+them failed, the run is an error (after summary.json is written) naming the most common error
+and what to do, and so is a run whose first `fail_fast_after` records failed with one same error
+(it stops there). `max_failed_share` defaults to 0.1: a healthy run, whose requests are retried on
+429s, 5xx and timeouts, fails almost none, so one record in ten failing has a cause to fix, and a
+dataset without those prompts is skewed towards the ones that succeed; since a rerun retries
+transient failures by itself, stopping costs no more than that rerun.
+
+Clean stops. `token_budget` and `max_cost` stop a run cleanly once it has spent that many tokens
+or dollars (at the roles' prices, `spri_sft.generate.plan.Prices`), and so do Ctrl-C and SIGTERM
+(which then go on as KeyboardInterrupt and `spri_sft.errors.Terminated`): unfinished prompts are
+cancelled and awaited, so none is left to print a traceback; finished records are kept, the
+unfinished prompts' journals too (a budget stop drops them), and summary.json is written
+(`stopped_by`: token_budget, max_cost or interrupted); a rerun finishes the rest. summary.json says
+what the records cost (`cost_usd`) and what this run spent (`this_run`).
 """
 
 from __future__ import annotations
@@ -20,6 +38,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import signal
+import threading
 import time
 from collections import Counter
 from dataclasses import asdict
@@ -27,10 +47,10 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from spri_sft.config import dump_yaml
-from spri_sft.errors import UserError
+from spri_sft.config import check_ranges, dump_yaml
+from spri_sft.errors import Terminated, UserError
 from spri_sft.generate.config import GenerateConfig
-from spri_sft.generate.engine import MODE_ROLES, Engine, Session
+from spri_sft.generate.engine import ALIASES, MODE_ROLES, Engine, Session
 from spri_sft.generate.identity import generation_identity, record_id, request_settings
 from spri_sft.generate.inputs import load_prompts, prompt_origin
 from spri_sft.generate.journal import Journal, ReplayedCompletion
@@ -39,22 +59,66 @@ from spri_sft.generate.prompts import PromptSet, load_prompt_set
 from spri_sft.generate.servers import ServedModels
 from spri_sft.generate.store import RecordStore
 from spri_sft.llm import Completion, build_backends
+from spri_sft.processes import writes_output_dir
 
 logger = logging.getLogger(__name__)
 
 
-def generate(config: GenerateConfig, servers: ServedModels | None = None) -> dict:
+@writes_output_dir  # a second run into the same output_dir refuses instead of appending the same records
+def generate(config: GenerateConfig, servers: ServedModels | None = None, flags: str = "--") -> dict:
     """Run generation to completion (or to the token budget or max_cost) and return the summary.
 
     `backend: vllm` roles run on `servers` (kept running for the caller), or on servers started
     for this run and stopped at its end. Raises UserError, after writing the summary, when no
-    record of this run succeeded or when the first `fail_fast_after` records failed with the
-    same error (the run stops there)."""
-    summary = asyncio.run(_generate(config, servers))
+    record of this configuration succeeded, more than `max_failed_share` failed, or the first
+    `fail_fast_after` records failed with the same error (the run stops there). `flags` is how the
+    command being run spells this config's fields (`--generate.` in `spri-sft run`), for the
+    flags its errors name. Ctrl-C and SIGTERM stop it cleanly (module docstring) and go on as
+    KeyboardInterrupt and Terminated."""
+    check_ranges(config, "generate")  # a config built in code; one read from YAML or flags was checked as it was read
+    terminated = False
+
+    async def until_sigterm() -> dict:
+        # asyncio turns Ctrl-C into a cancellation of this task; SIGTERM gets the same, so both stop at an
+        # await, never in the middle of a record's write, and leave no task to print a traceback.
+        task, loop = asyncio.current_task(), asyncio.get_running_loop()
+
+        def on_sigterm(signum, frame) -> None:
+            nonlocal terminated
+            if terminated:  # a second SIGTERM (a process group signalled twice) must not cut the clean-up short
+                return
+            terminated = True
+            loop.call_soon_threadsafe(task.cancel)
+
+        previous = _handle_sigterm(on_sigterm)
+        try:
+            return await _generate(config, servers, flags)
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
+
+    try:
+        summary = asyncio.run(until_sigterm())
+    except asyncio.CancelledError:
+        if terminated:
+            raise Terminated() from None
+        raise
     failure = summary.get("failure")
     if failure:
-        raise UserError(f"generate: {failure}")
+        raise UserError(f"generate: {Path(config.output_dir) / 'records.jsonl'}: {failure}")
     return summary
+
+
+def _handle_sigterm(handler):
+    """Install `handler` for SIGTERM and return the one it replaces; None (nothing installed) off the main
+    thread, where signals cannot be handled, or when SIGTERM is ignored on purpose (nohup)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    previous = signal.getsignal(signal.SIGTERM)
+    if previous == signal.SIG_IGN:
+        return None
+    signal.signal(signal.SIGTERM, handler)
+    return previous if previous is not None else signal.SIG_DFL
 
 
 def run_records(config: GenerateConfig) -> tuple[list[dict], bool]:
@@ -75,7 +139,7 @@ def _inputs(config: GenerateConfig) -> tuple[PromptSet, list[str], list[str]]:
     return templates, prompts, [record_id(p, identity) for p in prompts]
 
 
-async def _generate(config: GenerateConfig, servers: ServedModels | None) -> dict:
+async def _generate(config: GenerateConfig, servers: ServedModels | None, flags: str) -> dict:
     started = time.monotonic()
     output_dir = Path(config.output_dir)
     prices = Prices(config)
@@ -86,6 +150,11 @@ async def _generate(config: GenerateConfig, servers: ServedModels | None) -> dic
 
     output_dir.mkdir(parents=True, exist_ok=True)
     store = RecordStore(output_dir / "records.jsonl")
+    try:
+        _refuse_another_mode(store, ALIASES.get(config.mode, config.mode), flags)
+    except UserError:
+        store.close()
+        raise
     others = set(store.records) - set(ids)
     if others:
         logger.warning(
@@ -95,8 +164,7 @@ async def _generate(config: GenerateConfig, servers: ServedModels | None) -> dic
     dump_yaml(config, output_dir / "config.yaml")
     if store.torn_bytes:
         logger.warning("cut off a torn last line (%d bytes) left by an interrupted run", store.torn_bytes)
-    if config.retry_failed:
-        logger.info("dropped %d failed records to retry them", store.drop("failed"))
+    _drop_failed_to_retry(store, set(ids), config.retry_failed, flags)
     pending = [(i, p) for i, p in zip(ids, prompts) if i not in store]
 
     cost = call_bounds(config, len(pending))
@@ -133,12 +201,30 @@ async def _generate(config: GenerateConfig, servers: ServedModels | None) -> dic
             finally:
                 if own_servers:
                     servers.close()
+    except (asyncio.CancelledError, KeyboardInterrupt):
+        # Ctrl-C or SIGTERM: the finished records' summary, then the interrupt goes on to the caller.
+        _write_summary(config, store, ids, prompts, prices, meter, started, "interrupted", flags)
+        raise
     finally:
         store.close()
 
+    limit = meter.stop_reason if meter.stop_reason in _LIMITS and meter.records < len(pending) else None
+    summary = _write_summary(config, store, ids, prompts, prices, meter, started, limit, flags)
+    if limit == "token_budget":
+        print(f"[spri-sft] token budget of {config.token_budget:,} spent: stopped with every finished record kept")
+    elif limit == "max_cost":
+        print(
+            f"[spri-sft] max_cost of {dollars(config.max_cost)} spent ({dollars(summary['this_run']['cost_usd'])}): "
+            "stopped with every finished record kept"
+        )
+    return summary
+
+
+def _write_summary(config, store, ids, prompts, prices, meter, started, stopped_by: str | None, flags: str) -> dict:
+    """summary.json of this configuration's records in the file (not only this run's), with what this run did."""
     wanted = set(ids)
-    summary = summarize([r for r in store.records.values() if r["id"] in wanted])
-    stopped_by = meter.stop_reason if meter.stop_reason in _LIMITS and meter.records < len(pending) else None
+    records = [r for r in store.records.values() if r["id"] in wanted]
+    summary = summarize(records)
     wall_seconds = time.monotonic() - started
     summary.update(
         prompt_rows=prompts.report.as_dict(),
@@ -154,22 +240,109 @@ async def _generate(config: GenerateConfig, servers: ServedModels | None) -> dic
             "gpu_hours": round(prices.gpu_hours(wall_seconds), 9),
             "cost_usd": round(meter.cost(wall_seconds), 6) if prices.priced else None,
         },
-        stopped_by_budget=stopped_by is not None,
+        stopped_by_budget=stopped_by in _LIMITS,
         stopped_by=stopped_by,
         missing=len(wanted - set(store.records)),
     )
-    failure = meter.failure()
-    if failure:
-        summary["failure"] = failure
-    (output_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    if stopped_by == "token_budget":
-        print(f"[spri-sft] token budget of {config.token_budget:,} spent: stopped with every finished record kept")
-    elif stopped_by == "max_cost":
-        print(
-            f"[spri-sft] max_cost of ${config.max_cost:,.2f} spent (${summary['this_run']['cost_usd']:,.2f}): "
-            "stopped with every finished record kept"
-        )
+    if stopped_by != "interrupted":  # an interrupted run is not judged: the interrupt is what the caller hears
+        failure = meter.failure(flags) or _records_failure(records, config.max_failed_share, flags)
+        if failure:
+            summary["failure"] = failure
+    (Path(config.output_dir) / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def dollars(amount: float) -> str:
+    """A dollar amount as a line prints it: cents from a dollar up, else four significant digits ($0.002135),
+    so a small spend never reads as $0.00."""
+    if amount == 0 or abs(amount) >= 1:
+        return f"${amount:,.2f}"
+    return f"${amount:.4g}"
+
+
+def _refuse_another_mode(store: RecordStore, mode: str, flags: str) -> None:
+    """One output_dir holds one mode's records (module docstring): refuse a run of another mode into it."""
+    found = Counter(ALIASES.get(r.get("mode"), r.get("mode")) for r in store.records.values())
+    found.pop(mode, None)
+    if found:
+        other, count = found.most_common(1)[0]
+        raise UserError(
+            f"{store.path} holds {count} records of mode {other}, and one output_dir holds one mode's records: "
+            f"give mode {mode} its own {flags}output_dir"
+        )
+
+
+TRANSIENT, PERMANENT = "transient", "permanent"
+_RETRIED = "records that failed to connect, with an HTTP error status or a timeout are retried"
+
+
+def _transient_errors() -> tuple[type[BaseException], ...]:
+    """What a server or the network did, not the request: a rerun may well succeed (module docstring)."""
+    import openai
+
+    from spri_sft.llm.openai_http import MalformedReply
+
+    # APIConnectionError includes the SDK's APITimeoutError; APIStatusError is any HTTP error status.
+    return openai.APIConnectionError, openai.APIStatusError, MalformedReply, ConnectionError, TimeoutError
+
+
+def error_kind(error: BaseException) -> str:
+    return TRANSIENT if isinstance(error, _transient_errors()) else PERMANENT
+
+
+def recorded_error_kind(record: dict) -> str:
+    """A failed record's `error_kind`; for one written before records kept it, read from its error's type name."""
+    if "error_kind" in record:
+        return record["error_kind"]
+    name = (record.get("error") or "").split(":", 1)[0]
+    return TRANSIENT if name in {cls.__name__ for base in _transient_errors() for cls in _subclasses(base)} else PERMANENT
+
+
+def _subclasses(cls: type) -> list[type]:
+    return [cls] + [sub for direct in cls.__subclasses__() for sub in _subclasses(direct)]
+
+
+def _drop_failed_to_retry(store: RecordStore, ids: set[str], retry_failed: bool, flags: str) -> None:
+    """Drop this configuration's failed records that a rerun retries: the transient ones, or all with `retry_failed`."""
+    failed = [r for i, r in store.records.items() if i in ids and r["status"] == "failed"]
+    retried = {r["id"] for r in failed if retry_failed or recorded_error_kind(r) == TRANSIENT}
+    if retried:
+        store.drop(retried)
+        why = "--retry_failed" if retry_failed else "a connection, HTTP status or timeout error"
+        print(f"[spri-sft] {len(retried)} records that failed in an earlier run ({why}): generated again", flush=True)
+    kept = len(failed) - len(retried)
+    if kept:
+        print(
+            f"[spri-sft] {kept} records that failed in an earlier run with a permanent error: kept "
+            f"({flags}retry_failed true generates them again)",
+            flush=True,
+        )
+
+
+def _records_failure(records: list[dict], max_failed_share: float, flags: str) -> str | None:
+    """One line saying why this configuration's records are a failed run (module docstring), or None."""
+    failed = [r for r in records if r["status"] == "failed"]
+    if not failed:
+        return None
+    share = len(failed) / len(records)
+    if len(failed) < len(records) and share <= max_failed_share:
+        return None
+    error, count = Counter(_one_line(r.get("error") or "no error recorded") for r in failed).most_common(1)[0]
+    if len(failed) == len(records):
+        what = f"no record succeeded: all {len(failed)} records failed"
+        limit = ""
+    else:
+        what = f"{len(failed)} of {len(records)} records failed ({share:.0%}, over max_failed_share {max_failed_share:g})"
+        limit = f"; {flags}max_failed_share allows more"
+    permanent = sum(recorded_error_kind(r) == PERMANENT for r in failed)
+    if permanent:
+        todo = (
+            f"fix its cause and rerun with {flags}retry_failed true: {permanent} failed with a permanent error, which "
+            "a plain rerun keeps"
+        )
+    else:
+        todo = f"fix its cause and rerun the same command: {_RETRIED}"
+    return f"{what}, {count} of them with {error} ({todo}{limit})"
 
 
 def _backends(config: GenerateConfig, mode: str, servers: ServedModels):
@@ -212,8 +385,8 @@ class _Meter:
         self.calls = self.replayed = self.tokens = self.records = self.accepted = 0
         self.tokens_cost = 0.0  # USD of this run's tokens
         self.generating_seconds = self.prompt_seconds = 0.0
-        self.errors: Counter[str] = Counter()  # the errors of this run's failed records
         self.first_outcomes: list[str | None] = []  # error or None, of this run's first records
+        self.first_kind: str | None = None  # error_kind of the first of them
         self.stop = asyncio.Event()
         self.stop_reason: str | None = None
         self.on_change = lambda: None
@@ -240,9 +413,9 @@ class _Meter:
         self.prompt_seconds += seconds
         self.accepted += fields["status"] == "accepted"
         error = fields.get("error") if fields["status"] == "failed" else None
-        if error is not None:
-            self.errors[error] += 1
         if self.fail_fast_after and len(self.first_outcomes) < self.fail_fast_after:
+            if not self.first_outcomes:
+                self.first_kind = fields.get("error_kind")
             self.first_outcomes.append(error)
             first = self.first_outcomes
             if len(first) == self.fail_fast_after and first[0] is not None and first.count(first[0]) == len(first):
@@ -253,21 +426,18 @@ class _Meter:
             self.stop_reason = reason
             self.stop.set()
 
-    def failure(self) -> str | None:
-        """One line naming why this run failed as a whole, or None."""
-        if self.stop_reason == "failing":
-            return (
-                f"stopped early: the first {self.fail_fast_after} records all failed with {_one_line(self.first_outcomes[0])} "
-                "(fix its cause and rerun with --retry_failed true; --fail_fast_after null turns this check off)"
-            )
-        failed = sum(self.errors.values())
-        if self.records and failed == self.records:
-            error, count = self.errors.most_common(1)[0]
-            return (
-                f"no record succeeded: all {failed} records of this run failed, {count} of them with "
-                f"{_one_line(error)} (fix its cause and rerun with --retry_failed true)"
-            )
-        return None
+    def failure(self, flags: str) -> str | None:
+        """One line naming why this run stopped early, or None; `flags` spells the fields as the command takes them."""
+        if self.stop_reason != "failing":
+            return None
+        if self.first_kind == TRANSIENT:
+            rerun = f"rerun the same command: {_RETRIED}"
+        else:
+            rerun = f"rerun with {flags}retry_failed true"
+        return (
+            f"stopped early: the first {self.fail_fast_after} records all failed with {_one_line(self.first_outcomes[0])} "
+            f"(fix its cause and {rerun}; {flags}fail_fast_after null turns this check off)"
+        )
 
 
 def _one_line(error: str, limit: int = 300) -> str:
@@ -315,6 +485,7 @@ async def _run_prompts(pending, engine, base, critic, store, journal, meter, con
                     "response": None,
                     "status": "failed",
                     "error": f"{type(err).__name__}: {err}",
+                    "error_kind": error_kind(err),  # whether a rerun retries it by itself (module docstring)
                     "rounds": [],
                     "usage": {role: asdict(u) for role, u in session.usage.items() if u.calls},
                 }
@@ -328,22 +499,23 @@ async def _run_prompts(pending, engine, base, critic, store, journal, meter, con
             bar.update()
 
     tasks = [asyncio.create_task(one(i, p)) for i, p in pending]
-    everything = asyncio.gather(*tasks)
+    # A cancelled prompt is a result of this gather, not an exception nobody retrieves (a traceback at exit).
+    everything = asyncio.gather(*tasks, return_exceptions=True)
     stop = asyncio.create_task(meter.stop.wait())
     generating = time.monotonic()
     try:
         await asyncio.wait({everything, stop}, return_when=asyncio.FIRST_COMPLETED)
-        if not everything.done():
-            # Budget spent or failing alike: unfinished prompts are dropped, to be generated on a later run.
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-        else:
-            everything.result()
     finally:
+        # Budget spent, failing alike, or interrupted (this task cancelled): unfinished prompts are cancelled and
+        # awaited here, before the backends close under them and before anything else can report them.
         meter.generating_seconds = time.monotonic() - generating
-        stop.cancel()
+        for task in (*tasks, stop):
+            task.cancel()
+        await asyncio.gather(*tasks, stop, return_exceptions=True)
         bar.close()
+    for outcome in everything.result():
+        if isinstance(outcome, Exception):  # not a prompt's failure (those are records): a fault of this loop
+            raise outcome
 
 
 def summarize(records: list[dict]) -> dict:

@@ -65,9 +65,9 @@ class RecordStore:
             self._synced = now
         self.records[record["id"]] = record
 
-    def drop(self, status: str) -> int:
-        """Rewrite the file without records of `status` (to retry failed prompts); returns how many."""
-        kept = [r for r in self.records.values() if r.get("status") != status]
+    def drop(self, ids: set[str]) -> int:
+        """Rewrite the file without the records of `ids` (failed ones, to retry their prompts); returns how many."""
+        kept = [r for r in self.records.values() if r["id"] not in ids]
         dropped = len(self.records) - len(kept)
         if dropped:
             self._handle.close()
