@@ -136,7 +136,8 @@ def test_min_response_score_judges_the_final_version_and_drops_unscored(tmp_path
 
 
 def test_unscored_records_are_kept_without_min_response_score(tmp_path):
-    summary, out = build(tmp_path, [make_record(1, scores=[None], mode="direct")] + FILLER)
+    direct_filler = [dict(record, mode="direct") for record in FILLER]  # a dataset is one mode's records
+    summary, out = build(tmp_path, [make_record(1, scores=[None], mode="direct")] + direct_filler)
     assert sum(summary["dropped"].values()) == 0
     assert "rec001" in row_ids(out)
 
@@ -297,7 +298,8 @@ def test_saved_dataset_is_in_trls_conversational_format_with_provenance(tmp_path
 
 def test_system_prompt_comes_first_and_missing_principles_stay_null(tmp_path):
     record = make_record(1, mode="direct", scores=[None]) | {"principles": None}
-    summary, out = build(tmp_path, [record] + FILLER, system_prompt="You are careful.")
+    direct_filler = [dict(filler, mode="direct") for filler in FILLER]  # a dataset is one mode's records
+    summary, out = build(tmp_path, [record] + direct_filler, system_prompt="You are careful.")
     splits = load_from_disk(str(out / "hf"))
     row = next(row for split in splits.values() for row in split if row["id"] == "rec001")
     assert [m["role"] for m in row["messages"]] == ["system", "user", "assistant"]

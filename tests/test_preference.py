@@ -135,7 +135,7 @@ def paired_records(count: int) -> list[dict]:
 
 def test_format_writes_pairs_beside_the_sft_data_and_counts_the_records_without_one(tmp_path):
     records = paired_records(8) + [
-        make_record(8, [("one shot", None)], mode="direct"),
+        make_record(8, [("one shot", None)]),  # one version only, as a mode without a critic writes
         make_record(9, [("draft", 4), ("final", 4)]),
         make_record(10, [("draft", 1), ("final", 5)], status="failed"),  # dropped by the SFT filters first
     ]

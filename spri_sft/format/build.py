@@ -4,7 +4,11 @@ Steps, in this order; a record is counted under the first step that drops it:
 
 1. load: every line of every `records` file, in the order given, read by `spri_sft.rows` (a
    blank line is skipped; a malformed line or a record missing a field stops the run with its
-   file and line).
+   file and line). Records of several generation modes (several files, or one file mixed by a
+   version before generate refused a second mode into an output_dir) are refused, naming the modes:
+   a dataset is one mode's (the paper trains and compares one model per mode), and deduplication
+   would otherwise drop one mode's answer to a prompt as a duplicate of the other's. Format each
+   mode's records.jsonl on its own, into its own output_dir.
 2. quality filters, on the final version of the response (the last `response` round):
    `status`: the record's status is not in `statuses`;
    `empty_response`: the response is missing or blank;
@@ -81,6 +85,7 @@ from spri_sft.format.contamination import TruthfulQAGuard, guard_source, source_
 from spri_sft.format.dedupe import exact_duplicates, near_duplicates, normalize
 from spri_sft.format.preference import PREFERENCE_DIR, build_preference, save_preference
 from spri_sft.generate.inputs import SFT_SPLITS
+from spri_sft.processes import writes_output_dir
 from spri_sft.rows import read_jsonl
 
 logger = logging.getLogger(__name__)
@@ -92,10 +97,12 @@ OVERLONG_REASON = "overlong"
 SPLITS = ("train", "validation")
 
 
+@writes_output_dir  # two formats into one output_dir would interleave their files
 def build_dataset(config: FormatConfig) -> dict:
     """Run every step of the module docstring and return the summary (also written to summary.json)."""
     _check(config)
     records = read_records(config.records)
+    refuse_several_modes(records, config.records)
     _say_records_without_source_id(records)
     dropped: list[dict] = []
 
@@ -214,6 +221,17 @@ def read_records(paths: list[str]) -> list[dict]:
         for row in read_jsonl(path, "records file", malformed_hint=TORN_LINE):
             records.append(_check_record(row.value, f"{path}:{row.where}"))
     return records
+
+
+def refuse_several_modes(records: list[dict], paths: list[str]) -> None:
+    """One dataset is one mode's records (step 1): refuse records of several modes, naming them."""
+    modes = Counter(record["mode"] for record in records)
+    if len(modes) > 1:
+        counts = ", ".join(f"{count} {mode}" for mode, count in modes.most_common())
+        raise UserError(
+            f"records: {', '.join(paths)} hold records of {len(modes)} generation modes ({counts}); a dataset is "
+            "one mode's: format each mode's records.jsonl on its own, into its own --output_dir"
+        )
 
 
 def _check_record(record, where: str) -> dict:
