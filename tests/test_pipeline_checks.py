@@ -104,10 +104,11 @@ def test_a_dpo_recipe_is_checked_as_the_dpo_child_parses_it(tmp_path):
 def test_checking_the_recipes_leaves_this_process_without_accelerate_device_state(tmp_path):
     from accelerate.state import PartialState
 
-    from spri_sft.pipeline.recipe_check import check_training_recipes
+    from spri_sft.pipeline.recipe_check import training_recipes_checked
 
     assert PartialState._shared_state == {}
-    check_training_recipes([("train", {"model_name_or_path": "x", "output_dir": str(tmp_path), "max_steps": 2}, "train")])
+    with training_recipes_checked([("train", {"model_name_or_path": "x", "output_dir": str(tmp_path), "max_steps": 2}, "train")]):
+        pass
     assert PartialState._shared_state == {}
 
 

@@ -8,7 +8,8 @@ training child started, after generation. Building them in the pipeline's own pr
 the CUDA device on a GPU machine) that the training child needs to set up itself. So one short child
 process parses every recipe of the run exactly as `spri-sft train` / `spri-sft dpo` will (`run_job`: the
 recipe's own checks, `TrlParser`, the CPU flags without a GPU) and exits before any model or data is
-loaded: a few seconds, once per run (and once per distinct recipe in one process, e.g. a test session).
+loaded: 5-12 s on two busy cores (importing TRL), run beside the pipeline's other checks, once per run (and once
+per distinct recipe in one process, e.g. a test session).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import json
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,11 +36,14 @@ PLACES = ("output_dir", "dataset_path", "run_name", "sft_adapter")
 _checked: set[str] = set()  # recipes (less their PLACES) this process saw parsed cleanly
 
 
-def check_training_recipes(recipes: list[tuple[str, dict[str, Any], str]]) -> None:
+@contextlib.contextmanager
+def training_recipes_checked(recipes: list[tuple[str, dict[str, Any], str]]) -> Iterator[None]:
     """Parse each `(job, args, where)` (job: train or dpo; `where` names the recipe to the user) as its training
-    child will; the first refusal is one UserError line, `where` and the setting TRL or transformers names."""
+    child will, in a child process that runs while the block does (the pipeline's other checks); leaving the
+    block waits for it. The first refusal is one UserError line: `where` and the setting TRL or transformers names."""
     unchecked = list({_key(recipe): recipe for recipe in recipes if _key(recipe) not in _checked}.values())
     if not unchecked:
+        yield
         return
     with tempfile.TemporaryDirectory(prefix="spri-sft-recipes-") as folder:
         command = [sys.executable, "-m", "spri_sft.pipeline.recipe_check"]
@@ -46,14 +51,22 @@ def check_training_recipes(recipes: list[tuple[str, dict[str, Any], str]]) -> No
             path = Path(folder) / f"{index}-{job}.yaml"
             path.write_text(yaml.safe_dump(args, sort_keys=False))
             command += [job, str(path)]
-        finished = subprocess.run(command, capture_output=True, text=True)
-    if finished.returncode == 0:
+        stdout, stderr = Path(folder) / "stdout", Path(folder) / "stderr"  # files: no pipe to fill while it waits
+        with stdout.open("w") as out, stderr.open("w") as err:
+            child = subprocess.Popen(command, stdout=out, stderr=err, stdin=subprocess.DEVNULL)
+        try:
+            yield
+        except BaseException:
+            child.kill()
+            child.wait()
+            raise
+        returncode = child.wait()
+        verdict, last_words = _verdict(stdout.read_text()), (stderr.read_text().strip().splitlines() or ["no output"])[-1]
+    if returncode == 0:
         _checked.update(_key(recipe) for recipe in unchecked)
         return
-    verdict = _verdict(finished.stdout)
     if verdict is None:  # the child itself failed (an import, a crash): its last words say why
-        last = (finished.stderr.strip().splitlines() or ["no output"])[-1]
-        raise UserError(f"checking the training recipes failed (exit status {finished.returncode}): {last}")
+        raise UserError(f"checking the training recipes failed (exit status {returncode}): {last_words}")
     where = unchecked[verdict["index"]][2]
     raise UserError(f"{where}: {' '.join(verdict['error'].split())}")
 

@@ -46,7 +46,7 @@ from spri_sft.generate.config import GenerateConfig
 from spri_sft.generate.engine import MODES
 from spri_sft.generate.servers import ServedModels
 from spri_sft.pipeline.config import PipelineConfig
-from spri_sft.pipeline.recipe_check import check_training_recipes
+from spri_sft.pipeline.recipe_check import training_recipes_checked
 from spri_sft.pipeline.stages import Stage, StageChanged, file_digest, fingerprint, folder_digest
 from spri_sft.processes import run_bound, writes_output_dir
 
@@ -77,10 +77,10 @@ def run_pipeline(config: PipelineConfig) -> dict[str, Any]:
     origins = {"train": _recipe_origin("train", config.train.recipe, config.train.args)}
     origins["dpo"] = _recipe_origin("dpo", config.dpo.recipe, config.dpo.args)
     plans = [*train_plans.values(), *dpo_plans.values()]
-    check_training_recipes([(plan.job, plan.args, origins[plan.job]) for plan in plans])
-    if config.evaluate.enabled and config.evaluate.lm_eval_tasks:  # no lm-eval, or a task-name typo: fail now
-        check_job(lm_eval_job(config, train_plans[config.modes[0]], None))
-    truthfulqa = _truthfulqa_source(config, root) if config.evaluate.enabled else None
+    with training_recipes_checked([(plan.job, plan.args, origins[plan.job]) for plan in plans]):
+        if config.evaluate.enabled and config.evaluate.lm_eval_tasks:  # no lm-eval, or a task-name typo: fail now
+            check_job(lm_eval_job(config, train_plans[config.modes[0]], None))
+        truthfulqa = _truthfulqa_source(config, root) if config.evaluate.enabled else None
 
     root.mkdir(parents=True, exist_ok=True)
     dump_yaml(dataclasses.replace(config, redo=[]), root / "config.yaml")  # rerunning the saved config redoes nothing
