@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+import signal
 import sys
+import threading
 
-from spri_sft.errors import UserError
+from spri_sft.errors import Terminated, UserError
 
 USAGE = """usage: spri-sft COMMAND [--config FILE.yaml] [--section.field VALUE ...]
 
@@ -66,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     # its own kernels: nothing for the user to fix, and not spri-sft's message.
     for library in ("bitsandbytes.backends.cpu.ops", "kernels"):
         logging.getLogger(library).setLevel(logging.ERROR)
+    # SIGTERM (a scheduler's stop, `kill`, the pipeline stopping its trainer) stops a job the way Ctrl-C does.
+    previous_sigterm = _stop_on_sigterm()
     try:
         if command == "generate":
             return _generate(rest)
@@ -91,9 +95,38 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as err:
         print(f"spri-sft: error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("spri-sft: interrupted; finished records are kept, rerun the same command to resume", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as stop:
+        terminated = isinstance(stop, Terminated)
+        kept = KEPT_WHEN_STOPPED.get(command, "rerun the same command to start it again")
+        print(f"spri-sft: {'stopped by SIGTERM' if terminated else 'interrupted'}; {kept}", file=sys.stderr)
+        return 143 if terminated else 130  # 128 + the signal, as a shell reports it
+    finally:
+        if previous_sigterm is not None:
+            signal.signal(signal.SIGTERM, previous_sigterm)
+
+
+# What a command stopped midway keeps, as its stop line says; the others start over.
+KEPT_WHEN_STOPPED = {
+    "generate": "finished records are kept; rerun the same command to resume",
+    "run": "finished stages are kept; rerun the same command to resume (training from its last complete checkpoint)",
+    "train": "rerun the same command to resume from the last complete checkpoint, if one was saved",
+    "dpo": "rerun the same command to resume from the last complete checkpoint, if one was saved",
+}
+
+
+def _stop_on_sigterm():
+    """Make SIGTERM raise `Terminated` in the main thread; returns the handler it replaced (None: not installed)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None  # only the main thread may set handlers (main() called from a worker thread)
+
+    def terminate(signum, frame):
+        # One stop: a second SIGTERM (a process group signalled twice) must not cut the clean-up short;
+        # a no-op handler, not SIG_IGN, which children started meanwhile would inherit.
+        signal.signal(signal.SIGTERM, lambda *_: None)
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    return signal.SIG_DFL if previous is None else previous
 
 
 def _parse_job_config(command: str, config_class: type, argv: list[str], usage: str = "[--config FILE.yaml]"):

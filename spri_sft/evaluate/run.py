@@ -37,10 +37,12 @@ from typing import Any
 
 from spri_sft.errors import UserError
 from spri_sft.evaluate.config import EvaluateConfig
+from spri_sft.processes import writes_output_dir
 
 logger = logging.getLogger(__name__)
 
 
+@writes_output_dir  # two scorings into one output_dir would overwrite each other's results
 def evaluate_truthfulqa(config: EvaluateConfig, model: Any = None, tokenizer: Any = None) -> dict[str, Any]:
     """Score TruthfulQA MC1/MC2, write results.json and per_question.jsonl, and return the results.
 

@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 GUARD_SCRIPT = Path(__file__).with_name("_guard.py")
+QUICK_STOP_S = 2.0  # a stopped child that takes longer than this is said to be waited for
+GUARD_MARGIN_S = 5.0  # beyond the grace: the guard SIGKILLs at grace, this process only if the guard is stuck
 
 
 def spawn_bound(command: Sequence[str], grace: float, **popen_kwargs: Any) -> subprocess.Popen:
@@ -59,20 +61,22 @@ def run_bound(command: Sequence[str], grace: float, **popen_kwargs: Any) -> int:
 def stop_bound(child: subprocess.Popen, grace: float) -> None:
     """Stop a child `spawn_bound` started: SIGTERM to its guard, which passes it on to the group and
     SIGKILLs it after `grace` seconds; SIGKILL from here too if the guard is late or we are interrupted again."""
-    if child.poll() is None:
-        print(
-            f"[spri-sft] stopping child process {child.pid} (up to {grace:.0f} s for it to finish what it writes; "
-            "Ctrl-C again to kill it now)",
-            file=sys.stderr,
-            flush=True,
-        )
     # The guard alone: it signals the group itself, so the child gets one SIGTERM, not two.
     try:
         os.kill(child.pid, signal.SIGTERM)
     except ProcessLookupError:
         pass
     try:
-        child.wait(timeout=grace + 5.0)
+        try:
+            child.wait(timeout=QUICK_STOP_S)
+        except subprocess.TimeoutExpired:  # busy (saving a checkpoint?): say what we wait for, and how not to
+            print(
+                f"[spri-sft] stopping child process {child.pid}: up to {grace:.0f} s for it to finish what it "
+                "writes; Ctrl-C again to kill it now",
+                file=sys.stderr,
+                flush=True,
+            )
+            child.wait(timeout=grace + GUARD_MARGIN_S)
     except (subprocess.TimeoutExpired, KeyboardInterrupt):
         pass
     finally:

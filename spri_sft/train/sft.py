@@ -691,9 +691,11 @@ def run_job(argv: list[str] | None, command: str, make_parser, main) -> int:
         script_args, training_args, model_args = parser.parse_args_and_config(args=argv)
     except ValueError as err:  # invalid values: TRL and transformers say which
         raise UserError(f"{recipe_path or command}: {err}") from None
+    from spri_sft.processes import hold_output_dir
     from spri_sft.train.progress import only_stage_bars
 
-    with only_stage_bars():  # the training's bar alone: none for loading weights, tokenizing, saving
+    # One training per output_dir: a second would resume from, and save over, the first one's checkpoints.
+    with hold_output_dir(training_args.output_dir), only_stage_bars():  # no bars for loading, tokenizing, saving
         main(script_args, training_args, model_args, recipe=recipe_path)
     return 0
 
