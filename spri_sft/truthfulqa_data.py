@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Literal
 
 from spri_sft.errors import UserError
+from spri_sft.models import hub_offline, hub_reachable
 from spri_sft.rows import Row, read_rows
 
 HUB_DATASET = "truthfulqa/truthful_qa"
@@ -77,7 +78,7 @@ def choose_source(
             f"validation split only; set {setting} to a local file"
         )
     copy = write_packaged_copy(Path(directory))
-    print(f"[spri-sft] TruthfulQA: {SOURCE} (no {setting}, and {why})", flush=True)
+    print(f"[spri-sft] TruthfulQA: no {setting}, and {why}: using {SOURCE}", flush=True)
     return TruthfulQASource(str(copy), None, split, SOURCE)
 
 
@@ -137,29 +138,6 @@ def hub_rows(dataset: str, split: str) -> list[Row]:
             f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
         ) from None
     return [Row(f"row {i}", dict(row)) for i, row in enumerate(loaded)]
-
-
-def hub_offline() -> bool:
-    """Whether HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) says offline, by huggingface_hub's own rule: its constant,
-    read when it was imported, or the variable now, parsed with the same true values (a script may set it later)."""
-    from huggingface_hub import constants
-
-    value = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE")
-    return constants.HF_HUB_OFFLINE or (value or "").upper() in constants.ENV_VARS_TRUE_VALUES
-
-
-def hub_reachable() -> bool:
-    """Not offline, and the Hub's endpoint answers within 5 s."""
-    if hub_offline():
-        return False
-    import httpx
-    from huggingface_hub import constants
-
-    try:
-        httpx.head(constants.ENDPOINT, timeout=5.0)  # honours HTTPS_PROXY like the Hub client does
-    except httpx.HTTPError:
-        return False
-    return True
 
 
 def packaged_bytes() -> bytes:

@@ -322,3 +322,26 @@ def test_a_missing_truthfulqa_file_is_named(tmp_path):
 
     with pytest.raises(UserError, match=r"nope.json: truthfulqa_file not found"):
         load_questions(str(tmp_path / "nope.json"))
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--model", "tinyy"], "spri-sft: error: model tinyy: no such local directory, and no Hub model tinyy in the local"),
+        (["--adapter", "out/nope"], "spri-sft: error: adapter out/nope: no such local directory, and no Hub adapter"),
+    ],
+    ids=["model-typo", "adapter-missing"],
+)
+def test_a_model_or_adapter_that_is_nowhere_is_one_line_not_a_traceback(
+    flags, message, tmp_path, tiny_model_dir, monkeypatch, capsys
+):
+    from spri_sft.cli import main
+
+    _offline(monkeypatch)
+    monkeypatch.chdir(tmp_path)  # out/nope is relative: make sure it is not there
+    argv = ["evaluate", "--model", str(tiny_model_dir), *flags, "--limit", "2", "--output_dir", str(tmp_path / "eval")]
+    assert main(argv) == 2
+
+    (error,) = capsys.readouterr().err.splitlines()  # one line, no traceback
+    assert error.startswith(message)
+    assert not (tmp_path / "eval" / "results.json").exists()

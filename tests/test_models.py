@@ -6,15 +6,62 @@ import json
 
 import pytest
 
-from spri_sft.models import DEFAULT_MODEL, resolve_model
+from spri_sft.errors import UserError
+from spri_sft.models import DEFAULT_MODEL, resolve_adapter, resolve_model
 
 
 def test_local_directory_is_used_as_is(tiny_model_dir):
     assert resolve_model(str(tiny_model_dir)) == str(tiny_model_dir)
 
 
-def test_other_hub_ids_are_left_to_from_pretrained():
-    assert resolve_model("meta-llama/Llama-3.1-8B-Instruct") == "meta-llama/Llama-3.1-8B-Instruct"
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+@pytest.fixture
+def offline_hub_cache(tmp_path, monkeypatch) -> Path:
+    """huggingface_hub's cache holding org/name (a config.json at COMMIT, which main points to), offline."""
+    from huggingface_hub import constants
+
+    cache = tmp_path / "hub"
+    snapshot = cache / "models--org--name" / "snapshots" / COMMIT
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    (cache / "models--org--name" / "refs").mkdir()
+    (cache / "models--org--name" / "refs" / "main").write_text(COMMIT)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))  # read at import; the variable would come too late
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    return cache
+
+
+def test_a_hub_id_found_in_the_local_cache_offline_is_left_to_from_pretrained(offline_hub_cache):
+    assert resolve_model("org/name") == "org/name"
+    assert resolve_model("org/name", revision=COMMIT) == "org/name"
+
+
+def test_a_model_neither_a_directory_nor_in_the_cache_offline_is_one_line_naming_the_setting(offline_hub_cache):
+    with pytest.raises(UserError, match=r"^model tinyy: no such local directory, and no Hub model tinyy in the local "
+                       r"Hugging Face cache \(HF_HUB_OFFLINE is set\)"):  # fmt: skip
+        resolve_model("tinyy")
+    with pytest.raises(UserError, match=r"^model_name_or_path org/name: .* at revision main2 in the local"):
+        resolve_model("org/name", revision="main2", setting="model_name_or_path")
+
+
+def test_a_path_that_is_no_directory_and_no_hub_id_says_both(tmp_path):
+    with pytest.raises(UserError, match=r"no such local directory \(nor a Hub id"):
+        resolve_model(str(tmp_path / "no" / "model"))
+
+
+def test_an_adapter_directory_needs_adapter_config_json_and_names_the_checkpoints_that_have_one(tmp_path):
+    (tmp_path / "run" / "checkpoint-4").mkdir(parents=True)
+    (tmp_path / "run" / "checkpoint-4" / "adapter_config.json").write_text("{}")
+    assert resolve_adapter(str(tmp_path / "run" / "checkpoint-4")) == str(tmp_path / "run" / "checkpoint-4")
+    with pytest.raises(UserError, match=r"run: the directory has no adapter_config.json.*its checkpoint-4$"):
+        resolve_adapter(str(tmp_path / "run"))
+
+
+def test_a_missing_adapter_offline_is_one_line(offline_hub_cache):
+    with pytest.raises(UserError, match=r"^adapter out/nope: no such local directory, and no Hub adapter out/nope"):
+        resolve_adapter("out/nope")
 
 
 def test_embedded_default_uses_the_converted_copy_in_the_cache(tmp_path, monkeypatch):

@@ -146,7 +146,7 @@ def test_another_hub_dataset_offline_is_refused_not_replaced_by_the_packaged_cop
 
 @pytest.mark.parametrize("value", ["1", "ON", "yes", "True"])
 def test_hf_hub_offline_is_read_by_huggingface_hubs_own_rule(value, monkeypatch):
-    from spri_sft.truthfulqa_data import hub_offline, hub_reachable
+    from spri_sft.models import hub_offline, hub_reachable
 
     monkeypatch.setenv("HF_HUB_OFFLINE", value)
     assert hub_offline() and not hub_reachable()

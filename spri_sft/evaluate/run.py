@@ -173,17 +173,19 @@ def load_model(config: EvaluateConfig) -> tuple[Any, Any]:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from spri_sft.models import resolve_model
+    from spri_sft.models import resolve_adapter, resolve_model
 
     device = config.device
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"device {device!r}: this machine has no CUDA; use --device cpu")
-    model_path = resolve_model(config.model)
+    if config.adapter:
+        resolve_adapter(config.adapter)  # before its effective_config.json is read, and before the base loads
     revision = base_revision(config)
+    model_path = resolve_model(config.model, revision)
     tokenizer = AutoTokenizer.from_pretrained(
-        resolve_model(config.tokenizer) if config.tokenizer else model_path,
+        resolve_model(config.tokenizer, setting="tokenizer") if config.tokenizer else model_path,
         revision=None if config.tokenizer else revision,
         trust_remote_code=config.trust_remote_code,
     )
