@@ -3,8 +3,11 @@ naming the first; a lock left by a writer that died is taken over, and said."""
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
 import logging
+import os
 import subprocess
 import sys
 import time
@@ -158,3 +161,19 @@ def test_ranks_other_than_0_of_a_distributed_launch_share_rank_0s_lock(tmp_path,
     monkeypatch.setenv("RANK", "1")
     with hold_output_dir(tmp_path / "checkpoints"):
         pass
+
+
+def test_a_filesystem_without_locks_is_said_in_one_line_and_the_job_runs(tmp_path, monkeypatch, caplog):
+    def no_locks_here(descriptor, operation):
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    monkeypatch.setattr(fcntl, "flock", no_locks_here)  # as on Lustre mounted without -o flock
+    with caplog.at_level(logging.WARNING, logger="spri_sft"), hold_output_dir(tmp_path / "out"):
+        ran = True
+
+    assert ran
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{tmp_path / 'out'}: its filesystem does not support locks (No locks available): nothing stops a second "
+        "command writing there"
+    ]
+    assert not (tmp_path / "out").exists(), "created for the job, left empty by it: removed"

@@ -2,7 +2,7 @@
 
 The lock is `fcntl.flock` on ``<output_dir>/.spri-sft.lock``. The kernel releases it when its holder
 exits, however it exits (a SIGKILL, a crash), so a lock is never left held by a dead process. The
-file holds the holder's pid, command line and start time as JSON, which is what a second writer
+file holds the holder's pid, host, command line and start time as JSON, which is what a second writer
 quotes when it refuses::
 
     spri-sft: error: out/gen is being written by pid 1234 (spri-sft generate --config gen.yaml),
@@ -16,7 +16,9 @@ Directories are locked one by one: a pipeline holds its run directory and each i
 its own stage directory, so a standalone `spri-sft generate` into a running pipeline's generate/spri
 refuses while the pipeline generates there. Within one process a directory may be held again (a
 nested `with`), which only counts. Under a distributed launch (several ranks, one output directory)
-only rank 0 takes the lock: the other ranks are the same job, not a second writer.
+only rank 0 takes the lock: the other ranks are the same job, not a second writer. On a filesystem
+without locks (Lustre mounted without ``-o flock``, NFS without its lock daemon) the job runs, after
+one line saying that nothing guards the directory.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import json
 import logging
 import os
 import shlex
+import socket
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -85,6 +88,12 @@ def hold_output_dir(directory: str | Path) -> Iterator[None]:
     except BaseException:
         _remove_if_empty(path, created)
         raise
+    if descriptor is None:  # a filesystem without locks: said, and the job runs unguarded
+        try:
+            yield
+        finally:
+            _remove_if_empty(path, created)
+        return
     _held[key] = [descriptor, 1]
     try:
         yield
@@ -94,8 +103,9 @@ def hold_output_dir(directory: str | Path) -> Iterator[None]:
         _remove_if_empty(path, created)
 
 
-def _lock(directory: Path) -> int:
-    """The descriptor of ``directory/LOCK_NAME``, locked and naming this process."""
+def _lock(directory: Path) -> int | None:
+    """The descriptor of ``directory/LOCK_NAME``, locked and naming this process; None where the filesystem
+    has no locks."""
     lock_path = directory / LOCK_NAME
     while True:
         descriptor = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
@@ -105,6 +115,16 @@ def _lock(directory: Path) -> int:
             holder = _wait_for_holder(descriptor)
             os.close(descriptor)
             raise UserError(f"{directory} is being written by {_describe(holder)}; wait for it or stop it") from None
+        except OSError as err:  # ENOLCK, ENOSYS: e.g. Lustre mounted without -o flock, NFS without a lock daemon
+            if not _read_holder(descriptor):
+                lock_path.unlink(missing_ok=True)
+            os.close(descriptor)
+            logger.warning(
+                "%s: its filesystem does not support locks (%s): nothing stops a second command writing there",
+                directory,
+                err.strerror or err,
+            )
+            return None
         try:
             same_file = os.fstat(descriptor).st_ino == os.stat(lock_path).st_ino
         except FileNotFoundError:
@@ -118,7 +138,7 @@ def _lock(directory: Path) -> int:
         logger.warning(
             "%s: taking over the lock of %s, which ended without releasing it (killed?)", directory, _describe(previous)
         )
-    me = {"pid": os.getpid(), "command": _command_line(), "started": time.time()}
+    me = {"pid": os.getpid(), "host": socket.gethostname(), "command": _command_line(), "started": time.time()}
     os.ftruncate(descriptor, 0)
     os.pwrite(descriptor, (json.dumps(me) + "\n").encode(), 0)
     return descriptor
@@ -160,7 +180,8 @@ def _describe(holder: dict) -> str:
         moment = datetime.datetime.fromtimestamp(holder["started"])
         same_day = moment.date() == datetime.date.today()
         started = ", started " + moment.strftime("%H:%M:%S" if same_day else "%Y-%m-%d %H:%M:%S")
-    return f"pid {holder['pid']} ({command}){started}"
+    host = f" on {holder['host']}" if holder.get("host") and holder["host"] != socket.gethostname() else ""
+    return f"pid {holder['pid']}{host} ({command}){started}"
 
 
 def _command_line() -> str:
