@@ -557,7 +557,7 @@ def _check_field_names(job: str, args: dict[str, Any], recipe: str | None, class
         raise UserError(f"{job} ({recipe or f'{job}.args'}): unknown `spri-sft {job}` field(s) {', '.join(unknown)}")
 
 
-TRAINING_STOP_GRACE_S = 60.0  # how long a stopped trainer may take to finish writing a checkpoint
+TRAINING_STOP_GRACE_S = 60.0  # how long a stopped trainer may take to exit (its clean-up, W&B's last sync)
 
 
 def _train(plan: TrainPlan, after: Any) -> Stage:
@@ -581,7 +581,7 @@ def _train(plan: TrainPlan, after: Any) -> Stage:
         ]  # fmt: skip
     print(f"[spri-sft] checkpoints/{plan.mode}: {' '.join(command[1:])}", flush=True)
     # Bound to this process: a SIGKILLed pipeline leaves no trainer writing checkpoints behind it, and Ctrl-C or
-    # SIGTERM of the pipeline stops the trainer, with time to finish the checkpoint it is saving.
+    # SIGTERM of the pipeline stops the trainer and waits for it (a checkpoint it cuts short is skipped on resume).
     returncode = run_bound(command, grace=TRAINING_STOP_GRACE_S)
     if returncode != 0:
         raise UserError(
