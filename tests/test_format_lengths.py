@@ -178,5 +178,5 @@ def test_length_settings_that_cannot_work_are_one_line_errors(tmp_path, settings
 
 
 def test_a_tokenizer_that_cannot_be_loaded_is_a_one_line_error(tmp_path):
-    with pytest.raises(UserError, match="tokenizer .*missing-model: cannot be loaded"):
+    with pytest.raises(UserError, match="tokenizer .*missing-model: no such local directory"):
         build(tmp_path, FILLER, tokenizer=str(tmp_path / "missing-model"), max_length=64)

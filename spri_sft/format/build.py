@@ -438,7 +438,7 @@ class RowMeter:
         from spri_sft.models import resolve_model
 
         try:
-            tokenizer = AutoTokenizer.from_pretrained(resolve_model(name))
+            tokenizer = AutoTokenizer.from_pretrained(resolve_model(name, setting="tokenizer"))
         except (OSError, ValueError) as err:
             raise UserError(
                 f"tokenizer {name}: cannot be loaded ({str(err).splitlines()[0][:200]}); give the student's model "
