@@ -192,7 +192,11 @@ class PipelineConfig:
     make an ablation over the same prompts: one dataset and one adapter per mode, one comparison
     table. A rerun skips
     finished stages and resumes the unfinished one (generation and training resume mid-way). A
-    stage whose settings changed since it ran is refused, never silently mixed with old outputs.
+    stage whose settings changed since it ran is refused, never silently mixed with old outputs:
+    the refusal names the settings and input files that changed and every directory redoing it
+    takes (the stage and the later ones reading its outputs), which `redo` reruns in one go.
+    Every setting is checked before the first model call: ranges, the training recipes by TRL's
+    own parser (`spri_sft.pipeline.recipe_check`), lm-eval's task names.
 
     The jobs' sections are their own configs (`spri-sft generate/format --help`), except the
     fields the pipeline sets: generate.output_dir and generate.mode (use `modes`),
