@@ -146,6 +146,9 @@ def test_dollars_show_small_amounts_to_four_significant_digits():
         ("--fail_fast_after", "0", "--fail_fast_after: must be >= 1, got 0"),
         ("--loop.max_rounds", "0", "--loop.max_rounds: must be >= 1, got 0"),
         ("--base.temperature", "-1", "--base.temperature: must be >= 0, got -1.0"),
+        ("--critic.requests_per_minute", "0", "--critic.requests_per_minute: must be > 0, got 0.0"),
+        ("--base.tokens_per_minute", "-5", "--base.tokens_per_minute: must be > 0, got -5.0"),
+        ("--base.batch_wait_ms", "-1", "--base.batch_wait_ms: must be >= 0, got -1.0"),
     ],
 )
 def test_a_numeric_setting_out_of_its_range_is_one_line_before_anything_runs(tmp_path, capsys, flag, value, message):

@@ -126,12 +126,14 @@ class EndpointConfig:
             "ge": 0,
         },
     )
-    requests_per_minute: float | None = field(default=None, metadata={"help": "openai: pace requests to this rate."})
+    requests_per_minute: float | None = field(
+        default=None, metadata={"help": "openai: pace requests to this rate.", "gt": 0}
+    )
     tokens_per_minute: float | None = field(
-        default=None, metadata={"help": "openai: pace by estimated prompt + max_new_tokens to this rate."}
+        default=None, metadata={"help": "openai: pace by estimated prompt + max_new_tokens to this rate.", "gt": 0}
     )
     batch_wait_ms: float = field(
-        default=20.0, metadata={"help": "transformers: how long a batch waits for more concurrent requests."}
+        default=20.0, metadata={"help": "transformers: how long a batch waits for more concurrent requests.", "ge": 0}
     )
     device: str = field(default="auto", metadata={"help": "transformers: 'auto', 'cpu', 'cuda', 'cuda:1', ..."})
     dtype: str = field(default="auto", metadata={"help": "transformers: 'auto', 'float32', 'bfloat16', 'float16'."})
