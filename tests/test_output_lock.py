@@ -87,7 +87,8 @@ def test_a_second_generate_into_the_same_directory_refuses_in_one_line_and_the_f
 
     assert second.returncode == 2
     assert second.stderr.strip().count("\n") == 0, second.stderr
-    assert second.stderr.startswith(f"spri-sft: error: {output_dir} is being written by pid {first.pid} (spri-sft generate")
+    refusal = f"spri-sft: error: {output_dir} is being written by pid {first.pid} (spri-sft generate"
+    assert second.stderr.startswith(refusal)
     assert second.stderr.rstrip().endswith("wait for it or stop it")
     assert first.returncode == 0, first_err[-3000:]
     ids = [json.loads(line)["id"] for line in (output_dir / "records.jsonl").read_text().splitlines()]
@@ -177,3 +178,11 @@ def test_a_filesystem_without_locks_is_said_in_one_line_and_the_job_runs(tmp_pat
         "command writing there"
     ]
     assert not (tmp_path / "out").exists(), "created for the job, left empty by it: removed"
+
+
+def test_an_output_dir_that_cannot_be_made_is_one_line_naming_it(tmp_path):
+    (tmp_path / "taken").write_text("a file, not a folder")
+    output_dir = tmp_path / "taken" / "out"
+    with pytest.raises(UserError, match=rf"^output directory {output_dir}: cannot create it \(Not a directory\)$"):
+        with hold_output_dir(output_dir):
+            pass

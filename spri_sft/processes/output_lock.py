@@ -74,7 +74,10 @@ def hold_output_dir(directory: str | Path) -> Iterator[None]:
         return
     path = Path(directory)
     created = _first_missing(path)
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:  # a read-only place, a file where a folder should be, no permission
+        raise UserError(f"output directory {path}: cannot create it ({err.strerror or err})") from None
     key = os.path.realpath(path)
     if key in _held:
         _held[key][1] += 1
@@ -108,7 +111,10 @@ def _lock(directory: Path) -> int | None:
     has no locks."""
     lock_path = directory / LOCK_NAME
     while True:
-        descriptor = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            descriptor = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as err:
+            raise UserError(f"output directory {directory}: cannot write there ({err.strerror or err})") from None
         try:
             fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
