@@ -105,7 +105,9 @@ def resolve_adapter(name_or_path: str, setting: str = "adapter") -> str:
         if not (folder / "adapter_config.json").is_file():
             checkpoints = sorted(p.name for p in folder.glob("checkpoint-*") if (p / "adapter_config.json").is_file())
             inside = f"; adapters are in its {', '.join(checkpoints[-3:])}" if checkpoints else ""
-            raise UserError(f"{setting} {name_or_path}: the directory has no adapter_config.json, so no PEFT adapter{inside}")
+            raise UserError(
+                f"{setting} {name_or_path}: the directory has no adapter_config.json, so no PEFT adapter{inside}"
+            )
         return name_or_path
     _find_on_hub(name_or_path, "adapter_config.json", None, setting, "adapter")
     return name_or_path
@@ -150,7 +152,9 @@ def _find_on_hub(repo_id: str, filename: str, revision: str | None, setting: str
         raise UserError(f"{setting} {repo_id}: the Hugging Face Hub has no revision {revision} of it") from None
     except EntryNotFoundError:
         if what == "adapter":
-            raise UserError(f"{setting} {repo_id}: the Hub repository has no adapter_config.json, so no PEFT adapter") from None
+            raise UserError(
+                f"{setting} {repo_id}: the Hub repository has no adapter_config.json, so no PEFT adapter"
+            ) from None
         # A repository without config.json (e.g. weights in another layout): from_pretrained says what it needs.
     except Exception as err:  # noqa: BLE001  (a server error, a timeout: the loader retries and reports it)
         logger.info("could not check %s %s on the Hub (%s)", setting, repo_id, type(err).__name__)

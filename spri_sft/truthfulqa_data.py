@@ -7,7 +7,7 @@ The rule (`choose_source`):
    `.json`, `.jsonl` or `.parquet`. The generation task's `TruthfulQA.csv` serves the guard (its
    `Question` column is all the guard reads) but is refused for scoring: it has no MC1/MC2 targets;
 2. else the Hub dataset (`truthfulqa/truthful_qa`, config `multiple_choice`) when the Hub answers;
-3. else (HF_HUB_OFFLINE, or the Hub unreachable) the packaged copy of upstream's `mc_task.json`
+3. else (HF_HUB_OFFLINE or HF_DATASETS_OFFLINE, or the Hub unreachable) the packaged copy of upstream's `mc_task.json`
    (`spri_sft/data/truthfulqa`: provenance and license in SOURCE.md and LICENSE beside it), for
    the default dataset only: another dataset id has no offline stand-in and is refused.
 
@@ -67,11 +67,12 @@ def choose_source(
     if file:
         check_file(file, setting, purpose)
         return TruthfulQASource(file, None, split, file)
-    if hub_reachable():
+    if hub_reachable() and not datasets_offline():
         described = f"{dataset} ({HUB_CONFIG}, {split})"
         print(f"[spri-sft] TruthfulQA: {described} from the Hugging Face Hub (no {setting})", flush=True)
         return TruthfulQASource(None, dataset, split, described)
-    why = "the Hugging Face Hub is unreachable" + (" (HF_HUB_OFFLINE is set)" if hub_offline() else "")
+    flag = "HF_HUB_OFFLINE" if hub_offline() else "HF_DATASETS_OFFLINE" if datasets_offline() else None
+    why = "the Hugging Face Hub is unreachable" + (f" ({flag} is set)" if flag else "")
     if (dataset, split) != (HUB_DATASET, "validation"):
         raise UserError(
             f"TruthfulQA {dataset!r} split {split!r}: {why}, and the packaged copy stands in for {HUB_DATASET}'s "
@@ -138,6 +139,13 @@ def hub_rows(dataset: str, split: str) -> list[Row]:
             f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
         ) from None
     return [Row(f"row {i}", dict(row)) for i, row in enumerate(loaded)]
+
+
+def datasets_offline() -> bool:
+    """HF_DATASETS_OFFLINE, which keeps `datasets` (the Hub dataset's reader) off the Hub, by the same true values."""
+    from huggingface_hub import constants
+
+    return (os.environ.get("HF_DATASETS_OFFLINE") or "").upper() in constants.ENV_VARS_TRUE_VALUES
 
 
 def packaged_bytes() -> bytes:

@@ -327,7 +327,7 @@ def test_a_missing_truthfulqa_file_is_named(tmp_path):
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
-        (["--model", "tinyy"], "spri-sft: error: model tinyy: no such local directory, and no Hub model tinyy in the local"),
+        (["--model", "tinyy"], "spri-sft: error: model tinyy: no such local directory, and no Hub model tinyy in"),
         (["--adapter", "out/nope"], "spri-sft: error: adapter out/nope: no such local directory, and no Hub adapter"),
     ],
     ids=["model-typo", "adapter-missing"],

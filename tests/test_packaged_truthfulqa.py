@@ -88,7 +88,9 @@ def evaluate_argv(model_dir: Path, output_dir: Path, *flags: str) -> list[str]:
             "--output_dir", str(output_dir), *flags]  # fmt: skip
 
 
-def test_evaluate_offline_without_a_file_scores_the_packaged_copy_and_says_so(tmp_path, tiny_model_dir, monkeypatch, capsys):
+def test_evaluate_offline_without_a_file_scores_the_packaged_copy_and_says_so(
+    tmp_path, tiny_model_dir, monkeypatch, capsys
+):
     from spri_sft.cli import main
 
     offline(monkeypatch)
@@ -202,5 +204,53 @@ def test_formats_guard_reads_the_generation_csv_which_scoring_refuses(tmp_path, 
 
     csv = shared_dir / "data/truthfulqa/data/v0/TruthfulQA.csv"
     records = format_records(tmp_path, [TRUTHFULQA_QUESTION, *GARDEN_PROMPTS])
-    summary = build_dataset(FormatConfig(records=[str(records)], output_dir=str(tmp_path / "out"), truthfulqa_file=str(csv)))
+    config = FormatConfig(records=[str(records)], output_dir=str(tmp_path / "out"), truthfulqa_file=str(csv))
+    summary = build_dataset(config)
     assert summary["dropped"]["truthfulqa"] == 1 and summary["truthfulqa_source"] == str(csv)
+
+
+def hub_answering(monkeypatch, shared_dir) -> list[tuple[str, str]]:
+    """The Hub reachable, its TruthfulQA rows standing in from upstream's file; the (dataset, split) asked, in order."""
+    from spri_sft import truthfulqa_data
+    from spri_sft.rows import Row
+
+    asked = []
+    rows = json.loads((shared_dir / "data/truthfulqa/data/v0/mc_task.json").read_text())
+
+    def hub_rows(dataset, split):
+        asked.append((dataset, split))
+        return [Row(f"row {i}", row) for i, row in enumerate(rows)]
+
+    monkeypatch.setattr(truthfulqa_data, "hub_reachable", lambda: True)
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    monkeypatch.setattr(truthfulqa_data, "hub_rows", hub_rows)
+    for module in ("spri_sft.evaluate.truthfulqa", "spri_sft.format.contamination"):  # their own imported names
+        monkeypatch.setattr(f"{module}.hub_rows", hub_rows)
+    return asked
+
+
+def test_with_the_hub_format_guards_against_the_hub_questions_and_writes_no_copy(tmp_path, shared_dir, monkeypatch):
+    from spri_sft.format.build import build_dataset
+    from spri_sft.format.config import FormatConfig
+
+    asked = hub_answering(monkeypatch, shared_dir)
+    monkeypatch.setenv("SPRI_SFT_CACHE", str(tmp_path / "cache"))
+    records = format_records(tmp_path, [TRUTHFULQA_QUESTION, *GARDEN_PROMPTS])
+    summary = build_dataset(FormatConfig(records=[str(records)], output_dir=str(tmp_path / "out")))
+
+    assert asked == [("truthfulqa/truthful_qa", "validation")]
+    assert summary["dropped"]["truthfulqa"] == 1
+    assert summary["truthfulqa_source"] == "truthfulqa/truthful_qa (multiple_choice, validation)"
+    assert not (tmp_path / "cache").exists()
+
+
+def test_with_the_hub_evaluate_scores_the_hub_dataset_and_records_it(tmp_path, tiny_model_dir, shared_dir, monkeypatch):
+    from spri_sft.cli import main
+
+    asked = hub_answering(monkeypatch, shared_dir)
+    assert main(evaluate_argv(tiny_model_dir, tmp_path / "eval")) == 0
+
+    assert asked == [("truthfulqa/truthful_qa", "validation")]
+    results = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert results["data_source"] == "truthfulqa/truthful_qa:multiple_choice:validation" and results["n"] == 2
+    assert not (tmp_path / "eval" / packaged.FILE_NAME).exists()

@@ -31,7 +31,8 @@ def guard_source(truthfulqa_file: str | None) -> TruthfulQASource | None:
     spri-sft cache, never beside the dataset); None when it is `none` (the guard is off)."""
     if truthfulqa_file is not None and truthfulqa_file.strip().lower() == OFF:
         return None
-    return choose_source(truthfulqa_file, directory=cache_dir() / "truthfulqa", setting="truthfulqa_file", purpose="guard")
+    directory = cache_dir() / "truthfulqa"
+    return choose_source(truthfulqa_file, directory=directory, setting="truthfulqa_file", purpose="guard")
 
 
 def source_questions(source: TruthfulQASource) -> list[str]:
