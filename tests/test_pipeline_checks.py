@@ -112,6 +112,32 @@ def test_checking_the_recipes_leaves_this_process_without_accelerate_device_stat
     assert PartialState._shared_state == {}
 
 
+def child_commands() -> list[str]:
+    """The command lines of this process's live children (Linux /proc)."""
+    import os
+
+    commands = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[1]) == os.getpid() and fields[0] != "Z":
+                commands.append((stat.parent / "cmdline").read_text().replace("\0", " "))
+        except (OSError, IndexError):
+            continue
+    return commands
+
+
+def test_a_check_cut_short_by_another_refusal_leaves_no_child_behind(tmp_path):
+    from spri_sft.pipeline.recipe_check import training_recipes_checked
+
+    recipe = ("train", {"model_name_or_path": "x", "output_dir": str(tmp_path), "max_steps": 3}, "train")
+    with pytest.raises(UserError, match="truthfulqa_file"):
+        with training_recipes_checked([recipe]):
+            assert any("spri_sft.pipeline.recipe_check" in command for command in child_commands())
+            raise UserError("evaluate.truthfulqa_file missing.json: file not found")
+    assert not any("spri_sft.pipeline.recipe_check" in command for command in child_commands())
+
+
 # -- a stage refused for changed settings, and --redo ------------------------------------------
 
 

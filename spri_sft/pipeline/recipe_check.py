@@ -18,7 +18,6 @@ import contextlib
 import hashlib
 import io
 import json
-import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -28,10 +27,13 @@ from typing import Any
 import yaml
 
 from spri_sft.errors import UserError
+from spri_sft.processes import spawn_bound, stop_bound
 
 # Fields the pipeline sets per run and per mode: where things are, not how training runs; left out of what
 # is remembered as checked, so a rerun or another output directory with the same recipe is not parsed again.
 PLACES = ("output_dir", "dataset_path", "run_name", "sft_adapter")
+
+CHECK_STOP_GRACE_S = 1.0  # it writes nothing: a stopped check need not finish anything
 
 _checked: set[str] = set()  # recipes (less their PLACES) this process saw parsed cleanly
 
@@ -53,14 +55,15 @@ def training_recipes_checked(recipes: list[tuple[str, dict[str, Any], str]]) -> 
             command += [job, str(path)]
         stdout, stderr = Path(folder) / "stdout", Path(folder) / "stderr"  # files: no pipe to fill while it waits
         with stdout.open("w") as out, stderr.open("w") as err:
-            child = subprocess.Popen(command, stdout=out, stderr=err, stdin=subprocess.DEVNULL)
+            child = spawn_bound(command, CHECK_STOP_GRACE_S, stdout=out, stderr=err)  # dies with the pipeline
         try:
             yield
+            returncode = child.wait()
         except BaseException:
-            child.kill()
-            child.wait()
+            stop_bound(child, CHECK_STOP_GRACE_S)
             raise
-        returncode = child.wait()
+        finally:
+            child.stdin.close()
         verdict, last_words = _verdict(stdout.read_text()), (stderr.read_text().strip().splitlines() or ["no output"])[-1]
     if returncode == 0:
         _checked.update(_key(recipe) for recipe in unchecked)
