@@ -531,8 +531,8 @@ def _validate_train_args(args: dict[str, Any], recipe: str | None) -> None:
     """Check the recipe's field names now, so a typo stops the run before generation, not after it.
 
     Only the names: building TRL's SFTConfig here would set up accelerate's device state in this
-    process (and CUDA on a GPU machine), which the training child needs to itself. The child's
-    TrlParser checks the values.
+    process (and CUDA on a GPU machine), which the training child needs to itself. The values are
+    checked by TRL's own parser in a short child process (`recipe_check`), also before generation.
     """
     from trl import ModelConfig, SFTConfig
 
