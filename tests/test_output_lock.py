@@ -186,3 +186,16 @@ def test_an_output_dir_that_cannot_be_made_is_one_line_naming_it(tmp_path):
     with pytest.raises(UserError, match=rf"^output directory {output_dir}: cannot create it \(Not a directory\)$"):
         with hold_output_dir(output_dir):
             pass
+
+
+def test_redo_refuses_to_empty_a_stage_directory_another_process_is_writing(tmp_path, other_process_holds):
+    from spri_sft.pipeline.run import StageNode, _clear_stages
+
+    generation = tmp_path / "generate" / "spri"
+    generation.mkdir(parents=True)
+    (generation / "records.jsonl").write_text('{"id": "a"}\n')
+    other_process_holds(generation)  # a standalone `spri-sft generate` writing there
+
+    with pytest.raises(UserError, match="is being written by pid"):
+        _clear_stages(["generate/spri"], {"generate/spri": StageNode(generation, ())}, ["generate/spri"])
+    assert (generation / "records.jsonl").read_text() == '{"id": "a"}\n'

@@ -534,6 +534,29 @@ def test_a_dataset_made_before_rows_were_measured_stays_done_unless_the_recipe_a
         stage.is_done()
 
 
+def test_guard_training_data_false_turns_formats_truthfulqa_guard_off_under_the_unguarded_fingerprint(tmp_path):
+    """format guards against the default TruthfulQA source when given no file, so the pipeline must say `none`."""
+    from spri_sft.config import from_dict
+    from spri_sft.pipeline.run import format_stage
+
+    generated = Stage("generate/spri", tmp_path / "generate/spri", "g")
+    generated.begin()
+    generated.finish()
+    questions = {"file": str(tmp_path / "questions.jsonl"), "source": "a file"}
+
+    def stage_of(guard: bool):
+        config = from_dict(PipelineConfig, {"output_dir": str(tmp_path), "evaluate": {"guard_training_data": guard}})
+        return format_stage(config, "spri", tmp_path, generated, questions, None)
+
+    (unguarded, stage), (guarded, _) = stage_of(False), stage_of(True)
+    assert unguarded.truthfulqa_file == "none"
+    assert guarded.truthfulqa_file == questions["file"]
+    without_evaluation = format_stage(
+        from_dict(PipelineConfig, {"output_dir": str(tmp_path)}), "spri", tmp_path, generated, None, None
+    )[1]
+    assert stage.fingerprint == without_evaluation.fingerprint  # datasets made before the switch stay done
+
+
 def test_a_measured_dataset_is_redone_when_training_cuts_elsewhere(tmp_path):
     _, first = format_stage_of(tmp_path, {"max_length": 1024})
     first.begin()

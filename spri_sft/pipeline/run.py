@@ -48,7 +48,7 @@ from spri_sft.generate.servers import ServedModels
 from spri_sft.pipeline.config import PipelineConfig
 from spri_sft.pipeline.recipe_check import training_recipes_checked
 from spri_sft.pipeline.stages import Stage, StageChanged, file_digest, fingerprint, folder_digest
-from spri_sft.processes import run_bound, writes_output_dir
+from spri_sft.processes import LOCK_NAME, hold_output_dir, run_bound, writes_output_dir
 
 logger = logging.getLogger(__name__)
 
@@ -260,10 +260,13 @@ def _clear_stages(stages: list[str], graph: dict[str, StageNode], asked: list[st
     nested = {graph[stage].directory for stage in graph}
     for stage in stages:
         directory = graph[stage].directory
-        for path in directory.iterdir() if directory.is_dir() else ():
-            if path in nested:
-                continue
-            shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+        if not directory.is_dir():
+            continue
+        with hold_output_dir(directory):  # never empty a directory another process is writing (a standalone generate)
+            for path in directory.iterdir():
+                if path in nested or path.name == LOCK_NAME:
+                    continue
+                shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
     print(f"[spri-sft] redo {', '.join(asked)}: running again {', '.join(stages)}", flush=True)
 
 
@@ -363,8 +366,10 @@ def format_stage(
     came from the training recipe, stays done (it says its rows were not counted) instead of being refused.
     """
     guard = config.format.truthfulqa_file
-    if guard is None and config.evaluate.guard_training_data and truthfulqa is not None:
-        guard = truthfulqa["file"]
+    if guard is None and truthfulqa is not None:
+        # The evaluation's own questions; `none` (format's off switch) when evaluate.guard_training_data is false,
+        # since format guards against the default source when given no file.
+        guard = truthfulqa["file"] if config.evaluate.guard_training_data else "none"
     filled = length_settings(config.format, plan)
     job = dataclasses.replace(
         config.format,
@@ -376,7 +381,7 @@ def format_stage(
     )
     settings = {
         **dataclasses.asdict(job), "records": None, "output_dir": None, "after": generated.output_id,
-        "truthfulqa_file": file_digest(guard) if guard else None,
+        "truthfulqa_file": file_digest(guard) if guard and guard != "none" else None,
     }  # fmt: skip
     if not job.preference:  # absent when off: datasets made before preference pairs existed stay valid
         del settings["preference"], settings["preference_margin"]
