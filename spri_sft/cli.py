@@ -153,7 +153,7 @@ def _generate(argv: list[str]) -> int:
     summary = generate(config)
     print(
         f"[spri-sft] {summary['records']} records in {config.output_dir}/records.jsonl: "
-        + ", ".join(f"{n} {status}" for status, n in sorted(summary["status"].items()))
+        + (", ".join(f"{n} {status}" for status, n in sorted(summary["status"].items())) or "none yet")
         + f" ({summary['wall_seconds']:.0f} s)"
     )
     return 0 if not summary["missing"] or summary["stopped_by_budget"] else 1
