@@ -513,7 +513,7 @@ async def _run_prompts(pending, engine, base, critic, store, journal, meter, con
             task.cancel()
         await asyncio.gather(*tasks, stop, return_exceptions=True)
         bar.close()
-    for outcome in everything.result():
+    for outcome in await everything:  # done by now, or as soon as its callbacks have run
         if isinstance(outcome, Exception):  # not a prompt's failure (those are records): a fault of this loop
             raise outcome
 
