@@ -68,9 +68,10 @@ def plan_recipe(recipe: PipelineConfig | GenerateConfig, settings: PlanSettings)
     out = Path(settings.output_dir or Path(recipe.output_dir) / "plan")
     jobs = generation_jobs(recipe)
     plans = []
+    flags = "--" if isinstance(recipe, GenerateConfig) else "--generate."  # a failed sample's message names the recipe's flags
     with ServedModels(out / "servers") as servers:
         for mode, job in jobs.items():
-            plans.append(_plan_mode(job, settings.sample, out / mode, servers))
+            plans.append(_plan_mode(job, settings.sample, out / mode, servers, flags))
     for line in plan_lines(plans):
         print(line, flush=True)
     plan = {
@@ -83,7 +84,7 @@ def plan_recipe(recipe: PipelineConfig | GenerateConfig, settings: PlanSettings)
     return plan
 
 
-def _plan_mode(job: GenerateConfig, sample: int, directory: Path, servers: ServedModels) -> dict:
+def _plan_mode(job: GenerateConfig, sample: int, directory: Path, servers: ServedModels, flags: str = "--") -> dict:
     prompts = load_prompts(job.prompts, job.shard)
     already_done = len(run_records(job)[0]) if (Path(job.output_dir) / "records.jsonl").exists() else 0
     if directory.exists():
@@ -106,4 +107,5 @@ def _plan_mode(job: GenerateConfig, sample: int, directory: Path, servers: Serve
         retry_failed=False,
         progress=False,
     )
-    return extrapolate(job, generate(sample_job, servers), len(prompts), already_done)
+    # A sample with more failed records than the recipe allows is refused as the run would be: fix it before paying.
+    return extrapolate(job, generate(sample_job, servers, flags=flags), len(prompts), already_done)
