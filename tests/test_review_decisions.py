@@ -7,6 +7,7 @@ import threading
 from pathlib import Path
 
 import pytest
+from test_format import FILLER, build, make_record, row_ids
 
 from spri_sft.errors import UserError
 from spri_sft.review.decisions import append_decision, excluded_ids, read_decisions, review_dir_of
@@ -108,3 +109,85 @@ def test_the_review_dir_of_a_run_or_generate_dir_is_inside_it_and_of_records_fil
     records.write_text("")
     assert review_dir_of(tmp_path / "run") == tmp_path / "run" / "review"
     assert review_dir_of([records, tmp_path / "b" / "records.jsonl"]) == tmp_path / "a" / "review"
+
+
+# -- spri-sft format obeys them ---------------------------------------------------------------
+
+RECORDS = [make_record(n) for n in range(1, 5)] + FILLER
+
+
+def review_file(tmp_path: Path) -> Path:
+    """Where format looks by default: review/decisions.jsonl beside the records file `build` writes."""
+    return tmp_path / "review" / "decisions.jsonl"
+
+
+def test_two_excluded_records_are_exactly_the_two_rows_missing_counted_by_reason(tmp_path: Path):
+    _, everything = build(tmp_path, RECORDS, name="all", review_file="none")
+    append_decision(review_file(tmp_path), "rec001", "spri", "exclude", "off topic", "ana")
+    append_decision(review_file(tmp_path), "rec003", "spri", "exclude", None, "bo")
+
+    summary, reviewed = build(tmp_path, RECORDS, name="reviewed")
+
+    assert row_ids(everything) - row_ids(reviewed) == {"rec001", "rec003"}
+    assert row_ids(reviewed) < row_ids(everything)
+    assert summary["dropped"]["review"] == 2
+    assert summary["review_reasons"] == {"off topic": 1, "no reason given": 1}
+    assert summary["review"] == {"file": str(review_file(tmp_path)), "excluded": 2, "kept": 0}
+    lines = [json.loads(line) for line in (reviewed / "dropped.jsonl").read_text().splitlines()]
+    assert [(e["id"], e["reason"], e["detail"], e["who"]) for e in lines] == [
+        ("rec001", "review", "off topic", "ana"), ("rec003", "review", "", "bo")
+    ]
+
+
+def test_a_keep_after_an_exclude_wins_and_is_counted(tmp_path: Path):
+    append_decision(review_file(tmp_path), "rec002", "spri", "exclude", "off topic", "ana")
+    append_decision(review_file(tmp_path), "rec002", "spri", "keep", "looked again", "ana")
+
+    summary, out = build(tmp_path, RECORDS)
+
+    assert "rec002" in row_ids(out)
+    assert summary["dropped"]["review"] == 0
+    assert summary["review"]["kept"] == 1
+
+
+def test_a_torn_last_decision_is_ignored_and_the_others_obeyed(tmp_path: Path):
+    append_decision(review_file(tmp_path), "rec001", "spri", "exclude", None, "ana")
+    with review_file(tmp_path).open("a") as handle:
+        handle.write('{"id": "rec002", "mode": "spri", "decis')  # a viewer killed mid-write
+
+    summary, out = build(tmp_path, RECORDS)
+
+    assert summary["dropped"]["review"] == 1
+    assert {"rec001", "rec002"} & row_ids(out) == {"rec002"}
+
+
+def test_decisions_on_records_not_in_the_files_change_nothing(tmp_path: Path):
+    append_decision(review_file(tmp_path), "another-mode-record", "direct", "exclude", None, "ana")
+
+    summary, out = build(tmp_path, RECORDS)
+
+    assert summary["dropped"]["review"] == 0 and len(row_ids(out)) == len(RECORDS)
+
+
+def test_review_file_none_turns_the_review_off(tmp_path: Path):
+    append_decision(review_file(tmp_path), "rec001", "spri", "exclude", None, "ana")
+
+    summary, out = build(tmp_path, RECORDS, review_file="none")
+
+    assert "rec001" in row_ids(out) and summary["review"]["file"] is None
+
+
+def test_a_review_file_that_is_not_there_names_review_file(tmp_path: Path):
+    with pytest.raises(UserError, match=r"^review_file .*decisions.jsonl: not found"):
+        build(tmp_path, RECORDS, review_file=str(tmp_path / "elsewhere" / "decisions.jsonl"))
+
+
+def test_the_card_shows_the_exclusions_by_reason(tmp_path: Path):
+    append_decision(review_file(tmp_path), "rec001", "spri", "exclude", "off topic", "ana")
+    append_decision(review_file(tmp_path), "rec002", "spri", "keep", None, "ana")
+
+    _, out = build(tmp_path, RECORDS)
+
+    card = (out / "README.md").read_text()
+    assert "| review | a reviewer did not exclude it in `decisions.jsonl` (`spri-sft view`); excluded by reason: " \
+        f"off topic 1; 1 kept by decision | 1 | {len(RECORDS) - 1} |" in card
