@@ -8,8 +8,9 @@
  *
  * Data: the server's JSON API (GET api/overview, api/records?..., api/record/<id>; POST api/decisions with the
  * page's token in X-SPRI-Token), or, in an exported file, the JSON in <script type="application/json"
- * id="spri-data"> ({"overview": ..., "records": [full records], "decisions"?: {id: decision}}), answered here
- * with the same filters (search = case-insensitive substring of prompt and final response) and no fetch at all.
+ * id="spri-data"> ({"overview", "records": [full records], "decisions"?: {id: decision}, "sample"?: {"of"}}),
+ * answered here with the same filters (search = case-insensitive substring of prompt and final response) and
+ * no fetch at all.
  *
  * Safety: every text written by a model, a reviewer or the server goes into the DOM as text (textContent,
  * createTextNode); attributes are set only by fixed names, and hrefs are built here from encodeURIComponent.
@@ -56,9 +57,9 @@
 (function () {
   const PAGE_SIZE = 50;
   const SEARCH_DEBOUNCE_MS = 250;
-  // Above this many word pairs (after trimming the common start and end) the diff table would cost tens of MB
-  // and visible time; the two texts are shown side by side instead.
-  const DIFF_MAX_CELLS = 4000000;
+  // Above this many word pairs (after trimming the common start and end) the diff table costs visible time and
+  // memory; the two texts are shown side by side instead.
+  const DIFF_MAX_CELLS = 2000000;  // about 0.25 s of diffing; 1,400 words against 1,400
   const FILTER_KEYS = ["mode", "status", "score_stage", "min_score", "max_score", "unscored", "failed", "source",
     "split", "decision", "q", "sort", "order", "page"];
   const SORTS = ["id", "score", "rounds", "tokens", "mode", "status"];
@@ -82,7 +83,8 @@
     "max", "step", "value", "src", "alt", "role", "colspan", "loading", "hidden", "lang", "dir", "aria-label",
     "aria-current"]);
 
-  /** An element; `attrs` by fixed names only (data-* too); string children become text nodes. */
+  /** An element; `attrs` by fixed names only (data-* too; an id is also the data-testid unless `testid` names
+   *  another); string children become text nodes. */
   function h(tag, attrs, ...children) {
     const el = document.createElement(tag);
     setAttrs(el, attrs);
@@ -94,9 +96,11 @@
     for (const [name, value] of Object.entries(attrs || {})) {
       if (value === null || value === undefined || value === false) continue;
       if (name === "testid") el.setAttribute("data-testid", String(value));
-      else if (name.startsWith("data-") || SAFE_ATTRIBUTES.has(name)) el.setAttribute(name, value === true ? "" : String(value));
-      else throw new Error("attribute not allowed: " + name);
+      else if (name.startsWith("data-") || SAFE_ATTRIBUTES.has(name)) {
+        el.setAttribute(name, value === true ? "" : String(value));
+      } else throw new Error("attribute not allowed: " + name);
     }
+    if (attrs && attrs.id && !attrs.testid) el.setAttribute("data-testid", String(attrs.id));
   }
 
   function append(el, children) {
@@ -264,21 +268,35 @@
 
   // What the server's index holds per record, computed from a full record (export mode).
 
-  /** The score of a stage's last critiqued round (a self-refine record's kept last version has no critique). */
+  /** A stage's last round (its final version), or null; as the server's index reads it (review/index.py). */
+  function lastRound(rounds, stage) {
+    let last = null;
+    for (const r of rounds) if (r && r.stage === stage) last = r;
+    return last;
+  }
+
+  /** The score of a stage's final version: null when it was not critiqued (a self-refine record's kept
+   *  refinement) or the critique had no score. */
   function finalScore(rounds, stage) {
-    let score = null;
-    for (const r of rounds) {
-      if (r.stage === stage && (r.critique !== null && r.critique !== undefined || r.score !== null && r.score !== undefined)) {
-        score = r.score === undefined ? null : r.score;
-      }
-    }
-    return score;
+    const last = lastRound(rounds, stage);
+    return last && Number.isInteger(last.score) ? last.score : null;
+  }
+
+  function roundNumber(rounds, stage) {
+    const last = lastRound(rounds, stage);
+    return last ? last.round : null;
+  }
+
+  function present(value) {
+    return value !== null && value !== undefined;
   }
 
   function summarize(record) {
     const rounds = record.rounds || [];
     let tokens = 0;
-    for (const use of Object.values(record.usage || {})) tokens += (use.prompt_tokens || 0) + (use.completion_tokens || 0);
+    for (const use of Object.values(record.usage || {})) {
+      tokens += (use.prompt_tokens || 0) + (use.completion_tokens || 0);
+    }
     return {
       id: record.id,
       mode: record.mode,
@@ -286,10 +304,10 @@
       prompt: String(record.prompt || "").slice(0, 300),
       principles_score: finalScore(rounds, "principles"),
       response_score: finalScore(rounds, "response"),
-      principles_rounds: rounds.filter((r) => r.stage === "principles").length,
-      response_rounds: rounds.filter((r) => r.stage === "response").length,
+      principles_rounds: roundNumber(rounds, "principles"),
+      response_rounds: roundNumber(rounds, "response"),
       // A critique with no score in it; a round with no critique at all was not critiqued.
-      unscored: rounds.some((r) => r.critique !== null && r.critique !== undefined && (r.score === null || r.score === undefined)),
+      unscored: rounds.some((r) => present(r.critique) && !present(r.score)),
       failed: record.status === "failed",
       prompt_source: record.prompt_source || null,
       sft_split: record.sft_split || null,
@@ -308,8 +326,14 @@
     const rows = state.exported.rows;
     const stage = q.get("score_stage") === "principles" ? "principles" : "response";
     const scoreOf = (row) => row[stage + "_score"];
-    const min = q.has("min_score") ? Number(q.get("min_score")) : null;
-    const max = q.has("max_score") ? Number(q.get("max_score")) : null;
+    const bound = (name) => {
+      if (!q.get(name)) return null;
+      if (!/^-?\d+$/.test(q.get(name).trim())) {
+        throw new Error(name + " must be a whole number (got " + q.get(name) + ")");
+      }
+      return Number(q.get(name));
+    };
+    const min = bound("min_score"), max = bound("max_score");
     const needle = (q.get("q") || "").toLowerCase();
     const decision = q.get("decision");
     let items = rows.filter((row) => {
@@ -331,15 +355,15 @@
     const sort = SORTS.includes(q.get("sort")) ? q.get("sort") : "id";
     const key = {
       id: (r) => r.id, mode: (r) => r.mode, status: (r) => r.status, tokens: (r) => r.tokens,
-      score: scoreOf, rounds: (r) => r[stage + "_rounds"],
+      score: scoreOf, rounds: (r) => (r.principles_rounds || 0) + (r.response_rounds || 0),
     }[sort];
     const sign = q.get("order") === "desc" ? -1 : 1;
     items = items.slice().sort((a, b) => {
       const ka = key(a), kb = key(b);
-      if (ka === kb) return a.id < b.id ? -1 : a.id > b.id ? 1 : 0;
-      if (ka === null) return 1;  // no value sorts last either way
-      if (kb === null) return -1;
-      return (ka < kb ? -1 : 1) * sign;
+      if (ka === null && kb !== null) return 1;  // no value sorts last either way, as the server's index does
+      if (kb === null && ka !== null) return -1;
+      if (ka !== kb) return (ka < kb ? -1 : 1) * sign;
+      return (a.id < b.id ? -1 : a.id > b.id ? 1 : 0) * sign;
     });
     const page = Math.max(1, parseInt(q.get("page") || "1", 10) || 1);
     const start = (page - 1) * PAGE_SIZE;
@@ -374,7 +398,7 @@
       row.searchText = (String(record.prompt || "") + "\n" + String(record.response || "")).toLowerCase();
       return row;
     });
-    return { overview: data.overview || { modes: {} }, records, byId, rows, decisions };
+    return { overview: data.overview || { modes: {} }, records, byId, rows, decisions, sample: data.sample || null };
   }
 
   // ---------- charts (inline SVG, no library) ----------
@@ -401,9 +425,10 @@
       const x = gap + i * (barWidth + gap);
       const bar = svg("g", { testid: "bar", "data-key": key, "data-count": count });
       bar.appendChild(svg("title", {}, title + " " + key + ": " + count));
-      bar.appendChild(svg("rect", { x, y: top + height - barHeight, width: barWidth, height: barHeight, class: "bar" }));
-      bar.appendChild(svg("text", { x: x + barWidth / 2, y: top + height - barHeight - 3, class: "bar-count",
-        "text-anchor": "middle" }, fmt.int(count)));
+      const y = top + height - barHeight;
+      bar.appendChild(svg("rect", { x, y, width: barWidth, height: barHeight, class: "bar" }));
+      bar.appendChild(svg("text", { x: x + barWidth / 2, y: y - 3, class: "bar-count", "text-anchor": "middle" },
+        fmt.int(count)));
       bar.appendChild(svg("text", { x: x + barWidth / 2, y: top + height + 12, class: "bar-key",
         "text-anchor": "middle" }, key));
       chart.appendChild(bar);
@@ -426,7 +451,8 @@
       const bar = svg("g", { testid: "bar", "data-key": key, "data-count": p });
       bar.appendChild(svg("title", {}, key + ": " + (100 * p).toFixed(1) + "%"));
       bar.appendChild(svg("rect", { x, y: height - barHeight, width: barWidth, height: barHeight, class: "bar" }));
-      bar.appendChild(svg("text", { x: x + barWidth / 2, y: height + 10, class: "bar-key", "text-anchor": "middle" }, key));
+      bar.appendChild(svg("text", { x: x + barWidth / 2, y: height + 10, class: "bar-key", "text-anchor": "middle" },
+        key));
       chart.appendChild(bar);
     });
     return chart;
@@ -438,21 +464,38 @@
     const roles = Object.keys(perRecord || {});
     if (!roles.length) return h("p", { class: "muted", testid }, "none");
     return h("table", { class: "mini", testid },
-      h("tbody", {}, roles.map((role) => h("tr", {}, h("th", {}, role), h("td", { class: "num" }, fmt.num(perRecord[role], digits))))));
+      h("tbody", {}, roles.map((role) => h("tr", {},
+        h("th", {}, role), h("td", { class: "num" }, fmt.num(perRecord[role], digits))))));
+  }
+
+  const NO_VALUE_KEYS = new Set(["None", "null", ""]);
+
+  /** A histogram block; the count under a no-value key (a final version with no score) is said in words. */
+  function chartBlock(label, counts, testid) {
+    const shown = {};
+    let without = 0;
+    for (const [key, count] of Object.entries(counts || {})) {
+      if (NO_VALUE_KEYS.has(key)) without += Number(count) || 0;
+      else shown[key] = count;
+    }
+    return h("div", { class: "chart-block" },
+      h("div", { class: "chart-label" }, label),
+      Object.keys(shown).length ? barChart(shown, testid, label) : h("p", { class: "muted", testid }, "none"),
+      without
+        ? h("div", { class: "muted small", testid: testid + "-none" }, fmt.int(without) + " without a score")
+        : null);
   }
 
   function modeCard(mode, m) {
     const statuses = orderedKeys(m.status || {});
-    const chartBlock = (label, counts, testid) => h("div", { class: "chart-block" },
-      h("div", { class: "chart-label" }, label),
-      Object.keys(counts || {}).length ? barChart(counts, testid, label) : h("p", { class: "muted", testid }, "none"));
     const rounds = m.rounds || {};
     const finals = m.final_score || {};
     return h("section", { class: "card mode-card", testid: "mode-card", "data-mode": mode },
       h("h2", {}, h("a", { href: recordsHref(new URLSearchParams({ mode })) }, mode),
         " ", h("span", { class: "muted" }, h("span", { testid: "mode-records" }, fmt.int(m.records)), " records")),
       h("div", { class: "stats" },
-        h("table", { class: "mini" }, h("tbody", {}, statuses.map((status) => h("tr", { testid: "status-count", "data-status": status },
+        h("table", { class: "mini" }, h("tbody", {}, statuses.map((status) => h("tr",
+          { testid: "status-count", "data-status": status },
           h("th", {}, h("a", { href: recordsHref(new URLSearchParams({ mode, status })) }, statusBadge(status))),
           h("td", { class: "num" }, fmt.int(m.status[status])))))),
         h("dl", { class: "shares" },
@@ -467,8 +510,10 @@
           ? chartBlock("principles final score", finals.principles, "chart-final-score-principles") : null,
         chartBlock("response final score", finals.response, "chart-final-score-response")),
       h("div", { class: "per-record" },
-        h("div", {}, h("div", { class: "chart-label" }, "calls per record"), roleTable(m.calls_per_record, "calls-per-record", 2)),
-        h("div", {}, h("div", { class: "chart-label" }, "tokens per record"), roleTable(m.tokens_per_record, "tokens-per-record", 0))));
+        h("div", {}, h("div", { class: "chart-label" }, "calls per record"),
+          roleTable(m.calls_per_record, "calls-per-record", 2)),
+        h("div", {}, h("div", { class: "chart-label" }, "tokens per record"),
+          roleTable(m.tokens_per_record, "tokens-per-record", 0))));
   }
 
   async function showOverview(seq) {
@@ -480,7 +525,7 @@
     const decisions = overview.decisions || {};
     root.appendChild(h("div", { class: "summary-line" },
       h("span", {}, fmt.int(Object.keys(modes).length), " modes"),
-      h("span", { id: "decision-counts", testid: "decision-counts" },
+      h("span", { id: "decision-counts" },
         "decisions: ", fmt.int(decisions.exclude || 0), " excluded, ", fmt.int(decisions.keep || 0), " kept"),
       h("a", { href: "#/records" }, "all records →")));
     const grid = h("div", { class: "mode-grid" });
@@ -491,7 +536,8 @@
     if (figures.length) {
       root.appendChild(h("h2", {}, "Report figures"));
       root.appendChild(h("div", { class: "figures" }, figures.map((name) => h("figure", {},
-        h("img", { src: "figures/" + encodeURIComponent(name), alt: name, loading: "lazy", testid: "figure", "data-name": name }),
+        h("img", { src: "figures/" + encodeURIComponent(name), alt: name, loading: "lazy", testid: "figure",
+          "data-name": name }),
         h("figcaption", {}, name)))));
     }
     view.appendChild(root);
@@ -511,23 +557,24 @@
     const modes = Object.keys(overview.modes || {});
     const statuses = new Set();
     for (const m of Object.values(overview.modes || {})) for (const s of Object.keys(m.status || {})) statuses.add(s);
-    const select = (id, options) => h("select", { id, testid: id }, options);
-    const form = h("form", { class: "filters", id: "filters", testid: "filters", role: "search" },
-      field("search", h("input", { id: "search", testid: "search", type: "search", placeholder: "prompt or response text" })),
+    const select = (id, options) => h("select", { id }, options);
+    const form = h("form", { class: "filters", id: "filters", role: "search" },
+      field("search", h("input", { id: "search", type: "search", placeholder: "prompt or response text" })),
       field("mode", select("filter-mode", [option("", "any"), modes.map((m) => option(m))])),
       field("status", select("filter-status", [option("", "any"), [...statuses].sort().map((s) => option(s))])),
       field("score of", select("filter-score-stage", [option("", "response"), option("principles")])),
-      field("min", h("input", { id: "filter-min-score", testid: "filter-min-score", type: "number", min: 1, max: 5, step: "any", class: "narrow" })),
-      field("max", h("input", { id: "filter-max-score", testid: "filter-max-score", type: "number", min: 1, max: 5, step: "any", class: "narrow" })),
-      h("label", { class: "check" }, h("input", { id: "filter-unscored", testid: "filter-unscored", type: "checkbox" }), "unscored"),
-      h("label", { class: "check" }, h("input", { id: "filter-failed", testid: "filter-failed", type: "checkbox" }), "failed"),
-      field("source", h("input", { id: "filter-source", testid: "filter-source", type: "text", class: "medium", placeholder: "prompt source" })),
-      field("split", select("filter-split", [option("", "any"), option("train"), option("validation"), option("auto")])),
-      field("decision", select("filter-decision", [option("", "any"), option("exclude", "excluded"), option("keep", "kept"),
-        option("none", "none")])),
+      field("min", h("input", { id: "filter-min-score", type: "number", min: 1, max: 5, step: 1, class: "narrow" })),
+      field("max", h("input", { id: "filter-max-score", type: "number", min: 1, max: 5, step: 1, class: "narrow" })),
+      h("label", { class: "check" }, h("input", { id: "filter-unscored", type: "checkbox" }), "unscored"),
+      h("label", { class: "check" }, h("input", { id: "filter-failed", type: "checkbox" }), "failed"),
+      field("source", h("input", { id: "filter-source", type: "text", class: "medium", placeholder: "prompt source" })),
+      field("split", select("filter-split", [option("", "any"), option("train"), option("validation"),
+        option("auto")])),
+      field("decision", select("filter-decision", [option("", "any"), option("exclude", "excluded"),
+        option("keep", "kept"), option("none", "none")])),
       field("sort", select("sort", SORTS.map((s) => option(s)))),
       field("order", select("order", [option("asc", "ascending"), option("desc", "descending")])),
-      h("button", { type: "button", id: "filters-reset", testid: "filters-reset", class: "link-button" }, "reset"));
+      h("button", { type: "button", id: "filters-reset", class: "link-button" }, "reset"));
     form.addEventListener("submit", (event) => event.preventDefault());
     return form;
   }
@@ -543,7 +590,8 @@
     for (const [id, key] of CONTROLS) {
       const el = document.getElementById(id);
       const value = el.type === "checkbox" ? (el.checked ? "1" : "") : el.value.trim();
-      if (value !== "" && !(key === "sort" && value === "id") && !(key === "order" && value === "asc")) query.set(key, value);
+      const isDefault = (key === "sort" && value === "id") || (key === "order" && value === "asc");
+      if (value !== "" && !isDefault) query.set(key, value);
     }
     return query;
   }
@@ -551,7 +599,8 @@
   function syncForm(query) {
     for (const [id, key] of CONTROLS) {
       const el = document.getElementById(id);
-      if (el === document.activeElement && el.type !== "checkbox" && el.tagName !== "SELECT") continue;  // keep the typist's cursor
+      // A box being typed in keeps its text and cursor (the URL was made from it anyway).
+      if (el === document.activeElement && el.type !== "checkbox" && el.tagName !== "SELECT") continue;
       const value = query.get(key) || (key === "sort" ? "id" : key === "order" ? "asc" : "");
       if (el.type === "checkbox") el.checked = value === "1";
       else if (el.tagName === "SELECT" && value && ![...el.options].some((o) => o.value === value)) {
@@ -583,17 +632,23 @@
   function pageLink(id, label, page, query, enabled) {
     const target = new URLSearchParams(query);
     target.set("page", String(page));
-    const button = h("button", { type: "button", id, testid: id, class: "pager" }, label);
+    const button = h("button", { type: "button", id, class: "pager" }, label);
     button.disabled = !enabled;
     button.addEventListener("click", () => go(recordsHref(listQuery(target))));
     return button;
   }
 
+  function decisionBadge(decision) {
+    if (!decision) return "";
+    const excluded = decision === "exclude";
+    return h("span", { class: "badge decision-" + (excluded ? "exclude" : "keep") }, excluded ? "excluded" : "kept");
+  }
+
   function recordsTable(result, query) {
     const context = listQuery(query);
-    const table = h("table", { id: "records-table", testid: "records-table", class: "records" },
-      h("thead", {}, h("tr", {}, ["id", "mode", "status", "P score", "R score", "rounds P/R", "tokens", "flags", "source / split",
-        "decision", "prompt"].map((label) => h("th", {}, label)))));
+    const table = h("table", { id: "records-table", class: "records" },
+      h("thead", {}, h("tr", {}, ["id", "mode", "status", "P score", "R score", "rounds P/R", "tokens", "flags",
+        "source / split", "decision", "prompt"].map((label) => h("th", {}, label)))));
     const body = h("tbody", {});
     result.items.forEach((item, index) => {
       const href = recordHref(item.id, context);
@@ -609,8 +664,7 @@
         h("td", { class: "num" }, fmt.int(item.tokens)),
         h("td", { class: "flags" }, flags),
         h("td", { class: "muted" }, origin),
-        h("td", {}, item.decision ? h("span", { class: "badge decision-" + (item.decision === "exclude" ? "exclude" : "keep") },
-          item.decision === "exclude" ? "excluded" : "kept") : ""),
+        h("td", {}, decisionBadge(item.decision)),
         h("td", { class: "prompt-cell", title: item.prompt }, item.prompt));
       row.addEventListener("click", (event) => {
         if (event.target.closest("a")) return;  // the link navigates by itself
@@ -633,9 +687,9 @@
       const form = buildListForm(overview);
       root = h("div", { testid: "records-view" }, form,
         h("div", { class: "list-bar" },
-          h("span", {}, h("b", { id: "records-total", testid: "records-total" }, "…"), " records"),
+          h("span", {}, h("b", { id: "records-total" }, "…"), " records"),
           h("span", { class: "pagers", id: "pagers" }),
-          h("span", { id: "page-info", testid: "page-info", class: "muted" })),
+          h("span", { id: "page-info", class: "muted" })),
         h("div", { id: "records-body", class: "table-wrap" }));
       view.appendChild(root);
       wireListForm(form);
@@ -658,7 +712,7 @@
       pageLink("page-next", "next ›", page + 1, query, page < pages),
       pageLink("page-last", "last »", pages, query, page < pages)]);
     const body = clear(document.getElementById("records-body"));
-    if (!result.items.length) body.appendChild(h("p", { id: "records-empty", testid: "records-empty", class: "muted" },
+    if (!result.items.length) body.appendChild(h("p", { id: "records-empty", class: "muted" },
       "No record matches these filters."));
     else body.appendChild(recordsTable(result, query));
   }
@@ -715,8 +769,9 @@
     let i = 0, j = 0;
     while (i < n || j < m) {
       if (i < n && j < m && a[start + i].word === b[start + j].word) { push("same", b[start + j]); i++; j++; }
-      else if (j < m && (i === n || lcs[i * width + j + 1] >= lcs[(i + 1) * width + j])) { push("ins", b[start + j]); j++; }
-      else { push("del", a[start + i]); i++; }
+      // A deletion before an insertion where either keeps the LCS: a replaced word reads "old new".
+      else if (i < n && (j === m || lcs[(i + 1) * width + j] >= lcs[i * width + j + 1])) push("del", a[start + i++]);
+      else push("ins", b[start + j++]);
     }
     for (let k = endB; k < b.length; k++) push("same", b[k]);
     return ops;
@@ -731,18 +786,20 @@
     const ops = wordDiff(String(before || ""), String(after || ""));
     if (ops === null) {
       return h("div", { class: "diff-fallback", testid: "version-text" },
-        h("p", { class: "muted", testid: "diff-too-long" }, "Too long to diff word by word: the two versions side by side."),
+        h("p", { class: "muted", testid: "diff-too-long" },
+          "Too long to diff word by word: the two versions side by side."),
         h("div", { class: "two-columns" }, textBlock(before, "diff-before"), textBlock(after, "diff-after")));
     }
     const block = h("div", { class: "text diff", testid: "version-text" });
     for (const { op, tokens } of ops) {
-      const text = tokens.map((t, index) => (index === 0 && block.childNodes.length === 0 ? "" : t.space) + t.word).join("");
+      const first = block.childNodes.length === 0;  // the text's own leading whitespace is not shown
+      const text = tokens.map((t, index) => (index === 0 && first ? "" : t.space) + t.word).join("");
       if (op === "same") block.appendChild(document.createTextNode(text));
       else {
         // The run's leading whitespace stays outside the mark, so a marked run starts on its first word.
         const lead = text.match(/^\s*/)[0];
         if (lead) block.appendChild(document.createTextNode(lead));
-        block.appendChild(h(op === "ins" ? "ins" : "del", { class: op === "ins" ? "diff-ins" : "diff-del" }, text.slice(lead.length)));
+        block.appendChild(h(op, { class: "diff-" + op }, text.slice(lead.length)));
       }
     }
     return block;
@@ -756,8 +813,8 @@
     const unscored = round.score === null || round.score === undefined;
     return h("div", { class: "critique-box" },
       h("div", { class: "critique-head" },
-        h("span", { class: "score" + (unscored ? " unscored" : " score-" + String(round.score).replace(/\W/g, "")), testid: "score" },
-          unscored ? "unscored" : String(round.score)),
+        h("span", { class: "score " + (unscored ? "unscored" : "score-" + String(round.score).replace(/\W/g, "")),
+          testid: "score" }, unscored ? "unscored" : String(round.score)),
         round.score_distribution ? distributionChart(round.score_distribution) : null,
         round.score_mean !== undefined && round.score_mean !== null
           ? h("span", { class: "muted", testid: "score-mean" }, "mean " + fmt.num(round.score_mean, 2)) : null,
@@ -801,33 +858,35 @@
 
   function usageTable(usage) {
     const roles = Object.keys(usage || {});
-    if (!roles.length) return h("p", { class: "muted", id: "usage-table", testid: "usage-table" }, "No model calls.");
+    if (!roles.length) return h("p", { class: "muted", id: "usage-table" }, "No model calls.");
     const total = { calls: 0, prompt_tokens: 0, completion_tokens: 0 };
     const rows = roles.map((role) => {
       const use = usage[role] || {};
       for (const key of Object.keys(total)) total[key] += Number(use[key]) || 0;
       return h("tr", { testid: "usage-row", "data-role": role },
         h("th", {}, role), h("td", {}, use.model || ""), h("td", { class: "num" }, fmt.int(use.calls)),
-        h("td", { class: "num" }, fmt.int(use.prompt_tokens)), h("td", { class: "num" }, fmt.int(use.completion_tokens)),
+        h("td", { class: "num" }, fmt.int(use.prompt_tokens)),
+        h("td", { class: "num" }, fmt.int(use.completion_tokens)),
         h("td", { class: "num" }, use.replayed_calls ? fmt.int(use.replayed_calls) : ""));
     });
-    return h("table", { class: "mini usage", id: "usage-table", testid: "usage-table" },
-      h("thead", {}, h("tr", {}, ["role", "model", "calls", "prompt tokens", "completion tokens", "replayed"].map((t) => h("th", {}, t)))),
+    return h("table", { class: "mini usage", id: "usage-table" },
+      h("thead", {}, h("tr", {},
+        ["role", "model", "calls", "prompt tokens", "completion tokens", "replayed"].map((t) => h("th", {}, t)))),
       h("tbody", {}, rows),
-      roles.length > 1 ? h("tfoot", {}, h("tr", {}, h("th", {}, "total"), h("td", {}), h("td", { class: "num" }, fmt.int(total.calls)),
-        h("td", { class: "num" }, fmt.int(total.prompt_tokens)), h("td", { class: "num" }, fmt.int(total.completion_tokens)),
+      roles.length > 1 ? h("tfoot", {}, h("tr", {}, h("th", {}, "total"), h("td", {}),
+        ["calls", "prompt_tokens", "completion_tokens"].map((key) => h("td", { class: "num" }, fmt.int(total[key]))),
         h("td", {}))) : null);
   }
 
   function samePromptSection(record, samePrompt, context) {
     const columns = [{ mode: record.mode, record, current: true }]
       .concat((samePrompt || []).map((s) => ({ mode: s.mode, record: s.record, current: false })));
-    const grid = h("div", { id: "same-prompt", testid: "same-prompt", class: "same-prompt" });
+    const grid = h("div", { id: "same-prompt", class: "same-prompt" });
     for (const column of columns) {
       const other = column.record || {};
       const score = finalScore(other.rounds || [], "response");
-      grid.appendChild(h("section", { class: "column" + (column.current ? " current" : ""), testid: "same-prompt-column",
-        "data-mode": column.mode, "data-id": other.id },
+      grid.appendChild(h("section", { class: "column" + (column.current ? " current" : ""),
+        testid: "same-prompt-column", "data-mode": column.mode, "data-id": other.id },
         h("div", { class: "column-head" },
           column.current ? h("b", {}, column.mode) : h("a", { href: recordHref(other.id, context) }, column.mode),
           h("span", { testid: "same-prompt-status" }, statusBadge(other.status)),
@@ -835,7 +894,8 @@
           column.current ? h("span", { class: "muted" }, "(this record)") : null),
         other.status === "failed"
           ? h("div", { class: "text error-text", testid: "same-prompt-response" }, String(other.error || "failed"))
-          : h("div", { class: "text", testid: "same-prompt-response" }, String(other.response === null || other.response === undefined ? "" : other.response))));
+          : h("div", { class: "text", testid: "same-prompt-response" },
+            present(other.response) ? String(other.response) : "")));
     }
     return grid;
   }
@@ -848,24 +908,25 @@
 
   function decisionPanel(record, decision) {
     if (state.exported || state.readOnly) {
-      return h("div", { id: "decisions-off", testid: "decisions-off", class: "muted" },
-        "decision: ", h("span", { id: "decision-current", testid: "decision-current" }, decisionText(decision)),
+      return h("div", { id: "decisions-off", class: "muted" },
+        "decision: ", h("span", { id: "decision-current" }, decisionText(decision)),
         " · decisions are off (", state.exported ? "exported file" : "read-only", ")");
     }
-    const current = h("span", { id: "decision-current", testid: "decision-current", class: "decision-current" }, decisionText(decision));
+    const current = h("span", { id: "decision-current", class: "decision-current" }, decisionText(decision));
     const who = h("span", { class: "muted", id: "decision-who" });
-    const reason = h("input", { id: "decision-reason", testid: "decision-reason", type: "text", placeholder: "reason (optional)",
+    const reason = h("input", { id: "decision-reason", type: "text", placeholder: "reason (optional)",
       class: "wide" });
     if (decision && decision.reason) reason.value = decision.reason;
-    const exclude = h("button", { type: "button", id: "decision-exclude", testid: "decision-exclude", class: "danger" }, "Exclude");
-    const keep = h("button", { type: "button", id: "decision-keep", testid: "decision-keep" }, "Keep");
-    const panel = h("div", { id: "decision-panel", testid: "decision-panel", class: "decision-panel" },
+    const exclude = h("button", { type: "button", id: "decision-exclude", class: "danger" }, "Exclude");
+    const keep = h("button", { type: "button", id: "decision-keep" }, "Keep");
+    const panel = h("div", { id: "decision-panel", class: "decision-panel" },
       h("span", {}, "decision: "), current, who, reason, exclude, keep);
     const show = (made) => {
       current.textContent = decisionText(made);
       panel.classList.toggle("is-excluded", Boolean(made && made.decision === "exclude"));
       panel.classList.toggle("is-kept", Boolean(made && made.decision === "keep"));
-      who.textContent = made && (made.who || made.when) ? "(" + [made.who, made.when].filter(Boolean).join(", ") + ")" : "";
+      const by = made ? [made.who, made.when].filter(Boolean).join(", ") : "";
+      who.textContent = by ? "(" + by + ")" : "";
     };
     show(decision);
     const decide = async (what) => {
@@ -904,10 +965,10 @@
     const view = clear(document.getElementById("view"));
     const root = h("div", { testid: "record-view", "data-id": record.id, class: "record" });
     const nav = h("div", { class: "record-nav" },
-      h("a", { id: "back-to-list", testid: "back-to-list", href: recordsHref(context) }, "← list"),
-      h("button", { type: "button", id: "record-prev", testid: "record-prev", class: "pager" }, "‹ previous (k)"),
-      h("button", { type: "button", id: "record-next", testid: "record-next", class: "pager" }, "next (j) ›"),
-      h("label", { class: "check" }, h("input", { id: "toggle-diff", testid: "toggle-diff", type: "checkbox" }), "show diffs"));
+      h("a", { id: "back-to-list", href: recordsHref(context) }, "← list"),
+      h("button", { type: "button", id: "record-prev", class: "pager" }, "‹ previous (k)"),
+      h("button", { type: "button", id: "record-next", class: "pager" }, "next (j) ›"),
+      h("label", { class: "check" }, h("input", { id: "toggle-diff", type: "checkbox" }), "show diffs"));
     nav.querySelector("#record-prev").addEventListener("click", () => stepRecord(-1));
     nav.querySelector("#record-next").addEventListener("click", () => stepRecord(1));
     const toggle = nav.querySelector("#toggle-diff");
@@ -915,26 +976,27 @@
     toggle.addEventListener("change", () => { state.showDiffs = toggle.checked; route(); });
     root.appendChild(nav);
 
-    const origin = [record.prompt_source && "source " + record.prompt_source, record.sft_split && "split " + record.sft_split,
-      record.source_id !== null && record.source_id !== undefined && "source id " + record.source_id].filter(Boolean).join(" · ");
+    const origin = [record.prompt_source && "source " + record.prompt_source,
+      record.sft_split && "split " + record.sft_split,
+      present(record.source_id) && "source id " + record.source_id].filter(Boolean).join(" · ");
     root.appendChild(h("div", { class: "record-head" },
-      h("h1", {}, h("span", { id: "record-mode", testid: "record-mode" }, record.mode), " ",
-        h("span", { id: "record-status", testid: "record-status" }, statusBadge(record.status)), " ",
-        h("span", { id: "record-id", testid: "record-id", class: "mono muted" }, record.id)),
+      h("h1", {}, h("span", { id: "record-mode" }, record.mode), " ",
+        h("span", { id: "record-status" }, statusBadge(record.status)), " ",
+        h("span", { id: "record-id", class: "mono muted" }, record.id)),
       origin ? h("div", { class: "muted" }, origin) : null,
       decisionPanel(record, data.decision || null)));
 
-    root.appendChild(section("Prompt", h("div", { id: "record-prompt", testid: "record-prompt", class: "text prompt" },
+    root.appendChild(section("Prompt", h("div", { id: "record-prompt", class: "text prompt" },
       String(record.prompt || ""))));
     if (record.status === "failed" || record.error) {
       root.appendChild(h("section", { class: "card error-card" }, h("h2", {}, "Error",
         record.error_kind ? h("span", { class: "muted" }, " (" + record.error_kind + ")") : null),
-        h("div", { id: "record-error", testid: "record-error", class: "text error-text" }, String(record.error || "no error recorded"))));
+        h("div", { id: "record-error", class: "text error-text" }, String(record.error || "no error recorded"))));
     }
     const principles = roundsSection(record, "principles", record.principles);
     if (principles) root.appendChild(section("Principles", principles));
     else if (record.principles) {
-      root.appendChild(section("Rules", h("details", { id: "fixed-rules", testid: "fixed-rules" },
+      root.appendChild(section("Rules", h("details", { id: "fixed-rules" },
         h("summary", {}, "the fixed rules of mode " + record.mode + " (the same for every record)"),
         textBlock(record.principles, "fixed-rules-text"))));
     }
@@ -943,7 +1005,7 @@
       const versions = (record.rounds || []).filter((r) => r.stage === "response");
       const children = [responses];
       if (versions.length >= 3 && state.showDiffs) {
-        children.unshift(h("details", { id: "draft-to-final", testid: "draft-to-final", class: "round" },
+        children.unshift(h("details", { id: "draft-to-final", class: "round" },
           h("summary", {}, "draft → final in one diff"), diffBlock(versions[0].text, record.response)));
       }
       root.appendChild(section("Response", children));
@@ -974,7 +1036,10 @@
       let index = list.items.indexOf(state.record.id) + step;
       if (index < 0 || index >= list.items.length) {
         const page = list.page + (index < 0 ? -1 : 1);
-        if (page < 1 || (page - 1) * list.pageSize >= list.total) { say(index < 0 ? "This is the first record." : "This is the last record."); return; }
+        if (page < 1 || (page - 1) * list.pageSize >= list.total) {
+          say(index < 0 ? "This is the first record." : "This is the last record.");
+          return;
+        }
         query.set("page", String(page));
         list = await listIds(listQuery(query));
         index = step > 0 ? 0 : list.items.length - 1;
@@ -1002,7 +1067,8 @@
     if (key === "g") { go("#/"); return; }
     if (key === "/") {
       event.preventDefault();
-      if (current.view !== "records") go(recordsHref(current.view === "record" ? listQuery(current.params) : new URLSearchParams()));
+      if (current.view === "record") go(recordsHref(listQuery(current.params)));
+      else if (current.view !== "records") go("#/records");
       setTimeout(() => { const search = document.getElementById("search"); if (search) search.focus(); }, 0);
       return;
     }
@@ -1043,8 +1109,9 @@
     if (state.exported) {
       badge.textContent = "export";
       const modes = state.exported.overview.modes || {};
-      const total = Object.values(modes).reduce((sum, m) => sum + (Number(m.records) || 0), 0);
-      document.body.insertBefore(h("div", { id: "export-banner", testid: "export-banner", class: "export-banner" },
+      const total = state.exported.sample && state.exported.sample.of !== undefined ? state.exported.sample.of
+        : Object.values(modes).reduce((sum, m) => sum + (Number(m.records) || 0), 0);
+      document.body.insertBefore(h("div", { id: "export-banner", class: "export-banner" },
         "Exported sample: " + fmt.int(state.exported.records.length) + " of " + fmt.int(total)
         + " records. The overview counts the whole run; the list holds the sample only."),
       document.getElementById("status-message"));
