@@ -51,7 +51,8 @@ def make_run(root: Path) -> Path:
     failed = {
         "id": FAILED_ID, "prompt": "Question 9: a prompt whose generation failed", "mode": "spri",
         "principles": None, "response": None, "status": "failed", "error": "APIStatusError: Error code: 400",
-        "error_kind": "permanent", "rounds": [], "usage": {"base": {"model": "fake-model", "calls": 1, "prompt_tokens": 9, "completion_tokens": 0}},
+        "error_kind": "permanent", "rounds": [],
+        "usage": {"base": {"model": "fake-model", "calls": 1, "prompt_tokens": 9, "completion_tokens": 0}},
     }  # fmt: skip
     with (root / "generate" / "spri" / "records.jsonl").open("a") as handle:
         handle.write(json.dumps(failed) + "\n")

@@ -37,7 +37,8 @@ def index_of(run: Path, tmp_path: Path) -> RecordIndex:
 
 
 def test_a_pipeline_dir_names_the_records_of_each_of_its_modes(run):
-    assert records_files([run]) == [run / "generate" / "spri" / "records.jsonl", run / "generate" / "direct" / "records.jsonl"]
+    generated = run / "generate"
+    assert records_files([run]) == [generated / "spri" / "records.jsonl", generated / "direct" / "records.jsonl"]
     assert run_root([run]) == run
 
 
@@ -65,7 +66,7 @@ def test_a_path_that_does_not_exist_is_one_line_naming_it(tmp_path):
 
 
 def test_a_directory_without_records_says_which_paths_it_takes(tmp_path):
-    with pytest.raises(UserError, match=r"neither a pipeline output dir .* a generate output dir .* nor a records file"):
+    with pytest.raises(UserError, match=r"neither a pipeline output dir .* a generate output dir .* nor a records file"):  # noqa: E501
         records_files([tmp_path])
 
 

@@ -78,7 +78,8 @@ def _records_files_of(path: Path) -> list[Path]:
         files = [directory / "records.jsonl" for directory in modes.values()]
         present = [file for file in files if file.is_file()]
         if not present:
-            raise UserError(f"view: {path} is a pipeline output dir whose modes have no records yet (none of {', '.join(map(str, files))})")
+            listed = ", ".join(map(str, files))
+            raise UserError(f"view: {path} is a pipeline output dir whose modes have no records yet (none of {listed})")
         return present
     raise UserError(
         f"view: {path} is neither a pipeline output dir (config.yaml with modes, or generate/<mode>/records.jsonl), "
@@ -264,8 +265,8 @@ class RecordIndex:
                     if state == "grown":
                         appended.append(stored[path])
                 else:
-                    if appended:
-                        self._write(lambda: [self._index_file(row["file_no"], Path(row["path"]), row) for row in appended])
+                    for row in appended:
+                        self._write(lambda row=row: self._index_file(row["file_no"], Path(row["path"]), row))
             self._sync_decisions()
 
     def _rebuild(self, paths: list[str]) -> None:
