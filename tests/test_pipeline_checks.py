@@ -106,10 +106,16 @@ def test_checking_the_recipes_leaves_this_process_without_accelerate_device_stat
 
     from spri_sft.pipeline.recipe_check import training_recipes_checked
 
-    assert PartialState._shared_state == {}
-    with training_recipes_checked([("train", {"model_name_or_path": "x", "output_dir": str(tmp_path), "max_steps": 2}, "train")]):
-        pass
-    assert PartialState._shared_state == {}
+    earlier = dict(PartialState._shared_state)  # left by an in-process training earlier in this test session
+    PartialState._shared_state.clear()
+    try:
+        with training_recipes_checked(
+            [("train", {"model_name_or_path": "x", "output_dir": str(tmp_path), "max_steps": 2}, "train")]
+        ):
+            pass
+        assert PartialState._shared_state == {}
+    finally:
+        PartialState._shared_state.update(earlier)
 
 
 def child_commands() -> list[str]:
