@@ -120,9 +120,11 @@ class Run:
         tables: Mapping[str, tuple[list[str], list[list[Any]]]] | None = None,
         bar_charts: Mapping[str, tuple[Mapping[Any, Any], str, str, str]] | None = None,
         images: Mapping[str, tuple[Path, str]] | None = None,
+        pages: Mapping[str, Path] | None = None,
     ) -> None:
         """One history step: tables (`key: (columns, rows)`), bar charts (`key: (counts, x label, y label,
-        title)`, one bar per key of `counts`) and images (`key: (PNG file, caption)`)."""
+        title)`, one bar per key of `counts`), images (`key: (PNG file, caption)`) and self-contained HTML pages
+        (`key: .html file`, shown as they are: W&B's stylesheet is not injected)."""
         import wandb
 
         logged: dict[str, Any] = {}
@@ -133,6 +135,8 @@ class Run:
             logged[key] = wandb.plot.bar(table, x, y, title=title)
         for key, (path, caption) in (images or {}).items():
             logged[key] = wandb.Image(str(path), caption=caption)
+        for key, path in (pages or {}).items():
+            logged[key] = wandb.Html(str(path), inject=False)
         if logged:
             self._run.log(logged)
 

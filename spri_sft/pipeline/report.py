@@ -16,7 +16,9 @@ whose records gave no training pair reads "no pairs". A value a stage did not pr
 validation split, evaluation skipped) is shown as "–", never filled in; rows over max_length that
 neither format nor training counted read "not counted". The figures (`figures.py`) are PNGs beside report.md,
 drawn from report.json alone; with `report.paper_column`, the paper's Table 4 column is set
-beside this run's rows.
+beside this run's rows. A dataset that read a reviewer's decisions (`spri-sft view`) adds its exclusions by
+reason to report.json (`modes.<mode>.dataset.review`) and a Review section to report.md; the report's W&B run
+also gets the viewer's HTML sample of the records (review/sample.html).
 """
 
 from __future__ import annotations
@@ -28,8 +30,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from spri_sft.errors import UserError
 from spri_sft.evaluate.bootstrap import paired_bootstrap
 from spri_sft.pipeline.config import PipelineConfig
+from spri_sft.review.decisions import REVIEW_DIR
 
 MISSING = "–"
 NOT_COUNTED = "not counted"  # rows over max_length: neither format nor training counted them (an earlier run's dataset)
@@ -112,7 +116,7 @@ def build_report(
         per_question[mode] = _per_question(root / "eval" / mode) if scores else None
         modes[mode] = {
             "generation": generation_row(generation) if generation else None,
-            "dataset": {"rows": dataset["rows"], "splits": dataset["splits"], "dropped": dataset["dropped"]} if dataset else None,
+            "dataset": _dataset_row(dataset) if dataset else None,
             "lengths": {
                 "format": (dataset or {}).get("lengths"),
                 "train": _read(root / "checkpoints" / mode / "lengths.json"),
@@ -171,6 +175,15 @@ def build_report(
         "lm_eval": _lm_eval_scores(config, root, list(dpo)) if evaluated else None,
         "stages": stages,
     }
+
+
+def _dataset_row(dataset: dict) -> dict[str, Any]:
+    """A mode's dataset in report.json: rows, splits, drops by reason, and the reviewer's exclusions (`review`:
+    file, excluded, kept by decision; `review_reasons`), absent for a dataset made before reviews were read."""
+    row = {key: dataset[key] for key in ("rows", "splits", "dropped")}
+    if "review" in dataset:
+        row["review"] = {**dataset["review"], "reasons": dataset.get("review_reasons") or {}}
+    return row
 
 
 def _bos_conventions(root: Path, models: list[str]) -> dict[str, dict[str, Any]]:
@@ -287,6 +300,7 @@ def render_markdown(report: dict[str, Any]) -> str:
     lines += _dpo_section(report.get("dpo") or {})
     lines += _differences_section(report)
     lines += _paper_section(report.get("paper_table4"), tqa.get("bos") or {})
+    lines += _review_section(report["modes"])
     lines += _figures_section(report.get("figures") or {})
     lines += ["", "| stage | status | wall time (s) |", "| --- | --- | ---: |"]
     lines += [f"| {stage} | {s['status']} | {_num(s['wall_seconds'], 1)} |" for stage, s in report["stages"].items()]
@@ -522,6 +536,30 @@ def _what_happened(over: int, rows: int, policy: str | None, lost_eos: int) -> s
     return f"{over:,} of {rows:,} kept, {lost_eos:,} lost EOS"
 
 
+def _review_section(modes: dict[str, dict[str, Any]]) -> list[str]:
+    """The records a reviewer excluded from each mode's dataset (`spri-sft view`'s decisions, which format obeys);
+    nothing when no dataset read a decisions file."""
+    reviews = {mode: (row["dataset"] or {}).get("review") or {} for mode, row in modes.items()}
+    reviewed = {mode: review for mode, review in reviews.items() if review.get("file")}
+    if not reviewed:
+        return []
+    files = sorted({review["file"] for review in reviewed.values()})
+    lines = [
+        "",
+        "## Review",
+        "",
+        f"Records excluded by a reviewer's decision (`spri-sft view`; decisions in {', '.join(f'`{f}`' for f in files)}), "
+        "dropped from the dataset before every other filter; a keep decision changes nothing.",
+        "",
+        "| mode | excluded | by reason | kept by decision |",
+        "| --- | ---: | --- | ---: |",
+    ]
+    for mode, review in reviewed.items():
+        reasons = ", ".join(f"{reason} {n}" for reason, n in review["reasons"].items()) or MISSING
+        lines.append(f"| {mode} | {review['excluded']} | {reasons} | {review['kept']} |")
+    return lines
+
+
 def _figures_section(figures: dict[str, str]) -> list[str]:
     lines = []
     for key, filename in figures.items():
@@ -534,6 +572,7 @@ def log_report_to_wandb(report: dict[str, Any], root: Path, project: str, group:
     from spri_sft import tracking
 
     figures = report.get("figures") or {}
+    sample = export_records_sample(root)
     with tracking.run(project=project, group=group, name=run_name, job_type="report") as run:
         tables = {"report/comparison": (COMPARISON_COLUMNS, comparison_rows(report))}
         if report.get("lm_eval"):
@@ -541,9 +580,28 @@ def log_report_to_wandb(report: dict[str, Any], root: Path, project: str, group:
         run.log(
             tables=tables,
             images={f"report/figures/{key}": (root / name, FIGURE_TITLES[key]) for key, name in figures.items()},
+            pages={"report/records_sample": sample} if sample else None,
         )
-        files = ["report.md", "report.json", *figures.values()]
+        files = ["report.md", "report.json", *figures.values(), *([SAMPLE_FILE] if sample else [])]
         run.log_artifact(f"report-{run.id}", "report", {name: root / name for name in files})
+
+
+SAMPLE_FILE = f"{REVIEW_DIR}/sample.html"  # the run's records sample, beside its review decisions
+
+
+def export_records_sample(root: Path) -> Path | None:
+    """The viewer's self-contained HTML sample of the run's records (`spri-sft view RUN --export`, stratified by mode
+    and status), written to <run>/review/sample.html for the report's W&B run; None (and one line why) when it
+    cannot be made: the report is logged without it rather than the finished run failing at its last step."""
+    from spri_sft.review.export import export_html
+
+    if not (root / "config.yaml").is_file():  # not a pipeline run's directory: no records to find from it
+        return None
+    try:
+        return export_html(root, root / SAMPLE_FILE)
+    except UserError as err:
+        print(f"[spri-sft] report: no records sample in W&B ({err})", flush=True)
+        return None
 
 
 COMPARISON_COLUMNS = [
