@@ -9,7 +9,11 @@ Steps, in this order; a record is counted under the first step that drops it:
    a dataset is one mode's (the paper trains and compares one model per mode), and deduplication
    would otherwise drop one mode's answer to a prompt as a duplicate of the other's. Format each
    mode's records.jsonl on its own, into its own output_dir.
-2. quality filters, on the final version of the response (the last `response` round):
+2. `review`: a reviewer's last decision on the record (`spri-sft view`, `spri_sft.review.decisions`) is
+   "exclude": of `review_file`, else of review/decisions.jsonl beside the first records file when there is
+   one (`none`: no review). A person's decision comes first, so every record they excluded is counted
+   under it, by the reason they gave (`review_reasons`); a "keep" decision is counted and changes nothing.
+   Then the quality filters, on the final version of the response (the last `response` round):
    `status`: the record's status is not in `statuses`;
    `empty_response`: the response is missing or blank;
    `truncated`: `drop_truncated` and the final version's finish_reason is "length";
@@ -58,7 +62,8 @@ Steps, in this order; a record is counted under the first step that drops it:
      train.parquet, validation.parquet    the card's `configs` name these: `load_dataset(output_dir)` works too
      README.md                    the dataset card: method, models, counts per step, scores, filters
      summary.json                 what `build_dataset` returns
-     dropped.jsonl                one line per dropped record: id, reason, detail (and source_id, when it has one)
+     dropped.jsonl                one line per dropped record: id, reason, detail (and source_id, when it has one;
+                                  for `review`, the reviewer's reason as detail, and who and when)
      config.yaml                  the effective configuration
      preference/                  with `preference`: DPO pairs of the kept records, split as the rows are
                                   (hf/, {train,validation}.jsonl, no_pair.jsonl; `spri_sft.format.preference`)
@@ -86,14 +91,17 @@ from spri_sft.format.dedupe import exact_duplicates, near_duplicates, normalize
 from spri_sft.format.preference import PREFERENCE_DIR, build_preference, save_preference
 from spri_sft.generate.inputs import SFT_SPLITS
 from spri_sft.processes import writes_output_dir
+from spri_sft.review.decisions import DECISIONS_FILE, Decisions, read_decisions, review_dir_of
 from spri_sft.rows import read_jsonl
 
 logger = logging.getLogger(__name__)
 
 REQUIRED_FIELDS = ("id", "prompt", "mode", "status", "response", "rounds")
 # Every drop reason, in the order the steps run; `overlong` only when rows are measured (step 7).
-REASONS = ("status", "empty_response", "truncated", "response_score", "truthfulqa", "duplicate", "near_duplicate")
+REASONS = ("review", "status", "empty_response", "truncated", "response_score", "truthfulqa", "duplicate", "near_duplicate")
 OVERLONG_REASON = "overlong"
+REVIEW_OFF = "none"  # review_file's value that turns the reviewer's decisions off
+NO_REASON = "no reason given"  # an exclusion without a reason, in review_reasons
 SPLITS = ("train", "validation")
 
 
@@ -104,6 +112,8 @@ def build_dataset(config: FormatConfig) -> dict:
     records = read_records(config.records)
     refuse_several_modes(records, config.records)
     _say_records_without_source_id(records)
+    review = review_source(config)
+    decisions = read_decisions(review) if review is not None else Decisions(Path(REVIEW_OFF), {})
     dropped: list[dict] = []
 
     def drop(record: dict, reason: str, detail: str = "") -> None:
@@ -111,6 +121,11 @@ def build_dataset(config: FormatConfig) -> dict:
 
     kept = []
     for record in records:
+        decision = decisions.get(record["id"])
+        if decision is not None and decision["decision"] == "exclude":
+            drop(record, "review", decision["reason"] or "")
+            dropped[-1].update(who=decision["who"], when=decision["when"])
+            continue
         failed = quality_failure(record, config)
         if failed:
             drop(record, *failed)
@@ -157,6 +172,7 @@ def build_dataset(config: FormatConfig) -> dict:
 
     summary = summarize(config, records, kept, dropped, splits, questions, named)
     summary["lengths"] = lengths
+    summary["review"], summary["review_reasons"] = review_counts(review, decisions, records)
     summary["truthfulqa_source"] = source.described if source is not None else None  # the card names it
     if config.preference:
         pairs, no_pair, summary["preference"] = build_preference(
@@ -221,6 +237,45 @@ def read_records(paths: list[str]) -> list[dict]:
         for row in read_jsonl(path, "records file", malformed_hint=TORN_LINE):
             records.append(_check_record(row.value, f"{path}:{row.where}"))
     return records
+
+
+def review_source(config: FormatConfig) -> Path | None:
+    """The decisions file format obeys (step 2): `review_file`, else review/decisions.jsonl beside the first
+    records file when there is one; None when `review_file` is none or there is none."""
+    if config.review_file is not None:
+        if config.review_file.strip().lower() == REVIEW_OFF:
+            return None
+        path = Path(config.review_file)
+        if not path.is_file():
+            raise UserError(
+                f"review_file {path}: not found (the decisions.jsonl `spri-sft view` writes in its review/ folder; "
+                f"{REVIEW_OFF} turns the review off)"
+            )
+        return path
+    beside = review_dir_of(config.records[0]) / DECISIONS_FILE
+    return beside if beside.is_file() else None
+
+
+def review_counts(review: Path | None, decisions: Decisions, records: list[dict]) -> tuple[dict, dict[str, int]]:
+    """The review's counts over these records (summary.json's `review` and `review_reasons`), said in one line.
+    Decisions on other records (another mode's, in a run's shared file) are not this dataset's: only said."""
+    ids = {record["id"] for record in records}
+    ours = [decision for id, decision in decisions.items() if id in ids]
+    excluded = [decision for decision in ours if decision["decision"] == "exclude"]
+    reasons = dict(Counter(decision["reason"] or NO_REASON for decision in excluded).most_common())
+    counts = {"file": None if review is None else str(review), "excluded": len(excluded), "kept": len(ours) - len(excluded)}
+    if review is not None:
+        why = ", ".join(f"{n} {reason}" for reason, n in reasons.items())
+        elsewhere = len(decisions) - len(ours)
+        print(
+            f"[spri-sft] format: review ({review}): {len(excluded)} records excluded" + (f" ({why})" if why else "")
+            + f", {counts['kept']} kept by decision"
+            + (f"; {elsewhere} decisions are on records not in these files" if elsewhere else ""),
+            flush=True,
+        )
+        if decisions.torn_bytes:
+            logger.warning("%s: ignored a torn last line (%d bytes) left by an interrupted write", review, decisions.torn_bytes)
+    return counts, reasons
 
 
 def refuse_several_modes(records: list[dict], paths: list[str]) -> None:

@@ -123,6 +123,7 @@ def _filters(summary: dict, config: FormatConfig) -> str:
         return f"off ({setting})"
 
     rules = {
+        "review": _review_rule(summary, config),
         "status": "status is one of " + ", ".join(config.statuses),
         "empty_response": "the response is not missing or blank",
         "truncated": "the final response was not cut off (finish_reason `length`)"
@@ -158,6 +159,19 @@ def _filters(summary: dict, config: FormatConfig) -> str:
         remaining -= count
         lines.append(f"| {reason} | {rules[reason]} | {count} | {remaining} |")
     return "\n".join(lines) + "\n"
+
+
+def _review_rule(summary: dict, config: FormatConfig) -> str:
+    """The review step's row: whose decisions, and the exclusions by the reviewer's reason."""
+    review = summary.get("review") or {}
+    if not review.get("file"):
+        return "off (review_file: none)" if config.review_file else "off (no review/decisions.jsonl beside the records)"
+    reasons = ", ".join(f"{reason} {n}" for reason, n in (summary.get("review_reasons") or {}).items())
+    return (
+        f"a reviewer did not exclude it in `{Path(review['file']).name}` (`spri-sft view`)"
+        + (f"; excluded by reason: {reasons}" if reasons else "")
+        + f"; {review['kept']} kept by decision"
+    )
 
 
 def _lengths(summary: dict) -> str:

@@ -13,13 +13,14 @@ OVERLONG = ("drop", "keep")
 class FormatConfig:
     """Turn generation records into a Hugging Face SFT dataset in TRL's conversational format.
 
-    Records pass, in this order: the quality filters (`statuses`, empty response, `drop_truncated`,
+    Records pass, in this order: the reviewer's exclusions (`review_file`), the quality filters (`statuses`, empty response, `drop_truncated`,
     `min_response_score`), the TruthfulQA guard (`truthfulqa_file`; on by default), then prompt deduplication
     (exact, then `near_duplicate_threshold`); the first step a record fails is the reason it is
     counted under. The rules are documented in `spri_sft.format.build`.
 
     Fields, by purpose:
     - input and output: `records`, `output_dir`, `push_to_hub`;
+    - a reviewer's decisions (`spri-sft view`): `review_file`;
     - quality filters: `statuses`, `min_response_score`, `drop_truncated`;
     - deduplication and benchmark guard: `near_duplicate_threshold`, `truthfulqa_file`,
       `contamination_ngram`, `contamination_threshold`;
@@ -41,6 +42,12 @@ class FormatConfig:
     output_dir: str = field(
         default="outputs/format",
         metadata={"help": "Where hf/ (load_from_disk), {train,validation}.{jsonl,parquet}, README.md and summary.json go."},
+    )
+    review_file: str | None = field(
+        default=None,
+        metadata={"help": "A reviewer's decisions (`spri-sft view` writes review/decisions.jsonl): records whose last "
+                  "decision is exclude are dropped, counted under review by reason. Unset: review/decisions.jsonl "
+                  "beside the first records file, when there is one; none turns it off."},
     )
     statuses: list[str] = field(
         default_factory=lambda: ["accepted", "max_rounds"],

@@ -41,6 +41,7 @@ from spri_sft import tracking
 from spri_sft.config import check_ranges, dump_yaml
 from spri_sft.errors import UserError
 from spri_sft.evaluate.lm_eval_tasks import LmEvalJob, check_job, lm_eval_version, log_to_wandb, run_lm_eval_tasks
+from spri_sft.format.build import REVIEW_OFF
 from spri_sft.format.config import FormatConfig
 from spri_sft.generate.config import GenerateConfig
 from spri_sft.generate.engine import MODES
@@ -49,6 +50,7 @@ from spri_sft.pipeline.config import PipelineConfig
 from spri_sft.pipeline.recipe_check import training_recipes_checked
 from spri_sft.pipeline.stages import Stage, StageChanged, file_digest, fingerprint, folder_digest
 from spri_sft.processes import LOCK_NAME, hold_output_dir, run_bound, writes_output_dir
+from spri_sft.review.decisions import DECISIONS_FILE, REVIEW_DIR, read_decisions
 
 logger = logging.getLogger(__name__)
 
@@ -361,9 +363,15 @@ def format_stage(
     TruthfulQA guard, preference pairs with DPO, and, from `plan` (the mode's training), training's tokenizer,
     max_length, training_template and overlong, so rows over max_length are counted (`length_settings`).
 
+    The reviewer's decisions (`spri-sft view`): format's review_file, else the run's own review/decisions.jsonl
+    when there is one (else none: format's default, beside the records, is not this run's). They enter the
+    fingerprint by the contents of this mode's decisions (`review_settings`), so a changed decision refuses the
+    dataset (naming it) until `--redo dataset/<mode>` rebuilds it and the stages after it, generation untouched.
+
     Fields that did not exist when a dataset was made stay out of its fingerprint while they are off (preference,
-    the length fields without a tokenizer); a dataset made before rows were measured, whose length settings only
-    came from the training recipe, stays done (it says its rows were not counted) instead of being refused.
+    the length fields without a tokenizer, review_file while this mode has no decision); a dataset made before rows
+    were measured, whose length settings only came from the training recipe, stays done (it says its rows were not
+    counted) instead of being refused.
     """
     guard = config.format.truthfulqa_file
     if guard is None and truthfulqa is not None:
@@ -371,11 +379,16 @@ def format_stage(
         # since format guards against the default source when given no file.
         guard = truthfulqa["file"] if config.evaluate.guard_training_data else "none"
     filled = length_settings(config.format, plan)
+    review = config.format.review_file
+    if review is None:
+        own = root / REVIEW_DIR / DECISIONS_FILE
+        review = str(own) if own.is_file() else REVIEW_OFF
     job = dataclasses.replace(
         config.format,
         records=[str(generated.directory / "records.jsonl")],
         output_dir=str(root / "dataset" / mode),
         truthfulqa_file=guard,
+        review_file=review,
         preference=config.format.preference or config.dpo.enabled,  # DPO trains on the pairs
         **filled,
     )
@@ -385,6 +398,8 @@ def format_stage(
     }  # fmt: skip
     if not job.preference:  # absent when off: datasets made before preference pairs existed stay valid
         del settings["preference"], settings["preference_margin"]
+    del settings["review_file"]  # by this mode's decisions, absent without any: datasets made before stay valid
+    settings.update(review_settings(review, mode))
     unmeasured = {key: value for key, value in settings.items() if key not in LENGTH_FIELDS}
     measuring = job.tokenizer is not None and job.max_length is not None
     stage = Stage.made_from(f"dataset/{mode}", Path(job.output_dir), settings if measuring else unmeasured)
@@ -397,6 +412,21 @@ def format_stage(
         )
         stage = Stage.made_from(stage.name, stage.directory, unmeasured)
     return job, stage
+
+
+def review_settings(review_file: str, mode: str) -> dict[str, str]:
+    """The review's part of a dataset's fingerprint: this mode's decisions by their contents, in words a refusal can
+    show (`1 excluded, 0 kept · <digest>`), so a decision on another mode's record leaves this dataset done; {} when
+    the mode has none."""
+    if review_file.strip().lower() == REVIEW_OFF:
+        return {}
+    if not Path(review_file).is_file():
+        raise UserError(f"format.review_file {review_file}: not found (a `spri-sft view` decisions.jsonl, or none)")
+    ours = {id: line for id, line in read_decisions(review_file).items() if line["mode"] == mode}
+    if not ours:
+        return {}
+    excluded = sum(line["decision"] == "exclude" for line in ours.values())
+    return {"review_file": f"{excluded} excluded, {len(ours) - excluded} kept · {fingerprint(sorted(ours.items()))}"}
 
 
 def length_settings(section: FormatConfig, plan: TrainPlan | None) -> dict[str, Any]:
