@@ -68,10 +68,10 @@
     token: metaContent("spri-token"),
     readOnly: metaContent("spri-read-only") === "true",
     exported: null,          // the embedded data (export mode), else null
-    overview: null,          // cached overview (modes, statuses, path)
+    overview: null,          // the overview's one request (a promise): modes, statuses, path, read_only
     list: null,              // the last list fetched: {query, items, total, page, pageSize}
     selected: -1,            // the list page's j/k selection
-    record: null,            // the record page's data {record, decision, same_prompt} and its route
+    record: null,            // the record page's {id, data, context}: context = the list it was opened from
     renderSeq: 0,            // bumps on every route; an answer for an older route is dropped
     searchTimer: null,
     showDiffs: true,
@@ -218,8 +218,20 @@
 
   let inflightList = null;
 
+  const NO_SERVER = "the viewer's server does not answer: is `spri-sft view` still running?";
+
+  /** fetch, with a refused connection said in words (fetch itself says only "Failed to fetch"). */
+  async function request(url, options) {
+    try {
+      return await fetch(url, Object.assign({ credentials: "same-origin" }, options));
+    } catch (err) {
+      if (err.name === "AbortError") throw err;
+      throw new Error(NO_SERVER);
+    }
+  }
+
   async function fetchJSON(url, signal) {
-    const res = await fetch(url, { headers: { Accept: "application/json" }, credentials: "same-origin", signal });
+    const res = await request(url, { headers: { Accept: "application/json" }, signal });
     let body = null;
     try { body = await res.json(); } catch (e) { body = null; }
     if (!res.ok) throw new Error((body && body.error) || res.status + " " + res.statusText + " from " + url);
@@ -227,9 +239,10 @@
   }
 
   const api = {
-    overview() {
-      // One request per page load, shared by everything that needs it (the header, the list's filter options).
-      if (!state.overview) {
+    overview(fresh) {
+      // One request shared by everything that needs it (the header, the list's filter options); asked again
+      // (`fresh`) when the overview itself is shown, as its decision counts change while one reviews.
+      if (!state.overview || (fresh && !state.exported)) {
         state.overview = state.exported ? Promise.resolve(state.exported.overview)
           : fetchJSON("api/overview").then((overview) => {
             if (overview.read_only) state.readOnly = true;
@@ -253,9 +266,8 @@
       return fetchJSON("api/record/" + encodeURIComponent(id));
     },
     async decide(id, decision, reason) {
-      const res = await fetch("api/decisions", {
+      const res = await request("api/decisions", {
         method: "POST",
-        credentials: "same-origin",
         headers: { "Content-Type": "application/json", "X-SPRI-Token": state.token },
         body: JSON.stringify({ id, decision, reason: reason || null }),
       });
@@ -517,7 +529,7 @@
   }
 
   async function showOverview(seq) {
-    const overview = await api.overview();
+    const overview = await api.overview(true);
     if (seq !== state.renderSeq) return;
     const view = clear(document.getElementById("view"));
     const root = h("div", { testid: "overview-view" });
@@ -940,7 +952,6 @@
       try {
         const made = await api.decide(record.id, what, what === "exclude" ? reason.value.trim() : null);
         show(made);
-        if (state.record) state.record.decision = made;
         say("");
       } catch (err) {
         say(String(err.message || err), true);
@@ -969,7 +980,7 @@
     if (seq !== state.renderSeq) return;
     const record = data.record;
     const context = listQuery(params);
-    state.record = { id, data, context, decision: data.decision || null };
+    state.record = { id, data, context };
     const view = clear(document.getElementById("view"));
     const root = h("div", { testid: "record-view", "data-id": record.id, class: "record" });
     const nav = h("div", { class: "record-nav" },
@@ -1126,14 +1137,14 @@
     } else if (state.readOnly) {
       badge.textContent = "read-only";
     }
-    api.overview().then((overview) => {
-      document.getElementById("run-path").textContent = overview.path || "";
-      if (overview.read_only) { state.readOnly = true; if (!state.exported) badge.textContent = "read-only"; }
-    }).catch(() => { /* route() reports the error */ });
     document.getElementById("help-toggle").addEventListener("click", toggleHelp);
     document.addEventListener("keydown", onKey);
     window.addEventListener("hashchange", route);
-    route();
+    route();  // first: it starts the overview's request, which the header then shares
+    api.overview().then((overview) => {
+      document.getElementById("run-path").textContent = overview.path || "";
+      if (overview.read_only && !state.exported) badge.textContent = "read-only";
+    }).catch(() => { /* route() reports the error */ });
   }
 
   // Export mode's data script may come after this script in the page: start once the page is parsed.
