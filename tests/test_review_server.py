@@ -6,7 +6,11 @@ from __future__ import annotations
 
 import http.client
 import json
+import re
 import shutil
+import signal
+import subprocess
+import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -296,3 +300,20 @@ def test_view_of_a_path_that_is_not_there_is_one_line_and_exit_2(tmp_path, capsy
 def test_view_sample_without_export_is_refused(run, capsys):
     assert main(["view", str(run), "--sample", "5"]) == 2
     assert "--sample is for --export FILE.html" in capsys.readouterr().err
+
+
+def test_view_prints_its_url_serves_it_and_stops_on_ctrl_c_with_one_line(run):
+    viewer = subprocess.Popen(
+        [sys.executable, "-m", "spri_sft.cli", "view", str(run)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        assert viewer.stdout.readline() == "[spri-sft] view: 13 records of 2 file(s)\n"
+        url = viewer.stdout.readline()
+        assert re.fullmatch(r"\[spri-sft\] view: http://127\.0\.0\.1:\d+/\n", url)
+        with urllib.request.urlopen(url.split("view: ")[1].strip() + "api/overview", timeout=10) as response:
+            assert json.loads(response.read())["modes"]["spri"]["records"] == 7
+    finally:
+        viewer.send_signal(signal.SIGINT)
+        _, stderr = viewer.communicate(timeout=30)
+    assert viewer.returncode == 130
+    assert stderr == "spri-sft: interrupted; every decision made is kept in the review's decisions.jsonl\n"
