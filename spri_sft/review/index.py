@@ -130,6 +130,7 @@ def open_index(paths: Sequence[str | Path]) -> RecordIndex:
     review_dir = review_dir_of(list(paths))
     files = records_files(paths)
     index_file = str(review_dir / INDEX_FILE)
+    fresh = not Path(index_file).is_file()
     try:
         review_dir.mkdir(parents=True, exist_ok=True)
         with open(index_file, "ab"):
@@ -137,6 +138,9 @@ def open_index(paths: Sequence[str | Path]) -> RecordIndex:
     except OSError as err:
         print(f"[spri-sft] view: {review_dir} is not writable ({err.strerror}): the index is kept in memory")
         index_file = ":memory:"
+    size = sum(f.stat().st_size for f in files if f.is_file())
+    if fresh and size > 50_000_000:  # seconds of work (about 10 s per 600 MB): say why nothing shows yet
+        print(f"[spri-sft] view: indexing {size / 1e6:,.0f} MB of records once (kept in {index_file})", flush=True)
     return RecordIndex(files, index_file, review_dir / DECISIONS_FILE)
 
 
