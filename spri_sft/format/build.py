@@ -131,6 +131,7 @@ def build_dataset(config: FormatConfig) -> dict:
             drop(record, *failed)
         else:
             kept.append(record)
+    reviewed = review_counts(review, decisions, records)  # said now: a later step may stop the run
 
     questions = None
     source = guard_source(config.truthfulqa_file)  # the file, else the Hub, else the packaged copy; None: `none`
@@ -172,7 +173,7 @@ def build_dataset(config: FormatConfig) -> dict:
 
     summary = summarize(config, records, kept, dropped, splits, questions, named)
     summary["lengths"] = lengths
-    summary["review"], summary["review_reasons"] = review_counts(review, decisions, records)
+    summary["review"], summary["review_reasons"] = reviewed
     summary["truthfulqa_source"] = source.described if source is not None else None  # the card names it
     if config.preference:
         pairs, no_pair, summary["preference"] = build_preference(
