@@ -25,6 +25,9 @@ Commands:
   plan             Generate a few prompts of each mode of a recipe (pipeline or generate) for real and
                    predict the whole generation: calls, tokens, wall time, GPU-hours, cost
                    (`spri-sft plan RECIPE.yaml [--plan.sample 4]`).
+  view             Look at records in the browser (a pipeline output dir, a generate output dir or records
+                   files) and exclude or keep them for the dataset; `--export FILE.html` writes a shareable sample
+                   (`spri-sft view PATH [--port N] [--read-only] [--export FILE.html --sample N]`).
 
 Every command reads its settings from an optional YAML file (--config) and then from
 --dotted.name VALUE overrides of any field. `spri-sft COMMAND --help` lists every field.
@@ -91,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
             return _run(rest)
         if command == "plan":
             return _plan(rest)
+        if command == "view":
+            return _view(rest)
         raise UserError(f"unknown command {command!r} (try: spri-sft --help)")
     except UserError as err:
         print(f"spri-sft: error: {err}", file=sys.stderr)
@@ -111,6 +116,7 @@ KEPT_WHEN_STOPPED = {
     "run": "finished stages are kept; rerun the same command to resume (training from its last complete checkpoint)",
     "train": "rerun the same command to resume from the last complete checkpoint, if one was saved",
     "dpo": "rerun the same command to resume from the last complete checkpoint, if one was saved",
+    "view": "every decision made is kept in the review's decisions.jsonl",
 }
 
 
@@ -232,6 +238,48 @@ def _plan(argv: list[str]) -> int:
 
     settings = load_config(PlanSettings, own)
     plan_recipe(load_recipe(argv[0], overrides), settings)  # prints the plan and where plan.json went
+    return 0
+
+
+def _view(argv: list[str]) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="spri-sft view",
+        description="Serve a local web page of the records of PATH (a pipeline output dir, a generate output dir "
+        "or records files; several modes at once): an overview per mode, a filtered and searchable list, each "
+        "record with its rounds and the same prompt in the other modes. Decisions (exclude/keep) go to "
+        "<review dir>/decisions.jsonl, which `spri-sft format` obeys.",
+    )
+    parser.add_argument("paths", nargs="+", metavar="PATH")
+    parser.add_argument("--port", type=int, default=0, help="the port to listen on (default: a free one)")
+    parser.add_argument(
+        "--host", default="127.0.0.1",
+        help="the address to listen on; another than this machine's (e.g. 0.0.0.0) only with SPRI_SFT_VIEW_TOKEN "
+        "set, which every request must then carry",
+    )  # fmt: skip
+    parser.add_argument("--read-only", action="store_true", help="show the records without the decision buttons")
+    parser.add_argument("--reviewer", help="the name decisions are recorded under (default: the login name)")
+    parser.add_argument(
+        "--export", metavar="FILE.html", help="write one self-contained HTML file of a sample instead of serving"
+    )
+    parser.add_argument(
+        "--sample", type=int, help="records in the --export file, stratified by mode and status (default 200)"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="which sample --export draws")
+    args = parser.parse_args(argv)
+    if args.sample is not None and args.export is None:
+        raise UserError("view: --sample is for --export FILE.html (the viewer itself shows every record)")
+    if args.export is not None:
+        from spri_sft.review.export import DEFAULT_SAMPLE, export_html
+
+        out = export_html(args.paths, args.export, DEFAULT_SAMPLE if args.sample is None else args.sample, args.seed)
+        print(f"[spri-sft] view: exported to {out}")
+        return 0
+
+    from spri_sft.review.server import serve
+
+    serve(args.paths, host=args.host, port=args.port, read_only=args.read_only, reviewer=args.reviewer)
     return 0
 
 
