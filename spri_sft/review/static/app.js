@@ -48,7 +48,7 @@
  *
  * Keyboard (ignored while typing in a field; also listed in index.html's #help):
  *   j / k      next / previous record (on the list page: move the selection; Enter opens the selected row)
- *   x          exclude this record, with the reason typed in #decision-reason (Enter in that box does the same)
+ *   x or e     exclude this record, with the reason typed in #decision-reason (Enter in that box does the same)
  *   y          keep this record
  *   u          back to the list      /  focus the search box      g  overview      ?  toggle the help
  */
@@ -1105,7 +1105,7 @@
       if (key === "j") stepRecord(1);
       else if (key === "k") stepRecord(-1);
       else if (key === "u" || key === "Escape") go(recordsHref(listQuery(current.params)));
-      else if (key === "x" && panel) panel.decide("exclude");
+      else if ((key === "x" || key === "e") && panel) panel.decide("exclude");
       else if (key === "y" && panel) panel.decide("keep");
     }
   }
