@@ -227,3 +227,11 @@ def test_a_file_removed_while_viewing_leaves_the_index_and_comes_back_when_writt
     direct.write_text(kept)
     index.refresh()
     assert index.modes() == ["direct", "spri"] and index.count() == 13
+
+
+def test_sorting_by_score_puts_records_without_a_score_last_either_way(run, tmp_path):
+    index = index_of(run, tmp_path)
+    for order in ("asc", "desc"):
+        scores = [i["response_score"] for i in index.page({"mode": "spri", "sort": "score", "order": order})["items"]]
+        scored = [s for s in scores if s is not None]
+        assert scores == scored + [None, None] and scored == sorted(scored, reverse=order == "desc")
