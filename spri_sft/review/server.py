@@ -92,7 +92,7 @@ class Viewer:
             "modes": self.index.overview(),
             "decisions": {decision: decisions.count(decision) for decision in DECISIONS},
             "figures": self.figures(),
-            "torn_lines_bytes": self.index.torn_bytes(),
+            "torn_bytes": self.index.torn_bytes(),  # of a last line still being written (or cut by a kill)
             "duplicate_ids": self.index.duplicates,
         }
 
@@ -117,6 +117,7 @@ class ViewHandler(BaseHTTPRequestHandler):
     server: ViewServer
     protocol_version = "HTTP/1.1"
     server_version = "spri-sft-view"
+    sys_version = ""  # the Server header need not tell the Python version
 
     def log_message(self, format, *args):  # noqa: A002 — the stdlib's signature
         pass  # a line per request would bury the one line that matters (the URL)
