@@ -98,7 +98,9 @@ logger = logging.getLogger(__name__)
 
 REQUIRED_FIELDS = ("id", "prompt", "mode", "status", "response", "rounds")
 # Every drop reason, in the order the steps run; `overlong` only when rows are measured (step 7).
-REASONS = ("review", "status", "empty_response", "truncated", "response_score", "truthfulqa", "duplicate", "near_duplicate")
+REASONS = (
+    "review", "status", "empty_response", "truncated", "response_score", "truthfulqa", "duplicate", "near_duplicate"
+)
 OVERLONG_REASON = "overlong"
 REVIEW_OFF = "none"  # review_file's value that turns the reviewer's decisions off
 NO_REASON = "no reason given"  # an exclusion without a reason, in review_reasons

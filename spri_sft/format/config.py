@@ -13,10 +13,10 @@ OVERLONG = ("drop", "keep")
 class FormatConfig:
     """Turn generation records into a Hugging Face SFT dataset in TRL's conversational format.
 
-    Records pass, in this order: the reviewer's exclusions (`review_file`), the quality filters (`statuses`, empty response, `drop_truncated`,
-    `min_response_score`), the TruthfulQA guard (`truthfulqa_file`; on by default), then prompt deduplication
-    (exact, then `near_duplicate_threshold`); the first step a record fails is the reason it is
-    counted under. The rules are documented in `spri_sft.format.build`.
+    Records pass, in this order: the reviewer's exclusions (`review_file`), the quality filters (`statuses`,
+    empty response, `drop_truncated`, `min_response_score`), the TruthfulQA guard (`truthfulqa_file`; on by
+    default), then prompt deduplication (exact, then `near_duplicate_threshold`); the first step a record fails
+    is the reason it is counted under. The rules are documented in `spri_sft.format.build`.
 
     Fields, by purpose:
     - input and output: `records`, `output_dir`, `push_to_hub`;
