@@ -26,6 +26,7 @@ import subprocess
 import sys
 import threading
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -240,7 +241,7 @@ def other_site(page: str) -> Iterator[str]:
     """Serves `page` at the URL yielded: another origin than the viewer's (another port of 127.0.0.1)."""
 
     class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):  # the stdlib's name
+        def do_GET(self):
             body = page.encode()
             self.send_response(200)
             self.send_header("Content-Type", "text/html; charset=utf-8")
@@ -248,7 +249,7 @@ def other_site(page: str) -> Iterator[str]:
             self.end_headers()
             self.wfile.write(body)
 
-        def log_message(self, format, *args):
+        def log_message(self, format, *args):  # quiet: its requests are the test's own
             pass
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
@@ -300,6 +301,14 @@ def wait_for_listed(driver, expected: set[str]) -> None:
         wait_for(driver, lambda d: listed_ids(d) == expected, "the list")
     except TimeoutException:
         raise AssertionError(f"the list shows {listed_ids(driver)}, expected {expected}") from None
+
+
+# The text of arguments[0] with the elements matching the selector arguments[1] left out.
+TEXT_WITHOUT = (
+    "const copy = arguments[0].cloneNode(true);"
+    "copy.querySelectorAll(arguments[1]).forEach((element) => element.remove());"
+    "return copy.textContent;"
+)
 
 
 def ids_where(run_dir: Path, **fields) -> set[str]:
@@ -376,14 +385,10 @@ def test_a_record_page_shows_the_revision_as_a_word_diff_of_the_draft(browser, v
     second = browser.find_element(
         By.CSS_SELECTOR, '[data-testid="response-round"][data-round="2"] [data-testid="version-text"]'
     )
-    without = (
-        "const copy = arguments[0].cloneNode(true); copy.querySelectorAll(arguments[1]).forEach((e) => e.remove());"
-    )
-    without += "return copy.textContent;"
 
     assert second.find_elements(By.CSS_SELECTOR, "ins.diff-ins"), "the words the revision added are marked"
-    assert browser.execute_script(without, second, "ins").split() == draft.split()
-    assert browser.execute_script(without, second, "del").split() == revision.split()
+    assert browser.execute_script(TEXT_WITHOUT, second, "ins").split() == draft.split()
+    assert browser.execute_script(TEXT_WITHOUT, second, "del").split() == revision.split()
 
 
 def test_a_record_page_shows_the_same_prompt_in_every_mode_side_by_side(browser, viewer, run_dir):
@@ -468,8 +473,8 @@ def test_a_decision_posted_from_another_origin_is_refused_even_with_the_token(vi
 
 
 def test_a_form_on_another_site_cannot_post_a_decision(browser, viewer, run_dir, decisions_file):
-    # The classic cross-site request: a page on another origin submits a form to the viewer. A form may send
-    # text/plain with any body, and the browser attaches the viewer's cookies; only the server's checks stop it.
+    # The classic cross-site request: a page on another origin submits a form to the viewer. A form may post
+    # text/plain with any body to any origin, with no CORS preflight to stop it: only the server's checks do.
     from selenium.webdriver.common.by import By
 
     record_id = record_of(run_dir, "spri", PROMPTS[3])["id"]
@@ -494,11 +499,16 @@ def test_html_in_a_models_answer_is_shown_as_text_and_never_runs(browser, viewer
 
     record = next(r for r in records_of(run_dir, "spri") if payload in r["prompt"])
     assert record["response"] == payload
-    open_page(browser, viewer, f"#/records?q={urllib.request.quote('Repeat this')}", "record-row")
-    open_page(browser, viewer, f"#/record/{record['id']}", "record-view")
 
-    assert browser.find_element(By.ID, "record-prompt").text == record["prompt"]
+    open_page(browser, viewer, "#/records?q=" + urllib.parse.quote(record["prompt"].split(":")[0]), "record-row")
+    prompts = [e.text for e in browser.find_elements(By.CSS_SELECTOR, '[data-testid="record-row"] .prompt-cell')]
+    assert prompts == [record["prompt"]] * len(MODES)
+    assert browser.execute_script("return document.querySelectorAll('#view img, #view script').length") == 0
+    assert browser.execute_script("return window.__pwned") is None
+
+    open_page(browser, viewer, f"#/record/{record['id']}", "record-view")
     responses = [e.text for e in browser.find_elements(By.CSS_SELECTOR, '[data-testid="same-prompt-response"]')]
+    assert browser.find_element(By.ID, "record-prompt").text == record["prompt"]
     assert responses == [payload] * len(MODES)
     assert browser.execute_script("return document.querySelectorAll('#view img, #view script').length") == 0
     assert browser.execute_script("return window.__pwned") is None
