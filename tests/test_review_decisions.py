@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -100,6 +102,19 @@ def test_decisions_appended_from_many_threads_are_whole_lines(tmp_path: Path):
     for thread in threads:
         thread.join()
     assert len(read_decisions(path)) == 20
+
+
+def test_two_viewers_appending_to_one_file_at_once_leave_whole_lines(tmp_path: Path):
+    path = tmp_path / "decisions.jsonl"
+    append_many = (
+        "import sys\nfrom spri_sft.review.decisions import append_decision\n"
+        "for n in range(40): append_decision(sys.argv[1], f'{sys.argv[2]}{n}', 'spri', 'exclude', 'x' * 3000, 'ana')"
+    )
+    viewers = [subprocess.Popen([sys.executable, "-c", append_many, str(path), name]) for name in ("a", "b")]
+    assert [viewer.wait(timeout=60) for viewer in viewers] == [0, 0]
+
+    decisions = read_decisions(path)
+    assert len(decisions) == 80 and decisions.torn_bytes == 0
 
 
 def test_the_review_dir_of_a_run_or_generate_dir_is_inside_it_and_of_records_files_beside_the_first(tmp_path: Path):
