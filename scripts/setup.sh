@@ -21,6 +21,31 @@ done
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet torch==2.13.0 -e ".[dev]"
 
+# The viewer's browser tests (tests/test_review_browser.py) drive Debian's chromium through chromium-driver:
+# browsers that Selenium Manager or Chrome for Testing download come from hosts a CI machine may not reach, and
+# the distribution's pair always match. Installed when missing and this user may run apt-get; otherwise the
+# browser tests skip, saying why. On Debian 12: about 30 s, 120 MB downloaded, 420 MB installed (without the
+# recommended printing, notification and avahi packages, which would be 85 more and 60 MB).
+if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ]; then
+        as_root=()
+    elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
+        as_root=(sudo -n)
+    else
+        as_root=(none)
+    fi
+    if [ "${as_root[0]:-}" != none ] && command -v apt-get >/dev/null 2>&1; then
+        install_browser=("${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-driver)
+        # A fresh container has no package lists yet: update only when the install cannot find the packages.
+        "${install_browser[@]}" >/dev/null 2>&1 \
+            || { "${as_root[@]}" apt-get update -qq && "${install_browser[@]}" >/dev/null; } \
+            || echo "setup.sh: apt-get could not install chromium and chromium-driver: the browser tests will skip" >&2
+    else
+        echo "setup.sh: chromium or chromedriver is missing, and installing them needs apt-get as root or with sudo:" \
+            "the browser tests will skip (apt-get install chromium chromium-driver)" >&2
+    fi
+fi
+
 if [ "$with_vllm" = "1" ]; then
     [ -x .venv-vllm/bin/python ] || python3 -m venv .venv-vllm
     .venv-vllm/bin/python -m pip install --quiet --upgrade pip
