@@ -176,6 +176,16 @@ def read_only_viewer(records_files: list[Path]) -> Iterator[Viewer]:
 
 
 @pytest.fixture(scope="module")
+def exported_page(records_files: list[Path], tmp_path_factory) -> str:
+    """The file:// URL of `spri-sft view --export` of every record of the run (the sample is all 24)."""
+    from spri_sft.cli import main
+
+    exported = tmp_path_factory.mktemp("export") / "sample.html"
+    assert main(["view", *map(str, records_files), "--export", str(exported), "--sample", "24"]) == 0
+    return exported.as_uri()
+
+
+@pytest.fixture(scope="module")
 def decisions_file(run_dir: Path) -> Path:
     return run_dir / "spri" / "review" / "decisions.jsonl"
 
@@ -272,11 +282,11 @@ def decision_lines(decisions_file: Path) -> list[dict]:
     return [json.loads(line) for line in decisions_file.read_text().splitlines()] if decisions_file.exists() else []
 
 
-def open_page(driver, viewer: Viewer, route: str, ready_testid: str):
-    """Load the viewer at `route` (a fresh page load) and wait for the view's root element."""
+def open_page(driver, page_url: str, route: str, ready_testid: str):
+    """Load the page (a viewer's URL or an exported file's) at `route` and wait for the element to show."""
     from selenium.webdriver.common.by import By
 
-    driver.get(viewer.url + route)
+    driver.get(page_url + route)
     return wait_for(
         driver,
         lambda d: d.find_elements(By.CSS_SELECTOR, f'[data-testid="{ready_testid}"]'),
@@ -326,7 +336,7 @@ def ids_where(run_dir: Path, **fields) -> set[str]:
 def test_the_overview_shows_each_modes_record_and_status_counts(browser, viewer):
     from selenium.webdriver.common.by import By
 
-    open_page(browser, viewer, "#/", "overview-view")
+    open_page(browser, viewer.url, "#/", "overview-view")
     wait_for(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, '[data-testid="mode-card"]')) == 3, "mode cards")
     screenshot(browser, "overview")
 
@@ -350,7 +360,7 @@ def test_the_list_filters_by_mode_and_then_by_status(browser, viewer, run_dir):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select
 
-    open_page(browser, viewer, "#/records", "records-view")
+    open_page(browser, viewer.url, "#/records", "records-view")
     wait_for_listed(browser, ids_where(run_dir))
     screenshot(browser, "list")
 
@@ -363,7 +373,7 @@ def test_the_list_filters_by_mode_and_then_by_status(browser, viewer, run_dir):
 def test_the_search_box_narrows_the_list_to_the_records_mentioning_the_words(browser, viewer, run_dir):
     from selenium.webdriver.common.by import By
 
-    open_page(browser, viewer, "#/records", "records-view")
+    open_page(browser, viewer.url, "#/records", "records-view")
     wait_for_listed(browser, ids_where(run_dir))
 
     browser.find_element(By.ID, "search").send_keys("haiku")
@@ -380,7 +390,7 @@ def test_a_record_page_shows_the_revision_as_a_word_diff_of_the_draft(browser, v
     draft, revision = [r["text"] for r in record["rounds"] if r["stage"] == "response"]
     assert draft != revision, "the fixture's critic asks for one revision"
 
-    open_page(browser, viewer, f"#/record/{record['id']}", "record-view")
+    open_page(browser, viewer.url, f"#/record/{record['id']}", "record-view")
     screenshot(browser, "record")
     second = browser.find_element(
         By.CSS_SELECTOR, '[data-testid="response-round"][data-round="2"] [data-testid="version-text"]'
@@ -395,7 +405,7 @@ def test_a_record_page_shows_the_same_prompt_in_every_mode_side_by_side(browser,
     from selenium.webdriver.common.by import By
 
     record = record_of(run_dir, "spri", PROMPTS[0])
-    open_page(browser, viewer, f"#/record/{record['id']}", "record-view")
+    open_page(browser, viewer.url, f"#/record/{record['id']}", "record-view")
 
     columns = {
         column.get_attribute("data-mode"): column.find_element(
@@ -418,7 +428,7 @@ def test_excluding_a_record_in_the_page_appends_one_decision_and_format_drops_ex
 
     record = record_of(run_dir, "spri", PROMPTS[2])
     before = decision_lines(decisions_file)
-    open_page(browser, viewer, f"#/record/{record['id']}", "record-view")
+    open_page(browser, viewer.url, f"#/record/{record['id']}", "record-view")
     browser.find_element(By.ID, "decision-reason").send_keys("too simple for the set")
     browser.find_element(By.ID, "decision-exclude").click()
     wait_for(
@@ -449,7 +459,7 @@ def test_a_read_only_viewer_shows_no_decision_buttons(browser, read_only_viewer,
     from selenium.webdriver.common.by import By
 
     record = record_of(run_dir, "spri", PROMPTS[0])
-    open_page(browser, read_only_viewer, f"#/record/{record['id']}", "record-view")
+    open_page(browser, read_only_viewer.url, f"#/record/{record['id']}", "record-view")
 
     assert browser.find_elements(By.ID, "decisions-off")
     assert not browser.find_elements(By.CSS_SELECTOR, "#decision-panel, #decision-exclude, #decision-keep")
@@ -494,19 +504,23 @@ def test_a_form_on_another_site_cannot_post_a_decision(browser, viewer, run_dir,
 
 
 @pytest.mark.parametrize("payload", [SCRIPT_PAYLOAD, IMG_PAYLOAD], ids=["script", "img-onerror"])
-def test_html_in_a_models_answer_is_shown_as_text_and_never_runs(browser, viewer, run_dir, payload):
+@pytest.mark.parametrize("served", ["server", "export"])
+def test_html_in_a_models_answer_is_shown_as_text_and_never_runs(browser, request, run_dir, served, payload):
+    # The exported file has no Content-Security-Policy to fall back on (the server's forbids inline scripts):
+    # there, markup set as HTML would run.
     from selenium.webdriver.common.by import By
 
+    page_url = request.getfixturevalue("viewer").url if served == "server" else request.getfixturevalue("exported_page")
     record = next(r for r in records_of(run_dir, "spri") if payload in r["prompt"])
     assert record["response"] == payload
 
-    open_page(browser, viewer, "#/records?q=" + urllib.parse.quote(record["prompt"].split(":")[0]), "record-row")
+    open_page(browser, page_url, "#/records?q=" + urllib.parse.quote(record["prompt"].split(":")[0]), "record-row")
     prompts = [e.text for e in browser.find_elements(By.CSS_SELECTOR, '[data-testid="record-row"] .prompt-cell')]
     assert prompts == [record["prompt"]] * len(MODES)
     assert browser.execute_script("return document.querySelectorAll('#view img, #view script').length") == 0
     assert browser.execute_script("return window.__pwned") is None
 
-    open_page(browser, viewer, f"#/record/{record['id']}", "record-view")
+    open_page(browser, page_url, f"#/record/{record['id']}", "record-view")
     responses = [e.text for e in browser.find_elements(By.CSS_SELECTOR, '[data-testid="same-prompt-response"]')]
     assert browser.find_element(By.ID, "record-prompt").text == record["prompt"]
     assert responses == [payload] * len(MODES)
@@ -522,6 +536,6 @@ def test_the_three_views_log_no_browser_error(browser, viewer, run_dir):
         ("#/records", "record-row"),
         (f"#/record/{record['id']}", "record-view"),
     ):
-        open_page(browser, viewer, route, ready)
+        open_page(browser, viewer.url, route, ready)
 
     assert [entry["message"] for entry in browser.get_log("browser") if entry["level"] == "SEVERE"] == []
