@@ -117,10 +117,10 @@ def record_of(run_dir: Path, mode: str, prompt: str) -> dict:
 class Viewer:
     """A running `spri-sft view` subprocess and the URL it printed."""
 
-    def __init__(self, paths: list[Path], *flags: str):
+    def __init__(self, paths: list[Path], *flags: str, env: dict[str, str] | None = None):
         self.process = subprocess.Popen(
             [sys.executable, "-m", "spri_sft.cli", "view", *map(str, paths), *flags],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, **(env or {})},
         )  # fmt: skip
         lines: queue.Queue[str | None] = queue.Queue()
         self.output: list[str] = []
@@ -463,6 +463,23 @@ def test_a_read_only_viewer_shows_no_decision_buttons(browser, read_only_viewer,
 
     assert browser.find_elements(By.ID, "decisions-off")
     assert not browser.find_elements(By.CSS_SELECTOR, "#decision-panel, #decision-exclude, #decision-keep")
+
+
+def test_a_viewer_behind_an_access_token_works_from_its_printed_url_through_an_http_only_cookie(browser, records_files):
+    # --host beyond 127.0.0.1 needs SPRI_SFT_VIEW_TOKEN; 127.0.0.2 is such a host that still stays on this machine.
+    from selenium.webdriver.common.by import By
+
+    token = "browser-test-access-token"
+    running = Viewer(records_files, "--host", "127.0.0.2", env={"SPRI_SFT_VIEW_TOKEN": token})
+    try:
+        assert f"token={token}" in running.url
+        open_page(browser, running.url, "#/", "overview-view")  # the page's own API calls carry no token
+        wait_for(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, '[data-testid="mode-card"]')) == 3, "modes")
+        cookies = {(c["name"], c["httpOnly"], c.get("sameSite")) for c in browser.get_cookies()}
+        assert browser.execute_script("return document.cookie") == ""
+    finally:
+        running.stop()
+    assert [(http_only, same_site) for _, http_only, same_site in cookies] == [(True, "Strict")]
 
 
 def test_a_decision_posted_without_the_page_token_is_refused(viewer, run_dir, decisions_file):
