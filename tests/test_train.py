@@ -212,6 +212,7 @@ def test_model_revision_reaches_the_model_and_tokenizer_loads(tiny_model_dir, sf
 
     monkeypatch.setattr(AutoTokenizer, "from_pretrained", tokenizer_from_hub)
     monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", model_from_hub)
+    monkeypatch.setattr("spri_sft.models._find_on_hub", lambda *args: None)  # the faked Hub has some-org/some-model@abc123
     script_args, training_args, model_args = parse(tiny_model_dir, sft_dataset, tmp_path, "--model_revision", "abc123")
     model_args.model_name_or_path = "some-org/some-model"  # a Hub id: the revision pins which commit is loaded
     build_trainer(script_args, training_args, model_args)
