@@ -46,14 +46,13 @@ def test_an_exclusion_redoes_the_dataset_and_training_and_not_the_generation(
     with FakeOpenAIServer() as server:
         recipe = make_recipe(tmp_path, tiny_model_dir, server, shared_dir / "data/truthfulqa/data/v0/mc_task.json", max_steps=1)
         before, excluded = run_then_exclude(recipe, tmp_path / "run")
-        with pytest.raises(UserError, match=r"dataset/spri: review_file \(unset\) → \"1 excluded, 0 kept · [0-9a-f]+\"\): "
-                           r"rerun with --redo dataset/spri"):
-            run_pipeline_from(recipe, *QUICK)
         capsys.readouterr()
-        run_pipeline_from(recipe, *QUICK, "--redo", "dataset/spri")
+        run_pipeline_from(recipe, *QUICK)  # the same command: the decision is what changed
 
     root = tmp_path / "run"
-    assert "generate/spri: done in an earlier run, skipped" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "dataset/spri: review decisions changed (none → 1 excluded, 0 kept · " in out
+    assert "generate/spri: done in an earlier run, skipped" in out
     assert read(root / "generate/spri/stage.json") == before["generate/spri"]
     assert (root / "generate/spri/records.jsonl").stat().st_mtime_ns == before["records written"]
     for stage in ("dataset/spri", "checkpoints/spri"):
@@ -98,6 +97,37 @@ def test_the_runs_own_decisions_are_the_datasets_review_file_and_change_its_fing
     assert job.review_file == str(decisions)
     assert len({before.fingerprint, excluded.fingerprint, kept.fingerprint}) == 3
     assert kept.settings["review_file"].startswith("0 excluded, 1 kept · ")
+
+
+def finished_dataset(root: Path, mode: str = "spri") -> None:
+    """A dataset stage of `mode` recorded done with the settings it was made from (no decision then)."""
+    from spri_sft.pipeline.stages import Stage
+
+    stage = Stage.made_from(f"dataset/{mode}", root / "dataset" / mode, {"min_response_score": None})
+    stage.begin()
+    stage.finish(rows=8)
+
+
+def test_a_rerun_rebuilds_a_finished_dataset_whose_modes_decisions_changed_and_says_so(tmp_path, capsys):
+    from spri_sft.pipeline.run import reviewed_datasets
+
+    config = from_dict(PipelineConfig, {"output_dir": str(tmp_path), "modes": ["spri", "direct"]})
+    finished_dataset(tmp_path, "spri")
+    finished_dataset(tmp_path, "direct")
+    assert reviewed_datasets(config, tmp_path) == []
+
+    append_decision(tmp_path / "review/decisions.jsonl", "r1", "spri", "exclude", "off topic", "ana")
+
+    assert reviewed_datasets(config, tmp_path) == ["dataset/spri"]  # direct has no decision: it stays done
+    assert "dataset/spri: review decisions changed (none → 1 excluded, 0 kept · " in capsys.readouterr().out
+
+
+def test_a_review_file_the_recipe_names_but_that_is_missing_stops_the_run_before_generation(tmp_path):
+    from spri_sft.pipeline.run import reviewed_datasets
+
+    config = from_dict(PipelineConfig, {"output_dir": str(tmp_path), "format": {"review_file": str(tmp_path / "no.jsonl")}})
+    with pytest.raises(UserError, match=r"format.review_file .*no.jsonl: not found"):
+        reviewed_datasets(config, tmp_path)
 
 
 def test_a_changed_decision_refuses_the_finished_dataset_naming_the_review(tmp_path):

@@ -75,6 +75,9 @@ def run_pipeline(config: PipelineConfig) -> dict[str, Any]:
         dpo_plans = {mode: dpo_plan(config, plan, root, name, group) for mode, plan in train_plans.items()}
     graph = stage_graph(config, root, train_plans, dpo_plans)
     redone = redo_stages(config.redo, graph, root)  # an unknown name fails now
+    # A reviewer's changed decisions rebuild that mode's dataset and what follows it (generation untouched).
+    reviewed = reviewed_datasets(config, root)
+    redone = later_stages(graph, [*redone, *reviewed])
     # TRL's and transformers' own checks of the recipes' values, in a child process (see recipe_check)
     origins = {"train": _recipe_origin("train", config.train.recipe, config.train.args)}
     origins["dpo"] = _recipe_origin("dpo", config.dpo.recipe, config.dpo.args)
@@ -86,7 +89,7 @@ def run_pipeline(config: PipelineConfig) -> dict[str, Any]:
 
     root.mkdir(parents=True, exist_ok=True)
     dump_yaml(dataclasses.replace(config, redo=[]), root / "config.yaml")  # rerunning the saved config redoes nothing
-    _clear_stages(redone, graph, config.redo)
+    _clear_stages(redone, graph, [*config.redo, *(f'{stage} (review)' for stage in reviewed)])
     from spri_sft.train.progress import only_stage_bars
 
     # One bar per stage (generate, train, TruthfulQA), none from the libraries under them.
@@ -365,8 +368,8 @@ def format_stage(
 
     The reviewer's decisions (`spri-sft view`): format's review_file, else the run's own review/decisions.jsonl
     when there is one (else none: format's default, beside the records, is not this run's). They enter the
-    fingerprint by the contents of this mode's decisions (`review_settings`), so a changed decision refuses the
-    dataset (naming it) until `--redo dataset/<mode>` rebuilds it and the stages after it, generation untouched.
+    fingerprint by the contents of this mode's decisions (`review_settings`); `reviewed_datasets` has a rerun after
+    a changed decision rebuild the dataset and the stages after it, generation untouched.
 
     Fields that did not exist when a dataset was made stay out of its fingerprint while they are off (preference,
     the length fields without a tokenizer, review_file while this mode has no decision); a dataset made before rows
@@ -379,10 +382,7 @@ def format_stage(
         # since format guards against the default source when given no file.
         guard = truthfulqa["file"] if config.evaluate.guard_training_data else "none"
     filled = length_settings(config.format, plan)
-    review = config.format.review_file
-    if review is None:
-        own = root / REVIEW_DIR / DECISIONS_FILE
-        review = str(own) if own.is_file() else REVIEW_OFF
+    review = run_review_file(config, root)
     job = dataclasses.replace(
         config.format,
         records=[str(generated.directory / "records.jsonl")],
@@ -412,6 +412,38 @@ def format_stage(
         )
         stage = Stage.made_from(stage.name, stage.directory, unmeasured)
     return job, stage
+
+
+def run_review_file(config: PipelineConfig, root: Path) -> str:
+    """The decisions a run's datasets obey: format.review_file, else the run's own review/decisions.jsonl when there
+    is one, else none (format's default, beside the records, is not this run's)."""
+    if config.format.review_file is not None:
+        return config.format.review_file
+    own = root / REVIEW_DIR / DECISIONS_FILE
+    return str(own) if own.is_file() else REVIEW_OFF
+
+
+def reviewed_datasets(config: PipelineConfig, root: Path) -> list[str]:
+    """The finished datasets whose mode's review decisions changed since they were made, each said in one line: the
+    rerun rebuilds them and the stages after them, as `--redo dataset/<mode>` would (a decision is a change the
+    reviewer asked for, not a setting to refuse). A dataset whose recorded settings predate the review counts as
+    made with none."""
+    review = run_review_file(config, root)
+    decided = {mode: review_settings(review, mode).get("review_file") for mode in config.modes}  # a missing file: now
+    changed = []
+    for mode, now in decided.items():
+        state = Stage(f"dataset/{mode}", root / "dataset" / mode, "").state() or {}
+        if state.get("status") != "done":
+            continue
+        made_with = (state.get("settings") or {}).get("review_file")
+        if made_with != now:
+            print(
+                f"[spri-sft] dataset/{mode}: review decisions changed ({made_with or 'none'} → {now or 'none'}): "
+                "rebuilding it and the stages after it",
+                flush=True,
+            )
+            changed.append(f"dataset/{mode}")
+    return changed
 
 
 def review_settings(review_file: str, mode: str) -> dict[str, str]:
