@@ -164,18 +164,24 @@ def test_the_cli_exits_non_zero_on_a_rerun_when_no_record_in_the_file_succeeded(
     assert len(errors) == 2 and all("no record succeeded: all 2 records failed" in line for line in errors)
 
 
+def pipeline_recipe(tmp_path: Path, tiny_model_dir: Path, server: FakeOpenAIServer, mode: str) -> str:
+    """A 3-prompt pipeline recipe of one mode against `server`, no evaluation; the path of its file."""
+    endpoint = {"backend": "openai", "model": "fake-model", "base_url": [server.base_url], "max_retries": 0}
+    recipe = {
+        "output_dir": str(tmp_path / "run"), "modes": [mode],
+        "generate": {"prompts": {"limit": 3}, "base": endpoint, "critic": endpoint, "progress": False},
+        "train": {"args": {"model_name_or_path": str(tiny_model_dir), "max_steps": 1, "use_cpu": True}},
+        "evaluate": {"enabled": False}, "wandb": {"enabled": False},
+    }  # fmt: skip
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    return str(tmp_path / "recipe.yaml")
+
+
 def test_a_pipeline_generate_stage_whose_records_all_failed_is_not_done_on_any_rerun(tmp_path, tiny_model_dir, capsys):
     with FakeOpenAIServer(faults=FaultPlan(rate_500=1.0)) as server:
-        endpoint = {"backend": "openai", "model": "fake-model", "base_url": [server.base_url], "max_retries": 0}
-        recipe = {
-            "output_dir": str(tmp_path / "run"), "modes": ["spri"],
-            "generate": {"prompts": {"limit": 3}, "base": endpoint, "critic": endpoint, "progress": False},
-            "train": {"args": {"model_name_or_path": str(tiny_model_dir), "max_steps": 1, "use_cpu": True}},
-            "evaluate": {"enabled": False}, "wandb": {"enabled": False},
-        }  # fmt: skip
-        (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
-        assert main(["run", str(tmp_path / "recipe.yaml")]) == 2
-        assert main(["run", str(tmp_path / "recipe.yaml")]) == 2, "before: the rerun marked the stage done"
+        recipe = pipeline_recipe(tmp_path, tiny_model_dir, server, "spri")
+        assert main(["run", recipe]) == 2
+        assert main(["run", recipe]) == 2, "before: the rerun marked the stage done"
 
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("spri-sft: error:")]
     assert len(errors) == 2 and all("no record succeeded: all 3 records failed" in line for line in errors)
@@ -186,15 +192,7 @@ def test_a_pipeline_generate_stage_whose_records_all_failed_is_not_done_on_any_r
 
 def test_a_pipeline_names_the_flags_spri_sft_run_takes(tmp_path, tiny_model_dir, capsys):
     with FakeOpenAIServer(faults=FaultPlan(fail_first_n=1)) as server:
-        endpoint = {"backend": "openai", "model": "fake-model", "base_url": [server.base_url], "max_retries": 0}
-        recipe = {
-            "output_dir": str(tmp_path / "run"), "modes": ["direct"],
-            "generate": {"prompts": {"limit": 3}, "base": endpoint, "critic": endpoint, "progress": False},
-            "train": {"args": {"model_name_or_path": str(tiny_model_dir), "max_steps": 1, "use_cpu": True}},
-            "evaluate": {"enabled": False}, "wandb": {"enabled": False},
-        }  # fmt: skip
-        (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
-        assert main(["run", str(tmp_path / "recipe.yaml")]) == 2
+        assert main(["run", pipeline_recipe(tmp_path, tiny_model_dir, server, "direct")]) == 2
 
     error = next(line for line in capsys.readouterr().err.splitlines() if line.startswith("spri-sft: error:"))
     assert "1 of 3 records failed" in error and "--generate.max_failed_share allows more" in error
