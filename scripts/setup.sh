@@ -6,14 +6,20 @@
 # Opt-in: `bash scripts/setup.sh --vllm` (or SPRI_SFT_VLLM=1) also builds .venv-vllm, the
 # environment spri-sft starts managed vLLM servers from (spri_sft/serve/vllm.py). It is a
 # separate environment because vLLM pins its own torch and transformers.
+#
+# Opt-in: `--browser` (or SPRI_SFT_BROWSER=1) also installs Debian's chromium and chromium-driver with apt-get
+# when they are missing, for the viewer's browser tests: a system package, so never as a side effect of setting
+# up the main job.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 with_vllm="${SPRI_SFT_VLLM:-0}"
+with_browser="${SPRI_SFT_BROWSER:-0}"
 for arg in "$@"; do
     case "$arg" in
         --vllm) with_vllm=1 ;;
-        *) echo "setup.sh: unknown argument '$arg' (the only one is --vllm)" >&2; exit 2 ;;
+        --browser) with_browser=1 ;;
+        *) echo "setup.sh: unknown argument '$arg' (they are --vllm and --browser)" >&2; exit 2 ;;
     esac
 done
 
@@ -26,7 +32,7 @@ done
 # the distribution's pair always match. Installed when missing and this user may run apt-get; otherwise the
 # browser tests skip, saying why. On Debian 12: about 30 s, 120 MB downloaded, 420 MB installed (without the
 # recommended printing, notification and avahi packages, which would be 85 more and 60 MB).
-if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
+if [ "$with_browser" = "1" ] && { ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; }; then
     if [ "$(id -u)" = 0 ]; then
         as_root=()
     elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
