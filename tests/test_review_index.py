@@ -66,7 +66,7 @@ def test_a_path_that_does_not_exist_is_one_line_naming_it(tmp_path):
 
 
 def test_a_directory_without_records_says_which_paths_it_takes(tmp_path):
-    with pytest.raises(UserError, match=r"neither a pipeline output dir .* a generate output dir .* nor a records file"):  # noqa: E501
+    with pytest.raises(UserError, match=r"neither a pipeline output dir .* a generate output dir .* nor a records file"):
         records_files([tmp_path])
 
 
@@ -119,6 +119,39 @@ def test_the_overview_counts_each_modes_statuses_rounds_and_scores(run, tmp_path
     assert spri["rounds"]["response"] == {"1": 4, "2": 2}
     assert spri["final_score"]["response"] == {"None": 1, "2": 1, "5": 4}
     assert spri["calls_per_record"]["critic"] > 0 and spri["tokens_per_record"]["base"] > 0
+
+
+def test_the_overview_lists_the_modes_in_the_order_of_the_runs_config(run, tmp_path):
+    assert yaml.safe_load((run / "config.yaml").read_text())["modes"] == ["spri", "direct"]
+    assert list(index_of(run, tmp_path).overview()) == ["spri", "direct"]
+
+
+def test_the_overview_lists_the_modes_in_the_order_of_the_paths_given(run, tmp_path):
+    generated = run / "generate"
+    index = RecordIndex(records_files([generated / "spri", generated / "direct"]), tmp_path / "index.sqlite")
+    assert list(index.overview()) == ["spri", "direct"]
+
+
+def test_a_run_without_config_lists_its_modes_in_generates_order_of_modes(run, tmp_path):
+    (run / "config.yaml").unlink()
+    shutil.copytree(run / "generate" / "direct", run / "generate" / "aaa-custom")  # unknown: after the known ones
+    assert [f.parent.name for f in records_files([run])] == ["spri", "direct", "aaa-custom"]
+
+
+def test_the_same_prompts_other_modes_come_in_the_runs_order_of_modes(run, tmp_path):
+    (run / "generate" / "self-refine").mkdir()
+    (run / "generate" / "self-refine" / "records.jsonl").write_text(
+        "".join(json.dumps({**r, "id": "sr-" + r["id"], "mode": "self-refine"}) + "\n" for r in records_of(run, "direct"))
+    )
+    (run / "config.yaml").write_text(yaml.safe_dump({"modes": ["self-refine", "spri", "direct"]}))
+    spri = next(r for r in records_of(run, "spri") if r["prompt"] == PROMPTS[2])
+    assert [other["mode"] for other in index_of(run, tmp_path).same_prompt(spri)] == ["self-refine", "direct"]
+
+
+def test_a_mode_whose_records_no_critic_judged_has_no_unscored_share(run, tmp_path):
+    overview = index_of(run, tmp_path).overview()
+    assert (overview["direct"]["critic"], overview["direct"]["unscored_share"]) == (False, None)
+    assert (overview["spri"]["critic"], overview["spri"]["unscored_share"]) == (True, round(1 / 7, 4))
 
 
 # -- search, paging, sorting
@@ -226,7 +259,7 @@ def test_a_file_removed_while_viewing_leaves_the_index_and_comes_back_when_writt
     assert index.modes() == ["spri"]
     direct.write_text(kept)
     index.refresh()
-    assert index.modes() == ["direct", "spri"] and index.count() == 13
+    assert index.modes() == ["spri", "direct"] and index.count() == 13
 
 
 def test_sorting_by_score_puts_records_without_a_score_last_either_way(run, tmp_path):

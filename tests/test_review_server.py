@@ -129,6 +129,14 @@ def test_the_overview_counts_each_mode_and_the_decisions(viewer, run):
     assert overview["decisions"] == {"exclude": 0, "keep": 0} and overview["read_only"] is False
 
 
+def test_the_overview_names_the_paths_given_in_short_and_every_records_file_they_name(serving, run):
+    generated = run / "generate"
+    viewer = serving([generated / "spri" / "records.jsonl", generated / "direct" / "records.jsonl"])
+    overview = get(viewer, "/api/overview")[1]
+    assert overview["path"] == "generate: spri/records.jsonl, direct/records.jsonl"
+    assert overview["files"] == [str(generated / "spri" / "records.jsonl"), str(generated / "direct" / "records.jsonl")]
+
+
 def test_the_list_filters_by_mode_status_and_score_range(viewer):
     _, listed, _ = get(viewer, "/api/records?mode=spri&status=max_rounds&min_score=1&max_score=3&score_stage=response")
     assert [(i["prompt"], i["response_score"]) for i in listed["items"]] == [(PROMPTS[3], 2)]

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from spri_sft.errors import UserError
-from spri_sft.review.index import open_index, run_root
+from spri_sft.review.index import open_index, run_root, shown_paths
 from spri_sft.review.server import STATIC_DIR, fill_meta
 
 DEFAULT_SAMPLE = 200
@@ -40,7 +40,8 @@ def export_html(
         records = [index.record(record_id) for record_id in chosen]
         decisions = index.decisions
         overview = {
-            "path": " ".join(map(str, paths)),
+            "path": shown_paths(paths),
+            "files": [str(file) for file in index.files],
             "read_only": True,
             "modes": index.overview(),
             "decisions": {decision: decisions.count(decision) for decision in ("exclude", "keep")},

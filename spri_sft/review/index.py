@@ -29,10 +29,11 @@ from typing import Any
 import yaml
 
 from spri_sft.errors import UserError
+from spri_sft.generate.engine import MODES
 from spri_sft.review.decisions import DECISIONS_FILE, Decisions, read_decisions, review_dir_of
 
 INDEX_FILE = "index.sqlite"
-SCHEMA_VERSION = "2"  # a stored index of another version is rebuilt
+SCHEMA_VERSION = "3"  # a stored index of another version is rebuilt
 SNIPPET_CHARS = 300  # of the prompt, in the list
 ERROR_CHARS = 300
 TAIL_CHECK_BYTES = 4096  # the indexed end of a file that must be unchanged for new lines to be appended
@@ -105,8 +106,23 @@ def pipeline_modes(run: Path) -> dict[str, Path]:
         return {str(mode): base / str(mode) for mode in config["modes"]}
     generate = run / "generate"
     if generate.is_dir():
-        return {d.name: d for d in sorted(generate.iterdir()) if (d / "records.jsonl").is_file()}
+        found = [d for d in generate.iterdir() if (d / "records.jsonl").is_file()]
+        return {d.name: d for d in sorted(found, key=lambda d: mode_rank(d.name))}
     return {}
+
+
+def shown_paths(paths: Sequence[str | Path]) -> str:
+    """PATHs as the page's header shows them: as given, the home dir as ~, and several in one folder as
+    `FOLDER: REST, REST` (the full records files are the header's tooltip)."""
+    home = str(Path.home())
+    given = [str(p) for p in paths]
+    given = ["~" + p[len(home):] if home != "/" and (p == home or p.startswith(home + "/")) else p for p in given]
+    if len(given) < 2:
+        return " ".join(given)
+    folder = os.path.commonpath(given) if all(os.path.isabs(p) == os.path.isabs(given[0]) for p in given) else ""
+    if not folder or folder in given or folder == "/":
+        return ", ".join(given)
+    return f"{Path(folder).name}: " + ", ".join(os.path.relpath(p, folder) for p in given)
 
 
 def run_root(paths: Sequence[str | Path]) -> Path | None:
@@ -115,6 +131,11 @@ def run_root(paths: Sequence[str | Path]) -> Path | None:
         if path.is_dir() and not (path / "records.jsonl").is_file() and pipeline_modes(path):
             return path
     return None
+
+
+def mode_rank(mode: str) -> tuple[int, str]:
+    """A mode's place where nothing else orders it: generate's own order of its modes, unknown ones after, by name."""
+    return (MODES.index(mode) if mode in MODES else len(MODES), mode)
 
 
 def _read_yaml(path: Path) -> Any:
@@ -154,11 +175,12 @@ def prompt_hash(prompt: str) -> str:
 def record_row(record: dict) -> dict[str, Any]:
     """The index columns of a record (its list item, plus what the index needs to find and match it)."""
     last: dict[str, dict] = {}
-    unscored = False
+    unscored = critiqued = False
     for round_ in record.get("rounds") or []:
         if isinstance(round_, dict) and round_.get("stage") in ("principles", "response"):
             last[round_["stage"]] = round_
             unscored = unscored or (round_.get("critique") is not None and round_.get("score") is None)
+            critiqued = critiqued or round_.get("critique") is not None or round_.get("score") is not None
     usage = {}
     for role, counts in (record.get("usage") or {}).items():
         if isinstance(counts, dict):
@@ -176,6 +198,7 @@ def record_row(record: dict) -> dict[str, Any]:
         "principles_rounds": last["principles"].get("round") if "principles" in last else None,
         "response_rounds": last["response"].get("round") if "response" in last else None,
         "unscored": int(unscored),
+        "critiqued": int(critiqued),  # a critic (or the base model as one) judged a version of it
         "failed": int(record.get("status") == "failed"),
         "error": str(error)[:ERROR_CHARS] if error is not None else None,
         "prompt_source": record.get("prompt_source"),
@@ -206,13 +229,14 @@ CREATE TABLE IF NOT EXISTS files (
 CREATE TABLE IF NOT EXISTS records (
     rowid INTEGER PRIMARY KEY, id TEXT UNIQUE, mode TEXT, status TEXT, prompt TEXT,
     principles_score INTEGER, response_score INTEGER, principles_rounds INTEGER, response_rounds INTEGER,
-    unscored INTEGER, failed INTEGER, error TEXT, prompt_source TEXT, sft_split TEXT, source_id TEXT,
+    unscored INTEGER, critiqued INTEGER, failed INTEGER, error TEXT, prompt_source TEXT, sft_split TEXT,
+    source_id TEXT,
     calls INTEGER, tokens INTEGER, prompt_hash TEXT, file_no INTEGER, offset INTEGER, length INTEGER
 );
 CREATE TABLE IF NOT EXISTS usage (rowid INTEGER, mode TEXT, role TEXT, calls INTEGER, tokens INTEGER);
 -- covers the overview's histograms: it reads this narrow index, not the records' rows
 CREATE INDEX IF NOT EXISTS records_summary ON records (
-    mode, status, unscored, failed, principles_rounds, principles_score, response_rounds, response_score
+    mode, status, unscored, critiqued, failed, principles_rounds, principles_score, response_rounds, response_score
 );
 CREATE INDEX IF NOT EXISTS records_mode_status ON records (mode, status);
 CREATE INDEX IF NOT EXISTS records_status ON records (status);
@@ -350,8 +374,8 @@ class RecordIndex:
             return
         columns = (
             "rowid", "id", "mode", "status", "prompt", "principles_score", "response_score", "principles_rounds",
-            "response_rounds", "unscored", "failed", "error", "prompt_source", "sft_split", "source_id", "calls",
-            "tokens", "prompt_hash", "file_no", "offset", "length",
+            "response_rounds", "unscored", "critiqued", "failed", "error", "prompt_source", "sft_split", "source_id",
+            "calls", "tokens", "prompt_hash", "file_no", "offset", "length",
         )  # fmt: skip
         sql = f"INSERT OR IGNORE INTO records ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
         before = self.db.total_changes
@@ -404,8 +428,11 @@ class RecordIndex:
             return self.db.execute("SELECT count(*) FROM records").fetchone()[0]
 
     def modes(self) -> list[str]:
+        """The modes of the records in the order the run lists them: by the first file holding each (a pipeline's
+        config.yaml `modes:` order, else the order of the PATHs given); modes of one file in `mode_rank` order."""
         with self.lock:
-            return [r[0] for r in self.db.execute("SELECT DISTINCT mode FROM records ORDER BY mode")]
+            first_file = self.db.execute("SELECT mode, min(file_no) FROM records GROUP BY mode").fetchall()
+        return [mode for mode, _ in sorted(first_file, key=lambda row: (row[1], *mode_rank(row[0])))]
 
     def record(self, record_id: str) -> dict | None:
         """The full record of `record_id`, read from its file (None when no record has that id)."""
@@ -417,13 +444,15 @@ class RecordIndex:
         return _read_record(row) if row else None
 
     def same_prompt(self, record: dict) -> list[dict]:
-        """The records of other modes with the same prompt text: `[{"mode", "record"}]`, by mode."""
+        """The records of other modes with the same prompt text: `[{"mode", "record"}]`, in the run's order of modes."""
         with self.lock:
             rows = self.db.execute(
                 "SELECT r.mode, r.offset, r.length, f.path FROM records r JOIN files f USING (file_no) "
-                "WHERE r.prompt_hash = ? AND r.mode != ? ORDER BY r.mode, r.id",
+                "WHERE r.prompt_hash = ? AND r.mode != ? ORDER BY r.id",
                 (prompt_hash(str(record.get("prompt") or "")), str(record.get("mode"))),
             ).fetchall()
+        order = {mode: place for place, mode in enumerate(self.modes())}
+        rows = sorted(rows, key=lambda row: order.get(row["mode"], len(order)))
         others = [{"mode": row["mode"], "record": _read_record(row)} for row in rows]
         return [o for o in others if o["record"].get("prompt") == record.get("prompt")]
 
@@ -485,16 +514,17 @@ class RecordIndex:
             if self._overview is not None and self._overview[0] == self.version:
                 return self._overview[1]
             summary = self.db.execute(
-                "SELECT mode, status, unscored, failed, principles_rounds, principles_score, response_rounds, "
-                "response_score, count(*) FROM records GROUP BY 1, 2, 3, 4, 5, 6, 7, 8"
+                "SELECT mode, status, unscored, critiqued, failed, principles_rounds, principles_score, "
+                "response_rounds, response_score, count(*) FROM records GROUP BY 1, 2, 3, 4, 5, 6, 7, 8, 9"
             ).fetchall()
+            order = self.modes()
             usage = self.db.execute(
                 "SELECT mode, role, sum(calls), sum(tokens) FROM usage GROUP BY mode, role ORDER BY mode, role"
             ).fetchall()
         modes: dict[str, dict] = {}
-        for mode, status, unscored, failed, p_rounds, p_score, r_rounds, r_score, n in summary:
+        for mode, status, unscored, critiqued, failed, p_rounds, p_score, r_rounds, r_score, n in summary:
             m = modes.setdefault(mode, {
-                "records": 0, "status": Counter(), "accepted": 0, "failed": 0, "unscored": 0,
+                "records": 0, "status": Counter(), "accepted": 0, "failed": 0, "unscored": 0, "critiqued": 0,
                 "rounds": {"principles": Counter(), "response": Counter()},
                 "final_score": {"principles": Counter(), "response": Counter()},
             })  # fmt: skip
@@ -503,19 +533,25 @@ class RecordIndex:
             m["accepted"] += n * (status == "accepted")
             m["failed"] += n * failed
             m["unscored"] += n * unscored
+            m["critiqued"] += n * critiqued
             for stage, rounds, score in (("principles", p_rounds, p_score), ("response", r_rounds, r_score)):
                 if rounds is not None:  # the stage ran (a final score of None: its last round was unscored)
                     m["rounds"][stage][str(rounds)] += n
                     m["final_score"][stage][str(score)] += n
         overview = {}
-        for mode in sorted(modes):
+        for mode in order:
             m, n = modes[mode], modes[mode]["records"]
+            critic = bool(m["critiqued"]) or m["failed"] == n
             overview[mode] = {
                 "records": n,
                 "status": dict(m["status"]),
                 "accepted_share": round(m["accepted"] / n, 4),
                 "failed_share": round(m["failed"] / n, 4),
-                "unscored_share": round(m["unscored"] / n, 4),
+                # A mode that calls no critic (direct, oracle, ...) has no scores to lack: its unscored share is None,
+                # not 0%. Its records say so (self-refine's critic is its base model, so MODE_ROLES cannot); only
+                # failed records say nothing, and are taken to have had one.
+                "critic": critic,
+                "unscored_share": round(m["unscored"] / n, 4) if critic else None,
                 "rounds": {stage: _by_number(c) for stage, c in m["rounds"].items()},
                 "final_score": {stage: _by_number(c) for stage, c in m["final_score"].items()},
                 "calls_per_record": {},

@@ -34,7 +34,7 @@ from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 from spri_sft.errors import UserError
 from spri_sft.review.decisions import DECISIONS, append_decision, default_reviewer
-from spri_sft.review.index import open_index, run_root
+from spri_sft.review.index import open_index, run_root, shown_paths
 
 STATIC_DIR = Path(__file__).parent / "static"
 ASSETS = {
@@ -87,7 +87,8 @@ class Viewer:
     def overview(self) -> dict:
         decisions = self.index.decisions
         return {
-            "path": " ".join(self.paths),
+            "path": shown_paths(self.paths),  # what the user gave, short; the header's tooltip lists the files
+            "files": [str(file) for file in self.files],
             "read_only": self.read_only,
             "modes": self.index.overview(),
             "decisions": {decision: decisions.count(decision) for decision in DECISIONS},

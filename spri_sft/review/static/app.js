@@ -1142,7 +1142,9 @@
     window.addEventListener("hashchange", route);
     route();  // first: it starts the overview's request, which the header then shares
     api.overview().then((overview) => {
-      document.getElementById("run-path").textContent = overview.path || "";
+      const runPath = document.getElementById("run-path");
+      runPath.textContent = overview.path || "";
+      runPath.title = (overview.files || []).join("\n");  // the PATHs given are short; these are what they name
       if (overview.read_only && !state.exported) badge.textContent = "read-only";
     }).catch(() => { /* route() reports the error */ });
   }
