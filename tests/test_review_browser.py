@@ -229,7 +229,10 @@ def screenshot(driver, name: str) -> None:
     if folder:
         Path(folder).mkdir(parents=True, exist_ok=True)
         page = driver.execute_cdp_cmd("Page.getLayoutMetrics", {})["cssContentSize"]
-        clip = {"x": 0, "y": 0, "width": page["width"], "height": page["height"], "scale": 1}
+        # The window's width, not the page's: a page taller than the window is laid out without its scrollbar for
+        # the capture, so the page's width (window less scrollbar) would cut its right edge off.
+        width = max(page["width"], driver.execute_script("return window.innerWidth"))
+        clip = {"x": 0, "y": 0, "width": width, "height": page["height"], "scale": 1}
         shot = driver.execute_cdp_cmd("Page.captureScreenshot", {"captureBeyondViewport": True, "clip": clip})
         (Path(folder) / f"{name}.png").write_bytes(base64.b64decode(shot["data"]))
 
@@ -353,6 +356,43 @@ def test_the_overview_shows_each_modes_record_and_status_counts(browser, viewer)
     assert shown == {mode: ("8", {"accepted": "7", "failed": "1"}) for mode in MODES}
 
 
+def test_the_overview_lists_the_modes_in_the_order_they_were_given(browser, viewer):
+    from selenium.webdriver.common.by import By
+
+    open_page(browser, viewer.url, "#/", "mode-card")
+    cards = browser.find_elements(By.CSS_SELECTOR, '[data-testid="mode-card"]')
+    assert [card.get_attribute("data-mode") for card in cards] == list(MODES)
+
+
+def test_a_mode_that_calls_no_critic_shows_no_unscored_share_and_no_score_chart(browser, viewer):
+    from selenium.webdriver.common.by import By
+
+    open_page(browser, viewer.url, "#/", "mode-card")
+    direct = browser.find_element(By.CSS_SELECTOR, '[data-testid="mode-card"][data-mode="direct"]')
+    spri = browser.find_element(By.CSS_SELECTOR, '[data-testid="mode-card"][data-mode="spri"]')
+
+    assert direct.find_element(By.CSS_SELECTOR, '[data-testid="unscored-share"]').text == "–"
+    assert direct.find_element(By.CSS_SELECTOR, '[data-testid="no-critic"]').text == "no critic"
+    assert not direct.find_elements(By.CSS_SELECTOR, '[data-testid^="chart-final-score"]')
+    assert spri.find_element(By.CSS_SELECTOR, '[data-testid="unscored-share"]').text == "0.0%"
+    assert spri.find_elements(By.CSS_SELECTOR, '[data-testid="chart-final-score-response"]')
+
+
+def test_the_header_names_the_paths_given_in_short_and_lists_the_records_files_in_its_tooltip(
+    browser, viewer, records_files
+):
+    from selenium.webdriver.common.by import By
+
+    open_page(browser, viewer.url, "#/", "mode-card")
+    header = wait_for(browser, lambda d: d.find_element(By.ID, "run-path").text and d.find_element(By.ID, "run-path"),
+                      "the header's path")  # fmt: skip
+
+    assert header.text == f"{records_files[0].parent.parent.name}: " + ", ".join(
+        f"{mode}/records.jsonl" for mode in MODES
+    )
+    assert header.get_attribute("title").splitlines() == list(map(str, records_files))
+
+
 # -- the list --------------------------------------------------------------------------------------------
 
 
@@ -368,6 +408,47 @@ def test_the_list_filters_by_mode_and_then_by_status(browser, viewer, run_dir):
     wait_for_listed(browser, ids_where(run_dir, mode="direct"))
     Select(browser.find_element(By.ID, "filter-status")).select_by_value("failed")
     wait_for_listed(browser, ids_where(run_dir, mode="direct", status="failed"))
+
+
+# The bottom of the first line of text of the mode, flags and prompt cells of the list's first row with a flag.
+TEXT_BOTTOMS = (
+    "const row = [...document.querySelectorAll('[data-testid=record-row]')]"
+    "  .find((r) => r.querySelector('td.flags').textContent);"
+    "const bottom = (cell) => {"
+    "  const range = document.createRange(); range.selectNodeContents(cell.firstChild);"
+    "  return range.getClientRects()[0].bottom; };"
+    "return [row.cells[1], row.querySelector('td.flags'), row.querySelector('td.prompt-cell')].map(bottom);"
+)
+
+
+def test_the_lists_flags_sit_on_the_same_line_as_the_rest_of_their_row(browser, viewer, run_dir):
+    open_page(browser, viewer.url, "#/records", "records-view")
+    wait_for_listed(browser, ids_where(run_dir))
+
+    mode_bottom, flags_bottom, prompt_bottom = browser.execute_script(TEXT_BOTTOMS)
+    # The flags are in a smaller font: their text ends a little higher on the same baseline (its descent), not 3 px.
+    assert abs(flags_bottom - mode_bottom) < 1 and abs(prompt_bottom - mode_bottom) < 1
+
+
+def test_the_list_fits_a_1280_px_window_its_prompts_ending_in_an_ellipsis(browser, viewer, run_dir):
+    from selenium.webdriver.common.by import By
+
+    open_page(browser, viewer.url, "#/records", "records-view")
+    wait_for_listed(browser, ids_where(run_dir))
+
+    page_width, window_width = browser.execute_script(
+        "return [document.documentElement.scrollWidth, document.documentElement.clientWidth]"
+    )
+    table = browser.find_element(By.ID, "records-table").rect
+    view = browser.find_element(By.ID, "view")
+    view_right = browser.execute_script(
+        "return arguments[0].getBoundingClientRect().right - parseFloat(getComputedStyle(arguments[0]).paddingRight)",
+        view,
+    )
+    assert page_width <= window_width and table["x"] + table["width"] <= view_right + 0.5
+    cut = [cell for cell in browser.find_elements(By.CSS_SELECTOR, ".prompt-cell")
+           if browser.execute_script("return arguments[0].scrollWidth > arguments[0].clientWidth", cell)]  # fmt: skip
+    assert cut and all(cell.value_of_css_property("text-overflow") == "ellipsis" for cell in cut)
 
 
 def test_the_search_box_narrows_the_list_to_the_records_mentioning_the_words(browser, viewer, run_dir):
@@ -414,6 +495,70 @@ def test_a_record_page_shows_the_same_prompt_in_every_mode_side_by_side(browser,
         for column in browser.find_elements(By.CSS_SELECTOR, '[data-testid="same-prompt-column"]')
     }
     assert columns == {mode: record_of(run_dir, mode, PROMPTS[0])["response"] for mode in MODES}
+
+
+def test_a_record_without_replayed_calls_has_no_replayed_column(browser, viewer, run_dir):
+    from selenium.webdriver.common.by import By
+
+    record = record_of(run_dir, "spri", PROMPTS[0])
+    open_page(browser, viewer.url, f"#/record/{record['id']}", "record-view")
+
+    headings = [th.text for th in browser.find_elements(By.CSS_SELECTOR, "#usage-table thead th")]
+    assert headings == ["role", "model", "calls", "prompt tokens", "completion tokens"]
+
+
+def test_a_failed_records_usage_says_the_failed_call_is_not_counted(browser, viewer, run_dir):
+    from selenium.webdriver.common.by import By
+
+    record = record_of(run_dir, "spri", FAILING_PROMPT)
+    assert record["status"] == "failed" and record["usage"] == {}, "the fake model refuses its first call"
+    open_page(browser, viewer.url, f"#/record/{record['id']}", "record-view")
+
+    assert browser.find_element(By.ID, "usage-table").text == (
+        "No completed model call: the call that failed (the error above) is not counted."
+    )
+
+
+@pytest.fixture(scope="module")
+def crafted_export(run_dir: Path, tmp_path_factory) -> tuple[str, dict]:
+    """The export of one spri record made to repeat its draft word for word in its revision, with replayed calls
+    (a resumed run's): its file:// URL and the record."""
+    from spri_sft.cli import main
+
+    folder = tmp_path_factory.mktemp("crafted")
+    record = record_of(run_dir, "spri", PROMPTS[0])
+    draft = next(r["text"] for r in record["rounds"] if r["stage"] == "response")
+    rounds = [{**r, "text": draft} if r["stage"] == "response" else r for r in record["rounds"]]
+    usage = {role: {**use, "replayed_calls": 2 if role == "base" else 0} for role, use in record["usage"].items()}
+    crafted = {**record, "id": "crafted-record-1", "rounds": rounds, "response": draft, "usage": usage}
+    (folder / "records.jsonl").write_text(json.dumps(crafted) + "\n")
+    assert main(["view", str(folder / "records.jsonl"), "--export", str(folder / "crafted.html")]) == 0
+    return (folder / "crafted.html").as_uri(), crafted
+
+
+def test_a_revision_that_repeats_the_previous_version_says_unchanged(browser, crafted_export):
+    from selenium.webdriver.common.by import By
+
+    page_url, record = crafted_export
+    open_page(browser, page_url, f"#/record/{record['id']}", "record-view")
+    second = browser.find_element(By.CSS_SELECTOR, '[data-testid="response-round"][data-round="2"]')
+
+    assert second.find_element(By.CSS_SELECTOR, '[data-testid="version-unchanged"]').text == (
+        "unchanged: the same text as the draft"
+    )
+    assert not second.find_elements(By.CSS_SELECTOR, '[data-testid="version-text"]')
+
+
+def test_replayed_calls_get_their_column(browser, crafted_export):
+    from selenium.webdriver.common.by import By
+
+    page_url, record = crafted_export
+    open_page(browser, page_url, f"#/record/{record['id']}", "record-view")
+
+    replayed = {row.get_attribute("data-role"): row.find_elements(By.TAG_NAME, "td")[-1].text
+                for row in browser.find_elements(By.CSS_SELECTOR, '[data-testid="usage-row"]')}  # fmt: skip
+    assert browser.find_elements(By.CSS_SELECTOR, "#usage-table thead th")[-1].text == "replayed"
+    assert replayed == {"base": "2", "critic": ""}
 
 
 # -- decisions -------------------------------------------------------------------------------------------

@@ -24,6 +24,7 @@
  *             [status-count] rows with data-status=STATUS, [accepted-share], [failed-share], [unscored-share],
  *             [chart-rounds-principles], [chart-rounds-response], [chart-final-score-principles],
  *             [chart-final-score-response] (<svg>; each bar [bar] with data-key and data-count),
+ *             [no-critic] instead of the final-score charts of a mode no critic judged (its [unscored-share] "–");
  *             [calls-per-record], [tokens-per-record] (tables); #decision-counts [decision-counts];
  *             [figure] <img> with data-name=NAME per report figure
  *   list      [records-view]; filters #filter-mode, #filter-status, #filter-score-stage, #filter-min-score,
@@ -38,9 +39,11 @@
  *             #response-rounds: each [response-round] data-round=N; #draft-to-final (3+ versions);
  *             inside a round: [version-text] (with diff: <del class="diff-del"> / <ins class="diff-ins">;
  *             [diff-too-long] when the texts are too long to diff, then [diff-before] and [diff-after]),
+ *             [version-unchanged] instead when a revision repeats the previous version word for word;
  *             [critique], [score] (text: the score or "unscored"), [score-distribution] (<svg>, bars [bar]),
  *             [score-mean]; #toggle-diff (checkbox: diffs or plain text); #usage-table, rows [usage-row]
- *             data-role=ROLE; #same-prompt, each column [same-prompt-column] data-mode=MODE data-id=ID
+ *             data-role=ROLE ("replayed" column only when a role has replayed calls), [usage-failed-note];
+ *             #same-prompt, each column [same-prompt-column] data-mode=MODE data-id=ID
  *             (class "current" for this record) with [same-prompt-status], [same-prompt-response];
  *             #decision-panel (absent in read-only and export mode, then #decisions-off says why),
  *             #decision-current (text "excluded: REASON", "excluded", "kept" or "none"), #decision-reason,
@@ -513,14 +516,21 @@
         h("dl", { class: "shares" },
           h("dt", {}, "accepted"), h("dd", { testid: "accepted-share" }, fmt.pct(m.accepted_share)),
           h("dt", {}, "failed"), h("dd", { testid: "failed-share" }, fmt.pct(m.failed_share)),
-          h("dt", {}, "unscored"), h("dd", { testid: "unscored-share" }, fmt.pct(m.unscored_share)))),
+          h("dt", {}, "unscored"),
+          // No critic judged this mode's records (direct, oracle, ...): it has no scores to lack.
+          m.critic === false
+            ? h("dd", { testid: "unscored-share", title: "no critic" }, "–")
+            : h("dd", { testid: "unscored-share" }, fmt.pct(m.unscored_share)))),
       h("div", { class: "charts" },
         rounds.principles && Object.keys(rounds.principles).length
           ? chartBlock("principles rounds", rounds.principles, "chart-rounds-principles") : null,
         chartBlock("response rounds", rounds.response, "chart-rounds-response"),
-        finals.principles && Object.keys(finals.principles).length
-          ? chartBlock("principles final score", finals.principles, "chart-final-score-principles") : null,
-        chartBlock("response final score", finals.response, "chart-final-score-response")),
+        m.critic === false
+          ? h("div", { class: "chart-block" }, h("div", { class: "chart-label" }, "final score"),
+            h("p", { class: "muted", testid: "no-critic" }, "no critic"))
+          : [finals.principles && Object.keys(finals.principles).length
+            ? chartBlock("principles final score", finals.principles, "chart-final-score-principles") : null,
+          chartBlock("response final score", finals.response, "chart-final-score-response")]),
       h("div", { class: "per-record" },
         h("div", {}, h("div", { class: "chart-label" }, "calls per record"),
           roleTable(m.calls_per_record, "calls-per-record", 2)),
@@ -847,6 +857,17 @@
     return "revision " + index;
   }
 
+  /** A round's text: with its changes from the previous version marked (when diffs are on), or one word when the
+   *  revision repeats that version word for word (a diff with no marks would read as a copy shown twice). */
+  function versionBlock(index, count, previous, text) {
+    if (index === 0 || text === null) return textBlock(text, "version-text");
+    if (text === previous) {
+      return h("p", { class: "muted unchanged", testid: "version-unchanged" },
+        "unchanged: the same text as the " + versionLabel(index - 1, count, false));
+    }
+    return state.showDiffs ? diffBlock(previous, text) : textBlock(text, "version-text");
+  }
+
   function roundsSection(record, stage, finalText) {
     const rounds = (record.rounds || []).filter((r) => r.stage === stage);
     if (!rounds.length) return null;
@@ -862,7 +883,7 @@
           h("span", { class: "muted" }, "round " + round.round),
           round.finish_reason && round.finish_reason !== "stop"
             ? h("span", { class: "badge warn", title: "finish_reason" }, round.finish_reason) : null),
-        index > 0 && state.showDiffs && text !== null ? diffBlock(previous, text) : textBlock(text, "version-text"),
+        versionBlock(index, rounds.length, previous, text),
         critiqueBlock(round)));
     });
     const last = rounds[rounds.length - 1].text;
@@ -874,9 +895,18 @@
     return list;
   }
 
-  function usageTable(usage) {
-    const roles = Object.keys(usage || {});
-    if (!roles.length) return h("p", { class: "muted", id: "usage-table" }, "No model calls.");
+  /** A record's usage: the model calls that completed, per role (generate counts no call that failed). */
+  function usageTable(record) {
+    const usage = record.usage || {};
+    const failed = record.status === "failed";
+    const roles = Object.keys(usage);
+    if (!roles.length) {
+      return h("p", { class: "muted", id: "usage-table" }, failed
+        ? "No completed model call: the call that failed (the error above) is not counted."
+        : "No model calls.");
+    }
+    // Replayed calls were read back from the journal of an interrupted run; most runs have none.
+    const replayed = roles.some((role) => Number((usage[role] || {}).replayed_calls) > 0);
     const total = { calls: 0, prompt_tokens: 0, completion_tokens: 0 };
     const rows = roles.map((role) => {
       const use = usage[role] || {};
@@ -885,15 +915,19 @@
         h("th", {}, role), h("td", {}, use.model || ""), h("td", { class: "num" }, fmt.int(use.calls)),
         h("td", { class: "num" }, fmt.int(use.prompt_tokens)),
         h("td", { class: "num" }, fmt.int(use.completion_tokens)),
-        h("td", { class: "num" }, use.replayed_calls ? fmt.int(use.replayed_calls) : ""));
+        replayed ? h("td", { class: "num" }, use.replayed_calls ? fmt.int(use.replayed_calls) : "") : null);
     });
-    return h("table", { class: "mini usage", id: "usage-table" },
-      h("thead", {}, h("tr", {},
-        ["role", "model", "calls", "prompt tokens", "completion tokens", "replayed"].map((t) => h("th", {}, t)))),
+    const headings = ["role", "model", "calls", "prompt tokens", "completion tokens"]
+      .concat(replayed ? ["replayed"] : []);
+    const table = h("table", { class: "mini usage", id: "usage-table" },
+      h("thead", {}, h("tr", {}, headings.map((t) => h("th", {}, t)))),
       h("tbody", {}, rows),
       roles.length > 1 ? h("tfoot", {}, h("tr", {}, h("th", {}, "total"), h("td", {}),
         ["calls", "prompt_tokens", "completion_tokens"].map((key) => h("td", { class: "num" }, fmt.int(total[key]))),
-        h("td", {}))) : null);
+        replayed ? h("td", {}) : null)) : null);
+    if (!failed) return table;
+    return [table, h("p", { class: "muted small", testid: "usage-failed-note" },
+      "The calls completed before the error above; the call that failed is not counted.")];
   }
 
   function samePromptSection(record, samePrompt, context) {
@@ -1031,7 +1065,7 @@
     } else if (record.response) {
       root.appendChild(section("Response", textBlock(record.response, "version-text")));
     }
-    root.appendChild(section("Usage", usageTable(record.usage)));
+    root.appendChild(section("Usage", usageTable(record)));
     root.appendChild(section("The same prompt in every mode", samePromptSection(record, data.same_prompt, context)));
     view.appendChild(root);
     window.scrollTo(0, 0);
