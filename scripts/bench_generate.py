@@ -104,7 +104,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "(see the module docstring)."
     )
     parser.add_argument(
-        "--prompts", type=int, default=None, help="number of prompts N (default 200; engines: the recipe's prompts.limit)"
+        "--prompts",
+        type=int,
+        default=None,
+        help="number of prompts N (default 200; engines: the recipe's prompts.limit)",
     )
     parser.add_argument(
         "--latency", type=float, default=0.2, help="seconds the server waits before each reply (default 0.2)"
@@ -502,7 +505,9 @@ def engines_main(args: argparse.Namespace) -> int:
               f"{row['wall_s']:>7.1f} {row['records_per_min']:>8.2f}")  # fmt: skip
     ratios = {engine: round(rate(engine) / rate("transformers"), 3) for engine in startups}
     for engine, ratio in ratios.items():
-        print(f"{engine} / transformers records per minute: {ratio:.2f}x (start-up {startups[engine]:.0f} s, paid once per run)")
+        print(
+            f"{engine} / transformers records per minute: {ratio:.2f}x (start-up {startups[engine]:.0f} s, paid once per run)"
+        )
     if args.output:
         args.output.parent.mkdir(parents=True, exist_ok=True)
         result = {"settings": {"recipe": str(args.recipe), "prompts": prompts, "repeats": args.repeats, "vllm_dtypes": dtypes},
@@ -551,9 +556,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  C={concurrency}: running (ideal about {expected:.1f} s) ...", flush=True)
             rows.append(run_level(concurrency, args, prompts_file, workdir))
 
-    header = (
-        f"{'C':>4} {'calls':>6} {'measured_s':>10} {'ideal_s':>8} {'ideal/meas':>10} {'peak':>5}"
-    )
+    header = f"{'C':>4} {'calls':>6} {'measured_s':>10} {'ideal_s':>8} {'ideal/meas':>10} {'peak':>5}"
     print()
     print(header)
     for row in rows:

@@ -103,8 +103,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--model", default=DEFAULT_MODEL, help=f"model id or directory, through resolve_model (default {DEFAULT_MODEL})"
     )
     parser.add_argument(
-        "--data", type=Path, default=DEFAULT_DATA, help="self-instruct user_oriented_instructions.jsonl "
-        "(default ../shared/data/self-instruct/user_oriented_instructions.jsonl from the repository root)"
+        "--data",
+        type=Path,
+        default=DEFAULT_DATA,
+        help="self-instruct user_oriented_instructions.jsonl "
+        "(default ../shared/data/self-instruct/user_oriented_instructions.jsonl from the repository root)",
     )
     parser.add_argument(
         "--recipe", type=Path, default=DEFAULT_RECIPE, help="training recipe (default: the CPU LoRA one)"
@@ -154,16 +157,26 @@ def parse_recipe(args: argparse.Namespace, dataset_dir: Path, output_dir: Path, 
     from spri_sft.train.sft import make_parser
 
     argv = [
-        "--config", str(args.recipe),
-        "--model_name_or_path", args.model,
-        "--dataset_path", str(dataset_dir),
-        "--output_dir", str(output_dir),
-        "--max_steps", str(args.max_steps),
-        "--report_to", "none",
-        "--save_strategy", "no",
-        "--eval_strategy", "no",
-        "--load_best_model_at_end", "false",
-        "--packing", str(packing).lower(),
+        "--config",
+        str(args.recipe),
+        "--model_name_or_path",
+        args.model,
+        "--dataset_path",
+        str(dataset_dir),
+        "--output_dir",
+        str(output_dir),
+        "--max_steps",
+        str(args.max_steps),
+        "--report_to",
+        "none",
+        "--save_strategy",
+        "no",
+        "--eval_strategy",
+        "no",
+        "--load_best_model_at_end",
+        "false",
+        "--packing",
+        str(packing).lower(),
     ]
     return make_parser().parse_args_and_config(args=argv)
 
@@ -418,7 +431,7 @@ def main(argv: list[str] | None = None) -> int:
             # A B C, C B A, A B C, ...: a drift that is linear in time falls on every arm alike.
             for name, make in arms if round_index % 2 else arms[::-1]:
                 out = Path(tmp) / f"{name}-{round_index}"
-                result, trainer = timed_run(name, round_index, lambda: make(out))
+                result, trainer = timed_run(name, round_index, lambda make=make, out=out: make(out))
                 results.append(result)
                 setups.setdefault(name, setup_fingerprint(trainer))
                 if name == "packed" and isolation is None:

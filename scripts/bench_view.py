@@ -99,10 +99,18 @@ def make_records(path: Path, count: int, seed: int) -> None:
                 "status": status,
                 "rounds": rounds,
                 "usage": {
-                    "base": {"model": "base-model", "calls": len(rounds), "prompt_tokens": rng.randint(2000, 8000),
-                             "completion_tokens": rng.randint(600, 2400)},
-                    "critic": {"model": "critic-model", "calls": len(rounds), "prompt_tokens": rng.randint(2000, 8000),
-                               "completion_tokens": rng.randint(200, 800)},
+                    "base": {
+                        "model": "base-model",
+                        "calls": len(rounds),
+                        "prompt_tokens": rng.randint(2000, 8000),
+                        "completion_tokens": rng.randint(600, 2400),
+                    },
+                    "critic": {
+                        "model": "critic-model",
+                        "calls": len(rounds),
+                        "prompt_tokens": rng.randint(2000, 8000),
+                        "completion_tokens": rng.randint(200, 800),
+                    },
                 },  # fmt: skip
             }
             if status == "failed":
@@ -157,7 +165,9 @@ def main() -> int:
         if not records.is_file():
             began = time.perf_counter()
             make_records(records, args.records, args.seed)
-            print(f"wrote {args.records:,} records ({records.stat().st_size / 1e6:.0f} MB) in {time.perf_counter() - began:.0f} s")
+            print(
+                f"wrote {args.records:,} records ({records.stat().st_size / 1e6:.0f} MB) in {time.perf_counter() - began:.0f} s"
+            )
         shutil.rmtree(directory / "review", ignore_errors=True)  # the index is built from nothing
 
         process, url, build = start_viewer(directory)

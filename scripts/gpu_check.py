@@ -83,7 +83,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, help="working folder (models, data, adapters); default a temporary one")
     parser.add_argument("--out", type=Path, default=Path(os.environ["OUT"]) if os.environ.get("OUT") else None,
                         help="where gpu_check.json goes (default $OUT; unset: nowhere)")  # fmt: skip
-    parser.add_argument("--site", type=Path, help="folder the carried wheels were installed into (their requirements are checked)")
+    parser.add_argument(
+        "--site", type=Path, help="folder the carried wheels were installed into (their requirements are checked)"
+    )
     args = parser.parse_args(argv)
     families = args.families.split(",") if args.families else list(FAMILIES)
     unknown = [name for name in families if name not in FAMILIES]
@@ -112,10 +114,14 @@ def main(argv: list[str] | None = None) -> int:
             check = train(name, variant, device, model_dir, dataset_dir, adapter, args.steps)
             checks.append(check)
             if check.ok:
-                checks.append(compare_scores(name, variant, device, model_dir, adapter, truthfulqa, args.limit, work, base))
+                checks.append(
+                    compare_scores(name, variant, device, model_dir, adapter, truthfulqa, args.limit, work, base)
+                )
         if device == "cuda" and index == 0:  # the QLoRA recipe as users run it, bf16 compute: trained, not compared
             variant = "qlora-4bit-bf16"
-            checks.append(train(name, variant, device, model_dir, dataset_dir, work / "adapters" / name / variant, args.steps))
+            checks.append(
+                train(name, variant, device, model_dir, dataset_dir, work / "adapters" / name / variant, args.steps)
+            )
     return finish(checks, args, start)
 
 
@@ -139,7 +145,9 @@ def environment(device: str, site: Path | None) -> Check:
     problems = [f"{name} not installed" for name, version in versions.items() if version is None]
     if device == "cuda":
         if not torch.cuda.is_available():
-            return Check("environment", False, "no CUDA device (torch.cuda.is_available() is False); use --cpu", facts=facts)
+            return Check(
+                "environment", False, "no CUDA device (torch.cuda.is_available() is False); use --cpu", facts=facts
+            )
         facts["gpu"] = torch.cuda.get_device_name(0)
         facts["cuda"] = torch.version.cuda
     if site is not None:
@@ -186,8 +194,8 @@ def unmet_requirements(site: Path) -> list[str]:
 
 def prepare(work: Path) -> tuple[Path, Path]:
     """A tiny SFT dataset and the packaged TruthfulQA file, written once into `work`."""
-    from spri_sft.truthfulqa_data import write_packaged_copy
     from spri_sft.testing.tiny_model import build_sft_dataset
+    from spri_sft.truthfulqa_data import write_packaged_copy
 
     dataset_dir = work / "sft-data" / "hf"
     if not (dataset_dir / "dataset_dict.json").is_file():
@@ -306,7 +314,10 @@ def score(model_dir: Path, adapter: Path | None, device: str, truthfulqa: Path, 
     try:
         results = evaluate_truthfulqa(config)
     except Exception as err:  # noqa: BLE001 -- any failure is this check's finding, named in the summary
-        return {"error": f"evaluate on {device}: {type(err).__name__}: {err}"[-300:], "seconds": time.perf_counter() - start}
+        return {
+            "error": f"evaluate on {device}: {type(err).__name__}: {err}"[-300:],
+            "seconds": time.perf_counter() - start,
+        }
     rows = [json.loads(line) for line in (output_dir / "per_question.jsonl").read_text().splitlines()]
     return {"results": results, "rows": rows, "seconds": time.perf_counter() - start}
 

@@ -308,7 +308,9 @@ def _check_template(argv: list[str]) -> int:
     parser.add_argument("model", help="Hub id or local model directory")
     parser.add_argument("--fallback", choices=["alpaca"], help="template for a tokenizer without one (base models)")
     parser.add_argument(
-        "--template", choices=["model", "alpaca"], default="model",
+        "--template",
+        choices=["model", "alpaca"],
+        default="model",
         help="'alpaca' trains on the Alpaca format even when the tokenizer ships a chat template (base students)",
     )
     parser.add_argument(
@@ -347,7 +349,9 @@ def _check_template(argv: list[str]) -> int:
         conversations = train.select(range(min(32, len(train))))["messages"]
     if not args.dataset:
         # The probes include system messages, which some templates refuse (Gemma) or move (Mistral v0.3).
-        conversations = [c for c in conversations if _renders(tokenizer, c) and (encode is None or c[0]["role"] != "system")]
+        conversations = [
+            c for c in conversations if _renders(tokenizer, c) and (encode is None or c[0]["role"] != "system")
+        ]
     report = check_template(tokenizer, conversations, encode=encode)
     print(
         f"{args.model}: ok, trains on {how} — {report.rows} rows, {report.trained_tokens}/{report.tokens} tokens trained, "

@@ -70,7 +70,12 @@ def check_ranges(config: Any, where: str = "config", prefix: str = "") -> None:
             _check_range(value, field, f"{where}: field '{prefix}{field.name}'")
 
 
-RANGE_KEYS = {"ge": (">=", float.__ge__), "gt": (">", float.__gt__), "le": ("<=", float.__le__), "lt": ("<", float.__lt__)}
+RANGE_KEYS = {
+    "ge": (">=", float.__ge__),
+    "gt": (">", float.__gt__),
+    "le": ("<=", float.__le__),
+    "lt": ("<", float.__lt__),
+}
 
 
 def _check_range(value: Any, field: dataclasses.Field, where: str) -> Any:
@@ -105,7 +110,9 @@ def format_help(cls: type, prefix: str = "", instance: Any = None) -> str:
             continue
         default = getattr(instance, field.name)
         bounds = ", ".join(f"{RANGE_KEYS[k][0]} {field.metadata[k]}" for k in RANGE_KEYS if k in field.metadata)
-        lines.append(f"  --{prefix}{field.name} {_type_name(hint)} (default: {default!r}{'; ' + bounds if bounds else ''})")
+        lines.append(
+            f"  --{prefix}{field.name} {_type_name(hint)} (default: {default!r}{'; ' + bounds if bounds else ''})"
+        )
         if field.metadata.get("help"):
             lines.append(f"        {field.metadata['help']}")
     return "\n".join(lines)

@@ -13,8 +13,9 @@ from __future__ import annotations
 import csv
 import io
 import json
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator, NamedTuple
+from typing import Any, NamedTuple
 
 from spri_sft.errors import UserError
 
@@ -103,7 +104,9 @@ def _csv_rows(path: Path, text: str) -> Iterator[Row]:
     try:
         for value in reader:
             if None in value:  # more cells than the header names
-                raise UserError(f"{path}:{reader.line_num}: {len(value[None])} more cell(s) than the header has columns")
+                raise UserError(
+                    f"{path}:{reader.line_num}: {len(value[None])} more cell(s) than the header has columns"
+                )
             yield Row(str(reader.line_num), value)
     except csv.Error as err:
         raise UserError(f"{path}:{reader.line_num}: malformed CSV ({err})") from None

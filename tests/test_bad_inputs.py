@@ -12,15 +12,14 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import pytest
+from conftest import build_sft_dataset
 
 from spri_sft.train.sft import has_accelerator
-
-from conftest import build_sft_dataset
 
 HUB_ROW = {"question": "Is the sky green?", "mc1_targets": {"choices": ["No.", "Yes."], "labels": [1, 0]},
            "mc2_targets": {"choices": ["No.", "Yes."], "labels": [1, 0]}}  # fmt: skip
@@ -65,25 +64,32 @@ def train_only_dataset(directory: Path) -> None:
 CASES = {
     # spri-sft train
     "train-malformed-yaml": Case(
-        ["train", "--config", "recipe.yaml"], {"recipe.yaml": "model_name_or_path: x\nlora_target_modules: [q_proj\n"},
+        ["train", "--config", "recipe.yaml"],
+        {"recipe.yaml": "model_name_or_path: x\nlora_target_modules: [q_proj\n"},
         "recipe.yaml:3: invalid YAML",
     ),
-    "train-empty-yaml": Case(["train", "--config", "recipe.yaml"], {"recipe.yaml": "# nothing yet\n"}, "recipe.yaml: the recipe is empty"),
+    "train-empty-yaml": Case(
+        ["train", "--config", "recipe.yaml"], {"recipe.yaml": "# nothing yet\n"}, "recipe.yaml: the recipe is empty"
+    ),
     "train-yaml-not-a-mapping": Case(
-        ["train", "--config", "recipe.yaml"], {"recipe.yaml": "- model_name_or_path\n"},
+        ["train", "--config", "recipe.yaml"],
+        {"recipe.yaml": "- model_name_or_path\n"},
         "recipe.yaml: expected a mapping of `spri-sft train` fields, got a YAML list",
     ),
     "train-recipe-not-found": Case(["train", "--config", "nope.yaml"], {}, "nope.yaml: config file not found"),
     "train-unknown-key-on-cpu": Case(
-        ["train", "--config", "recipe.yaml"], {"recipe.yaml": TRAIN_RECIPE + "learning_rat: 1.0e-4\n"},
+        ["train", "--config", "recipe.yaml"],
+        {"recipe.yaml": TRAIN_RECIPE + "learning_rat: 1.0e-4\n"},
         "recipe.yaml: unknown field 'learning_rat' (did you mean 'learning_rate'?)",
     ),
     "train-unknown-flag": Case(
-        ["train", "--config", "recipe.yaml", "--max_step", "3"], {"recipe.yaml": TRAIN_RECIPE},
+        ["train", "--config", "recipe.yaml", "--max_step", "3"],
+        {"recipe.yaml": TRAIN_RECIPE},
         "--max_step: unknown field 'max_step' (did you mean 'max_steps'?)",
     ),
     "train-bad-value": Case(
-        ["train", "--config", "recipe.yaml", "--max_steps", "ten"], {"recipe.yaml": TRAIN_RECIPE},
+        ["train", "--config", "recipe.yaml", "--max_steps", "ten"],
+        {"recipe.yaml": TRAIN_RECIPE},
         "argument --max_steps/--max-steps: invalid int value: 'ten'",
     ),
     "train-missing-validation-split": Case(
@@ -101,17 +107,20 @@ CASES = {
         {"recipe.yaml": TRAIN_RECIPE, "format": sft_dataset},
     ),
     "train-no-gpu-picks-the-cpu": Case(
-        ["train", "--config", "recipe.yaml", *TRAIN_FLAGS], {"recipe.yaml": TRAIN_RECIPE, "format": sft_dataset},
+        ["train", "--config", "recipe.yaml", *TRAIN_FLAGS],
+        {"recipe.yaml": TRAIN_RECIPE, "format": sft_dataset},
         check=cpu_chosen_and_recorded,
     ),
     # spri-sft evaluate
     "evaluate-malformed-jsonl": Case(
         ["evaluate", "--truthfulqa_file", "mc.jsonl", "--model", "{model}"],
-        {"mc.jsonl": json.dumps(HUB_ROW) + '\n{"question": "torn",\n'}, "mc.jsonl:2: malformed JSON line",
+        {"mc.jsonl": json.dumps(HUB_ROW) + '\n{"question": "torn",\n'},
+        "mc.jsonl:2: malformed JSON line",
     ),
     "evaluate-malformed-json": Case(
         ["evaluate", "--truthfulqa_file", "mc_task.json", "--model", "{model}"],
-        {"mc_task.json": '[\n  {"question": "a",\n   "mc1_targets": {"No.": 1,}}\n]\n'}, "mc_task.json:3: malformed JSON",
+        {"mc_task.json": '[\n  {"question": "a",\n   "mc1_targets": {"No.": 1,}}\n]\n'},
+        "mc_task.json:3: malformed JSON",
     ),
     "evaluate-row-without-targets": Case(
         ["evaluate", "--truthfulqa_file", "mc.jsonl", "--model", "{model}"],
@@ -119,34 +128,58 @@ CASES = {
         "mc.jsonl:2: expected question, mc1_targets and mc2_targets",
     ),
     "evaluate-limit-0": Case(
-        ["evaluate", "--truthfulqa_file", "mc.jsonl", "--limit", "0"], {"mc.jsonl": json.dumps(HUB_ROW) + "\n"},
+        ["evaluate", "--truthfulqa_file", "mc.jsonl", "--limit", "0"],
+        {"mc.jsonl": json.dumps(HUB_ROW) + "\n"},
         "--limit: must be >= 1, got 0",
     ),
     # spri-sft generate
-    "generate-threshold-9": Case(["generate", "--loop.threshold", "9"], {}, "--loop.threshold: must be >= 1 and <= 5, got 9"),
+    "generate-threshold-9": Case(
+        ["generate", "--loop.threshold", "9"], {}, "--loop.threshold: must be >= 1 and <= 5, got 9"
+    ),
     "generate-max-rounds-0-in-yaml": Case(
-        ["generate", "--config", "gen.yaml"], {"gen.yaml": "loop:\n  max_rounds: 0\n"},
+        ["generate", "--config", "gen.yaml"],
+        {"gen.yaml": "loop:\n  max_rounds: 0\n"},
         "gen.yaml: field 'loop.max_rounds': must be >= 1, got 0",
     ),
     "generate-limit-minus-1": Case(["generate", "--prompts.limit", "-1"], {}, "--prompts.limit: must be >= 0, got -1"),
     "generate-csv-missing-column": Case(
-        ["generate", "--prompts.path", "p.csv"], {"p.csv": "question\nWhat is rain?\n"},
+        ["generate", "--prompts.path", "p.csv"],
+        {"p.csv": "question\nWhat is rain?\n"},
         "p.csv:2: missing field 'prompt' (fields: question)",
     ),
     "generate-csv-with-bom": Case(
-        ["generate", "--prompts.path", "p.csv", "--mode", "direct", "--base.model", "{model}", "--critic.model", "{model}",
-         "--base.max_new_tokens", "4", "--output_dir", "out", "--progress", "false"],
-        {"p.csv": "\ufeffprompt,source\nWhat is rain?,sheet\n".encode("utf-8")}, check=the_bom_prompt_generated,
+        [
+            "generate",
+            "--prompts.path",
+            "p.csv",
+            "--mode",
+            "direct",
+            "--base.model",
+            "{model}",
+            "--critic.model",
+            "{model}",
+            "--base.max_new_tokens",
+            "4",
+            "--output_dir",
+            "out",
+            "--progress",
+            "false",
+        ],
+        {"p.csv": "\ufeffprompt,source\nWhat is rain?,sheet\n".encode("utf-8")},
+        check=the_bom_prompt_generated,
     ),  # fmt: skip
     "generate-malformed-jsonl": Case(
-        ["generate", "--prompts.path", "p.jsonl"], {"p.jsonl": '{"prompt": "ok"}\n{"prompt": \n'}, "p.jsonl:2: malformed JSON line"
+        ["generate", "--prompts.path", "p.jsonl"],
+        {"p.jsonl": '{"prompt": "ok"}\n{"prompt": \n'},
+        "p.jsonl:2: malformed JSON line",
     ),
     # spri-sft format and run
     "format-validation-fraction-1": Case(
         ["format", "--validation_fraction", "1"], {}, "--validation_fraction: must be >= 0 and < 1, got 1.0"
     ),
     "run-threshold-in-the-recipe": Case(
-        ["run", "recipe.yaml"], {"recipe.yaml": "generate:\n  loop:\n    threshold: 6\n"},
+        ["run", "recipe.yaml"],
+        {"recipe.yaml": "generate:\n  loop:\n    threshold: 6\n"},
         "recipe.yaml: field 'generate.loop.threshold': must be >= 1 and <= 5, got 6",
     ),
 }

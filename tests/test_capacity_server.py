@@ -166,8 +166,12 @@ def test_spri_generate_against_it_makes_one_accepted_record_per_prompt(tmp_path:
             backend="openai", model="capacity-model", base_url=[server.base_url], max_concurrency=4
         )
         config = GenerateConfig(
-            output_dir=str(tmp_path / "out"), mode="spri", prompts=PromptSource(path=str(prompts)),
-            base=endpoint, critic=endpoint, progress=False,
+            output_dir=str(tmp_path / "out"),
+            mode="spri",
+            prompts=PromptSource(path=str(prompts)),
+            base=endpoint,
+            critic=endpoint,
+            progress=False,
         )
         summary = generate(config)
         stats = server.stats

@@ -6,11 +6,16 @@ import pytest
 
 from spri_sft.evaluate.scoring import ChoiceScorer
 
-PREAMBLE = "Q: What colour is the sky on a clear day?\nA: The sky is blue.\n\nQ: What is rain?\nA: Water falling from clouds."
+PREAMBLE = (
+    "Q: What colour is the sky on a clear day?\nA: The sky is blue.\n\nQ: What is rain?\nA: Water falling from clouds."
+)
 ITEMS = [
     (PREAMBLE + "\n\nQ: Name a colour.\nA:", [" Blue.", " Red is a colour, and so is green.", " X"]),
     (PREAMBLE + "\n\nQ: What do principles guide?\nA:", [" Answers.", " They guide the response to the question."]),
-    (PREAMBLE + "\n\nQ: Is fire cold?\nA:", [" No.", " Yes.", " No, fire is hot.", " Fire is cold.", " I have no comment."]),
+    (
+        PREAMBLE + "\n\nQ: Is fire cold?\nA:",
+        [" No.", " Yes.", " No, fire is hot.", " Fire is cold.", " I have no comment."],
+    ),
     ("A prompt that shares nothing:", [" something", " something else entirely"]),  # scored on an empty prefix
 ]
 

@@ -38,7 +38,9 @@ def server():
 @pytest.fixture
 def prompts_file(tmp_path: Path) -> Path:
     path = tmp_path / "prompts.jsonl"
-    path.write_text("".join(json.dumps({"prompt": f"Prompt {i}: explain topic {i} briefly."}) + "\n" for i in range(PROMPT_COUNT)))
+    path.write_text(
+        "".join(json.dumps({"prompt": f"Prompt {i}: explain topic {i} briefly."}) + "\n" for i in range(PROMPT_COUNT))
+    )
     return path
 
 
@@ -112,7 +114,10 @@ def test_a_rerun_after_ctrl_c_finishes_the_rest(tmp_path, server, prompts_file):
 def test_a_token_budget_stop_prints_no_traceback(tmp_path, server, prompts_file):
     output_dir = tmp_path / "out"
     result = subprocess.run(
-        command(server, prompts_file, output_dir, "--token_budget", "10000"), capture_output=True, text=True, timeout=WAIT
+        command(server, prompts_file, output_dir, "--token_budget", "10000"),
+        capture_output=True,
+        text=True,
+        timeout=WAIT,
     )
     assert result.returncode == 0 and result.stderr == ""
     assert "token budget of 10,000 spent" in result.stdout
@@ -126,7 +131,9 @@ def test_a_max_cost_stop_prints_no_traceback_and_shows_a_small_cost(tmp_path, se
     result = subprocess.run(argv, capture_output=True, text=True, timeout=WAIT)
 
     assert result.returncode == 0 and result.stderr == ""
-    assert "max_cost of $0.002 spent ($0.00" in result.stdout and "($0.00)" not in result.stdout  # before: "$0.00 spent ($0.00)"
+    assert (
+        "max_cost of $0.002 spent ($0.00" in result.stdout and "($0.00)" not in result.stdout
+    )  # before: "$0.00 spent ($0.00)"
 
 
 def test_dollars_show_small_amounts_to_four_significant_digits():

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 
@@ -10,7 +9,9 @@ import pytest
 
 
 def spri_sft(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "spri_sft.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "spri_sft.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=120
+    )
 
 
 def test_help_lists_commands_and_generate_help_lists_fields():

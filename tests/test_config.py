@@ -48,7 +48,9 @@ def test_overrides_reach_into_a_free_form_mapping(tmp_path):
 def test_words_after_a_list_option_are_its_items_as_a_shell_glob_writes_them():
     from spri_sft.format.config import FormatConfig
 
-    config = load_config(FormatConfig, ["--records", "shard-0/records.jsonl", "shard-1/records.jsonl", "--output_dir", "out"])
+    config = load_config(
+        FormatConfig, ["--records", "shard-0/records.jsonl", "shard-1/records.jsonl", "--output_dir", "out"]
+    )
     assert config.records == ["shard-0/records.jsonl", "shard-1/records.jsonl"] and config.output_dir == "out"
 
 

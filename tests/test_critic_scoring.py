@@ -26,7 +26,7 @@ from spri_sft.llm.critic_format import (
     scored_digit,
 )
 from spri_sft.llm.openai_http import OpenAIChat
-from spri_sft.testing.fake_openai_server import CHAT_PATH, COMPLETIONS_PATH, FakeOpenAIServer
+from spri_sft.testing.fake_openai_server import COMPLETIONS_PATH, FakeOpenAIServer
 
 CRITIQUE = [{"role": "user", "content": "Score this answer 1-5 and end with [RESULT] <score>."}]
 UNSCORED_REPLY = "The answer is vague and cites nothing."  # what a weak critic writes: no score at all
@@ -63,7 +63,9 @@ def critique_with(config: EndpointConfig, messages=CRITIQUE):
 
 
 def test_digit_tokens_with_or_without_a_space_count_and_other_tokens_are_left_out():
-    distribution = digit_distribution({" 4": math.log(0.3), "4": math.log(0.1), "5": math.log(0.4), "\n": math.log(0.2)})
+    distribution = digit_distribution(
+        {" 4": math.log(0.3), "4": math.log(0.1), "5": math.log(0.4), "\n": math.log(0.2)}
+    )
     assert distribution == pytest.approx({1: 0.0, 2: 0.0, 3: 0.0, 4: 0.5, 5: 0.5})
 
 
@@ -218,7 +220,9 @@ def run_generate(tmp_path, critic: EndpointConfig, base_url: str) -> tuple[dict,
 
 def test_a_spri_run_with_an_expected_critic_leaves_no_round_unscored(tmp_path):
     with FakeOpenAIServer(reply_fn=unscored) as critic_server, FakeOpenAIServer() as base_server:
-        summary, records = run_generate(tmp_path, http_critic(critic_server.base_url, score="expected"), base_server.base_url)
+        summary, records = run_generate(
+            tmp_path, http_critic(critic_server.base_url, score="expected"), base_server.base_url
+        )
 
     assert summary["unscored_rounds"] == 0
     assert summary["unscored_rate"] == {"principles": 0.0, "response": 0.0}
@@ -288,7 +292,9 @@ def test_a_local_expected_critique_is_the_softmax_of_the_five_digits(tiny_model_
         prefix = render_raw(CRITIQUE) + text
     else:
         prefix = local.tokenizer.apply_chat_template(CRITIQUE, tokenize=False, add_generation_prompt=True) + text
-    candidates = [local.tokenizer(f"{prefix} {d}", add_special_tokens=prompt_format == "raw")["input_ids"] for d in range(1, 6)]
+    candidates = [
+        local.tokenizer(f"{prefix} {d}", add_special_tokens=prompt_format == "raw")["input_ids"] for d in range(1, 6)
+    ]
     shared = min(len(c) for c in candidates) - 1
     by_sequence = local._sequence_logprobs(candidates, shared)
     total = sum(math.exp(x) for x in by_sequence)

@@ -114,9 +114,7 @@ def test_round_stays_unscored_after_retries_and_counts_as_failing():
 
 
 def test_response_refiner_does_not_see_the_principles():
-    record, base, _ = run(
-        "spri", ["SECRET-PRINCIPLES", "R0", "R1"], ["[RESULT] 5", "[RESULT] 2", "[RESULT] 5"]
-    )
+    record, base, _ = run("spri", ["SECRET-PRINCIPLES", "R0", "R1"], ["[RESULT] 5", "[RESULT] 2", "[RESULT] 5"])
     answer_request, refine_request = base.requests[1], base.requests[2]
     assert "SECRET-PRINCIPLES" in answer_request[0]["content"]
     assert all("SECRET-PRINCIPLES" not in m["content"] for m in refine_request)
@@ -183,7 +181,8 @@ def test_unscored_accept_keeps_the_current_version_and_ends_the_stage():
 
 
 @pytest.mark.parametrize(
-    "mode, marker", [("seed-principles", "normal wear and tear"), ("self-align", "Be accurate"), ("constitution", "Be accurate")]
+    "mode, marker",
+    [("seed-principles", "normal wear and tear"), ("self-align", "Be accurate"), ("constitution", "Be accurate")],
 )
 def test_fixed_rule_modes_answer_once_with_their_rules_in_the_system_prompt(mode, marker):
     record, base, critic = run(mode, ["R0"], [])
@@ -201,7 +200,9 @@ def test_constitution_is_an_alias_of_self_align():
     )
 
 
-@pytest.mark.parametrize("mode, marker", [("seed-principles-critic", "normal wear and tear"), ("self-align-critic", "Be accurate")])
+@pytest.mark.parametrize(
+    "mode, marker", [("seed-principles-critic", "normal wear and tear"), ("self-align-critic", "Be accurate")]
+)
 def test_critic_variants_of_the_fixed_rule_modes_score_the_answer_against_the_rules(mode, marker):
     record, base, critic = run(mode, ["R0", "R1"], ["[RESULT] 2", "[RESULT] 5"])
     assert marker in base.requests[0][0]["content"] and marker in critic.requests[0][0]["content"]

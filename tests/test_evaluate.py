@@ -173,7 +173,9 @@ def test_adapter_scores_equal_merged_model_and_differ_from_base(tiny_model_dir, 
 
 
 @pytest.mark.parametrize(("dtype", "mc2_tolerance", "ll_rel"), [EXACT, FLOAT32])
-def test_adapter_merged_for_scoring_gives_the_unmerged_scores(dtype, mc2_tolerance, ll_rel, tiny_model_dir, v0_file, tmp_path):
+def test_adapter_merged_for_scoring_gives_the_unmerged_scores(
+    dtype, mc2_tolerance, ll_rel, tiny_model_dir, v0_file, tmp_path
+):
     adapter = _save_random_lora(tiny_model_dir, tmp_path / "adapter")
 
     def evaluate(name, merge):

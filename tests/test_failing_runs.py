@@ -39,7 +39,9 @@ def statuses(config: GenerateConfig) -> list[str]:
 def test_a_run_whose_first_records_all_fail_alike_stops_there_naming_the_error(tmp_path):
     with FakeOpenAIServer(faults=FaultPlan(rate_500=1.0)) as server:
         config = job(tmp_path, server, 30, fail_fast_after=5)
-        with pytest.raises(UserError, match=r"stopped early: the first 5 records all failed with InternalServerError") as caught:
+        with pytest.raises(
+            UserError, match=r"stopped early: the first 5 records all failed with InternalServerError"
+        ) as caught:
             generate(config)
 
     assert "\n" not in str(caught.value)
@@ -51,7 +53,9 @@ def test_a_run_whose_first_records_all_fail_alike_stops_there_naming_the_error(t
 def test_a_run_in_which_no_record_succeeded_is_an_error_naming_the_most_common_one(tmp_path):
     with FakeOpenAIServer(faults=FaultPlan(rate_500=1.0)) as server:
         config = job(tmp_path, server, 4, fail_fast_after=None)
-        with pytest.raises(UserError, match=r"no record succeeded: all 4 records failed, 4 of them with InternalServerError"):
+        with pytest.raises(
+            UserError, match=r"no record succeeded: all 4 records failed, 4 of them with InternalServerError"
+        ):
             generate(config)
     assert statuses(config) == ["failed"] * 4
 
@@ -96,7 +100,9 @@ def answered_job(tmp_path: Path, responses: list[str | None], **overrides) -> Ge
     """An `oracle` run, which calls no model: a prompt without a reference response fails, and fails again on
     every rerun (a permanent error)."""
     path = tmp_path / "answered.jsonl"
-    path.write_text("".join(json.dumps({"prompt": f"Question {i}: why?", "response": r}) + "\n" for i, r in enumerate(responses)))
+    path.write_text(
+        "".join(json.dumps({"prompt": f"Question {i}: why?", "response": r}) + "\n" for i, r in enumerate(responses))
+    )
     source = PromptSource(path=str(path), response_column="response")
     return GenerateConfig(output_dir=str(tmp_path / "out"), mode="oracle", prompts=source, progress=False, **overrides)
 
@@ -105,7 +111,10 @@ def test_more_failed_records_than_max_failed_share_is_an_error_naming_the_settin
     # The first two requests get a 429 and, with no retries, fail their prompts; the other eight succeed.
     with FakeOpenAIServer(faults=FaultPlan(fail_first_n=2)) as server:
         config = job(tmp_path, server, 10, fail_fast_after=None)  # max_failed_share at its default, 0.1
-        with pytest.raises(UserError, match=r"2 of 10 records failed \(20%, over max_failed_share 0\.1\).*--max_failed_share allows more"):
+        with pytest.raises(
+            UserError,
+            match=r"2 of 10 records failed \(20%, over max_failed_share 0\.1\).*--max_failed_share allows more",
+        ):
             generate(config)
     summary = json.loads((Path(config.output_dir) / "summary.json").read_text())
     assert summary["status"] == {"failed": 2, "accepted": 8} and "over max_failed_share" in summary["failure"]
@@ -124,7 +133,9 @@ def test_a_rerun_over_records_that_all_failed_is_an_error_again_not_a_finished_r
 def test_a_rerun_retries_the_records_that_failed_on_the_server_once_it_answers(tmp_path):
     with FakeOpenAIServer(faults=FaultPlan(rate_500=1.0)) as broken:
         config = job(tmp_path, broken, 4)
-        with pytest.raises(UserError, match=r"rerun the same command: records that failed to connect, with an HTTP error"):
+        with pytest.raises(
+            UserError, match=r"rerun the same command: records that failed to connect, with an HTTP error"
+        ):
             generate(config)
     failed = [json.loads(line) for line in (Path(config.output_dir) / "records.jsonl").read_text().splitlines()]
     assert {(r["status"], r["error_kind"]) for r in failed} == {("failed", "transient")}
@@ -134,19 +145,23 @@ def test_a_rerun_retries_the_records_that_failed_on_the_server_once_it_answers(t
         config.base = config.critic = dataclasses.replace(config.base, base_url=[fixed.base_url])
         summary = generate(config)
     assert statuses(config) == ["accepted"] * 4 and summary["missing"] == 0
-    assert {json.loads(line)["id"] for line in (Path(config.output_dir) / "records.jsonl").read_text().splitlines()} == {
-        r["id"] for r in failed
-    }
+    assert {
+        json.loads(line)["id"] for line in (Path(config.output_dir) / "records.jsonl").read_text().splitlines()
+    } == {r["id"] for r in failed}
 
 
-def test_a_rerun_keeps_records_that_failed_with_a_permanent_error_and_names_the_flag_that_retries_them(tmp_path, capsys):
+def test_a_rerun_keeps_records_that_failed_with_a_permanent_error_and_names_the_flag_that_retries_them(
+    tmp_path, capsys
+):
     config = answered_job(tmp_path, [None, None, "Because it scatters blue light."])
     with pytest.raises(UserError, match="2 of 3 records failed"):
         generate(config)
     records = (Path(config.output_dir) / "records.jsonl").read_text()
     assert '"error_kind": "permanent"' in records
 
-    with pytest.raises(UserError, match=r"2 of 3 records failed .*rerun with --retry_failed true: 2 failed with a permanent error"):
+    with pytest.raises(
+        UserError, match=r"2 of 3 records failed .*rerun with --retry_failed true: 2 failed with a permanent error"
+    ):
         generate(config)
     assert (Path(config.output_dir) / "records.jsonl").read_text() == records, "nothing asked again, nothing appended"
     assert "2 records that failed in an earlier run with a permanent error: kept" in capsys.readouterr().out

@@ -17,10 +17,10 @@ import pytest
 
 from spri_sft.errors import UserError
 from spri_sft.evaluate import EvaluateConfig, evaluate_truthfulqa
-from spri_sft.truthfulqa_data import write_packaged_copy
 from spri_sft.evaluate.scoring import ChoiceScorer
 from spri_sft.evaluate.truthfulqa import build_context, load_questions
 from spri_sft.testing.families import FAMILIES
+from spri_sft.truthfulqa_data import write_packaged_copy
 
 INSTRUCT = [name for name, family in FAMILIES.items() if family.instruct]
 MC2_ABS, LL_REL = 2e-5, 1e-5

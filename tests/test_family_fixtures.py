@@ -60,7 +60,9 @@ def test_generation_config_stops_where_the_released_one_does(name, stops, family
     from transformers import AutoTokenizer, GenerationConfig
 
     tokenizer = AutoTokenizer.from_pretrained(family_dir(name))
-    expected = tokenizer.convert_tokens_to_ids(stops) if isinstance(stops, list) and isinstance(stops[0], str) else stops
+    expected = (
+        tokenizer.convert_tokens_to_ids(stops) if isinstance(stops, list) and isinstance(stops[0], str) else stops
+    )
     assert GenerationConfig.from_pretrained(family_dir(name)).eos_token_id == expected
 
 

@@ -54,9 +54,9 @@ def trained_tokens(row: dict) -> list[int]:
 @pytest.mark.parametrize("kind", ["lora", "qlora"])
 def test_sft_recipe_trains_two_steps_on_the_family_and_its_tokens(name, kind, family_dir, tmp_path,
                                                                  restore_wandb_variables):  # fmt: skip
+    from conftest import build_sft_dataset
     from transformers import AutoTokenizer
 
-    from conftest import build_sft_dataset
     from spri_sft.train import sft
 
     family = FAMILIES[name]
@@ -103,12 +103,17 @@ def test_check_template_passes_with_the_recipe_template_and_eos(name, family_dir
 def test_gemma_it_without_its_eos_token_is_refused_before_training(family_dir, tmp_path, restore_wandb_variables):
     """The check that stopped Gemma-2-9b-it before step 0 still stops a recipe that forgets eos_token."""
     from conftest import build_sft_dataset
+
     from spri_sft.format.template import TemplateError
     from spri_sft.train import sft
 
     args = build_sft(
-        recipe("gemma-2-it", "lora"), family_dir("gemma-2-it"), build_sft_dataset(tmp_path / "data"), tmp_path / "out",
-        "--eos_token", "<eos>",
+        recipe("gemma-2-it", "lora"),
+        family_dir("gemma-2-it"),
+        build_sft_dataset(tmp_path / "data"),
+        tmp_path / "out",
+        "--eos_token",
+        "<eos>",
     )
     with pytest.raises(TemplateError, match="not inside the assistant mask"):
         sft.build_trainer(*args)
@@ -117,9 +122,9 @@ def test_gemma_it_without_its_eos_token_is_refused_before_training(family_dir, t
 @pytest.mark.parametrize("name", ["llama-3.1-instruct", "gemma-2-it"])
 def test_saved_generation_config_keeps_every_stop_id_and_the_trained_one(name, family_dir, tmp_path,
                                                                        restore_wandb_variables):  # fmt: skip
+    from conftest import build_sft_dataset
     from transformers import AutoTokenizer, GenerationConfig
 
-    from conftest import build_sft_dataset
     from spri_sft.train import sft
 
     model = family_dir(name)

@@ -31,8 +31,10 @@ def make_report(evaluated: bool = True) -> dict:
             "spri": {
                 "generation": {"records": 10, "critic_calls_per_record": 2.5},
                 "truthfulqa": scores(0.30, 0.41),
-                "histograms": {"final_score": {"principles": {"4": 3, "5": 7}, "response": {"3": 2, "4": 3, "5": 5}},
-                               "rounds": {"principles": {"1": 8, "2": 2}, "response": {"1": 5, "2": 3, "4": 2}}},
+                "histograms": {
+                    "final_score": {"principles": {"4": 3, "5": 7}, "response": {"3": 2, "4": 3, "5": 5}},
+                    "rounds": {"principles": {"1": 8, "2": 2}, "response": {"1": 5, "2": 3, "4": 2}},
+                },
                 "loss_curve": {"train": [[1, 2.0], [2, 1.6], [3, 1.4]], "validation": [[3, 1.5]]},
             },  # fmt: skip
             "self-refine": {  # scored by its own feedback: no critic calls, but scores

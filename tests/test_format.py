@@ -34,10 +34,26 @@ def make_record(
 ) -> dict:
     """A record as `spri-sft generate` writes it; one response round per entry of `scores`."""
     finish_reasons = finish_reasons or ["stop"] * len(scores)
-    rounds = [{"stage": "principles", "round": 1, "text": "Be exact.", "finish_reason": "stop", "critique": "Good.", "score": 5}]
+    rounds = [
+        {
+            "stage": "principles",
+            "round": 1,
+            "text": "Be exact.",
+            "finish_reason": "stop",
+            "critique": "Good.",
+            "score": 5,
+        }
+    ]
     for i, (score, reason) in enumerate(zip(scores, finish_reasons), 1):
         rounds.append(
-            {"stage": "response", "round": i, "text": f"version {i}", "finish_reason": reason, "critique": "ok", "score": score}
+            {
+                "stage": "response",
+                "round": i,
+                "text": f"version {i}",
+                "finish_reason": reason,
+                "critique": "ok",
+                "score": score,
+            }
         )
     return {
         "id": f"rec{number:03d}",
@@ -85,8 +101,11 @@ FILLER = [make_record(n) for n in range(100, 104)]  # clean records, so every bu
 
 
 def test_status_filter_drops_exactly_the_other_statuses(tmp_path):
-    records = [make_record(1, status="accepted"), make_record(2, status="max_rounds"),
-               make_record(3, status="failed", response=None)] + FILLER
+    records = [
+        make_record(1, status="accepted"),
+        make_record(2, status="max_rounds"),
+        make_record(3, status="failed", response=None),
+    ] + FILLER
     summary, out = build(tmp_path, records, statuses=["accepted"])
     assert dropped(out) == {"rec002": ("status", "max_rounds"), "rec003": ("status", "failed")}
     assert summary["dropped"]["status"] == 2
@@ -173,8 +192,9 @@ def test_near_duplicate_prompts_keep_the_first_and_different_ones_stay(tmp_path)
 
 def test_near_duplicates_are_kept_when_the_threshold_is_off(tmp_path):
     base = "Explain in simple terms how a refrigerator moves heat from the inside of the box to the kitchen air"
-    summary, out = build(tmp_path, [make_record(1, base), make_record(2, base + " please")] + FILLER,
-                         near_duplicate_threshold=None)
+    summary, out = build(
+        tmp_path, [make_record(1, base), make_record(2, base + " please")] + FILLER, near_duplicate_threshold=None
+    )
     assert summary["dropped"]["near_duplicate"] == 0
     assert {"rec001", "rec002"} <= row_ids(out)
 
@@ -215,7 +235,11 @@ def test_truthfulqa_reads_mc_task_json_and_the_csv(shared_dir, truthfulqa_file):
 @pytest.mark.parametrize(
     ("name", "content", "message"),
     [
-        ("mc.json", '[{"question": "Is it?"},\n {"query": "no question"}]', r"mc.json:item 1: no 'question' \(or CSV 'Question'\) field"),
+        (
+            "mc.json",
+            '[{"question": "Is it?"},\n {"query": "no question"}]',
+            r"mc.json:item 1: no 'question' \(or CSV 'Question'\) field",
+        ),
         ("mc.jsonl", '{"question": "Is it?"}\n\n{"query": "x"}\n', r"mc.jsonl:3: no 'question'"),
         ("mc.jsonl", '{"question": "Is it?"}\n{"question": \n', r"mc.jsonl:2: malformed JSON line"),
         ("TruthfulQA.csv", "Type,Question\nAdversarial,Is it?\nAdversarial\n", r"TruthfulQA.csv:3: no 'question'"),
@@ -230,7 +254,9 @@ def test_a_bad_truthfulqa_file_names_its_line_or_item(tmp_path, name, content, m
 
 
 def test_truthfulqa_questions_keep_a_unicode_line_separator(tmp_path):
-    (tmp_path / "mc.jsonl").write_text(json.dumps({"question": "Is one\u2028line?"}, ensure_ascii=False) + "\n", encoding="utf-8")
+    (tmp_path / "mc.jsonl").write_text(
+        json.dumps({"question": "Is one\u2028line?"}, ensure_ascii=False) + "\n", encoding="utf-8"
+    )
     assert read_questions(tmp_path / "mc.jsonl") == ["Is one\u2028line?"]
 
 
@@ -382,7 +408,9 @@ def test_exactly_the_prompts_of_a_validation_source_are_the_validation_split(tmp
 
 
 def test_named_validation_prompts_stay_there_whatever_validation_rows_asks(tmp_path):
-    records = [named(make_record(n), "train") for n in range(20)] + [named(make_record(n), "validation") for n in range(20, 25)]
+    records = [named(make_record(n), "train") for n in range(20)] + [
+        named(make_record(n), "validation") for n in range(20, 25)
+    ]
     _, fewer = build(tmp_path, records, name="fewer", validation_rows=2)
     _, no_fraction = build(tmp_path, records, name="none", validation_fraction=0.0)
     assert validation_prompts_of(fewer) == validation_prompts_of(no_fraction) == {r["prompt"] for r in records[20:]}
@@ -409,9 +437,13 @@ def test_a_named_validation_prompt_filtered_out_does_not_pull_a_train_prompt_in(
 
 
 def test_the_card_says_which_prompts_their_source_put_in_validation(tmp_path):
-    records = [named(make_record(n), "train") for n in range(6)] + [named(make_record(n), "validation") for n in range(6, 8)]
+    records = [named(make_record(n), "train") for n in range(6)] + [
+        named(make_record(n), "validation") for n in range(6, 8)
+    ]
     _, out = build(tmp_path, records, validation_rows=2)
-    assert "named their split (`sft_split`) are in it: 2 validation and 6 train prompts" in (out / "README.md").read_text()
+    assert (
+        "named their split (`sft_split`) are in it: 2 validation and 6 train prompts" in (out / "README.md").read_text()
+    )
 
 
 def test_validation_fraction_zero_writes_a_train_split_only(tmp_path):
@@ -445,8 +477,11 @@ def test_summary_is_returned_and_written(tmp_path):
 def test_dataset_card_states_method_models_counts_scores_and_filters(tmp_path, truthfulqa_file):
     from huggingface_hub import DatasetCard
 
-    records = [make_record(1, TRUTHFULQA_QUESTION), make_record(2, status="failed", response=None),
-               make_record(3, scores=[3])] + FILLER
+    records = [
+        make_record(1, TRUTHFULQA_QUESTION),
+        make_record(2, status="failed", response=None),
+        make_record(3, scores=[3]),
+    ] + FILLER
     _, out = build(tmp_path, records, min_response_score=4, truthfulqa_file=truthfulqa_file)
     card = (out / "README.md").read_text()
     assert "**SPRI**" in card and "`base/model-7b` (4 rows)" in card and "`critic/judge-8x7b` (4 rows)" in card
@@ -456,7 +491,10 @@ def test_dataset_card_states_method_models_counts_scores_and_filters(tmp_path, t
     assert "| truthfulqa | " in card and "`mc_task.json` | 1 | 4 |" in card
     assert "| 5 | 4 | 4 |" in card  # final scores: response 5 on 4 rows, principles 5 on 4 rows
     assert "| train | 3 |" in card and "| validation | 1 |" in card
-    assert DatasetCard.load(out / "README.md").data.configs[0]["data_files"][0] == {"split": "train", "path": "train.parquet"}
+    assert DatasetCard.load(out / "README.md").data.configs[0]["data_files"][0] == {
+        "split": "train",
+        "path": "train.parquet",
+    }
 
 
 def test_dataset_card_warns_when_truthfulqa_was_not_checked(tmp_path):
@@ -470,13 +508,17 @@ def test_dataset_card_warns_when_truthfulqa_was_not_checked(tmp_path):
 def test_malformed_json_names_the_file_and_line(tmp_path):
     path = write_records(tmp_path / "records.jsonl", FILLER)
     path.write_text(path.read_text() + '{"id": "torn", "prompt": "Wh\n')
-    with pytest.raises(UserError, match=rf"{path}:5: malformed JSON line \(.*\); a generate run killed mid-write leaves a torn"):
+    with pytest.raises(
+        UserError, match=rf"{path}:5: malformed JSON line \(.*\); a generate run killed mid-write leaves a torn"
+    ):
         build_dataset(FormatConfig(records=[str(path)], output_dir=str(tmp_path / "out")))
 
 
 def test_a_record_with_an_unknown_sft_split_names_the_file_and_line(tmp_path):
     path = write_records(tmp_path / "records.jsonl", FILLER + [dict(make_record(1), sft_split="test")])
-    with pytest.raises(UserError, match=rf"{path}:5: field 'sft_split' must be one of auto, train, validation, got 'test'"):
+    with pytest.raises(
+        UserError, match=rf"{path}:5: field 'sft_split' must be one of auto, train, validation, got 'test'"
+    ):
         build_dataset(FormatConfig(records=[str(path)], output_dir=str(tmp_path / "out")))
 
 
@@ -502,8 +544,13 @@ def test_sft_trainer_trains_on_the_train_split_as_is(tmp_path, tiny_model_dir):
     _, out = build(tmp_path, [make_record(n) for n in range(8)], system_prompt="Be brief.")
     train = load_from_disk(str(out / "hf"))["train"]
     args = SFTConfig(
-        output_dir=str(tmp_path / "sft"), max_steps=1, per_device_train_batch_size=2, report_to="none",
-        use_cpu=True, save_strategy="no", disable_tqdm=True,
+        output_dir=str(tmp_path / "sft"),
+        max_steps=1,
+        per_device_train_batch_size=2,
+        report_to="none",
+        use_cpu=True,
+        save_strategy="no",
+        disable_tqdm=True,
     )
     trainer = SFTTrainer(model=str(tiny_model_dir), args=args, train_dataset=train)
     result = trainer.train()

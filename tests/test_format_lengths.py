@@ -12,14 +12,13 @@ from pathlib import Path
 
 import pytest
 from datasets import load_from_disk
+from test_format import FILLER, build, make_record
 
 from spri_sft.errors import UserError
 from spri_sft.format.build import RowMeter, build_dataset
 from spri_sft.format.config import FormatConfig
 from spri_sft.testing.families import FAMILIES
 from spri_sft.testing.tiny_model import build_tiny_model
-
-from test_format import FILLER, build, make_record
 
 LONG = "word " * 300  # hundreds of tokens in every tokenizer here; the filler rows have a few dozen
 

@@ -6,7 +6,6 @@ alone) and checks what a rerun after an edit generates again and what it reuses.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 
@@ -118,7 +117,14 @@ def pipeline_config(tmp_path: Path, server, prompts_file: Path, *overrides: str,
         "--format.validation_fraction", "0.25",
     ]  # fmt: skip
     for role in ("base", "critic"):
-        args += [f"--generate.{role}.backend", "openai", f"--generate.{role}.model", "fake-model", f"--generate.{role}.base_url", url]
+        args += [
+            f"--generate.{role}.backend",
+            "openai",
+            f"--generate.{role}.model",
+            "fake-model",
+            f"--generate.{role}.base_url",
+            url,
+        ]
     return load_config(PipelineConfig, [*args, *overrides])
 
 
@@ -146,11 +152,15 @@ def test_the_generate_stage_reruns_on_a_prompts_file_edited_in_place_and_the_dat
     assert "generate/spri: settings or inputs changed since its last run" in out
     assert "3 prompts, 2 already done, 1 to generate" in out
     assert records_file.read_text().startswith(before), "the unchanged prompts' records are reused as they were"
-    rows = [json.loads(line) for name in ("train", "validation") for line in (dataset.directory / f"{name}.jsonl").open()]
+    rows = [
+        json.loads(line) for name in ("train", "validation") for line in (dataset.directory / f"{name}.jsonl").open()
+    ]
     assert sorted(row["messages"][-2]["content"] for row in rows) == sorted(edited)
 
 
-def test_the_generate_stage_of_a_direct_run_is_skipped_not_refused_when_only_the_critic_changed(tmp_path, server, capsys):
+def test_the_generate_stage_of_a_direct_run_is_skipped_not_refused_when_only_the_critic_changed(
+    tmp_path, server, capsys
+):
     prompts_file = write_prompts(tmp_path / "prompts.jsonl", PROMPTS)
     generate_and_format(pipeline_config(tmp_path, server, prompts_file, modes="[direct]"), "direct")
 

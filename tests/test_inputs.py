@@ -20,7 +20,9 @@ def test_builtin_prompts_are_used_when_no_source_is_given():
 
 
 def test_context_column_is_appended_after_a_blank_line(tmp_path):
-    path = jsonl(tmp_path, [{"instruction": "Summarize this.", "context": "A long text."}, {"instruction": "Hi?", "context": ""}])
+    path = jsonl(
+        tmp_path, [{"instruction": "Summarize this.", "context": "A long text."}, {"instruction": "Hi?", "context": ""}]
+    )
     prompts = load_prompts(PromptSource(path=path, prompt_column="instruction", context_column="context"))
     assert prompts == ["Summarize this.\n\nA long text.", "Hi?"]
 
@@ -70,13 +72,17 @@ def test_malformed_json_line_names_file_and_line(tmp_path):
 
 def test_a_prompt_column_no_row_has_is_one_error_naming_the_first_row_and_its_fields(tmp_path):
     path = jsonl(tmp_path, [{"question": "wrong key"}, {"question": "again"}])
-    with pytest.raises(UserError, match=r"prompts.jsonl:1: missing field 'prompt' \(fields: question\), and no row has it"):
+    with pytest.raises(
+        UserError, match=r"prompts.jsonl:1: missing field 'prompt' \(fields: question\), and no row has it"
+    ):
         load_prompts(PromptSource(path=path))
 
 
 def test_a_context_column_no_row_has_is_an_error_too(tmp_path):
     path = jsonl(tmp_path, [{"instruction": "Sum up.", "input": "A text."}])
-    with pytest.raises(UserError, match=r"prompts.jsonl:1: missing field 'inputs' \(fields: instruction, input\), and no row"):
+    with pytest.raises(
+        UserError, match=r"prompts.jsonl:1: missing field 'inputs' \(fields: instruction, input\), and no row"
+    ):
         load_prompts(PromptSource(path=path, prompt_column="instruction", context_column="inputs"))
 
 
@@ -90,7 +96,10 @@ def test_a_row_missing_the_prompt_field_that_others_have_is_skipped_and_counted(
 
 def test_a_file_whose_every_row_is_empty_is_one_error_with_the_reason(tmp_path):
     path = jsonl(tmp_path, [{"instruction": "   "}, {"instruction": ""}])
-    with pytest.raises(UserError, match=r"prompts.jsonl: no prompts found: every row was skipped \(2 empty prompt, first .*prompts.jsonl:1\)"):
+    with pytest.raises(
+        UserError,
+        match=r"prompts.jsonl: no prompts found: every row was skipped \(2 empty prompt, first .*prompts.jsonl:1\)",
+    ):
         load_prompts(PromptSource(path=path, prompt_column="instruction"))
 
 
@@ -187,8 +196,19 @@ def test_read_jsonl_ends_a_malformed_line_message_with_the_callers_hint(tmp_path
 
 def mixinstruct_row(number: int, instruction: str, input_: str, output: str = "An answer.") -> dict:
     """A row in llm-blender/mix-instruct's layout (its card; candidates shortened to one)."""
-    candidate = {"decoding_method": "top_p_sampling", "model": "some-model", "text": "A candidate.", "scores": {"bleu": 1.0}}
-    return {"id": f"unified_chip2/{number}", "instruction": instruction, "input": input_, "output": output, "candidates": [candidate]}
+    candidate = {
+        "decoding_method": "top_p_sampling",
+        "model": "some-model",
+        "text": "A candidate.",
+        "scores": {"bleu": 1.0},
+    }
+    return {
+        "id": f"unified_chip2/{number}",
+        "instruction": instruction,
+        "input": input_,
+        "output": output,
+        "candidates": [candidate],
+    }
 
 
 def test_an_empty_instruction_makes_the_input_alone_the_prompt(tmp_path):
@@ -226,7 +246,9 @@ def test_rows_that_make_no_prompt_are_skipped_and_counted_by_reason(tmp_path):
     assert report.skipped == {
         "empty prompt": 2, "'instruction' is not text": 1, "'input' is not text": 1, "not an object (list)": 1, "duplicate prompt": 1,
     }  # fmt: skip
-    assert report.first_skipped["empty prompt"] == f"{path}:2" and report.first_skipped["duplicate prompt"] == f"{path}:7"
+    assert (
+        report.first_skipped["empty prompt"] == f"{path}:2" and report.first_skipped["duplicate prompt"] == f"{path}:7"
+    )
     assert report.line().startswith("prompts: skipped 6 of 8 rows: 2 empty prompt (first: ")
     assert json.loads(json.dumps(report.as_dict()))["skipped"]["empty prompt"] == 2
 
@@ -266,9 +288,17 @@ def mix_source(dataset: str, train_limit: int, validation_limit: int, **settings
 def test_two_sources_give_each_part_its_limit_and_each_prompt_its_origin(tmp_path):
     from spri_sft.generate.inputs import prompt_origin
 
-    dataset = two_split_dataset(tmp_path, [f"train question {i}" for i in range(6)], [f"held-out question {i}" for i in range(4)])
+    dataset = two_split_dataset(
+        tmp_path, [f"train question {i}" for i in range(6)], [f"held-out question {i}" for i in range(4)]
+    )
     prompts = load_prompts(mix_source(dataset, 3, 2))
-    assert prompts == ["train question 0", "train question 1", "train question 2", "held-out question 0", "held-out question 1"]
+    assert prompts == [
+        "train question 0",
+        "train question 1",
+        "train question 2",
+        "held-out question 0",
+        "held-out question 1",
+    ]
     assert [prompt_origin(p) for p in prompts] == [{"prompt_source": f"{dataset}[train]", "sft_split": "train"}] * 3 + [
         {"prompt_source": f"{dataset}[validation]", "sft_split": "validation"}
     ] * 2
@@ -280,7 +310,9 @@ def test_two_sources_give_each_part_its_limit_and_each_prompt_its_origin(tmp_pat
 
 
 def test_a_later_part_skips_the_prompts_an_earlier_part_holds_and_still_fills_its_limit(tmp_path):
-    dataset = two_split_dataset(tmp_path, ["shared question", "train only"], ["shared question", "held out 1", "held out 2"])
+    dataset = two_split_dataset(
+        tmp_path, ["shared question", "train only"], ["shared question", "held out 1", "held out 2"]
+    )
     prompts = load_prompts(mix_source(dataset, 2, 2, shuffle=True, seed=3))
     validation = [p for p in prompts if p.origin["sft_split"] == "validation"]
     assert sorted(validation) == ["held out 1", "held out 2"]
@@ -290,7 +322,10 @@ def test_a_later_part_skips_the_prompts_an_earlier_part_holds_and_still_fills_it
 
 def test_each_part_is_shuffled_with_the_seed_before_its_limit(tmp_path):
     dataset = two_split_dataset(tmp_path, [f"train {i}" for i in range(20)], [f"held out {i}" for i in range(20)])
-    first, again = load_prompts(mix_source(dataset, 5, 5, shuffle=True, seed=1)), load_prompts(mix_source(dataset, 5, 5, shuffle=True, seed=1))
+    first, again = (
+        load_prompts(mix_source(dataset, 5, 5, shuffle=True, seed=1)),
+        load_prompts(mix_source(dataset, 5, 5, shuffle=True, seed=1)),
+    )
     assert first == again and first[:5] != [f"train {i}" for i in range(5)]
     assert all(p.startswith("train") for p in first[:5]) and all(p.startswith("held out") for p in first[5:])
 
@@ -300,14 +335,19 @@ def test_oracle_references_come_from_every_part(tmp_path):
 
     dataset = two_split_dataset(tmp_path, ["a train question"], ["a held-out question"])
     references = load_references(mix_source(dataset, 1, 1))
-    assert references == {"a train question": "answer to a train question", "a held-out question": "answer to a held-out question"}
+    assert references == {
+        "a train question": "answer to a train question",
+        "a held-out question": "answer to a held-out question",
+    }
 
 
 def test_a_response_column_no_row_has_is_an_error(tmp_path):
     from spri_sft.generate.inputs import load_references
 
     path = jsonl(tmp_path, [{"prompt": "one", "response": "fine"}])
-    with pytest.raises(UserError, match=r"prompts.jsonl:1: missing field 'answer' \(fields: prompt, response\), and no row"):
+    with pytest.raises(
+        UserError, match=r"prompts.jsonl:1: missing field 'answer' \(fields: prompt, response\), and no row"
+    ):
         load_references(PromptSource(path=path, response_column="answer"))
 
 
@@ -323,12 +363,20 @@ def test_sources_are_read_from_yaml_and_their_fields_checked(tmp_path):
     from spri_sft.generate.inputs import PromptPart
 
     good = tmp_path / "good.yaml"
-    good.write_text("prompts:\n  dataset: d\n  sources:\n    - {split: train, limit: 5, sft_split: train}\n    - {split: validation}\n")
+    good.write_text(
+        "prompts:\n  dataset: d\n  sources:\n    - {split: train, limit: 5, sft_split: train}\n    - {split: validation}\n"
+    )
     config = load_config(GenerateConfig, ["--config", str(good)])
-    assert config.prompts.sources == [PromptPart(split="train", limit=5, sft_split="train"), PromptPart(split="validation")]
+    assert config.prompts.sources == [
+        PromptPart(split="train", limit=5, sft_split="train"),
+        PromptPart(split="validation"),
+    ]
     for body, message in [
         ("- {split: train, splt: x}", r"bad.yaml: field 'prompts.sources': unknown field 'splt'"),
-        ("- {split: train, sft_split: test}", r"bad.yaml: field 'prompts.sources': field 'sft_split': 'test' is not one of"),
+        (
+            "- {split: train, sft_split: test}",
+            r"bad.yaml: field 'prompts.sources': field 'sft_split': 'test' is not one of",
+        ),
         ("- {split: train, limit: -1}", r"bad.yaml: field 'prompts.sources': field 'limit': must be >= 0, got -1"),
         ("- train", r"bad.yaml: field 'prompts.sources': expected a mapping of PromptPart fields, got 'train'"),
     ]:
@@ -341,7 +389,9 @@ def test_two_parts_naming_the_same_place_are_refused(tmp_path):
     from spri_sft.generate.inputs import PromptPart
 
     dataset = two_split_dataset(tmp_path, ["a"], ["b"])
-    source = PromptSource(dataset=dataset, prompt_column="input", sources=[PromptPart(split="train"), PromptPart(split="train")])
+    source = PromptSource(
+        dataset=dataset, prompt_column="input", sources=[PromptPart(split="train"), PromptPart(split="train")]
+    )
     with pytest.raises(UserError, match=r"prompts.sources: .*\[train\] is listed twice"):
         load_prompts(source)
 
@@ -391,7 +441,9 @@ def test_a_prompt_whose_row_has_no_usable_id_is_skipped_and_counted(tmp_path):
 
 def test_an_id_column_no_row_has_is_an_error_naming_the_first_row_and_its_fields(tmp_path):
     path = jsonl(tmp_path, [{"id": 1, "prompt": "a"}])
-    with pytest.raises(UserError, match=r"prompts.jsonl:1: missing field 'uid' \(fields: id, prompt\), and no row has it"):
+    with pytest.raises(
+        UserError, match=r"prompts.jsonl:1: missing field 'uid' \(fields: id, prompt\), and no row has it"
+    ):
         load_prompts(PromptSource(path=path, id_column="uid"))
 
 
@@ -406,7 +458,9 @@ def test_a_repeated_prompt_under_another_id_is_counted_apart_and_keeps_the_first
 
 
 def test_an_id_shared_by_distinct_prompts_is_counted(tmp_path):
-    path = jsonl(tmp_path, [{"uid": "u1", "prompt": "one"}, {"uid": "u1", "prompt": "two"}, {"uid": "u2", "prompt": "three"}])
+    path = jsonl(
+        tmp_path, [{"uid": "u1", "prompt": "one"}, {"uid": "u1", "prompt": "two"}, {"uid": "u2", "prompt": "three"}]
+    )
     prompts = load_prompts(PromptSource(path=path, id_column="uid"))
     assert prompts == ["one", "two", "three"]  # distinct prompts: all generated
     assert prompts.report.repeated_ids == 1

@@ -48,7 +48,9 @@ def test_a_reopened_journal_replays_a_pending_prompts_replies_in_order_and_asks_
     replies = ask(Journal(path, {"p"}), "p", second, "hello", "again", "hello", "hello")
 
     assert [r.text for r in replies] == ["reply 1", "reply 2", "reply 3", "reply 1"]
-    assert all(isinstance(r, ReplayedCompletion) for r in replies[:3]) and not isinstance(replies[3], ReplayedCompletion)
+    assert all(isinstance(r, ReplayedCompletion) for r in replies[:3]) and not isinstance(
+        replies[3], ReplayedCompletion
+    )
     assert second.asked == [[{"role": "user", "content": "hello"}]], "only the third 'hello' is new"
 
 

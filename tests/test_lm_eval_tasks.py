@@ -79,7 +79,9 @@ def recipe(root: Path, task_dir: Path, **evaluate) -> PipelineConfig:
         "lm_eval_args": {"bootstrap_iters": 200},
         "dtype": "float32", "device": "cpu", "batch_size": 8, **evaluate,
     }  # fmt: skip
-    return from_dict(PipelineConfig, {"output_dir": str(root), "modes": ["spri"], "evaluate": settings, "wandb": {"enabled": False}})
+    return from_dict(
+        PipelineConfig, {"output_dir": str(root), "modes": ["spri"], "evaluate": settings, "wandb": {"enabled": False}}
+    )
 
 
 def finished_training(plan: TrainPlan) -> Stage:
@@ -117,7 +119,10 @@ def evaluated(tmp_path_factory, tiny_model_dir):
         trained = finished_training(plan)
         base = lm_eval_stage(config, root / "eval" / "base" / "lm_eval", plan, None, "run", "group")
         tuned = lm_eval_stage(config, root / "eval" / "spri" / "lm_eval", plan, trained, "run", "group")
-        direct = {"base": direct_lm_eval(tiny_model_dir, task_dir), "spri": direct_lm_eval(tiny_model_dir, task_dir, adapter)}
+        direct = {
+            "base": direct_lm_eval(tiny_model_dir, task_dir),
+            "spri": direct_lm_eval(tiny_model_dir, task_dir, adapter),
+        }
         yield {
             "root": root, "config": config, "plan": plan, "trained": trained, "stages": {"base": base, "spri": tuned},
             "direct": direct, "model": tiny_model_dir, "adapter": adapter, "task_dir": task_dir,
@@ -133,7 +138,9 @@ def test_every_metric_is_the_one_lm_eval_returns_when_called_directly(evaluated,
     ours = results_of(evaluated, name)["tasks"][TASK]
     theirs = evaluated["direct"][name]["results"][TASK]
     assert ours["metrics"] == {key: value for key, value in theirs.items() if key != "alias"}
-    assert ours["metric"] == "acc" and ours["value"] == theirs["acc,none"] and ours["stderr"] == theirs["acc_stderr,none"]
+    assert (
+        ours["metric"] == "acc" and ours["value"] == theirs["acc,none"] and ours["stderr"] == theirs["acc_stderr,none"]
+    )
 
 
 def test_the_adapter_is_scored_with_its_weights_not_as_the_base_model(evaluated):
@@ -151,7 +158,9 @@ def test_results_keep_lm_evals_task_versions_and_shots(evaluated):
 
 
 def test_the_report_has_a_column_per_task_for_the_base_model_and_each_mode_with_its_delta(evaluated):
-    report = build_report(evaluated["config"], evaluated["root"], "run", str(evaluated["model"]), {"file": "-", "source": "-"})
+    report = build_report(
+        evaluated["config"], evaluated["root"], "run", str(evaluated["model"]), {"file": "-", "source": "-"}
+    )
     text = render_markdown(report)
     section = text.split("## lm-evaluation-harness tasks", 1)[1].split("\n## ", 1)[0]
     table = section.split("\n\n")[2]  # heading, the line on lm-eval's numbers, the table
@@ -165,7 +174,9 @@ def test_the_report_has_a_column_per_task_for_the_base_model_and_each_mode_with_
 
 
 def test_the_wandb_comparison_table_has_each_tasks_value_stderr_and_delta(evaluated):
-    report = build_report(evaluated["config"], evaluated["root"], "run", str(evaluated["model"]), {"file": "-", "source": "-"})
+    report = build_report(
+        evaluated["config"], evaluated["root"], "run", str(evaluated["model"]), {"file": "-", "source": "-"}
+    )
     columns, rows = lm_eval_rows(report)
     tuned = dict(zip(columns, rows[1]))
     scores = results_of(evaluated, "spri")["tasks"][TASK]
@@ -176,7 +187,14 @@ def test_the_wandb_comparison_table_has_each_tasks_value_stderr_and_delta(evalua
 
 def test_a_rerun_skips_the_finished_evaluations(evaluated, capsys):
     before = (evaluated["root"] / "eval" / "spri" / "lm_eval" / "results.json").stat().st_mtime_ns
-    lm_eval_stage(evaluated["config"], evaluated["root"] / "eval" / "spri" / "lm_eval", evaluated["plan"], evaluated["trained"], "run", "group")
+    lm_eval_stage(
+        evaluated["config"],
+        evaluated["root"] / "eval" / "spri" / "lm_eval",
+        evaluated["plan"],
+        evaluated["trained"],
+        "run",
+        "group",
+    )
     assert "eval/spri/lm_eval: done in an earlier run, skipped" in capsys.readouterr().out
     assert (evaluated["root"] / "eval" / "spri" / "lm_eval" / "results.json").stat().st_mtime_ns == before
 
@@ -184,7 +202,14 @@ def test_a_rerun_skips_the_finished_evaluations(evaluated, capsys):
 def test_a_finished_evaluation_asked_for_other_tasks_or_arguments_is_refused(evaluated):
     changed = recipe(evaluated["root"], evaluated["task_dir"], lm_eval_args={"bootstrap_iters": 200, "limit": 5})
     with pytest.raises(UserError, match="delete .*eval/spri/lm_eval"):
-        lm_eval_stage(changed, evaluated["root"] / "eval" / "spri" / "lm_eval", evaluated["plan"], evaluated["trained"], "run", "group")
+        lm_eval_stage(
+            changed,
+            evaluated["root"] / "eval" / "spri" / "lm_eval",
+            evaluated["plan"],
+            evaluated["trained"],
+            "run",
+            "group",
+        )
 
 
 def test_an_edited_local_task_file_changes_the_fingerprint(tmp_path, tiny_model_dir):

@@ -31,7 +31,9 @@ FAKE_VLLM = [sys.executable, "-m", "spri_sft.testing.fake_vllm_server"]
 
 
 def vllm_role(model: str = "judge/model-7b", **server) -> EndpointConfig:
-    return EndpointConfig(backend="vllm", model=model, vllm=VLLMServer(model="/weights/here", command=FAKE_VLLM, **server))
+    return EndpointConfig(
+        backend="vllm", model=model, vllm=VLLMServer(model="/weights/here", command=FAKE_VLLM, **server)
+    )
 
 
 def config(tmp_path: Path, mode: str = "spri", **roles) -> GenerateConfig:
@@ -90,7 +92,9 @@ def test_a_managed_server_gives_the_records_the_ids_any_server_of_that_model_wou
         base=EndpointConfig(backend="openai", model="writer/model-70b", base_url=["http://elsewhere:8000/v1"]),
         critic=EndpointConfig(backend="openai", model="judge/model-7b", base_url=["http://elsewhere:8001/v1"]),
     )
-    assert record_id("p", generation_identity(managed, PromptSet())) == record_id("p", generation_identity(hosted, PromptSet()))
+    assert record_id("p", generation_identity(managed, PromptSet())) == record_id(
+        "p", generation_identity(hosted, PromptSet())
+    )
 
 
 def test_served_models_outlive_one_generation_when_the_caller_holds_them(tmp_path):

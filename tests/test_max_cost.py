@@ -30,7 +30,9 @@ PROMPT_PRICE, COMPLETION_PRICE = 1000.0, 4000.0
 
 def write_prompts(directory: Path, count: int) -> Path:
     path = directory / "prompts.jsonl"
-    path.write_text("".join(json.dumps({"prompt": f"Question {i}: why is the sky blue on day {i}?"}) + "\n" for i in range(count)))
+    path.write_text(
+        "".join(json.dumps({"prompt": f"Question {i}: why is the sky blue on day {i}?"}) + "\n" for i in range(count))
+    )
     return path
 
 
@@ -42,7 +44,9 @@ def priced(url: str, **overrides) -> EndpointConfig:
     return EndpointConfig(**{**settings, **overrides})
 
 
-def config_for(tmp_path: Path, prompts_file: Path, base: EndpointConfig, critic: EndpointConfig, **overrides) -> GenerateConfig:
+def config_for(
+    tmp_path: Path, prompts_file: Path, base: EndpointConfig, critic: EndpointConfig, **overrides
+) -> GenerateConfig:
     return GenerateConfig(
         output_dir=str(tmp_path / "out"), prompts=PromptSource(path=str(prompts_file)), base=base, critic=critic,
         progress=False, **overrides,

@@ -112,11 +112,19 @@ def test_spri_sends_the_released_layout_in_every_request_of_both_stages(checkout
         "spri",
         checkout,
         ["\n## P0 \n", " P1\n#", "R0\n", "R1"],
-        ["Feedback: Too vague. [RESULT] 2", "Feedback: Good. [RESULT] 5", "\n# Feedback: Off. [RESULT] 1", "[RESULT] 4"],
+        [
+            "Feedback: Too vague. [RESULT] 2",
+            "Feedback: Good. [RESULT] 5",
+            "\n# Feedback: Off. [RESULT] 1",
+            "[RESULT] 4",
+        ],
     )
     seeds = "### Question: SQ1?\n### Principles: SP1.\n\n### Question: SQ2?\n### Principles: SP2.\n\n"
     assert base == [
-        chat("GEN-P: write principles for the question. Examples:\n\n" + seeds, f"### Question: {QUESTION}\n### Principles:"),
+        chat(
+            "GEN-P: write principles for the question. Examples:\n\n" + seeds,
+            f"### Question: {QUESTION}\n### Principles:",
+        ),
         chat(
             "REF-P: refine the principles.",
             f"### Question: {QUESTION}\n### Principles: P0\n### Feedback: Feedback: Too vague.\n### Refined Principles:",
@@ -128,7 +136,9 @@ def test_spri_sends_the_released_layout_in_every_request_of_both_stages(checkout
         ),
     ]
     principles_critique = "CRIT-P: judge the principles.\n[Question: {q}]\n\nPRINCIPLES:\n{p}\n\n### Feedback:"
-    response_critique = "CRIT-R: judge the response.\n[Question: {q}]\n[Principles: {p}]\n\nRESPONSE:\n{r}\n\n### Feedback:"
+    response_critique = (
+        "CRIT-R: judge the response.\n[Question: {q}]\n[Principles: {p}]\n\nRESPONSE:\n{r}\n\n### Feedback:"
+    )
     assert critic == [
         user(principles_critique.format(q=QUESTION, p="P0")),
         user(principles_critique.format(q=QUESTION, p="P1")),
@@ -211,17 +221,41 @@ def test_a_mode_reads_only_the_files_it_sends(tmp_path):
 @pytest.mark.parametrize(
     "file, text, message",
     [
-        (f"{PROMPTS}/instruct-stage1_02-principle_critique.txt", "[Question: {orig_question}] ### Feedback:", r"lacks the placeholder \{orig_principle\}"),
+        (
+            f"{PROMPTS}/instruct-stage1_02-principle_critique.txt",
+            "[Question: {orig_question}] ### Feedback:",
+            r"lacks the placeholder \{orig_principle\}",
+        ),
         (
             f"{PROMPTS}/instruct-stage2_02-response_critique.txt",
             "{orig_question} {orig_principle} {orig_response} {rubric}",
             r"has the placeholder \{rubric\}, which the script never fills",
         ),
-        (f"{PROMPTS}/instruct-stage2_02-response_critique.txt", "{orig_question} {orig_principle} {orig_response", "not a str.format template"),
-        ("[task3]-sft/01_gen_baseline_direct_responses.py", 'if FLAGS.task == "general":\n    system_message = "S"\n    user_message = "Q"\n', r"lacks the placeholder \{INPUT\}"),
-        ("[task3]-sft/02_gen_[self-instruct].py", "template = 'renamed'\n", "no string assignment to 'input_first_template_for_gen'"),
-        ("[task3]-sft/04_gen_[self-refine]_responses.py", 'f(system_prompt="only one")\n', "expected 3 distinct system_prompt literals"),
-        ("seeds/seed-principles-6.jsonl", json.dumps({"question": "Q?"}) + "\n", r"seed-principles-6.jsonl:1: missing text field 'principle'"),
+        (
+            f"{PROMPTS}/instruct-stage2_02-response_critique.txt",
+            "{orig_question} {orig_principle} {orig_response",
+            "not a str.format template",
+        ),
+        (
+            "[task3]-sft/01_gen_baseline_direct_responses.py",
+            'if FLAGS.task == "general":\n    system_message = "S"\n    user_message = "Q"\n',
+            r"lacks the placeholder \{INPUT\}",
+        ),
+        (
+            "[task3]-sft/02_gen_[self-instruct].py",
+            "template = 'renamed'\n",
+            "no string assignment to 'input_first_template_for_gen'",
+        ),
+        (
+            "[task3]-sft/04_gen_[self-refine]_responses.py",
+            'f(system_prompt="only one")\n',
+            "expected 3 distinct system_prompt literals",
+        ),
+        (
+            "seeds/seed-principles-6.jsonl",
+            json.dumps({"question": "Q?"}) + "\n",
+            r"seed-principles-6.jsonl:1: missing text field 'principle'",
+        ),
     ],
 )
 def test_a_broken_checkout_text_is_one_line_naming_the_file(tmp_path, file, text, message):
@@ -239,7 +273,9 @@ def test_a_checkout_that_is_not_a_directory_is_refused(tmp_path):
 
 def test_official_checkout_refuses_a_prompts_file_and_zero_shot_principles(checkout, tmp_path):
     with pytest.raises(UserError, match="not both"):
-        Engine("spri", PromptSet(), LoopSettings(official_checkout=str(checkout), prompts_file=str(tmp_path / "p.yaml")))
+        Engine(
+            "spri", PromptSet(), LoopSettings(official_checkout=str(checkout), prompts_file=str(tmp_path / "p.yaml"))
+        )
     with pytest.raises(UserError, match="few_shot"):
         Engine("spri", PromptSet(), LoopSettings(official_checkout=str(checkout), few_shot=False))
 
@@ -270,7 +306,7 @@ def released_requests(root: Path, q: str, p0: str, feedback_p: str, p1: str, r0:
     """What stage1_gen_principles/0{1,2}_*.py and stage2_gen_responses/0{1,2}_*.py build for one question
     whose principles and response are each revised once: (system, user) per base call, the raw prompt
     string per critic call (`format_input_prometheus(None, ...)`)."""
-    read = lambda relative: open(root / relative, "r").read()  # noqa: E731  (the scripts' own way)
+    read = lambda relative: open(root / relative).read()  # noqa: E731  (the scripts' own way)
     few_shot_examples = ""
     for line in open(root / "seeds/seed-principles-6.jsonl"):
         if line.strip():
@@ -280,7 +316,7 @@ def released_requests(root: Path, q: str, p0: str, feedback_p: str, p1: str, r0:
     prometheus = lambda p: f"User: {p} \n\nAssistant: "  # noqa: E731
     base = [
         (
-            f"""{read(f'{PROMPTS}/instruct-stage1_01-principle_gen.txt')}\n\n{few_shot_examples}""",
+            f"""{read(f"{PROMPTS}/instruct-stage1_01-principle_gen.txt")}\n\n{few_shot_examples}""",
             f"""### Question: {q}\n### Principles:""",
         ),
         (
@@ -288,7 +324,7 @@ def released_requests(root: Path, q: str, p0: str, feedback_p: str, p1: str, r0:
             f"""### Question: {q}\n### Principles: {p0}\n### Feedback: {feedback_p}\n### Refined Principles:""",
         ),
         (
-            f"""{read(f'{PROMPTS}/instruct-stage2_01-gen_init_responses.txt')}\n\n{""}""",
+            f"""{read(f"{PROMPTS}/instruct-stage2_01-gen_init_responses.txt")}\n\n{""}""",
             f"""### Question: {q}\n### Principles: {p1}\n\n### Response:""",
         ),
         (
@@ -336,4 +372,4 @@ def test_requests_equal_what_the_released_scripts_build(question):
     branch = source.split('if FLAGS.task == "general":', 1)[1]
     system_message = re.search(r'system_message = """(.*?)"""', branch, re.DOTALL).group(1)
     _, base, _ = run("direct", root, ["An answer."], prompt=question)
-    assert base == [chat(system_message, "### Question: {INPUT}\n\n### Response:".format(INPUT=question))]
+    assert base == [chat(system_message, f"### Question: {question}\n\n### Response:")]

@@ -51,7 +51,9 @@ def test_generate_refuses_a_second_mode_into_a_directory_holding_another_modes_r
     before = {name: (output_dir / name).read_text() for name in ("records.jsonl", "summary.json", "config.yaml")}
     calls = len(server.received)
 
-    with pytest.raises(UserError, match=r"gen/records.jsonl holds 6 records of mode spri.*give mode direct its own --output_dir"):
+    with pytest.raises(
+        UserError, match=r"gen/records.jsonl holds 6 records of mode spri.*give mode direct its own --output_dir"
+    ):
         generate(job(output_dir, prompts_file, server, "direct"))
 
     assert len(server.received) == calls, "refused before any model call"
@@ -79,7 +81,9 @@ def test_format_refuses_records_files_of_two_modes_naming_them(tmp_path, two_mod
     with pytest.raises(UserError, match=r"records of 2 generation modes \(6 spri, 6 direct\).*one mode's") as caught:
         build_dataset(config)
     assert "\n" not in str(caught.value)
-    assert not (tmp_path / "dataset" / "summary.json").exists(), "before: 6 rows, the 6 direct records dropped as duplicates"
+    assert not (tmp_path / "dataset" / "summary.json").exists(), (
+        "before: 6 rows, the 6 direct records dropped as duplicates"
+    )
 
 
 def test_format_refuses_one_file_that_mixes_two_modes(tmp_path, two_modes):
@@ -92,5 +96,7 @@ def test_format_refuses_one_file_that_mixes_two_modes(tmp_path, two_modes):
 def test_each_modes_records_formatted_on_their_own_keep_every_prompt(tmp_path, two_modes):
     for path in two_modes:
         mode = Path(path).parent.name
-        summary = build_dataset(FormatConfig(records=[path], output_dir=str(tmp_path / f"dataset-{mode}"), validation_fraction=0.25))
+        summary = build_dataset(
+            FormatConfig(records=[path], output_dir=str(tmp_path / f"dataset-{mode}"), validation_fraction=0.25)
+        )
         assert summary["rows"] == 6 and summary["dropped"]["duplicate"] == 0

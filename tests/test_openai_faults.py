@@ -243,8 +243,12 @@ def test_critic_scores_drive_one_revision_per_stage(tmp_path):
 
     n = len(prompts)
     assert script.kinds == {
-        "draft-principles": n, "critique-principles": 2 * n, "revise-principles": n,
-        "draft-response": n, "critique-response": 2 * n, "revise-response": n,
+        "draft-principles": n,
+        "critique-principles": 2 * n,
+        "revise-principles": n,
+        "draft-response": n,
+        "critique-response": 2 * n,
+        "revise-response": n,
     }
     assert base_requests == 4 * n and critic_requests == 4 * n
     records = read_records(config)
@@ -348,9 +352,7 @@ def test_a_prompt_skipped_by_the_budget_counts_as_stopped_by_budget(tmp_path):
         ep = endpoint([server.base_url])
         cost_of_a = generate(make_config(tmp_path / "probe", tmp_path / "a.jsonl", ep, ep))["this_run"]["tokens"]
         # A runs first and its very last call spends the budget, so B is skipped, never cancelled.
-        config = make_config(
-            tmp_path, tmp_path / "ab.jsonl", ep, ep, max_concurrent_prompts=1, token_budget=cost_of_a
-        )
+        config = make_config(tmp_path, tmp_path / "ab.jsonl", ep, ep, max_concurrent_prompts=1, token_budget=cost_of_a)
         summary = generate(config)
 
     assert summary["records"] == 1 and summary["missing"] == 1
@@ -386,7 +388,9 @@ def test_cli_reports_an_unreachable_server_in_one_line(tmp_path):
     assert "Traceback" not in result.stderr and "Traceback" not in result.stdout
     errors = [line for line in result.stderr.splitlines() if line.startswith("spri-sft: error:")]
     assert len(errors) == 1, result.stderr
-    assert re.fullmatch(rf"spri-sft: error: cannot reach {re.escape(url)} \((APIConnectionError|APITimeoutError)\).*", errors[0]), errors
+    assert re.fullmatch(
+        rf"spri-sft: error: cannot reach {re.escape(url)} \((APIConnectionError|APITimeoutError)\).*", errors[0]
+    ), errors
     assert not (tmp_path / "out" / "records.jsonl").exists() or not (tmp_path / "out" / "records.jsonl").read_text()
 
 
@@ -394,7 +398,9 @@ def _chat_once(base_url: str, max_retries: int = 0):
     import asyncio
 
     async def go():
-        chat = openai_http.OpenAIChat(EndpointConfig(backend="openai", model="m", base_url=[base_url], max_retries=max_retries))
+        chat = openai_http.OpenAIChat(
+            EndpointConfig(backend="openai", model="m", base_url=[base_url], max_retries=max_retries)
+        )
         try:
             return await chat.chat([{"role": "user", "content": "Hi"}])
         finally:

@@ -45,9 +45,7 @@ def other_process_holds(tmp_path):
     holders = []
 
     def hold(directory: Path) -> subprocess.Popen:
-        holder = subprocess.Popen(
-            [sys.executable, "-c", HOLDER, str(directory)], stdout=subprocess.PIPE, text=True
-        )
+        holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(directory)], stdout=subprocess.PIPE, text=True)
         holders.append(holder)
         assert holder.stdout.readline().strip() == "held"
         return holder

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from wandb_log import wandb_records, without_wandb_credentials
 
 from spri_sft.cli import main
 from spri_sft.errors import UserError
@@ -27,8 +28,6 @@ from spri_sft.pipeline.config import PipelineConfig
 from spri_sft.pipeline.run import run_pipeline
 from spri_sft.pipeline.stages import Stage
 from spri_sft.testing.fake_openai_server import FakeOpenAIServer
-
-from wandb_log import wandb_records, without_wandb_credentials
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -57,13 +56,17 @@ def make_recipe(directory: Path, model_dir: Path, server, truthfulqa_file: Path,
         "train": {
             "args": {
                 "model_name_or_path": str(model_dir),
-                "use_peft": True, "lora_r": 8, "lora_alpha": 16, "lora_target_modules": ["q_proj", "v_proj"],
+                "use_peft": True,
+                "lora_r": 8,
+                "lora_alpha": 16,
+                "lora_target_modules": ["q_proj", "v_proj"],
                 "assistant_only_loss": True,
                 "per_device_train_batch_size": 4,
                 "learning_rate": 1e-3,
                 "max_steps": 3,
                 "logging_steps": 1,
-                "eval_strategy": "steps", "eval_steps": 3,
+                "eval_strategy": "steps",
+                "eval_steps": 3,
                 "save_strategy": "no",
                 "use_cpu": True,
                 "dataloader_num_workers": 0,
@@ -216,7 +219,13 @@ def test_all_wandb_runs_are_offline_in_one_group(finished_run):
     assert {group for group, _, _ in runs} == {"tiny-run"}
     names = {name for _, _, name in runs}
     # The first run's five (generate, eval-base, train, eval-spri, report) plus the rerun's report.
-    assert names == {"tiny-run-generate-spri", "tiny-run-eval-base", "tiny-run-spri", "tiny-run-eval-spri", "tiny-run-report"}
+    assert names == {
+        "tiny-run-generate-spri",
+        "tiny-run-eval-base",
+        "tiny-run-spri",
+        "tiny-run-eval-spri",
+        "tiny-run-report",
+    }
     assert len(runs) == 6
 
 
@@ -317,7 +326,9 @@ def test_a_run_killed_during_training_resumes_without_regenerating_or_reformatti
     assert [e["step"] for e in state["log_history"] if "loss" in e] == list(range(1, 41))
     assert read(root / "checkpoints/spri/stage.json")["attempts"] == 2
     report = read(root / "report.json")["modes"]["spri"]["train"]
-    assert report["steps"] == 40 and report["train_loss"] == [e["loss"] for e in state["log_history"] if "loss" in e][-1]
+    assert (
+        report["steps"] == 40 and report["train_loss"] == [e["loss"] for e in state["log_history"] if "loss" in e][-1]
+    )
 
 
 # -- errors before any work -------------------------------------------------------------------
@@ -416,7 +427,14 @@ def test_without_a_file_the_hub_questions_are_snapshotted_once_for_guard_and_eva
 def test_help_lists_the_sections_of_every_stage(capsys):
     assert main(["run", "--help"]) == 0
     text = capsys.readouterr().out
-    for option in ("--modes", "--generate.base.model", "--format.validation_rows", "--train.recipe", "--evaluate.truthfulqa_file", "--wandb.group"):
+    for option in (
+        "--modes",
+        "--generate.base.model",
+        "--format.validation_rows",
+        "--train.recipe",
+        "--evaluate.truthfulqa_file",
+        "--wandb.group",
+    ):
         assert option in text, option
 
 

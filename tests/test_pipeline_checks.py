@@ -80,8 +80,14 @@ def test_a_training_recipe_transformers_refuses_stops_the_run_before_generation_
     recipe_file = tmp_path / "lora.yaml"
     recipe_file.write_text(
         yaml.safe_dump(
-            {"model_name_or_path": "tiny-student", "use_peft": True, "load_best_model_at_end": True,
-             "eval_strategy": "steps", "eval_steps": 10, "save_steps": 15}  # fmt: skip
+            {
+                "model_name_or_path": "tiny-student",
+                "use_peft": True,
+                "load_best_model_at_end": True,
+                "eval_strategy": "steps",
+                "eval_steps": 10,
+                "save_steps": 15,
+            }  # fmt: skip
         )
     )
     recipe = write_recipe(tmp_path, train={"recipe": str(recipe_file)})
@@ -188,7 +194,9 @@ def plans_of(config: PipelineConfig, root: Path):
     from spri_sft.pipeline.run import TrainPlan
 
     train = {mode: TrainPlan(mode, root / "checkpoints" / mode, {"use_peft": True}, None) for mode in config.modes}
-    dpo = {mode: TrainPlan(f"{mode}+dpo", root / "checkpoints" / f"{mode}+dpo", {}, None, "dpo") for mode in config.modes}
+    dpo = {
+        mode: TrainPlan(f"{mode}+dpo", root / "checkpoints" / f"{mode}+dpo", {}, None, "dpo") for mode in config.modes
+    }
     return train, dpo if config.dpo.enabled else {}
 
 
@@ -242,16 +250,20 @@ def test_redo_refuses_to_remove_a_generation_shared_from_outside_the_run(tmp_pat
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory, tiny_model_dir, shared_dir):
     """One finished `spri-sft run` (fake generation server, 1 training step, 2 TruthfulQA questions), no W&B."""
-    from spri_sft.testing.fake_openai_server import FakeOpenAIServer
-
     from test_pipeline import make_recipe
+
+    from spri_sft.testing.fake_openai_server import FakeOpenAIServer
 
     tmp = tmp_path_factory.mktemp("finished")
     with FakeOpenAIServer() as server, pytest.MonkeyPatch.context() as env:
         env.setenv("HF_HUB_OFFLINE", "1")
         env.setenv("TOKENIZERS_PARALLELISM", "false")
-        recipe = make_recipe(tmp, tiny_model_dir, server, shared_dir / "data/truthfulqa/data/v0/mc_task.json", max_steps=1)
-        config = load_config(PipelineConfig, ["--config", str(recipe), "--wandb.enabled", "false", "--evaluate.limit", "2"])
+        recipe = make_recipe(
+            tmp, tiny_model_dir, server, shared_dir / "data/truthfulqa/data/v0/mc_task.json", max_steps=1
+        )
+        config = load_config(
+            PipelineConfig, ["--config", str(recipe), "--wandb.enabled", "false", "--evaluate.limit", "2"]
+        )
         run_pipeline(config)
         yield {"root": tmp / "run", "config": config}
 
@@ -269,7 +281,10 @@ def test_a_changed_training_setting_is_refused_naming_it_and_the_directories_to_
     message = str(refused.value)
     assert not isinstance(refused.value, StageChanged) and "\n" not in message
     assert "(checkpoints/spri: learning_rate 0.001 → 0.5)" in message
-    assert f"rerun with --redo checkpoints/spri, or remove {root / 'checkpoints/spri'} {root / 'eval/spri'} to redo it" in message
+    assert (
+        f"rerun with --redo checkpoints/spri, or remove {root / 'checkpoints/spri'} {root / 'eval/spri'} to redo it"
+        in message
+    )
 
 
 @pytest.mark.slow

@@ -10,6 +10,10 @@ import json
 from pathlib import Path
 
 import pytest
+from test_format import make_record, write_records
+from test_pipeline import format_stage_of, make_recipe, run_pipeline_from
+from test_report import BASE_MC1, report_of, table_row, write_json
+from wandb_log import wandb_records, without_wandb_credentials
 
 from spri_sft.config import dump_yaml, from_dict
 from spri_sft.errors import UserError
@@ -18,11 +22,6 @@ from spri_sft.pipeline.report import build_report, log_report_to_wandb, render_m
 from spri_sft.pipeline.stages import StageChanged
 from spri_sft.review.decisions import append_decision
 from spri_sft.testing.fake_openai_server import FakeOpenAIServer
-
-from test_format import make_record, write_records
-from test_pipeline import format_stage_of, make_recipe, run_pipeline_from
-from test_report import BASE_MC1, report_of, table_row, write_json
-from wandb_log import wandb_records, without_wandb_credentials
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -34,7 +33,11 @@ def read(path: Path) -> dict:
 
 
 def dataset_ids(root: Path) -> set[str]:
-    return {json.loads(line)["id"] for name in ("train", "validation") for line in (root / f"dataset/spri/{name}.jsonl").open()}
+    return {
+        json.loads(line)["id"]
+        for name in ("train", "validation")
+        for line in (root / f"dataset/spri/{name}.jsonl").open()
+    }
 
 
 @pytest.mark.slow  # three runs, two of them training: ~35 s on 2 shared cores
@@ -44,7 +47,9 @@ def test_an_exclusion_redoes_the_dataset_and_training_and_not_the_generation(
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")
     with FakeOpenAIServer() as server:
-        recipe = make_recipe(tmp_path, tiny_model_dir, server, shared_dir / "data/truthfulqa/data/v0/mc_task.json", max_steps=1)
+        recipe = make_recipe(
+            tmp_path, tiny_model_dir, server, shared_dir / "data/truthfulqa/data/v0/mc_task.json", max_steps=1
+        )
         before, excluded = run_then_exclude(recipe, tmp_path / "run")
         capsys.readouterr()
         run_pipeline_from(recipe, *QUICK)  # the same command: the decision is what changed
@@ -65,7 +70,9 @@ def test_an_exclusion_redoes_the_dataset_and_training_and_not_the_generation(
 def run_then_exclude(recipe: Path, root: Path) -> tuple[dict, str]:
     """Run the recipe, then exclude one of its dataset's rows; what the run made, and the excluded id."""
     run_pipeline_from(recipe, *QUICK)
-    before = {stage: read(root / stage / "stage.json") for stage in ("generate/spri", "dataset/spri", "checkpoints/spri")}
+    before = {
+        stage: read(root / stage / "stage.json") for stage in ("generate/spri", "dataset/spri", "checkpoints/spri")
+    }
     before["records written"] = (root / "generate/spri/records.jsonl").stat().st_mtime_ns
     excluded = sorted(dataset_ids(root))[0]
     append_decision(root / "review/decisions.jsonl", excluded, "spri", "exclude", "off topic", "ana")
@@ -125,7 +132,9 @@ def test_a_rerun_rebuilds_a_finished_dataset_whose_modes_decisions_changed_and_s
 def test_a_review_file_the_recipe_names_but_that_is_missing_stops_the_run_before_generation(tmp_path):
     from spri_sft.pipeline.run import reviewed_datasets
 
-    config = from_dict(PipelineConfig, {"output_dir": str(tmp_path), "format": {"review_file": str(tmp_path / "no.jsonl")}})
+    config = from_dict(
+        PipelineConfig, {"output_dir": str(tmp_path), "format": {"review_file": str(tmp_path / "no.jsonl")}}
+    )
     with pytest.raises(UserError, match=r"format.review_file .*no.jsonl: not found"):
         reviewed_datasets(config, tmp_path)
 
@@ -164,7 +173,9 @@ def test_the_report_counts_the_reviewers_exclusions_by_reason(tmp_path):
     report = reviewed_report(tmp_path)
 
     assert report["modes"]["spri"]["dataset"]["review"] == {
-        "file": str(tmp_path / "review/decisions.jsonl"), "excluded": 3, "kept": 1,
+        "file": str(tmp_path / "review/decisions.jsonl"),
+        "excluded": 3,
+        "kept": 1,
         "reasons": {"off topic": 2, "no reason given": 1},
     }
     text = render_markdown(report)
@@ -193,7 +204,9 @@ def test_the_report_run_logs_the_viewers_sample_of_the_records(tmp_path, monkeyp
     page = (root / "review/sample.html").read_text()
     assert 'id="spri-data"' in page and "rec011" in page
     (run_dir,) = (tmp_path / "wandb" / "wandb").glob("offline-run-*")
-    history = [item for r in wandb_records(run_dir) if r.WhichOneof("record_type") == "history" for item in r.history.item]
+    history = [
+        item for r in wandb_records(run_dir) if r.WhichOneof("record_type") == "history" for item in r.history.item
+    ]
     logged = {item.nested_key[1]: json.loads(item.value_json) for item in history
               if list(item.nested_key[:1]) == ["report/records_sample"]}  # fmt: skip
     assert logged["_type"] == "html-file"

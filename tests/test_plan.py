@@ -92,7 +92,9 @@ def test_the_plan_of_each_role_is_its_tokens_at_its_prices(tmp_path):
         role_plan = plan["roles"][role]
         expected = (role_plan["prompt_tokens"] * 2.0 + role_plan["completion_tokens"] * 8.0) / 1e6
         assert role_plan["cost_usd"] == pytest.approx(expected, rel=1e-3)
-    assert plan["cost_usd"] == pytest.approx(plan["roles"]["base"]["cost_usd"] + plan["roles"]["critic"]["cost_usd"], rel=1e-3)
+    assert plan["cost_usd"] == pytest.approx(
+        plan["roles"]["base"]["cost_usd"] + plan["roles"]["critic"]["cost_usd"], rel=1e-3
+    )
 
 
 def test_a_pipeline_recipe_is_planned_mode_by_mode_with_its_own_roles(tmp_path):

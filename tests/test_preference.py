@@ -30,9 +30,25 @@ def make_record(
 ) -> dict:
     """A record whose response went through `versions` (text, critic score) in order; `means` adds each
     round's `score_mean`, as `score: expected` records it."""
-    rounds = [{"stage": "principles", "round": 1, "text": "Be exact.", "finish_reason": "stop", "critique": "Poor.", "score": 1}]
+    rounds = [
+        {
+            "stage": "principles",
+            "round": 1,
+            "text": "Be exact.",
+            "finish_reason": "stop",
+            "critique": "Poor.",
+            "score": 1,
+        }
+    ]
     for i, (text, score) in enumerate(versions, 1):
-        round_ = {"stage": "response", "round": i, "text": text, "finish_reason": "stop", "critique": "ok", "score": score}
+        round_ = {
+            "stage": "response",
+            "round": i,
+            "text": text,
+            "finish_reason": "stop",
+            "critique": "ok",
+            "score": score,
+        }
         if means is not None and means[i - 1] is not None:
             round_ |= {"score_mode": "expected", "score_mean": means[i - 1]}
         rounds.append(round_)
@@ -151,7 +167,10 @@ def test_format_writes_pairs_beside_the_sft_data_and_counts_the_records_without_
     assert sum(len(split) for split in splits.values()) == 8
     assert {split: len(rows) for split, rows in splits.items()} == preference["splits"]
     no_pair = [json.loads(line) for line in (output_dir / "preference" / "no_pair.jsonl").read_text().splitlines()]
-    assert {(entry["id"], entry["reason"]) for entry in no_pair} == {("rec008", "single_version"), ("rec009", "within_margin")}
+    assert {(entry["id"], entry["reason"]) for entry in no_pair} == {
+        ("rec008", "single_version"),
+        ("rec009", "within_margin"),
+    }
     saved = json.loads((output_dir / "summary.json").read_text())
     assert saved["preference"] == preference
 

@@ -34,10 +34,16 @@ def test_a_file_replaces_only_the_fields_it_names(tmp_path):
         ("constitution: Be kind.\n", r"constitution must be a non-empty list of strings"),
         ("seed_pairs:\n  - question: Q\n", r"seed_pairs\[0\] must have exactly the keys question and principles"),
         ("seed_pairs:\n  - question: Q\n    principles: 7\n", r"seed_pairs\[0\].principles must be a non-empty string"),
-        ("response_system: 'Follow {principles} in {max_words} words; cite {source}.'\n", r"template 'response_system' has the unknown placeholder \{source\}"),
+        (
+            "response_system: 'Follow {principles} in {max_words} words; cite {source}.'\n",
+            r"template 'response_system' has the unknown placeholder \{source\}",
+        ),
         ("principles_user: 'Request: {prompt} {}'\n", r"template 'principles_user' is not a valid str.format template"),
         ("principles_user: 'Request: {prompt'\n", r"template 'principles_user' is not a valid str.format template"),
-        ("principles_critic: 'Judge these principles: {principles}'\n", r"template 'principles_critic' lost its \{prompt\} placeholder"),
+        (
+            "principles_critic: 'Judge these principles: {principles}'\n",
+            r"template 'principles_critic' lost its \{prompt\} placeholder",
+        ),
         ("direct_system: [unclosed\n", r"invalid YAML"),
     ],
 )

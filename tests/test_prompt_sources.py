@@ -26,8 +26,19 @@ pytestmark = pytest.mark.timeout(120)
 
 
 def mix_row(number: int, instruction: str, input_: str) -> dict:
-    candidate = {"decoding_method": "top_p_sampling", "model": "some-model", "text": "A candidate.", "scores": {"bleu": 1.0}}
-    return {"id": f"sharegpt/{number}", "instruction": instruction, "input": input_, "output": "Its answer.", "candidates": [candidate]}
+    candidate = {
+        "decoding_method": "top_p_sampling",
+        "model": "some-model",
+        "text": "A candidate.",
+        "scores": {"bleu": 1.0},
+    }
+    return {
+        "id": f"sharegpt/{number}",
+        "instruction": instruction,
+        "input": input_,
+        "output": "Its answer.",
+        "candidates": [candidate],
+    }
 
 
 def write_dataset(folder: Path) -> dict[str, list[str]]:
@@ -78,7 +89,10 @@ def test_two_sources_feed_format_exactly_the_validation_sources_prompts(recipe, 
     by_split = {split: {r["prompt"] for r in records if r["sft_split"] == split} for split in ("train", "validation")}
     assert len(by_split["train"]) == 10 and by_split["train"] <= set(good["train"])
     assert len(by_split["validation"]) == 4 and by_split["validation"] <= set(good["validation"])
-    assert {r["prompt_source"] for r in records} == {f"{tmp_path / 'mix-instruct'}[train]", f"{tmp_path / 'mix-instruct'}[validation]"}
+    assert {r["prompt_source"] for r in records} == {
+        f"{tmp_path / 'mix-instruct'}[train]",
+        f"{tmp_path / 'mix-instruct'}[validation]",
+    }
 
     # The rows that make no prompt: counted by reason in summary.json and in one printed line.
     assert summary["prompt_rows"]["skipped"] == {"empty prompt": 3}
@@ -88,7 +102,11 @@ def test_two_sources_feed_format_exactly_the_validation_sources_prompts(recipe, 
 
     # validation_rows larger than the validation source: still only its prompts (all train prompts are named train).
     formatted = build_dataset(
-        FormatConfig(records=[str(tmp_path / "generate" / "records.jsonl")], output_dir=str(tmp_path / "dataset"), validation_rows=6)
+        FormatConfig(
+            records=[str(tmp_path / "generate" / "records.jsonl")],
+            output_dir=str(tmp_path / "dataset"),
+            validation_rows=6,
+        )
     )
     splits = load_from_disk(str(tmp_path / "dataset" / "hf"))
     assert {row["messages"][0]["content"] for row in splits["validation"]} == by_split["validation"]
@@ -101,7 +119,9 @@ def test_a_wrong_column_name_stops_generate_before_any_model_call(recipe, tmp_pa
 
     path, _ = recipe
     config = load_config(GenerateConfig, ["--config", str(path), "--prompts.prompt_column", "instructions"])
-    with pytest.raises(UserError, match=r"\[train\]:row 0: missing field 'instructions' \(fields: .*\), and no row has it"):
+    with pytest.raises(
+        UserError, match=r"\[train\]:row 0: missing field 'instructions' \(fields: .*\), and no row has it"
+    ):
         generate(config)  # no server: a model call would fail differently
     assert not (tmp_path / "generate" / "records.jsonl").exists()
 
@@ -129,7 +149,9 @@ def test_id_column_reaches_records_rows_and_dropped_lines_and_leaves_record_ids_
     assert {r["prompt"]: r["source_id"] for r in records("with_ids")} == uid_of
     assert not any("source_id" in r for r in records("without"))
 
-    build_dataset(FormatConfig(records=[str(tmp_path / "with_ids" / "records.jsonl")], output_dir=str(tmp_path / "dataset")))
+    build_dataset(
+        FormatConfig(records=[str(tmp_path / "with_ids" / "records.jsonl")], output_dir=str(tmp_path / "dataset"))
+    )
     splits = load_from_disk(str(tmp_path / "dataset" / "hf"))
     kept = [row for split in splits.values() for row in split]
     assert all(row["source_id"] == uid_of[row["messages"][0]["content"]] for row in kept)
@@ -141,7 +163,15 @@ def test_id_column_reaches_records_rows_and_dropped_lines_and_leaves_record_ids_
 def test_a_record_whose_source_id_is_not_text_is_refused_naming_its_line(tmp_path):
     from spri_sft.errors import UserError
 
-    record = {"id": "r1", "prompt": "p", "mode": "direct", "status": "accepted", "response": "r", "rounds": [], "source_id": 7}
+    record = {
+        "id": "r1",
+        "prompt": "p",
+        "mode": "direct",
+        "status": "accepted",
+        "response": "r",
+        "rounds": [],
+        "source_id": 7,
+    }
     (tmp_path / "records.jsonl").write_text(json.dumps(record) + "\n")
     with pytest.raises(UserError, match=r"records.jsonl:1: field 'source_id' must be a string or null, got 7"):
         build_dataset(FormatConfig(records=[str(tmp_path / "records.jsonl")], output_dir=str(tmp_path / "dataset")))

@@ -11,6 +11,7 @@ import asyncio
 import logging
 
 import pytest
+from conftest import build_tiny_model
 
 from spri_sft.llm import build_backends, render_raw
 from spri_sft.llm.base import EndpointConfig
@@ -23,8 +24,6 @@ from spri_sft.testing.fake_openai_server import (
     FakeOpenAIServer,
     FaultPlan,
 )
-
-from conftest import build_tiny_model
 
 pytestmark = pytest.mark.timeout(120)
 

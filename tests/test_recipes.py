@@ -11,8 +11,17 @@ from spri_sft.train.sft import make_parser
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = sorted((ROOT / "recipes").glob("*/sft/*.yaml"))
 PIPELINES = sorted([*(ROOT / "recipes").glob("*/pipeline/*.yaml"), *(ROOT / "recipes/paper").glob("*/*.yaml")])
-PAPER_MODELS = ["llama-3.1-8b", "llama-3.1-8b-instruct", "mistral-7b-v0.3", "mistral-7b-instruct-v0.3", "gemma-2-9b", "gemma-2-9b-it"]
-STUDENT_RECIPES = [ROOT / "recipes" / model / "sft" / f"{kind}.yaml" for model in PAPER_MODELS for kind in ("lora", "qlora")]
+PAPER_MODELS = [
+    "llama-3.1-8b",
+    "llama-3.1-8b-instruct",
+    "mistral-7b-v0.3",
+    "mistral-7b-instruct-v0.3",
+    "gemma-2-9b",
+    "gemma-2-9b-it",
+]
+STUDENT_RECIPES = [
+    ROOT / "recipes" / model / "sft" / f"{kind}.yaml" for model in PAPER_MODELS for kind in ("lora", "qlora")
+]
 # All the paper (SPRI, §5.2) fixes of a student's training: the student, LoRA, the loss on the response only, Alpaca
 # for base students, the best checkpoint by validation loss. Anything else a recipe sets is this project's choice.
 PAPER_FIELDS = {"model_name_or_path", "use_peft", "assistant_only_loss", "training_template", "load_best_model_at_end",
@@ -41,7 +50,11 @@ def test_recipe_parses(recipe, monkeypatch):
     assert script_args.dataset_path and training_args.output_dir and model_args.model_name_or_path
     assert training_args.assistant_only_loss
     assert model_args.use_peft and model_args.load_in_4bit == (recipe.stem == "qlora")
-    if "instruct" not in recipe.parts[-3] and not recipe.parts[-3].endswith("-it") and "smollm2" not in recipe.parts[-3]:
+    if (
+        "instruct" not in recipe.parts[-3]
+        and not recipe.parts[-3].endswith("-it")
+        and "smollm2" not in recipe.parts[-3]
+    ):
         assert script_args.training_template == "alpaca"  # the paper: base students train on Alpaca (§5.2)
     else:
         assert script_args.training_template == "model"
@@ -78,9 +91,9 @@ def test_the_paper_recipes_score_truthfulqa_with_the_paper_era_bos_convention(se
 
 
 def test_the_paper_setups_have_a_pipeline_recipe_per_model_with_every_table4_row():
+    from spri_sft.config import load_config
     from spri_sft.generate.engine import TABLE4_MODES
     from spri_sft.pipeline.config import PipelineConfig
-    from spri_sft.config import load_config
 
     for setup, train_rows in [("dolly", 10_000), ("mixinstruct", 50_000)]:
         for model in PAPER_MODELS:
@@ -101,7 +114,10 @@ def test_the_paper_setups_have_a_pipeline_recipe_per_model_with_every_table4_row
             else:  # the paper (§5.2): training prompts from MixInstruct's train split, validation from its validation split
                 parts = [(p.split, p.limit, p.sft_split) for p in prompts.sources]
                 assert parts == [("train", train_rows, "train"), ("validation", 2_000, "validation")]
-                assert prompts.limit is None and (prompts.prompt_column, prompts.context_column) == ("instruction", "input")
+                assert prompts.limit is None and (prompts.prompt_column, prompts.context_column) == (
+                    "instruction",
+                    "input",
+                )
             assert config.train.recipe == f"recipes/{model}/sft/lora.yaml"
 
 

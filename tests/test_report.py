@@ -13,6 +13,7 @@ from typing import get_args
 
 import pytest
 import yaml
+from wandb_log import wandb_records, without_wandb_credentials
 
 from spri_sft.config import from_dict
 from spri_sft.errors import UserError
@@ -25,8 +26,6 @@ from spri_sft.pipeline.report import (
     render_markdown,
     write_report,
 )
-
-from wandb_log import wandb_records, without_wandb_credentials
 
 REPO = Path(__file__).resolve().parents[1]
 QUESTIONS = [f"Question {i}?" for i in range(40)]
@@ -131,7 +130,11 @@ def test_a_negligible_difference_between_two_modes_is_marked_too(tmp_path):
     report = report_of(tmp_path, modes)
     (comparison,) = report["comparisons"]
     assert comparison["mc2_interval"]["excludes_zero"] and comparison["mc2_negligible"]
-    assert table_row(write_report(report, tmp_path), "direct − spri")[4:7] == ["+0.0001", "[+0.0001, +0.0001]", "negligible"]
+    assert table_row(write_report(report, tmp_path), "direct − spri")[4:7] == [
+        "+0.0001",
+        "[+0.0001, +0.0001]",
+        "negligible",
+    ]
 
 
 def test_evaluations_of_other_questions_get_no_interval(tmp_path):
@@ -181,7 +184,9 @@ def test_a_paper_column_that_is_not_in_table_4_is_refused_when_the_recipe_is_rea
         from_dict(PipelineConfig, {"report": {"paper_column": "L3.1-8B Alpaca"}})
 
 
-PAPER_RECIPES = sorted([*(REPO / "recipes/paper/dolly").glob("*.yaml"), *(REPO / "recipes/paper/mixinstruct").glob("*.yaml")])
+PAPER_RECIPES = sorted(
+    [*(REPO / "recipes/paper/dolly").glob("*.yaml"), *(REPO / "recipes/paper/mixinstruct").glob("*.yaml")]
+)
 
 
 @pytest.mark.parametrize("recipe", PAPER_RECIPES, ids=lambda p: f"{p.parent.name}/{p.stem}")
@@ -345,7 +350,7 @@ def test_the_report_says_which_bos_convention_truthfulqa_was_scored_with_beside_
     text = render_markdown(build_report(config, tmp_path, "run", "student", {"file": "t", "source": "t"}))
 
     assert "- TruthfulQA BOS: without a BOS token (evaluate.add_bos_token: false)" in text.splitlines()
-    paper = text[text.index("## The paper's Table 4"):]
+    paper = text[text.index("## The paper's Table 4") :]
     assert "This run's TruthfulQA was scored without a BOS token (evaluate.add_bos_token: false)" in paper
 
 

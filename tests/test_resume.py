@@ -10,7 +10,6 @@ is what a kill in the middle of a write leaves, is cut off before anything is ap
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 import subprocess
@@ -49,7 +48,10 @@ def server_url(server: FakeOpenAIServer) -> str:
 def prompts_file(tmp_path: Path) -> Path:
     path = tmp_path / "prompts.jsonl"
     path.write_text(
-        "".join(json.dumps({"prompt": f"Prompt {i}: explain topic number {i * 7} briefly."}) + "\n" for i in range(PROMPT_COUNT))
+        "".join(
+            json.dumps({"prompt": f"Prompt {i}: explain topic number {i * 7} briefly."}) + "\n"
+            for i in range(PROMPT_COUNT)
+        )
     )
     return path
 
@@ -181,7 +183,9 @@ def test_runs_killed_at_several_points_end_with_one_record_per_prompt_as_an_unin
     for threshold in (3, 12, 25):
         process, log = generate.start(output_dir)
         try:
-            _wait_until(lambda: _line_count(records_path) >= threshold, f"{threshold} records", process, log)
+            _wait_until(
+                lambda threshold=threshold: _line_count(records_path) >= threshold, f"{threshold} records", process, log
+            )
             _kill(process)
         finally:
             _reap(process)
@@ -214,7 +218,10 @@ def test_a_killed_and_resumed_run_asks_again_only_the_calls_in_flight_at_the_kil
     kills = 0
     logs = []
     # Killed once replies are journaled but before any record, then at four record counts.
-    points = [lambda: _line_count(journal_path) >= 3, *[lambda n=n: _line_count(records_path) >= n for n in (3, 12, 20, 30)]]
+    points = [
+        lambda: _line_count(journal_path) >= 3,
+        *[lambda n=n: _line_count(records_path) >= n for n in (3, 12, 20, 30)],
+    ]
     for reached in points:
         process, log = generate.start(output_dir)
         logs.append(log)

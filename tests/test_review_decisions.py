@@ -23,7 +23,11 @@ def test_a_decision_line_says_what_who_when_and_why(tmp_path: Path):
     line = json.loads(path.read_text())
     assert line == written
     assert {k: line[k] for k in ("id", "mode", "decision", "reason", "who")} == {
-        "id": "r1", "mode": "spri", "decision": "exclude", "reason": "hallucinated citation", "who": "ana"
+        "id": "r1",
+        "mode": "spri",
+        "decision": "exclude",
+        "reason": "hallucinated citation",
+        "who": "ana",
     }
     assert line["when"].endswith("+00:00"), "ISO-8601 in UTC"
 
@@ -58,7 +62,14 @@ def test_a_torn_last_line_is_ignored_and_counted_and_the_next_append_cuts_it_off
 
 def test_a_hand_written_last_decision_without_a_newline_counts_and_is_not_cut_off(tmp_path: Path):
     path = tmp_path / "decisions.jsonl"
-    line = {"id": "r1", "mode": "spri", "decision": "exclude", "reason": None, "who": "ana", "when": "2026-01-01T00:00:00Z"}
+    line = {
+        "id": "r1",
+        "mode": "spri",
+        "decision": "exclude",
+        "reason": None,
+        "who": "ana",
+        "when": "2026-01-01T00:00:00Z",
+    }
     path.write_text(json.dumps(line))
 
     assert excluded_ids(path) == {"r1": None}
@@ -150,7 +161,8 @@ def test_two_excluded_records_are_exactly_the_two_rows_missing_counted_by_reason
     assert summary["review"] == {"file": str(review_file(tmp_path)), "excluded": 2, "kept": 0}
     lines = [json.loads(line) for line in (reviewed / "dropped.jsonl").read_text().splitlines()]
     assert [(e["id"], e["reason"], e["detail"], e["who"]) for e in lines] == [
-        ("rec001", "review", "off topic", "ana"), ("rec003", "review", "", "bo")
+        ("rec001", "review", "off topic", "ana"),
+        ("rec003", "review", "", "bo"),
     ]
 
 
@@ -204,5 +216,7 @@ def test_the_card_shows_the_exclusions_by_reason(tmp_path: Path):
     _, out = build(tmp_path, RECORDS)
 
     card = (out / "README.md").read_text()
-    assert "| review | a reviewer did not exclude it in `decisions.jsonl` (`spri-sft view`); excluded by reason: " \
+    assert (
+        "| review | a reviewer did not exclude it in `decisions.jsonl` (`spri-sft view`); excluded by reason: "
         f"off topic 1; 1 kept by decision | 1 | {len(RECORDS) - 1} |" in card
+    )

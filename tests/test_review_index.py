@@ -66,7 +66,9 @@ def test_a_path_that_does_not_exist_is_one_line_naming_it(tmp_path):
 
 
 def test_a_directory_without_records_says_which_paths_it_takes(tmp_path):
-    with pytest.raises(UserError, match=r"neither a pipeline output dir .* a generate output dir .* nor a records file"):
+    with pytest.raises(
+        UserError, match=r"neither a pipeline output dir .* a generate output dir .* nor a records file"
+    ):
         records_files([tmp_path])
 
 
@@ -141,7 +143,9 @@ def test_a_run_without_config_lists_its_modes_in_generates_order_of_modes(run, t
 def test_the_same_prompts_other_modes_come_in_the_runs_order_of_modes(run, tmp_path):
     (run / "generate" / "self-refine").mkdir()
     (run / "generate" / "self-refine" / "records.jsonl").write_text(
-        "".join(json.dumps({**r, "id": "sr-" + r["id"], "mode": "self-refine"}) + "\n" for r in records_of(run, "direct"))
+        "".join(
+            json.dumps({**r, "id": "sr-" + r["id"], "mode": "self-refine"}) + "\n" for r in records_of(run, "direct")
+        )
     )
     (run / "config.yaml").write_text(yaml.safe_dump({"modes": ["self-refine", "spri", "direct"]}))
     spri = next(r for r in records_of(run, "spri") if r["prompt"] == PROMPTS[2])

@@ -155,7 +155,7 @@ def test_the_list_pages_and_sorts(viewer):
 def test_search_narrows_the_list_and_never_fails_on_its_syntax(viewer):
     _, found, _ = get(viewer, "/api/records?q=Question%202")
     assert sorted(i["mode"] for i in found["items"]) == ["direct", "spri"]
-    status, odd, _ = get(viewer, '/api/records?q=%22Question%20AND%20(')
+    status, odd, _ = get(viewer, "/api/records?q=%22Question%20AND%20(")
     assert status == 200 and odd["total"] == 0
 
 
@@ -277,7 +277,10 @@ def test_a_bad_decision_body_is_refused_naming_the_field(viewer, body, status, w
 
 def test_another_host_without_a_token_in_the_environment_is_refused(run, monkeypatch):
     monkeypatch.delenv(TOKEN_VARIABLE, raising=False)
-    with pytest.raises(UserError, match=rf"^view: --host 0.0.0.0 serves beyond this machine, so only with a token: set {TOKEN_VARIABLE} "):
+    with pytest.raises(
+        UserError,
+        match=rf"^view: --host 0.0.0.0 serves beyond this machine, so only with a token: set {TOKEN_VARIABLE} ",
+    ):
         open_viewer([run], host="0.0.0.0")
 
 
@@ -312,7 +315,10 @@ def test_view_sample_without_export_is_refused(run, capsys):
 
 def test_view_prints_its_url_serves_it_and_stops_on_ctrl_c_with_one_line(run):
     viewer = subprocess.Popen(
-        [sys.executable, "-m", "spri_sft.cli", "view", str(run)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [sys.executable, "-m", "spri_sft.cli", "view", str(run)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         assert viewer.stdout.readline() == "[spri-sft] view: 13 records of 2 file(s)\n"

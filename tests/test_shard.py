@@ -45,9 +45,10 @@ def test_a_prompt_lands_on_the_same_shard_whatever_the_order_of_the_file():
     random.Random(1).shuffle(shuffled)
     assert set(select_shard(PromptList(shuffled), "1/4")) == set(select_shard(PromptList(PROMPTS), "1/4"))
     # The split is a function of the text alone: stable across processes (no PYTHONHASHSEED).
-    assert shard_of("Give me 0 ways to reuse a glass jar.", 4) == int.from_bytes(
-        __import__("hashlib").sha256(b"Give me 0 ways to reuse a glass jar.").digest()[:8], "big"
-    ) % 4
+    assert (
+        shard_of("Give me 0 ways to reuse a glass jar.", 4)
+        == int.from_bytes(__import__("hashlib").sha256(b"Give me 0 ways to reuse a glass jar.").digest()[:8], "big") % 4
+    )
 
 
 def test_a_shard_keeps_the_prompts_in_their_order_and_says_what_it_kept():
@@ -71,7 +72,11 @@ def test_three_sharded_runs_merged_by_format_make_the_dataset_of_one_unsharded_r
                   "--critic.backend", "openai", "--critic.base_url", server.base_url, "--critic.model", "fake-model"]  # fmt: skip
         whole = generate(load_config(GenerateConfig, [*common, "--output_dir", str(tmp_path / "whole")]))
         parts = [
-            generate(load_config(GenerateConfig, [*common, "--shard", f"{i}/3", "--output_dir", str(tmp_path / f"shard-{i}")]))
+            generate(
+                load_config(
+                    GenerateConfig, [*common, "--shard", f"{i}/3", "--output_dir", str(tmp_path / f"shard-{i}")]
+                )
+            )
             for i in range(3)
         ]
     assert sum(part["records"] for part in parts) == whole["records"] == 40
@@ -84,7 +89,9 @@ def test_three_sharded_runs_merged_by_format_make_the_dataset_of_one_unsharded_r
     assert ids("shard-0") | ids("shard-1") | ids("shard-2") == ids("whole")
 
     def dataset(records: list[Path], out: str) -> dict[str, set[str]]:
-        build_dataset(FormatConfig(records=[str(r) for r in records], output_dir=str(tmp_path / out), validation_rows=8))
+        build_dataset(
+            FormatConfig(records=[str(r) for r in records], output_dir=str(tmp_path / out), validation_rows=8)
+        )
         splits = load_from_disk(str(tmp_path / out / "hf"))
         return {name: {row["messages"][0]["content"] for row in split} for name, split in splits.items()}
 

@@ -20,12 +20,18 @@ def test_smollm2_recipe_runs_end_to_end(tmp_path):
     config = load_config(
         GenerateConfig,
         [
-            "--config", str(RECIPE),
-            "--output_dir", str(tmp_path),
-            "--prompts.limit", "2",
-            "--base.max_new_tokens", "48",
-            "--critic.max_new_tokens", "48",
-            "--progress", "false",
+            "--config",
+            str(RECIPE),
+            "--output_dir",
+            str(tmp_path),
+            "--prompts.limit",
+            "2",
+            "--base.max_new_tokens",
+            "48",
+            "--critic.max_new_tokens",
+            "48",
+            "--progress",
+            "false",
         ],
     )
     summary = generate(config)

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-
 from conftest import CHATML_TEMPLATE
+
 from spri_sft.format.template import (
     ALPACA_PREAMBLE,
     ALPACA_TEMPLATE,
@@ -277,7 +277,9 @@ def test_prefix_masks_cover_each_assistant_turn_and_its_eos_in_the_models_own_to
 
     encoded = encode_with_prefix_masks(tokenizer, conversation)
 
-    assert encoded["input_ids"] == list(tokenizer.apply_chat_template(conversation, tokenize=True, return_dict=True)["input_ids"])
+    assert encoded["input_ids"] == list(
+        tokenizer.apply_chat_template(conversation, tokenize=True, return_dict=True)["input_ids"]
+    )
     assert masked_text(tokenizer, encoded) == ["  Hello there <|im_end|>", " Be helpful and harmless.<|im_end|>"]
 
 
@@ -304,7 +306,10 @@ def test_check_template_command_falls_back_to_prefix_masks(tmp_path, capsys):
 
     model_dir = build_tiny_model(tmp_path / "inst", chat_template=INST_TEMPLATE)
     assert main(["check-template", str(model_dir)]) == 0
-    assert "ok, trains on the model's own chat template, assistant turns masked by prefix rendering" in capsys.readouterr().out
+    assert (
+        "ok, trains on the model's own chat template, assistant turns masked by prefix rendering"
+        in capsys.readouterr().out
+    )
 
 
 def test_check_template_command_says_alpaca_trains_when_asked_over_a_shipped_template(tmp_path, capsys):

@@ -11,10 +11,9 @@ import os
 from pathlib import Path
 
 import pytest
+from wandb_log import wandb_records, without_wandb_credentials
 
 from spri_sft import tracking
-
-from wandb_log import wandb_records, without_wandb_credentials
 
 
 @pytest.fixture
@@ -45,7 +44,16 @@ def items(updates) -> dict:
         (["tensorboard"], {}, None, None),
         (["none"], {}, None, None),
     ],
-    ids=["no-key", "report-to-all", "api-key", "explicit-mode", "netrc-login", "netrc-other-host", "tensorboard", "none"],
+    ids=[
+        "no-key",
+        "report-to-all",
+        "api-key",
+        "explicit-mode",
+        "netrc-login",
+        "netrc-other-host",
+        "tensorboard",
+        "none",
+    ],
 )
 def test_offline_only_when_wandb_is_used_and_no_login_is_found(
     tmp_path, monkeypatch, report_to, env, netrc, expected_mode
@@ -85,7 +93,9 @@ def test_a_run_is_offline_in_its_group_and_records_summary_charts_tables_and_art
             if len(item.nested_key) == 2:
                 logged.setdefault(item.nested_key[0], {})[item.nested_key[1]] = json.loads(item.value_json)
     assert logged["t"]["_type"] == "table-file" and logged["t"]["nrows"] == 2
-    assert logged["scores_table"]["_type"] == "table-file" and logged["scores_table"]["nrows"] == 2  # the bar chart's data
+    assert (
+        logged["scores_table"]["_type"] == "table-file" and logged["scores_table"]["nrows"] == 2
+    )  # the bar chart's data
     (artifact,) = [a for a in records(run_dir, "artifact") if a.type == "sft-records"]  # tables are artifacts too
     assert artifact.name == "records-spri"
     assert [entry.path for entry in artifact.manifest.contents] == ["inside/records.jsonl"]
@@ -108,7 +118,9 @@ def test_without_an_open_run_joining_starts_one_under_the_fallback_directory(tmp
     without_wandb_credentials(monkeypatch, tmp_path / "home", tmp_path / "unused")
     monkeypatch.delenv("WANDB_DIR")
     monkeypatch.setenv("WANDB_SILENT", "true")
-    with tracking.run(project="p", group=None, name="eval", job_type="evaluate", fallback_dir=tmp_path / "eval", join_open=True):
+    with tracking.run(
+        project="p", group=None, name="eval", job_type="evaluate", fallback_dir=tmp_path / "eval", join_open=True
+    ):
         pass
     assert len(list((tmp_path / "eval" / "wandb").glob("offline-run-*"))) == 1
     assert tracking.active_run() is None  # finished with the block

@@ -7,11 +7,10 @@ import sys
 
 import pytest
 import torch
+from conftest import build_sft_dataset, tiny_lora_argv, train_and_check_only_lora_moved
 
 from spri_sft.errors import UserError
 from spri_sft.train.sft import build_trainer, main, make_parser
-
-from conftest import build_sft_dataset, tiny_lora_argv, train_and_check_only_lora_moved
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +28,16 @@ def test_lora_steps_change_every_trainable_parameter_and_no_frozen_one(tiny_mode
 
 
 def test_training_loss_goes_down_on_a_tiny_overfit_set(tiny_model_dir, sft_dataset, tmp_path):
-    extra = ["--max_steps", "30", "--lr_scheduler_type", "constant", "--lora_target_modules", "all-linear", "--learning_rate", "3e-2"]
+    extra = [
+        "--max_steps",
+        "30",
+        "--lr_scheduler_type",
+        "constant",
+        "--lora_target_modules",
+        "all-linear",
+        "--learning_rate",
+        "3e-2",
+    ]
     trainer = build_trainer(*parse(tiny_model_dir, sft_dataset, tmp_path, *extra))
     trainer.train()
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
@@ -60,7 +68,10 @@ def test_saved_adapter_reloads_with_peft_and_generates(tiny_model_dir, sft_datas
     assert GenerationConfig.from_pretrained(tmp_path).eos_token_id == tokenizer.eos_token_id
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), tmp_path)
     inputs = tokenizer.apply_chat_template(
-        [{"role": "user", "content": "What is rain?"}], add_generation_prompt=True, return_tensors="pt", return_dict=True
+        [{"role": "user", "content": "What is rain?"}],
+        add_generation_prompt=True,
+        return_tensors="pt",
+        return_dict=True,
     )
     output = model.generate(**inputs, max_new_tokens=5, do_sample=False)
     assert output.shape[1] > inputs["input_ids"].shape[1]
@@ -113,9 +124,13 @@ def test_wrapped_packing_is_refused(tiny_model_dir, sft_dataset, tmp_path):
         build_trainer(*args)
 
 
-def test_truthfulqa_is_scored_after_training_when_the_recipe_names_a_file(tiny_model_dir, sft_dataset, tmp_path, shared_dir):
+def test_truthfulqa_is_scored_after_training_when_the_recipe_names_a_file(
+    tiny_model_dir, sft_dataset, tmp_path, shared_dir
+):
     truthfulqa = shared_dir / "data/truthfulqa/data/v0/mc_task.json"
-    metrics = main(*parse(tiny_model_dir, sft_dataset, tmp_path, "--truthfulqa_file", str(truthfulqa), "--truthfulqa_limit", "3"))
+    metrics = main(
+        *parse(tiny_model_dir, sft_dataset, tmp_path, "--truthfulqa_file", str(truthfulqa), "--truthfulqa_limit", "3")
+    )
     results = json.loads((tmp_path / "truthfulqa/results.json").read_text())
     assert results["n"] == 3 and results["adapter"] == str(tmp_path)
     assert metrics["truthfulqa_mc1"] == results["mc1"] and 0 <= metrics["truthfulqa_mc2"] <= 1
@@ -129,7 +144,9 @@ def test_truthfulqa_before_training_scores_the_untouched_model(tiny_model_dir, s
     options = ["--truthfulqa_file", truthfulqa, "--truthfulqa_limit", "3", "--truthfulqa_before", "true"]
     main(*parse(tiny_model_dir, sft_dataset, tmp_path / "run", *options, "--learning_rate", "1e-2"))
     base = evaluate_truthfulqa(
-        EvaluateConfig(model=str(tiny_model_dir), truthfulqa_file=truthfulqa, limit=3, output_dir=str(tmp_path / "base"))
+        EvaluateConfig(
+            model=str(tiny_model_dir), truthfulqa_file=truthfulqa, limit=3, output_dir=str(tmp_path / "base")
+        )
     )
 
     def loglikelihoods(directory):
@@ -155,7 +172,9 @@ def inst_model_dir(tmp_path_factory):
     return build_tiny_model(tmp_path_factory.mktemp("tiny-inst"), chat_template=INST_TEMPLATE)
 
 
-def test_a_template_without_markers_trains_assistant_turns_found_by_prefix_rendering(inst_model_dir, sft_dataset, tmp_path):
+def test_a_template_without_markers_trains_assistant_turns_found_by_prefix_rendering(
+    inst_model_dir, sft_dataset, tmp_path
+):
     from conftest import SFT_PAIRS
 
     trainer = build_trainer(*parse(inst_model_dir, sft_dataset, tmp_path))
@@ -169,7 +188,9 @@ def test_a_template_without_markers_trains_assistant_turns_found_by_prefix_rende
     assert trainer.train().training_loss > 0
 
 
-def test_a_template_without_markers_trains_the_whole_sequence_without_assistant_only_loss(inst_model_dir, sft_dataset, tmp_path):
+def test_a_template_without_markers_trains_the_whole_sequence_without_assistant_only_loss(
+    inst_model_dir, sft_dataset, tmp_path
+):
     trainer = build_trainer(*parse(inst_model_dir, sft_dataset, tmp_path, "--assistant_only_loss", "false"))
     batch = next(iter(trainer.get_train_dataloader()))
     ids, labels = batch["input_ids"][0].tolist(), batch["labels"][0].tolist()
@@ -212,7 +233,9 @@ def test_model_revision_reaches_the_model_and_tokenizer_loads(tiny_model_dir, sf
 
     monkeypatch.setattr(AutoTokenizer, "from_pretrained", tokenizer_from_hub)
     monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", model_from_hub)
-    monkeypatch.setattr("spri_sft.models._find_on_hub", lambda *args: None)  # the faked Hub has some-org/some-model@abc123
+    monkeypatch.setattr(
+        "spri_sft.models._find_on_hub", lambda *args: None
+    )  # the faked Hub has some-org/some-model@abc123
     script_args, training_args, model_args = parse(tiny_model_dir, sft_dataset, tmp_path, "--model_revision", "abc123")
     model_args.model_name_or_path = "some-org/some-model"  # a Hub id: the revision pins which commit is loaded
     build_trainer(script_args, training_args, model_args)
@@ -225,12 +248,19 @@ def test_a_local_model_directory_is_recorded_by_its_path_without_a_commit(tiny_m
     # A revision means nothing to a local directory (from_pretrained ignores it): no commit is claimed.
     main(*parse(tiny_model_dir, sft_dataset, tmp_path, "--model_revision", "v1.0"))
     revisions = json.loads((tmp_path / "effective_config.json").read_text())["revisions"]
-    local = {"name_or_path": str(tiny_model_dir), "revision": None, "commit": None, "local_directory": str(tiny_model_dir)}
+    local = {
+        "name_or_path": str(tiny_model_dir),
+        "revision": None,
+        "commit": None,
+        "local_directory": str(tiny_model_dir),
+    }
     assert revisions == {"model": local, "tokenizer": local}
     card = ModelCard.load(tmp_path / "README.md")
     assert getattr(card.data, "base_model_revision", None) is None  # no revision claimed in the metadata
-    assert f"Base model: `{tiny_model_dir}` (a local directory: no Hub commit to record, only its path); " \
+    assert (
+        f"Base model: `{tiny_model_dir}` (a local directory: no Hub commit to record, only its path); "
         "tokenizer: the same." in card.text
+    )
 
 
 def test_the_effective_batch_derives_gradient_accumulation_from_the_processes(tiny_model_dir, sft_dataset, tmp_path):
@@ -256,7 +286,9 @@ def with_processes(monkeypatch, training_args, processes: int):
     return training_args
 
 
-def test_eight_processes_keep_the_effective_batch_with_less_accumulation(tiny_model_dir, sft_dataset, tmp_path, monkeypatch):
+def test_eight_processes_keep_the_effective_batch_with_less_accumulation(
+    tiny_model_dir, sft_dataset, tmp_path, monkeypatch
+):
     from spri_sft.train.sft import use_effective_batch
 
     _, training_args, _ = parse(tiny_model_dir, sft_dataset, tmp_path, "--per_device_train_batch_size", "2")
@@ -264,8 +296,12 @@ def test_eight_processes_keep_the_effective_batch_with_less_accumulation(tiny_mo
     assert (training_args.gradient_accumulation_steps, batch["size"]) == (1, 16)
 
 
-def test_an_effective_batch_the_processes_cannot_make_is_refused_before_loading_anything(sft_dataset, tmp_path, monkeypatch):
-    script_args, training_args, model_args = parse("/no/such/model", sft_dataset, tmp_path, "--effective_batch_size", "16")
+def test_an_effective_batch_the_processes_cannot_make_is_refused_before_loading_anything(
+    sft_dataset, tmp_path, monkeypatch
+):
+    script_args, training_args, model_args = parse(
+        "/no/such/model", sft_dataset, tmp_path, "--effective_batch_size", "16"
+    )
     with_processes(monkeypatch, training_args, 8)  # ddp.yaml's 8 processes x 4 rows per device = 32 rows a step
     message = (
         r"^effective_batch_size 16 is not a multiple of 4 per device × 8 processes = 32 rows; set "
@@ -274,15 +310,21 @@ def test_an_effective_batch_the_processes_cannot_make_is_refused_before_loading_
     with pytest.raises(UserError, match=message):
         main(script_args, training_args, model_args)
     _, three, _ = parse("/no/such/model", sft_dataset, tmp_path)
-    with pytest.raises(UserError, match=r"16 is not a multiple of 4 per device × 3 processes = 12 rows; set effective_batch"):
+    with pytest.raises(
+        UserError, match=r"16 is not a multiple of 4 per device × 3 processes = 12 rows; set effective_batch"
+    ):
         from spri_sft.train.sft import use_effective_batch
 
         use_effective_batch(16, with_processes(monkeypatch, three, 3))  # the paper's 3 GPUs: no per-device size fits
 
 
 def test_gradient_accumulation_that_contradicts_the_effective_batch_is_refused(sft_dataset, tmp_path):
-    args = parse("/no/such/model", sft_dataset, tmp_path, "--effective_batch_size", "16", "--gradient_accumulation_steps", "2")
-    with pytest.raises(UserError, match=r"gradient_accumulation_steps 2 contradicts effective_batch_size 16, which makes it 4"):
+    args = parse(
+        "/no/such/model", sft_dataset, tmp_path, "--effective_batch_size", "16", "--gradient_accumulation_steps", "2"
+    )
+    with pytest.raises(
+        UserError, match=r"gradient_accumulation_steps 2 contradicts effective_batch_size 16, which makes it 4"
+    ):
         main(*args)
 
 
@@ -375,8 +417,10 @@ def test_the_command_prints_a_short_summary_and_one_progress_bar(tiny_model_dir,
     assert done.returncode == 0, done.stderr[-2000:]
 
     assert f"[spri-sft] train {tiny_model_dir}: 8 train rows, 4 validation, 2 steps, LoRA r=8, alpha=16" in done.stdout
-    assert "[spri-sft]   effective batch 4 = 2 per device × 2 accumulation × 1 process (effective_batch_size unset" \
+    assert (
+        "[spri-sft]   effective batch 4 = 2 per device × 2 accumulation × 1 process (effective_batch_size unset"
         in done.stdout
+    )
     assert f"settings: {recipe}" in done.stdout
     assert '"SFTConfig"' not in done.stdout and '"ModelConfig"' not in done.stdout  # no configuration dump
     assert (tmp_path / "out" / "effective_config.json").is_file()  # which is kept in a file
@@ -392,9 +436,8 @@ LONG_ANSWER = " ".join(["Water falls from clouds when droplets grow heavy."] * 1
 @pytest.fixture(scope="module")
 def dataset_with_long_rows(tmp_path_factory):
     """Eight short rows, one with a long answer, one with a long question (its prompt alone over 64 tokens)."""
-    from datasets import Dataset, DatasetDict
-
     from conftest import SFT_PAIRS
+    from datasets import Dataset, DatasetDict
 
     def row(question, answer):
         return {"messages": [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]}

@@ -24,7 +24,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import build_sft_dataset
 
 REPO = Path(__file__).resolve().parents[1]

@@ -7,12 +7,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import build_sft_dataset, tiny_lora_argv, train_and_check_only_lora_moved
 
 from spri_sft.cli import main as spri_sft
 from spri_sft.errors import UserError
 from spri_sft.train import dpo, sft
-
-from conftest import build_sft_dataset, tiny_lora_argv, train_and_check_only_lora_moved
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes/smollm2-135m-instruct/dpo/lora.yaml"
 
@@ -42,7 +41,9 @@ def build_preference_dataset(directory: Path, train_rows: int = 8, validation_ro
             for i, (q, good, bad) in enumerate(PAIRS[i % len(PAIRS)] for i in range(n))
         ]
 
-    DatasetDict({"train": Dataset.from_list(rows(train_rows)), "validation": Dataset.from_list(rows(validation_rows))}).save_to_disk(directory)
+    DatasetDict(
+        {"train": Dataset.from_list(rows(train_rows)), "validation": Dataset.from_list(rows(validation_rows))}
+    ).save_to_disk(directory)
     return directory
 
 
@@ -145,7 +146,10 @@ def test_continuing_an_sft_adapter_trains_it_against_a_frozen_copy_of_it(
     # The tokenizer is the SFT adapter's (saved with its training template): a local folder, recorded by its path.
     assert revisions["tokenizer"]["local_directory"] == str(sft_adapter.resolve())
     assert revisions["model"]["local_directory"] == str(tiny_model_dir.resolve())
-    sft_weights, dpo_weights = load_file(sft_adapter / "adapter_model.safetensors"), load_file(tmp_path / "adapter_model.safetensors")
+    sft_weights, dpo_weights = (
+        load_file(sft_adapter / "adapter_model.safetensors"),
+        load_file(tmp_path / "adapter_model.safetensors"),
+    )
     assert sft_weights.keys() == dpo_weights.keys()
     assert any(not torch.equal(sft_weights[key], dpo_weights[key]) for key in sft_weights)
     # The DPO adapter applies to the base model like any `spri-sft train` adapter.
@@ -160,7 +164,9 @@ def test_an_sft_dataset_is_refused_with_where_the_preference_data_is(tiny_model_
 
 
 def test_an_sft_adapter_needs_use_peft(tiny_model_dir, preference_dataset, sft_adapter, tmp_path):
-    argv = dpo_argv(tiny_model_dir, preference_dataset, tmp_path, "--sft_adapter", str(sft_adapter), "--use_peft", "false")
+    argv = dpo_argv(
+        tiny_model_dir, preference_dataset, tmp_path, "--sft_adapter", str(sft_adapter), "--use_peft", "false"
+    )
     with pytest.raises(UserError, match="use_peft"):
         dpo.build_trainer(*parse(*argv))
 

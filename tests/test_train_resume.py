@@ -22,7 +22,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import build_sft_dataset, tiny_lora_argv
 
 MAX_STEPS = 40

@@ -15,7 +15,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import build_sft_dataset, tiny_lora_argv
 
 FIRST = "0123456789abcdef0123456789abcdef01234567"
@@ -69,7 +68,10 @@ def test_the_commit_main_points_to_is_recorded_and_a_pinned_rerun_loads_it_after
     rerun = json.loads((tmp_path / "rerun/effective_config.json").read_text())
     assert rerun["revisions"]["model"] == {"name_or_path": "org/name", "revision": FIRST, "commit": FIRST}
     assert rerun["ModelConfig"]["model_revision"] == FIRST
-    assert f"Base model: `org/name`, commit `{FIRST}`; tokenizer: the same." in ModelCard.load(tmp_path / "rerun/README.md").text
+    assert (
+        f"Base model: `org/name`, commit `{FIRST}`; tokenizer: the same."
+        in ModelCard.load(tmp_path / "rerun/README.md").text
+    )
 
 
 def test_a_snapshot_folder_of_the_hub_cache_is_recorded_with_its_commit(hub_cache):
@@ -93,7 +95,9 @@ def test_an_adapter_is_scored_on_the_commit_its_training_recorded_after_main_mov
     env = {**os.environ, "HF_HUB_CACHE": str(hub_cache), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     argv = ["evaluate", "--model", "org/name", "--adapter", str(tmp_path / "run"), "--limit", "2", "--output_dir",
             str(tmp_path / "eval"), "--truthfulqa_file", str(shared_dir / "data/truthfulqa/data/v0/mc_task.json")]  # fmt: skip
-    done = subprocess.run([sys.executable, "-m", "spri_sft.cli", *argv], capture_output=True, text=True, env=env, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", "spri_sft.cli", *argv], capture_output=True, text=True, env=env, timeout=300
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert json.loads((tmp_path / "eval/results.json").read_text())["model_revision"] == FIRST
 
@@ -116,12 +120,16 @@ def test_a_qlora_adapter_is_scored_on_the_4bit_base_at_its_recorded_commit(famil
     (repo / "snapshots" / SECOND).mkdir()
     (repo / "snapshots" / SECOND / "config.json").write_text("not json")
 
-    quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32)
+    quantization = BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32
+    )
     base = AutoModelForCausalLM.from_pretrained(
         repo / "snapshots" / FIRST, quantization_config=quantization, dtype=torch.float32, device_map={"": "cpu"}
     )
     adapter = tmp_path / "adapter"
-    get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)).save_pretrained(adapter)
+    get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)).save_pretrained(
+        adapter
+    )
     trained = ModelConfig(model_name_or_path="org/qbase", dtype="float32", use_peft=True, load_in_4bit=True)
     resolved = {"name_or_path": "org/qbase", "revision": "main", "commit": FIRST}
     write_effective_config(str(adapter), trained, revisions={"model": resolved, "tokenizer": resolved})
@@ -129,7 +137,9 @@ def test_a_qlora_adapter_is_scored_on_the_4bit_base_at_its_recorded_commit(famil
     env = {**os.environ, "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     argv = ["evaluate", "--model", "org/qbase", "--adapter", str(adapter), "--limit", "2", "--output_dir",
             str(tmp_path / "eval"), "--truthfulqa_file", str(shared_dir / "data/truthfulqa/data/v0/mc_task.json")]  # fmt: skip
-    done = subprocess.run([sys.executable, "-m", "spri_sft.cli", *argv], capture_output=True, text=True, env=env, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", "spri_sft.cli", *argv], capture_output=True, text=True, env=env, timeout=300
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads((tmp_path / "eval/results.json").read_text())
     assert results["model_revision"] == FIRST and results["quantization"]["load_in_4bit"] is True

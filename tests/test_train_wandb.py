@@ -17,11 +17,10 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-
-from spri_sft.train.sft import main, make_parser
-
 from conftest import build_sft_dataset, tiny_lora_argv
 from wandb_log import wandb_records, without_wandb_credentials
+
+from spri_sft.train.sft import main, make_parser
 
 MAX_STEPS = 3
 
@@ -39,9 +38,8 @@ def train_argv(model_dir: Path, dataset: Path, output_dir: Path, report_to: str)
 def offline_run(tiny_model_dir, sft_dataset, tmp_path_factory, shared_dir):
     """One training run with report_to wandb, its recipe setting the project and the run name, scored on
     TruthfulQA before and after training."""
-    import yaml
-
     import wandb
+    import yaml
 
     tmp = tmp_path_factory.mktemp("wandb-run")
     with pytest.MonkeyPatch.context() as mp:

@@ -7,14 +7,13 @@ import json
 import shutil
 
 import pytest
+from conftest import build_tiny_model
 
 from spri_sft.errors import UserError
 from spri_sft.generate.config import GenerateConfig
 from spri_sft.generate.run import generate
 from spri_sft.llm.base import EndpointConfig
 from spri_sft.llm.transformers_local import TransformersChat
-
-from conftest import build_tiny_model
 
 
 def tiny_endpoint(model_dir, **overrides) -> EndpointConfig:

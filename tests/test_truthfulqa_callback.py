@@ -11,13 +11,12 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import build_sft_dataset, tiny_lora_argv
 from transformers import TrainerControl, TrainerState
 
 from spri_sft.errors import UserError
 from spri_sft.evaluate.callback import AFTER_DIR, BEFORE_DIR, TruthfulQACallback
 from spri_sft.train.sft import build_trainer, make_parser
-
-from conftest import build_sft_dataset, tiny_lora_argv
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +41,14 @@ def test_a_limit_below_one_is_refused(truthfulqa_file, tmp_path):
 
 
 def test_an_earlier_attempts_before_scores_on_the_same_questions_are_reused(truthfulqa_file, tmp_path):
-    earlier = {"mc1": 0.125, "mc1_stderr": 0.1, "mc2": 0.5, "mc2_stderr": 0.1, "data_source": str(truthfulqa_file), "limit": 2}
+    earlier = {
+        "mc1": 0.125,
+        "mc1_stderr": 0.1,
+        "mc2": 0.5,
+        "mc2_stderr": 0.1,
+        "data_source": str(truthfulqa_file),
+        "limit": 2,
+    }
     (tmp_path / BEFORE_DIR).mkdir()
     (tmp_path / BEFORE_DIR / "results.json").write_text(json.dumps(earlier))
     scorer = callback(truthfulqa_file, tmp_path, limit=2, before=True)

@@ -115,7 +115,9 @@ def test_the_two_replicas_share_the_load(served, tmp_path):
 def test_a_killed_generation_resumes_to_the_same_records(served, tmp_path):
     _, endpoint = served
     config = job(tmp_path, "spri")
-    config.base = config.critic = EndpointConfig(backend="openai", model=MODEL, base_url=endpoint.base_url, max_new_tokens=48)
+    config.base = config.critic = EndpointConfig(
+        backend="openai", model=MODEL, base_url=endpoint.base_url, max_new_tokens=48
+    )
     recipe = tmp_path / "generate.yaml"
     dump_yaml(config, recipe)
     command = [sys.executable, "-m", "spri_sft.cli", "generate", "--config", str(recipe)]

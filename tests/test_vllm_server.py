@@ -126,13 +126,32 @@ def test_a_given_port_is_the_first_replicas_and_the_next_replicas_count_up(tmp_p
 
 def test_config_fields_become_vllm_arguments():
     server = VLLMServer(
-        model="/m", served_model_name="m", tensor_parallel_size=2, gpu_memory_utilization=0.85,
-        max_model_len=4096, dtype="bfloat16", extra_args=["--enable-prefix-caching"],
+        model="/m",
+        served_model_name="m",
+        tensor_parallel_size=2,
+        gpu_memory_utilization=0.85,
+        max_model_len=4096,
+        dtype="bfloat16",
+        extra_args=["--enable-prefix-caching"],
     )
     assert server.arguments(8001) == [
-        "--model", "/m", "--host", "127.0.0.1", "--port", "8001", "--served-model-name", "m",
-        "--tensor-parallel-size", "2", "--gpu-memory-utilization", "0.85", "--max-model-len", "4096",
-        "--dtype", "bfloat16", "--enable-prefix-caching",
+        "--model",
+        "/m",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "8001",
+        "--served-model-name",
+        "m",
+        "--tensor-parallel-size",
+        "2",
+        "--gpu-memory-utilization",
+        "0.85",
+        "--max-model-len",
+        "4096",
+        "--dtype",
+        "bfloat16",
+        "--enable-prefix-caching",
     ]
 
 
@@ -317,7 +336,10 @@ def real_vllm(tmp_path_factory):
     log_dir = tmp_path_factory.mktemp("vllm-logs")
     parent = subprocess.Popen(
         [sys.executable, "-c", REAL_PARENT_SCRIPT, str(log_dir), resolve_model(DEFAULT_MODEL)],
-        stdout=subprocess.PIPE, text=True, cwd=REPO, env={**os.environ, "SPRI_SFT_TEST_KEY": REAL_KEY},
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "SPRI_SFT_TEST_KEY": REAL_KEY},
     )
     line = parent.stdout.readline()
     if not line:

@@ -111,7 +111,9 @@ class EvaluateConfig:
         },
     )
     dataset_split: str = field(default="validation", metadata={"help": "Split of `dataset` (lm-eval uses validation)."})
-    limit: int | None = field(default=None, metadata={"help": "Score only the first N questions (lm-eval's --limit).", "ge": 1})
+    limit: int | None = field(
+        default=None, metadata={"help": "Score only the first N questions (lm-eval's --limit).", "ge": 1}
+    )
 
     # Prompt
     chat_template: bool = field(
@@ -133,7 +135,9 @@ class EvaluateConfig:
         default=32,
         metadata={"help": "Choices scored per forward pass, whole questions (a question has 2-20).", "ge": 1},
     )
-    num_threads: int | None = field(default=None, metadata={"help": "torch CPU threads; null leaves torch's default.", "ge": 1})
+    num_threads: int | None = field(
+        default=None, metadata={"help": "torch CPU threads; null leaves torch's default.", "ge": 1}
+    )
 
     # Output
     output_dir: str = field(

@@ -210,7 +210,9 @@ def main_metric(metrics: dict[str, Any], declared: list[str]) -> tuple[str, str]
     return None
 
 
-def log_to_wandb(results: dict[str, Any], output_dir: Path, project: str | None, group: str | None, run_name: str) -> None:
+def log_to_wandb(
+    results: dict[str, Any], output_dir: Path, project: str | None, group: str | None, run_name: str
+) -> None:
     """A run of the group: every metric of the named tasks in its summary (`lm_eval/<task>/<metric>`), task versions
     and shots in its config, results.json as an artifact."""
     from spri_sft import tracking

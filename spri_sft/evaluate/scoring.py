@@ -49,8 +49,9 @@ only its batch size changes) and a per-question MC2 value by up to ~1e-5.
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from transformers.cache_utils import DynamicCache
@@ -265,7 +266,11 @@ class ChoiceScorer:
             scores = []
             for cont, start in zip(row.continuations, starts):
                 target = torch.tensor(cont, device=self.device)
-                rest = logprobs[r, start - offset : start - offset + len(cont) - 1].gather(-1, target[1:, None]).squeeze(-1)
+                rest = (
+                    logprobs[r, start - offset : start - offset + len(cont) - 1]
+                    .gather(-1, target[1:, None])
+                    .squeeze(-1)
+                )
                 scores.append(float(torch.cat([first[target[:1]], rest]).sum()))
             results[row.index] = scores
         if on_scored:
@@ -282,7 +287,6 @@ class ChoiceScorer:
         logits = self.model(input_ids=torch.tensor([inp], device=self.device)).logits[0]
         logprobs = torch.log_softmax(logits[len(inp) - len(cont) :], dim=-1)
         return float(logprobs.gather(-1, torch.tensor(cont, device=self.device)[:, None]).sum())
-
 
 
 def _accepts_logits_to_keep(model: Any) -> bool:

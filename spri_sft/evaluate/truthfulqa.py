@@ -119,7 +119,9 @@ def load_questions(
         rows, digest = read_file_rows(path, what="truthfulqa_file")
     elif dataset:
         rows = hub_rows(dataset, split)
-        digest = hashlib.sha256(json.dumps([r.value for r in rows], sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+        digest = hashlib.sha256(
+            json.dumps([r.value for r in rows], sort_keys=True, ensure_ascii=False).encode()
+        ).hexdigest()
     else:
         raise UserError("set truthfulqa_file (mc_task.json or the Hub parquet/JSON layout) or dataset (a Hub id)")
     questions = [_parse_row(row.value, f"{path or dataset}:{row.where}") for row in rows]

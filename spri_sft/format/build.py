@@ -75,8 +75,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import math
 import logging
+import math
 import shutil
 from collections import Counter
 from dataclasses import dataclass
@@ -99,7 +99,14 @@ logger = logging.getLogger(__name__)
 REQUIRED_FIELDS = ("id", "prompt", "mode", "status", "response", "rounds")
 # Every drop reason, in the order the steps run; `overlong` only when rows are measured (step 7).
 REASONS = (
-    "review", "status", "empty_response", "truncated", "response_score", "truthfulqa", "duplicate", "near_duplicate"
+    "review",
+    "status",
+    "empty_response",
+    "truncated",
+    "response_score",
+    "truthfulqa",
+    "duplicate",
+    "near_duplicate",
 )
 OVERLONG_REASON = "overlong"
 REVIEW_OFF = "none"  # review_file's value that turns the reviewer's decisions off
@@ -170,7 +177,9 @@ def build_dataset(config: FormatConfig) -> dict:
         parts, lengths = check_lengths(parts, config, dropped)
         print(f"[spri-sft] format: {lengths_line(lengths)}", flush=True)
         remaining = {row["id"] for part in parts.values() for row in part}
-        kept = [record for record in kept if record["id"] in remaining]  # a dropped record gives no preference pair either
+        kept = [
+            record for record in kept if record["id"] in remaining
+        ]  # a dropped record gives no preference pair either
     splits = split_rows(parts, validation, dropped)
 
     summary = summarize(config, records, kept, dropped, splits, questions, named)
@@ -209,7 +218,9 @@ def _check(config: FormatConfig) -> None:
     if not 0 < config.contamination_threshold <= 1:
         raise UserError(f"contamination_threshold must be in (0, 1], got {config.contamination_threshold}")
     if config.preference_margin <= 0:
-        raise UserError(f"preference_margin must be > 0 (a rejected version scored that much lower), got {config.preference_margin}")
+        raise UserError(
+            f"preference_margin must be > 0 (a rejected version scored that much lower), got {config.preference_margin}"
+        )
     if (config.tokenizer is None) != (config.max_length is None):
         given, missing = ("tokenizer", "max_length") if config.max_length is None else ("max_length", "tokenizer")
         raise UserError(
@@ -266,18 +277,25 @@ def review_counts(review: Path | None, decisions: Decisions, records: list[dict]
     ours = [decision for id, decision in decisions.items() if id in ids]
     excluded = [decision for decision in ours if decision["decision"] == "exclude"]
     reasons = dict(Counter(decision["reason"] or NO_REASON for decision in excluded).most_common())
-    counts = {"file": None if review is None else str(review), "excluded": len(excluded), "kept": len(ours) - len(excluded)}
+    counts = {
+        "file": None if review is None else str(review),
+        "excluded": len(excluded),
+        "kept": len(ours) - len(excluded),
+    }
     if review is not None:
         why = ", ".join(f"{n} {reason}" for reason, n in reasons.items())
         elsewhere = len(decisions) - len(ours)
         print(
-            f"[spri-sft] format: review ({review}): {len(excluded)} records excluded" + (f" ({why})" if why else "")
+            f"[spri-sft] format: review ({review}): {len(excluded)} records excluded"
+            + (f" ({why})" if why else "")
             + f", {counts['kept']} kept by decision"
             + (f"; {elsewhere} decisions are on records not in these files" if elsewhere else ""),
             flush=True,
         )
         if decisions.torn_bytes:
-            logger.warning("%s: ignored a torn last line (%d bytes) left by an interrupted write", review, decisions.torn_bytes)
+            logger.warning(
+                "%s: ignored a torn last line (%d bytes) left by an interrupted write", review, decisions.torn_bytes
+            )
     return counts, reasons
 
 
@@ -314,7 +332,9 @@ def _check_record(record, where: str) -> dict:
     if not isinstance(record.get("source_id"), (str, type(None))):
         raise UserError(f"{where}: field 'source_id' must be a string or null, got {record['source_id']!r:.60}")
     if record.get("sft_split", "auto") not in SFT_SPLITS:
-        raise UserError(f"{where}: field 'sft_split' must be one of {', '.join(SFT_SPLITS)}, got {record['sft_split']!r:.60}")
+        raise UserError(
+            f"{where}: field 'sft_split' must be one of {', '.join(SFT_SPLITS)}, got {record['sft_split']!r:.60}"
+        )
     return record
 
 
@@ -398,7 +418,9 @@ def _say_records_without_source_id(records: list[dict]) -> None:
     if 0 < without < len(records):
         logger.warning(
             "%d of %d records carry no source_id (generated before prompts.id_column was set?): their rows' "
-            "source_id is null", without, len(records),
+            "source_id is null",
+            without,
+            len(records),
         )
 
 
@@ -456,7 +478,10 @@ def split_rows(parts: dict[str, list[dict]], validation: set[str], dropped: list
         )
     # Sorted by id: the rows' order in a split does not depend on the order records were written in.
     return DatasetDict(
-        {name: Dataset.from_list(sorted(part, key=lambda row: row["id"]), features=features()) for name, part in parts.items()}
+        {
+            name: Dataset.from_list(sorted(part, key=lambda row: row["id"]), features=features())
+            for name, part in parts.items()
+        }
     )
 
 

@@ -41,13 +41,17 @@ class FormatConfig:
     )
     output_dir: str = field(
         default="outputs/format",
-        metadata={"help": "Where hf/ (load_from_disk), {train,validation}.{jsonl,parquet}, README.md and summary.json go."},
+        metadata={
+            "help": "Where hf/ (load_from_disk), {train,validation}.{jsonl,parquet}, README.md and summary.json go."
+        },
     )
     review_file: str | None = field(
         default=None,
-        metadata={"help": "A reviewer's decisions (`spri-sft view` writes review/decisions.jsonl): records whose last "
-                  "decision is exclude are dropped, counted under review by reason. Unset: review/decisions.jsonl "
-                  "beside the first records file, when there is one; none turns it off."},
+        metadata={
+            "help": "A reviewer's decisions (`spri-sft view` writes review/decisions.jsonl): records whose last "
+            "decision is exclude are dropped, counted under review by reason. Unset: review/decisions.jsonl "
+            "beside the first records file, when there is one; none turns it off."
+        },
     )
     statuses: list[str] = field(
         default_factory=lambda: ["accepted", "max_rounds"],
@@ -55,8 +59,11 @@ class FormatConfig:
     )
     min_response_score: int | None = field(
         default=None,
-        metadata={"help": "Keep records whose final response version has a critic score >= this; unscored ones are dropped.",
-                  "ge": 1, "le": 5},
+        metadata={
+            "help": "Keep records whose final response version has a critic score >= this; unscored ones are dropped.",
+            "ge": 1,
+            "le": 5,
+        },
     )
     drop_truncated: bool = field(
         default=True, metadata={"help": "Drop records whose final response was cut off (finish_reason 'length')."}
@@ -66,66 +73,94 @@ class FormatConfig:
     )
     validation_fraction: float = field(
         default=0.1,
-        metadata={"help": "Fraction of prompts in the validation split (rounded up), counting those a source named validation; 0 (and none named) writes train only.",
-                  "ge": 0, "lt": 1},
+        metadata={
+            "help": "Fraction of prompts in the validation split (rounded up), counting those a source named validation; 0 (and none named) writes train only.",
+            "ge": 0,
+            "lt": 1,
+        },
     )
     validation_rows: int | None = field(
         default=None,
-        metadata={"help": "This many validation prompts instead of validation_fraction (e.g. the paper's 2,000), counting those a source named validation.",
-                  "ge": 1},
+        metadata={
+            "help": "This many validation prompts instead of validation_fraction (e.g. the paper's 2,000), counting those a source named validation.",
+            "ge": 1,
+        },
     )
     seed: int = field(default=0, metadata={"help": "Seed of the train/validation split."})
     near_duplicate_threshold: float | None = field(
         default=0.9,
-        metadata={"help": "Drop a prompt whose word 3-gram Jaccard similarity to an earlier kept prompt is >= this; null turns it off.",
-                  "gt": 0, "le": 1},
+        metadata={
+            "help": "Drop a prompt whose word 3-gram Jaccard similarity to an earlier kept prompt is >= this; null turns it off.",
+            "gt": 0,
+            "le": 1,
+        },
     )
     truthfulqa_file: str | None = field(
         default=None,
-        metadata={"help": "Prompts overlapping TruthfulQA's questions are dropped: of this file (mc_task.json, the "
-                  "packaged mc_task.json.gz, TruthfulQA.csv, or the Hub layout as .json/.jsonl/.parquet); unset, of "
-                  "the Hub dataset truthfulqa/truthful_qa, else (offline) of the packaged copy; none turns the guard off."},
+        metadata={
+            "help": "Prompts overlapping TruthfulQA's questions are dropped: of this file (mc_task.json, the "
+            "packaged mc_task.json.gz, TruthfulQA.csv, or the Hub layout as .json/.jsonl/.parquet); unset, of "
+            "the Hub dataset truthfulqa/truthful_qa, else (offline) of the packaged copy; none turns the guard off."
+        },
     )
     contamination_ngram: int = field(
         default=8, metadata={"help": "Word n-gram length of the TruthfulQA overlap rule.", "ge": 1}
     )
     contamination_threshold: float = field(
         default=0.5,
-        metadata={"help": "Drop a prompt holding at least this fraction of a TruthfulQA question's word n-grams.", "gt": 0, "le": 1},
+        metadata={
+            "help": "Drop a prompt holding at least this fraction of a TruthfulQA question's word n-grams.",
+            "gt": 0,
+            "le": 1,
+        },
     )
     preference: bool = field(
         default=False,
-        metadata={"help": "Also write DPO pairs (the final response against an earlier version the critic scored "
-                  "lower) from the kept records, in <output_dir>/preference, split like the SFT rows."},
+        metadata={
+            "help": "Also write DPO pairs (the final response against an earlier version the critic scored "
+            "lower) from the kept records, in <output_dir>/preference, split like the SFT rows."
+        },
     )
     preference_margin: float = field(
         default=1.0,
-        metadata={"help": "A rejected version's critic score is at least this much below the final one's "
-                  "(under score: expected, the digits' mean).", "gt": 0},
+        metadata={
+            "help": "A rejected version's critic score is at least this much below the final one's "
+            "(under score: expected, the digits' mean).",
+            "gt": 0,
+        },
     )
     tokenizer: str | None = field(
         default=None,
-        metadata={"help": "The student's tokenizer (a local model directory or Hub id, e.g. the training recipe's "
-                  "model_name_or_path): with max_length, every row is measured in its tokens as training renders "
-                  "it. `spri-sft run` takes it from train's recipe."},
+        metadata={
+            "help": "The student's tokenizer (a local model directory or Hub id, e.g. the training recipe's "
+            "model_name_or_path): with max_length, every row is measured in its tokens as training renders "
+            "it. `spri-sft run` takes it from train's recipe."
+        },
     )
     max_length: int | None = field(
         default=None,
-        metadata={"help": "Training's max_length in tokens (TRL's SFTConfig; it cuts a longer row at this length): rows "
-                  "over it are counted per split. `spri-sft run` takes it from train's recipe.", "ge": 1},
+        metadata={
+            "help": "Training's max_length in tokens (TRL's SFTConfig; it cuts a longer row at this length): rows "
+            "over it are counted per split. `spri-sft run` takes it from train's recipe.",
+            "ge": 1,
+        },
     )
     training_template: Literal["model", "alpaca"] = field(
         default="model",
-        metadata={"help": "How training renders a row (`spri-sft train`'s training_template): 'model', the "
-                  "tokenizer's chat template (without one, the Alpaca layout, and the count is approximate); "
-                  "'alpaca', the Alpaca layout. `spri-sft run` takes it from train's recipe."},
+        metadata={
+            "help": "How training renders a row (`spri-sft train`'s training_template): 'model', the "
+            "tokenizer's chat template (without one, the Alpaca layout, and the count is approximate); "
+            "'alpaca', the Alpaca layout. `spri-sft run` takes it from train's recipe."
+        },
     )
     overlong: Literal["drop", "keep"] = field(
         default="drop",
-        metadata={"help": "What to do with a row over max_length: 'drop' it (counted under overlong), or 'keep' it "
-                  "and count how many lost their end-of-turn token. Drop is this project's choice, not the paper's "
-                  "(it gives no max length): training cuts such a row at max_length, so the model learns a "
-                  "response that never ends, i.e. not to stop."},
+        metadata={
+            "help": "What to do with a row over max_length: 'drop' it (counted under overlong), or 'keep' it "
+            "and count how many lost their end-of-turn token. Drop is this project's choice, not the paper's "
+            "(it gives no max length): training cuts such a row at max_length, so the model learns a "
+            "response that never ends, i.e. not to stop."
+        },
     )
     push_to_hub: str | None = field(
         default=None, metadata={"help": "Hub dataset repo id to push the splits and the card to (needs a token)."}

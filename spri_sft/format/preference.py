@@ -177,7 +177,9 @@ def save_preference(splits: dict[str, list[dict]], no_pair: list[dict], output_d
         for entry in no_pair:
             handle.write(json.dumps(entry, ensure_ascii=False) + "\n")
     if "train" not in splits:
-        logger.warning("preference: no training pair (see %s); no preference dataset written", directory / "no_pair.jsonl")
+        logger.warning(
+            "preference: no training pair (see %s); no preference dataset written", directory / "no_pair.jsonl"
+        )
         return None
     if "validation" not in splits:
         logger.warning("preference: no validation pair; the preference dataset has a train split only")

@@ -111,7 +111,6 @@ ALPACA_TEMPLATE = """\
 {%- endif %}""".replace("__PREAMBLE__", ALPACA_PREAMBLE)
 
 
-
 def adds_bos(tokenizer: Any) -> bool:
     """Whether the tokenizer puts its BOS token in front of plain text (`tokenizer(text)`, as evaluation encodes)."""
     bos_id = tokenizer.bos_token_id
@@ -220,7 +219,11 @@ def choose_training_template(tokenizer: Any, fallback: str | None = None, templa
                 "The tokenizer has no EOS token, so the Alpaca template cannot end a response. Set "
                 "`tokenizer.eos_token` first."
             )
-        source = "Alpaca (training_template: alpaca)" if template == "alpaca" else "Alpaca (the tokenizer has no chat template)"
+        source = (
+            "Alpaca (training_template: alpaca)"
+            if template == "alpaca"
+            else "Alpaca (the tokenizer has no chat template)"
+        )
         return TrainingTemplate(alpaca_template(tokenizer), source)
     if has_generation_markers(own):
         return TrainingTemplate(own, "the model's own chat template (it has generation markers)")
@@ -274,7 +277,10 @@ def encode_with_template(
         conversation, tokenize=True, return_dict=True, return_assistant_tokens_mask=assistant_only_loss
     )
     ids = list(encoded["input_ids"])
-    return {"input_ids": ids, "assistant_masks": list(encoded["assistant_masks"]) if assistant_only_loss else [1] * len(ids)}
+    return {
+        "input_ids": ids,
+        "assistant_masks": list(encoded["assistant_masks"]) if assistant_only_loss else [1] * len(ids),
+    }
 
 
 def encode_with_prefix_masks(tokenizer: Any, conversation: list[dict[str, Any]]) -> dict[str, list[int]]:

@@ -17,7 +17,9 @@ class GenerateConfig:
     all, both are SmolLM2-135M-Instruct run in this process on the package's built-in prompts.
     """
 
-    output_dir: str = field(default="outputs/generate", metadata={"help": "Where records.jsonl, config.yaml and summary.json go."})
+    output_dir: str = field(
+        default="outputs/generate", metadata={"help": "Where records.jsonl, config.yaml and summary.json go."}
+    )
     mode: Mode = field(
         default="spri",
         metadata={
@@ -46,7 +48,10 @@ class GenerateConfig:
     )
     fail_fast_after: int | None = field(
         default=8,
-        metadata={"help": "Stop when this run's first N records all failed with the same error; null never stops.", "ge": 1},
+        metadata={
+            "help": "Stop when this run's first N records all failed with the same error; null never stops.",
+            "ge": 1,
+        },
     )
     max_failed_share: float = field(
         default=0.1,

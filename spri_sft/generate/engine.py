@@ -58,9 +58,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
-from typing import Awaitable, Callable, Literal, get_args
+from typing import Literal, get_args
 
 from spri_sft.errors import UserError
 from spri_sft.generate.inputs import PromptSource, load_references
@@ -119,8 +119,13 @@ _PACKAGE_ONLY_FIELDS = ("max_words", "few_shot")
 # The texts each mode sends: fields of PromptSet, or names of `official.official_texts`.
 _PACKAGE_TEXTS: dict[str, tuple[str, ...]] = {
     "spri": (
-        "principles_system", "principles_user", "principles_critic", "principles_revise",
-        "response_system", "response_critic", "response_revise",
+        "principles_system",
+        "principles_user",
+        "principles_critic",
+        "principles_revise",
+        "response_system",
+        "response_critic",
+        "response_revise",
     ),
     "oracle": (),
     "direct": ("direct_system",),
@@ -133,8 +138,13 @@ _PACKAGE_TEXTS: dict[str, tuple[str, ...]] = {
 }
 _OFFICIAL_TEXTS: dict[str, tuple[str, ...]] = {
     "spri": (
-        "principles_generate", "principles_examples", "principles_critique", "principles_refine",
-        "response_generate", "response_critique", "response_refine",
+        "principles_generate",
+        "principles_examples",
+        "principles_critique",
+        "principles_refine",
+        "response_generate",
+        "response_critique",
+        "response_refine",
     ),
     "oracle": (),
     "direct": ("direct_system", "direct_user"),
@@ -158,10 +168,16 @@ def canonical_mode(mode: str) -> str:
 class LoopSettings:
     """The critique-revise loop of each stage, and which prompt set the modes send."""
 
-    threshold: int = field(default=4, metadata={"help": "A critic score >= threshold accepts a version (1-5).", "ge": 1, "le": 5})
-    max_rounds: int = field(default=4, metadata={"help": "Critiques per stage at most (so max_rounds - 1 revisions).", "ge": 1})
+    threshold: int = field(
+        default=4, metadata={"help": "A critic score >= threshold accepts a version (1-5).", "ge": 1, "le": 5}
+    )
+    max_rounds: int = field(
+        default=4, metadata={"help": "Critiques per stage at most (so max_rounds - 1 revisions).", "ge": 1}
+    )
     max_words: int = field(default=128, metadata={"help": "Word cap that the package's base prompts ask for.", "ge": 1})
-    score_retries: int = field(default=2, metadata={"help": "Times a critic reply without a score is asked again.", "ge": 0})
+    score_retries: int = field(
+        default=2, metadata={"help": "Times a critic reply without a score is asked again.", "ge": 0}
+    )
     unscored: Literal["revise", "accept"] = field(
         default="revise",
         metadata={
@@ -169,7 +185,9 @@ class LoopSettings:
             "version and ends the stage (the released scripts' rule)."
         },
     )
-    few_shot: bool = field(default=True, metadata={"help": "spri: show the seed (question, principles) pairs to the base model."})
+    few_shot: bool = field(
+        default=True, metadata={"help": "spri: show the seed (question, principles) pairs to the base model."}
+    )
     prompts_file: str | None = field(
         default=None, metadata={"help": "YAML file replacing any of the package's prompt templates or seed pairs."}
     )
@@ -193,7 +211,9 @@ class Usage:
 class Session:
     """One prompt's calls to the base and critic models, with token accounting."""
 
-    def __init__(self, base: ChatBackend, critic: ChatBackend, on_usage: Callable[[str, Completion], None] | None = None):
+    def __init__(
+        self, base: ChatBackend, critic: ChatBackend, on_usage: Callable[[str, Completion], None] | None = None
+    ):
         self.base, self.critic = base, critic
         self.usage = {"base": Usage(base.model), "critic": Usage(critic.model)}
         self._on_usage = on_usage

@@ -38,9 +38,10 @@ import hashlib
 import random
 import re
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterator, Literal
+from typing import Any, Literal
 
 from spri_sft.errors import UserError
 from spri_sft.rows import read_rows
@@ -54,16 +55,27 @@ class PromptPart:
     """One part of a prompt set read from several places, e.g. a dataset's train or validation split."""
 
     split: str | None = field(default=None, metadata={"help": "Dataset split of this part; unset: prompts.split."})
-    path: str | None = field(default=None, metadata={"help": "Local file of this part; unset: prompts.path (or prompts.dataset)."})
-    dataset: str | None = field(default=None, metadata={"help": "Hugging Face dataset of this part; unset: prompts.dataset (or prompts.path)."})
-    dataset_config: str | None = field(default=None, metadata={"help": "This part's dataset configuration; unset: prompts.dataset_config."})
+    path: str | None = field(
+        default=None, metadata={"help": "Local file of this part; unset: prompts.path (or prompts.dataset)."}
+    )
+    dataset: str | None = field(
+        default=None, metadata={"help": "Hugging Face dataset of this part; unset: prompts.dataset (or prompts.path)."}
+    )
+    dataset_config: str | None = field(
+        default=None, metadata={"help": "This part's dataset configuration; unset: prompts.dataset_config."}
+    )
     limit: int | None = field(
         default=None,
-        metadata={"help": "Keep the first N new prompts of this part (after shuffling; prompts an earlier part holds are not new).", "ge": 0},
+        metadata={
+            "help": "Keep the first N new prompts of this part (after shuffling; prompts an earlier part holds are not new).",
+            "ge": 0,
+        },
     )
     sft_split: Literal["auto", "train", "validation"] = field(
         default="auto",
-        metadata={"help": "The SFT split `spri-sft format` puts this part's prompts in; auto: format's hash of the prompt decides."},
+        metadata={
+            "help": "The SFT split `spri-sft format` puts this part's prompts in; auto: format's hash of the prompt decides."
+        },
     )
 
 
@@ -73,19 +85,31 @@ class PromptSource:
 
     path: str | None = field(
         default=None,
-        metadata={"help": "Local .jsonl/.json/.csv/.parquet file; unset (and no dataset) uses the package's built-in prompts."},
+        metadata={
+            "help": "Local .jsonl/.json/.csv/.parquet file; unset (and no dataset) uses the package's built-in prompts."
+        },
     )
-    dataset: str | None = field(default=None, metadata={"help": "Hugging Face dataset id, e.g. databricks/databricks-dolly-15k."})
-    dataset_config: str | None = field(default=None, metadata={"help": "The dataset's configuration name, if it has several."})
+    dataset: str | None = field(
+        default=None, metadata={"help": "Hugging Face dataset id, e.g. databricks/databricks-dolly-15k."}
+    )
+    dataset_config: str | None = field(
+        default=None, metadata={"help": "The dataset's configuration name, if it has several."}
+    )
     split: str = field(default="train", metadata={"help": "Dataset split."})
-    prompt_column: str = field(default="prompt", metadata={"help": "Field holding the prompt (dotted path for nested rows)."})
+    prompt_column: str = field(
+        default="prompt", metadata={"help": "Field holding the prompt (dotted path for nested rows)."}
+    )
     context_column: str | None = field(
         default=None,
-        metadata={"help": "Optional field appended to the prompt after a blank line (e.g. instances.0.input); the prompt when the prompt field is empty."},
+        metadata={
+            "help": "Optional field appended to the prompt after a blank line (e.g. instances.0.input); the prompt when the prompt field is empty."
+        },
     )
     response_column: str | None = field(
         default=None,
-        metadata={"help": "mode oracle: field holding each prompt's own response (Dolly: response, MixInstruct: output)."},
+        metadata={
+            "help": "mode oracle: field holding each prompt's own response (Dolly: response, MixInstruct: output)."
+        },
     )
     id_column: str | None = field(
         default=None,
@@ -97,7 +121,11 @@ class PromptSource:
     shuffle: bool = field(default=False, metadata={"help": "Shuffle before --prompts.limit is applied."})
     seed: int = field(default=0, metadata={"help": "Shuffle seed."})
     limit: int | None = field(
-        default=None, metadata={"help": "Keep only the first N prompts (after shuffling); with sources, set each one's limit.", "ge": 0}
+        default=None,
+        metadata={
+            "help": "Keep only the first N prompts (after shuffling); with sources, set each one's limit.",
+            "ge": 0,
+        },
     )
     sources: list[PromptPart] = field(
         default_factory=list,
@@ -148,12 +176,21 @@ class PromptReport:
         """One line on what was read, or "" when there is nothing to say (one source, no row skipped)."""
         said = []
         if len(self.parts) > 1:
-            said.append(", ".join(f"{n['prompts']:,} from {name} (sft_split {n['sft_split']})" for name, n in self.parts.items()))
+            said.append(
+                ", ".join(
+                    f"{n['prompts']:,} from {name} (sft_split {n['sft_split']})" for name, n in self.parts.items()
+                )
+            )
         if self.skipped:
-            reasons = ", ".join(f"{count:,} {reason} (first: {self.first_skipped[reason]})" for reason, count in self.skipped.most_common())
+            reasons = ", ".join(
+                f"{count:,} {reason} (first: {self.first_skipped[reason]})"
+                for reason, count in self.skipped.most_common()
+            )
             said.append(f"skipped {sum(self.skipped.values()):,} of {self.rows:,} rows: {reasons}")
         if self.repeated_ids:
-            said.append(f"{self.repeated_ids:,} prompt(s) share an id with an earlier prompt (first: {self.first_repeated_id})")
+            said.append(
+                f"{self.repeated_ids:,} prompt(s) share an id with an earlier prompt (first: {self.first_repeated_id})"
+            )
         if self.shard:
             said.append(f"shard {self.shard['shard']}: {self.shard['prompts']:,} of {self.shard['of']:,} prompts")
         return "prompts: " + "; ".join(said) if said else ""
@@ -164,7 +201,11 @@ class PromptReport:
             "parts": self.parts,
             "skipped": dict(self.skipped.most_common()),
             "first_skipped": self.first_skipped,
-            **({"repeated_ids": self.repeated_ids, "first_repeated_id": self.first_repeated_id} if self.repeated_ids else {}),
+            **(
+                {"repeated_ids": self.repeated_ids, "first_repeated_id": self.first_repeated_id}
+                if self.repeated_ids
+                else {}
+            ),
             **({"shard": self.shard} if self.shard else {}),
         }
 
@@ -181,7 +222,9 @@ def load_prompts(source: PromptSource, shard: str | None = None) -> PromptList:
     """The prompts, in order, without duplicates; rows that make no prompt (or, with `id_column`, no id)
     are skipped and counted. With `shard` ("i/N"), only those of that shard (`select_shard`)."""
     if source.sources and source.limit is not None:
-        raise UserError("prompts.limit: with prompts.sources, give each source its own limit (prompts.sources[i].limit)")
+        raise UserError(
+            "prompts.limit: with prompts.sources, give each source its own limit (prompts.sources[i].limit)"
+        )
     report = PromptReport()
     prompts = PromptList(report=report)
     kept: dict[str, str | None] = {}  # prompt -> the id of the row it was kept from
@@ -207,7 +250,9 @@ def load_prompts(source: PromptSource, shard: str | None = None) -> PromptList:
             ids.check()
         if not drawn:
             skipped = report.skipped - skipped_before
-            why = ", ".join(f"{n} {reason}, first {report.first_skipped[reason]}" for reason, n in skipped.most_common())
+            why = ", ".join(
+                f"{n} {reason}, first {report.first_skipped[reason]}" for reason, n in skipped.most_common()
+            )
             raise UserError(f"{part.name}: no prompts found: every row was skipped ({why})")
         if source.shuffle:
             random.Random(source.seed).shuffle(drawn)
@@ -229,7 +274,7 @@ def load_prompts(source: PromptSource, shard: str | None = None) -> PromptList:
     return select_shard(prompts, shard)
 
 
-def _source_id(row: dict, column: str, where: str, ids: "_ColumnCheck") -> tuple[str | None, str | None]:
+def _source_id(row: dict, column: str, where: str, ids: _ColumnCheck) -> tuple[str | None, str | None]:
     """(the row's id as text, None), or (None, why it has no usable one). Text, so that one column type
     holds every source's ids in records and datasets: an integer id 7 is "7"."""
     value = ids.value(row, column, where)
@@ -254,7 +299,9 @@ def _count_repeated_ids(report: PromptReport, kept: list[tuple[str, str, str | N
     for where, _, source_id in kept:
         if source_id in first_of:
             report.repeated_ids += 1
-            report.first_repeated_id = report.first_repeated_id or f"{where}, id {source_id!r} as at {first_of[source_id]}"
+            report.first_repeated_id = (
+                report.first_repeated_id or f"{where}, id {source_id!r} as at {first_of[source_id]}"
+            )
         else:
             first_of[source_id] = where
 
@@ -326,7 +373,9 @@ def _parts(source: PromptSource) -> list[_Part]:
         if not isinstance(part, PromptPart):
             raise UserError(f"prompts.sources[{index}]: expected a mapping of PromptPart fields, got {part!r}")
         if part.sft_split not in SFT_SPLITS:
-            raise UserError(f"prompts.sources[{index}].sft_split: {part.sft_split!r} is not one of {', '.join(SFT_SPLITS)}")
+            raise UserError(
+                f"prompts.sources[{index}].sft_split: {part.sft_split!r} is not one of {', '.join(SFT_SPLITS)}"
+            )
         own_place = part.path is not None or part.dataset is not None
         single = replace(
             source,
@@ -382,7 +431,7 @@ def _composed_rows(part: _Part, report: PromptReport, also: str | None = None) -
     columns.check()
 
 
-def _compose(row: Any, source: PromptSource, where: str, columns: "_ColumnCheck") -> tuple[str | None, str | None]:
+def _compose(row: Any, source: PromptSource, where: str, columns: _ColumnCheck) -> tuple[str | None, str | None]:
     """(the prompt, None), or (None, why the row makes none)."""
     if not isinstance(row, dict):
         return None, f"not an object ({type(row).__name__})"
@@ -393,7 +442,12 @@ def _compose(row: Any, source: PromptSource, where: str, columns: "_ColumnCheck"
             return None, f"'{name}' is not text"
     parts = [value.strip() for value in (prompt, context) if isinstance(value, str) and value.strip()]
     if not parts:
-        return None, f"missing field '{source.prompt_column}'" if prompt is _MISSING and not source.context_column else "empty prompt"
+        return (
+            None,
+            f"missing field '{source.prompt_column}'"
+            if prompt is _MISSING and not source.context_column
+            else "empty prompt",
+        )
     return "\n\n".join(parts), None
 
 

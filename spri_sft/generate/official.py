@@ -28,7 +28,7 @@ from __future__ import annotations
 import ast
 import json
 import string
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 from spri_sft.errors import UserError
@@ -40,7 +40,10 @@ _PROMPTS = f"{TASK3}/prompts-[sft]"
 # the script uses the text as it is).
 _TEMPLATE_FILES: dict[str, tuple[str, tuple[str, ...] | None]] = {
     "principles_generate": (f"{_PROMPTS}/instruct-stage1_01-principle_gen.txt", None),
-    "principles_critique": (f"{_PROMPTS}/instruct-stage1_02-principle_critique.txt", ("orig_question", "orig_principle")),
+    "principles_critique": (
+        f"{_PROMPTS}/instruct-stage1_02-principle_critique.txt",
+        ("orig_question", "orig_principle"),
+    ),
     "principles_refine": (f"{_PROMPTS}/instruct-stage1_02-principle_refinement.txt", None),
     "response_generate": (f"{_PROMPTS}/instruct-stage2_01-gen_init_responses.txt", None),
     "response_critique": (
@@ -76,7 +79,7 @@ def official_texts(checkout: str, names: tuple[str, ...]) -> dict[str, str]:
     return {name: _read(str(root.resolve()), name) for name in names}
 
 
-@lru_cache(maxsize=None)
+@cache
 def _read(root: str, name: str) -> str:
     # Cached: record ids are computed per prompt, and every one of them fingerprints these texts.
     base = Path(root)

@@ -110,7 +110,9 @@ class Prices:
         costs: dict[str, float] = {}
         for key, counts in usage.items():
             role = key.split(":", 1)[0]
-            costs[role] = costs.get(role, 0.0) + self.tokens_cost(role, counts["prompt_tokens"], counts["completion_tokens"])
+            costs[role] = costs.get(role, 0.0) + self.tokens_cost(
+                role, counts["prompt_tokens"], counts["completion_tokens"]
+            )
         return {**{role: round(cost, 6) for role, cost in costs.items()}, "total": round(sum(costs.values()), 6)}
 
 
@@ -142,7 +144,9 @@ def extrapolate(config: GenerateConfig, sample: dict, prompts: int, already_done
     roles: dict[str, dict] = {}
     for key, counts in sample["usage"].items():
         role = key.split(":", 1)[0]
-        role_plan = roles.setdefault(role, {"model": key.split(":", 1)[1], "calls": 0.0, "prompt_tokens": 0.0, "completion_tokens": 0.0})
+        role_plan = roles.setdefault(
+            role, {"model": key.split(":", 1)[1], "calls": 0.0, "prompt_tokens": 0.0, "completion_tokens": 0.0}
+        )
         for name in ("calls", "prompt_tokens", "completion_tokens"):
             role_plan[name] += counts[name] * scale
     for role, role_plan in roles.items():
@@ -183,11 +187,14 @@ def plan_lines(plans: list[dict]) -> list[str]:
     """The plan as printed: one line per mode, then the total of a plan of several modes."""
     lines = []
     for plan in plans:
-        roles = "; ".join(
-            f"{role} {p['calls']:,} calls, {p['prompt_tokens']:,} + {p['completion_tokens']:,} tokens"
-            + (f", ${p['cost_usd']:,.2f}" if p["cost_usd"] is not None else "")
-            for role, p in plan["roles"].items()
-        ) or "no model calls"
+        roles = (
+            "; ".join(
+                f"{role} {p['calls']:,} calls, {p['prompt_tokens']:,} + {p['completion_tokens']:,} tokens"
+                + (f", ${p['cost_usd']:,.2f}" if p["cost_usd"] is not None else "")
+                for role, p in plan["roles"].items()
+            )
+            or "no model calls"
+        )
         done = f" ({plan['already_done']:,} already have records)" if plan["already_done"] else ""
         lines.append(
             f"[spri-sft] plan {plan['mode']}: {plan['prompts']:,} prompts{done} from {plan['sampled']} sampled: {roles}; "

@@ -187,8 +187,7 @@ class PromptSet:
     self_instruct_system: str = field(default_factory=self_instruct_prompt)
     self_instruct_user: str = "Task: {prompt}\nOutput:"
     score_reminder: str = (
-        "Your reply had no score. Reply again with feedback and end with exactly "
-        "'[RESULT] <an integer from 1 to 5>'."
+        "Your reply had no score. Reply again with feedback and end with exactly '[RESULT] <an integer from 1 to 5>'."
     )
     seed_pairs: list[dict] = field(default_factory=lambda: [dict(p) for p in SEED_PAIRS])
     constitution: list[str] = field(default_factory=lambda: list(CONSTITUTION))

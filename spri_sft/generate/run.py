@@ -159,7 +159,8 @@ async def _generate(config: GenerateConfig, servers: ServedModels | None, flags:
     if others:
         logger.warning(
             "%s holds %d records of other prompts or settings: kept, but not counted in this run's summary",
-            store.path, len(others),
+            store.path,
+            len(others),
         )
     dump_yaml(config, output_dir / "config.yaml")
     if store.torn_bytes:
@@ -182,9 +183,14 @@ async def _generate(config: GenerateConfig, servers: ServedModels | None, flags:
         if pending:
             journal = Journal(output_dir / "journal.jsonl", {i for i, _ in pending})
             if journal.torn_bytes:
-                logger.warning("cut off a torn last journal line (%d bytes) left by an interrupted run", journal.torn_bytes)
+                logger.warning(
+                    "cut off a torn last journal line (%d bytes) left by an interrupted run", journal.torn_bytes
+                )
             if journal.entries:
-                print(f"[spri-sft] {journal.entries} replies of unfinished prompts journaled by an interrupted run: replayed, not asked again", flush=True)
+                print(
+                    f"[spri-sft] {journal.entries} replies of unfinished prompts journaled by an interrupted run: replayed, not asked again",
+                    flush=True,
+                )
             engine = Engine(config.mode, templates, config.loop, source=config.prompts)
             own_servers = servers is None
             servers = servers or ServedModels(output_dir / "servers")
@@ -232,7 +238,10 @@ def _write_summary(config, store, ids, prompts, prices, meter, started, stopped_
         # The tokens of the records at the roles' prices; GPU-hours are paid per run, below.
         cost_usd=prices.records_cost(summary["usage"]),
         this_run={
-            "records": meter.records, "calls": meter.calls, "replayed_calls": meter.replayed, "tokens": meter.tokens,
+            "records": meter.records,
+            "calls": meter.calls,
+            "replayed_calls": meter.replayed,
+            "tokens": meter.tokens,
             # From the first prompt started to the last one finished: without model loading or server start.
             "generating_seconds": round(meter.generating_seconds, 3),
             # The finished prompts' own times, summed (each from its start to its record).
@@ -295,7 +304,9 @@ def recorded_error_kind(record: dict) -> str:
     if "error_kind" in record:
         return record["error_kind"]
     name = (record.get("error") or "").split(":", 1)[0]
-    return TRANSIENT if name in {cls.__name__ for base in _transient_errors() for cls in _subclasses(base)} else PERMANENT
+    return (
+        TRANSIENT if name in {cls.__name__ for base in _transient_errors() for cls in _subclasses(base)} else PERMANENT
+    )
 
 
 def _subclasses(cls: type) -> list[type]:
@@ -332,7 +343,9 @@ def _records_failure(records: list[dict], max_failed_share: float, flags: str) -
         what = f"no record succeeded: all {len(failed)} records failed"
         limit = ""
     else:
-        what = f"{len(failed)} of {len(records)} records failed ({share:.0%}, over max_failed_share {max_failed_share:g})"
+        what = (
+            f"{len(failed)} of {len(records)} records failed ({share:.0%}, over max_failed_share {max_failed_share:g})"
+        )
         limit = f"; {flags}max_failed_share allows more"
     permanent = sum(recorded_error_kind(r) == PERMANENT for r in failed)
     if permanent:
@@ -473,7 +486,9 @@ async def _run_prompts(pending, engine, base, critic, store, journal, meter, con
             prompt_started = time.monotonic()
             calls = journal.prompt(record_id)
             session = Session(
-                calls.backend("base", base, settings["base"]), calls.backend("critic", critic, settings["critic"]), on_usage=meter
+                calls.backend("base", base, settings["base"]),
+                calls.backend("critic", critic, settings["critic"]),
+                on_usage=meter,
             )
             try:
                 fields = await engine.run(prompt, session)

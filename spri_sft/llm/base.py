@@ -67,11 +67,15 @@ class EndpointConfig:
     )
     base_url: list[str] = field(
         default_factory=list,
-        metadata={"help": "openai: server URL(s) ending in /v1; several URLs are replicas of one model, spread by load."},
+        metadata={
+            "help": "openai: server URL(s) ending in /v1; several URLs are replicas of one model, spread by load."
+        },
     )
     vllm: VLLMServer = field(
         default_factory=VLLMServer,
-        metadata={"help": "vllm: how to serve the model (spri_sft.serve.VLLMServer); vllm.model may give a local copy."},
+        metadata={
+            "help": "vllm: how to serve the model (spri_sft.serve.VLLMServer); vllm.model may give a local copy."
+        },
     )
     api_key_env: str = field(
         default="OPENAI_API_KEY",
@@ -81,7 +85,9 @@ class EndpointConfig:
     top_p: float = field(default=0.95, metadata={"help": "Nucleus sampling mass.", "gt": 0, "le": 1})
     top_k: int | None = field(
         default=50,
-        metadata={"help": "Top-k sampling; sent as an extra body field to servers (vLLM/TGI accept it; set null for api.openai.com)."},
+        metadata={
+            "help": "Top-k sampling; sent as an extra body field to servers (vLLM/TGI accept it; set null for api.openai.com)."
+        },
     )
     max_new_tokens: int = field(default=256, metadata={"help": "Length cap of every reply.", "ge": 1})
     min_new_tokens: int | None = field(
@@ -115,9 +121,14 @@ class EndpointConfig:
     )
     max_concurrency: int = field(
         default=32,
-        metadata={"help": "openai: requests in flight per server URL; transformers: largest generate() batch.", "ge": 1},
+        metadata={
+            "help": "openai: requests in flight per server URL; transformers: largest generate() batch.",
+            "ge": 1,
+        },
     )
-    timeout: float = field(default=120.0, metadata={"help": "openai: seconds before one request times out (then retried).", "gt": 0})
+    timeout: float = field(
+        default=120.0, metadata={"help": "openai: seconds before one request times out (then retried).", "gt": 0}
+    )
     max_retries: int = field(
         default=6,
         metadata={
@@ -143,7 +154,8 @@ class EndpointConfig:
         default=None, metadata={"help": "USD per million prompt tokens of this role (a hosted API's price).", "ge": 0}
     )
     price_completion_per_million: float | None = field(
-        default=None, metadata={"help": "USD per million completion tokens of this role (a hosted API's price).", "ge": 0}
+        default=None,
+        metadata={"help": "USD per million completion tokens of this role (a hosted API's price).", "ge": 0},
     )
     price_per_gpu_hour: float | None = field(
         default=None,
@@ -216,8 +228,10 @@ def render_raw(messages: list[dict[str, str]]) -> str:
         expected = "user" if index % 2 == 0 else "assistant"
         if message["role"] != expected:
             position = index + (system is not None)
-            raise ValueError(f"render_raw: message {position} is {message['role']!r}, expected {expected!r} "
-                             f"(roles: {_roles(messages)})")
+            raise ValueError(
+                f"render_raw: message {position} is {message['role']!r}, expected {expected!r} "
+                f"(roles: {_roles(messages)})"
+            )
     replies = [m["content"] for m in turns[1::2]] + [""]
     text = "\n\n".join(f"User: {user['content']} \n\nAssistant: {reply}" for user, reply in zip(turns[::2], replies))
     return text if system is None else f"{system}\n\n{text}"

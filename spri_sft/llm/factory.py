@@ -30,7 +30,9 @@ def _same_resource(a: EndpointConfig, b: EndpointConfig) -> bool:
 
 def _build(config: EndpointConfig) -> ChatBackend:
     if config.backend == "vllm":  # `spri_sft.generate.servers` turns it into an openai role once its server runs
-        raise UserError(f"backend vllm ({config.model}): start its server first (spri_sft.generate.servers.ServedModels)")
+        raise UserError(
+            f"backend vllm ({config.model}): start its server first (spri_sft.generate.servers.ServedModels)"
+        )
     if config.backend == "openai":
         from spri_sft.llm.openai_http import OpenAIChat
 

@@ -189,7 +189,10 @@ class OpenAIChat:
             if missing:
                 logger.warning(
                     "%s: critic score %r needs %s; scoring %s's critiques by parsing their text instead (score: parse)",
-                    ", ".join(self.config.base_url), self.score_mode, missing, self.model,
+                    ", ".join(self.config.base_url),
+                    self.score_mode,
+                    missing,
+                    self.model,
                 )
                 self.score_mode = "parse"
 
@@ -395,7 +398,10 @@ class _ServerPool:
                     replica.refused_fields.add(refused)
                     logger.warning(
                         "%s refused the request field %r (HTTP %s); sending requests to it without %r from now on",
-                        replica.url, refused, err.status_code, refused,
+                        replica.url,
+                        refused,
+                        err.status_code,
+                        refused,
                     )
 
     async def _post_json(self, replica: _Replica, path: str, body: dict) -> object:

@@ -53,8 +53,12 @@ class _Sampling:
     @classmethod
     def of(cls, config: EndpointConfig) -> _Sampling:
         return cls(
-            config.temperature, config.top_p, config.top_k, config.max_new_tokens,
-            config.min_new_tokens, config.prompt_format,
+            config.temperature,
+            config.top_p,
+            config.top_k,
+            config.max_new_tokens,
+            config.min_new_tokens,
+            config.prompt_format,
         )
 
 
@@ -156,7 +160,9 @@ class _LocalModel:
         if sampling.prompt_format == "raw":
             texts = [render_raw(c) for c in conversations]
         else:
-            texts = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in conversations]
+            texts = [
+                tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in conversations
+            ]
         if sampling.critique:
             texts = [text + FEEDBACK_PREFIX for text in texts]
         # A chat template already wrote any BOS token, so adding special tokens would double it; a raw
@@ -226,7 +232,9 @@ class _LocalModel:
             input_ids, attention_mask = _left_padded(encoded, pad_id, device)
             return {"input_ids": input_ids, "attention_mask": attention_mask}
         with torch.inference_mode():  # the decoder alone: nobody reads the prefix's logits
-            self.model.base_model(input_ids=torch.tensor([shared], device=device), use_cache=True, **{cache_argument(): cache})
+            self.model.base_model(
+                input_ids=torch.tensor([shared], device=device), use_cache=True, **{cache_argument(): cache}
+            )
         cache.batch_repeat_interleave(len(encoded))
         tails = [ids[len(shared) :] for ids in encoded]
         width = max(len(tail) for tail in tails)
@@ -265,9 +273,7 @@ class _LocalModel:
         results: list[list[float] | None] = [None] * len(prefixes)
         last_token_rows = []  # (row, shared ids, the five last tokens)
         for row, prefix in enumerate(prefixes):
-            candidates = [
-                tokenizer(f"{prefix} {digit}", add_special_tokens=special)["input_ids"] for digit in DIGITS
-            ]
+            candidates = [tokenizer(f"{prefix} {digit}", add_special_tokens=special)["input_ids"] for digit in DIGITS]
             shared = _common_prefix(candidates)
             if shared and all(len(ids) == len(shared) + 1 for ids in candidates):
                 last_token_rows.append((row, shared, [ids[-1] for ids in candidates]))
@@ -279,9 +285,11 @@ class _LocalModel:
             # Left padding: positions count real tokens only, as generate() computes them.
             position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
             with torch.inference_mode():
-                logits = self.model(
-                    input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids
-                ).logits[:, -1].float()
+                logits = (
+                    self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids)
+                    .logits[:, -1]
+                    .float()
+                )
             logprobs = torch.log_softmax(logits, dim=-1)
             for index, (row, _, targets) in enumerate(last_token_rows):
                 results[row] = logprobs[index, targets].tolist()
@@ -299,7 +307,9 @@ class _LocalModel:
             [[1] * len(ids) + [0] * (width - len(ids)) for ids in candidates], device=self.model.device
         )
         with torch.inference_mode():
-            logprobs = torch.log_softmax(self.model(input_ids=input_ids, attention_mask=attention_mask).logits.float(), -1)
+            logprobs = torch.log_softmax(
+                self.model(input_ids=input_ids, attention_mask=attention_mask).logits.float(), -1
+            )
         totals = []
         for row, ids in enumerate(candidates):
             first = max(start, 1)  # the first token of a sequence has no prediction

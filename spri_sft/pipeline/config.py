@@ -31,7 +31,9 @@ class TrainStage:
     )
     accelerate_config: str | None = field(
         default=None,
-        metadata={"help": "Launch training with `accelerate launch --config_file` this file (several GPUs); else one process."},
+        metadata={
+            "help": "Launch training with `accelerate launch --config_file` this file (several GPUs); else one process."
+        },
     )
 
 
@@ -133,7 +135,9 @@ class EvaluateStage:
     )
     lm_eval_include_path: str | None = field(
         default=None,
-        metadata={"help": "A folder of local lm-eval task YAMLs (lm-eval's --include_path); they win over lm-eval's own."},
+        metadata={
+            "help": "A folder of local lm-eval task YAMLs (lm-eval's --include_path); they win over lm-eval's own."
+        },
     )
     lm_eval_include_defaults: bool = field(
         default=True,

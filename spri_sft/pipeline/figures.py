@@ -16,8 +16,9 @@ figures are drawn on matplotlib `Figure` objects (no pyplot, no display): headle
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
@@ -94,7 +95,7 @@ def truthfulqa_figure(report: dict[str, Any]) -> Figure | None:
 
         # Δ vs base with the paired bootstrap interval; the base column is left empty (Δ = 0 by definition).
         bottom.axhline(0, color=BASE_COLOR, linewidth=1.0)
-        for x, (label, scores, color) in enumerate(rows[1:], start=1):
+        for x, (_label, scores, color) in enumerate(rows[1:], start=1):
             interval = scores.get(f"{metric}_interval")
             delta = scores.get(f"{metric}_delta")
             if delta is None:
@@ -198,6 +199,7 @@ def _histogram_figure(
         ax.grid(axis="y", alpha=0.3)
     axes[0].set_ylabel("share of the mode's records (%)")
     records = {mode: (report["modes"][mode].get("generation") or {}).get("records") for mode in shown}
+
     def label(mode: str) -> str:
         critic = (report["modes"][mode].get("generation") or {}).get("critic_calls_per_record")
         return f"{mode} ({records[mode]} records" + ("" if critic else ", scored by its own feedback") + ")"

@@ -50,7 +50,9 @@ def load_recipe(path: str, overrides: list[str]) -> PipelineConfig | GenerateCon
     data = read_yaml(Path(path)) or {}
     if not isinstance(data, dict):
         raise UserError(f"{path}: expected a mapping of pipeline or generate fields")
-    pipeline_only = {f.name for f in dataclasses.fields(PipelineConfig)} - {f.name for f in dataclasses.fields(GenerateConfig)}
+    pipeline_only = {f.name for f in dataclasses.fields(PipelineConfig)} - {
+        f.name for f in dataclasses.fields(GenerateConfig)
+    }
     kind = PipelineConfig if set(data) & pipeline_only else GenerateConfig
     return load_config(kind, ["--config", path, *overrides])
 
@@ -68,7 +70,9 @@ def plan_recipe(recipe: PipelineConfig | GenerateConfig, settings: PlanSettings)
     out = Path(settings.output_dir or Path(recipe.output_dir) / "plan")
     jobs = generation_jobs(recipe)
     plans = []
-    flags = "--" if isinstance(recipe, GenerateConfig) else "--generate."  # a failed sample's message names the recipe's flags
+    flags = (
+        "--" if isinstance(recipe, GenerateConfig) else "--generate."
+    )  # a failed sample's message names the recipe's flags
     with ServedModels(out / "servers") as servers:
         for mode, job in jobs.items():
             plans.append(_plan_mode(job, settings.sample, out / mode, servers, flags))
@@ -95,8 +99,12 @@ def _plan_mode(job: GenerateConfig, sample: int, directory: Path, servers: Serve
         empty = {"records": len(chosen), "calls": 0, "tokens": 0, "generating_seconds": 0.0, "prompt_seconds": 0.0}
         return extrapolate(job, {"this_run": empty, "usage": {}, "wall_seconds": 0.0}, len(prompts), already_done)
     sample_file = directory / SAMPLE_FILE
-    sample_file.write_text("".join(json.dumps({"prompt": str(p)}, ensure_ascii=False) + "\n" for p in chosen), encoding="utf-8")
-    print(f"[spri-sft] plan {job.mode}: generating {len(chosen)} of {len(prompts):,} prompts to measure them", flush=True)
+    sample_file.write_text(
+        "".join(json.dumps({"prompt": str(p)}, ensure_ascii=False) + "\n" for p in chosen), encoding="utf-8"
+    )
+    print(
+        f"[spri-sft] plan {job.mode}: generating {len(chosen)} of {len(prompts):,} prompts to measure them", flush=True
+    )
     sample_job = dataclasses.replace(
         job,
         output_dir=str(directory),

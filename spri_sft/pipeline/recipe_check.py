@@ -64,7 +64,10 @@ def training_recipes_checked(recipes: list[tuple[str, dict[str, Any], str]]) -> 
             raise
         finally:
             child.stdin.close()
-        verdict, last_words = _verdict(stdout.read_text()), (stderr.read_text().strip().splitlines() or ["no output"])[-1]
+        verdict, last_words = (
+            _verdict(stdout.read_text()),
+            (stderr.read_text().strip().splitlines() or ["no output"])[-1],
+        )
     if returncode == 0:
         _checked.update(_key(recipe) for recipe in unchecked)
         return

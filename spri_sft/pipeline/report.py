@@ -413,7 +413,11 @@ def _differences_section(report: dict[str, Any]) -> list[str]:
                 cells += [
                     _signed(interval["delta"]),
                     _bounds(interval),
-                    "negligible" if scores.get(f"{metric}_negligible") else "yes" if interval["excludes_zero"] else "no",
+                    "negligible"
+                    if scores.get(f"{metric}_negligible")
+                    else "yes"
+                    if interval["excludes_zero"]
+                    else "no",
                 ]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
@@ -509,7 +513,9 @@ def over_max_length_cell(lengths: dict[str, Any]) -> str:
         parts.append(_what_happened(over, rows, measured["policy"], lost))
     if trained is not None:
         splits = trained.get("splits") or {}
-        rows, over, lost = (sum(s.get(key, 0) for s in splits.values()) for key in ("rows", "over_max_length", "lost_eos"))
+        rows, over, lost = (
+            sum(s.get(key, 0) for s in splits.values()) for key in ("rows", "over_max_length", "lost_eos")
+        )
         if not parts:
             parts.append(_what_happened(over, rows, trained.get("policy"), lost) + " (training)")
         elif over:
@@ -518,7 +524,7 @@ def over_max_length_cell(lengths: dict[str, Any]) -> str:
 
 
 def _max_lengths(report: dict[str, Any]) -> str:
-    """" (1,024 tokens)": the max_length the rows were counted against, as format or training recorded it."""
+    """ " (1,024 tokens)": the max_length the rows were counted against, as format or training recorded it."""
     found = set()
     for row in [*report["modes"].values(), *(report.get("dpo") or {}).values()]:
         lengths = row.get("lengths") or {}
@@ -686,7 +692,9 @@ def _lm_eval_scores(config: PipelineConfig, root: Path, dpo_models: list[str]) -
     first = next((results for results in found.values() if results), {})
     return {
         "tasks": list(tasks),
-        "metrics": {task: next((r[task]["metric"] for r in rows.values() if r[task]["metric"]), None) for task in tasks},
+        "metrics": {
+            task: next((r[task]["metric"] for r in rows.values() if r[task]["metric"]), None) for task in tasks
+        },
         "versions": {task: first.get("versions", {}).get(task) for task in tasks if task in first.get("versions", {})},
         "n-shot": {task: first.get("n-shot", {}).get(task) for task in tasks if task in first.get("n-shot", {})},
         "lm_eval_version": first.get("lm_eval_version"),

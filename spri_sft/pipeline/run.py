@@ -89,7 +89,7 @@ def run_pipeline(config: PipelineConfig) -> dict[str, Any]:
 
     root.mkdir(parents=True, exist_ok=True)
     dump_yaml(dataclasses.replace(config, redo=[]), root / "config.yaml")  # rerunning the saved config redoes nothing
-    _clear_stages(redone, graph, [*config.redo, *(f'{stage} (review)' for stage in reviewed)])
+    _clear_stages(redone, graph, [*config.redo, *(f"{stage} (review)" for stage in reviewed)])
     from spri_sft.train.progress import only_stage_bars
 
     # One bar per stage (generate, train, TruthfulQA), none from the libraries under them.
@@ -121,7 +121,9 @@ def _run_stages(
                 config, mode, root, stages[f"generate/{mode}"], truthfulqa, train_plans[mode]
             )
     if truthfulqa is not None:
-        stages["eval/base"] = _evaluate(config, truthfulqa, root / "eval" / "base", train_plans[config.modes[0]], None, name, group)
+        stages["eval/base"] = _evaluate(
+            config, truthfulqa, root / "eval" / "base", train_plans[config.modes[0]], None, name, group
+        )
         if config.evaluate.lm_eval_tasks:
             stages["eval/base/lm_eval"] = lm_eval_stage(
                 config, root / "eval" / "base" / "lm_eval", train_plans[config.modes[0]], None, name, group
@@ -180,7 +182,9 @@ def check_recipe(config: PipelineConfig) -> None:
     if unknown or len(set(config.modes)) != len(config.modes):
         raise UserError(f"modes: {config.modes} must be distinct modes among {', '.join(MODES)}")
     if config.generate.mode != GenerateConfig().mode:
-        raise UserError(f"generate.mode is set by the pipeline: list the modes in modes: (e.g. [{config.generate.mode}])")
+        raise UserError(
+            f"generate.mode is set by the pipeline: list the modes in modes: (e.g. [{config.generate.mode}])"
+        )
     sections = {"generate": config.generate, "format": config.format}
     for dotted, default in SET_BY_PIPELINE.items():
         section, field = dotted.split(".")
@@ -702,7 +706,11 @@ def _truthfulqa_source(config: PipelineConfig, root: Path) -> dict | None:
         print(f"[spri-sft] TruthfulQA: {truthfulqa_data.SOURCE} (as before in this run)", flush=True)
         return {"file": str(packaged), "source": truthfulqa_data.SOURCE}
     source = truthfulqa_data.choose_source(
-        settings.truthfulqa_file, settings.dataset, "validation", directory=root / "eval", setting="evaluate.truthfulqa_file"
+        settings.truthfulqa_file,
+        settings.dataset,
+        "validation",
+        directory=root / "eval",
+        setting="evaluate.truthfulqa_file",
     )
     if source.file is not None:
         return {"file": source.file, "source": source.described}
@@ -718,7 +726,13 @@ def _truthfulqa_source(config: PipelineConfig, root: Path) -> dict | None:
 
 
 def _evaluate(
-    config: PipelineConfig, truthfulqa: dict, directory: Path, plan: TrainPlan, trained: Stage | None, name: str, group: str
+    config: PipelineConfig,
+    truthfulqa: dict,
+    directory: Path,
+    plan: TrainPlan,
+    trained: Stage | None,
+    name: str,
+    group: str,
 ) -> Stage:
     from spri_sft.evaluate.config import EvaluateConfig
     from spri_sft.evaluate.run import QUANTIZATION_FIELDS, evaluate_truthfulqa
@@ -840,7 +854,10 @@ def _skip(stage: Stage, resumable: bool = True) -> bool:
         return True
     state = stage.state()
     if stage.incremental and state is not None and state.get("fingerprint") != stage.fingerprint:
-        print(f"[spri-sft] {stage.name}: settings or inputs changed since its last run: adding what this run needs", flush=True)
+        print(
+            f"[spri-sft] {stage.name}: settings or inputs changed since its last run: adding what this run needs",
+            flush=True,
+        )
         return False
     how = "starting" if state is None else "resuming" if resumable else "starting over"
     print(f"[spri-sft] {stage.name}: {how}", flush=True)

@@ -88,7 +88,9 @@ def changes(recorded: Any, current: Any, made_from: str = "the stage before it")
         if before == after:
             continue
         if name.split(".")[0] == AFTER:  # output ids of the stages before it; without any, the model scored
-            inputs.append(f"the outputs of {made_from} changed" if made_from else f"model {_short(before)} → {_short(after)}")
+            inputs.append(
+                f"the outputs of {made_from} changed" if made_from else f"model {_short(before)} → {_short(after)}"
+            )
         elif _is_digest(before) and _is_digest(after):
             phrases.append(f"{name}: the file's contents changed")
         else:
@@ -97,7 +99,9 @@ def changes(recorded: Any, current: Any, made_from: str = "the stage before it")
 
 
 def _is_digest(value: Any) -> bool:
-    return isinstance(value, str) and (len(value) == 64 and all(c in "0123456789abcdef" for c in value) or value.startswith("missing:"))
+    return isinstance(value, str) and (
+        len(value) == 64 and all(c in "0123456789abcdef" for c in value) or value.startswith("missing:")
+    )
 
 
 def _short(value: Any) -> str:

@@ -11,5 +11,11 @@ from spri_sft.processes.children import run_bound, signal_group, spawn_bound, st
 from spri_sft.processes.output_lock import LOCK_NAME, hold_output_dir, writes_output_dir
 
 __all__ = [
-    "LOCK_NAME", "hold_output_dir", "run_bound", "signal_group", "spawn_bound", "stop_bound", "writes_output_dir",
+    "LOCK_NAME",
+    "hold_output_dir",
+    "run_bound",
+    "signal_group",
+    "spawn_bound",
+    "stop_bound",
+    "writes_output_dir",
 ]

@@ -108,7 +108,9 @@ def _page_without_data() -> str:
             assets[name] = (STATIC_DIR / name).read_text(encoding="utf-8")
         except OSError:
             missing = STATIC_DIR / name
-            raise UserError(f"view: the viewer's {missing} is missing (a broken install?): reinstall spri-sft") from None  # noqa: E501
+            raise UserError(
+                f"view: the viewer's {missing} is missing (a broken install?): reinstall spri-sft"
+            ) from None  # noqa: E501
     for name, closing in (("app.css", "</style"), ("app.js", "</script")):
         if closing in assets[name].lower():  # it would end its inline element early
             raise UserError(f"view: {STATIC_DIR / name} contains {closing}>, which cannot be inlined")

@@ -116,7 +116,7 @@ def shown_paths(paths: Sequence[str | Path]) -> str:
     `FOLDER: REST, REST` (the full records files are the header's tooltip)."""
     home = str(Path.home())
     given = [str(p) for p in paths]
-    given = ["~" + p[len(home):] if home != "/" and (p == home or p.startswith(home + "/")) else p for p in given]
+    given = ["~" + p[len(home) :] if home != "/" and (p == home or p.startswith(home + "/")) else p for p in given]
     if len(given) < 2:
         return " ".join(given)
     folder = os.path.commonpath(given) if all(os.path.isabs(p) == os.path.isabs(given[0]) for p in given) else ""
@@ -482,10 +482,7 @@ class RecordIndex:
             where.append("records_text MATCH ?")
         clause = (" WHERE " + " AND ".join(where)) if where else ""
         columns = ", ".join(f"r.{c}" for c in LIST_COLUMNS) + ", d.decision"
-        listing = (
-            f"SELECT {columns} {joins}{clause} ORDER BY {order_by}, r.rowid {order} "
-            "LIMIT ? OFFSET ?"
-        )
+        listing = f"SELECT {columns} {joins}{clause} ORDER BY {order_by}, r.rowid {order} LIMIT ? OFFSET ?"
         counting = f"SELECT count(*) {joins}{clause}"
         attempts = [search, _phrase(search)] if search else [None]
         with self.lock:
@@ -572,7 +569,7 @@ def _by_number(counts: Counter) -> dict[str, int]:
 
 
 def _grown(path: Path, stored: dict) -> str:
-    """"same", "grown" (only lines appended since it was indexed) or "rebuild" (anything else)."""
+    """ "same", "grown" (only lines appended since it was indexed) or "rebuild" (anything else)."""
     try:
         stat = path.stat()
     except FileNotFoundError:  # removed while viewing (e.g. a mode's generation redone): indexed as empty

@@ -108,7 +108,7 @@ def fill_meta(page: str, values: dict[str, str]) -> str:
     for name, value in values.items():
         tag = f'<meta name="{name}" content="{html.escape(value, quote=True)}">'
         pattern = re.compile(rf'<meta\s+name="{re.escape(name)}"\s+content="[^"]*"\s*/?>')
-        page, found = pattern.subn(lambda _: tag, page, count=1)
+        page, found = pattern.subn(lambda _, tag=tag: tag, page, count=1)
         if not found:
             page = page.replace("<head>", "<head>\n" + tag, 1)
     return page
@@ -166,13 +166,13 @@ class ViewHandler(BaseHTTPRequestHandler):
         if path in ("/", "/index.html"):
             return self._send(HTTPStatus.OK, viewer.page_html(), ASSETS["index.html"], cookie)
         if path.startswith("/static/"):
-            name = path[len("/static/"):]
+            name = path[len("/static/") :]
             if name not in ASSETS or not (STATIC_DIR / name).is_file():  # the three assets; no other name, no `..`
                 return self._error(HTTPStatus.NOT_FOUND, "no such asset")
             body = viewer.page_html() if name == "index.html" else (STATIC_DIR / name).read_bytes()
             return self._send(HTTPStatus.OK, body, ASSETS[name])
         if path.startswith("/figures/"):
-            name = path[len("/figures/"):]
+            name = path[len("/figures/") :]
             if name not in viewer.figures():  # the run root's PNGs, listed by name: nothing else
                 return self._error(HTTPStatus.NOT_FOUND, "no such figure")
             return self._send(HTTPStatus.OK, (viewer.run_root / name).read_bytes(), "image/png")
@@ -187,7 +187,7 @@ class ViewHandler(BaseHTTPRequestHandler):
             except ValueError as err:
                 return self._error(HTTPStatus.BAD_REQUEST, str(err))
         if path.startswith("/api/record/"):
-            record_id = unquote(path[len("/api/record/"):])
+            record_id = unquote(path[len("/api/record/") :])
             record = viewer.index.record(record_id)
             if record is None:
                 return self._error(HTTPStatus.NOT_FOUND, f"no record {record_id!r}")
@@ -253,7 +253,7 @@ class ViewHandler(BaseHTTPRequestHandler):
         """Whether the request carries the access token: `?token=`, `Authorization: Bearer`, or the cookie."""
         viewer = self.server.viewer
         authorization = self.headers.get("Authorization") or ""
-        bearer = authorization[len("Bearer "):].strip() if authorization.startswith("Bearer ") else ""
+        bearer = authorization[len("Bearer ") :].strip() if authorization.startswith("Bearer ") else ""
         given = query.get("token") or bearer
         if given:
             return hmac.compare_digest(given.encode(), viewer.access_token.encode())

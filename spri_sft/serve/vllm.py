@@ -514,4 +514,3 @@ def _healthy(url: str) -> bool:
             return reply.status == 200
     except (urllib.error.URLError, OSError, ValueError):
         return False
-

@@ -326,8 +326,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", default=DEFAULT_MODEL_NAME)
     args = parser.parse_args(argv)
     server = CapacityServer(
-        capacity=args.capacity, median=args.median, sigma=args.sigma, seed=args.seed, accept_rate=args.accept_rate,
-        reply_words=args.reply_words, host=args.host, port=args.port, model=args.model,
+        capacity=args.capacity,
+        median=args.median,
+        sigma=args.sigma,
+        seed=args.seed,
+        accept_rate=args.accept_rate,
+        reply_words=args.reply_words,
+        host=args.host,
+        port=args.port,
+        model=args.model,
     )
     server.serve_forever(on_ready=lambda url: print(f"listening on {url}", flush=True))
 

@@ -106,6 +106,7 @@ STAT_BAD_REQUEST = "bad_request"  # 400s: the request itself was invalid
 STAT_REPLY_FN_ERROR = "reply_fn_error"  # reply_fn raised; answered with a 500
 STAT_KEYS = (STAT_REQUESTS, STAT_OK, *FAULT_KINDS, STAT_BAD_REQUEST, STAT_REPLY_FN_ERROR)
 
+
 @dataclass(frozen=True)
 class FaultPlan:
     """Which faults the server injects, and how often.
@@ -173,9 +174,7 @@ def message_text(message: dict[str, Any]) -> str:
         return content
     if isinstance(content, list):
         return " ".join(
-            part["text"]
-            for part in content
-            if isinstance(part, dict) and isinstance(part.get("text"), str)
+            part["text"] for part in content if isinstance(part, dict) and isinstance(part.get("text"), str)
         )
     return ""
 
@@ -184,9 +183,7 @@ def default_reply(messages: list[dict[str, Any]], request_json: dict[str, Any]) 
     """Answer critic prompts with a perfect score, anything else with an echo of the user."""
     if _is_critique(messages):
         return CRITIC_REPLY
-    last_user = next(
-        (message_text(m) for m in reversed(messages) if m.get("role") == "user"), ""
-    )
+    last_user = next((message_text(m) for m in reversed(messages) if m.get("role") == "user"), "")
     return "Reply to: " + " ".join(last_user.split()[:12])
 
 
@@ -230,12 +227,8 @@ def _word_count(text: str) -> int:
     return len(text.split())
 
 
-def _error_response(
-    status: int, message: str, error_type: str, headers: dict[str, str] | None = None
-) -> web.Response:
-    return web.json_response(
-        {"error": {"message": message, "type": error_type}}, status=status, headers=headers
-    )
+def _error_response(status: int, message: str, error_type: str, headers: dict[str, str] | None = None) -> web.Response:
+    return web.json_response({"error": {"message": message, "type": error_type}}, status=status, headers=headers)
 
 
 @dataclass(frozen=True)
@@ -428,9 +421,7 @@ class FakeOpenAIServer(ThreadedServer):
         return web.Response(status=200)
 
     async def _handle_models(self, request: web.Request) -> web.Response:
-        return web.json_response(
-            {"object": "list", "data": [{"id": self.model, "object": "model"}]}
-        )
+        return web.json_response({"object": "list", "data": [{"id": self.model, "object": "model"}]})
 
     async def _handle_completions(self, request: web.Request) -> web.Response:
         arrived = time.monotonic()
@@ -460,9 +451,7 @@ class FakeOpenAIServer(ThreadedServer):
             self._count(fault)
         error_headers = dict(self.faults.error_headers)
         if fault == FAULT_429:
-            return _error_response(
-                429, "injected rate limit: please retry", "rate_limit_error", headers=error_headers
-            )
+            return _error_response(429, "injected rate limit: please retry", "rate_limit_error", headers=error_headers)
         if fault is not None and fault.isdigit():  # FAULT_500, or a fail-first status
             message = "injected server error" if fault == FAULT_500 else f"injected error {fault}"
             return _error_response(int(fault), message, "server_error", headers=error_headers)
@@ -485,18 +474,14 @@ class FakeOpenAIServer(ThreadedServer):
         if fault == FAULT_EMPTY_CHOICES:
             return web.json_response({**envelope, "choices": []})
 
-        messages: list[dict[str, Any]] = (
-            body["messages"] if chat else [{"role": "user", "content": body["prompt"]}]
-        )
+        messages: list[dict[str, Any]] = body["messages"] if chat else [{"role": "user", "content": body["prompt"]}]
         critique = self.critic_scores is not None and _is_critique(messages)
         try:
             text = self._scripted_critique(messages) if critique else self.reply_fn(messages, body)
         except Exception as exc:  # noqa: BLE001 - reported to the client, and logged
             logger.exception("FakeOpenAIServer reply_fn raised")
             self._count(STAT_REPLY_FN_ERROR)
-            return _error_response(
-                500, f"reply_fn raised {type(exc).__name__}: {exc}", "server_error"
-            )
+            return _error_response(500, f"reply_fn raised {type(exc).__name__}: {exc}", "server_error")
 
         continued = (
             (messages[-1].get("role") == "assistant" and body.get("continue_final_message") and message_text(messages[-1]))
@@ -536,7 +521,9 @@ class FakeOpenAIServer(ThreadedServer):
             choice["message"] = {"role": "assistant", "content": text}
         else:
             choice.update(text=text, logprobs=None)
-        wanted = body.get("top_logprobs") if chat and body.get("logprobs") else body.get("logprobs") if not chat else None
+        wanted = (
+            body.get("top_logprobs") if chat and body.get("logprobs") else body.get("logprobs") if not chat else None
+        )
         if self.logprobs and isinstance(wanted, int) and not isinstance(wanted, bool):
             first_top = self.digit_logprobs if scoring_continuation else {(text.split() or [""])[0]: 0.0}
             choice["logprobs"] = _logprobs_body(chat, text, first_top, wanted)
@@ -589,7 +576,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--fail-first-n", type=int, default=0)
     parser.add_argument("--fail-first-status", type=int, default=429)
     parser.add_argument(
-        "--critic-scores", type=lambda text: [int(s) for s in text.split(",")], default=None,
+        "--critic-scores",
+        type=lambda text: [int(s) for s in text.split(",")],
+        default=None,
         help="the critic's score by round of the same critique, e.g. 2,5 (default: always 5)",
     )
     return parser.parse_args(argv)

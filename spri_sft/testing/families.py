@@ -70,9 +70,7 @@ LLAMA3_SPECIAL = [
     "<|finetune_right_pad_id|>", "<|reserved_special_token_2|>", "<|start_header_id|>", "<|end_header_id|>",
     "<|eom_id|>", "<|eot_id|>", "<|python_tag|>",
 ] + [f"<|reserved_special_token_{i}|>" for i in range(3, 248)]  # fmt: skip
-LLAMA3_PATTERN = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
-)
+LLAMA3_PATTERN = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 
 # Gemma's first ids: pad, eos, bos, unk, mask, then unused slots up to the turn markers at 106 and 107.
 GEMMA_SPECIAL = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>", "[@BOS@]"]
@@ -282,8 +280,8 @@ def _train_bpe(template_tokenizer, first: list[str], size: int, alphabet: list[s
 
 
 def _corpus() -> list[str]:
-    from spri_sft.truthfulqa_data import packaged_bytes
     from spri_sft.generate.prompts import PromptSet
+    from spri_sft.truthfulqa_data import packaged_bytes
 
     prompts = PromptSet()
     texts = [pair["question"] + " " + pair["principles"] for pair in prompts.seed_pairs] + list(prompts.constitution)

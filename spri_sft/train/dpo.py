@@ -53,36 +53,52 @@ class DPOScriptArguments:
 
     dataset_path: str | None = field(
         default=None,
-        metadata={"help": "The preference/ directory of a `spri-sft format --preference true` output (itself or its "
-                  "hf/), or any datasets.save_to_disk one with prompt/chosen/rejected columns."},
+        metadata={
+            "help": "The preference/ directory of a `spri-sft format --preference true` output (itself or its "
+            "hf/), or any datasets.save_to_disk one with prompt/chosen/rejected columns."
+        },
     )
     dataset_name: str | None = field(default=None, metadata={"help": "Or a Hugging Face preference dataset id."})
     dataset_train_split: str = field(default="train", metadata={"help": "Training split."})
-    dataset_test_split: str = field(default="validation", metadata={"help": "Validation split (eval loss and rewards)."})
+    dataset_test_split: str = field(
+        default="validation", metadata={"help": "Validation split (eval loss and rewards)."}
+    )
     sft_adapter: str | None = field(
         default=None,
-        metadata={"help": "A `spri-sft train` LoRA adapter to continue (needs use_peft; its own r/alpha/targets, "
-                  "the lora_* fields unused); a frozen copy of it is the reference. Unset: a fresh adapter on "
-                  "the base model, which is the reference."},
+        metadata={
+            "help": "A `spri-sft train` LoRA adapter to continue (needs use_peft; its own r/alpha/targets, "
+            "the lora_* fields unused); a frozen copy of it is the reference. Unset: a fresh adapter on "
+            "the base model, which is the reference."
+        },
     )
     chat_template_fallback: str | None = field(
         default=None,
-        metadata={"help": "Template for a tokenizer without a chat template (base models): 'alpaca', or unset to refuse."},
+        metadata={
+            "help": "Template for a tokenizer without a chat template (base models): 'alpaca', or unset to refuse."
+        },
     )
     training_template: str = field(
         default="model",
-        metadata={"help": "'model': the tokenizer's own chat template (chat_template_fallback when it has none); "
-                  "'alpaca': the Alpaca format even when it ships one. Use the SFT recipe's value."},
+        metadata={
+            "help": "'model': the tokenizer's own chat template (chat_template_fallback when it has none); "
+            "'alpaca': the Alpaca format even when it ships one. Use the SFT recipe's value."
+        },
     )
     effective_batch_size: int | None = field(default=None, metadata={"help": sft.EFFECTIVE_BATCH_HELP})
-    merge_adapter: bool = field(default=False, metadata={"help": "Also save the LoRA adapter merged into the base model."})
+    merge_adapter: bool = field(
+        default=False, metadata={"help": "Also save the LoRA adapter merged into the base model."}
+    )
     log_dataset_artifact: bool = field(default=True, metadata={"help": "Log the preference dataset to W&B."})
     truthfulqa_file: str | None = field(
         default=None,
-        metadata={"help": "After training, score the trained model on this TruthfulQA file; into "
-                  "<output_dir>/truthfulqa and the training's W&B run."},
+        metadata={
+            "help": "After training, score the trained model on this TruthfulQA file; into "
+            "<output_dir>/truthfulqa and the training's W&B run."
+        },
     )
-    truthfulqa_limit: int | None = field(default=None, metadata={"help": "Score only the first N TruthfulQA questions."})
+    truthfulqa_limit: int | None = field(
+        default=None, metadata={"help": "Score only the first N TruthfulQA questions."}
+    )
     truthfulqa_before: bool = field(
         default=False,
         metadata={"help": "Also score the base model (adapter disabled) before training; not with sft_adapter."},
@@ -141,7 +157,9 @@ def build_trainer(script_args: DPOScriptArguments, training_args, model_args):
         "tokenizer": sft.resolve_revision(str(adapter_dir), None) if own_tokenizer else model_revision,
     }
     # A template that cannot be marked is kept as it is: DPO needs no assistant mask, only the rendering.
-    use_training_template(tokenizer, fallback=script_args.chat_template_fallback, template=script_args.training_template)
+    use_training_template(
+        tokenizer, fallback=script_args.chat_template_fallback, template=script_args.training_template
+    )
 
     model = sft.load_model(model_path, model_args, training_args, tokenizer, revision)
     if adapter_dir is not None:
@@ -178,7 +196,9 @@ def _check_sft_adapter(script_args: DPOScriptArguments, model_args) -> Path | No
     if not (path / "adapter_config.json").is_file():
         raise UserError(f"sft_adapter {path}: no adapter_config.json there (give a `spri-sft train` output_dir)")
     if not model_args.use_peft:
-        raise UserError("sft_adapter continues a LoRA adapter: set use_peft true (its r, alpha and targets are its own)")
+        raise UserError(
+            "sft_adapter continues a LoRA adapter: set use_peft true (its r, alpha and targets are its own)"
+        )
     if script_args.truthfulqa_before:
         raise UserError(
             "truthfulqa_before with sft_adapter would score the base model, not the SFT one; "

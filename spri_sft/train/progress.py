@@ -64,7 +64,10 @@ def only_stage_bars() -> Iterator[None]:
     import datasets
     from transformers.utils import logging as transformers_logging
 
-    datasets_bars, transformers_bars = datasets.is_progress_bar_enabled(), transformers_logging.is_progress_bar_enabled()
+    datasets_bars, transformers_bars = (
+        datasets.is_progress_bar_enabled(),
+        transformers_logging.is_progress_bar_enabled(),
+    )
     datasets.disable_progress_bars()
     transformers_logging.disable_progress_bar()
     try:

@@ -56,43 +56,65 @@ class SFTScriptArguments:
 
     dataset_path: str | None = field(
         default=None,
-        metadata={"help": "Directory written by `spri-sft format` (itself or its hf/), or any datasets.save_to_disk one."},
+        metadata={
+            "help": "Directory written by `spri-sft format` (itself or its hf/), or any datasets.save_to_disk one."
+        },
     )
-    dataset_name: str | None = field(default=None, metadata={"help": "Or a Hugging Face dataset id with a `messages` column."})
+    dataset_name: str | None = field(
+        default=None, metadata={"help": "Or a Hugging Face dataset id with a `messages` column."}
+    )
     dataset_train_split: str = field(default="train", metadata={"help": "Training split."})
-    dataset_test_split: str = field(default="validation", metadata={"help": "Validation split (eval loss, best checkpoint)."})
+    dataset_test_split: str = field(
+        default="validation", metadata={"help": "Validation split (eval loss, best checkpoint)."}
+    )
     chat_template_fallback: str | None = field(
         default=None,
-        metadata={"help": "Template for a tokenizer without a chat template (base models): 'alpaca', or unset to refuse."},
+        metadata={
+            "help": "Template for a tokenizer without a chat template (base models): 'alpaca', or unset to refuse."
+        },
     )
     training_template: str = field(
         default="model",
-        metadata={"help": "'model': the tokenizer's own chat template (chat_template_fallback when it has none); "
-                  "'alpaca': the Alpaca format even when it ships one (the paper's setup for base students)."},
+        metadata={
+            "help": "'model': the tokenizer's own chat template (chat_template_fallback when it has none); "
+            "'alpaca': the Alpaca format even when it ships one (the paper's setup for base students)."
+        },
     )
     check_template: bool = field(
         default=True, metadata={"help": "Check on real rows that assistant tokens and EOS are trained before training."}
     )
     overlong: str = field(
         default="drop",
-        metadata={"help": "Rows longer than max_length: 'drop' them, or 'keep' them cut to max_length (a row cut "
-                  "before its end loses its end-of-turn token, teaching the model not to stop). Counted either way "
-                  "in <output_dir>/lengths.json. 'drop' is this project's default, not the paper's (it names none).",
-                  "choices": ["drop", "keep"]},
+        metadata={
+            "help": "Rows longer than max_length: 'drop' them, or 'keep' them cut to max_length (a row cut "
+            "before its end loses its end-of-turn token, teaching the model not to stop). Counted either way "
+            "in <output_dir>/lengths.json. 'drop' is this project's default, not the paper's (it names none).",
+            "choices": ["drop", "keep"],
+        },
     )
     effective_batch_size: int | None = field(default=None, metadata={"help": EFFECTIVE_BATCH_HELP})
-    merge_adapter: bool = field(default=False, metadata={"help": "Also save the LoRA adapter merged into the base model."})
-    log_dataset_artifact: bool = field(default=True, metadata={"help": "Log the training dataset (with its card) to W&B."})
+    merge_adapter: bool = field(
+        default=False, metadata={"help": "Also save the LoRA adapter merged into the base model."}
+    )
+    log_dataset_artifact: bool = field(
+        default=True, metadata={"help": "Log the training dataset (with its card) to W&B."}
+    )
     truthfulqa_file: str | None = field(
         default=None,
-        metadata={"help": "After training, score the trained model on this TruthfulQA file (mc_task.json or the Hub "
-                  "parquet layout); the results land in <output_dir>/truthfulqa and the training's W&B run."},
+        metadata={
+            "help": "After training, score the trained model on this TruthfulQA file (mc_task.json or the Hub "
+            "parquet layout); the results land in <output_dir>/truthfulqa and the training's W&B run."
+        },
     )
-    truthfulqa_limit: int | None = field(default=None, metadata={"help": "Score only the first N TruthfulQA questions."})
+    truthfulqa_limit: int | None = field(
+        default=None, metadata={"help": "Score only the first N TruthfulQA questions."}
+    )
     truthfulqa_before: bool = field(
         default=False,
-        metadata={"help": "Also score the untouched model (adapter disabled) before training, into "
-                  "<output_dir>/truthfulqa_before and the run's before/truthfulqa_mc{1,2}/acc; a resumed run reuses it."},
+        metadata={
+            "help": "Also score the untouched model (adapter disabled) before training, into "
+            "<output_dir>/truthfulqa_before and the run's before/truthfulqa_mc{1,2}/acc; a resumed run reuses it."
+        },
     )
 
 
@@ -153,7 +175,9 @@ def build_trainer(script_args: SFTScriptArguments, training_args, model_args):
     dataset, source = load_sft_dataset(script_args)
     train_dataset = dataset_split(dataset, source, script_args.dataset_train_split, "dataset_train_split")
     if "messages" not in train_dataset.column_names:
-        raise UserError(f"the training split has no `messages` column (columns: {', '.join(train_dataset.column_names)})")
+        raise UserError(
+            f"the training split has no `messages` column (columns: {', '.join(train_dataset.column_names)})"
+        )
     eval_dataset = None
     if training_args.eval_strategy != "no":
         eval_dataset = dataset_split(
@@ -190,7 +214,9 @@ def build_trainer(script_args: SFTScriptArguments, training_args, model_args):
     splits = {"train": train_dataset, "validation": eval_dataset}
     lengths = overlong_rows(splits, tokenizer.eos_token_id, training_args, script_args.overlong)
     if script_args.overlong == "drop":
-        train_dataset, eval_dataset = (_drop_overlong(d, training_args.max_length) for d in (train_dataset, eval_dataset))
+        train_dataset, eval_dataset = (
+            _drop_overlong(d, training_args.max_length) for d in (train_dataset, eval_dataset)
+        )
 
     model = load_model(model_path, model_args, training_args, tokenizer, revision)
     trainer = SFTTrainer(
@@ -322,7 +348,7 @@ def check_model_args(model_args) -> None:
             import bitsandbytes  # noqa: F401
         except ImportError:
             raise UserError(
-                "QLoRA (load_in_4bit) needs bitsandbytes: pip install -e \".[qlora]\" (or pip install bitsandbytes)"
+                'QLoRA (load_in_4bit) needs bitsandbytes: pip install -e ".[qlora]" (or pip install bitsandbytes)'
             ) from None
 
 
@@ -406,7 +432,9 @@ def load_sft_dataset(script_args: SFTScriptArguments):
     else:
         raise UserError("set dataset_path (from `spri-sft format`) or dataset_name")
     if not isinstance(dataset, DatasetDict):
-        raise UserError(f"{source}: a single split without a name; save a DatasetDict with train (and validation) splits")
+        raise UserError(
+            f"{source}: a single split without a name; save a DatasetDict with train (and validation) splits"
+        )
     return dataset, source
 
 
@@ -448,7 +476,9 @@ def overlong_rows(splits: dict, eos_id: int, training_args, policy: str) -> dict
             continue
         split = {"rows": len(dataset), "over_max_length": 0, "lost_eos": 0, "no_trained_token": 0, "dropped": 0,
                  "longest": 0}  # fmt: skip
-        rows = (row for batch in dataset.iter(batch_size=1000) for row in zip(batch["input_ids"], batch["assistant_masks"]))
+        rows = (
+            row for batch in dataset.iter(batch_size=1000) for row in zip(batch["input_ids"], batch["assistant_masks"])
+        )
         for ids, mask in rows:
             split["longest"] = max(split["longest"], len(ids))
             if max_length is None or len(ids) <= max_length:
@@ -469,7 +499,9 @@ def overlong_rows(splits: dict, eos_id: int, training_args, policy: str) -> dict
 def _drop_overlong(dataset, max_length: int | None):
     if dataset is None or max_length is None:
         return dataset
-    return dataset.filter(lambda row: len(row["input_ids"]) <= max_length, desc=f"Dropping rows over {max_length} tokens")
+    return dataset.filter(
+        lambda row: len(row["input_ids"]) <= max_length, desc=f"Dropping rows over {max_length} tokens"
+    )
 
 
 def lengths_line(lengths: dict) -> str:
@@ -481,8 +513,10 @@ def lengths_line(lengths: dict) -> str:
         if lengths["policy"] == "drop":
             line += " and are dropped (overlong: drop)"
         else:
-            line += (f": kept cut to max_length, {train['lost_eos']} lost their end-of-turn token, "
-                     f"{train['no_trained_token']} kept no trained token and are dropped by TRL (overlong: keep)")
+            line += (
+                f": kept cut to max_length, {train['lost_eos']} lost their end-of-turn token, "
+                f"{train['no_trained_token']} kept no trained token and are dropped by TRL (overlong: keep)"
+            )
     validation = lengths["splits"].get("validation")
     if validation and validation["over_max_length"]:
         line += f"; validation {validation['over_max_length']} of {validation['rows']}"
@@ -500,7 +534,12 @@ def main(script_args: SFTScriptArguments, training_args, model_args, recipe: Pat
         Path(training_args.output_dir).mkdir(parents=True, exist_ok=True)
         (Path(training_args.output_dir) / "lengths.json").write_text(json.dumps(trainer.lengths, indent=2) + "\n")
     return train_and_save(
-        trainer, script_args, training_args, model_args, summary, assistant_masks=trainer.assistant_masks,
+        trainer,
+        script_args,
+        training_args,
+        model_args,
+        summary,
+        assistant_masks=trainer.assistant_masks,
         lengths=trainer.lengths,
     )
 
