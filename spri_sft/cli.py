@@ -343,9 +343,11 @@ def _check_template(argv: list[str]) -> int:
     encode = use_training_template(tokenizer, fallback=args.fallback, template=args.template)
     conversations = [c for c in PROBE_CONVERSATIONS if any(m["role"] == "assistant" and m["content"] for m in c)]
     if args.dataset:
-        from datasets import load_from_disk
+        # Training's own reader: the format output directory (its dataset is in hf/) or any saved dataset.
+        from spri_sft.train.sft import SFTScriptArguments, dataset_split, load_sft_dataset
 
-        train = load_from_disk(args.dataset)["train"]
+        dataset, source = load_sft_dataset(SFTScriptArguments(dataset_path=args.dataset))
+        train = dataset_split(dataset, source, "train", "--dataset")
         conversations = train.select(range(min(32, len(train))))["messages"]
     if not args.dataset:
         # The probes include system messages, which some templates refuse (Gemma) or move (Mistral v0.3).

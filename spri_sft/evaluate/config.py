@@ -54,7 +54,11 @@ class EvaluateConfig:
         metadata={"help": "Tokenizer to use instead of the model's (lm-eval also takes the model's by default)."},
     )
     dtype: Literal["auto", "float32", "bfloat16", "float16", "float64"] = field(
-        default="auto", metadata={"help": "Model dtype; auto = the checkpoint's (lm-eval's default)."}
+        default="auto",
+        metadata={
+            "help": "Model dtype; auto = the checkpoint's (lm-eval's and transformers' default, as in train; "
+            "generation's auto is bfloat16 on CUDA, float32 elsewhere)."
+        },
     )
     device: str = field(
         default="auto", metadata={"help": "cpu, cuda, cuda:1, mps … ; auto = cuda when available, else cpu."}

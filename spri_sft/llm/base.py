@@ -147,7 +147,13 @@ class EndpointConfig:
         default=20.0, metadata={"help": "transformers: how long a batch waits for more concurrent requests.", "ge": 0}
     )
     device: str = field(default="auto", metadata={"help": "transformers: 'auto', 'cpu', 'cuda', 'cuda:1', ..."})
-    dtype: str = field(default="auto", metadata={"help": "transformers: 'auto', 'float32', 'bfloat16', 'float16'."})
+    dtype: str = field(
+        default="auto",
+        metadata={
+            "help": "transformers: 'auto', 'float32', 'bfloat16', 'float16'; auto = bfloat16 on CUDA, float32 elsewhere "
+            "(not the checkpoint's dtype, which auto means in train and evaluate)."
+        },
+    )
     trust_remote_code: bool = field(default=False, metadata={"help": "transformers: run code shipped with the model."})
     # Prices: what `spri-sft plan`, summary.json and generate.max_cost count; they shape no record.
     price_prompt_per_million: float | None = field(

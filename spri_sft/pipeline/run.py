@@ -38,7 +38,7 @@ from typing import Any
 import yaml
 
 from spri_sft import tracking
-from spri_sft.config import check_ranges, dump_yaml
+from spri_sft.config import check_ranges, dump_yaml, read_yaml
 from spri_sft.errors import UserError
 from spri_sft.evaluate.lm_eval_tasks import LmEvalJob, check_job, lm_eval_version, log_to_wandb, run_lm_eval_tasks
 from spri_sft.format.build import REVIEW_OFF
@@ -573,7 +573,7 @@ def _recipe_args(job: str, recipe: str | None, overrides: dict[str, Any]) -> dic
         path = Path(recipe)
         if not path.is_file():
             raise UserError(f"{job}.recipe {path}: file not found")
-        args = yaml.safe_load(path.read_text()) or {}
+        args = read_yaml(path) or {}  # the one YAML reader: a malformed file is one line naming FILE:LINE
         if not isinstance(args, dict):
             raise UserError(f"{job}.recipe {path}: expected a mapping of `spri-sft {job}` fields")
     return _merged(args, overrides)
@@ -637,7 +637,7 @@ def _train(plan: TrainPlan, after: Any) -> Stage:
     paths = ("output_dir", "dataset_path", "sft_adapter", "run_name", "report_to", "env")
     settings = {k: v for k, v in plan.args.items() if k not in paths}
     if plan.accelerate_config:  # the number of processes changes the effective batch
-        settings["accelerate_config"] = yaml.safe_load(Path(plan.accelerate_config).read_text())
+        settings["accelerate_config"] = read_yaml(Path(plan.accelerate_config))
     stage = Stage.made_from(f"checkpoints/{plan.mode}", plan.output_dir, {**settings, "after": after})
     if _skip(stage, resumable=any(plan.output_dir.glob("checkpoint-*"))):
         return stage
