@@ -11,11 +11,18 @@ A numeric field states its range in its metadata with `ge`, `gt`, `le`, `lt` (>=
 the file or the flag sets it, naming both (`--loop.threshold: must be >= 1 and <= 5, got 9`),
 so a bad setting stops the job before any model is loaded or called; `check_ranges` checks a
 config built in code. `null` (for an optional field) is always in range.
+
+A recipe may start from others: `include: shared.yaml` (or a list of files), each path relative to the
+including file. `read_recipe` merges the included mappings under the including file's own keys: the
+includer wins, a mapping merges key by key, a list or a scalar replaces. Included files may include
+others; a cycle is refused. What a job writes beside its outputs (`dump_yaml`) is the resolved
+config, with no `include:` left in it.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 import types
 import typing
 from pathlib import Path
@@ -33,7 +40,7 @@ def load_config(cls: type[T], argv: list[str]) -> T:
     config_path, overrides = _split_argv(argv)
     data: dict[str, Any] = {}
     if config_path is not None:
-        data = read_yaml(config_path) or {}
+        data = read_recipe(config_path) or {}
     config = from_dict(cls, data, where=str(config_path or "defaults"))
     for dotted, raw in overrides:
         _apply_override(config, dotted, raw)
@@ -147,6 +154,56 @@ def _split_argv(argv: list[str]) -> tuple[Path | None, list[tuple[str, str | lis
         else:
             overrides.append((name.replace("-", "_"), values if len(values) > 1 else values[0]))
     return config_path, overrides
+
+
+INCLUDE_KEY = "include"
+
+
+def read_recipe(path: Path) -> Any:
+    """The parsed YAML file with its `include:` files merged under its own keys (see the module's docstring);
+    a missing file, a malformed one or a cycle of includes is one line naming the file."""
+    return _resolve_includes(Path(path), chain=())
+
+
+def _resolve_includes(path: Path, chain: tuple[Path, ...]) -> Any:
+    data = read_yaml(path)
+    if not isinstance(data, dict) or INCLUDE_KEY not in data:
+        return data
+    own = dict(data)
+    included = own.pop(INCLUDE_KEY)
+    names = [included] if isinstance(included, str) else included
+    if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+        raise UserError(f"{path}: '{INCLUDE_KEY}' must be a file or a list of files, got {included!r}")
+    chain = (*chain, path)
+    merged: dict[str, Any] = {}
+    for name in names:
+        # Relative to the including file, so a recipe and the files it shares travel together.
+        target = Path(os.path.normpath(path.parent / name))
+        if any(target.resolve() == seen.resolve() for seen in chain):
+            raise UserError(f"{path}: '{INCLUDE_KEY}: {name}' makes a cycle: {' -> '.join(map(str, (*chain, target)))}")
+        if not target.is_file():
+            raise UserError(f"{path}: '{INCLUDE_KEY}: {name}': file not found ({target})")
+        shared = _resolve_includes(target, chain)
+        if shared is None:  # an empty file adds nothing
+            continue
+        if not isinstance(shared, dict):
+            raise UserError(
+                f"{target}: an included file must be a mapping of fields, got a YAML {type(shared).__name__}"
+            )
+        merged = deep_merge(merged, shared)
+    return deep_merge(merged, own)
+
+
+def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """`base` with `over`'s keys on top: two mappings under one key merge key by key; anything else in `over`
+    (a list, a scalar, null) replaces `base`'s value."""
+    merged = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
 
 
 def read_yaml(path: Path) -> Any:

@@ -20,7 +20,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from spri_sft.config import load_config, read_yaml
+from spri_sft.config import load_config, read_recipe
 from spri_sft.errors import UserError
 from spri_sft.generate.config import GenerateConfig
 from spri_sft.generate.engine import MODE_ROLES
@@ -47,7 +47,7 @@ class PlanSettings:
 def load_recipe(path: str, overrides: list[str]) -> PipelineConfig | GenerateConfig:
     """A pipeline recipe when the file has a key only pipeline recipes have (modes, generate, ...), else a
     generate config; `overrides` are dotted flags of that config."""
-    data = read_yaml(Path(path)) or {}
+    data = read_recipe(Path(path)) or {}
     if not isinstance(data, dict):
         raise UserError(f"{path}: expected a mapping of pipeline or generate fields")
     pipeline_only = {f.name for f in dataclasses.fields(PipelineConfig)} - {
