@@ -153,3 +153,53 @@ def test_the_managed_vllm_variant_makes_the_records_of_its_hand_served_recipe():
     assert managed.generate.loop == by_hand.generate.loop and managed.generate.prompts == by_hand.generate.prompts
     for role in ("base", "critic"):
         assert request_settings(getattr(managed.generate, role)) == request_settings(getattr(by_hand.generate, role))
+
+
+# The recipes of one setup share one generation (generate_dir): a generate setting that differed in one of them would
+# give it other record ids, and so a second generation of every prompt by the 70B base beside the first.
+SETUP_RECIPES = {
+    "dolly": [f"dolly/{model}.yaml" for model in PAPER_MODELS] + ["managed-vllm/dolly-llama-3.1-8b-instruct.yaml"],
+    "mixinstruct": [f"mixinstruct/{model}.yaml" for model in PAPER_MODELS],
+}
+
+
+@pytest.mark.parametrize("setup", ["dolly", "mixinstruct"])
+def test_the_six_students_of_a_setup_have_one_generate_section_generate_dir_and_modes(setup):
+    from spri_sft.config import load_config, to_dict
+    from spri_sft.pipeline.config import PipelineConfig
+
+    students = {
+        model: load_config(PipelineConfig, ["--config", str(ROOT / "recipes/paper" / setup / f"{model}.yaml")])
+        for model in PAPER_MODELS
+    }
+    shared = students[PAPER_MODELS[0]]
+    for model, student in students.items():
+        assert student.generate_dir == shared.generate_dir and student.modes == shared.modes, model
+        assert to_dict(student.generate) == to_dict(shared.generate), model
+
+
+@pytest.mark.parametrize("setup", ["dolly", "mixinstruct"])
+def test_every_recipe_of_a_setup_has_the_same_generation_identity_in_every_mode(setup, tmp_path):
+    from test_official_prompts import write_checkout
+
+    from spri_sft.config import load_config
+    from spri_sft.generate.identity import generation_identity
+    from spri_sft.generate.prompts import load_prompt_set
+    from spri_sft.pipeline.config import PipelineConfig
+    from spri_sft.pipeline.run import generation_job
+
+    checkout = write_checkout(tmp_path / "SPRI-public")  # the authors' texts stand in: no clone here
+    identities = {}
+    for recipe in SETUP_RECIPES[setup]:
+        config = load_config(
+            PipelineConfig,
+            ["--config", str(ROOT / "recipes/paper" / recipe), "--generate.loop.official_checkout", str(checkout)],
+        )
+        templates = load_prompt_set(config.generate.loop.prompts_file)
+        identities[recipe] = {
+            mode: generation_identity(generation_job(config, mode), templates) for mode in config.modes
+        }
+    shared = identities[SETUP_RECIPES[setup][0]]
+    assert len(shared) == 7  # every row of Table 4
+    for recipe, identity in identities.items():
+        assert identity == shared, recipe

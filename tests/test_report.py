@@ -12,10 +12,9 @@ from pathlib import Path
 from typing import get_args
 
 import pytest
-import yaml
 from wandb_log import wandb_records, without_wandb_credentials
 
-from spri_sft.config import from_dict
+from spri_sft.config import from_dict, read_recipe
 from spri_sft.errors import UserError
 from spri_sft.pipeline.config import PaperColumn, PipelineConfig
 from spri_sft.pipeline.report import (
@@ -191,7 +190,7 @@ PAPER_RECIPES = sorted(
 
 @pytest.mark.parametrize("recipe", PAPER_RECIPES, ids=lambda p: f"{p.parent.name}/{p.stem}")
 def test_each_paper_recipe_names_the_column_of_its_student_and_prompt_set(recipe):
-    config = from_dict(PipelineConfig, yaml.safe_load(recipe.read_text()))
+    config = from_dict(PipelineConfig, read_recipe(recipe))  # the student with its shared setup (include:)
     students = {
         "llama-3.1-8b": "L3.1-8B", "llama-3.1-8b-instruct": "L3.1-8B-Inst",
         "mistral-7b-v0.3": "Mistral-7B-v0.3", "mistral-7b-instruct-v0.3": "Mistral-7B-v0.3-Inst",
