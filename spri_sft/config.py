@@ -25,6 +25,7 @@ import dataclasses
 import os
 import types
 import typing
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal, TypeVar, get_args, get_origin
 
@@ -40,7 +41,8 @@ def load_config(cls: type[T], argv: list[str]) -> T:
     config_path, overrides = _split_argv(argv)
     data: dict[str, Any] = {}
     if config_path is not None:
-        data = read_recipe(config_path) or {}
+        # Each file's own fields checked on their own first, so a bad one is named in the file that sets it.
+        data = _resolve_includes(config_path, chain=(), check=lambda own, file: from_dict(cls, own, str(file))) or {}
     config = from_dict(cls, data, where=str(config_path or "defaults"))
     for dotted, raw in overrides:
         _apply_override(config, dotted, raw)
@@ -165,12 +167,16 @@ def read_recipe(path: Path) -> Any:
     return _resolve_includes(Path(path), chain=())
 
 
-def _resolve_includes(path: Path, chain: tuple[Path, ...]) -> Any:
+def _resolve_includes(path: Path, chain: tuple[Path, ...], check: Callable[[dict, Path], Any] | None = None) -> Any:
     data = read_yaml(path)
-    if not isinstance(data, dict) or INCLUDE_KEY not in data:
+    if not isinstance(data, dict):
         return data
-    own = dict(data)
-    included = own.pop(INCLUDE_KEY)
+    own = {key: value for key, value in data.items() if key != INCLUDE_KEY}
+    if check is not None:
+        check(own, path)
+    if INCLUDE_KEY not in data:
+        return data
+    included = data[INCLUDE_KEY]
     names = [included] if isinstance(included, str) else included
     if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
         raise UserError(f"{path}: '{INCLUDE_KEY}' must be a file or a list of files, got {included!r}")
@@ -183,7 +189,7 @@ def _resolve_includes(path: Path, chain: tuple[Path, ...]) -> Any:
             raise UserError(f"{path}: '{INCLUDE_KEY}: {name}' makes a cycle: {' -> '.join(map(str, (*chain, target)))}")
         if not target.is_file():
             raise UserError(f"{path}: '{INCLUDE_KEY}: {name}': file not found ({target})")
-        shared = _resolve_includes(target, chain)
+        shared = _resolve_includes(target, chain, check)
         if shared is None:  # an empty file adds nothing
             continue
         if not isinstance(shared, dict):

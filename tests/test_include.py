@@ -155,3 +155,21 @@ def test_the_command_line_prints_an_include_cycle_as_one_error_line(tmp_path, ca
     assert main(["generate", "--config", str(tmp_path / "a.yaml")]) == 2
     error = capsys.readouterr().err
     assert error.startswith("spri-sft: error: ") and "makes a cycle" in error and error.count("\n") == 1
+
+
+def test_a_bad_field_in_an_included_file_is_named_in_that_file_not_in_the_including_one(tmp_path):
+    shared = write(tmp_path / "shared.yaml", "base: {topk: 10}\n")
+    recipe = write(tmp_path / "student.yaml", "include: shared.yaml\nmode: direct\n")
+
+    with pytest.raises(UserError) as refused:
+        load_config(GenerateConfig, ["--config", str(recipe)])
+    assert str(refused.value).startswith(f"{shared}: unknown field 'base.topk'")
+
+
+def test_a_value_out_of_range_in_an_included_file_is_named_in_that_file(tmp_path):
+    shared = write(tmp_path / "shared.yaml", "loop: {max_rounds: 0}\n")
+    recipe = write(tmp_path / "student.yaml", "include: shared.yaml\n")
+
+    with pytest.raises(UserError) as refused:
+        load_config(GenerateConfig, ["--config", str(recipe)])
+    assert str(refused.value) == f"{shared}: field 'loop.max_rounds': must be >= 1, got 0"
