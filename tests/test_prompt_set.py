@@ -79,3 +79,10 @@ def test_the_default_rules_and_seeds_do_not_target_what_truthfulqa_measures():
     texts = prompts.constitution + [p["question"] + "\n" + p["principles"] for p in prompts.seed_pairs]
     texts += [v for v in vars(prompts).values() if isinstance(v, str)]
     assert [t for t in texts if TRUTHFULQA_TARGETS.search(t)] == []
+
+
+def test_a_templates_file_that_is_not_utf8_is_one_line_naming_it(tmp_path):
+    path = tmp_path / "prompts.yaml"
+    path.write_bytes("direct_system: café\n".encode("latin-1"))  # was a UnicodeDecodeError traceback
+    with pytest.raises(UserError, match=r"prompts.yaml: not UTF-8 text \(byte 18"):
+        load_prompt_set(str(path))

@@ -30,8 +30,7 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-import yaml
-
+from spri_sft.config import read_yaml
 from spri_sft.errors import UserError
 
 SEED_PAIRS = [
@@ -230,12 +229,7 @@ def load_prompt_set(path: str | None) -> PromptSet:
     file = Path(path)
     if not file.is_file():
         raise UserError(f"{file}: prompts file not found")
-    try:
-        data = yaml.safe_load(file.read_text())
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        line = f":{mark.line + 1}" if mark else ""
-        raise UserError(f"{file}{line}: invalid YAML ({getattr(err, 'problem', None) or 'unreadable'})") from None
+    data = read_yaml(file)  # the one YAML reader: malformed or non-UTF-8 text is one line naming FILE:LINE
     data = {} if data is None else data
     if not isinstance(data, dict):
         raise UserError(f"{file}: expected a mapping of template names to texts, got {type(data).__name__}")
