@@ -14,21 +14,10 @@ import yaml
 
 from spri_sft.format.config import FormatConfig
 from spri_sft.format.dedupe import SHINGLE_WORDS
+from spri_sft.generate.modes import MODES, mode_spec
 from spri_sft.truthfulqa_data import SOURCE
 
 NOT_MEASURED = "tokenizer and max_length unset: rows were not measured against training's max_length"
-
-MODES = {
-    "spri": "**SPRI** (Situated-PRInciples; Zhan et al., ICML 2025): the base model drafts principles for each "
-    "prompt, the critic scores them (1-5) and they are revised until they pass; the base model then answers "
-    "guided by them, and the critic scores the answer against them, again with revisions",
-    "direct": "**direct** (baseline): the base model's single answer, no critic",
-    "self-refine": "**self-refine** (baseline): the base model critiques (1-5) and refines its own answer",
-    "seed-principles": "**seed-principles** (baseline): the seed pairs' principles as fixed rules in the system "
-    "prompt; the critic scores the answer against them, with revisions",
-    "constitution": "**constitution** (baseline): a fixed generic list of rules as the system prompt; the critic "
-    "scores the answer against them, with revisions",
-}
 
 
 def render_card(summary: dict, config: FormatConfig) -> str:
@@ -82,7 +71,7 @@ def lengths_line(lengths: dict) -> str:
 def _method(summary: dict) -> str:
     lines = ["## Method\n"]
     for mode, rows in summary["modes"].items():
-        lines.append(f"- {MODES.get(mode, f'**{mode}**')}: {rows} rows.")
+        lines.append(f"- {_mode_line(mode, rows)}")
     for role in ("base", "critic"):
         models = summary["models"][role]
         if models:
@@ -90,6 +79,15 @@ def _method(summary: dict) -> str:
         else:
             lines.append(f"- {role} model: none recorded")
     return "\n".join(lines) + "\n"
+
+
+def _mode_line(mode: str, rows: int) -> str:
+    """A mode as the Method section names it: its heading, its place in the paper, its rows and what it does."""
+    if mode not in MODES:  # records of a mode this version does not know
+        return f"**{mode}**: {rows} rows."
+    spec = mode_spec(mode)
+    row = f"the paper's Table 4 row `{spec.paper_row.label}`" if spec.paper_row else "not a row of the paper"
+    return f"**{spec.title or spec.name}** ({row}; {rows} rows): {spec.description}"
 
 
 def _splits(summary: dict, config: FormatConfig) -> str:

@@ -21,26 +21,15 @@ The loop rules of a critic-scored stage (SPRI's principles and response; the `-c
   mean of the critic's digit distribution is >= `threshold`, and each round also records
   `score_distribution`, `score_mean` and `score_mode` (`scoring.Verdict`).
 
-Modes (Table 4's rows, in its order, then the extra options):
-* `oracle`: the prompt dataset's own response (`prompts.response_column`); no model call.
-* `direct`: the base model answers once; no critic.
-* `self-instruct`: one call with Self-Instruct's 11 Task/Output demonstrations as the system
-  prompt and `Task: {prompt}\\nOutput:` as the user turn; no word cap.
-* `self-align` (alias `constitution`): one call with a fixed rule list as the system prompt
-  (the paper: Dromedary's "Watson" prompt; this package: a 16-rule constitution); no critic.
-* `self-refine`: the base model answers, gives itself feedback with a 1-5 score, and refines,
-  as the released `04_gen_[self-refine]_responses.py` does: up to `max_rounds` feedbacks; a
-  score >= `threshold` stops; every other feedback (an unscored one included) is followed by
-  a refinement, the one after the last feedback too, so the kept response may be unscored.
-  The released script has a bug that this engine does not copy: it always gives feedback on
-  the first draft (`input.get(f"...[turn_{t}]", turn_0)` looks up a version not yet written),
-  so its refinements never get feedback of their own; here each feedback scores the latest
-  version.
-* `seed-principles`: one call with the seed pairs' principles as fixed rules; no critic.
-* `spri`: Stage I writes per-prompt principles (few-shot from the seed pairs, or zero-shot),
-  Stage II answers guided by them. The response refiner sees the feedback, not the principles.
-* `seed-principles-critic`, `self-align-critic`: the one-call answer, then the Stage II critic
-  loop with the fixed rules as rubric (not a procedure of the paper).
+Modes: what each one calls and sends, its Table 4 row and its description are one table,
+`spri_sft.generate.modes.MODE_SPECS`; `Engine.run` follows a spec's steps (Stage I, the answer, its
+refinement) top-down. Self-refine follows the released `04_gen_[self-refine]_responses.py`: up to
+`max_rounds` feedbacks; a score >= `threshold` stops; every other feedback (an unscored one
+included) is followed by a refinement, the one after the last feedback too, so the kept response
+may be unscored. The released script has a bug that this engine does not copy: it always gives
+feedback on the first draft (`input.get(f"...[turn_{t}]", turn_0)` looks up a version not yet
+written), so its refinements never get feedback of their own; here each feedback scores the
+latest version. SPRI's response refiner sees the feedback, not the principles.
 
 Two prompt sets: the package's own (`spri_sft.generate.prompts`, replaceable from
 `loop.prompts_file`), or, with `loop.official_checkout`, the authors' texts read from their
@@ -60,108 +49,28 @@ import hashlib
 import json
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
-from typing import Literal, get_args
+from typing import Literal
 
 from spri_sft.errors import UserError
 from spri_sft.generate.inputs import PromptSource, load_references
+
+# ALIASES, MODE_ROLES, MODES, TABLE4_MODES, Mode and canonical_mode are re-exported: other modules import them from here.
+from spri_sft.generate.modes import (  # noqa: F401
+    ALIASES,
+    MODE_ROLES,
+    MODES,
+    PACKAGE_ONLY_FIELDS,
+    TABLE4_MODES,
+    FixedRules,
+    Mode,
+    ModeSpec,
+    canonical_mode,
+    mode_spec,
+)
 from spri_sft.generate.official import official_texts
 from spri_sft.generate.prompts import PromptSet
 from spri_sft.generate.scoring import Verdict, parse_feedback, parse_score, released_feedback
 from spri_sft.llm.base import ChatBackend, Completion
-
-Mode = Literal[
-    "spri",
-    "oracle",
-    "direct",
-    "self-instruct",
-    "self-refine",
-    "seed-principles",
-    "self-align",
-    "seed-principles-critic",
-    "self-align-critic",
-    "constitution",
-]
-MODES = get_args(Mode)
-# Old names still accepted; a record always carries the canonical name.
-ALIASES = {"constitution": "self-align"}
-# The paper's Table 4 rows, in its order.
-TABLE4_MODES = ("oracle", "direct", "self-instruct", "self-align", "self-refine", "seed-principles", "spri")
-
-# The model roles each mode calls: a role a mode never calls cannot change its records.
-MODE_ROLES: dict[str, tuple[str, ...]] = {
-    "spri": ("base", "critic"),
-    "oracle": (),
-    "direct": ("base",),
-    "self-instruct": ("base",),
-    "self-refine": ("base",),
-    "seed-principles": ("base",),
-    "self-align": ("base",),
-    "seed-principles-critic": ("base", "critic"),
-    "self-align-critic": ("base", "critic"),
-    "constitution": ("base",),
-}
-
-_CRITIC_LOOP = ("threshold", "max_rounds", "score_retries", "unscored")
-# The loop settings each mode reads (max_words and few_shot only shape the package's own texts).
-_MODE_LOOP_FIELDS: dict[str, tuple[str, ...]] = {
-    "spri": (*_CRITIC_LOOP, "max_words", "few_shot"),
-    "oracle": (),
-    "direct": ("max_words",),
-    "self-instruct": (),
-    "self-refine": ("threshold", "max_rounds", "score_retries", "max_words"),
-    "seed-principles": (),
-    "self-align": (),
-    "seed-principles-critic": (*_CRITIC_LOOP, "max_words"),
-    "self-align-critic": (*_CRITIC_LOOP, "max_words"),
-}
-_PACKAGE_ONLY_FIELDS = ("max_words", "few_shot")
-
-# The texts each mode sends: fields of PromptSet, or names of `official.official_texts`.
-_PACKAGE_TEXTS: dict[str, tuple[str, ...]] = {
-    "spri": (
-        "principles_system",
-        "principles_user",
-        "principles_critic",
-        "principles_revise",
-        "response_system",
-        "response_critic",
-        "response_revise",
-    ),
-    "oracle": (),
-    "direct": ("direct_system",),
-    "self-instruct": ("self_instruct_system", "self_instruct_user"),
-    "self-refine": ("direct_system", "self_critic", "response_revise"),
-    "seed-principles": ("rules_system", "seed_pairs"),
-    "self-align": ("rules_system", "constitution"),
-    "seed-principles-critic": ("rules_system", "seed_pairs", "response_critic", "response_revise"),
-    "self-align-critic": ("rules_system", "constitution", "response_critic", "response_revise"),
-}
-_OFFICIAL_TEXTS: dict[str, tuple[str, ...]] = {
-    "spri": (
-        "principles_generate",
-        "principles_examples",
-        "principles_critique",
-        "principles_refine",
-        "response_generate",
-        "response_critique",
-        "response_refine",
-    ),
-    "oracle": (),
-    "direct": ("direct_system", "direct_user"),
-    "self-instruct": ("self_instruct_system",),
-    "self-refine": ("self_refine_answer_system", "self_refine_feedback_system", "self_refine_refine_system"),
-    "seed-principles": ("seed_principles_system",),
-    "self-align": ("self_align_system",),
-    "seed-principles-critic": ("seed_principles_system", "response_critique", "response_refine"),
-    "self-align-critic": ("self_align_system", "response_critique", "response_refine"),
-}
-_SCORED_MODES = ("spri", "self-refine", "seed-principles-critic", "self-align-critic")
-
-
-def canonical_mode(mode: str) -> str:
-    if mode not in MODES:
-        raise ValueError(f"unknown mode {mode!r}")
-    return ALIASES.get(mode, mode)
 
 
 @dataclass
@@ -297,11 +206,11 @@ class PackageRequests:
     def self_instruct(self, q: str) -> Messages:
         return _chat(self.p.self_instruct_system, self.p.self_instruct_user.format(prompt=q))
 
-    def rules(self, mode: str) -> str:
-        return self.p.seed_principles() if mode.startswith("seed-principles") else self.p.constitution_text()
+    def rules(self, rules: FixedRules) -> str:
+        return self.p.seed_principles() if rules == "seed_pairs" else self.p.constitution_text()
 
-    def fixed_rules(self, mode: str, q: str) -> Messages:
-        return _chat(self.p.rules_system.format(principles=self.rules(mode)), q)
+    def fixed_rules(self, rules: FixedRules, q: str) -> Messages:
+        return _chat(self.p.rules_system.format(principles=self.rules(rules)), q)
 
     def self_refine_answer(self, q: str) -> Messages:
         return self.direct(q)
@@ -362,11 +271,11 @@ class OfficialRequests:
         return _chat(self.t["self_instruct_system"], f"Task: {q.strip()}\nOutput:")
 
     # [task3]-sft/05_gen_[seed_principles]_responses.py and 03_gen_[self-align]_responses.py.
-    def rules(self, mode: str) -> str:
-        return self.t["seed_principles_system"] if mode.startswith("seed-principles") else self.t["self_align_system"]
+    def rules(self, rules: FixedRules) -> str:
+        return self.t["seed_principles_system"] if rules == "seed_pairs" else self.t["self_align_system"]
 
-    def fixed_rules(self, mode: str, q: str) -> Messages:
-        if mode.startswith("seed-principles"):
+    def fixed_rules(self, rules: FixedRules, q: str) -> Messages:
+        if rules == "seed_pairs":
             return _chat(self.t["seed_principles_system"], f"User Input: {q.strip()}\nResponse:")
         return _chat(self.t["self_align_system"], f"User: {q}")
 
@@ -392,16 +301,16 @@ class OfficialRequests:
 
 def build_requests(mode: str, prompts: PromptSet, loop: LoopSettings) -> PackageRequests | OfficialRequests:
     """The request builder of `mode`'s prompt set; the official texts are read and checked here."""
-    mode = canonical_mode(mode)
+    spec = mode_spec(mode)
     if loop.official_checkout is None:
         return PackageRequests(prompts, loop)
     if loop.prompts_file is not None:
         raise UserError("loop: set either loop.prompts_file or loop.official_checkout, not both")
-    if mode == "spri" and not loop.few_shot:
+    if spec.principles_stage and not loop.few_shot:
         raise UserError(
             "loop.few_shot: false has no counterpart in the released task-3 scripts; keep it true with loop.official_checkout"
         )
-    return OfficialRequests(official_texts(loop.official_checkout, _OFFICIAL_TEXTS[mode]))
+    return OfficialRequests(official_texts(loop.official_checkout, spec.official_texts))
 
 
 async def critique_loop(
@@ -446,7 +355,7 @@ async def self_refine_loop(
 
 
 class Engine:
-    """Runs one prompt through the configured mode and returns its record fields."""
+    """Runs one prompt through the configured mode (`spri_sft.generate.modes`) and returns its record fields."""
 
     def __init__(
         self,
@@ -458,47 +367,58 @@ class Engine:
     ):
         """`oracle` reads each prompt's response from `references`, or else from `source`'s
         `response_column` (read here, so a missing column fails before any record is written)."""
-        self.mode = canonical_mode(mode)
+        self.spec: ModeSpec = mode_spec(mode)
+        self.mode = self.spec.name
         self.prompts, self.loop = prompts, loop
         self.requests = build_requests(self.mode, prompts, loop)
-        if self.mode == "oracle" and references is None:
+        if self.spec.answer == "dataset" and references is None:
             if source is None:
-                raise UserError("mode oracle: the prompts' own responses are needed (set prompts.response_column)")
+                raise UserError(
+                    f"mode {self.mode}: the prompts' own responses are needed (set prompts.response_column)"
+                )
             references = load_references(source)
         self.references = references
 
     async def run(self, prompt: str, session: Session) -> dict:
-        mode, requests = self.mode, self.requests
-        final_principles = None
-        if mode == "oracle":
+        """The mode's steps in order (`spri_sft.generate.modes`): Stage I, the answer, its refinement."""
+        spec, requests = self.spec, self.requests
+        if spec.answer == "dataset":
             return self._oracle(prompt)
-        if mode == "spri":
+        stages: list[StageResult] = []
+        # What the critic judges the answer against, recorded as the record's principles.
+        rubric = None
+        if spec.principles_stage:
             principles = await self._principles_stage(prompt, session)
-            response = await self._response_stage(prompt, principles.text, session)
-            stages = [principles, response]
-            final_principles = principles.text
-        elif mode == "self-refine":
-            stages = [await self._self_refine(prompt, session)]
-        elif mode.endswith("-critic"):
-            draft = await self._ask(session, "base", requests.fixed_rules(mode, prompt))
-            final_principles = requests.rules(mode)
-            stages = [await self._response_stage(prompt, final_principles, session, draft)]
+            stages.append(principles)
+            rubric = principles.text
+        elif spec.refine == "critic":
+            rubric = requests.rules(spec.rules)
+        answer = await self._ask(session, "base", self._answer_request(prompt, rubric))
+        if spec.refine == "critic":
+            stages.append(await self._response_stage(prompt, rubric, session, answer))
+        elif spec.refine == "self":
+            stages.append(await self._self_refine(prompt, session, answer))
         else:
-            if mode == "direct":
-                messages = requests.direct(prompt)
-            elif mode == "self-instruct":
-                messages = requests.self_instruct(prompt)
-            else:  # seed-principles, self-align: the rules are in the system prompt, the same for every record
-                messages = requests.fixed_rules(mode, prompt)
-            answer = await self._ask(session, "base", messages)
-            stages = [StageResult(answer.text, True, [_round("response", 1, answer)])]
+            stages.append(StageResult(answer.text, True, [_round("response", 1, answer)]))
         return {
-            "principles": final_principles,
+            "principles": rubric,
             "response": stages[-1].text,
             "status": "accepted" if all(s.accepted for s in stages) else "max_rounds",
             "rounds": [r for s in stages for r in s.rounds],
             "usage": {role: asdict(u) for role, u in session.usage.items() if u.calls},
         }
+
+    def _answer_request(self, prompt: str, principles: str | None) -> Messages:
+        r, spec = self.requests, self.spec
+        if spec.answer == "response_draft":
+            return r.response_draft(prompt, principles)
+        if spec.answer == "fixed_rules":  # the rules are in the system prompt, the same for every record
+            return r.fixed_rules(spec.rules, prompt)
+        if spec.answer == "self_instruct":
+            return r.self_instruct(prompt)
+        if spec.answer == "self_refine_answer":
+            return r.self_refine_answer(prompt)
+        return r.direct(prompt)
 
     def _oracle(self, prompt: str) -> dict:
         response = self.references.get(prompt)
@@ -529,12 +449,8 @@ class Engine:
 
         return await critique_loop("principles", draft, critique, revise, self.loop)
 
-    async def _response_stage(
-        self, prompt: str, principles: str, session: Session, draft: Completion | None = None
-    ) -> StageResult:
+    async def _response_stage(self, prompt: str, principles: str, session: Session, draft: Completion) -> StageResult:
         r = self.requests
-        if draft is None:
-            draft = await self._ask(session, "base", r.response_draft(prompt, principles))
 
         async def critique(response: str):
             request = r.response_critique(prompt, principles, response)
@@ -545,9 +461,8 @@ class Engine:
 
         return await critique_loop("response", draft, critique, revise, self.loop)
 
-    async def _self_refine(self, prompt: str, session: Session) -> StageResult:
+    async def _self_refine(self, prompt: str, session: Session, draft: Completion) -> StageResult:
         r = self.requests
-        draft = await self._ask(session, "base", r.self_refine_answer(prompt))
 
         async def feedback(response: str):
             request = r.self_refine_feedback(prompt, response)
@@ -588,14 +503,14 @@ class Engine:
 def mode_texts(mode: str, prompts: PromptSet, loop: LoopSettings) -> dict:
     """Every text `mode` sends, by name: the package's templates it uses, or the checkout's texts
     (read and checked, so a broken checkout fails here, before any call)."""
-    mode = canonical_mode(mode)
+    spec = mode_spec(mode)
     if loop.official_checkout is not None:
         build_requests(mode, prompts, loop)  # the same checks as the engine's
-        texts = dict(official_texts(loop.official_checkout, _OFFICIAL_TEXTS[mode]))
+        texts = dict(official_texts(loop.official_checkout, spec.official_texts))
     else:
-        names = _PACKAGE_TEXTS[mode] + (("seed_pairs",) if mode == "spri" and loop.few_shot else ())
+        names = spec.package_texts + (("seed_pairs",) if spec.principles_stage and loop.few_shot else ())
         texts = {name: getattr(prompts, name) for name in names}
-    if mode in _SCORED_MODES and loop.score_retries > 0:
+    if spec.scored and loop.score_retries > 0:
         texts["score_reminder"] = prompts.score_reminder
     return texts
 
@@ -604,17 +519,17 @@ def mode_identity(mode: str, prompts: PromptSet, loop: LoopSettings, response_co
     """What shapes a record of `mode` besides its prompt and the models' decoding settings: the
     texts the mode sends and the loop settings it reads (and, for `oracle`, the response column).
     Record ids and the pipeline's generate stage both key on this, so the two can never disagree."""
-    mode = canonical_mode(mode)
+    spec = mode_spec(mode)
     texts = mode_texts(mode, prompts, loop)
-    names = _MODE_LOOP_FIELDS[mode]
+    names = spec.loop_fields
     if loop.official_checkout is not None:
-        names = tuple(n for n in names if n not in _PACKAGE_ONLY_FIELDS)
+        names = tuple(n for n in names if n not in PACKAGE_ONLY_FIELDS)
     identity = {
-        "mode": mode,
+        "mode": spec.name,
         "loop": {name: getattr(loop, name) for name in names},
         "templates": hashlib.sha256(json.dumps(texts, sort_keys=True).encode()).hexdigest()[:16],
     }
-    if mode == "oracle":
+    if spec.answer == "dataset":
         identity["response_column"] = response_column
     return identity
 

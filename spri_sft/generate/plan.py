@@ -25,31 +25,17 @@ grow larger.
 from __future__ import annotations
 
 from spri_sft.generate.config import GenerateConfig
-from spri_sft.generate.engine import MODE_ROLES, canonical_mode
 from spri_sft.generate.identity import digest
+from spri_sft.generate.modes import mode_spec
 from spri_sft.llm.base import EndpointConfig
 
 SECONDS_PER_HOUR = 3600.0
 
 
 def call_bounds(config: GenerateConfig, pending: int) -> dict:
-    """Calls and tokens the pending prompts may cost, from the round limits and length caps."""
-    rounds, retries = config.loop.max_rounds, config.loop.score_retries
-    critic_max = rounds * (1 + retries)
-    one_call = {"base": (1, 1), "critic": (0, 0)}
-    fixed_rules_critic = {"base": (1, rounds), "critic": (1, critic_max)}
-    per_prompt = {
-        "spri": {"base": (2, 2 * rounds), "critic": (2, 2 * critic_max)},
-        "oracle": {"base": (0, 0), "critic": (0, 0)},
-        "direct": one_call,
-        "self-instruct": one_call,
-        # A draft, up to `rounds` feedbacks (with their score reminders) and a refinement after each.
-        "self-refine": {"base": (2, 1 + critic_max + rounds), "critic": (0, 0)},
-        "seed-principles": one_call,
-        "self-align": one_call,
-        "seed-principles-critic": fixed_rules_critic,
-        "self-align-critic": fixed_rules_critic,
-    }[canonical_mode(config.mode)]
+    """Calls and tokens the pending prompts may cost, from the mode's round limits (`ModeSpec.calls_per_prompt`)
+    and the roles' length caps."""
+    per_prompt = mode_spec(config.mode).calls_per_prompt(config.loop.max_rounds, config.loop.score_retries)
     calls_min = sum(low for low, _ in per_prompt.values()) * pending
     calls_max = sum(high for _, high in per_prompt.values()) * pending
     completion_max = pending * (
@@ -64,7 +50,7 @@ class Prices:
     are not part of `EndpointConfig.decoding()`, so setting or changing one changes no record id."""
 
     def __init__(self, config: GenerateConfig):
-        self.roles = {role: getattr(config, role) for role in MODE_ROLES[config.mode]}
+        self.roles = {role: getattr(config, role) for role in mode_spec(config.mode).roles}
         # Each server once: roles sharing one (base and critic on the same model) pay its GPUs once.
         self._hardware: list[EndpointConfig] = []
         for endpoint in self.roles.values():

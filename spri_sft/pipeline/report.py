@@ -32,22 +32,18 @@ from typing import Any
 
 from spri_sft.errors import UserError
 from spri_sft.evaluate.bootstrap import paired_bootstrap
+from spri_sft.generate.modes import MODE_SPECS, TABLE4_MODES
 from spri_sft.pipeline.config import PipelineConfig
 from spri_sft.review.decisions import REVIEW_DIR
 
 MISSING = "–"
 NOT_COUNTED = "not counted"  # rows over max_length: neither format nor training counted them (an earlier run's dataset)
 
-# The paper's Table 4 rows in its order, and the modes of this package that run each (self-align is
-# the Dromedary/Watson rule list: `self-align`, formerly `constitution`). off-the-shelf = the untouched student.
+# The paper's Table 4 rows in its order, each with the names of the mode that runs it (an alias
+# included: a run may still call `self-align` by its old name `constitution`), from the modes' table;
+# and the row no mode runs: off-the-shelf, the untouched student.
 PAPER_ROWS = {
-    "oracle": ("oracle",),
-    "direct": ("direct",),
-    "self-instruct": ("self-instruct",),
-    "self-align": ("self-align", "constitution"),
-    "self-refine": ("self-refine",),
-    "seed-principles": ("seed-principles",),
-    "spri": ("spri",),
+    **{MODE_SPECS[mode].paper_row.label: (mode, *MODE_SPECS[mode].aliases) for mode in TABLE4_MODES},
     "off-the-shelf": (),
 }
 # Model calls per SPRI record in the paper (App. B, Table 7): base and critic calls together (≈ 2.5 + 2.5).
