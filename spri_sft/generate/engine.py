@@ -387,14 +387,14 @@ class Engine:
         stages: list[StageResult] = []
         # What the critic judges the answer against, recorded as the record's principles.
         rubric = None
-        if spec.principles_stage:
+        if spec.principles_stage:  # Stage I: this prompt's own principles
             principles = await self._principles_stage(prompt, session)
             stages.append(principles)
             rubric = principles.text
-        elif spec.refine == "critic":
+        elif spec.refine == "critic":  # the fixed rules are the rubric
             rubric = requests.rules(spec.rules)
         answer = await self._ask(session, "base", self._answer_request(prompt, rubric))
-        if spec.refine == "critic":
+        if spec.refine == "critic":  # Stage II
             stages.append(await self._response_stage(prompt, rubric, session, answer))
         elif spec.refine == "self":
             stages.append(await self._self_refine(prompt, session, answer))
@@ -418,7 +418,7 @@ class Engine:
             return r.self_instruct(prompt)
         if spec.answer == "self_refine_answer":
             return r.self_refine_answer(prompt)
-        return r.direct(prompt)
+        return r.direct(prompt)  # "direct"
 
     def _oracle(self, prompt: str) -> dict:
         response = self.references.get(prompt)
