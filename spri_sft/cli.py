@@ -198,9 +198,9 @@ def _evaluate(argv: list[str]) -> int:
     if config is None:
         return 0
 
-    from spri_sft.evaluate.run import evaluate_truthfulqa
+    from spri_sft.evaluate.run import run_evaluation
 
-    evaluate_truthfulqa(config)  # prints the scores and where results.json went
+    run_evaluation(config)  # prints the scores and where results.json went (lm-eval's too, with lm_eval_tasks)
     return 0
 
 

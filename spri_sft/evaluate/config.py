@@ -28,7 +28,9 @@ class EvaluateConfig:
       never mixed; `add_bos_token` (lm-eval's HFLM model argument; results.json records the setting
       and whether a BOS was written);
     - speed: `batch_size` (choices per forward pass), `num_threads`;
-    - output: `output_dir` (results.json, per_question.jsonl, config.yaml);
+    - lm-evaluation-harness: `lm_eval_tasks` run by lm-eval itself on the same model after TruthfulQA
+      (`lm_eval_args`, `lm_eval_include_path`, `lm_eval_include_defaults`; `spri_sft.evaluate.lm_eval_tasks`);
+    - output: `output_dir` (results.json, per_question.jsonl, config.yaml; lm_eval/results.json);
     - W&B: `report_to`, `wandb_project`, `wandb_group`, `wandb_run_name`.
 
     Defaults that differ from lm-eval's: none for scoring (`dtype: auto` is lm-eval's default, the
@@ -141,6 +143,37 @@ class EvaluateConfig:
     )
     num_threads: int | None = field(
         default=None, metadata={"help": "torch CPU threads; null leaves torch's default.", "ge": 1}
+    )
+
+    # lm-evaluation-harness, after TruthfulQA
+    lm_eval_tasks: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "lm-evaluation-harness tasks or groups run by lm-eval itself on the same model (and adapter) after "
+            "TruthfulQA (the paper's: leaderboard_musr, leaderboard_gpqa, leaderboard_bbh, leaderboard_mmlu_pro, "
+            "hellaswag) into <output_dir>/lm_eval/results.json (in a pipeline: eval/<model>/lm_eval/ and the "
+            "report). Needs pip install 'spri-sft[lm-eval]'."
+        },
+    )
+    lm_eval_args: dict[str, Any] = field(
+        default_factory=dict,
+        metadata={
+            "help": "More lm_eval.simple_evaluate arguments, passed through (num_fewshot, limit, apply_chat_template, "
+            "fewshot_as_multiturn, model_args: {...}); batch_size and device here override the two above."
+        },
+    )
+    lm_eval_include_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "A folder of local lm-eval task YAMLs (lm-eval's --include_path); they win over lm-eval's own."
+        },
+    )
+    lm_eval_include_defaults: bool = field(
+        default=True,
+        metadata={
+            "help": "false: only the tasks of lm_eval_include_path (skips indexing lm-eval's ~15,000 task files, about "
+            "a minute on two busy cores)."
+        },
     )
 
     # Output

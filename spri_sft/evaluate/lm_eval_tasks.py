@@ -32,10 +32,12 @@ from pathlib import Path
 from typing import Any
 
 from spri_sft.errors import UserError
+from spri_sft.evaluate.config import EvaluateConfig
 
 logger = logging.getLogger(__name__)
 
 RESULTS_FILE = "results.json"
+OUTPUT_SUBDIR = "lm_eval"  # beside TruthfulQA's results: <evaluate output_dir>/lm_eval/results.json
 # simple_evaluate's arguments this module sets from the job itself, so extra_args may not.
 OWN_ARGUMENTS = ("model", "tasks", "task_manager", "log_samples")
 
@@ -53,6 +55,30 @@ class LmEvalJob:
     device: str = "auto"  # auto = cuda when available, else cpu
     dtype: str = "auto"
     extra_args: dict[str, Any] = dataclasses.field(default_factory=dict)  # more simple_evaluate arguments
+
+    @classmethod
+    def of_evaluation(cls, config: EvaluateConfig) -> LmEvalJob:
+        """The lm-eval call of an evaluation: its tasks, model and adapter, dtype, batch size, device and chat template,
+        then lm_eval_args (whose batch_size and device win). A `tokenizer` or `trust_remote_code` set for TruthfulQA
+        reaches lm-eval's model_args too (under lm_eval_args' own), only when set: the stages before them keep their
+        fingerprints."""
+        extra = {"apply_chat_template": config.chat_template, **config.lm_eval_args}
+        loading = {"tokenizer": config.tokenizer} if config.tokenizer else {}
+        if config.trust_remote_code:
+            loading["trust_remote_code"] = True
+        if loading:
+            extra["model_args"] = {**loading, **(extra.get("model_args") or {})}
+        return cls(
+            model=config.model,
+            adapter=config.adapter,
+            tasks=list(config.lm_eval_tasks),
+            include_path=config.lm_eval_include_path,
+            include_defaults=config.lm_eval_include_defaults,
+            batch_size=extra.pop("batch_size", config.batch_size),
+            device=extra.pop("device", config.device),
+            dtype=config.dtype,
+            extra_args=extra,
+        )
 
 
 def require_lm_eval() -> Any:
@@ -211,7 +237,7 @@ def main_metric(metrics: dict[str, Any], declared: list[str]) -> tuple[str, str]
 
 
 def log_to_wandb(
-    results: dict[str, Any], output_dir: Path, project: str | None, group: str | None, run_name: str
+    results: dict[str, Any], output_dir: Path, project: str | None, group: str | None, run_name: str | None
 ) -> None:
     """A run of the group: every metric of the named tasks in its summary (`lm_eval/<task>/<metric>`), task versions
     and shots in its config, results.json as an artifact."""

@@ -23,7 +23,9 @@ Output, in `output_dir`:
   `questions_per_second`;
 - `per_question.jsonl`: one line per question in data order: `index`, `question`, `mc1_acc`,
   `mc1_pred`, `mc1_gold`, `mc2_acc`, and per metric the choices, labels and summed log-likelihoods;
-- `config.yaml`: the effective configuration.
+- `config.yaml`: the effective configuration;
+- `lm_eval/results.json`: with `lm_eval_tasks`, lm-eval's scores of the same model (`run_evaluation`, which
+  `spri-sft evaluate` runs; `spri_sft.evaluate.lm_eval_tasks` says what it keeps).
 """
 
 from __future__ import annotations
@@ -40,6 +42,27 @@ from spri_sft.evaluate.config import EvaluateConfig
 from spri_sft.processes import writes_output_dir
 
 logger = logging.getLogger(__name__)
+
+
+@writes_output_dir
+def run_evaluation(config: EvaluateConfig) -> dict[str, Any]:
+    """`spri-sft evaluate`: TruthfulQA MC1/MC2, then lm-eval's `lm_eval_tasks` on the same model into
+    `output_dir`/lm_eval/results.json (its scores also under "lm_eval" in the returned results). The tasks are
+    checked first (lm-eval installed, their names, its arguments), before any model loads."""
+    from spri_sft.evaluate.lm_eval_tasks import OUTPUT_SUBDIR, LmEvalJob, check_job, log_to_wandb, run_lm_eval_tasks
+
+    job = LmEvalJob.of_evaluation(config) if config.lm_eval_tasks else None
+    if job is not None:
+        check_job(job)
+    results = evaluate_truthfulqa(config)
+    if job is None:
+        return results
+    directory = Path(config.output_dir) / OUTPUT_SUBDIR
+    lm_eval = run_lm_eval_tasks(job, directory)
+    if config.report_to == "wandb":
+        name = f"{config.wandb_run_name}-lm-eval" if config.wandb_run_name else None
+        log_to_wandb(lm_eval, directory, config.wandb_project, config.wandb_group, name)
+    return {**results, "lm_eval": {task: {s["metric"]: s["value"]} for task, s in lm_eval["tasks"].items()}}
 
 
 @writes_output_dir  # two scorings into one output_dir would overwrite each other's results

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from spri_sft.config import RANGE_KEYS
 from spri_sft.evaluate.config import EvaluateConfig
 from spri_sft.format.config import FormatConfig
 from spri_sft.generate.config import GenerateConfig
@@ -64,88 +62,29 @@ class DPOStage:
     )
 
 
-def scoring_range(name: str) -> dict[str, Any]:
-    """The range `spri-sft evaluate` states for its field `name`: the pipeline's copy of the field refuses the same
-    values when the recipe is read, before generation (not when the evaluation starts)."""
-    metadata = next(f.metadata for f in dataclasses.fields(EvaluateConfig) if f.name == name)
-    return {key: metadata[key] for key in RANGE_KEYS if key in metadata}
+# The fields of `spri-sft evaluate` the pipeline sets itself for each model it scores; a recipe leaves them at their
+# defaults (`pipeline.run.check_recipe` refuses them): the student and each trained adapter (or model), an adapter
+# on the commit its training recorded, on the base quantized as a QLoRA recipe trains it, TruthfulQA's validation
+# split, into eval/<model>/, logged to the run's W&B group.
+EVALUATE_SET_BY_PIPELINE = (
+    "model", "adapter", "model_revision", "base_quantization", "dataset_split", "output_dir",
+    "report_to", "wandb_project", "wandb_group", "wandb_run_name",
+)  # fmt: skip
 
 
 @dataclass
-class EvaluateStage:
+class EvaluateStage(EvaluateConfig):
     """TruthfulQA MC1/MC2 of the student model before fine-tuning and of each adapter after it; with
-    `lm_eval_tasks`, lm-evaluation-harness tasks too (lm-eval's own runs and numbers), on the same models."""
+    `lm_eval_tasks`, lm-evaluation-harness tasks too (lm-eval's own runs and numbers), on the same models.
+
+    The fields of `spri-sft evaluate` (one config: `spri_sft.evaluate.config.EvaluateConfig`), but those the
+    pipeline sets (model, adapter, model_revision, base_quantization, dataset_split, output_dir, report_to,
+    wandb_*), and two of the pipeline's own. Without `truthfulqa_file` the Hub dataset is snapshotted into
+    eval/truthfulqa.jsonl, or, when the Hub is unreachable, the packaged copy of upstream's data/v0/mc_task.json is
+    used (one line says which); one file serves every evaluation and the training-data guard.
+    """
 
     enabled: bool = field(default=True, metadata={"help": "Score before and after; false skips evaluation."})
-    truthfulqa_file: str | None = field(
-        default=None,
-        metadata={
-            "help": "Local TruthfulQA (upstream data/v0/mc_task.json or the Hub parquet layout). Without it the Hub "
-            "dataset is snapshotted into eval/truthfulqa.jsonl, or, when the Hub is unreachable, the packaged copy of "
-            "upstream's data/v0/mc_task.json is used (one line says which)."
-        },
-    )
-    dataset: str = field(default="truthfulqa/truthful_qa", metadata={"help": "Hub dataset id used without a file."})
-    limit: int | None = field(
-        default=None,
-        metadata={"help": "Score only the first N questions (all 817 by default).", **scoring_range("limit")},
-    )
-    dtype: Literal["auto", "float32", "bfloat16", "float16", "float64"] = field(
-        default="auto", metadata={"help": "Model dtype for scoring; auto = the checkpoint's."}
-    )
-    chat_template: bool = field(
-        default=False, metadata={"help": "Wrap questions in the chat template (lm-eval's --apply_chat_template)."}
-    )
-    batch_size: int = field(
-        default=32,
-        metadata={"help": "Choices scored per forward pass (lm-eval's batch_size too).", **scoring_range("batch_size")},
-    )
-    device: str = field(
-        default="auto", metadata={"help": "cpu, cuda, cuda:1, ...; auto = cuda when available, else cpu."}
-    )
-    add_bos_token: Literal["auto"] | bool = field(
-        default="auto",
-        metadata={
-            "help": "BOS before each TruthfulQA prompt, as lm-eval's add_bos_token: auto = the tokenizer's default "
-            "(lm-eval >= 0.4.9.2); false/true = lm-eval 0.4.4-0.4.9.1's convention for Llama and Mistral / Gemma "
-            "(the recipes/paper/ ones set it). The report says which."
-        },
-    )
-    quantization: Literal["auto", "none"] = field(
-        default="auto",
-        metadata={
-            "help": "auto: a QLoRA adapter is scored on the 4-bit base it was trained on; none: on the unquantized "
-            "base in `dtype` (said in one line)."
-        },
-    )
-    lm_eval_tasks: list[str] = field(
-        default_factory=list,
-        metadata={
-            "help": "lm-evaluation-harness tasks or groups run by lm-eval itself on the base model and each adapter "
-            "(the paper's: leaderboard_musr, leaderboard_gpqa, leaderboard_bbh, leaderboard_mmlu_pro, hellaswag) "
-            "into eval/<model>/lm_eval/results.json and the report. Needs pip install 'spri-sft[lm-eval]'."
-        },
-    )
-    lm_eval_args: dict[str, Any] = field(
-        default_factory=dict,
-        metadata={
-            "help": "More lm_eval.simple_evaluate arguments, passed through (num_fewshot, limit, apply_chat_template, "
-            "fewshot_as_multiturn, model_args: {...}); batch_size and device here override the two above."
-        },
-    )
-    lm_eval_include_path: str | None = field(
-        default=None,
-        metadata={
-            "help": "A folder of local lm-eval task YAMLs (lm-eval's --include_path); they win over lm-eval's own."
-        },
-    )
-    lm_eval_include_defaults: bool = field(
-        default=True,
-        metadata={
-            "help": "false: only the tasks of lm_eval_include_path (skips indexing lm-eval's ~15,000 task files, about "
-            "a minute on two busy cores)."
-        },
-    )
     guard_training_data: bool = field(
         default=True,
         metadata={
@@ -202,9 +141,10 @@ class PipelineConfig:
     Every setting is checked before the first model call: ranges, the training recipes by TRL's
     own parser (`spri_sft.pipeline.recipe_check`), lm-eval's task names.
 
-    The jobs' sections are their own configs (`spri-sft generate/format --help`), except the
+    The jobs' sections are their own configs (`spri-sft generate/format/evaluate --help`), except the
     fields the pipeline sets: generate.output_dir and generate.mode (use `modes`),
-    format.records and format.output_dir. Format's length fields come from the training recipe
+    format.records and format.output_dir, evaluate's model, adapter and output fields
+    (`EVALUATE_SET_BY_PIPELINE`); evaluate adds `enabled` and `guard_training_data`. Format's length fields come from the training recipe
     unless format sets tokenizer or max_length: the student (model_name_or_path) as tokenizer,
     training's max_length (TRL's default, 1024, when the recipe names none), and its
     training_template and overlong where format leaves them at their defaults.

@@ -40,13 +40,14 @@ import yaml
 from spri_sft import tracking
 from spri_sft.config import check_ranges, dump_yaml, read_yaml
 from spri_sft.errors import UserError
+from spri_sft.evaluate.config import EvaluateConfig
 from spri_sft.evaluate.lm_eval_tasks import LmEvalJob, check_job, lm_eval_version, log_to_wandb, run_lm_eval_tasks
 from spri_sft.format.build import REVIEW_OFF
 from spri_sft.format.config import FormatConfig
 from spri_sft.generate.config import GenerateConfig
 from spri_sft.generate.engine import MODES
 from spri_sft.generate.servers import ServedModels
-from spri_sft.pipeline.config import PipelineConfig
+from spri_sft.pipeline.config import EVALUATE_SET_BY_PIPELINE, PipelineConfig
 from spri_sft.pipeline.recipe_check import training_recipes_checked
 from spri_sft.pipeline.stages import Stage, StageChanged, file_digest, fingerprint, folder_digest
 from spri_sft.processes import LOCK_NAME, hold_output_dir, run_bound, writes_output_dir
@@ -59,6 +60,7 @@ SET_BY_PIPELINE = {
     "generate.output_dir": GenerateConfig().output_dir,
     "format.records": FormatConfig().records,
     "format.output_dir": FormatConfig().output_dir,
+    **{f"evaluate.{name}": getattr(EvaluateConfig(), name) for name in EVALUATE_SET_BY_PIPELINE},
 }
 
 
@@ -185,11 +187,12 @@ def check_recipe(config: PipelineConfig) -> None:
         raise UserError(
             f"generate.mode is set by the pipeline: list the modes in modes: (e.g. [{config.generate.mode}])"
         )
-    sections = {"generate": config.generate, "format": config.format}
+    sections = {"generate": config.generate, "format": config.format, "evaluate": config.evaluate}
     for dotted, default in SET_BY_PIPELINE.items():
         section, field = dotted.split(".")
         if getattr(sections[section], field) != default:
-            raise UserError(f"{dotted} is set by the pipeline (under output_dir); remove it from the recipe")
+            how = "for each model it scores" if section == "evaluate" else "under output_dir"
+            raise UserError(f"{dotted} is set by the pipeline ({how}); remove it from the recipe")
 
 
 # -- the stage graph: which stage reads which one's outputs ------------------------------------
@@ -734,43 +737,10 @@ def _evaluate(
     name: str,
     group: str,
 ) -> Stage:
-    from spri_sft.evaluate.config import EvaluateConfig
-    from spri_sft.evaluate.run import QUANTIZATION_FIELDS, evaluate_truthfulqa
+    from spri_sft.evaluate.run import evaluate_truthfulqa
 
-    settings = config.evaluate
-    model, adapter = _scored_model(plan, trained)
-    # A QLoRA recipe's adapters are scored on its 4-bit base (their effective_config.json says how); its student is
-    # scored on that same base, so that Δ is the training's, not the quantization's.
-    quantized = {k: plan.args[k] for k in QUANTIZATION_FIELDS if k in plan.args}
-    if not (settings.quantization == "auto" and (quantized.get("load_in_4bit") or quantized.get("load_in_8bit"))):
-        quantized = {}
-    job = EvaluateConfig(
-        model=model,
-        adapter=adapter,
-        base_quantization=quantized if adapter is None else {},
-        truthfulqa_file=truthfulqa["file"],
-        limit=settings.limit,
-        dtype=settings.dtype,
-        chat_template=settings.chat_template,
-        batch_size=settings.batch_size,
-        device=settings.device,
-        add_bos_token=settings.add_bos_token,
-        quantization=settings.quantization,
-        output_dir=str(directory),
-        report_to="wandb" if config.wandb.enabled else "none",
-        wandb_project=config.wandb.project,
-        wandb_group=group,
-        wandb_run_name=f"{name}-eval-{directory.name}",
-    )
-    # What decides the scores: the questions and how they are scored, and which model (by the stage that made it).
-    scoring = {k: getattr(job, k) for k in ("limit", "dtype", "chat_template", "batch_size")}
-    scoring["truthfulqa_file"] = file_digest(job.truthfulqa_file)
-    # Fields added later count only when set, so evaluations made before them (with these defaults) stay done.
-    scoring |= {k: getattr(job, k) for k in ("add_bos_token", "quantization") if getattr(job, k) != "auto"}
-    if quantized:  # scored on the 4-bit base since these fields: QLoRA evaluations made before rescore
-        scoring["quantized_base"] = quantized
-    upstream = trained.output_id if trained is not None else plan.student
-    stage = Stage.made_from(f"eval/{directory.name}", directory, {**scoring, "after": upstream})
+    job = evaluation_job(config, plan, trained, truthfulqa["file"], directory, name, group)
+    stage = Stage.made_from(f"eval/{directory.name}", directory, evaluation_settings(config, plan, trained, job))
     if _skip(stage, resumable=False):
         return stage
     stage.begin()
@@ -778,6 +748,66 @@ def _evaluate(
     _release_memory()  # the model is gone; give its memory back before a training child needs it
     stage.finish(mc1=results["mc1"], mc2=results["mc2"], n=results["n"])
     return stage
+
+
+def evaluation_settings(config: PipelineConfig, plan: TrainPlan, trained: Stage | None, job: EvaluateConfig) -> dict:
+    """What decides the scores of `job` (its stage's fingerprint): the questions and how they are scored, and which
+    model (by the stage that made it)."""
+    scoring = {k: getattr(job, k) for k in ("limit", "dtype", "chat_template", "batch_size")}
+    scoring["truthfulqa_file"] = file_digest(job.truthfulqa_file)
+    # Fields added later count only when set, so evaluations made before them (with these defaults) stay done.
+    scoring |= {k: getattr(job, k) for k in ("add_bos_token", "quantization") if getattr(job, k) != "auto"}
+    defaults = EvaluateConfig()
+    scoring |= {k: getattr(job, k) for k in SCORING_FIELDS_WHEN_SET if getattr(job, k) != getattr(defaults, k)}
+    quantized = _quantized_base(config, plan)
+    if quantized:  # scored on the 4-bit base since these fields: QLoRA evaluations made before rescore
+        scoring["quantized_base"] = quantized
+    return {**scoring, "after": trained.output_id if trained is not None else plan.student}
+
+
+# evaluate: fields the pipeline's section gained with `spri-sft evaluate`'s config that change the scores; counted in
+# the stage's fingerprint only when set (num_threads, device and the lm-eval fields do not change TruthfulQA's).
+SCORING_FIELDS_WHEN_SET = ("tokenizer", "trust_remote_code", "merge_adapter")
+
+
+def evaluation_job(
+    config: PipelineConfig,
+    plan: TrainPlan,
+    trained: Stage | None,
+    truthfulqa_file: str | None,
+    directory: Path,
+    name: str,
+    group: str,
+) -> EvaluateConfig:
+    """The `spri-sft evaluate` config scoring one model: the recipe's evaluate: section with the fields the pipeline
+    sets (`EVALUATE_SET_BY_PIPELINE`): the model (and adapter), its quantized base, the questions' file, the
+    directory and W&B."""
+    model, adapter = _scored_model(plan, trained)
+    section = {f.name: getattr(config.evaluate, f.name) for f in dataclasses.fields(EvaluateConfig)}
+    return EvaluateConfig(**{
+        **section,
+        "model": model,
+        "adapter": adapter,
+        "base_quantization": _quantized_base(config, plan) if adapter is None else {},
+        "truthfulqa_file": truthfulqa_file,
+        "output_dir": str(directory),
+        "report_to": "wandb" if config.wandb.enabled else "none",
+        "wandb_project": config.wandb.project,
+        "wandb_group": group,
+        "wandb_run_name": f"{name}-eval-{directory.name}",
+    })  # fmt: skip
+
+
+def _quantized_base(config: PipelineConfig, plan: TrainPlan) -> dict[str, Any]:
+    """A QLoRA recipe's quantization ({} otherwise): its adapters are scored on its 4-bit base (their
+    effective_config.json says how); its student is scored on that same base, so that Δ is the training's, not the
+    quantization's."""
+    from spri_sft.evaluate.run import QUANTIZATION_FIELDS
+
+    quantized = {k: plan.args[k] for k in QUANTIZATION_FIELDS if k in plan.args}
+    if config.evaluate.quantization == "auto" and (quantized.get("load_in_4bit") or quantized.get("load_in_8bit")):
+        return quantized
+    return {}
 
 
 def _scored_model(plan: TrainPlan, trained: Stage | None) -> tuple[str, str | None]:
@@ -788,22 +818,8 @@ def _scored_model(plan: TrainPlan, trained: Stage | None) -> tuple[str, str | No
 
 
 def lm_eval_job(config: PipelineConfig, plan: TrainPlan, trained: Stage | None) -> LmEvalJob:
-    """The lm-eval call for one model: evaluate's tasks, dtype, batch size, device and chat template, then
-    lm_eval_args (whose batch_size and device win)."""
-    settings = config.evaluate
-    extra = {"apply_chat_template": settings.chat_template, **settings.lm_eval_args}
-    model, adapter = _scored_model(plan, trained)
-    return LmEvalJob(
-        model=model,
-        adapter=adapter,
-        tasks=list(settings.lm_eval_tasks),
-        include_path=settings.lm_eval_include_path,
-        include_defaults=settings.lm_eval_include_defaults,
-        batch_size=extra.pop("batch_size", settings.batch_size),
-        device=extra.pop("device", settings.device),
-        dtype=settings.dtype,
-        extra_args=extra,
-    )
+    """The lm-eval call for one model, as `spri-sft evaluate` makes it from the same evaluate config."""
+    return LmEvalJob.of_evaluation(evaluation_job(config, plan, trained, None, Path("."), "", ""))
 
 
 def lm_eval_fingerprint(config: PipelineConfig, plan: TrainPlan, trained: Stage | None) -> str:
