@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from spri_sft.generate.engine import LoopSettings, Mode
+from spri_sft.generate.engine import LoopSettings
 from spri_sft.generate.inputs import PromptSource
+from spri_sft.generate.modes import Mode
 from spri_sft.llm.base import EndpointConfig
 
 
@@ -24,7 +25,7 @@ class GenerateConfig:
         default="spri",
         metadata={
             "help": "spri, or a row of the paper's Table 4: oracle, direct, self-instruct, self-align (alias constitution), "
-            "self-refine, seed-principles; or seed-principles-critic / self-align-critic (see `spri_sft.generate.engine`)."
+            "self-refine, seed-principles; or seed-principles-critic / self-align-critic (see `spri_sft.generate.modes`)."
         },
     )
     prompts: PromptSource = field(default_factory=PromptSource)

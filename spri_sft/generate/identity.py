@@ -13,7 +13,8 @@ import hashlib
 import json
 
 from spri_sft.generate.config import GenerateConfig
-from spri_sft.generate.engine import MODE_ROLES, mode_identity
+from spri_sft.generate.engine import mode_identity
+from spri_sft.generate.modes import MODE_ROLES
 from spri_sft.generate.prompts import PromptSet
 from spri_sft.llm.base import EndpointConfig
 

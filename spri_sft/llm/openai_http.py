@@ -29,7 +29,7 @@ How a completion is posted, and why not through the SDK's request path: each rep
 whatever its content-type. The SDK's path, even its lightest form (`AsyncOpenAI.post(...,
 cast_to=object)` over its aiohttp transport), builds per request its pydantic request options,
 httpx Request, URL and Headers models around the aiohttp call, and an APIResponse: at C=256
-requests in flight that CPU bounded throughput (README, "Benchmarks": the client's CPU per call and
+requests in flight that CPU bounded throughput (docs/benchmarks.md, "Generation": the client's CPU per call and
 the scheduling ratio before and after). What
 stays the SDK's: a non-2xx reply becomes its own exception (`_make_status_error_from_response`:
 BadRequestError, RateLimitError, InternalServerError, ..., with the reply's headers, which the retry

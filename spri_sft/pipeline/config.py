@@ -9,7 +9,7 @@ from typing import Any, Literal
 from spri_sft.evaluate.config import EvaluateConfig
 from spri_sft.format.config import FormatConfig
 from spri_sft.generate.config import GenerateConfig
-from spri_sft.generate.engine import Mode
+from spri_sft.generate.modes import Mode
 
 
 @dataclass

@@ -23,8 +23,8 @@ from pathlib import Path
 from spri_sft.config import load_config, read_recipe
 from spri_sft.errors import UserError
 from spri_sft.generate.config import GenerateConfig
-from spri_sft.generate.engine import MODE_ROLES
 from spri_sft.generate.inputs import PromptSource, load_prompts
+from spri_sft.generate.modes import MODE_ROLES
 from spri_sft.generate.plan import extrapolate, plan_lines, sample_prompts
 from spri_sft.generate.run import generate, run_records
 from spri_sft.generate.servers import ServedModels

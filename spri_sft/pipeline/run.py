@@ -45,7 +45,7 @@ from spri_sft.evaluate.lm_eval_tasks import LmEvalJob, check_job, lm_eval_versio
 from spri_sft.format.build import REVIEW_OFF
 from spri_sft.format.config import FormatConfig
 from spri_sft.generate.config import GenerateConfig
-from spri_sft.generate.engine import MODES
+from spri_sft.generate.modes import MODES
 from spri_sft.generate.servers import ServedModels
 from spri_sft.pipeline.config import EVALUATE_SET_BY_PIPELINE, PipelineConfig
 from spri_sft.pipeline.recipe_check import training_recipes_checked
@@ -538,8 +538,10 @@ def train_plan(config: PipelineConfig, mode: str, root: Path, name: str, group: 
     if not args.get("model_name_or_path"):
         raise UserError("train: set model_name_or_path (the student model) in train.recipe or train.args")
     _validate_train_args(args, config.train.recipe)
-    if config.train.accelerate_config and not Path(config.train.accelerate_config).is_file():
-        raise UserError(f"train.accelerate_config {config.train.accelerate_config}: file not found")
+    if config.train.accelerate_config:  # read now: a missing or malformed file stops the run before generation
+        if not Path(config.train.accelerate_config).is_file():
+            raise UserError(f"train.accelerate_config {config.train.accelerate_config}: file not found")
+        read_yaml(Path(config.train.accelerate_config))
     return TrainPlan(mode, output_dir, {**args, "env": env} if env else args, config.train.accelerate_config)
 
 

@@ -29,7 +29,7 @@ from typing import Any
 import yaml
 
 from spri_sft.errors import UserError
-from spri_sft.generate.engine import MODES
+from spri_sft.generate.modes import MODES
 from spri_sft.review.decisions import DECISIONS_FILE, Decisions, read_decisions, review_dir_of
 
 INDEX_FILE = "index.sqlite"
