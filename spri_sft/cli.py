@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import signal
 import sys
@@ -9,7 +10,7 @@ import threading
 
 from spri_sft.errors import Terminated, UserError
 
-USAGE = """usage: spri-sft COMMAND [--config FILE.yaml] [--section.field VALUE ...]
+USAGE = """usage: spri-sft COMMAND [RECIPE.yaml] [--section.field VALUE ...]
 
 Commands:
   generate         Write SPRI (or baseline) SFT records for a set of prompts.
@@ -29,8 +30,11 @@ Commands:
                    files) and exclude or keep them for the dataset; `--export FILE.html` writes a shareable sample
                    (`spri-sft view PATH [--port N] [--read-only] [--export FILE.html --sample N]`).
 
-Every command reads its settings from an optional YAML file (--config) and then from
---dotted.name VALUE overrides of any field. `spri-sft COMMAND --help` lists every field.
+generate, format, evaluate, run, plan, train and dpo read their settings from a YAML recipe, named first
+(or as --config RECIPE.yaml, not both), then from overrides of any field: --dotted.name VALUE (train and
+dpo: TRL's flags, e.g. --learning_rate 1e-4). `spri-sft COMMAND --help` lists the fields, or for run its
+sections; `--help=SECTION` prints one section's (`spri-sft run --help=evaluate`). check-template and view
+take a model or paths first; their flags may be written with _ or - (--eos_token = --eos-token).
 `spri-sft --version` (-V) prints the versions of spri-sft and of the libraries a run depends on.
 """
 
@@ -83,11 +87,11 @@ def main(argv: list[str] | None = None) -> int:
         if command == "train":
             from spri_sft.train.sft import cli
 
-            return cli(rest)
+            return cli(_trl_argv(command, rest))
         if command == "dpo":
             from spri_sft.train.dpo import cli as dpo_cli
 
-            return dpo_cli(rest)
+            return dpo_cli(_trl_argv(command, rest))
         if command == "check-template":
             return _check_template(rest)
         if command == "run":
@@ -135,16 +139,50 @@ def _stop_on_sigterm():
     return signal.SIG_DFL if previous is None else previous
 
 
-def _parse_job_config(command: str, config_class: type, argv: list[str], usage: str = "[--config FILE.yaml]"):
-    """The job's config from --config and dotted overrides; None when --help was asked for (and printed)."""
-    from spri_sft.config import format_help, load_config
+def _parse_job_config(
+    command: str,
+    config_class: type,
+    argv: list[str],
+    set_by_command: frozenset[str] = frozenset(),
+    sections_only: bool = False,
+):
+    """The job's config from its recipe and dotted overrides; None when --help was asked for (and printed).
+    `set_by_command`: dotted fields the command sets itself, left out of the help; `sections_only`: the plain
+    help lists each section in one line (`--help=SECTION` prints its fields)."""
+    from spri_sft.config import format_help, format_section_help, format_sections_overview, help_request, load_config
 
-    if "-h" in argv or "--help" in argv:
-        print(f"usage: spri-sft {command} {usage} [--section.field VALUE ...]\n")
-        print((config_class.__doc__ or "").strip() + "\n\nFields:")
-        print(format_help(config_class))
+    asked = help_request(argv)
+    if asked is None:
+        return load_config(config_class, argv)
+    if asked:
+        print(format_section_help(config_class, asked, set_by_command))
+        inside = sorted(name for name in set_by_command if name.startswith(asked + "."))
+        if inside:
+            print(f"\nSet by `spri-sft {command}` itself, not in a recipe: {', '.join(inside)}")
         return None
-    return load_config(config_class, argv)
+    print(f"usage: spri-sft {command} [RECIPE.yaml] [--section.field VALUE ...]  (or --config RECIPE.yaml)\n")
+    print(inspect.cleandoc(config_class.__doc__ or "") + "\n\nFields:")
+    if sections_only:
+        print(format_sections_overview(config_class, command, set_by_command))
+    else:
+        print(format_help(config_class, omit=set_by_command))
+        print(f"\n`spri-sft {command} --help=SECTION` prints one section's fields.")
+    return None
+
+
+def _trl_argv(command: str, argv: list[str]) -> list[str]:
+    """train's and dpo's argv as TRL's parser reads it: a recipe named first becomes `--config RECIPE.yaml`."""
+    from spri_sft.config import help_request, recipe_and_options
+
+    asked = help_request(argv)
+    if asked:
+        raise UserError(
+            f"{command} --help={asked}: TRL's flags have no sections; `spri-sft {command} --help` lists all"
+        )
+    if asked == "":
+        return argv
+    recipe, options = recipe_and_options(argv)
+    return (["--config", recipe] if recipe is not None else []) + options
 
 
 def _generate(argv: list[str]) -> int:
@@ -207,9 +245,7 @@ def _evaluate(argv: list[str]) -> int:
 def _run(argv: list[str]) -> int:
     from spri_sft.pipeline.config import PipelineConfig
 
-    if argv and not argv[0].startswith("-"):  # `spri-sft run RECIPE.yaml [overrides]`
-        argv = ["--config", argv[0], *argv[1:]]
-    config = _parse_job_config("run", PipelineConfig, argv, usage="RECIPE.yaml")
+    config = _parse_job_config("run", PipelineConfig, argv, _set_by_pipeline(), sections_only=True)
     if config is None:
         return 0
 
@@ -219,25 +255,41 @@ def _run(argv: list[str]) -> int:
     return 0
 
 
+def _set_by_pipeline() -> frozenset[str]:
+    """The jobs' fields a recipe may not set (`pipeline.run.check_recipe` refuses them): not in `run --help`."""
+    from spri_sft.pipeline.run import SET_BY_PIPELINE
+
+    return frozenset(SET_BY_PIPELINE) | {"generate.mode"}  # the pipeline's `modes` instead
+
+
 def _plan(argv: list[str]) -> int:
+    from spri_sft.config import help_request, recipe_and_options
     from spri_sft.pipeline.plan import PlanSettings
 
-    if "-h" in argv or "--help" in argv:
-        from spri_sft.config import format_help
+    asked = help_request(argv)
+    if asked is not None:
+        from spri_sft.config import format_help, format_section_help
 
+        if asked and asked != "plan":  # a section of the recipe the other flags override
+            from spri_sft.pipeline.config import PipelineConfig
+
+            print(format_section_help(PipelineConfig, asked, _set_by_pipeline()))
+            return 0
         print("usage: spri-sft plan RECIPE.yaml [--plan.field VALUE ...] [--section.field VALUE ...]\n")
-        print("RECIPE is a pipeline recipe or a generate config; flags other than --plan.* override its fields.\n")
+        print("RECIPE is a pipeline recipe or a generate config; flags other than --plan.* override its fields")
+        print("(`spri-sft run --help`, `spri-sft generate --help`; `spri-sft plan --help=SECTION` prints a section).\n")
         print("Fields:\n" + format_help(PlanSettings, prefix="plan."))
         return 0
-    if not argv or argv[0].startswith("-"):
+    recipe, options = recipe_and_options(argv)
+    if recipe is None:
         raise UserError("plan: give a recipe (usage: spri-sft plan RECIPE.yaml [--plan.sample N])")
-    own, overrides = _split_prefixed(argv[1:], "--plan.")
+    own, overrides = _split_prefixed(options, "--plan.")
 
     from spri_sft.config import load_config
     from spri_sft.pipeline.plan import load_recipe, plan_recipe
 
     settings = load_config(PlanSettings, own)
-    plan_recipe(load_recipe(argv[0], overrides), settings)  # prints the plan and where plan.json went
+    plan_recipe(load_recipe(recipe, overrides), settings)  # prints the plan and where plan.json went
     return 0
 
 
@@ -258,7 +310,9 @@ def _view(argv: list[str]) -> int:
         help="the address to listen on; another than this machine's (e.g. 0.0.0.0) only with SPRI_SFT_VIEW_TOKEN "
         "set, which every request must then carry",
     )  # fmt: skip
-    parser.add_argument("--read-only", action="store_true", help="show the records without the decision buttons")
+    parser.add_argument(
+        "--read-only", "--read_only", action="store_true", help="show the records without the decision buttons"
+    )
     parser.add_argument("--reviewer", help="the name decisions are recorded under (default: the login name)")
     parser.add_argument(
         "--export", metavar="FILE.html", help="write one self-contained HTML file of a sample instead of serving"
@@ -315,11 +369,12 @@ def _check_template(argv: list[str]) -> int:
     )
     parser.add_argument(
         "--eos-token",
+        "--eos_token",
         help="the token assistant turns end with, when it is not the tokenizer's EOS (the recipe's eos_token, e.g. "
         "Gemma-it's <end_of_turn>)",
     )
     parser.add_argument("--dataset", help="a `spri-sft format` output directory to take the sample rows from")
-    parser.add_argument("--trust-remote-code", action="store_true")
+    parser.add_argument("--trust-remote-code", "--trust_remote_code", action="store_true")
     args = parser.parse_args(argv)
 
     from transformers import AutoTokenizer

@@ -1,10 +1,11 @@
 """Dataclass configs read from YAML and overridden from the command line.
 
-`spri-sft generate --config run.yaml --critic.base_url http://host:8000/v1 --loop.max_rounds 3`
-loads the YAML into the job's config dataclass, then applies each `--dotted.name value`
-override, type-checked against the field it names. Unknown keys fail with the file or flag
-that carries them. `format_help` lists every field with its type, default and help text, which
-is the documentation `--help` prints.
+`spri-sft generate run.yaml --critic.base_url http://host:8000/v1 --loop.max_rounds 3` (or
+`--config run.yaml`: the recipe is the first word or that flag, never both) loads the YAML into the
+job's config dataclass, then applies each `--dotted.name value` override, type-checked against the
+field it names. Unknown keys fail with the file or flag that carries them. `format_help` lists every
+field with its type, default and help text, which is the documentation `--help` prints;
+`--help=SECTION` (`help_request`, `format_section_help`) prints one section's.
 
 A numeric field states its range in its metadata with `ge`, `gt`, `le`, `lt` (>=, >, <=, <):
 `field(default=4, metadata={"help": "…", "ge": 1, "le": 5})`. A value outside it is refused when
@@ -22,6 +23,7 @@ config, with no `include:` left in it.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import os
 import types
 import typing
@@ -37,7 +39,8 @@ T = TypeVar("T")
 
 
 def load_config(cls: type[T], argv: list[str]) -> T:
-    """Build `cls` from `--config FILE.yaml` (optional) and `--a.b value` overrides in `argv`."""
+    """Build `cls` from a recipe (optional: `RECIPE.yaml` first or `--config RECIPE.yaml`) and `--a.b value`
+    overrides in `argv`."""
     config_path, overrides = _split_argv(argv)
     data: dict[str, Any] = {}
     if config_path is not None:
@@ -105,17 +108,19 @@ def dump_yaml(config: Any, path: Path) -> None:
     path.write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
 
 
-def format_help(cls: type, prefix: str = "", instance: Any = None) -> str:
-    """One line per field: `--dotted.name TYPE (default: …)  help`, sections per nested dataclass."""
+def format_help(cls: type, prefix: str = "", instance: Any = None, omit: frozenset[str] = frozenset()) -> str:
+    """One line per field: `--dotted.name TYPE (default: …)  help`, sections per nested dataclass; the dotted
+    names in `omit` (fields a caller sets itself) are left out."""
     lines = []
     hints = typing.get_type_hints(cls)
     instance = cls() if instance is None else instance
     for field in dataclasses.fields(cls):
         hint = hints[field.name]
+        if f"{prefix}{field.name}" in omit:
+            continue
         if dataclasses.is_dataclass(hint):
-            doc = (hint.__doc__ or "").strip().splitlines()[0]
-            lines.append(f"\n  {prefix}{field.name}.*  — {doc}")
-            lines.append(format_help(hint, f"{prefix}{field.name}.", getattr(instance, field.name)))
+            lines.append(f"\n  {prefix}{field.name}.*  — {_first_line(hint)}")
+            lines.append(format_help(hint, f"{prefix}{field.name}.", getattr(instance, field.name), omit))
             continue
         default = getattr(instance, field.name)
         bounds = ", ".join(f"{RANGE_KEYS[k][0]} {field.metadata[k]}" for k in RANGE_KEYS if k in field.metadata)
@@ -125,6 +130,60 @@ def format_help(cls: type, prefix: str = "", instance: Any = None) -> str:
         if field.metadata.get("help"):
             lines.append(f"        {field.metadata['help']}")
     return "\n".join(lines)
+
+
+def _first_line(cls: type) -> str:
+    """The class's docstring's first paragraph as one line (a summary may wrap in the source)."""
+    return " ".join(inspect.cleandoc(cls.__doc__ or "").split("\n\n")[0].split())
+
+
+def help_request(argv: list[str]) -> str | None:
+    """What `--help` asks for: None (no help), "" (the command's help) or a section's dotted name
+    (`--help=SECTION` or `--help SECTION`)."""
+    for index, arg in enumerate(argv):
+        option, eq, section = arg.partition("=")
+        if option not in ("-h", "--help"):
+            continue
+        if eq:
+            return section
+        following = argv[index + 1] if index + 1 < len(argv) else ""
+        return "" if following.startswith("-") else following
+    return None
+
+
+def sections(cls: type) -> dict[str, type]:
+    """The nested dataclasses of `cls` by field name, in the order the class declares them."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls) if dataclasses.is_dataclass(hints[f.name])}
+
+
+def format_section_help(cls: type, section: str, omit: frozenset[str] = frozenset()) -> str:
+    """`--help=SECTION`: the fields of one section of `cls` (`generate`, or a nested one: `generate.loop`);
+    a name that is no section is one line listing the sections there are."""
+    target, instance, prefix = cls, cls(), ""
+    for part in section.split("."):
+        known = {name: hint for name, hint in sections(target).items() if f"{prefix}{name}" not in omit}
+        if part not in known:
+            listed = ", ".join(f"{prefix}{name}" for name in known) or "none"
+            raise UserError(f"--help={section}: no section '{prefix}{part}' (sections: {listed})")
+        target, instance, prefix = known[part], getattr(instance, part), f"{prefix}{part}."
+    body = format_help(target, prefix, instance, omit)
+    return f"  {section}.*  — {_first_line(target)}\n{body}"
+
+
+def format_sections_overview(cls: type, command: str, omit: frozenset[str] = frozenset()) -> str:
+    """A short help for a config made of sections: its own fields in full, each section in one line, and how to
+    ask for one section's fields."""
+    own = format_help(cls, omit=omit | {name for name in sections(cls)})
+    width = max(map(len, sections(cls)))
+    listed = [f"  {name:<{width}}  {_first_line(hint)}" for name, hint in sections(cls).items() if name not in omit]
+    nested = [f"{name}.{inner}" for name, hint in sections(cls).items() for inner in sections(hint)]
+    example = f"--help={next(iter(sections(cls)))}" + (f", or a part of one: --help={nested[0]}" if nested else "")
+    return (
+        own
+        + f"\n\nSections (`spri-sft {command} --help=SECTION` lists one's fields, e.g. {example}):\n"
+        + "\n".join(listed)
+    )
 
 
 def option_groups(argv: list[str]) -> list[list[str]]:
@@ -139,23 +198,39 @@ def option_groups(argv: list[str]) -> list[list[str]]:
     return groups
 
 
-def _split_argv(argv: list[str]) -> tuple[Path | None, list[tuple[str, str | list[str]]]]:
-    config_path = None
-    overrides = []
-    for option, *words in option_groups(argv):
+def recipe_and_options(argv: list[str]) -> tuple[str | None, list[str]]:
+    """The recipe `argv` names — its first word (`spri-sft run RECIPE.yaml ...`) or `--config RECIPE.yaml`, one
+    or neither, never both — and the other options, in order."""
+    positional = argv[0] if argv and not argv[0].startswith("-") else None
+    flagged, options = None, []
+    for option, *words in option_groups(argv[1:] if positional is not None else argv):
         if not option.startswith("--"):
             raise UserError(f"unexpected argument '{option}': options look like --name value")
+        name, eq, value = option.partition("=")
+        if name != "--config":
+            options += [option, *words]
+            continue
+        values = ([value] if eq else []) + words
+        if not values:
+            raise UserError("option --config needs a value")
+        if len(values) > 1:
+            raise UserError(f"unexpected argument '{values[1]}': --config takes one file")
+        flagged = values[0]
+    if positional is not None and flagged is not None:
+        raise UserError(f"two recipes: '{positional}' and --config {flagged}; give one (RECIPE.yaml or --config)")
+    return positional if positional is not None else flagged, options
+
+
+def _split_argv(argv: list[str]) -> tuple[Path | None, list[tuple[str, str | list[str]]]]:
+    recipe, options = recipe_and_options(argv)
+    overrides = []
+    for option, *words in option_groups(options):
         name, eq, value = option[2:].partition("=")
         values = ([value] if eq else []) + words
         if not values:
             raise UserError(f"option --{name} needs a value")
-        if name == "config":
-            if len(values) > 1:
-                raise UserError(f"unexpected argument '{values[1]}': --config takes one file")
-            config_path = Path(values[0])
-        else:
-            overrides.append((name.replace("-", "_"), values if len(values) > 1 else values[0]))
-    return config_path, overrides
+        overrides.append((name.replace("-", "_"), values if len(values) > 1 else values[0]))
+    return (Path(recipe) if recipe is not None else None), overrides
 
 
 INCLUDE_KEY = "include"

@@ -13,7 +13,8 @@ import os
 from pathlib import Path
 
 import pytest
-from support.families import FAMILIES
+
+from spri_sft.testing.families import FAMILIES
 
 ROOT = Path(__file__).resolve().parents[1]
 RESPONSE = "Water falling from clouds."

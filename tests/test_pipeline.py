@@ -19,7 +19,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-from support.fake_openai_server import FakeOpenAIServer
 from wandb_log import wandb_records, without_wandb_credentials
 
 from spri_sft.cli import main
@@ -28,6 +27,7 @@ from spri_sft.format.contamination import read_questions
 from spri_sft.pipeline.config import PipelineConfig
 from spri_sft.pipeline.run import run_pipeline
 from spri_sft.pipeline.stages import Stage
+from spri_sft.testing.fake_openai_server import FakeOpenAIServer
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -427,6 +427,9 @@ def test_without_a_file_the_hub_questions_are_snapshotted_once_for_guard_and_eva
 def test_help_lists_the_sections_of_every_stage(capsys):
     assert main(["run", "--help"]) == 0
     text = capsys.readouterr().out
+    for section in ("generate", "format", "train", "evaluate", "wandb"):  # each its own --help=SECTION
+        assert main(["run", f"--help={section}"]) == 0
+        text += capsys.readouterr().out
     for option in (
         "--modes",
         "--generate.base.model",
