@@ -89,14 +89,13 @@ from spri_sft.format.config import OVERLONG, STATUSES, FormatConfig
 from spri_sft.format.contamination import TruthfulQAGuard, guard_source, source_questions
 from spri_sft.format.dedupe import exact_duplicates, near_duplicates, normalize
 from spri_sft.format.preference import PREFERENCE_DIR, build_preference, save_preference
-from spri_sft.generate.inputs import SFT_SPLITS
+from spri_sft.generate.record import Record, Round, check_record
 from spri_sft.processes import writes_output_dir
 from spri_sft.review.decisions import DECISIONS_FILE, Decisions, read_decisions, review_dir_of
 from spri_sft.rows import read_jsonl
 
 logger = logging.getLogger(__name__)
 
-REQUIRED_FIELDS = ("id", "prompt", "mode", "status", "response", "rounds")
 # Every drop reason, in the order the steps run; `overlong` only when rows are measured (step 7).
 REASONS = (
     "review",
@@ -243,13 +242,13 @@ def _check(config: FormatConfig) -> None:
 TORN_LINE = "a generate run killed mid-write leaves a torn last line, which rerunning it repairs; otherwise fix or remove the line"
 
 
-def read_records(paths: list[str]) -> list[dict]:
+def read_records(paths: list[str]) -> list[Record]:
     records = []
     for path in map(Path, paths):
         if not path.is_file():
             raise UserError(f"{path}: records file not found (the records.jsonl of a `spri-sft generate` run)")
         for row in read_jsonl(path, "records file", malformed_hint=TORN_LINE):
-            records.append(_check_record(row.value, f"{path}:{row.where}"))
+            records.append(check_record(row.value, f"{path}:{row.where}"))
     return records
 
 
@@ -310,49 +309,21 @@ def refuse_several_modes(records: list[dict], paths: list[str]) -> None:
         )
 
 
-def _check_record(record, where: str) -> dict:
-    if not isinstance(record, dict):
-        raise UserError(f"{where}: a record must be a JSON object, got {type(record).__name__}")
-    missing = [name for name in REQUIRED_FIELDS if name not in record]
-    if missing:
-        raise UserError(
-            f"{where}: record is missing {', '.join(repr(m) for m in missing)} "
-            f"(a record has {', '.join(REQUIRED_FIELDS)}, as `spri-sft generate` writes them)"
-        )
-    for name, types, expected in (
-        ("id", str, "a string"),
-        ("prompt", str, "a string"),
-        ("response", (str, type(None)), "a string or null"),
-        ("rounds", list, "a list"),
-    ):
-        if not isinstance(record[name], types):
-            raise UserError(f"{where}: field '{name}' must be {expected}, got {record[name]!r:.60}")
-    if not all(isinstance(r, dict) and "stage" in r for r in record["rounds"]):
-        raise UserError(f"{where}: every entry of 'rounds' must be an object with a 'stage'")
-    if not isinstance(record.get("source_id"), (str, type(None))):
-        raise UserError(f"{where}: field 'source_id' must be a string or null, got {record['source_id']!r:.60}")
-    if record.get("sft_split", "auto") not in SFT_SPLITS:
-        raise UserError(
-            f"{where}: field 'sft_split' must be one of {', '.join(SFT_SPLITS)}, got {record['sft_split']!r:.60}"
-        )
-    return record
-
-
 # -- filter ----------------------------------------------------------------------------------
 
 
-def final_round(record: dict, stage: str) -> dict | None:
+def final_round(record: Record, stage: str) -> Round | None:
     """The last round of `stage` ("principles" or "response"): the version that was kept."""
     rounds = [r for r in record["rounds"] if r["stage"] == stage]
     return rounds[-1] if rounds else None
 
 
-def final_score(record: dict, stage: str) -> int | None:
+def final_score(record: Record, stage: str) -> int | None:
     last = final_round(record, stage)
     return None if last is None else last.get("score")
 
 
-def quality_failure(record: dict, config: FormatConfig) -> tuple[str, str] | None:
+def quality_failure(record: Record, config: FormatConfig) -> tuple[str, str] | None:
     """(reason, detail) of the first quality filter the record fails, or None."""
     if record["status"] not in config.statuses:
         return "status", str(record["status"])
@@ -388,7 +359,7 @@ def features():
     )
 
 
-def to_row(record: dict, system_prompt: str | None) -> dict:
+def to_row(record: Record, system_prompt: str | None) -> dict:
     messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
     messages += [{"role": "user", "content": record["prompt"]}, {"role": "assistant", "content": record["response"]}]
     return {

@@ -24,7 +24,8 @@ Rows are in TRL's conversational preference format, which `trl.DPOTrainer` reads
 `rejected_round`, `mode` and `record_id`. They are split like the SFT rows, on the prompt
 (`spri_sft.format.build`, rule 6), so a validation prompt of the SFT data is one here too.
 
-Imports: `spri_sft.format.dedupe` (prompt normalization), `datasets` (inside the functions).
+Imports: `spri_sft.format.dedupe` (prompt normalization), `spri_sft.generate.record` (the records, as
+`spri_sft.format.build.read_records` checked them), `datasets` (inside the functions).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from spri_sft.format.dedupe import normalize
+from spri_sft.generate.record import Record, Round
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +55,7 @@ class NoPair:
     detail: str = ""
 
 
-def version_score(round_: dict) -> float | None:
+def version_score(round_: Round) -> float | None:
     """The critic's statistic for one version: the accept rule's (score_mean under `expected`, else score)."""
     mean = round_.get("score_mean")
     if mean is not None:
@@ -62,7 +64,7 @@ def version_score(round_: dict) -> float | None:
     return None if score is None else float(score)
 
 
-def preference_pair(record: dict, margin: float, system_prompt: str | None = None) -> dict | NoPair:
+def preference_pair(record: Record, margin: float, system_prompt: str | None = None) -> dict | NoPair:
     """The record's preference row (module docstring), or why it has none."""
     versions = [r for r in record["rounds"] if r["stage"] == "response"]
     if len(versions) < 2:
@@ -99,7 +101,7 @@ def preference_pair(record: dict, margin: float, system_prompt: str | None = Non
     }
 
 
-def preference_pairs(records: list[dict], margin: float, system_prompt: str | None = None):
+def preference_pairs(records: list[Record], margin: float, system_prompt: str | None = None):
     """(pair rows, no-pair entries {id, reason, detail}) of `records`, in their order."""
     pairs, no_pair = [], []
     for record in records:
@@ -141,7 +143,7 @@ def split_pairs(pairs: list[dict], validation_prompts: set[str]) -> dict[str, li
     return {name: sorted(part, key=lambda p: p["record_id"]) for name, part in parts.items() if part}
 
 
-def build_preference(records: list[dict], validation_prompts: set[str], margin: float, system_prompt: str | None):
+def build_preference(records: list[Record], validation_prompts: set[str], margin: float, system_prompt: str | None):
     """(splits of pair rows, no-pair entries, the summary's `preference` entry) for the records format kept."""
     pairs, no_pair = preference_pairs(records, margin, system_prompt)
     splits = split_pairs(pairs, validation_prompts)

@@ -69,6 +69,7 @@ from spri_sft.generate.modes import (  # noqa: F401
 )
 from spri_sft.generate.official import official_texts
 from spri_sft.generate.prompts import PromptSet
+from spri_sft.generate.record import Outcome, Round
 from spri_sft.generate.scoring import Verdict, parse_feedback, parse_score, released_feedback
 from spri_sft.llm.base import ChatBackend, Completion
 
@@ -149,7 +150,7 @@ class Session:
 class StageResult:
     text: str
     accepted: bool
-    rounds: list[dict]
+    rounds: list[Round]
 
 
 Messages = list[dict[str, str]]
@@ -379,7 +380,7 @@ class Engine:
             references = load_references(source)
         self.references = references
 
-    async def run(self, prompt: str, session: Session) -> dict:
+    async def run(self, prompt: str, session: Session) -> Outcome:
         """The mode's steps in order (`spri_sft.generate.modes`): Stage I, the answer, its refinement."""
         spec, requests = self.spec, self.requests
         if spec.answer == "dataset":
@@ -400,13 +401,13 @@ class Engine:
             stages.append(await self._self_refine(prompt, session, answer))
         else:
             stages.append(StageResult(answer.text, True, [_round("response", 1, answer)]))
-        return {
-            "principles": rubric,
-            "response": stages[-1].text,
-            "status": "accepted" if all(s.accepted for s in stages) else "max_rounds",
-            "rounds": [r for s in stages for r in s.rounds],
-            "usage": {role: asdict(u) for role, u in session.usage.items() if u.calls},
-        }
+        return Outcome(
+            principles=rubric,
+            response=stages[-1].text,
+            status="accepted" if all(s.accepted for s in stages) else "max_rounds",
+            rounds=[r for s in stages for r in s.rounds],
+            usage={role: asdict(u) for role, u in session.usage.items() if u.calls},
+        )
 
     def _answer_request(self, prompt: str, principles: str | None) -> Messages:
         r, spec = self.requests, self.spec
@@ -420,18 +421,13 @@ class Engine:
             return r.self_refine_answer(prompt)
         return r.direct(prompt)  # "direct"
 
-    def _oracle(self, prompt: str) -> dict:
+    def _oracle(self, prompt: str) -> Outcome:
         response = self.references.get(prompt)
         if response is None:
             raise KeyError("the prompt has no response in the prompts dataset")
         version = Completion(text=response, prompt_tokens=0, completion_tokens=0, finish_reason="dataset")
-        return {
-            "principles": None,
-            "response": response,
-            "status": "accepted",
-            "rounds": [_round("response", 1, version)],
-            "usage": {},
-        }
+        rounds = [_round("response", 1, version)]
+        return Outcome(principles=None, response=response, status="accepted", rounds=rounds, usage={})
 
     async def _ask(self, session: Session, role: str, messages: Messages, scored: bool = False) -> Completion:
         completion = await session.ask(role, messages, scored=scored)
@@ -534,6 +530,6 @@ def mode_identity(mode: str, prompts: PromptSet, loop: LoopSettings, response_co
     return identity
 
 
-def _round(stage: str, number: int, version: Completion, verdict: Verdict | None = None) -> dict:
+def _round(stage: str, number: int, version: Completion, verdict: Verdict | None = None) -> Round:
     critique = verdict.round_fields() if verdict is not None else {"critique": None, "score": None}
-    return {"stage": stage, "round": number, "text": version.text, "finish_reason": version.finish_reason, **critique}
+    return Round(stage=stage, round=number, text=version.text, finish_reason=version.finish_reason, **critique)

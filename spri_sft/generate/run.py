@@ -56,6 +56,7 @@ from spri_sft.generate.inputs import load_prompts, prompt_origin
 from spri_sft.generate.journal import Journal, ReplayedCompletion
 from spri_sft.generate.plan import Prices, call_bounds
 from spri_sft.generate.prompts import PromptSet, load_prompt_set
+from spri_sft.generate.record import Outcome, Record
 from spri_sft.generate.servers import ServedModels
 from spri_sft.generate.store import RecordStore
 from spri_sft.llm import Completion, build_backends
@@ -495,19 +496,19 @@ async def _run_prompts(pending, engine, base, critic, store, journal, meter, con
             except asyncio.CancelledError:
                 raise
             except Exception as err:  # one prompt's failure never stops the run
-                fields = {
-                    "principles": None,
-                    "response": None,
-                    "status": "failed",
-                    "error": f"{type(err).__name__}: {err}",
-                    "error_kind": error_kind(err),  # whether a rerun retries it by itself (module docstring)
-                    "rounds": [],
-                    "usage": {role: asdict(u) for role, u in session.usage.items() if u.calls},
-                }
+                fields = Outcome(
+                    principles=None,
+                    response=None,
+                    status="failed",
+                    error=f"{type(err).__name__}: {err}",
+                    error_kind=error_kind(err),  # whether a rerun retries it by itself (module docstring)
+                    rounds=[],
+                    usage={role: asdict(u) for role, u in session.usage.items() if u.calls},
+                )
             for role, replayed in calls.replayed.items():
                 fields["usage"][role]["replayed_calls"] = replayed  # of its calls, those read back from the journal
             # Synchronous on purpose: a finished prompt's record is written before anything can cancel it.
-            store.append({"id": record_id, "prompt": prompt, "mode": engine.mode, **prompt_origin(prompt), **fields})
+            store.append(Record(id=record_id, prompt=prompt, mode=engine.mode, **prompt_origin(prompt), **fields))
             journal.forget(record_id)
             meter.record(fields, time.monotonic() - prompt_started)
             show(force=True)
