@@ -95,7 +95,9 @@ from spri_sft.generate.config import GenerateConfig
 from spri_sft.generate.inputs import PromptSource
 from spri_sft.generate.run import generate
 from spri_sft.llm.base import EndpointConfig
-from spri_sft.testing.fake_openai_server import FakeOpenAIServer
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))  # `support` (tests/support/): the fake servers, which the wheel leaves out
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -193,15 +195,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 class ChildServer:
-    """`python -m spri_sft.testing.fake_openai_server` in a child process (no stats: counts come from the run)."""
+    """`python -m support.fake_openai_server` in a child process (no stats: counts come from the run)."""
 
     def __init__(self, latency: float):
         self.latency = latency
 
     def __enter__(self) -> ChildServer:
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "spri_sft.testing.fake_openai_server"]
-            + ["--port", "0", "--latency", str(self.latency)],
+            [sys.executable, "-m", "support.fake_openai_server", "--port", "0", "--latency", str(self.latency)],
             stdout=subprocess.PIPE,
             text=True,
         )
@@ -223,6 +224,8 @@ class ChildServer:
 def run_level(
     concurrency: int, args: argparse.Namespace, prompts_file: Path, workdir: Path, latency: float | None = None
 ) -> dict:
+    from support.fake_openai_server import FakeOpenAIServer
+
     latency = args.latency if latency is None else latency
     server_cm = FakeOpenAIServer(latency=latency) if args.server == "thread" else ChildServer(latency)
     with server_cm as server:
@@ -269,10 +272,10 @@ def run_level(
 
 
 class CapacityChild:
-    """`python -m spri_sft.testing.capacity_server` in a child process, read through GET /stats."""
+    """`python -m support.capacity_server` in a child process, read through GET /stats."""
 
     def __init__(self, capacity: int, args: argparse.Namespace):
-        self.command = [sys.executable, "-m", "spri_sft.testing.capacity_server", "--port", "0"]
+        self.command = [sys.executable, "-m", "support.capacity_server", "--port", "0"]
         self.command += ["--capacity", str(capacity), "--median", str(args.median), "--sigma", str(args.sigma)]
         self.command += ["--seed", str(args.seed), "--accept-rate", str(args.accept_rate)]
 
@@ -518,6 +521,9 @@ def engines_main(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import support
+
+    support.put_tests_on_pythonpath()  # the fake servers' child processes import support too
     args = parse_args(argv)
     if args.bench == "scheduling":
         return scheduling_main(args)

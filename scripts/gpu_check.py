@@ -5,7 +5,7 @@ its recipe, then TruthfulQA scored on CUDA and on the CPU with the same adapters
     bash scripts/gpu_check.sh --cpu    # the same steps on the CPU (QLoRA included: bitsandbytes' NF4 runs there)
     bash scripts/gpu_check.sh --families llama-3.1-instruct,gemma-2-it   # a subset
 
-Every family of spri_sft.testing.families (Llama-3.1 base and instruct, Mistral-7B-v0.3 base and instruct,
+Every family of tests/support/families.py (Llama-3.1 base and instruct, Mistral-7B-v0.3 base and instruct,
 Gemma-2 base and it, Qwen2.5-Instruct: tiny random weights, the released layouts) is built from scratch, with no
 download. Training goes through the real command-line entry (`python -m spri_sft.cli train`), in its own
 process, with the student's own recipe (recipes/<student>/sft/{qlora,lora}.yaml; Qwen2.5 takes SmolLM2's with
@@ -50,6 +50,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # spri_sft from this checkout: the GPU machine has it nowhere else
+sys.path.insert(0, str(REPO / "tests"))  # `support` (tests/support/): the family fixtures, which the wheel leaves out
 
 # float32 on two devices: the same sums in a different order (cuBLAS/SDPA vs CPU kernels). A summed
 # log-likelihood here is tens of nats over up to ~60 tokens; float32 rounding moves it by ~1e-5.
@@ -73,7 +74,7 @@ class Check:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from spri_sft.testing.families import FAMILIES
+    from support.families import FAMILIES
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cpu", action="store_true", help="run on the CPU: scores compared CPU to CPU")
@@ -194,7 +195,8 @@ def unmet_requirements(site: Path) -> list[str]:
 
 def prepare(work: Path) -> tuple[Path, Path]:
     """A tiny SFT dataset and the packaged TruthfulQA file, written once into `work`."""
-    from spri_sft.testing.tiny_model import build_sft_dataset
+    from support.tiny_model import build_sft_dataset
+
     from spri_sft.truthfulqa_data import write_packaged_copy
 
     dataset_dir = work / "sft-data" / "hf"
@@ -204,7 +206,7 @@ def prepare(work: Path) -> tuple[Path, Path]:
 
 
 def family_model(name: str, work: Path) -> Path:
-    from spri_sft.testing.families import build_family
+    from support.families import build_family
 
     model_dir = work / "models" / name
     if not (model_dir / "config.json").is_file():
@@ -218,7 +220,7 @@ def family_model(name: str, work: Path) -> Path:
 def train_argv(name: str, variant: str, device: str, model_dir: Path, dataset_dir: Path, output_dir: Path,
                steps: int) -> list[str]:  # fmt: skip
     """The family's own recipe (its QLoRA one for qlora-4bit), and only what a check must override."""
-    from spri_sft.testing.families import FAMILIES
+    from support.families import FAMILIES
 
     family = FAMILIES[name]
     kind = "qlora" if variant.startswith("qlora") else "lora"

@@ -17,7 +17,7 @@
 #                this one shadows it in /tmp/site
 #   bitsandbytes 4-bit QLoRA; its wheel carries one library per CUDA version (cuda130 for torch's cu130)
 #   llama-models, mistral-common   only for their files: Llama 3's tiktoken vocabulary and Mistral v3's
-#                SentencePiece model, which the family fixtures (spri_sft/testing/families.py) read; none of
+#                SentencePiece model, which the family fixtures (tests/support/families.py) read; none of
 #                their code runs beyond the package's __init__, so their requirements are not checked
 #   sentencepiece, protobuf   transformers' conversion of Mistral's SentencePiece model to a fast tokenizer
 # spri_sft itself needs nothing else on its train and evaluate path: openai, wandb and gguf are imported

@@ -1,7 +1,7 @@
 """Shared fixtures: a tiny real causal LM with a real (trained) tokenizer and chat template.
 
-The model and the SFT dataset are built by `spri_sft.testing.tiny_model` (also used by
-scripts/gpu_check.py, which has no test suite around it); see there why a random model will do.
+The model and the SFT dataset are built by `support.tiny_model` (tests/support/: the test helpers, outside the
+wheel; also used by scripts/gpu_check.py, which has no test suite around it); see there why a random model will do.
 """
 
 from __future__ import annotations
@@ -10,9 +10,13 @@ import os
 from pathlib import Path
 
 import pytest
+import support
 
 # Re-exported: tests import these from conftest.
-from spri_sft.testing.tiny_model import CHATML_TEMPLATE, SFT_PAIRS, build_sft_dataset, build_tiny_model  # noqa: F401
+from support.tiny_model import CHATML_TEMPLATE, SFT_PAIRS, build_sft_dataset, build_tiny_model  # noqa: F401
+
+# The child processes tests start (the fake vLLM: `python -m support.fake_vllm_server`) import the helpers too.
+support.put_tests_on_pythonpath()
 
 SHARED = Path(os.environ.get("SPRI_SFT_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 
@@ -24,8 +28,8 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def family_dir(tmp_path_factory):
-    """`family_dir(name, sliding_window=None)`: the tiny model of a family (spri_sft.testing.families), built once."""
-    from spri_sft.testing.families import build_family
+    """`family_dir(name, sliding_window=None)`: the tiny model of a family (support.families), built once."""
+    from support.families import build_family
 
     built: dict[tuple[str, int | None], Path] = {}
 

@@ -12,13 +12,13 @@ import json
 from pathlib import Path
 
 import yaml
+from support.fake_openai_server import CRITIC_REPLY, FakeOpenAIServer, default_reply, message_text
 
 from spri_sft.generate.config import GenerateConfig
 from spri_sft.generate.engine import LoopSettings
 from spri_sft.generate.inputs import PromptSource
 from spri_sft.generate.run import generate
 from spri_sft.llm.base import EndpointConfig
-from spri_sft.testing.fake_openai_server import CRITIC_REPLY, FakeOpenAIServer, default_reply, message_text
 
 PROMPTS = [f"Question {i}: why is the sea salty near river mouths?" for i in range(6)]
 MODES = ("spri", "direct")

@@ -134,9 +134,8 @@ def trainer_of(run: subprocess.Popen, deadline: float) -> list[psutil.Process]:
 @pytest.fixture
 def tiny_run(tmp_path, tiny_model_dir, shared_dir, monkeypatch):
     """A `spri-sft run` command on the tiny recipe whose training saves a checkpoint every 2 of 10 steps."""
+    from support.fake_openai_server import FakeOpenAIServer
     from test_pipeline import make_recipe
-
-    from spri_sft.testing.fake_openai_server import FakeOpenAIServer
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")

@@ -11,13 +11,13 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from support.capacity_server import CapacityServer, FifoSlots
 
 from spri_sft.generate.config import GenerateConfig
 from spri_sft.generate.inputs import PromptSource
 from spri_sft.generate.run import generate
 from spri_sft.generate.scoring import parse_score
 from spri_sft.llm.base import EndpointConfig
-from spri_sft.testing.capacity_server import CapacityServer, FifoSlots
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -16,12 +16,12 @@ import time
 from pathlib import Path
 
 import pytest
+from support.fake_openai_server import FakeOpenAIServer
 
 from spri_sft.cli import main
 from spri_sft.errors import UserError
 from spri_sft.generate.config import GenerateConfig
 from spri_sft.generate.run import dollars, generate
-from spri_sft.testing.fake_openai_server import FakeOpenAIServer
 
 pytestmark = pytest.mark.timeout(120)
 

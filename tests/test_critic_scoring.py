@@ -14,6 +14,7 @@ import math
 import re
 
 import pytest
+from support.fake_openai_server import COMPLETIONS_PATH, FakeOpenAIServer
 
 from spri_sft.generate.scoring import Verdict
 from spri_sft.llm.base import EndpointConfig
@@ -26,7 +27,6 @@ from spri_sft.llm.critic_format import (
     scored_digit,
 )
 from spri_sft.llm.openai_http import OpenAIChat
-from spri_sft.testing.fake_openai_server import COMPLETIONS_PATH, FakeOpenAIServer
 
 CRITIQUE = [{"role": "user", "content": "Score this answer 1-5 and end with [RESULT] <score>."}]
 UNSCORED_REPLY = "The answer is vague and cites nothing."  # what a weak critic writes: no score at all

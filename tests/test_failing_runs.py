@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from support.fake_openai_server import FakeOpenAIServer, FaultPlan
 
 from spri_sft.cli import main
 from spri_sft.errors import UserError
@@ -15,7 +16,6 @@ from spri_sft.generate.config import GenerateConfig
 from spri_sft.generate.inputs import PromptSource
 from spri_sft.generate.run import generate
 from spri_sft.llm.base import EndpointConfig
-from spri_sft.testing.fake_openai_server import FakeOpenAIServer, FaultPlan
 
 pytestmark = pytest.mark.timeout(120)
 

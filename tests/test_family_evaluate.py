@@ -1,6 +1,6 @@
 """TruthfulQA scoring on every model family: lm-eval's per-question numbers, its BOS settings, sliding windows, QLoRA.
 
-Each family fixture (spri_sft.testing.families) is the layout that breaks scoring code written for one model: which
+Each family fixture (support.families) is the layout that breaks scoring code written for one model: which
 BOS its tokenizer adds (Qwen2.5: none), Gemma-2's alternating sliding-window layers and softcapping, Llama-3.1's real
 128k vocabulary. lm-eval's HFLM on the same directory is the reference; both run in float32 on the CPU, where the
 kernels' summation order depends on tensor shapes, hence tolerances instead of equality (tests/test_evaluate.py
@@ -14,12 +14,12 @@ import json
 from pathlib import Path
 
 import pytest
+from support.families import FAMILIES
 
 from spri_sft.errors import UserError
 from spri_sft.evaluate import EvaluateConfig, evaluate_truthfulqa
 from spri_sft.evaluate.scoring import ChoiceScorer
 from spri_sft.evaluate.truthfulqa import build_context, load_questions
-from spri_sft.testing.families import FAMILIES
 from spri_sft.truthfulqa_data import write_packaged_copy
 
 INSTRUCT = [name for name, family in FAMILIES.items() if family.instruct]

@@ -1,4 +1,4 @@
-"""The family fixtures have their released checkpoints' layouts (spri_sft/testing/families.py's table).
+"""The family fixtures have their released checkpoints' layouts (tests/support/families.py's table).
 
 Each value asserted here is read off the released tokenizer_config.json / generation_config.json of the model the
 fixture stands for; a fixture that drifts from it would test the wrong layout.
@@ -7,8 +7,7 @@ fixture stands for; a fixture that drifts from it would test the wrong layout.
 from __future__ import annotations
 
 import pytest
-
-from spri_sft.testing.families import FAMILIES
+from support.families import FAMILIES
 
 CONVERSATION = [{"role": "user", "content": "What is rain?"}, {"role": "assistant", "content": "Water."}]
 

@@ -13,8 +13,7 @@ import os
 from pathlib import Path
 
 import pytest
-
-from spri_sft.testing.families import FAMILIES
+from support.families import FAMILIES
 
 ROOT = Path(__file__).resolve().parents[1]
 RESPONSE = "Water falling from clouds."

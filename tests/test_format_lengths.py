@@ -2,7 +2,7 @@
 
 Every test builds a real dataset with `build_dataset` from hand-written records and measures its rows with a
 real tokenizer: the tiny model's (ChatML, its training template verified against it) or a family fixture's
-(spri_sft.testing.families: Gemma-2-it, Qwen2.5, Mistral v0.3's prefix-masked template, Llama-3.1 in Alpaca).
+(support.families: Gemma-2-it, Qwen2.5, Mistral v0.3's prefix-masked template, Llama-3.1 in Alpaca).
 """
 
 from __future__ import annotations
@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pytest
 from datasets import load_from_disk
+from support.families import FAMILIES
+from support.tiny_model import build_tiny_model
 from test_format import FILLER, build, make_record
 
 from spri_sft.errors import UserError
 from spri_sft.format.build import RowMeter, build_dataset
 from spri_sft.format.config import FormatConfig
-from spri_sft.testing.families import FAMILIES
-from spri_sft.testing.tiny_model import build_tiny_model
 
 LONG = "word " * 300  # hundreds of tokens in every tokenizer here; the filler rows have a few dozen
 

@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 import pytest
+from support.fake_openai_server import FakeOpenAIServer
 
 from spri_sft.config import load_config
 from spri_sft.errors import UserError
@@ -19,7 +20,6 @@ from spri_sft.generate.run import generate
 from spri_sft.llm.base import EndpointConfig
 from spri_sft.pipeline import run as pipeline
 from spri_sft.pipeline.config import PipelineConfig
-from spri_sft.testing.fake_openai_server import FakeOpenAIServer
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -1,6 +1,6 @@
 """`backend: vllm` roles: generation starts their servers, talks to them over HTTP, and stops them.
 
-The server command is the fake vLLM (`spri_sft.testing.fake_vllm_server`: the project's fake
+The server command is the fake vLLM (`support.fake_vllm_server`: the project's fake
 OpenAI server behind vLLM's command line), so these run without vLLM; tests/test_vllm_server.py
 covers the real one.
 """
@@ -27,7 +27,7 @@ from spri_sft.serve import VLLMServer
 
 pytestmark = pytest.mark.timeout(120)
 
-FAKE_VLLM = [sys.executable, "-m", "spri_sft.testing.fake_vllm_server"]
+FAKE_VLLM = [sys.executable, "-m", "support.fake_vllm_server"]
 
 
 def vllm_role(model: str = "judge/model-7b", **server) -> EndpointConfig:

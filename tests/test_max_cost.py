@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 import pytest
+from support.fake_openai_server import FakeOpenAIServer
 
 from spri_sft.errors import UserError
 from spri_sft.generate.config import GenerateConfig
@@ -19,7 +20,6 @@ from spri_sft.generate.plan import Prices
 from spri_sft.generate.prompts import PromptSet
 from spri_sft.generate.run import generate
 from spri_sft.llm.base import EndpointConfig
-from spri_sft.testing.fake_openai_server import FakeOpenAIServer
 
 pytestmark = pytest.mark.timeout(120)
 

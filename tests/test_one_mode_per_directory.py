@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 import pytest
+from support.fake_openai_server import FakeOpenAIServer
 
 from spri_sft.errors import UserError
 from spri_sft.format.build import build_dataset
@@ -19,7 +20,6 @@ from spri_sft.generate.config import GenerateConfig
 from spri_sft.generate.inputs import PromptSource
 from spri_sft.generate.run import generate
 from spri_sft.llm.base import EndpointConfig
-from spri_sft.testing.fake_openai_server import FakeOpenAIServer
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from support.canned_http_server import CannedHTTPServer
+from support.fake_openai_server import FAULT_KINDS, FakeOpenAIServer, FaultPlan, message_text
 
 from spri_sft.errors import UserError
 from spri_sft.generate.config import GenerateConfig
@@ -27,8 +29,6 @@ from spri_sft.generate.prompts import PromptSet
 from spri_sft.generate.run import generate
 from spri_sft.llm import openai_http
 from spri_sft.llm.base import EndpointConfig
-from spri_sft.testing.canned_http_server import CannedHTTPServer
-from spri_sft.testing.fake_openai_server import FAULT_KINDS, FakeOpenAIServer, FaultPlan, message_text
 
 pytestmark = pytest.mark.timeout(120)
 

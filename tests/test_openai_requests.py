@@ -9,11 +9,11 @@ import asyncio
 import json
 
 import pytest
+from support.canned_http_server import CannedHTTPServer
 
 from spri_sft.errors import UserError
 from spri_sft.llm.base import EndpointConfig
 from spri_sft.llm.openai_http import OpenAIChat
-from spri_sft.testing.canned_http_server import CannedHTTPServer
 
 pytestmark = pytest.mark.timeout(60)
 

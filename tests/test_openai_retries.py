@@ -17,11 +17,11 @@ import time
 
 import openai
 import pytest
+from support.fake_openai_server import FakeOpenAIServer, FaultPlan, message_text
 
 from spri_sft.llm import openai_http
 from spri_sft.llm.base import EndpointConfig
 from spri_sft.llm.openai_http import OpenAIChat
-from spri_sft.testing.fake_openai_server import FakeOpenAIServer, FaultPlan, message_text
 
 pytestmark = pytest.mark.timeout(60)
 

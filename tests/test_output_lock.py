@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from conftest import tiny_lora_argv
+from support.fake_openai_server import FakeOpenAIServer
 
 from spri_sft.errors import UserError
 from spri_sft.evaluate.config import EvaluateConfig
@@ -24,7 +25,6 @@ from spri_sft.format.config import FormatConfig
 from spri_sft.pipeline.config import PipelineConfig
 from spri_sft.pipeline.run import run_pipeline
 from spri_sft.processes import LOCK_NAME, hold_output_dir
-from spri_sft.testing.fake_openai_server import FakeOpenAIServer
 from spri_sft.train.sft import cli as train_cli
 
 pytestmark = pytest.mark.timeout(120)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from support.fake_openai_server import FakeOpenAIServer
 from wandb_log import wandb_records, without_wandb_credentials
 
 from spri_sft.cli import main
@@ -27,7 +28,6 @@ from spri_sft.format.contamination import read_questions
 from spri_sft.pipeline.config import PipelineConfig
 from spri_sft.pipeline.run import run_pipeline
 from spri_sft.pipeline.stages import Stage
-from spri_sft.testing.fake_openai_server import FakeOpenAIServer
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -250,9 +250,8 @@ def test_redo_refuses_to_remove_a_generation_shared_from_outside_the_run(tmp_pat
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory, tiny_model_dir, shared_dir):
     """One finished `spri-sft run` (fake generation server, 1 training step, 2 TruthfulQA questions), no W&B."""
+    from support.fake_openai_server import FakeOpenAIServer
     from test_pipeline import make_recipe
-
-    from spri_sft.testing.fake_openai_server import FakeOpenAIServer
 
     tmp = tmp_path_factory.mktemp("finished")
     with FakeOpenAIServer() as server, pytest.MonkeyPatch.context() as env:

@@ -17,12 +17,12 @@ from pathlib import Path
 
 import pytest
 import yaml
+from support.fake_openai_server import FakeOpenAIServer
 from test_pipeline import QUESTIONS, make_recipe, read, run_pipeline_from
 from wandb_log import without_wandb_credentials
 
 from spri_sft.cli import main
 from spri_sft.errors import UserError
-from spri_sft.testing.fake_openai_server import FakeOpenAIServer
 
 pytestmark = pytest.mark.timeout(300)
 

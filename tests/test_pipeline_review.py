@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 import pytest
+from support.fake_openai_server import FakeOpenAIServer
 from test_format import make_record, write_records
 from test_pipeline import format_stage_of, make_recipe, run_pipeline_from
 from test_report import BASE_MC1, report_of, table_row, write_json
@@ -21,7 +22,6 @@ from spri_sft.pipeline.config import PipelineConfig
 from spri_sft.pipeline.report import build_report, log_report_to_wandb, render_markdown, write_report
 from spri_sft.pipeline.stages import StageChanged
 from spri_sft.review.decisions import append_decision
-from spri_sft.testing.fake_openai_server import FakeOpenAIServer
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 
 import pytest
+from support.fake_openai_server import CRITIC_MARKER, FakeOpenAIServer, default_reply, message_text
 
 from spri_sft.cli import main
 from spri_sft.generate.config import GenerateConfig
@@ -23,7 +24,6 @@ from spri_sft.generate.run import generate
 from spri_sft.llm.base import EndpointConfig
 from spri_sft.pipeline.config import PipelineConfig
 from spri_sft.pipeline.plan import PlanSettings, plan_recipe
-from spri_sft.testing.fake_openai_server import CRITIC_MARKER, FakeOpenAIServer, default_reply, message_text
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -14,13 +14,13 @@ from pathlib import Path
 
 import pytest
 from datasets import load_from_disk
+from support.fake_openai_server import FakeOpenAIServer
 
 from spri_sft.config import load_config
 from spri_sft.format.build import build_dataset
 from spri_sft.format.config import FormatConfig
 from spri_sft.generate.config import GenerateConfig
 from spri_sft.generate.run import generate
-from spri_sft.testing.fake_openai_server import FakeOpenAIServer
 
 pytestmark = pytest.mark.timeout(120)
 

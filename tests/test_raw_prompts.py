@@ -12,18 +12,18 @@ import logging
 
 import pytest
 from conftest import build_tiny_model
-
-from spri_sft.llm import build_backends, render_raw
-from spri_sft.llm.base import EndpointConfig
-from spri_sft.llm.openai_http import OpenAIChat
-from spri_sft.llm.transformers_local import TransformersChat
-from spri_sft.testing.fake_openai_server import (
+from support.fake_openai_server import (
     CHAT_PATH,
     COMPLETIONS_PATH,
     CRITIC_REPLY,
     FakeOpenAIServer,
     FaultPlan,
 )
+
+from spri_sft.llm import build_backends, render_raw
+from spri_sft.llm.base import EndpointConfig
+from spri_sft.llm.openai_http import OpenAIChat
+from spri_sft.llm.transformers_local import TransformersChat
 
 pytestmark = pytest.mark.timeout(120)
 

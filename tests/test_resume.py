@@ -18,10 +18,10 @@ import time
 from pathlib import Path
 
 import pytest
+from support.fake_openai_server import FakeOpenAIServer
 
 from spri_sft.errors import UserError
 from spri_sft.generate.store import RecordStore
-from spri_sft.testing.fake_openai_server import FakeOpenAIServer
 
 PROMPT_COUNT = 40
 RUN_TIMEOUT = 60.0  # seconds any one generate run (or wait on one) may take before the test fails

@@ -32,12 +32,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from support.fake_openai_server import FakeOpenAIServer, default_reply
 
 from spri_sft.generate.config import GenerateConfig
 from spri_sft.generate.inputs import PromptSource
 from spri_sft.generate.run import generate
 from spri_sft.llm.base import EndpointConfig
-from spri_sft.testing.fake_openai_server import FakeOpenAIServer, default_reply
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")

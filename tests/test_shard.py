@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from datasets import load_from_disk
+from support.fake_openai_server import FakeOpenAIServer
 
 from spri_sft.config import load_config
 from spri_sft.errors import UserError
@@ -22,7 +23,6 @@ from spri_sft.format.config import FormatConfig
 from spri_sft.generate.config import GenerateConfig
 from spri_sft.generate.inputs import PromptList, parse_shard, select_shard, shard_of
 from spri_sft.generate.run import generate
-from spri_sft.testing.fake_openai_server import FakeOpenAIServer
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -1,6 +1,6 @@
 """Managed vLLM servers: started, health-checked, logged, and never left behind.
 
-The fast tests put `spri_sft.testing.fake_vllm_server` (the fake OpenAI server behind vLLM's command
+The fast tests put `support.fake_vllm_server` (the fake OpenAI server behind vLLM's command
 line) where vLLM would run, so every process-handling path is real. The `vllm` tests start the real
 CPU build from `.venv-vllm` (`bash scripts/setup.sh --vllm`) serving SmolLM2-135M-Instruct, and are
 skipped where that environment is missing.
@@ -27,7 +27,7 @@ from spri_sft.serve import vllm as serve_vllm
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc to find processes")
 
-FAKE_VLLM = [sys.executable, "-m", "spri_sft.testing.fake_vllm_server"]
+FAKE_VLLM = [sys.executable, "-m", "support.fake_vllm_server"]
 REPO = Path(__file__).resolve().parents[1]
 VLLM_PYTHON = REPO / ".venv-vllm" / "bin" / "python"
 GONE_WITHIN_S = 30.0  # how long a test waits for processes to disappear before it fails

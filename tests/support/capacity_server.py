@@ -30,7 +30,7 @@ In-process (a background thread)::
 
 As a separate process, until SIGTERM/SIGINT; the first stdout line tells the URL::
 
-    $ python -m spri_sft.testing.capacity_server --capacity 64 --median 0.5 --port 0
+    $ PYTHONPATH=tests python -m support.capacity_server --capacity 64 --median 0.5 --port 0
     listening on http://127.0.0.1:PORT/v1
 """
 
@@ -51,7 +51,7 @@ from typing import Any
 
 from aiohttp import web
 
-from spri_sft.testing.threaded_server import ThreadedServer
+from support.threaded_server import ThreadedServer
 
 CHAT_PATH = "/v1/chat/completions"
 COMPLETIONS_PATH = "/v1/completions"
@@ -311,7 +311,7 @@ class CapacityServer(ThreadedServer):
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m spri_sft.testing.capacity_server",
+        prog="python -m support.capacity_server",
         description="Serve an OpenAI-compatible API with CAPACITY batch slots, a FIFO queue and lognormal "
         "service times until SIGINT/SIGTERM. Prints 'listening on <base_url>' once ready; GET /stats.",
     )

@@ -2,7 +2,7 @@
 
 `ManagedServers` tests start it where they would start vLLM, by setting a `VLLMServer`'s command::
 
-    VLLMServer(model="any", served_model_name="m", command=[sys.executable, "-m", "spri_sft.testing.fake_vllm_server"])
+    VLLMServer(model="any", served_model_name="m", command=[sys.executable, "-m", "support.fake_vllm_server"])
 
 It takes the arguments `ManagedServers` passes to vLLM (``--model``, ``--host``, ``--port``,
 ``--served-model-name``, and ignores the rest), answers ``GET /health`` and the chat and
@@ -16,11 +16,11 @@ from __future__ import annotations
 import argparse
 import os
 
-from spri_sft.testing.fake_openai_server import FakeOpenAIServer
+from support.fake_openai_server import FakeOpenAIServer
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m spri_sft.testing.fake_vllm_server")
+    parser = argparse.ArgumentParser(prog="python -m support.fake_vllm_server")
     parser.add_argument("--model", required=True)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)

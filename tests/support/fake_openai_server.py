@@ -44,7 +44,7 @@ In-process, as a context manager (the server runs in a background thread)::
 As a separate process, serving until SIGTERM/SIGINT; the first line on stdout tells
 the port, which matters with ``--port 0``::
 
-    $ python -m spri_sft.testing.fake_openai_server --port 0 --latency 0.05 --rate-429 0.1
+    $ PYTHONPATH=tests python -m support.fake_openai_server --port 0 --latency 0.05 --rate-429 0.1
     listening on http://127.0.0.1:PORT/v1
 """
 
@@ -66,7 +66,7 @@ from typing import Any
 
 from aiohttp import web
 
-from spri_sft.testing.threaded_server import ThreadedServer
+from support.threaded_server import ThreadedServer
 
 logger = logging.getLogger(__name__)
 
@@ -558,7 +558,7 @@ def _is_critique(messages: list[dict[str, Any]]) -> bool:
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m spri_sft.testing.fake_openai_server",
+        prog="python -m support.fake_openai_server",
         description="Serve a fault-injecting OpenAI-compatible (chat) completions API "
         "until SIGINT/SIGTERM. Prints 'listening on <base_url>' once ready.",
     )
