@@ -149,7 +149,14 @@ def _parse_job_config(
     """The job's config from its recipe and dotted overrides; None when --help was asked for (and printed).
     `set_by_command`: dotted fields the command sets itself, left out of the help; `sections_only`: the plain
     help lists each section in one line (`--help=SECTION` prints its fields)."""
-    from spri_sft.config import format_help, format_section_help, format_sections_overview, help_request, load_config
+    from spri_sft.config import (
+        format_help,
+        format_section_help,
+        format_sections_overview,
+        help_request,
+        load_config,
+        sections,
+    )
 
     asked = help_request(argv)
     if asked is None:
@@ -166,7 +173,8 @@ def _parse_job_config(
         print(format_sections_overview(config_class, command, set_by_command))
     else:
         print(format_help(config_class, omit=set_by_command))
-        print(f"\n`spri-sft {command} --help=SECTION` prints one section's fields.")
+        if sections(config_class):
+            print(f"\n`spri-sft {command} --help=SECTION` prints one section's fields.")
     return None
 
 

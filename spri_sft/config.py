@@ -163,8 +163,10 @@ def format_section_help(cls: type, section: str, omit: frozenset[str] = frozense
     target, instance, prefix = cls, cls(), ""
     for part in section.split("."):
         known = {name: hint for name, hint in sections(target).items() if f"{prefix}{name}" not in omit}
+        if part not in known and not known:
+            raise UserError(f"--help={section}: no section '{prefix}{part}' (there are none: --help lists every field)")
         if part not in known:
-            listed = ", ".join(f"{prefix}{name}" for name in known) or "none"
+            listed = ", ".join(f"{prefix}{name}" for name in known)
             raise UserError(f"--help={section}: no section '{prefix}{part}' (sections: {listed})")
         target, instance, prefix = known[part], getattr(instance, part), f"{prefix}{part}."
     body = format_help(target, prefix, instance, omit)

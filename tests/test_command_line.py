@@ -104,12 +104,21 @@ def test_help_of_a_nested_section_prints_its_fields(capsys):
     assert shown == {f"--{name}" for name in dotted_fields(LoopSettings, "loop.")}
 
 
-@pytest.mark.parametrize("command", ["generate", "format", "evaluate", "run", "plan"])
+@pytest.mark.parametrize("command", ["generate", "run", "plan"])
 def test_an_unknown_section_is_one_line_listing_the_sections(command, capsys):
     code, out, err = run_command(capsys, command, "--help=evaluation")
     assert code == 2 and out == ""
     [line] = error_lines(err)
     assert line.startswith("spri-sft: error: --help=evaluation: no section 'evaluation' (sections: ")
+
+
+@pytest.mark.parametrize("command", ["format", "evaluate"])
+def test_a_section_of_a_command_without_sections_is_one_line_saying_so(command, capsys):
+    code, out, err = run_command(capsys, command, "--help=loop")
+    assert (code, out) == (2, "")
+    assert error_lines(err) == [
+        "spri-sft: error: --help=loop: no section 'loop' (there are none: --help lists every field)"
+    ]
 
 
 def test_an_unknown_section_of_run_lists_all_of_its_sections(capsys):
