@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-STATUSES = ("accepted", "max_rounds", "failed")
 OVERLONG = ("drop", "keep")
 
 
