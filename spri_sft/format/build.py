@@ -85,11 +85,11 @@ from pathlib import Path
 from spri_sft.config import dump_yaml
 from spri_sft.errors import UserError
 from spri_sft.format.card import NOT_MEASURED, lengths_line, render_card
-from spri_sft.format.config import OVERLONG, STATUSES, FormatConfig
+from spri_sft.format.config import OVERLONG, FormatConfig
 from spri_sft.format.contamination import TruthfulQAGuard, guard_source, source_questions
 from spri_sft.format.dedupe import exact_duplicates, near_duplicates, normalize
 from spri_sft.format.preference import PREFERENCE_DIR, build_preference, save_preference
-from spri_sft.generate.record import Record, Round, check_record
+from spri_sft.generate.record import STATUSES, Record, Round, check_record
 from spri_sft.processes import writes_output_dir
 from spri_sft.review.decisions import DECISIONS_FILE, Decisions, read_decisions, review_dir_of
 from spri_sft.rows import read_jsonl
