@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from datasets import load_from_disk
 from support.fake_openai_server import FakeOpenAIServer
+from test_inputs import mixinstruct_row
 
 from spri_sft.config import load_config
 from spri_sft.format.build import build_dataset
@@ -25,32 +26,20 @@ from spri_sft.generate.run import generate
 pytestmark = pytest.mark.timeout(120)
 
 
-def mix_row(number: int, instruction: str, input_: str) -> dict:
-    candidate = {
-        "decoding_method": "top_p_sampling",
-        "model": "some-model",
-        "text": "A candidate.",
-        "scores": {"bleu": 1.0},
-    }
-    return {
-        "id": f"sharegpt/{number}",
-        "instruction": instruction,
-        "input": input_,
-        "output": "Its answer.",
-        "candidates": [candidate],
-    }
-
-
 def write_dataset(folder: Path) -> dict[str, list[str]]:
     """A train split of 14 rows (2 that make no prompt) and a validation split of 6 (1 that makes none);
     returns each split's good prompts."""
     folder.mkdir()
     good = {"train": [f"How do I keep basil plant {n} alive?" for n in range(12)],
             "validation": [f"Why does bread number {n} go stale?" for n in range(5)]}  # fmt: skip
-    bad = {"train": [mix_row(90, "", "  "), mix_row(91, "", "")], "validation": [mix_row(92, "", "")]}
+    bad = {
+        "train": [mixinstruct_row(90, "", "  "), mixinstruct_row(91, "", "")],
+        "validation": [mixinstruct_row(92, "", "")],
+    }
     for split, prompts in good.items():
         # Every other row has its request in `input` alone, as MixInstruct's GPT4All and ShareGPT rows do.
-        rows = [mix_row(n, "", p) if n % 2 else mix_row(n, p, "") for n, p in enumerate(prompts)] + bad[split]
+        rows = [mixinstruct_row(n, "", p) if n % 2 else mixinstruct_row(n, p, "") for n, p in enumerate(prompts)]
+        rows += bad[split]
         (folder / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     return good
 
