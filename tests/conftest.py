@@ -97,3 +97,22 @@ def train_and_check_only_lora_moved(trainer) -> None:
             assert not torch.equal(before[name], param), f"{name} did not change"
         else:
             assert torch.equal(before[name], param), f"frozen {name} changed"
+
+
+# -- the viewer's tests (test_review_*.py) ----------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def made_run(tmp_path_factory) -> Path:
+    """The viewer tests' run (review_records.make_run: spri and direct records as a pipeline dir), made once."""
+    from review_records import make_run
+
+    return make_run(tmp_path_factory.mktemp("review") / "run")
+
+
+@pytest.fixture
+def run(made_run, tmp_path) -> Path:
+    """A copy of the viewer tests' run that a test may change."""
+    import shutil
+
+    return Path(shutil.copytree(made_run, tmp_path / "run"))

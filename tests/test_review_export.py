@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 from collections import Counter
-from pathlib import Path
 
 import pytest
-from review_records import FAILED_ID, make_run, records_of
+from review_records import FAILED_ID, records_of
 
 from spri_sft.cli import main
 from spri_sft.errors import UserError
@@ -18,16 +16,6 @@ from spri_sft.review.export import export_html, stratified_sample
 from spri_sft.review.server import STATIC_DIR
 
 pytestmark = pytest.mark.timeout(120)
-
-
-@pytest.fixture(scope="module")
-def made_run(tmp_path_factory) -> Path:
-    return make_run(tmp_path_factory.mktemp("review") / "run")
-
-
-@pytest.fixture
-def run(made_run, tmp_path) -> Path:
-    return Path(shutil.copytree(made_run, tmp_path / "run"))
 
 
 def embedded(page: str) -> dict:

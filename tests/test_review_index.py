@@ -9,24 +9,13 @@ from pathlib import Path
 
 import pytest
 import yaml
-from review_records import FAILED_ID, PROMPTS, make_run, records_of
+from review_records import FAILED_ID, PROMPTS, records_of
 
 from spri_sft.errors import UserError
 from spri_sft.generate.store import RecordStore
 from spri_sft.review.index import RecordIndex, open_index, records_files, run_root
 
 pytestmark = pytest.mark.timeout(120)
-
-
-@pytest.fixture(scope="module")
-def made_run(tmp_path_factory) -> Path:
-    return make_run(tmp_path_factory.mktemp("review") / "run")
-
-
-@pytest.fixture
-def run(made_run, tmp_path) -> Path:
-    """A copy of the run each test may change."""
-    return Path(shutil.copytree(made_run, tmp_path / "run"))
 
 
 def index_of(run: Path, tmp_path: Path) -> RecordIndex:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import http.client
 import json
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -16,7 +15,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from review_records import FAILED_ID, PROMPTS, make_run, records_of
+from review_records import FAILED_ID, PROMPTS, records_of
 
 from spri_sft.cli import main
 from spri_sft.errors import UserError
@@ -24,16 +23,6 @@ from spri_sft.review.decisions import read_decisions
 from spri_sft.review.server import TOKEN_VARIABLE, open_viewer
 
 pytestmark = pytest.mark.timeout(120)
-
-
-@pytest.fixture(scope="module")
-def made_run(tmp_path_factory) -> Path:
-    return make_run(tmp_path_factory.mktemp("review") / "run")
-
-
-@pytest.fixture
-def run(made_run, tmp_path) -> Path:
-    return Path(shutil.copytree(made_run, tmp_path / "run"))
 
 
 @pytest.fixture
