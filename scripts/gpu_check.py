@@ -23,8 +23,9 @@ logging and, on the CPU, precision are overridden. Scoring calls the function `s
 4. score each adapter on TruthfulQA (`--limit` questions) in float32 on the device and on the CPU (a QLoRA
    adapter on its 4-bit base in its training's dtype, float32, as evaluation loads it from the adapter's
    effective_config.json), and compare:
-   every summed log-likelihood within LL_ATOL + LL_RTOL * |ll| (QLORA_LL_RTOL on a 4-bit base), MC2 per
-   question within MC_ATOL, MC1's pick the same wherever its top two choices are further apart than the
+   every summed log-likelihood within LL_ATOL + LL_RTOL * |ll| (QLORA_LL_RTOL on a 4-bit base; on CUDA against
+   the CPU, QLORA_DEVICE_LL_RTOL: the two devices' nested quantization makes two slightly different 4-bit models), MC2
+   per question within MC_ATOL (QLORA_DEVICE_MC_ATOL there), MC1's pick the same wherever its top two choices are further apart than the
    log-likelihood tolerance; the adapter must
    also move the log-likelihoods off the base model's (else both sides may ignore it). With --cpu, "the
    device" is the CPU scoring one question per pass (batch_size 1) against the default batching, so the
@@ -60,6 +61,13 @@ MC_ATOL = 1e-3
 # On a 4-bit base, bitsandbytes' kernels dequantize and sum in an order that depends on the batch's shape: measured
 # on the CPU, one question per pass against the default batching, up to 1.6e-5 relative (4e-3 of 248 nats).
 QLORA_LL_RTOL = 1e-4
+# On two devices a 4-bit base is not the same model: bitsandbytes (0.50.2) quantizes float32 weights to the same NF4
+# codes on CUDA and on the CPU, but nested quantization (the recipes' use_bnb_nested_quant) stores each block's absmax
+# in 8 bits, and the two devices round those differently. Measured on an H100 (2026-12-05): 68-88% of the
+# dequantized weights of a layer differ between the devices, by up to 6e-4 where |W| <= 0.1 (un-nested: bit-identical);
+# scored, up to 0.033 nats apart (2.8e-4 relative) and MC2 1.4e-3 apart, on the Qwen2.5 fixture's QLoRA adapter.
+QLORA_DEVICE_LL_RTOL = 1e-3
+QLORA_DEVICE_MC_ATOL = 5e-3
 
 RECIPES = REPO / "recipes"
 
@@ -136,12 +144,12 @@ def environment(device: str, site: Path | None) -> Check:
 
     names = ["torch", "transformers", "trl", "peft", "datasets", "accelerate", "huggingface-hub", "pyarrow", "fsspec",
              "bitsandbytes", "llama-models", "mistral-common", "sentencepiece", "protobuf"]  # fmt: skip
+    # llama-models and mistral-common may lie outside the import path (gpu_check.sh: SPRI_SFT_FIXTURE_FILES).
+    search = [folder for folder in os.environ.get("SPRI_SFT_FIXTURE_FILES", "").split(os.pathsep) if folder] + sys.path
     versions = {}
     for name in names:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = None
+        found = next(iter(metadata.distributions(name=name, path=search)), None)
+        versions[name] = found.version if found else None
     facts = {"python": sys.version.split()[0], "versions": versions, "device": device}
     problems = [f"{name} not installed" for name, version in versions.items() if version is None]
     if device == "cuda":
@@ -336,15 +344,17 @@ def compare_scores(name: str, variant: str, device: str, model_dir: Path, adapte
     errors = [side["error"] for side in (compared, reference, base) if "error" in side]
     if errors:
         return Check(check, False, "; ".join(errors), seconds)
-    rtol = QLORA_LL_RTOL if variant.startswith("qlora") else LL_RTOL
-    agreement = score_agreement(compared["rows"], reference["rows"], rtol)
+    rtol, mc_atol = LL_RTOL, MC_ATOL
+    if variant.startswith("qlora"):
+        rtol, mc_atol = (QLORA_LL_RTOL, MC_ATOL) if device == "cpu" else (QLORA_DEVICE_LL_RTOL, QLORA_DEVICE_MC_ATOL)
+    agreement = score_agreement(compared["rows"], reference["rows"], rtol, mc_atol)
     moved = max_ll_difference(reference["rows"], base["rows"])
     keys = ("mc1", "mc2", "n", "device", "dtype", "adapter_merged")
     facts = {
         "device": {k: compared["results"].get(k) for k in keys},
         "cpu": {k: reference["results"].get(k) for k in keys},
         "adapter_vs_base_max_ll_difference": moved,
-        "tolerance": {"ll_atol": LL_ATOL, "ll_rtol": rtol, "mc_atol": MC_ATOL},
+        "tolerance": {"ll_atol": LL_ATOL, "ll_rtol": rtol, "mc_atol": mc_atol},
         **agreement,
     }
     problems = list(agreement["problems"])
@@ -359,7 +369,9 @@ def compare_scores(name: str, variant: str, device: str, model_dir: Path, adapte
     return Check(check, not problems, detail, seconds, facts)
 
 
-def score_agreement(compared: list[dict], reference: list[dict], ll_rtol: float = LL_RTOL) -> dict:
+def score_agreement(
+    compared: list[dict], reference: list[dict], ll_rtol: float = LL_RTOL, mc_atol: float = MC_ATOL
+) -> dict:
     """How far two scorings of the same questions are apart, and each disagreement beyond the tolerances."""
     problems = []
     max_ll = max_mc2 = 0.0
@@ -370,7 +382,7 @@ def score_agreement(compared: list[dict], reference: list[dict], ll_rtol: float 
                 if abs(x - y) > LL_ATOL + ll_rtol * abs(y):
                     problems.append(f"question {a['index']} {metric}: log-likelihood {x:.6f} vs {y:.6f}")
         max_mc2 = max(max_mc2, abs(a["mc2_acc"] - b["mc2_acc"]))
-        if abs(a["mc2_acc"] - b["mc2_acc"]) > MC_ATOL:
+        if abs(a["mc2_acc"] - b["mc2_acc"]) > mc_atol:
             problems.append(f"question {a['index']}: MC2 {a['mc2_acc']:.6f} vs {b['mc2_acc']:.6f}")
         top_two = sorted(b["mc1"]["loglikelihoods"], reverse=True)[:2]
         clear_pick = len(top_two) < 2 or top_two[0] - top_two[1] > 2 * (LL_ATOL + ll_rtol * abs(top_two[0]))

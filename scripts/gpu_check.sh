@@ -30,9 +30,20 @@ if [ -n "${OUT:-}" ]; then mkdir -p "$OUT" && log="$OUT/gpu_check.log"; fi
     site_args=()
     if compgen -G "$wheels/*.whl" >/dev/null; then
         echo "[gpu_check] installing $(ls "$wheels"/*.whl | wc -l) carried wheels into $site"
+        # llama-models and mistral-common are carried for their data files only, and go where nothing imports them:
+        # transformers' AutoTokenizer goes into its Mistral integration whenever mistral_common is importable, and
+        # that needs pydantic, which the machine lacks. tests/support/families.py finds them through this variable.
+        files_only=("$wheels"/llama_models-*.whl "$wheels"/mistral_common-*.whl)
+        code=()
+        for wheel in "$wheels"/*.whl; do
+            case " ${files_only[*]} " in *" $wheel "*) ;; *) code+=("$wheel") ;; esac
+        done
         "$python" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-            --target "$site" "$wheels"/*.whl || { echo "[gpu_check] FAILED: could not install the wheels of $wheels/"; exit 1; }
-        export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
+            --target "$site" "${code[@]}" || { echo "[gpu_check] FAILED: could not install the wheels of $wheels/"; exit 1; }
+        for wheel in "${files_only[@]}"; do
+            if [ -f "$wheel" ]; then "$python" -m zipfile -e "$wheel" "$site-files" || exit 1; fi
+        done
+        export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}" SPRI_SFT_FIXTURE_FILES="$site-files"
         site_args=(--site "$site")
     else
         echo "[gpu_check] no wheels in $wheels/: using the packages of $python as they are"

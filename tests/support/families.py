@@ -179,9 +179,23 @@ def _trl_template(name: str) -> str:
     return (Path(trl.__file__).parent / "chat_templates" / f"{name}.jinja").read_text(encoding="utf-8")
 
 
+def _package_folder(package: str) -> Path:
+    """Where a package's files are, without importing it: only its data files are read. The GPU check unpacks
+    llama-models and mistral-common outside the import path (SPRI_SFT_FIXTURE_FILES): there, transformers goes into
+    its Mistral integration whenever mistral_common is importable, and that needs pydantic, which it lacks."""
+    import importlib.machinery
+    import os
+    import sys
+
+    extra = [folder for folder in os.environ.get("SPRI_SFT_FIXTURE_FILES", "").split(os.pathsep) if folder]
+    spec = importlib.machinery.PathFinder.find_spec(package, extra + sys.path)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError(f"No module named {package!r}", name=package)
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
 def _llama_tokenizer(family: Family):
     """Llama 3's real tiktoken vocabulary (shipped by `llama-models`), converted as transformers converts it."""
-    import llama_models
     from tokenizers import processors
     from transformers import PreTrainedTokenizerFast
     from transformers.convert_slow_tokenizer import TikTokenConverter
@@ -194,7 +208,7 @@ def _llama_tokenizer(family: Family):
             pairs = (line.split() for line in Path(path).read_bytes().splitlines() if line)
             return {base64.b64decode(token): int(rank) for token, rank in pairs}
 
-    vocabulary = Path(llama_models.__file__).parent / "llama3" / "tokenizer.model"
+    vocabulary = _package_folder("llama_models") / "llama3" / "tokenizer.model"
     backend = Converter(str(vocabulary), pattern=LLAMA3_PATTERN, extra_special_tokens=LLAMA3_SPECIAL).converted()
     bos = "<|begin_of_text|>"
     bos_id = backend.token_to_id(bos)
@@ -214,10 +228,9 @@ def _mistral_tokenizer(family: Family):
     """Mistral v3's real SentencePiece model (shipped by `mistral-common`), converted as transformers converts it."""
     import tempfile
 
-    import mistral_common
     from transformers import AutoTokenizer
 
-    vocabulary = Path(mistral_common.__file__).parent / "data" / "mistral_instruct_tokenizer_240323.model.v3"
+    vocabulary = _package_folder("mistral_common") / "data" / "mistral_instruct_tokenizer_240323.model.v3"
     with tempfile.TemporaryDirectory() as folder:
         shutil.copy(vocabulary, Path(folder) / "tokenizer.model")
         config = {"tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>",
