@@ -12,7 +12,7 @@
 # $OUT/gpu_check.log and the JSON summary to $OUT/gpu_check.json. Exit status: 0 only when every check passed.
 #
 # On the lent H200 (after `bash scripts/gpu_wheels.sh` here): the device tool's run with carry [".whl"],
-# command `bash scripts/gpu_check.sh`, timeout_s 540. It has not run on a GPU yet.
+# command `bash scripts/gpu_check.sh`, timeout_s 540. First run on an H100 on 2026-12-05: docs/train.md#gpu-check.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
