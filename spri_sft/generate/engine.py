@@ -409,6 +409,13 @@ class Engine:
             usage={role: asdict(u) for role, u in session.usage.items() if u.calls},
         )
 
+    async def response_verdict(self, prompt: str, principles: str, response: str, session: Session) -> Verdict:
+        """Stage II's critique of one response against `principles`, asked again while the reply has no score
+        (`score_retries`): what the loop asks of each version, and GRPO's reward (`spri_sft.train.grpo_reward`) of
+        each completion."""
+        r = self.requests
+        return await self._critique(session, "critic", r.response_critique(prompt, principles, response), r.feedback)
+
     def _answer_request(self, prompt: str, principles: str | None) -> Messages:
         r, spec = self.requests, self.spec
         if spec.answer == "response_draft":
@@ -449,8 +456,7 @@ class Engine:
         r = self.requests
 
         async def critique(response: str):
-            request = r.response_critique(prompt, principles, response)
-            return await self._critique(session, "critic", request, r.feedback)
+            return await self.response_verdict(prompt, principles, response, session)
 
         async def revise(response: str, feedback: str):
             return await self._ask(session, "base", r.response_revise(prompt, response, feedback))

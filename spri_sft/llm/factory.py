@@ -20,6 +20,12 @@ def build_backends(base: EndpointConfig, critic: EndpointConfig) -> tuple[ChatBa
     return base_backend, _build(critic)
 
 
+def build_backend(config: EndpointConfig) -> ChatBackend:
+    """One role's backend on its own (GRPO's critic: the model being trained is not a backend); `transformers`
+    loads its own copy of the model, which nothing but this backend ever holds."""
+    return _build(config)
+
+
 def _same_resource(a: EndpointConfig, b: EndpointConfig) -> bool:
     if a.backend != b.backend:
         return False
