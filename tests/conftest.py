@@ -6,6 +6,7 @@ wheel; also used by scripts/gpu_check.py, which has no test suite around it); se
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -40,6 +41,32 @@ def family_dir(tmp_path_factory):
         return built[name, sliding_window]
 
     return build
+
+
+# SmolLM2-135M-Instruct's config.json, the shape of its KV cache and context included (the weights are not needed
+# to size a server's KV cache).
+SMOLLM2_135M_CONFIG = {
+    "architectures": ["LlamaForCausalLM"],
+    "model_type": "llama",
+    "hidden_size": 576,
+    "intermediate_size": 1536,
+    "num_hidden_layers": 30,
+    "num_attention_heads": 9,
+    "num_key_value_heads": 3,
+    "head_dim": 64,
+    "max_position_embeddings": 8192,
+    "vocab_size": 49152,
+    "torch_dtype": "bfloat16",
+}
+
+
+@pytest.fixture
+def smollm2_config_dir(tmp_path) -> Path:
+    """A model directory holding SmolLM2-135M-Instruct's config.json alone."""
+    directory = tmp_path / "SmolLM2-135M-Instruct"
+    directory.mkdir()
+    (directory / "config.json").write_text(json.dumps(SMOLLM2_135M_CONFIG))
+    return directory
 
 
 @pytest.fixture(scope="session")

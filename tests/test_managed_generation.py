@@ -7,6 +7,7 @@ covers the real one.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -104,3 +105,17 @@ def test_served_models_outlive_one_generation_when_the_caller_holds_them(tmp_pat
         pids = server_pids(tmp_path / "servers")
         assert len(pids) == 1 and alive(pids[0])  # one start served both runs
     assert not alive(pids[0])
+
+
+def test_a_servers_kv_cache_is_sized_for_the_requests_the_run_can_send_it(tmp_path, smollm2_config_dir, caplog):
+    # Base and critic share the server (one connection pool): at most the larger max_concurrency (16), and
+    # never more than the prompts in flight (12).
+    server = VLLMServer(model=str(smollm2_config_dir), max_model_len=2048, command=FAKE_VLLM)
+    base = EndpointConfig(backend="vllm", model="judge/model-7b", vllm=server, max_concurrency=8)
+    critic = dataclasses.replace(base, max_concurrency=16)
+    run = dataclasses.replace(config(tmp_path, base=base, critic=critic), max_concurrent_prompts=12)
+
+    with caplog.at_level("INFO", logger="spri_sft.serve.vllm"):
+        generate(run)
+
+    assert "KV cache 1 GiB = 2048 tokens × 12 sequences (requests in flight)" in caplog.text

@@ -19,11 +19,13 @@ import time
 from pathlib import Path
 
 import openai
+import psutil
 import pytest
 
 from spri_sft.errors import UserError
 from spri_sft.serve import ManagedServers, VLLMServer
 from spri_sft.serve import vllm as serve_vllm
+from spri_sft.serve.kv_cache import GIB, KVShape, read_model_config
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc to find processes")
 
@@ -303,6 +305,90 @@ def test_an_inherited_vllm_api_key_does_not_reach_a_server_without_api_key_env(t
     assert "api key received: no" in (tmp_path / "vllm-fake-0.log").read_text()
 
 
+# -- the KV cache of vLLM's CPU build ---------------------------------------------------------------
+
+
+def kv_cache_space_received(log_dir: Path) -> list[str]:
+    """The VLLM_CPU_KVCACHE_SPACE each fake server was started with, as its log says ('unset' when none)."""
+    text = "".join(path.read_text() for path in sorted(log_dir.glob("vllm-*.log")))
+    return re.findall(r"VLLM_CPU_KVCACHE_SPACE: (\S+)", text)
+
+
+@pytest.fixture
+def no_inherited_kv_cache_space(monkeypatch):
+    monkeypatch.delenv("VLLM_CPU_KVCACHE_SPACE", raising=False)
+
+
+def test_a_server_gets_the_kv_cache_its_requests_in_flight_can_fill_and_says_so(
+    tmp_path, smollm2_config_dir, no_inherited_kv_cache_space, caplog
+):
+    server = fake_server(model=str(smollm2_config_dir), max_model_len=2048)
+
+    with caplog.at_level("INFO", logger="spri_sft.serve.vllm"):
+        with ManagedServers([server], log_dir=tmp_path / "logs", requests_in_flight=[64]) as servers:
+            said = servers.kv_caches[0]
+
+    assert said.gib == 3  # 2048 tokens × 64 requests × 22.5 KiB = 2.81 GiB
+    assert kv_cache_space_received(tmp_path / "logs") == ["3"]
+    assert "vLLM server 'fake': KV cache 3 GiB = 2048 tokens × 64 sequences" in caplog.text
+
+
+def test_replicas_and_servers_started_together_split_the_ram_share(tmp_path, no_inherited_kv_cache_space):
+    # The fake model has no config.json: each process gets its part of a quarter of the RAM.
+    with ManagedServers([fake_server(replicas=2), fake_server(served_model_name="other")], log_dir=tmp_path) as servers:
+        sizes = servers.kv_caches
+    assert [size.processes for size in sizes] == [3, 3]
+    assert kv_cache_space_received(tmp_path) == [str(sizes[0].gib)] * 3
+
+
+@pytest.mark.parametrize(
+    "user_setting",
+    [
+        {"env": {"VLLM_CPU_KVCACHE_SPACE": "2"}},
+        {"extra_args": ["--kv-cache-memory-bytes", "2000000000"]},
+        {"gpu_memory_utilization": 0.5},
+    ],
+    ids=["env", "vllm-flag", "gpu_memory_utilization"],
+)
+def test_a_kv_cache_the_user_sized_is_left_as_set(tmp_path, user_setting, no_inherited_kv_cache_space):
+    with ManagedServers([fake_server(**user_setting)], log_dir=tmp_path) as servers:
+        assert servers.kv_caches == [None]
+    assert kv_cache_space_received(tmp_path) == [user_setting.get("env", {}).get("VLLM_CPU_KVCACHE_SPACE", "unset")]
+
+
+def test_an_inherited_kv_cache_space_is_the_users_too(tmp_path, monkeypatch):
+    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "2")
+    with ManagedServers([fake_server()], log_dir=tmp_path) as servers:
+        assert servers.kv_caches == [None]
+    assert kv_cache_space_received(tmp_path) == ["2"]
+
+
+def fake_distribution(root: Path, name: str, version: str) -> Path:
+    """A directory on which Python's package metadata finds `name` `version` installed."""
+    info = root / f"{name.replace('-', '_')}-{version}.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
+    return root
+
+
+@pytest.mark.parametrize(
+    ("name", "version", "build"),
+    [("vllm-cpu", "0.32.0", "cpu"), ("vllm", "0.32.0+cpu", "cpu"), ("vllm", "0.32.0", "gpu")],
+)
+def test_the_vllm_build_is_read_as_vllm_reads_it(tmp_path, name, version, build):
+    site = fake_distribution(tmp_path, name, version)
+    server = VLLMServer(model="m", python=sys.executable, env={"PYTHONPATH": str(site)})
+
+    assert serve_vllm._vllm_build(server, server.launcher()) == build
+
+
+def test_a_gpu_build_keeps_vllms_own_sizing(tmp_path, monkeypatch, no_inherited_kv_cache_space):
+    monkeypatch.setattr(serve_vllm, "_vllm_build", lambda server, launcher: "gpu")
+    with ManagedServers([fake_server()], log_dir=tmp_path) as servers:
+        assert servers.kv_caches == [None]
+    assert kv_cache_space_received(tmp_path) == ["unset"]
+
+
 # -- the real server (vllm-cpu in .venv-vllm) -------------------------------------------------------
 
 REAL_PARENT_SCRIPT = textwrap.dedent(
@@ -310,16 +396,25 @@ REAL_PARENT_SCRIPT = textwrap.dedent(
     import json, sys, time
     from spri_sft.serve import ManagedServers, VLLMServer
 
+    # No VLLM_CPU_KVCACHE_SPACE: spri-sft sizes the KV cache (tests above check that it reaches the server).
     server = VLLMServer(
         model=sys.argv[2], served_model_name="smollm2-under-test", dtype="bfloat16", max_model_len=2048,
-        env={"VLLM_CPU_KVCACHE_SPACE": "1"}, api_key_env="SPRI_SFT_TEST_KEY", startup_timeout=900,
+        api_key_env="SPRI_SFT_TEST_KEY", startup_timeout=900,
     )
     started = time.monotonic()
-    with ManagedServers([server], log_dir=sys.argv[1]) as servers:
-        print(json.dumps({"url": servers.base_urls[0][0], "start_s": time.monotonic() - started}), flush=True)
+    with ManagedServers([server], log_dir=sys.argv[1], requests_in_flight=[4]) as servers:
+        said = servers.kv_caches[0].gib
+        print(json.dumps({"url": servers.base_urls[0][0], "start_s": time.monotonic() - started, "kv_gib": said}),
+              flush=True)
         time.sleep(3600)
     """
 )
+# What a CPU vLLM serving SmolLM2-135M holds besides its KV cache, in all its processes together (the API
+# server, the engine core and its worker each import torch and vLLM; the weights are 270 MB in bfloat16):
+# measured 2.74 GiB with vllm-cpu 0.32.0 (3.74 GiB of RSS with a 1 GiB cache). Left to vLLM's own sizing the
+# same server took 21.4 GB on a 23.5 GiB machine.
+NON_KV_RSS_BYTES = 4 * GIB
+CPU_BLOCK_TOKENS = 128  # vLLM's CPU KV cache block (vllm.platforms.cpu)
 REAL_KEY = "sk-real-vllm-2b8e41d0"
 
 
@@ -334,12 +429,13 @@ def real_vllm(tmp_path_factory):
     from spri_sft.models import DEFAULT_MODEL, resolve_model
 
     log_dir = tmp_path_factory.mktemp("vllm-logs")
+    model = str(resolve_model(DEFAULT_MODEL))
     parent = subprocess.Popen(
-        [sys.executable, "-c", REAL_PARENT_SCRIPT, str(log_dir), resolve_model(DEFAULT_MODEL)],
+        [sys.executable, "-c", REAL_PARENT_SCRIPT, str(log_dir), model],
         stdout=subprocess.PIPE,
         text=True,
         cwd=REPO,
-        env={**os.environ, "SPRI_SFT_TEST_KEY": REAL_KEY},
+        env={**{k: v for k, v in os.environ.items() if k != "VLLM_CPU_KVCACHE_SPACE"}, "SPRI_SFT_TEST_KEY": REAL_KEY},
     )
     line = parent.stdout.readline()
     if not line:
@@ -348,7 +444,7 @@ def real_vllm(tmp_path_factory):
         pytest.fail(f"the vLLM server did not start: {logs}")
     started = json.loads(line)
     print(f"vLLM start: {started['start_s']:.0f} s")
-    yield {"parent": parent, "url": started["url"], "log_dir": log_dir}
+    yield {"parent": parent, "url": started["url"], "log_dir": log_dir, "kv_gib": started["kv_gib"], "model": model}
     parent.kill()
     parent.wait()
 
@@ -370,6 +466,28 @@ def test_real_vllm_requires_the_key_it_got_from_the_environment(real_vllm):
     with pytest.raises(openai.AuthenticationError):
         client.models.list()
     assert not any(REAL_KEY in path.read_text() for path in real_vllm["log_dir"].glob("*"))
+
+
+@pytest.mark.vllm
+def test_real_vllm_on_the_cpu_stays_within_the_kv_cache_it_said(real_vllm):
+    log = "".join(path.read_text() for path in real_vllm["log_dir"].glob("vllm-*.log"))
+    [vllm_says] = re.findall(r"Explicitly set \(([\d.]+)/[\d.]+\) GiB for KV cache", log)
+    processes = [psutil.Process(pid) for pid in descendants(real_vllm["parent"].pid)]
+    rss = sum(process.memory_info().rss for process in processes)
+    print(f"KV cache said {real_vllm['kv_gib']} GiB, vLLM {vllm_says} GiB; server RSS {rss / GIB:.2f} GiB")
+
+    assert float(vllm_says) == real_vllm["kv_gib"]
+    assert rss <= real_vllm["kv_gib"] * GIB + NON_KV_RSS_BYTES
+
+
+@pytest.mark.vllm
+def test_real_vllm_fits_as_many_tokens_in_the_cache_as_the_sizing_counted(real_vllm):
+    log = "".join(path.read_text() for path in real_vllm["log_dir"].glob("vllm-*.log"))
+    [tokens] = re.findall(r"CPU KV cache size: ([\d,]+) tokens", log)
+    bytes_per_token = KVShape.from_config(read_model_config(real_vllm["model"])).bytes_per_token(2)  # bfloat16
+
+    counted = real_vllm["kv_gib"] * GIB // bytes_per_token
+    assert counted - CPU_BLOCK_TOKENS < int(tokens.replace(",", "")) <= counted  # vLLM allots whole blocks
 
 
 @pytest.mark.vllm

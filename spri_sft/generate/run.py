@@ -365,7 +365,8 @@ def _backends(config: GenerateConfig, mode: str, servers: ServedModels):
     used = MODE_ROLES[mode]
     if "base" not in used:
         return _NoModel(config.base.model), _NoModel(config.critic.model)
-    endpoints = dict(zip(used, servers.endpoints(*(getattr(config, role) for role in used))))
+    roles = (getattr(config, role) for role in used)
+    endpoints = dict(zip(used, servers.endpoints(*roles, prompts_in_flight=config.max_concurrent_prompts)))
     base, critic = build_backends(endpoints["base"], endpoints.get("critic", endpoints["base"]))
     return base, critic if "critic" in used else _NoModel(config.critic.model)
 

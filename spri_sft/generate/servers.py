@@ -30,12 +30,21 @@ class ServedModels:
         self.log_dir = Path(log_dir)
         self._running: list[tuple[VLLMServer, ManagedServers, list[str]]] = []
 
-    def endpoints(self, *roles: EndpointConfig) -> list[EndpointConfig]:
-        """Each role as it is, or, for a `vllm` role, as an `openai` role on its (started) server."""
-        wanted = [server_for(role) for role in roles if role.backend == "vllm"]
+    def endpoints(self, *roles: EndpointConfig, prompts_in_flight: int | None = None) -> list[EndpointConfig]:
+        """Each role as it is, or, for a `vllm` role, as an `openai` role on its (started) server.
+
+        A server's processes each get at most `max_concurrency` requests at once (the largest of the roles
+        it serves: they share one connection pool), and never more than the `prompts_in_flight` (generate's
+        max_concurrent_prompts: a prompt waits on one call at a time); that sizes a CPU server's KV cache."""
+        vllm_roles = [role for role in roles if role.backend == "vllm"]
+        wanted = [server_for(role) for role in vllm_roles]
         missing = [s for i, s in enumerate(wanted) if s not in wanted[:i] and self._urls(s) is None]
         if missing:
-            servers = ManagedServers(missing, log_dir=self.log_dir).start()
+            in_flight = []
+            for server in missing:
+                concurrency = max(role.max_concurrency for role, w in zip(vllm_roles, wanted) if w == server)
+                in_flight.append(concurrency if prompts_in_flight is None else min(concurrency, prompts_in_flight))
+            servers = ManagedServers(missing, log_dir=self.log_dir, requests_in_flight=in_flight).start()
             self._running += [(s, servers, servers.base_urls[i]) for i, s in enumerate(missing)]
         return [self._as_openai(role) if role.backend == "vllm" else role for role in roles]
 

@@ -66,6 +66,14 @@ from typing import IO
 
 from spri_sft.errors import UserError
 from spri_sft.processes import signal_group, spawn_bound
+from spri_sft.serve.kv_cache import (
+    KV_CACHE_FLAGS,
+    KV_CACHE_VAR,
+    KVCacheSize,
+    machine_ram_bytes,
+    read_model_config,
+    size_kv_cache,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -98,7 +106,12 @@ class VLLMServer:
     tensor_parallel_size: int = field(default=1, metadata={"help": "GPUs one replica spans.", "ge": 1})
     gpu_memory_utilization: float | None = field(
         default=None,
-        metadata={"help": "Fraction of each GPU's memory vLLM may take; null = vLLM's default.", "gt": 0, "le": 1},
+        metadata={
+            "help": "Fraction of each GPU's memory vLLM may take (vLLM's CPU build: of the RAM, instead of the KV "
+            "cache spri-sft sizes); null = vLLM's default.",
+            "gt": 0,
+            "le": 1,
+        },
     )
     devices: str | None = field(
         default=None,
@@ -127,7 +140,11 @@ class VLLMServer:
         default_factory=list, metadata={"help": "More vLLM command-line arguments, e.g. ['--enable-prefix-caching']."}
     )
     env: dict[str, str] = field(
-        default_factory=dict, metadata={"help": "Extra environment for the server, e.g. {VLLM_CPU_KVCACHE_SPACE: '2'}."}
+        default_factory=dict,
+        metadata={
+            "help": "Extra environment for the server, e.g. {VLLM_CPU_KVCACHE_SPACE: 2}: GiB of KV cache on vLLM's "
+            "CPU build (unset, spri-sft sizes it to max_model_len x the requests in flight, at most 1/4 of the RAM)."
+        },
     )
     python: str | None = field(
         default=None, metadata={"help": "Python with vLLM installed; null = .venv-vllm/bin/python (see setup.sh)."}
@@ -198,6 +215,15 @@ class VLLMServer:
         if self.dtype is not None:
             args += ["--dtype", self.dtype]
         return args + list(self.extra_args)
+
+    def kv_cache_set_by_user(self) -> str | None:
+        """How the user sized vLLM's CPU KV cache (the env var, here or inherited, or a vLLM flag), or None."""
+        if self.gpu_memory_utilization is not None:
+            return "gpu_memory_utilization"
+        if KV_CACHE_VAR in self.env or os.environ.get(KV_CACHE_VAR):
+            return KV_CACHE_VAR
+        flags = [arg.split("=", 1)[0] for arg in self.extra_args]
+        return next((flag for flag in KV_CACHE_FLAGS if flag in flags), None)
 
     def replica_devices(self) -> list[str | None]:
         """CUDA_VISIBLE_DEVICES of each replica (None: inherited)."""
@@ -299,16 +325,30 @@ class ManagedServers:
     `check_alive` raises `UserError` if a server died since.
     """
 
-    def __init__(self, servers: Sequence[VLLMServer], log_dir: str | Path, *, stop_timeout: float = 15.0) -> None:
+    def __init__(
+        self,
+        servers: Sequence[VLLMServer],
+        log_dir: str | Path,
+        *,
+        stop_timeout: float = 15.0,
+        requests_in_flight: Sequence[int | None] | None = None,
+    ) -> None:
         """
         Args:
             servers: what to serve; equal configs share one set of processes.
             log_dir: directory for the server logs (created if missing), e.g. the run's output dir.
             stop_timeout: seconds a server gets to exit after SIGTERM before its group is SIGKILLed.
+            requests_in_flight: per server, the most requests one of its processes will have at once
+                (None: unknown); it sizes a CPU build's KV cache (`spri_sft.serve.kv_cache`).
         """
         self.servers = list(servers)
         self.log_dir = Path(log_dir)
         self.stop_timeout = stop_timeout
+        self.requests_in_flight = list(requests_in_flight or [None] * len(self.servers))
+        if len(self.requests_in_flight) != len(self.servers):
+            raise ValueError("ManagedServers: requests_in_flight needs one entry per server")
+        # After `start`: per server, the KV cache spri-sft gave it on the CPU (None: the user's or vLLM's own).
+        self.kv_caches: list[KVCacheSize | None] = []
         self.base_urls: list[list[str]] = []
         self._processes: list[_Process] = []
         self._previous_handlers: dict[int, object] = {}
@@ -335,18 +375,21 @@ class ManagedServers:
             if server not in distinct:
                 distinct.append(server)
         launchers = [server.launcher() for server in distinct]  # fails before anything starts
+        kv_sizes = self._size_kv_caches(distinct, launchers)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         atexit.register(self.stop)
         self._install_signal_handlers()
         try:
             urls_of: list[list[str]] = []
-            for server, launcher in zip(distinct, launchers):
-                urls_of.append([process.url for process in self._spawn(server, launcher, distinct)])
+            for server, launcher, size in zip(distinct, launchers, kv_sizes):
+                spawned = self._spawn(server, launcher, distinct, size)
+                urls_of.append([process.url for process in spawned])
             self._wait_until_healthy()
         except BaseException:
             self.stop()
             raise
         self.base_urls = [urls_of[distinct.index(server)] for server in self.servers]
+        self.kv_caches = [kv_sizes[distinct.index(server)] for server in self.servers]
         return self
 
     def stop(self) -> None:
@@ -388,7 +431,42 @@ class ManagedServers:
 
     # -- starting ----------------------------------------------------------------------------------
 
-    def _spawn(self, server: VLLMServer, launcher: list[str], distinct: list[VLLMServer]) -> list[_Process]:
+    def _size_kv_caches(self, distinct: list[VLLMServer], launchers: list[list[str]]) -> list[KVCacheSize | None]:
+        """The KV cache of each distinct server on vLLM's CPU build, said in one line; None where the
+        user sized it or the build runs on a GPU (where gpu_memory_utilization of the GPU's own memory is right).
+        The servers started here share `RAM_SHARE` of the RAM, each process an equal part."""
+        builds = [_vllm_build(server, launcher) for server, launcher in zip(distinct, launchers)]
+        sized = [server.kv_cache_set_by_user() is None and build != "gpu" for server, build in zip(distinct, builds)]
+        processes = sum(server.replicas for server, size_it in zip(distinct, sized) if size_it)
+        ram = machine_ram_bytes() if processes else 0
+        sizes: list[KVCacheSize | None] = []
+        for server, build, size_it in zip(distinct, builds, sized):
+            if not size_it:
+                sizes.append(None)
+                continue
+            in_flight = [n for s, n in zip(self.servers, self.requests_in_flight) if s == server and n is not None]
+            sequences, sequences_from = (max(in_flight), "requests in flight") if in_flight else (None, None)
+            max_num_seqs = _flag_value(server.extra_args, "--max-num-seqs")  # vLLM queues the rest
+            if max_num_seqs and max_num_seqs.isdigit() and (sequences is None or int(max_num_seqs) < sequences):
+                sequences, sequences_from = int(max_num_seqs), "--max-num-seqs"
+            kv_cache_dtype = _flag_value(server.extra_args, "--kv-cache-dtype")
+            size = size_kv_cache(
+                read_model_config(server.model),
+                sequences=sequences,
+                sequences_from=sequences_from,
+                max_model_len=server.max_model_len,
+                dtype=kv_cache_dtype if kv_cache_dtype not in (None, "auto") else server.dtype,
+                ram_bytes=ram,
+                processes=processes,
+            )
+            build_note = "" if build == "cpu" else " (read by vLLM's CPU build only)"
+            logger.info("vLLM server %r: %s%s", server.name, size.describe(), build_note)
+            sizes.append(size)
+        return sizes
+
+    def _spawn(
+        self, server: VLLMServer, launcher: list[str], distinct: list[VLLMServer], kv_cache: KVCacheSize | None
+    ) -> list[_Process]:
         taken = {process.port for process in self._processes}
         slug = _slug(server.name)
         if sum(_slug(other.name) == slug for other in distinct) > 1:
@@ -402,10 +480,16 @@ class ManagedServers:
             with open(log_path, "ab") as log:
                 log_offset = log.tell()
                 header = f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} spri-sft starts: {shlex.join(command)}\n"
+                if kv_cache is not None:
+                    header += f"=== {KV_CACHE_VAR}={kv_cache.gib}: {kv_cache.describe()}\n"
                 log.write(header.encode())
                 log.flush()
                 popen = spawn_bound(
-                    command, self.stop_timeout, stdout=log, stderr=subprocess.STDOUT, env=_server_env(server, devices)
+                    command,
+                    self.stop_timeout,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env=_server_env(server, devices, {KV_CACHE_VAR: str(kv_cache.gib)} if kv_cache else None),
                 )
             assert popen.stdin is not None
             process = _Process(
@@ -491,10 +575,11 @@ class ManagedServers:
             os.kill(os.getpid(), signum)
 
 
-def _server_env(server: VLLMServer, devices: str | None) -> dict[str, str]:
+def _server_env(server: VLLMServer, devices: str | None, kv_env: dict[str, str] | None = None) -> dict[str, str]:
     env = dict(os.environ)
     # An inherited key would lock out clients that were not told about it.
     env.pop(VLLM_API_KEY_VAR, None)
+    env.update(kv_env or {})  # the sized KV cache; the server's own env, set by the user, comes after
     env.update({name: str(value) for name, value in server.env.items()})  # YAML may give `2`, not "2"
     env["PYTHONUNBUFFERED"] = "1"  # log lines as they happen, so a failure's tail is in the log
     if devices is not None:
@@ -502,6 +587,56 @@ def _server_env(server: VLLMServer, devices: str | None) -> dict[str, str]:
     if server.api_key_env:
         env[VLLM_API_KEY_VAR] = os.environ[server.api_key_env]
     return env
+
+
+# vLLM's own platform rule (vllm.platforms.cpu_platform_plugin), read from the environment's package
+# metadata without importing vLLM (seconds): VLLM_TARGET_DEVICE=cpu, a `vllm` whose version says "cpu", the
+# `vllm-cpu` distribution, or macOS.
+_BUILD_PROBE = """
+import os, sys
+from importlib.metadata import PackageNotFoundError, version
+def find(name):
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return None
+vllm, vllm_cpu = find("vllm"), find("vllm-cpu")
+if os.environ.get("VLLM_TARGET_DEVICE", "cuda").lower() == "cpu" or sys.platform == "darwin":
+    print("cpu")
+elif vllm is not None:
+    print("cpu" if "cpu" in vllm else "gpu")
+else:
+    print("cpu" if vllm_cpu is not None else "none")
+"""
+
+
+def _vllm_build(server: VLLMServer, launcher: list[str]) -> str | None:
+    """'cpu' or 'gpu': the build of vLLM the server's Python has; None when it cannot be told (a `command`)."""
+    if server.command or launcher[1:] != VLLM_ENTRYPOINT:
+        return None
+    try:
+        probe = subprocess.run(
+            [launcher[0], "-c", _BUILD_PROBE],
+            env=_server_env(server, None),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    build = probe.stdout.strip()
+    return build if build in ("cpu", "gpu") else None
+
+
+def _flag_value(args: Sequence[str], flag: str) -> str | None:
+    """The value `args` give `flag` ('--flag value' or '--flag=value'; the last one wins, as in argparse)."""
+    value = None
+    for i, arg in enumerate(args):
+        if arg == flag and i + 1 < len(args):
+            value = args[i + 1]
+        elif arg.startswith(flag + "="):
+            value = arg.split("=", 1)[1]
+    return value
 
 
 # No proxy: an http_proxy from the environment must not carry a health check of this machine's port.

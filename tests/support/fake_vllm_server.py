@@ -8,7 +8,7 @@ It takes the arguments `ManagedServers` passes to vLLM (``--model``, ``--host``,
 ``--served-model-name``, and ignores the rest), answers ``GET /health`` and the chat and
 completions routes, and serves until SIGTERM. Its first log line says whether it received an API
 key through ``VLLM_API_KEY`` (never the key), so tests can check the key arrived without it being
-written anywhere.
+written anywhere, and the ``VLLM_CPU_KVCACHE_SPACE`` it got (the KV cache a CPU vLLM would take).
 """
 
 from __future__ import annotations
@@ -28,7 +28,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--latency", type=float, default=0.0, help="seconds per reply")
     args, _ignored_vllm_args = parser.parse_known_args(argv)
     key_received = "yes" if os.environ.get("VLLM_API_KEY") else "no"
-    print(f"fake vLLM pid {os.getpid()}; api key received: {key_received}", flush=True)
+    kv_cache_space = os.environ.get("VLLM_CPU_KVCACHE_SPACE", "unset")
+    print(
+        f"fake vLLM pid {os.getpid()}; api key received: {key_received}; VLLM_CPU_KVCACHE_SPACE: {kv_cache_space}",
+        flush=True,
+    )
     server = FakeOpenAIServer(
         host=args.host, port=args.port, model=args.served_model_name or args.model, latency=args.latency
     )
