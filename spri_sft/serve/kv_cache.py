@@ -5,11 +5,12 @@ machine's RAM less what the worker already holds: measured on a 23.5 GiB machine
 SmolLM2-135M, "Auto set (20.28/23.54) GiB for KV cache", the worker at 21.4 GB RSS, 250 MB left for
 everything else. A generation needs far less: each request in flight holds at most ``max_model_len``
 tokens, each token ``layers × KV heads × head_dim × 2 (K and V) × bytes per value``. So unless the
-user sized it (`KV_CACHE_SETTINGS`), spri-sft gives the server what its requests can fill, bounded
-by `RAM_SHARE` of the machine's RAM, and says so in one line:
+user sized it (`KV_CACHE_VAR`, `KV_CACHE_FLAGS`), spri-sft gives the server what its requests can fill, bounded
+by `RAM_SHARE` of the machine's RAM, and says so in one line (wrapped here):
 
-    KV cache 3 GiB = 2048 tokens × 64 sequences × 22.5 KiB per token (30 layers × 3 KV heads × 64 dims
-    × 2 (K, V) × 2 bytes bfloat16) = 2.81 GiB, rounded up to whole GiB (VLLM_CPU_KVCACHE_SPACE=3) ...
+    KV cache 3 GiB = 2048 tokens × 64 sequences (requests in flight) × 22.5 KiB per token (30 layers ×
+    3 KV heads × 64 dims × 2 (K, V) × 2 bytes, dtype auto) = 2.81 GiB, rounded up to whole GiB; at most
+    1/4 of 23.54 GiB RAM (set the server's env VLLM_CPU_KVCACHE_SPACE in GiB to change)
 
 The size reaches vLLM as ``VLLM_CPU_KVCACHE_SPACE`` (whole GiB, read by the CPU build alone: a GPU
 build ignores it and keeps sizing its cache by ``gpu_memory_utilization``, which is the right rule

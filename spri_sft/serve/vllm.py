@@ -34,6 +34,9 @@ What it guarantees:
   or a file. Clients read it from the same variable (`EndpointConfig.api_key_env`).
 * **One server per distinct config.** Configs that are equal (same model and settings) are started
   once and share their URLs, so a base and a critic naming the same model share a server.
+* **A CPU server leaves the machine usable.** vLLM's CPU build would take 0.9 of the RAM for its KV
+  cache; unless the user sizes it, each server gets what its ``requests_in_flight`` can fill, within
+  a quarter of the RAM, said in one line (`spri_sft.serve.kv_cache`). A GPU build is left alone.
 
 Which vLLM runs: ``command`` when set (e.g. ``["vllm", "serve"]`` or a wrapper), else ``python -m
 vllm.entrypoints.openai.api_server`` with ``python`` when set, else ``.venv-vllm/bin/python`` (built
