@@ -16,7 +16,6 @@ from datasets import load_dataset, load_from_disk
 from spri_sft.errors import UserError
 from spri_sft.format.build import build_dataset
 from spri_sft.format.config import FormatConfig
-from spri_sft.format.contamination import read_questions
 from spri_sft.format.dedupe import SHINGLE_WORDS, near_duplicates, normalize, word_ngrams
 
 TRUTHFULQA_QUESTION = "What is the smallest country in the world that is at least one square mile in area?"
@@ -217,83 +216,9 @@ def test_near_duplicates_match_a_brute_force_comparison_of_every_pair():
         assert set(near_duplicates(texts, threshold)) == set(expected), threshold
 
 
-# -- TruthfulQA guard ------------------------------------------------------------------------
-
-
 @pytest.fixture(scope="module")
 def truthfulqa_file(shared_dir) -> str:
     return str(shared_dir / "data" / "truthfulqa" / "data" / "v0" / "mc_task.json")
-
-
-def test_truthfulqa_reads_mc_task_json_and_the_csv(shared_dir, truthfulqa_file):
-    from_json = read_questions(truthfulqa_file)
-    from_csv = read_questions(shared_dir / "data" / "truthfulqa" / "data" / "v0" / "TruthfulQA.csv")
-    assert len(from_json) == len(from_csv) == 817
-    assert TRUTHFULQA_QUESTION in from_json and TRUTHFULQA_QUESTION in from_csv
-
-
-@pytest.mark.parametrize(
-    ("name", "content", "message"),
-    [
-        (
-            "mc.json",
-            '[{"question": "Is it?"},\n {"query": "no question"}]',
-            r"mc.json:item 1: no 'question' \(or CSV 'Question'\) field",
-        ),
-        ("mc.jsonl", '{"question": "Is it?"}\n\n{"query": "x"}\n', r"mc.jsonl:3: no 'question'"),
-        ("mc.jsonl", '{"question": "Is it?"}\n{"question": \n', r"mc.jsonl:2: malformed JSON line"),
-        ("TruthfulQA.csv", "Type,Question\nAdversarial,Is it?\nAdversarial\n", r"TruthfulQA.csv:3: no 'question'"),
-        ("mc.txt", "Is it?", r"mc.txt: unsupported TruthfulQA file type '.txt'"),
-    ],
-    ids=["json-item", "jsonl-line", "jsonl-malformed", "csv-line", "unknown-type"],
-)
-def test_a_bad_truthfulqa_file_names_its_line_or_item(tmp_path, name, content, message):
-    (tmp_path / name).write_text(content)
-    with pytest.raises(UserError, match=message):
-        read_questions(tmp_path / name)
-
-
-def test_truthfulqa_questions_keep_a_unicode_line_separator(tmp_path):
-    (tmp_path / "mc.jsonl").write_text(
-        json.dumps({"question": "Is one\u2028line?"}, ensure_ascii=False) + "\n", encoding="utf-8"
-    )
-    assert read_questions(tmp_path / "mc.jsonl") == ["Is one\u2028line?"]
-
-
-def test_a_truthfulqa_question_is_dropped_and_counted(tmp_path, truthfulqa_file):
-    records = [make_record(1, "what is the SMALLEST country in the world that is at least one square mile in area")]
-    summary, out = build(tmp_path, records + FILLER, truthfulqa_file=truthfulqa_file)
-    assert summary["dropped"]["truthfulqa"] == 1
-    assert dropped(out) == {"rec001": ("truthfulqa", TRUTHFULQA_QUESTION)}
-    assert "rec001" not in row_ids(out)
-
-
-def test_a_prompt_holding_most_of_a_truthfulqa_question_is_dropped(tmp_path, truthfulqa_file):
-    # 15 of the question's 17 words, wrapped in other text: 8 of its 10 word 8-grams.
-    prompt = "Quick quiz for my class. What is the smallest country in the world that is at least one square mile?"
-    summary, out = build(tmp_path, [make_record(1, prompt)] + FILLER, truthfulqa_file=truthfulqa_file)
-    assert dropped(out) == {"rec001": ("truthfulqa", TRUTHFULQA_QUESTION)}
-
-
-def test_truthfulqa_rule_drops_from_exactly_the_threshold_fraction_of_ngrams(tmp_path, truthfulqa_file):
-    words = normalize(TRUTHFULQA_QUESTION).split()  # 17 words: 10 word 8-grams
-    half = make_record(1, "Tell me, " + " ".join(words[:12]))  # 5 of the 10 8-grams: 50%
-    under = make_record(2, "Tell me, " + " ".join(words[:11]))  # 4 of 10: 40%
-    summary, out = build(tmp_path, [half, under] + FILLER, truthfulqa_file=truthfulqa_file, contamination_threshold=0.5)
-    assert dropped(out) == {"rec001": ("truthfulqa", TRUTHFULQA_QUESTION)}
-    assert "rec002" in row_ids(out)
-
-
-def test_a_prompt_sharing_common_words_with_truthfulqa_is_kept(tmp_path, truthfulqa_file):
-    prompts = [
-        "What is the smallest country in Europe by population, and what is its capital?",
-        "Write a story about a hiker who is at least one square mile from the nearest road",
-        "What happens if you eat too much sugar every day, and is it bad for you?",
-    ]
-    records = [make_record(n, p) for n, p in enumerate(prompts, 1)]
-    summary, out = build(tmp_path, records + FILLER, truthfulqa_file=truthfulqa_file)
-    assert summary["dropped"]["truthfulqa"] == 0
-    assert {"rec001", "rec002", "rec003"} <= row_ids(out)
 
 
 # -- output ----------------------------------------------------------------------------------
@@ -488,7 +413,8 @@ def test_dataset_card_states_method_models_counts_scores_and_filters(tmp_path, t
     assert "| records read | `out-records.jsonl` | | 7 |" in card
     assert "| status | status is one of accepted, max_rounds | 1 | 6 |" in card
     assert "| response_score | the final response's critic score is >= 4 (unscored fails) | 1 | 5 |" in card
-    assert "| truthfulqa | " in card and "`mc_task.json` | 1 | 4 |" in card
+    assert "| contamination | " in card and "(see Benchmark contamination) | 1 | 4 |" in card
+    assert "| TruthfulQA (`mc_task.json`) | 817 | 1 |" in card
     assert "| 5 | 4 | 4 |" in card  # final scores: response 5 on 4 rows, principles 5 on 4 rows
     assert "| train | 3 |" in card and "| validation | 1 |" in card
     assert DatasetCard.load(out / "README.md").data.configs[0]["data_files"][0] == {

@@ -12,7 +12,7 @@ import pytest
 from spri_sft import truthfulqa_data as packaged
 from spri_sft.config import from_dict
 from spri_sft.evaluate.truthfulqa import load_questions
-from spri_sft.format.contamination import read_questions
+from spri_sft.format.benchmarks import read_questions
 from spri_sft.pipeline import run as pipeline_run
 from spri_sft.pipeline.config import PipelineConfig
 
@@ -178,8 +178,9 @@ def test_standalone_format_guards_against_the_packaged_questions_by_default(tmp_
     assert main(["format", "--records", f"[{records}]", "--output_dir", str(tmp_path / "out")]) == 0
 
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
-    assert summary["dropped"]["truthfulqa"] == 1 and summary["truthfulqa_source"] == packaged.SOURCE
-    assert summary["truthfulqa_questions"] == 817
+    contamination = summary["contamination"]
+    assert contamination["truthfulqa_source"] == packaged.SOURCE
+    assert contamination["benchmarks"]["truthfulqa"] == {"documents": 817, "empty": 0, "dropped": 1}
     assert packaged.SOURCE in (tmp_path / "out" / "README.md").read_text()
     assert not (tmp_path / "out" / packaged.FILE_NAME).exists()  # the benchmark's file never sits beside SFT data
     assert any(line.startswith("[spri-sft] TruthfulQA:") for line in capsys.readouterr().out.splitlines())
@@ -194,7 +195,7 @@ def test_format_with_truthfulqa_file_none_keeps_the_question_and_says_it_was_not
                  "--truthfulqa_file", "none"]) == 0  # fmt: skip
 
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
-    assert summary["dropped"]["truthfulqa"] == 0 and summary["truthfulqa_source"] is None
+    assert summary["dropped"]["contamination"] == 0 and summary["contamination"]["truthfulqa_source"] is None
     assert "not checked against TruthfulQA" in (tmp_path / "out" / "README.md").read_text()
 
 
@@ -206,7 +207,7 @@ def test_formats_guard_reads_the_generation_csv_which_scoring_refuses(tmp_path, 
     records = format_records(tmp_path, [TRUTHFULQA_QUESTION, *GARDEN_PROMPTS])
     config = FormatConfig(records=[str(records)], output_dir=str(tmp_path / "out"), truthfulqa_file=str(csv))
     summary = build_dataset(config)
-    assert summary["dropped"]["truthfulqa"] == 1 and summary["truthfulqa_source"] == str(csv)
+    assert summary["dropped"]["contamination"] == 1 and summary["contamination"]["truthfulqa_source"] == str(csv)
 
 
 def hub_answering(monkeypatch, shared_dir) -> list[tuple[str, str]]:
@@ -224,7 +225,7 @@ def hub_answering(monkeypatch, shared_dir) -> list[tuple[str, str]]:
     monkeypatch.setattr(truthfulqa_data, "hub_reachable", lambda: True)
     monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
     monkeypatch.setattr(truthfulqa_data, "hub_rows", hub_rows)
-    for module in ("spri_sft.evaluate.truthfulqa", "spri_sft.format.contamination"):  # their own imported names
+    for module in ("spri_sft.evaluate.truthfulqa", "spri_sft.format.benchmarks"):  # their own imported names
         monkeypatch.setattr(f"{module}.hub_rows", hub_rows)
     return asked
 
@@ -239,8 +240,8 @@ def test_with_the_hub_format_guards_against_the_hub_questions_and_writes_no_copy
     summary = build_dataset(FormatConfig(records=[str(records)], output_dir=str(tmp_path / "out")))
 
     assert asked == [("truthfulqa/truthful_qa", "validation")]
-    assert summary["dropped"]["truthfulqa"] == 1
-    assert summary["truthfulqa_source"] == "truthfulqa/truthful_qa (multiple_choice, validation)"
+    assert summary["dropped"]["contamination"] == 1
+    assert summary["contamination"]["truthfulqa_source"] == "truthfulqa/truthful_qa (multiple_choice, validation)"
     assert not (tmp_path / "cache").exists()
 
 

@@ -24,7 +24,7 @@ from wandb_log import wandb_records, without_wandb_credentials
 
 from spri_sft.cli import main
 from spri_sft.errors import UserError
-from spri_sft.format.contamination import read_questions
+from spri_sft.format.benchmarks import read_questions
 from spri_sft.pipeline.config import PipelineConfig
 from spri_sft.pipeline.run import run_pipeline
 from spri_sft.pipeline.stages import Stage

@@ -19,9 +19,13 @@ Steps, in this order; a record is counted under the first step that drops it:
    `truncated`: `drop_truncated` and the final version's finish_reason is "length";
    `response_score`: `min_response_score` is set and the final version's critic score is
    lower, or missing (an unscored round, or a mode without a critic).
-3. `truthfulqa`: the prompt overlaps a TruthfulQA question: of `truthfulqa_file`, else of the Hub
-   dataset, else of the packaged copy; `truthfulqa_file: none` turns it off (the rules are in
-   `spri_sft.format.contamination`). It runs before deduplication so that every contaminated
+3. `contamination`: the prompt (with `contamination_responses`, the response too) covers a benchmark
+   document: at least `contamination_threshold` of its words lie in word n-grams (`contamination_ngram`,
+   13) the row shares, or, shorter than n words, it is held whole (`spri_sft.format.contamination`).
+   The documents (`spri_sft.format.benchmarks`): TruthfulQA's questions, of `truthfulqa_file`, else of
+   the Hub dataset, else of the packaged copy (`truthfulqa_file: none` leaves TruthfulQA out), and the
+   test and validation documents of every lm-eval task of `lm_eval_tasks` (`spri-sft run` passes the
+   tasks it scores). Counted per benchmark; it runs before deduplication so that every contaminated
    record is counted and none can stand in for a clean near duplicate of itself.
 4. `duplicate`: the normalized prompt equals an earlier kept one; `near_duplicate`: its word
    3-gram Jaccard similarity to an earlier kept prompt is >= `near_duplicate_threshold` (the
@@ -63,7 +67,9 @@ Steps, in this order; a record is counted under the first step that drops it:
      README.md                    the dataset card: method, models, counts per step, scores, filters
      summary.json                 what `build_dataset` returns
      dropped.jsonl                one line per dropped record: id, reason, detail (and source_id, when it has one;
-                                  for `review`, the reviewer's reason as detail, and who and when)
+                                  for `review`, the reviewer's reason as detail, and who and when; for
+                                  `contamination`, the benchmark, task, split, doc_id and an excerpt of the
+                                  document, the row's field, the coverage and the longest shared run of words)
      config.yaml                  the effective configuration
      preference/                  with `preference`: DPO pairs of the kept records, split as the rows are
                                   (hf/, {train,validation}.jsonl, no_pair.jsonl; `spri_sft.format.preference`)
@@ -84,9 +90,16 @@ from pathlib import Path
 
 from spri_sft.config import dump_yaml
 from spri_sft.errors import UserError
+from spri_sft.format.benchmarks import (
+    TRUTHFULQA,
+    guard_source,
+    lm_eval_documents,
+    source_questions,
+    truthfulqa_documents,
+)
 from spri_sft.format.card import NOT_MEASURED, lengths_line, render_card
 from spri_sft.format.config import OVERLONG, FormatConfig
-from spri_sft.format.contamination import TruthfulQAGuard, guard_source, source_questions
+from spri_sft.format.contamination import BenchmarkGuard
 from spri_sft.format.dedupe import exact_duplicates, near_duplicates, normalize
 from spri_sft.format.preference import PREFERENCE_DIR, build_preference, save_preference
 from spri_sft.generate.record import STATUSES, Record, Round, check_record
@@ -103,7 +116,7 @@ REASONS = (
     "empty_response",
     "truncated",
     "response_score",
-    "truthfulqa",
+    "contamination",
     "duplicate",
     "near_duplicate",
 )
@@ -141,21 +154,7 @@ def build_dataset(config: FormatConfig) -> dict:
             kept.append(record)
     reviewed = review_counts(review, decisions, records)  # said now: a later step may stop the run
 
-    questions = None
-    source = guard_source(config.truthfulqa_file)  # the file, else the Hub, else the packaged copy; None: `none`
-    if source is not None:
-        questions = source_questions(source)
-        guard = TruthfulQAGuard(questions, config.contamination_ngram, config.contamination_threshold)
-        clean = []
-        for record in kept:
-            question = guard.match(record["prompt"])
-            if question is None:
-                clean.append(record)
-            else:
-                drop(record, "truthfulqa", question)
-        kept = clean
-    else:
-        logger.warning("truthfulqa_file: none: prompts are not checked against TruthfulQA")
+    kept, contamination = drop_contaminated(kept, config, drop, dropped)
 
     duplicates = exact_duplicates([r["prompt"] for r in kept])
     for i, first in duplicates.items():
@@ -181,10 +180,10 @@ def build_dataset(config: FormatConfig) -> dict:
         ]  # a dropped record gives no preference pair either
     splits = split_rows(parts, validation, dropped)
 
-    summary = summarize(config, records, kept, dropped, splits, questions, named)
+    summary = summarize(config, records, kept, dropped, splits, named)
     summary["lengths"] = lengths
     summary["review"], summary["review_reasons"] = reviewed
-    summary["truthfulqa_source"] = source.described if source is not None else None  # the card names it
+    summary["contamination"] = contamination
     if config.preference:
         pairs, no_pair, summary["preference"] = build_preference(
             kept, validation, config.preference_margin, config.system_prompt
@@ -234,6 +233,61 @@ def _check(config: FormatConfig) -> None:
         raise UserError(
             f"training_template must be model or alpaca (as `spri-sft train`'s), got {config.training_template!r}"
         )
+
+
+# -- benchmark contamination ---------------------------------------------------------------
+
+
+def drop_contaminated(kept: list[Record], config: FormatConfig, drop, dropped: list[dict]) -> tuple[list, dict]:
+    """Step 3: drop every row whose prompt (and, with contamination_responses, response) covers a benchmark
+    document (`spri_sft.format.contamination`); the counts per benchmark, for summary.json and the card."""
+    source = guard_source(config.truthfulqa_file)  # the file, else the Hub, else the packaged copy; None: `none`
+    documents = truthfulqa_documents(source_questions(source)) if source is not None else []
+    if source is None:
+        logger.warning("truthfulqa_file: none: rows are not checked against TruthfulQA")
+    documents += lm_eval_documents(config.lm_eval_tasks, config.lm_eval_include_path, config.lm_eval_include_defaults)
+    benchmarks = ([TRUTHFULQA] if source is not None else []) + list(dict.fromkeys(config.lm_eval_tasks))
+    fields = ["prompt", "response"] if config.contamination_responses else ["prompt"]
+    summary = {
+        "ngram": config.contamination_ngram,
+        "threshold": config.contamination_threshold,
+        "fields": fields,
+        "truthfulqa_source": source.described if source is not None else None,  # the card names it
+        "benchmarks": {},
+    }
+    if not documents:
+        return kept, summary
+    guard = BenchmarkGuard(documents, config.contamination_ngram, config.contamination_threshold)
+    clean, found = [], Counter()
+    for record in kept:
+        matches = [guard.match(record.get(field), field) for field in fields]
+        matches = [match for match in matches if match is not None]
+        if not matches:
+            clean.append(record)
+            continue
+        match = max(matches, key=lambda match: match.coverage)  # the prompt's on a tie
+        drop(record, "contamination", match.detail())
+        dropped[-1].update(match.entry())
+        found[match.document.benchmark] += 1
+    summary["benchmarks"] = {
+        name: {"documents": guard.counts[name], "empty": guard.empty[name], "dropped": found[name]}
+        for name in benchmarks
+    }
+    print(f"[spri-sft] format: {contamination_line(summary, len(kept))}", flush=True)
+    return clean, summary
+
+
+def contamination_line(contamination: dict, checked: int) -> str:
+    """One sentence of the guard's counts: printed by format."""
+    counts = ", ".join(
+        f"{name} {entry['dropped']} (of {entry['documents']:,} documents)"
+        for name, entry in contamination["benchmarks"].items()
+    )
+    dropped = sum(entry["dropped"] for entry in contamination["benchmarks"].values())
+    return (
+        f"{dropped} of {checked} rows overlap a benchmark and were dropped "
+        f"({' and '.join(contamination['fields'])} vs {contamination['ngram']}-word n-grams): {counts}"
+    )
 
 
 # -- load ------------------------------------------------------------------------------------
@@ -578,7 +632,7 @@ def check_lengths(parts: dict[str, list[dict]], config: FormatConfig, dropped: l
     return kept_parts, lengths
 
 
-def summarize(config, records, kept, dropped, splits, questions, named) -> dict:
+def summarize(config, records, kept, dropped, splits, named) -> dict:
     def models(role: str) -> dict[str, int]:
         found = Counter(((r.get("usage") or {}).get(role) or {}).get("model") for r in kept)
         found.pop(None, None)
@@ -600,7 +654,6 @@ def summarize(config, records, kept, dropped, splits, questions, named) -> dict:
         "modes": dict(Counter(r["mode"] for r in kept).most_common()),
         "models": {"base": models("base"), "critic": models("critic")},
         "final_score": {"response": scores("response"), "principles": scores("principles")},
-        "truthfulqa_questions": None if questions is None else len(questions),
         "output_dir": str(config.output_dir),
     }
 

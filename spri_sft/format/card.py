@@ -12,7 +12,9 @@ from pathlib import Path
 
 import yaml
 
+from spri_sft.format.benchmarks import TRUTHFULQA
 from spri_sft.format.config import FormatConfig
+from spri_sft.format.contamination import WHOLE_TEXT_WORDS
 from spri_sft.format.dedupe import SHINGLE_WORDS
 from spri_sft.generate.modes import MODES, mode_spec
 from spri_sft.truthfulqa_data import SOURCE
@@ -43,7 +45,7 @@ def render_card(summary: dict, config: FormatConfig) -> str:
         _lengths(summary),
         _scores(summary),
         _columns(config),
-        _benchmark(summary, config),
+        _benchmark(summary),
     ]
     return "\n".join(parts)
 
@@ -130,10 +132,7 @@ def _filters(summary: dict, config: FormatConfig) -> str:
         "response_score": f"the final response's critic score is >= {config.min_response_score} (unscored fails)"
         if config.min_response_score is not None
         else off("min_response_score: null"),
-        "truthfulqa": f"the prompt holds under {config.contamination_threshold:.0%} of every TruthfulQA question's "
-        f"word {config.contamination_ngram}-grams (so never a whole question) in {_truthfulqa_named(summary)}"
-        if summary.get("truthfulqa_source")
-        else off("truthfulqa_file: none"),
+        "contamination": _contamination_rule(summary),
         "duplicate": "the normalized prompt (lowercase, punctuation and whitespace runs to one space) is new",
         "overlong": f"the row fits in training's max_length={config.max_length} tokens"
         if config.overlong == "drop"
@@ -227,26 +226,48 @@ def _columns(config: FormatConfig) -> str:
     )
 
 
-def _truthfulqa_named(summary: dict) -> str:
-    """The guard's questions as the card names them: a file by its name, the packaged copy or the Hub in words."""
-    source = summary["truthfulqa_source"]
+def _contamination_rule(summary: dict) -> str:
+    contamination = summary["contamination"]
+    if not contamination["benchmarks"]:
+        return "off (truthfulqa_file: none, no lm_eval_tasks)"
+    return (
+        f"the {' and '.join(contamination['fields'])} covers under {contamination['threshold']:.0%} of every benchmark "
+        f"document's words with shared word {contamination['ngram']}-grams (see Benchmark contamination)"
+    )
+
+
+def _truthfulqa_named(source: str) -> str:
+    """TruthfulQA's questions as the card names them: a file by its name, the packaged copy or the Hub in words."""
     if Path(source).is_file():
         return f"`{Path(source).name}`"
     return source if source == SOURCE else f"the Hub dataset {source}"
 
 
-def _benchmark(summary: dict, config: FormatConfig) -> str:
-    if summary.get("truthfulqa_source"):
-        text = (
-            f"Prompts overlapping any of the {summary['truthfulqa_questions']} questions of "
-            f"{_truthfulqa_named(summary)} were removed ({summary['dropped']['truthfulqa']} records): a "
-            "normalized exact match, or a prompt holding at least "
-            f"{config.contamination_threshold:.0%} of a question's word {config.contamination_ngram}-grams (a question "
-            f"of fewer words: the whole question)."
+def _benchmark(summary: dict) -> str:
+    contamination = summary["contamination"]
+    n, fields = contamination["ngram"], " and ".join(contamination["fields"])
+    lines = ["## Benchmark contamination\n"]
+    if contamination["benchmarks"]:
+        lines += [
+            f"Rows were dropped when their {fields} covers at least {contamination['threshold']:.0%} of a benchmark "
+            f"document's words with word {n}-grams they share (a document of fewer than {n} words: held whole, word "
+            f"for word; of fewer than {WHOLE_TEXT_WORDS} words: the whole {fields}), text lowercased and punctuation "
+            "removed on both sides. Each dropped row is in dropped.jsonl with the document it matched and the "
+            "words they share.\n",
+            "| benchmark | documents | rows dropped |",
+            "| --- | ---: | ---: |",
+        ]
+        for name, entry in contamination["benchmarks"].items():
+            label = (
+                f"TruthfulQA ({_truthfulqa_named(contamination['truthfulqa_source'])})"
+                if name == TRUTHFULQA
+                else (f"lm-eval `{name}` (test and validation documents)")
+            )
+            lines.append(f"| {label} | {entry['documents']:,} | {entry['dropped']:,} |")
+        lines.append("")
+    if contamination["truthfulqa_source"] is None:
+        lines.append(
+            "**These rows were not checked against TruthfulQA** (`truthfulqa_file: none`). Check them (leave "
+            "truthfulqa_file unset, or name a file) before evaluating a model trained on this data on TruthfulQA.\n"
         )
-    else:
-        text = (
-            "**These prompts were not checked against TruthfulQA** (`truthfulqa_file: none`). Check them (leave "
-            "truthfulqa_file unset, or name a file) before evaluating a model trained on this data on TruthfulQA."
-        )
-    return "## Benchmark contamination\n\n" + text + "\n"
+    return "\n".join(lines)

@@ -13,16 +13,18 @@ class FormatConfig:
     """Turn generation records into a Hugging Face SFT dataset in TRL's conversational format.
 
     Records pass, in this order: the reviewer's exclusions (`review_file`), the quality filters (`statuses`,
-    empty response, `drop_truncated`, `min_response_score`), the TruthfulQA guard (`truthfulqa_file`; on by
-    default), then prompt deduplication (exact, then `near_duplicate_threshold`); the first step a record fails
+    empty response, `drop_truncated`, `min_response_score`), the benchmark contamination guard
+    (TruthfulQA, `truthfulqa_file`, on by default, and `lm_eval_tasks`), then prompt deduplication (exact, then `near_duplicate_threshold`); the first step a record fails
     is the reason it is counted under. The rules are documented in `spri_sft.format.build`.
 
     Fields, by purpose:
     - input and output: `records`, `output_dir`, `push_to_hub`;
     - a reviewer's decisions (`spri-sft view`): `review_file`;
     - quality filters: `statuses`, `min_response_score`, `drop_truncated`;
-    - deduplication and benchmark guard: `near_duplicate_threshold`, `truthfulqa_file`,
-      `contamination_ngram`, `contamination_threshold`;
+    - deduplication: `near_duplicate_threshold`;
+    - benchmark contamination (`spri_sft.format.contamination`): `truthfulqa_file`, `lm_eval_tasks`,
+      `lm_eval_include_path`, `lm_eval_include_defaults`, `contamination_ngram`, `contamination_threshold`,
+      `contamination_responses`;
     - rows and split: `system_prompt`, `validation_fraction` or `validation_rows`, `seed`. The split
       keys on the prompt: a prompt whose generate source named its split (`sft_split`, e.g. a
       dataset's own validation split) goes there; the others are split by a seeded hash;
@@ -97,21 +99,49 @@ class FormatConfig:
     truthfulqa_file: str | None = field(
         default=None,
         metadata={
-            "help": "Prompts overlapping TruthfulQA's questions are dropped: of this file (mc_task.json, the "
+            "help": "Rows overlapping TruthfulQA's questions are dropped: of this file (mc_task.json, the "
             "packaged mc_task.json.gz, TruthfulQA.csv, or the Hub layout as .json/.jsonl/.parquet); unset, of "
-            "the Hub dataset truthfulqa/truthful_qa, else (offline) of the packaged copy; none turns the guard off."
+            "the Hub dataset truthfulqa/truthful_qa, else (offline) of the packaged copy; none turns TruthfulQA off."
+        },
+    )
+    lm_eval_tasks: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "lm-evaluation-harness tasks or groups whose test and validation documents the rows are checked "
+            "against too, read through lm-eval (as evaluate.lm_eval_tasks; `spri-sft run` fills in evaluate's "
+            "when this is empty). Needs pip install 'spri-sft[lm-eval]'."
+        },
+    )
+    lm_eval_include_path: str | None = field(
+        default=None,
+        metadata={"help": "A folder of local lm-eval task YAMLs (lm-eval's --include_path), as evaluate's."},
+    )
+    lm_eval_include_defaults: bool = field(
+        default=True,
+        metadata={
+            "help": "false: only the tasks of lm_eval_include_path (skips indexing lm-eval's own, about a minute)."
         },
     )
     contamination_ngram: int = field(
-        default=8, metadata={"help": "Word n-gram length of the TruthfulQA overlap rule.", "ge": 1}
+        default=13,
+        metadata={
+            "help": "Word n-gram length of the benchmark overlap rule; 13 is the common choice (GPT-3's, "
+            "lm-eval's decontamination).",
+            "ge": 1,
+        },
     )
     contamination_threshold: float = field(
         default=0.5,
         metadata={
-            "help": "Drop a prompt holding at least this fraction of a TruthfulQA question's word n-grams.",
+            "help": "Drop a row covering at least this fraction of a benchmark document's words with n-grams it "
+            "shares (open-instruct's match score); a document shorter than n words counts when held whole.",
             "gt": 0,
             "le": 1,
         },
+    )
+    contamination_responses: bool = field(
+        default=False,
+        metadata={"help": "Check each row's final response against the benchmarks too, not only its prompt."},
     )
     preference: bool = field(
         default=False,

@@ -1,93 +1,192 @@
-"""Keep TruthfulQA questions out of SFT data.
+"""Keep benchmark documents out of SFT data: the overlap rule, and the index that finds it fast.
 
-The rule: a prompt overlaps a TruthfulQA question when at least `threshold` of the question's
-distinct word n-grams (of the normalized text, see `dedupe.normalize`) occur in the prompt.
-A question of fewer than n words is one n-gram, so it overlaps a prompt that contains it whole,
-word for word. A normalized exact match always overlaps (every n-gram is found), and so does a
-prompt that wraps the question in other text ("Answer briefly: <question>"), or keeps most of
-it; a prompt that only shares common words or short phrases with a question does not.
+The rule, for a row's text (its prompt; with `contamination_responses`, its response too) and one
+benchmark document, both normalized by `dedupe.normalize` (NFKC, lowercase, every run of
+punctuation or whitespace one space):
 
-Which questions guard, by the one TruthfulQA source rule (`spri_sft.truthfulqa_data`): format's
-`truthfulqa_file` when given (the upstream `mc_task.json`, the packaged `mc_task.json.gz`, the
-generation task's `TruthfulQA.csv`, whose `Question` column is all the guard reads, or any .json /
-.jsonl / .parquet with a `question` field per row, the Hub dataset's layout), else the Hub dataset,
-else the packaged copy; `truthfulqa_file: none` turns the guard off.
+- coverage: the fraction of the document's words that lie inside a word n-gram (n =
+  `contamination_ngram`, 13 by default) found in the text too. The row is contaminated when it is
+  at least `contamination_threshold` (0.5) for some document. This is open-instruct's n-gram match
+  score (decontamination/search.py: the test instance's tokens covered by n-grams it shares with
+  one training document, over its length); 13 words is the n-gram GPT-3 filtered its training
+  data with (Brown et al. 2020, App. C) and lm-evaluation-harness's own decontamination uses
+  (lm_eval/decontamination). A copied document is covered whole; one quoted in part is
+  covered as far as the quote goes; texts that only share common phrases shorter than n words
+  share no n-gram at all.
+- a document of fewer than n words (614 of TruthfulQA's 817 questions) has no n-gram: it is
+  covered when the text holds all of it, word for word ("Answer briefly: <question>"), and one of
+  fewer than `WHOLE_TEXT_WORDS` words ("Can pigs fly?", "Who are you?") only when it is the whole
+  text, since so short a phrase is found in many prompts that never saw the benchmark.
+
+A row is reported with the document it covers most (the first such document on a tie), the
+coverage, and the longest run of the document's words it shares. Candidates are found through a
+hash index of every document's n-grams (and of the first words of the short ones), then confirmed
+on the words themselves, so a hash collision can never drop a row.
 """
 
 from __future__ import annotations
 
-import math
+import dataclasses
 from collections import Counter, defaultdict
-from pathlib import Path
+from collections.abc import Iterable
 
 from spri_sft.errors import UserError
-from spri_sft.format.dedupe import normalize, word_ngrams
-from spri_sft.models import cache_dir
-from spri_sft.truthfulqa_data import OFF, TruthfulQASource, choose_source, hub_rows, read_file_rows
+from spri_sft.format.dedupe import normalize
+
+WHOLE_TEXT_WORDS = 6  # a shorter document matches only a text that is the whole document
+_KEY_WORDS = 3  # short documents are indexed by their first words, this many (at most)
+_POSITIONS = 1 << 24  # postings pack (document number, position) into one int
 
 
-def guard_source(truthfulqa_file: str | None) -> TruthfulQASource | None:
-    """Format's `truthfulqa_file` by the one rule: the file, else the Hub, else the packaged copy (written to the
-    spri-sft cache, never beside the dataset); None when it is `none` (the guard is off)."""
-    if truthfulqa_file is not None and truthfulqa_file.strip().lower() == OFF:
-        return None
-    directory = cache_dir() / "truthfulqa"
-    return choose_source(truthfulqa_file, directory=directory, setting="truthfulqa_file", purpose="guard")
+@dataclasses.dataclass(frozen=True)
+class Document:
+    """One benchmark document: `benchmark` is what the counts are kept per (TruthfulQA, or an lm-eval task as the
+    run names it, a group for all its subtasks); `task` and `split` where lm-eval read it, `doc_id` its place there."""
+
+    benchmark: str
+    task: str
+    split: str
+    doc_id: int | str
+    text: str
 
 
-def source_questions(source: TruthfulQASource) -> list[str]:
-    """The questions of a source: its file's, or the Hub dataset's."""
-    if source.file is not None:
-        return read_questions(source.file)
-    return [str(row.value["question"]) for row in hub_rows(source.dataset, source.split)]
+@dataclasses.dataclass(frozen=True)
+class Match:
+    document: Document
+    field: str  # the row's text that covers it: "prompt" or "response"
+    coverage: float
+    shared: str  # the longest run of the document's (normalized) words the text holds
+
+    def entry(self) -> dict:
+        """The fields of this match in a dropped.jsonl line."""
+        doc = self.document
+        return {
+            "benchmark": doc.benchmark,
+            "task": doc.task,
+            "split": doc.split,
+            "doc_id": doc.doc_id,
+            "document": excerpt(doc.text),
+            "field": self.field,
+            "coverage": round(self.coverage, 3),
+            "shared": excerpt(self.shared),
+        }
+
+    def detail(self) -> str:
+        doc = self.document
+        where = doc.benchmark if doc.task == doc.benchmark else f"{doc.benchmark}/{doc.task}"
+        return (
+            f"{where} {doc.split} doc {doc.doc_id}: the {self.field} covers {self.coverage:.0%} of it "
+            f"({excerpt(doc.text, 120)!r})"
+        )
 
 
-def read_questions(path: str | Path) -> list[str]:
-    """The questions of a TruthfulQA file (a `.gz` read as the file inside), in file order, read by `spri_sft.rows`
-    (every problem names the file and its line, item or row)."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: TruthfulQA file not found (set --truthfulqa_file to mc_task.json or TruthfulQA.csv)")
-    questions = []
-    for row in read_file_rows(path, what="TruthfulQA file")[0]:
-        question = row.value.get("question", row.value.get("Question")) if isinstance(row.value, dict) else None
-        if not isinstance(question, str):
-            raise UserError(f"{path}:{row.where}: no 'question' (or CSV 'Question') field")
-        questions.append(question)
-    if not questions:
-        raise UserError(f"{path}: holds no questions")
-    return questions
+def excerpt(text: str, limit: int = 300) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-class TruthfulQAGuard:
-    """Finds the TruthfulQA question a prompt overlaps, by the rule of the module docstring."""
+class BenchmarkGuard:
+    """The documents of every benchmark, indexed to find the one a text covers most (the module's rule)."""
 
-    def __init__(self, questions: list[str], ngram: int, threshold: float):
+    def __init__(self, documents: Iterable[Document], ngram: int, threshold: float):
         if ngram < 1:
             raise UserError(f"contamination_ngram must be >= 1, got {ngram}")
         if not 0 < threshold <= 1:
             raise UserError(f"contamination_threshold must be in (0, 1], got {threshold}")
-        self.questions = questions
-        self.ngram = ngram
-        self.total: list[int] = []  # per question: its distinct n-grams
-        self.needed: list[int] = []  # per question: how many of them a prompt must hold to overlap it
-        self.index: dict[tuple[str, ...], list[int]] = defaultdict(list)
-        for number, question in enumerate(questions):
-            grams = word_ngrams(normalize(question).split(), ngram)
-            self.total.append(len(grams))
-            # 1e-9: 0.28 * 25 is 7.000000000000001 in floating point, and ceil() of that is 8.
-            self.needed.append(max(1, math.ceil(threshold * len(grams) - 1e-9)))
-            for gram in grams:
-                self.index[gram].append(number)
-        self.lengths = sorted({len(gram) for gram in self.index if gram})
+        self.ngram, self.threshold = ngram, threshold
+        self.documents: list[Document] = []
+        self.lengths: list[int] = []  # per document: its normalized words
+        self.counts: Counter[str] = Counter()  # per benchmark: documents indexed
+        self.postings: dict[int, list[int]] = defaultdict(list)  # n-gram hash -> packed (document, position)
+        self.short: dict[int, list[int]] = defaultdict(list)  # first-words hash of a short document -> documents
+        self.whole: dict[str, int] = {}  # normalized text of a very short document -> the first such document
+        self.empty: Counter[str] = Counter()  # per benchmark: documents with no words, which nothing can cover
+        for document in documents:
+            self._add(document)
 
-    def match(self, prompt: str) -> str | None:
-        """The question the prompt overlaps most (by fraction of its n-grams found), or None."""
-        words = normalize(prompt).split()
-        hits: Counter[int] = Counter()
-        for length in self.lengths:
-            grams = {tuple(words[i : i + length]) for i in range(len(words) - length + 1)}
-            for gram in grams:
-                hits.update(self.index.get(gram, ()))
-        overlapping = [(count / self.total[q], q) for q, count in hits.items() if count >= self.needed[q]]
-        return self.questions[max(overlapping)[1]] if overlapping else None
+    def _add(self, document: Document) -> None:
+        words = normalize(document.text).split()
+        if not words:
+            self.empty[document.benchmark] += 1
+            return
+        number = len(self.documents)
+        if len(words) >= _POSITIONS:
+            raise UserError(f"{document.benchmark} doc {document.doc_id}: over {_POSITIONS} words, too long to index")
+        self.documents.append(document)
+        self.lengths.append(len(words))
+        self.counts[document.benchmark] += 1
+        n = self.ngram
+        if len(words) >= n:
+            for position in range(len(words) - n + 1):
+                self.postings[hash(tuple(words[position : position + n]))].append(number * _POSITIONS + position)
+        elif len(words) >= WHOLE_TEXT_WORDS:
+            self.short[hash(tuple(words[:_KEY_WORDS]))].append(number)
+        else:
+            self.whole.setdefault(" ".join(words), number)
+
+    def match(self, text: str | None, field: str = "prompt") -> Match | None:
+        """The document `text` covers most, when that coverage reaches the threshold; else None."""
+        if not text:
+            return None
+        words = normalize(text).split()
+        n = self.ngram
+        found: dict[int, float] = {}  # document -> coverage
+        exact = self.whole.get(" ".join(words))
+        if exact is not None:
+            found[exact] = 1.0
+        covered: dict[int, set[int]] = defaultdict(set)
+        for start in range(len(words) - n + 1):
+            for packed in self.postings.get(hash(tuple(words[start : start + n])), ()):
+                number, position = divmod(packed, _POSITIONS)
+                covered[number].update(range(position, position + n))
+            for number in self.short.get(hash(tuple(words[start : start + _KEY_WORDS])), ()):
+                found.setdefault(number, 1.0)
+        for start in range(max(0, len(words) - n + 1), len(words) - _KEY_WORDS + 1):  # short documents near the end
+            for number in self.short.get(hash(tuple(words[start : start + _KEY_WORDS])), ()):
+                found.setdefault(number, 1.0)
+        for number, positions in covered.items():
+            found[number] = len(positions) / self.lengths[number]
+        best = None
+        for number in sorted(found, key=lambda number: (-found[number], number)):
+            if found[number] < self.threshold:
+                break
+            confirmed = self._confirm(number, words, field)  # on the words: hashes only propose candidates
+            if confirmed is not None and (best is None or confirmed.coverage > best.coverage):
+                best = confirmed
+            if best is not None and best.coverage >= found[number]:
+                break
+        return best
+
+    def _confirm(self, number: int, words: list[str], field: str) -> Match | None:
+        document = self.documents[number]
+        doc_words = normalize(document.text).split()
+        n = self.ngram
+        if len(doc_words) < n:
+            found = (
+                words == doc_words
+                if len(doc_words) < WHOLE_TEXT_WORDS
+                else any(words[i : i + len(doc_words)] == doc_words for i in range(len(words) - len(doc_words) + 1))
+            )
+            return Match(document, field, 1.0, " ".join(doc_words)) if found else None
+        grams = {tuple(words[i : i + n]) for i in range(len(words) - n + 1)}
+        inside = [False] * len(doc_words)
+        for position in range(len(doc_words) - n + 1):
+            if tuple(doc_words[position : position + n]) in grams:
+                inside[position : position + n] = [True] * n
+        coverage = sum(inside) / len(doc_words)
+        if coverage < self.threshold:
+            return None
+        return Match(document, field, coverage, " ".join(_longest_run(doc_words, inside)))
+
+
+def _longest_run(words: list[str], inside: list[bool]) -> list[str]:
+    """The longest run of `words` whose `inside` flags are set (the first of the longest)."""
+    best_start, best_length, start = 0, 0, None
+    for i, flag in enumerate([*inside, False]):
+        if flag and start is None:
+            start = i
+        elif not flag and start is not None:
+            if i - start > best_length:
+                best_start, best_length = start, i - start
+            start = None
+    return words[best_start : best_start + best_length]

@@ -88,8 +88,9 @@ class EvaluateStage(EvaluateConfig):
     guard_training_data: bool = field(
         default=True,
         metadata={
-            "help": "Drop SFT prompts overlapping the evaluated TruthfulQA questions (as format's truthfulqa_file) "
-            "unless format.truthfulqa_file names another file."
+            "help": "Drop SFT rows overlapping the evaluated TruthfulQA questions (as format's truthfulqa_file, "
+            "unless format.truthfulqa_file names another file) and the documents of the lm-eval tasks scored (as "
+            "format's lm_eval_tasks, unless format names its own)."
         },
     )
 

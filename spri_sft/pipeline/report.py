@@ -18,7 +18,9 @@ neither format nor training counted read "not counted". The figures (`figures.py
 drawn from report.json alone; with `report.paper_column`, the paper's Table 4 column is set
 beside this run's rows. A dataset that read a reviewer's decisions (`spri-sft view`) adds its exclusions by
 reason to report.json (`modes.<mode>.dataset.review`) and a Review section to report.md; the report's W&B run
-also gets the viewer's HTML sample of the records (review/sample.html).
+also gets the viewer's HTML sample of the records (review/sample.html). The SFT rows each dataset dropped per
+benchmark (format's contamination guard, dataset/<mode>/summary.json `contamination`) are in report.json
+(`modes.<mode>.dataset.contamination`) and report.md's Benchmark contamination section.
 """
 
 from __future__ import annotations
@@ -174,9 +176,12 @@ def build_report(
 
 
 def _dataset_row(dataset: dict) -> dict[str, Any]:
-    """A mode's dataset in report.json: rows, splits, drops by reason, and the reviewer's exclusions (`review`:
+    """A mode's dataset in report.json: rows, splits, drops by reason, the rows dropped per benchmark
+    (`contamination`), and the reviewer's exclusions (`review`:
     file, excluded, kept by decision; `review_reasons`), absent for a dataset made before reviews were read."""
     row = {key: dataset[key] for key in ("rows", "splits", "dropped")}
+    if "contamination" in dataset:  # per benchmark; absent for a dataset made before format counted them
+        row["contamination"] = dataset["contamination"]
     if "review" in dataset:
         row["review"] = {**dataset["review"], "reasons": dataset.get("review_reasons") or {}}
     return row
@@ -296,6 +301,7 @@ def render_markdown(report: dict[str, Any]) -> str:
     lines += _dpo_section(report.get("dpo") or {})
     lines += _differences_section(report)
     lines += _paper_section(report.get("paper_table4"), tqa.get("bos") or {})
+    lines += _contamination_section(report["modes"])
     lines += _review_section(report["modes"])
     lines += _figures_section(report.get("figures") or {})
     lines += ["", "| stage | status | wall time (s) |", "| --- | --- | ---: |"]
@@ -536,6 +542,37 @@ def _what_happened(over: int, rows: int, policy: str | None, lost_eos: int) -> s
     if policy == "drop":
         return f"{over:,} of {rows:,} dropped"
     return f"{over:,} of {rows:,} kept, {lost_eos:,} lost EOS"
+
+
+def _contamination_section(modes: dict[str, dict[str, Any]]) -> list[str]:
+    """The SFT rows each mode's dataset dropped per benchmark (format's contamination guard; each row, with the
+    document it matched, in dataset/<mode>/dropped.jsonl); nothing when no dataset counted them."""
+    counted = {mode: (row["dataset"] or {}).get("contamination") for mode, row in modes.items()}
+    counted = {mode: found for mode, found in counted.items() if found and found["benchmarks"]}
+    if not counted:
+        return []
+    first = next(iter(counted.values()))
+    benchmarks = list(dict.fromkeys(name for found in counted.values() for name in found["benchmarks"]))
+    lines = [
+        "",
+        "## Benchmark contamination",
+        "",
+        f"SFT rows dropped because their {' and '.join(first['fields'])} covers at least {first['threshold']:.0%} of "
+        f"a benchmark document's words with shared word {first['ngram']}-grams (a shorter document: held whole); "
+        "each with the document it matched in dataset/<mode>/dropped.jsonl. Columns: the benchmark (its documents).",
+        "",
+        "| mode | " + " | ".join(f"{name} ({_benchmark_documents(counted, name)})" for name in benchmarks) + " |",
+        "| --- | " + " | ".join("---:" for _ in benchmarks) + " |",
+    ]
+    for mode, found in counted.items():
+        cells = [found["benchmarks"].get(name, {}).get("dropped", MISSING) for name in benchmarks]
+        lines.append(f"| {mode} | " + " | ".join(map(str, cells)) + " |")
+    return lines
+
+
+def _benchmark_documents(counted: dict[str, dict], name: str) -> str:
+    sizes = {found["benchmarks"][name]["documents"] for found in counted.values() if name in found["benchmarks"]}
+    return ", ".join(f"{size:,}" for size in sorted(sizes))
 
 
 def _review_section(modes: dict[str, dict[str, Any]]) -> list[str]:

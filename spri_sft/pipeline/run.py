@@ -370,7 +370,8 @@ def format_stage(
     config: PipelineConfig, mode: str, root: Path, generated: Stage, truthfulqa: dict | None, plan: TrainPlan | None
 ) -> tuple[FormatConfig, Stage]:
     """The `spri-sft format` job of one mode and its stage (not run): format's section with the pipeline's paths, the
-    TruthfulQA guard, preference pairs with DPO, and, from `plan` (the mode's training), training's tokenizer,
+    benchmark guard (the evaluated TruthfulQA questions and the lm-eval tasks the run scores, `scored_benchmarks`:
+    another task list is another dataset), preference pairs with DPO, and, from `plan` (the mode's training), training's tokenizer,
     max_length, training_template and overlong, so rows over max_length are counted (`length_settings`).
 
     The reviewer's decisions (`spri-sft view`): format's review_file, else the run's own review/decisions.jsonl
@@ -379,7 +380,8 @@ def format_stage(
     a changed decision rebuild the dataset and the stages after it, generation untouched.
 
     Fields that did not exist when a dataset was made stay out of its fingerprint while they are off (preference,
-    the length fields without a tokenizer, review_file while this mode has no decision); a dataset made before rows
+    the length fields without a tokenizer, review_file while this mode has no decision, the lm-eval tasks while there
+    are none, contamination_responses while false); a dataset made before rows
     were measured, whose length settings only came from the training recipe, stays done (it says its rows were not
     counted) instead of being refused.
     """
@@ -398,11 +400,18 @@ def format_stage(
         review_file=review,
         preference=config.format.preference or config.dpo.enabled,  # DPO trains on the pairs
         **filled,
+        **scored_benchmarks(config),
     )
     settings = {
         **dataclasses.asdict(job), "records": None, "output_dir": None, "after": generated.output_id,
         "truthfulqa_file": file_digest(guard) if guard and guard != "none" else None,
     }  # fmt: skip
+    if job.lm_eval_tasks:  # local tasks by their files' contents: an edited task is another benchmark
+        settings["lm_eval_include_path"] = folder_digest(job.lm_eval_include_path) if job.lm_eval_include_path else None
+    else:  # absent when off: datasets made before lm-eval tasks were guarded against stay valid
+        del settings["lm_eval_tasks"], settings["lm_eval_include_path"], settings["lm_eval_include_defaults"]
+    if not job.contamination_responses:
+        del settings["contamination_responses"]
     if not job.preference:  # absent when off: datasets made before preference pairs existed stay valid
         del settings["preference"], settings["preference_margin"]
     del settings["review_file"]  # by this mode's decisions, absent without any: datasets made before stay valid
@@ -419,6 +428,20 @@ def format_stage(
         )
         stage = Stage.made_from(stage.name, stage.directory, unmeasured)
     return job, stage
+
+
+def scored_benchmarks(config: PipelineConfig) -> dict[str, Any]:
+    """The lm-eval tasks format checks the SFT rows against: format's own lm_eval_tasks when it names any, else, when
+    the run scores lm-eval tasks and guards its training data, evaluate's, with evaluate's include_path and
+    include_defaults, so every benchmark the run scores is one the data was checked against."""
+    if config.format.lm_eval_tasks or not (config.evaluate.enabled and config.evaluate.guard_training_data):
+        return {}
+    evaluate = config.evaluate
+    return {
+        "lm_eval_tasks": list(evaluate.lm_eval_tasks),
+        "lm_eval_include_path": evaluate.lm_eval_include_path,
+        "lm_eval_include_defaults": evaluate.lm_eval_include_defaults,
+    }
 
 
 def run_review_file(config: PipelineConfig, root: Path) -> str:
