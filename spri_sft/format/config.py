@@ -14,8 +14,9 @@ class FormatConfig:
 
     Records pass, in this order: the reviewer's exclusions (`review_file`), the quality filters (`statuses`,
     empty response, `drop_truncated`, `min_response_score`), the benchmark contamination guard
-    (TruthfulQA, `truthfulqa_file`, on by default, and `lm_eval_tasks`), then prompt deduplication (exact, then `near_duplicate_threshold`); the first step a record fails
-    is the reason it is counted under. The rules are documented in `spri_sft.format.build`.
+    (TruthfulQA, `truthfulqa_file`, on by default, and `lm_eval_tasks`), then prompt deduplication
+    (exact, then `near_duplicate_threshold`); the first step a record fails is the reason it is
+    counted under. The rules are documented in `spri_sft.format.build`.
 
     Fields, by purpose:
     - input and output: `records`, `output_dir`, `push_to_hub`;
