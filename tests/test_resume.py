@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -288,7 +289,7 @@ def test_record_store_cuts_off_a_torn_fragment_when_opened(tmp_path: Path):
 
     store = RecordStore(path)
     assert store.torn_bytes == len(fragment)
-    assert set(store.records) == {"a", "b"}
+    assert set(store.ids) == {"a", "b"}
     assert path.read_text() == "\n".join(lines) + "\n"
 
     store.append({"id": "c", "status": "accepted"})
@@ -306,7 +307,7 @@ def test_record_store_cuts_off_a_complete_but_garbled_last_line(tmp_path: Path):
     store.close()
 
     assert store.torn_bytes == len(garbled) + 1
-    assert set(store.records) == {"a"}
+    assert set(store.ids) == {"a"}
     assert path.read_text() == good + "\n"
 
 
@@ -318,6 +319,67 @@ def test_record_store_refuses_a_malformed_line_before_the_last(tmp_path: Path):
     with pytest.raises(UserError, match=r"records\.jsonl:2:"):
         RecordStore(path)
     assert path.read_text() == original, "a file the store refuses must be left untouched"
+
+
+def test_record_store_keeps_an_index_not_the_records(tmp_path: Path):
+    path = tmp_path / "records.jsonl"
+    text = "a long response, " * 1200  # about 20 kB a record
+    path.write_text(
+        "".join(json.dumps({"id": f"r{i}", "status": "accepted", "response": text}) + "\n" for i in range(200))
+    )
+
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        store = RecordStore(path)
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    store.close()
+
+    assert len(store) == 200
+    assert held < path.stat().st_size / 50, f"the open store holds {held} bytes of a {path.stat().st_size}-byte file"
+
+
+def test_record_store_reads_back_each_record_it_wrote_or_found(tmp_path: Path):
+    path = tmp_path / "records.jsonl"
+    found = {"id": "a", "mode": "spri", "status": "accepted", "response": "première"}
+    path.write_text(json.dumps(found, ensure_ascii=False) + "\n")
+    written = {"id": "b", "mode": "spri", "status": "failed", "response": None}
+
+    store = RecordStore(path)
+    store.append(written)
+
+    assert store.get("a") == found
+    assert store.get("b") == written
+    assert list(store.read()) == [found, written]
+    assert list(store.read({"b"})) == [written]
+    assert store.failed == {"b"}
+    assert store.modes == {"spri": 2}
+    store.close()
+
+
+def test_record_store_drop_rewrites_the_file_and_reads_the_others_where_they_moved(tmp_path: Path):
+    path = tmp_path / "records.jsonl"
+    records = [{"id": f"r{i}", "mode": "spri", "status": "failed" if i % 2 else "accepted", "n": i} for i in range(6)]
+    store = RecordStore(path)
+    for record in records:
+        store.append(record)
+
+    assert store.drop({"r1", "r3", "missing"}) == 2
+    store.append({"id": "r6", "mode": "spri", "status": "accepted", "n": 6})
+
+    kept = [r for r in records if r["id"] not in {"r1", "r3"}] + [
+        {"id": "r6", "mode": "spri", "status": "accepted", "n": 6}
+    ]
+    assert [store.get(r["id"]) for r in kept] == kept
+    assert store.failed == {"r5"}
+    assert store.modes == {"spri": 5}
+    store.close()
+    assert [json.loads(line) for line in path.read_text().splitlines()] == kept
+    reopened = RecordStore(path)
+    assert list(reopened.read()) == kept
+    reopened.close()
 
 
 # -- changed settings -----------------------------------------------------------------------

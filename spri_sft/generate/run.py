@@ -42,6 +42,7 @@ import signal
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import asdict
 from pathlib import Path
 
@@ -127,9 +128,11 @@ def run_records(config: GenerateConfig) -> tuple[list[dict], bool]:
     holds records of other prompts or settings (a reused or shared output_dir)."""
     _, _, ids = _inputs(config)
     store = RecordStore(Path(config.output_dir) / "records.jsonl")
-    store.close()
-    mine = [store.records[i] for i in ids if i in store]
-    return mine, len(mine) < len(store.records)
+    try:
+        mine = [store.get(i) for i in ids if i in store]
+    finally:
+        store.close()
+    return mine, len(mine) < len(store)
 
 
 def _inputs(config: GenerateConfig) -> tuple[PromptSet, list[str], list[str]]:
@@ -156,12 +159,12 @@ async def _generate(config: GenerateConfig, servers: ServedModels | None, flags:
     except UserError:
         store.close()
         raise
-    others = set(store.records) - set(ids)
+    others = len(store) - sum(i in store for i in ids)
     if others:
         logger.warning(
             "%s holds %d records of other prompts or settings: kept, but not counted in this run's summary",
             store.path,
-            len(others),
+            others,
         )
     dump_yaml(config, output_dir / "config.yaml")
     if store.torn_bytes:
@@ -230,8 +233,15 @@ async def _generate(config: GenerateConfig, servers: ServedModels | None, flags:
 def _write_summary(config, store, ids, prompts, prices, meter, started, stopped_by: str | None, flags: str) -> dict:
     """summary.json of this configuration's records in the file (not only this run's), with what this run did."""
     wanted = set(ids)
-    records = [r for r in store.records.values() if r["id"] in wanted]
-    summary = summarize(records)
+    failed = []  # this configuration's failed records, for the verdict below: read in the same pass
+
+    def records():
+        for record in store.read(wanted):
+            if record["status"] == "failed":
+                failed.append(record)
+            yield record
+
+    summary = summarize(records())
     wall_seconds = time.monotonic() - started
     summary.update(
         prompt_rows=prompts.report.as_dict(),
@@ -252,10 +262,10 @@ def _write_summary(config, store, ids, prompts, prices, meter, started, stopped_
         },
         stopped_by_budget=stopped_by in _LIMITS,
         stopped_by=stopped_by,
-        missing=len(wanted - set(store.records)),
+        missing=sum(i not in store for i in wanted),
     )
     if stopped_by != "interrupted":  # an interrupted run is not judged: the interrupt is what the caller hears
-        failure = meter.failure(flags) or _records_failure(records, config.max_failed_share, flags)
+        failure = meter.failure(flags) or _records_failure(failed, summary["records"], config.max_failed_share, flags)
         if failure:
             summary["failure"] = failure
     (Path(config.output_dir) / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -272,7 +282,9 @@ def dollars(amount: float) -> str:
 
 def _refuse_another_mode(store: RecordStore, mode: str, flags: str) -> None:
     """One output_dir holds one mode's records (module docstring): refuse a run of another mode into it."""
-    found = Counter(ALIASES.get(r.get("mode"), r.get("mode")) for r in store.records.values())
+    found = Counter()
+    for written, count in store.modes.items():
+        found[ALIASES.get(written, written)] += count
     found.pop(mode, None)
     if found:
         other, count = found.most_common(1)[0]
@@ -316,7 +328,7 @@ def _subclasses(cls: type) -> list[type]:
 
 def _drop_failed_to_retry(store: RecordStore, ids: set[str], retry_failed: bool, flags: str) -> None:
     """Drop this configuration's failed records that a rerun retries: the transient ones, or all with `retry_failed`."""
-    failed = [r for i, r in store.records.items() if i in ids and r["status"] == "failed"]
+    failed = [store.get(i) for i in store.failed if i in ids]
     retried = {r["id"] for r in failed if retry_failed or recorded_error_kind(r) == TRANSIENT}
     if retried:
         store.drop(retried)
@@ -331,22 +343,20 @@ def _drop_failed_to_retry(store: RecordStore, ids: set[str], retry_failed: bool,
         )
 
 
-def _records_failure(records: list[dict], max_failed_share: float, flags: str) -> str | None:
-    """One line saying why this configuration's records are a failed run (module docstring), or None."""
-    failed = [r for r in records if r["status"] == "failed"]
+def _records_failure(failed: list[dict], records: int, max_failed_share: float, flags: str) -> str | None:
+    """One line saying why this configuration's `records` (a count), `failed` of them, are a failed run (module
+    docstring), or None."""
     if not failed:
         return None
-    share = len(failed) / len(records)
-    if len(failed) < len(records) and share <= max_failed_share:
+    share = len(failed) / records
+    if len(failed) < records and share <= max_failed_share:
         return None
     error, count = Counter(_one_line(r.get("error") or "no error recorded") for r in failed).most_common(1)[0]
-    if len(failed) == len(records):
+    if len(failed) == records:
         what = f"no record succeeded: all {len(failed)} records failed"
         limit = ""
     else:
-        what = (
-            f"{len(failed)} of {len(records)} records failed ({share:.0%}, over max_failed_share {max_failed_share:g})"
-        )
+        what = f"{len(failed)} of {records} records failed ({share:.0%}, over max_failed_share {max_failed_share:g})"
         limit = f"; {flags}max_failed_share allows more"
     permanent = sum(recorded_error_kind(r) == PERMANENT for r in failed)
     if permanent:
@@ -462,7 +472,6 @@ def _one_line(error: str, limit: int = 300) -> str:
 
 async def _run_prompts(pending, engine, base, critic, store, journal, meter, config) -> None:
     """Run every pending prompt, or until the meter says stop (unfinished prompts keep their journal)."""
-    slots = asyncio.Semaphore(config.max_concurrent_prompts)
     bar = tqdm(total=len(pending), desc="generate", unit="prompt", disable=not config.progress, dynamic_ncols=True)
     settings = {"base": request_settings(config.base), "critic": request_settings(config.critic)}
     started = time.monotonic()
@@ -482,40 +491,47 @@ async def _run_prompts(pending, engine, base, critic, store, journal, meter, con
     meter.on_change = show
 
     async def one(record_id: str, prompt: str) -> None:
-        async with slots:
+        prompt_started = time.monotonic()
+        calls = journal.prompt(record_id)
+        session = Session(
+            calls.backend("base", base, settings["base"]),
+            calls.backend("critic", critic, settings["critic"]),
+            on_usage=meter,
+        )
+        try:
+            fields = await engine.run(prompt, session)
+        except asyncio.CancelledError:
+            raise
+        except Exception as err:  # one prompt's failure never stops the run
+            fields = Outcome(
+                principles=None,
+                response=None,
+                status="failed",
+                error=f"{type(err).__name__}: {err}",
+                error_kind=error_kind(err),  # whether a rerun retries it by itself (module docstring)
+                rounds=[],
+                usage={role: asdict(u) for role, u in session.usage.items() if u.calls},
+            )
+        for role, replayed in calls.replayed.items():
+            fields["usage"][role]["replayed_calls"] = replayed  # of its calls, those read back from the journal
+        # Synchronous on purpose: a finished prompt's record is written before anything can cancel it.
+        store.append(Record(id=record_id, prompt=prompt, mode=engine.mode, **prompt_origin(prompt), **fields))
+        journal.forget(record_id)
+        meter.record(fields, time.monotonic() - prompt_started)
+        show(force=True)
+        bar.update()
+
+    prompts = iter(pending)  # shared by the workers: each prompt is taken by one of them, in order
+
+    async def worker() -> None:
+        for prompt_id, prompt in prompts:
             if meter.stop.is_set():
                 return
-            prompt_started = time.monotonic()
-            calls = journal.prompt(record_id)
-            session = Session(
-                calls.backend("base", base, settings["base"]),
-                calls.backend("critic", critic, settings["critic"]),
-                on_usage=meter,
-            )
-            try:
-                fields = await engine.run(prompt, session)
-            except asyncio.CancelledError:
-                raise
-            except Exception as err:  # one prompt's failure never stops the run
-                fields = Outcome(
-                    principles=None,
-                    response=None,
-                    status="failed",
-                    error=f"{type(err).__name__}: {err}",
-                    error_kind=error_kind(err),  # whether a rerun retries it by itself (module docstring)
-                    rounds=[],
-                    usage={role: asdict(u) for role, u in session.usage.items() if u.calls},
-                )
-            for role, replayed in calls.replayed.items():
-                fields["usage"][role]["replayed_calls"] = replayed  # of its calls, those read back from the journal
-            # Synchronous on purpose: a finished prompt's record is written before anything can cancel it.
-            store.append(Record(id=record_id, prompt=prompt, mode=engine.mode, **prompt_origin(prompt), **fields))
-            journal.forget(record_id)
-            meter.record(fields, time.monotonic() - prompt_started)
-            show(force=True)
-            bar.update()
+            await one(prompt_id, prompt)
 
-    tasks = [asyncio.create_task(one(i, p)) for i, p in pending]
+    # One task per prompt in flight, not per prompt: a task waiting its turn holds memory, and a run may hold
+    # a million prompts.
+    tasks = [asyncio.create_task(worker()) for _ in range(min(config.max_concurrent_prompts, len(pending)))]
     # A cancelled prompt is a result of this gather, not an exception nobody retrieves (a traceback at exit).
     everything = asyncio.gather(*tasks, return_exceptions=True)
     stop = asyncio.create_task(meter.stop.wait())
@@ -535,9 +551,9 @@ async def _run_prompts(pending, engine, base, critic, store, journal, meter, con
             raise outcome
 
 
-def summarize(records: list[dict]) -> dict:
-    """Counts by status, score and round histograms, tokens and calls per model."""
-    statuses = Counter(r["status"] for r in records)
+def summarize(records: Iterable[dict]) -> dict:
+    """Counts by status, score and round histograms, tokens and calls per model (one pass over `records`)."""
+    statuses = Counter()
     score_hist = {"principles": Counter(), "response": Counter()}
     final_scores = {"principles": Counter(), "response": Counter()}
     rounds_hist = {"principles": Counter(), "response": Counter()}
@@ -545,6 +561,7 @@ def summarize(records: list[dict]) -> dict:
     truncated = unscored = 0
     critiques = {"principles": Counter(), "response": Counter()}  # per stage: all, and unscored
     for record in records:
+        statuses[record["status"]] += 1
         last = {}
         for round_ in record.get("rounds", []):
             stage = round_["stage"]
@@ -563,7 +580,7 @@ def summarize(records: list[dict]) -> dict:
                 {k: counts[k] for k in ("calls", "prompt_tokens", "completion_tokens")}
             )
     return {
-        "records": len(records),
+        "records": statuses.total(),
         "status": dict(statuses),
         "final_score": {stage: dict(sorted(c.items())) for stage, c in final_scores.items() if c},
         "score_histogram_all_rounds": {stage: dict(sorted(c.items())) for stage, c in score_hist.items() if c},
