@@ -1,6 +1,9 @@
 """`spri-sft format`: records.jsonl files in, a Hugging Face SFT dataset in TRL's conversational format out.
 
-Steps, in this order; a record is counted under the first step that drops it:
+Steps, in this order; a record is counted under the first step that drops it. The records files are read
+as a stream, twice: steps 1-2 on each record as it is read, keeping of a record that passes only its id,
+prompt, mode and source_id; then step 5 builds the rows of the records still kept after steps 3-4. So
+format's memory holds the prompts and the rows, never every whole record (docs/benchmarks.md, "Memory").
 
 1. load: every line of every `records` file, in the order given, read by `spri_sft.rows` (a
    blank line is skipped; a malformed line or a record missing a field stops the run with its
@@ -85,6 +88,7 @@ import logging
 import math
 import shutil
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -101,7 +105,7 @@ from spri_sft.format.card import NOT_MEASURED, lengths_line, render_card
 from spri_sft.format.config import OVERLONG, FormatConfig
 from spri_sft.format.contamination import BenchmarkGuard
 from spri_sft.format.dedupe import exact_duplicates, near_duplicates, normalize
-from spri_sft.format.preference import PREFERENCE_DIR, build_preference, save_preference
+from spri_sft.format.preference import PREFERENCE_DIR, assemble_preference, preference_pair, save_preference
 from spri_sft.generate.record import STATUSES, Record, Round, check_record
 from spri_sft.processes import writes_output_dir
 from spri_sft.review.decisions import DECISIONS_FILE, Decisions, read_decisions, review_dir_of
@@ -121,6 +125,8 @@ REASONS = (
     "near_duplicate",
 )
 OVERLONG_REASON = "overlong"
+ROLES = ("base", "critic")  # the roles whose models the summary names
+STAGES = ("response", "principles")  # the stages whose final scores the summary counts
 REVIEW_OFF = "none"  # review_file's value that turns the reviewer's decisions off
 NO_REASON = "no reason given"  # an exclusion without a reason, in review_reasons
 SPLITS = ("train", "validation")
@@ -130,9 +136,6 @@ SPLITS = ("train", "validation")
 def build_dataset(config: FormatConfig) -> dict:
     """Run every step of the module docstring and return the summary (also written to summary.json)."""
     _check(config)
-    records = read_records(config.records)
-    refuse_several_modes(records, config.records)
-    _say_records_without_source_id(records)
     review = review_source(config)
     decisions = read_decisions(review) if review is not None else Decisions(Path(REVIEW_OFF), {})
     dropped: list[dict] = []
@@ -140,8 +143,13 @@ def build_dataset(config: FormatConfig) -> dict:
     def drop(record: dict, reason: str, detail: str = "") -> None:
         dropped.append(dropped_entry(record, reason, detail))
 
+    # Steps 1 and 2 in one pass over the files, a record at a time: of a record that passes them only its
+    # brief (id, prompt, mode, source_id, place in the files) is kept, and its row is built in a second pass
+    # (step 5), so memory holds the prompts, never every whole record.
+    loaded = Loaded(config.seed)
     kept = []
-    for record in records:
+    for position, record in enumerate(iter_records(config.records)):
+        loaded.add(record, decisions)
         decision = decisions.get(record["id"])
         if decision is not None and decision["decision"] == "exclude":
             drop(record, "review", decision["reason"] or "")
@@ -151,8 +159,10 @@ def build_dataset(config: FormatConfig) -> dict:
         if failed:
             drop(record, *failed)
         else:
-            kept.append(record)
-    reviewed = review_counts(review, decisions, records)  # said now: a later step may stop the run
+            kept.append(brief(record, position, config))
+    refuse_several_modes(loaded.modes, config.records)
+    _say_records_without_source_id(loaded.without_source_id, loaded.records)
+    reviewed = review_counts(review, decisions, loaded.decided)  # said now: a later step may stop the run
 
     kept, contamination = drop_contaminated(kept, config, drop, dropped)
 
@@ -166,9 +176,9 @@ def build_dataset(config: FormatConfig) -> dict:
             drop(kept[i], "near_duplicate", f"{kept[first]['id']} (Jaccard {similarity:.2f})")
         kept = [r for i, r in enumerate(kept) if i not in duplicates]
 
-    rows = [to_row(record, config.system_prompt) for record in kept]
-    named = named_splits(records)
-    validation = validation_prompts(records, config, named)
+    rows = read_kept(config, kept)  # the second pass: each kept record's row, and its facts in its brief
+    named = loaded.named
+    validation = validation_prompts(loaded, config)
     parts = partition(rows, validation)
     lengths = {"checked": False, "why": NOT_MEASURED}
     if measured(config):
@@ -180,13 +190,13 @@ def build_dataset(config: FormatConfig) -> dict:
         ]  # a dropped record gives no preference pair either
     splits = split_rows(parts, validation, dropped)
 
-    summary = summarize(config, records, kept, dropped, splits, named)
+    summary = summarize(config, loaded.records, kept, dropped, splits, named)
     summary["lengths"] = lengths
     summary["review"], summary["review_reasons"] = reviewed
     summary["contamination"] = contamination
     if config.preference:
-        pairs, no_pair, summary["preference"] = build_preference(
-            kept, validation, config.preference_margin, config.system_prompt
+        pairs, no_pair, summary["preference"] = assemble_preference(
+            [record["pair"] for record in kept], validation, config.preference_margin
         )
     card = render_card(summary, config)
     save(splits, summary, card, dropped, config)
@@ -297,13 +307,72 @@ TORN_LINE = "a generate run killed mid-write leaves a torn last line, which reru
 
 
 def read_records(paths: list[str]) -> list[Record]:
-    records = []
+    return list(iter_records(paths))
+
+
+def iter_records(paths: list[str]) -> Iterator[Record]:
+    """Every record of the files, in order, one at a time (step 1)."""
     for path in map(Path, paths):
         if not path.is_file():
             raise UserError(f"{path}: records file not found (the records.jsonl of a `spri-sft generate` run)")
         for row in read_jsonl(path, "records file", malformed_hint=TORN_LINE):
-            records.append(check_record(row.value, f"{path}:{row.where}"))
-    return records
+            yield check_record(row.value, f"{path}:{row.where}")
+
+
+class Loaded:
+    """What the first pass learns of every record read, for the steps that need all of them: the modes (step 1),
+    the records without a source_id, the ids with a review decision, and the prompts the split chooses among
+    (rule 6: the named splits, and every other distinct normalized prompt's rank, kept instead of its text)."""
+
+    def __init__(self, seed: int):
+        self.seed = seed
+        self.records = self.without_source_id = 0
+        self.modes: Counter[str] = Counter()
+        self.decided: set[str] = set()
+        self.named: dict[str, str] = {}  # normalized prompt -> the split its generate source named
+        self.ranks: set[bytes] = set()  # _prompt_rank of every distinct normalized prompt
+
+    def add(self, record: Record, decisions: Decisions) -> None:
+        self.records += 1
+        self.modes[record["mode"]] += 1
+        self.without_source_id += record.get("source_id") is None
+        if record["id"] in decisions:
+            self.decided.add(record["id"])
+        prompt = normalize(record["prompt"])
+        self.ranks.add(_prompt_rank(prompt, self.seed))
+        split = record.get("sft_split", "auto")
+        if split != "auto":
+            self.named[prompt] = "validation" if "validation" in (split, self.named.get(prompt)) else split
+
+
+def brief(record: Record, position: int, config: FormatConfig) -> dict:
+    """What the steps after the filters read of a record until its row is built: the row is built in a second
+    pass, from the record at `position` (its place among every record of the files)."""
+    found = {"id": record["id"], "prompt": record["prompt"], "mode": record["mode"], "position": position}
+    if record.get("source_id") is not None:
+        found["source_id"] = record["source_id"]
+    if config.contamination_responses:
+        found["response"] = record["response"]  # step 3 checks it too
+    return found
+
+
+def read_kept(config: FormatConfig, kept: list[dict]) -> list[dict]:
+    """The second pass over the files (step 5): the row of every kept record, in order. Each brief gets what the
+    summary and the preference pairs read of its record: its models, its final scores, its pair (or why none)."""
+    wanted = {record["position"]: record for record in kept}
+    rows = []
+    for position, record in enumerate(iter_records(config.records)):
+        found = wanted.get(position)
+        if found is None:
+            continue
+        rows.append(to_row(record, config.system_prompt))
+        found["models"] = {role: ((record.get("usage") or {}).get(role) or {}).get("model") for role in ROLES}
+        found["scores"] = {
+            stage: final_score(record, stage) for stage in STAGES if final_round(record, stage) is not None
+        }
+        if config.preference:
+            found["pair"] = (record["id"], preference_pair(record, config.preference_margin, config.system_prompt))
+    return rows
 
 
 def review_source(config: FormatConfig) -> Path | None:
@@ -323,10 +392,9 @@ def review_source(config: FormatConfig) -> Path | None:
     return beside if beside.is_file() else None
 
 
-def review_counts(review: Path | None, decisions: Decisions, records: list[dict]) -> tuple[dict, dict[str, int]]:
-    """The review's counts over these records (summary.json's `review` and `review_reasons`), said in one line.
-    Decisions on other records (another mode's, in a run's shared file) are not this dataset's: only said."""
-    ids = {record["id"] for record in records}
+def review_counts(review: Path | None, decisions: Decisions, ids: set[str]) -> tuple[dict, dict[str, int]]:
+    """The review's counts over the records of `ids` (summary.json's `review` and `review_reasons`), said in one
+    line. Decisions on other records (another mode's, in a run's shared file) are not this dataset's: only said."""
     ours = [decision for id, decision in decisions.items() if id in ids]
     excluded = [decision for decision in ours if decision["decision"] == "exclude"]
     reasons = dict(Counter(decision["reason"] or NO_REASON for decision in excluded).most_common())
@@ -352,9 +420,8 @@ def review_counts(review: Path | None, decisions: Decisions, records: list[dict]
     return counts, reasons
 
 
-def refuse_several_modes(records: list[dict], paths: list[str]) -> None:
-    """One dataset is one mode's records (step 1): refuse records of several modes, naming them."""
-    modes = Counter(record["mode"] for record in records)
+def refuse_several_modes(modes: Counter[str], paths: list[str]) -> None:
+    """One dataset is one mode's records (step 1): refuse records of several `modes` (mode -> records), naming them."""
     if len(modes) > 1:
         counts = ", ".join(f"{count} {mode}" for mode, count in modes.most_common())
         raise UserError(
@@ -436,48 +503,51 @@ def dropped_entry(record: dict, reason: str, detail: str) -> dict:
     return entry
 
 
-def _say_records_without_source_id(records: list[dict]) -> None:
+def _say_records_without_source_id(without: int, records: int) -> None:
     """Records of one set where some carry a source_id and some do not: the ones without were generated before
     prompts.id_column was set (a rerun keeps finished records as they are), and their rows cannot be joined back."""
-    without = sum(record.get("source_id") is None for record in records)
-    if 0 < without < len(records):
+    if 0 < without < records:
         logger.warning(
             "%d of %d records carry no source_id (generated before prompts.id_column was set?): their rows' "
             "source_id is null",
             without,
-            len(records),
+            records,
         )
 
 
-def named_splits(records: list[dict]) -> dict[str, str]:
-    """Normalized prompt -> the SFT split its generate source named (train or validation; rule 6)."""
-    named: dict[str, str] = {}
-    for record in records:
-        split = record.get("sft_split", "auto")
-        if split != "auto":
-            prompt = normalize(record["prompt"])
-            named[prompt] = "validation" if "validation" in (split, named.get(prompt)) else split
-    return named
+class ValidationPrompts:
+    """The validation split's prompts (rule 6): `prompt in it` for a normalized prompt. The ones named for
+    validation are held as text; the hash's choice, often most of them, as their ranks."""
+
+    def __init__(self, named: set[str], ranks: set[bytes], seed: int):
+        self.named, self.ranks, self.seed = named, ranks, seed
+
+    def __contains__(self, normalized_prompt: str) -> bool:
+        return normalized_prompt in self.named or _prompt_rank(normalized_prompt, self.seed) in self.ranks
+
+    def __len__(self) -> int:
+        return len(self.named) + len(self.ranks)
 
 
-def validation_prompts(records: list[dict], config: FormatConfig, named: dict[str, str]) -> set[str]:
-    """The normalized prompts of the validation split, chosen among every loaded record's prompt (rule 6):
-    the ones `named` for validation, then the hash's choice among the prompts not named."""
-    chosen = {prompt for prompt, split in named.items() if split == "validation"}
-    prompts = {normalize(record["prompt"]) for record in records}
-    hashed = sorted(prompts - set(named), key=lambda text: _prompt_rank(text, config.seed))
+def validation_prompts(loaded: Loaded, config: FormatConfig) -> ValidationPrompts:
+    """The prompts of the validation split, chosen among every loaded record's prompt (rule 6): the ones named
+    for validation, then the hash's choice among the prompts not named."""
+    chosen = {prompt for prompt, split in loaded.named.items() if split == "validation"}
+    named = {_prompt_rank(prompt, config.seed) for prompt in loaded.named}
+    hashed = sorted(loaded.ranks - named)
     if config.validation_rows is not None:
         wanted = config.validation_rows
     else:
-        wanted = math.ceil(config.validation_fraction * len(prompts))
-    return chosen | set(hashed[: max(0, wanted - len(chosen))])
+        wanted = math.ceil(config.validation_fraction * len(loaded.ranks))
+    return ValidationPrompts(chosen, set(hashed[: max(0, wanted - len(chosen))]), config.seed)
 
 
-def _prompt_rank(normalized_prompt: str, seed: int) -> str:
-    return hashlib.sha256(f"{seed}\0{normalized_prompt}".encode()).hexdigest()
+def _prompt_rank(normalized_prompt: str, seed: int) -> bytes:
+    """The prompt's place in the hash's order (rule 6): sha256(seed, prompt), compared as bytes."""
+    return hashlib.sha256(f"{seed}\0{normalized_prompt}".encode()).digest()
 
 
-def partition(rows: list[dict], validation: set[str]) -> dict[str, list[dict]]:
+def partition(rows: list[dict], validation: ValidationPrompts) -> dict[str, list[dict]]:
     """The rows of each split (rule 6): validation when the row's prompt is a validation prompt."""
     if not validation:  # validation_fraction 0 and no prompt named for validation
         return {"train": list(rows)}
@@ -488,7 +558,7 @@ def partition(rows: list[dict], validation: set[str]) -> dict[str, list[dict]]:
     return parts
 
 
-def split_rows(parts: dict[str, list[dict]], validation: set[str], dropped: list[dict]):
+def split_rows(parts: dict[str, list[dict]], validation: ValidationPrompts, dropped: list[dict]):
     from datasets import Dataset, DatasetDict
 
     empty = [name for name, part in parts.items() if not part]
@@ -632,20 +702,22 @@ def check_lengths(parts: dict[str, list[dict]], config: FormatConfig, dropped: l
     return kept_parts, lengths
 
 
-def summarize(config, records, kept, dropped, splits, named) -> dict:
+def summarize(config, records: int, kept, dropped, splits, named) -> dict:
+    """The summary of `records` read, of which `kept` (their briefs, as `read_kept` filled them) are the rows."""
+
     def models(role: str) -> dict[str, int]:
-        found = Counter(((r.get("usage") or {}).get(role) or {}).get("model") for r in kept)
+        found = Counter(r["models"][role] for r in kept)
         found.pop(None, None)
         return dict(found.most_common())
 
     def scores(stage: str) -> dict[str, int]:
-        found = Counter(str(final_score(r, stage)) for r in kept if final_round(r, stage) is not None)
+        found = Counter(str(r["scores"][stage]) for r in kept if stage in r["scores"])
         return dict(sorted(found.items()))
 
     counts = Counter(d["reason"] for d in dropped)
     reasons = REASONS + ((OVERLONG_REASON,) if measured(config) else ())
     return {
-        "records": len(records),
+        "records": records,
         "dropped": {reason: counts[reason] for reason in reasons},
         "rows": len(kept),
         "splits": {name: len(split) for name, split in splits.items()},

@@ -34,6 +34,7 @@ import json
 import logging
 import shutil
 from collections import Counter
+from collections.abc import Container
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -101,15 +102,14 @@ def preference_pair(record: Record, margin: float, system_prompt: str | None = N
     }
 
 
-def preference_pairs(records: list[Record], margin: float, system_prompt: str | None = None):
-    """(pair rows, no-pair entries {id, reason, detail}) of `records`, in their order."""
+def preference_pairs(found: list[tuple[str, dict | NoPair]]):
+    """(pair rows, no-pair entries {id, reason, detail}) of each (record id, its `preference_pair`), in order."""
     pairs, no_pair = [], []
-    for record in records:
-        found = preference_pair(record, margin, system_prompt)
-        if isinstance(found, NoPair):
-            no_pair.append({"id": record["id"], "reason": found.reason, "detail": found.detail})
+    for record_id, pair in found:
+        if isinstance(pair, NoPair):
+            no_pair.append({"id": record_id, "reason": pair.reason, "detail": pair.detail})
         else:
-            pairs.append(found)
+            pairs.append(pair)
     return pairs, no_pair
 
 
@@ -132,7 +132,7 @@ def features():
     )
 
 
-def split_pairs(pairs: list[dict], validation_prompts: set[str]) -> dict[str, list[dict]]:
+def split_pairs(pairs: list[dict], validation_prompts: Container[str]) -> dict[str, list[dict]]:
     """train/validation by the SFT split's validation prompts (normalized); a split without pairs is left out,
     since a trainer cannot evaluate on an empty one (the train entry then names the splits there are)."""
     parts: dict[str, list[dict]] = {"train": [], "validation": []}
@@ -143,14 +143,15 @@ def split_pairs(pairs: list[dict], validation_prompts: set[str]) -> dict[str, li
     return {name: sorted(part, key=lambda p: p["record_id"]) for name, part in parts.items() if part}
 
 
-def build_preference(records: list[Record], validation_prompts: set[str], margin: float, system_prompt: str | None):
-    """(splits of pair rows, no-pair entries, the summary's `preference` entry) for the records format kept."""
-    pairs, no_pair = preference_pairs(records, margin, system_prompt)
+def assemble_preference(found: list[tuple[str, dict | NoPair]], validation_prompts: Container[str], margin: float):
+    """(splits of pair rows, no-pair entries, the summary's `preference` entry) of the records format kept: each
+    as (its id, its `preference_pair`), computed as format read it (the records themselves are not kept)."""
+    pairs, no_pair = preference_pairs(found)
     splits = split_pairs(pairs, validation_prompts)
     counts = Counter(entry["reason"] for entry in no_pair)
     summary = {
         "margin": margin,
-        "records": len(records),
+        "records": len(found),
         "pairs": len(pairs),
         "splits": {name: len(part) for name, part in splits.items()},
         "no_pair": {reason: counts[reason] for reason in NO_PAIR_REASONS},
