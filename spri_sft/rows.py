@@ -46,12 +46,27 @@ def read_rows(path: str | Path, what: str = "file") -> Iterator[Row]:
 
 
 def read_jsonl(path: str | Path, what: str = "file", malformed_hint: str = "") -> Iterator[Row]:
-    """The rows of a JSON-lines file whatever its name (e.g. records.jsonl); `malformed_hint` ends the
-    message about a malformed line (how such a line comes about, what to do)."""
+    """The rows of a JSON-lines file whatever its name (e.g. records.jsonl), read a line at a time (such a
+    file may be larger than memory should hold); `malformed_hint` ends the message about a malformed line
+    (how such a line comes about, what to do)."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: {what} not found")
-    return _jsonl_rows(path, _read_text(path), malformed_hint)
+    return _streamed_jsonl_rows(path, malformed_hint)
+
+
+def _streamed_jsonl_rows(path: Path, malformed_hint: str) -> Iterator[Row]:
+    offset = 0  # bytes read before this line, for the place of a byte that is not UTF-8
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, 1):  # a binary file's lines end at b"\n" only, as _jsonl_rows' do
+            try:
+                line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+            except UnicodeDecodeError as err:
+                raise UserError(f"{path}: not UTF-8 text (byte {offset + err.start}: {err.reason})") from None
+            offset += len(raw)
+            row = _jsonl_row(path, number, line.removesuffix("\n"), malformed_hint)
+            if row is not None:
+                yield row
 
 
 def _read_text(path: Path) -> str:
@@ -64,14 +79,21 @@ def _read_text(path: Path) -> str:
 def _jsonl_rows(path: Path, text: str, malformed_hint: str = "") -> Iterator[Row]:
     # Lines end at "\n" only: str.splitlines would also cut at U+2028 and the like, which JSON strings may hold raw.
     for number, line in enumerate(text.split("\n"), 1):
-        if not line.strip():
-            continue
-        try:
-            value = json.loads(line)
-        except json.JSONDecodeError as err:
-            hint = f"; {malformed_hint}" if malformed_hint else ""
-            raise UserError(f"{path}:{number}: malformed JSON line ({err.msg} at column {err.colno}){hint}") from None
-        yield Row(str(number), value)
+        row = _jsonl_row(path, number, line, malformed_hint)
+        if row is not None:
+            yield row
+
+
+def _jsonl_row(path: Path, number: int, line: str, malformed_hint: str) -> Row | None:
+    """The row of line `number`; None for a blank line."""
+    if not line.strip():
+        return None
+    try:
+        value = json.loads(line)
+    except json.JSONDecodeError as err:
+        hint = f"; {malformed_hint}" if malformed_hint else ""
+        raise UserError(f"{path}:{number}: malformed JSON line ({err.msg} at column {err.colno}){hint}") from None
+    return Row(str(number), value)
 
 
 def _json_rows(path: Path, text: str) -> Iterator[Row]:

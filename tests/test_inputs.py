@@ -191,6 +191,14 @@ def test_read_jsonl_ends_a_malformed_line_message_with_the_callers_hint(tmp_path
         list(read_jsonl(tmp_path / "records.jsonl", "records file", malformed_hint="rerun generate to repair it"))
 
 
+def test_read_jsonl_names_the_place_in_the_file_of_a_byte_that_is_not_utf8(tmp_path):
+    from spri_sft.rows import read_jsonl
+
+    (tmp_path / "records.jsonl").write_bytes(b'{"id": "a"}\n{"id": "caf\xe9"}\n')  # the \xe9 is byte 23
+    with pytest.raises(UserError, match=r"records.jsonl: not UTF-8 text \(byte 23: invalid continuation byte\)$"):
+        list(read_jsonl(tmp_path / "records.jsonl", "records file"))
+
+
 # -- MixInstruct's layout, rows that make no prompt ------------------------------------------
 
 
