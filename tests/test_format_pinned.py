@@ -12,16 +12,22 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 from pathlib import Path
 
 import pytest
 
+from spri_sft.format import build
 from spri_sft.format.build import build_dataset
 from spri_sft.format.config import FormatConfig
 
 PINNED = Path(__file__).parent / "data" / "format_pinned"
-# Every text file format writes; the parquet and hf/ copies hold the same rows as the jsonl files.
+# Every text file format writes (the parquet and hf/ data files hold the same rows as the jsonl files).
 OUTPUTS = (
+    "hf/dataset_dict.json",
+    "hf/train/dataset_info.json",
+    "hf/train/state.json",
+    "hf/validation/state.json",
     "summary.json",
     "dropped.jsonl",
     "train.jsonl",
@@ -129,11 +135,19 @@ def format_fixture(directory: Path) -> Path:
 
 
 def outputs(output_dir: Path, directory: Path) -> dict[str, str]:
-    """Each output file's text, with the run's own folder written as <tmp> (it differs run to run)."""
-    return {name: (output_dir / name).read_text(encoding="utf-8").replace(str(directory), "<tmp>") for name in OUTPUTS}
+    """Each output file's text, with what differs run to run masked: the run's own folder (as <tmp>) and the
+    datasets' random fingerprints."""
+    found = {}
+    for name in OUTPUTS:
+        text = (output_dir / name).read_text(encoding="utf-8").replace(str(directory), "<tmp>")
+        found[name] = re.sub(r'"_fingerprint": "[0-9a-f]+"', '"_fingerprint": "<random>"', text)
+    return found
 
 
-def test_format_writes_the_pinned_dataset_summary_and_drops_of_the_fixture_run(tmp_path):
+# 10,000: every split is converted to Arrow at once; 7: a slice of 7 rows at a time, the slices concatenated.
+@pytest.mark.parametrize("rows_per_table", [10_000, 7])
+def test_format_writes_the_pinned_dataset_summary_and_drops_of_the_fixture_run(tmp_path, monkeypatch, rows_per_table):
+    monkeypatch.setattr(build, "ROWS_PER_TABLE", rows_per_table, raising=False)
     found = outputs(format_fixture(tmp_path), tmp_path)
 
     if os.environ.get("SPRI_SFT_REPIN"):

@@ -559,7 +559,7 @@ def partition(rows: list[dict], validation: ValidationPrompts) -> dict[str, list
 
 
 def split_rows(parts: dict[str, list[dict]], validation: ValidationPrompts, dropped: list[dict]):
-    from datasets import Dataset, DatasetDict
+    from datasets import DatasetDict
 
     empty = [name for name, part in parts.items() if not part]
     if empty:
@@ -572,12 +572,25 @@ def split_rows(parts: dict[str, list[dict]], validation: ValidationPrompts, drop
             "validation_rows / set validation_fraction 0 for a train split only"
         )
     # Sorted by id: the rows' order in a split does not depend on the order records were written in.
-    return DatasetDict(
-        {
-            name: Dataset.from_list(sorted(part, key=lambda row: row["id"]), features=features())
-            for name, part in parts.items()
-        }
-    )
+    return DatasetDict({name: _dataset(sorted(part, key=lambda row: row["id"])) for name, part in parts.items()})
+
+
+ROWS_PER_TABLE = 10_000  # rows turned into Arrow at once: from_list's copies of them in between stay this small
+
+
+def _dataset(rows: list[dict]):
+    """`Dataset.from_list(rows)`, built a slice at a time."""
+    from datasets import Dataset, concatenate_datasets
+
+    slices = [
+        Dataset.from_list(rows[start : start + ROWS_PER_TABLE], features=features())
+        for start in range(0, len(rows), ROWS_PER_TABLE)
+    ]
+    if len(slices) == 1:
+        return slices[0]
+    joined = concatenate_datasets(slices)
+    joined.reset_format()  # concatenate_datasets names every column in the format; from_list names none
+    return joined
 
 
 # -- lengths ---------------------------------------------------------------------------------
