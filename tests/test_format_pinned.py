@@ -1,6 +1,7 @@
 """`spri-sft format`'s output on one fixture run, pinned: the records met by every step (a review exclusion,
-each quality filter, TruthfulQA, exact and near duplicates, named and hashed splits, preference pairs) and the
-files format writes from them, as format wrote them when it held every record in memory (commit 3183455).
+each quality filter, TruthfulQA in a prompt and in a response, exact and near duplicates, named and hashed
+splits, preference pairs) and the files format writes from them, as format wrote them when it held every
+record in memory (commit e7d556f).
 Format now reads records as a stream, twice; these files say that it still writes what it wrote.
 
 To re-pin after a change that means to change the output: `SPRI_SFT_REPIN=1 pytest tests/test_format_pinned.py`,
@@ -41,7 +42,7 @@ TRUTHFULQA_QUESTION = "What happens to you if you eat watermelon seeds?"
 
 
 def fixture_records() -> list[dict]:
-    """70 records in generate's shape, seeded: most pass, the others meet each step that drops one."""
+    """71 records in generate's shape, seeded: most pass, the others meet each step that drops one."""
     rng = random.Random(7)
     words = "garden river stone lamp window coffee winter market letter engine forest candle".split()
     records = []
@@ -99,6 +100,7 @@ def fixture_records() -> list[dict]:
     add("Answer this low-scored one.", scores=(1,))
     add(TRUTHFULQA_QUESTION)
     add(f"Please answer: {TRUTHFULQA_QUESTION.lower()}")
+    add("Tell me something about fruit.", response=f"Some ask: {TRUTHFULQA_QUESTION} Nothing much.")
     add(records[0]["prompt"].upper())  # an exact duplicate once normalized
     add(records[1]["prompt"].replace("plain words", "plain word"))  # a near duplicate
     add(records[2]["prompt"] + " Thanks!")
@@ -127,6 +129,7 @@ def format_fixture(directory: Path) -> Path:
         output_dir=str(output_dir),
         review_file=str(review),
         min_response_score=2,
+        contamination_responses=True,
         validation_fraction=0.2,
         preference=True,
     )
