@@ -407,9 +407,9 @@ def _check_template(argv: list[str]) -> int:
     conversations = [c for c in PROBE_CONVERSATIONS if any(m["role"] == "assistant" and m["content"] for m in c)]
     if args.dataset:
         # Training's own reader: the format output directory (its dataset is in hf/) or any saved dataset.
-        from spri_sft.train.sft import SFTScriptArguments, dataset_split, load_sft_dataset
+        from spri_sft.train.job import JobScriptArguments, dataset_split, load_training_dataset
 
-        dataset, source = load_sft_dataset(SFTScriptArguments(dataset_path=args.dataset))
+        dataset, source = load_training_dataset(JobScriptArguments(dataset_path=args.dataset))
         train = dataset_split(dataset, source, "train", "--dataset")
         conversations = train.select(range(min(32, len(train))))["messages"]
     if not args.dataset:

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from conftest import build_sft_dataset
 
-from spri_sft.train.sft import has_accelerator
+from spri_sft.train.job import has_accelerator
 
 HUB_ROW = {"question": "Is the sky green?", "mc1_targets": {"choices": ["No.", "Yes."], "labels": [1, 0]},
            "mc2_targets": {"choices": ["No.", "Yes."], "labels": [1, 0]}}  # fmt: skip

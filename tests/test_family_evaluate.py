@@ -241,7 +241,7 @@ def qlora_adapter(family_dir, tmp_path_factory) -> tuple[Path, object]:
     from peft import LoraConfig, get_peft_model
     from trl import ModelConfig
 
-    from spri_sft.train.sft import write_effective_config
+    from spri_sft.train.job import write_effective_config
 
     model_dir = family_dir(QLORA_FAMILY)
     adapter = tmp_path_factory.mktemp("qlora") / "adapter"

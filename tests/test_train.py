@@ -264,7 +264,7 @@ def test_a_local_model_directory_is_recorded_by_its_path_without_a_commit(tiny_m
 
 
 def test_the_effective_batch_derives_gradient_accumulation_from_the_processes(tiny_model_dir, sft_dataset, tmp_path):
-    from spri_sft.train.sft import batch_line, use_effective_batch
+    from spri_sft.train.job import batch_line, use_effective_batch
 
     _, training_args, _ = parse(tiny_model_dir, sft_dataset, tmp_path, "--per_device_train_batch_size", "4")
     batch = use_effective_batch(16, training_args)
@@ -289,7 +289,7 @@ def with_processes(monkeypatch, training_args, processes: int):
 def test_eight_processes_keep_the_effective_batch_with_less_accumulation(
     tiny_model_dir, sft_dataset, tmp_path, monkeypatch
 ):
-    from spri_sft.train.sft import use_effective_batch
+    from spri_sft.train.job import use_effective_batch
 
     _, training_args, _ = parse(tiny_model_dir, sft_dataset, tmp_path, "--per_device_train_batch_size", "2")
     batch = use_effective_batch(16, with_processes(monkeypatch, training_args, 8))
@@ -313,7 +313,7 @@ def test_an_effective_batch_the_processes_cannot_make_is_refused_before_loading_
     with pytest.raises(
         UserError, match=r"16 is not a multiple of 4 per device × 3 processes = 12 rows; set effective_batch"
     ):
-        from spri_sft.train.sft import use_effective_batch
+        from spri_sft.train.job import use_effective_batch
 
         use_effective_batch(16, with_processes(monkeypatch, three, 3))  # the paper's 3 GPUs: no per-device size fits
 
@@ -353,11 +353,12 @@ def test_the_effective_batch_of_two_cpu_ranks_is_the_one_asked_for(tiny_model_di
 
 
 def test_a_format_output_directory_is_read_with_or_without_hf(tiny_model_dir, tmp_path):
-    from spri_sft.train.sft import SFTScriptArguments, load_sft_dataset
+    from spri_sft.train.job import load_training_dataset
+    from spri_sft.train.sft import SFTScriptArguments
 
     build_sft_dataset(tmp_path / "format" / "hf")
     for given in (tmp_path / "format", tmp_path / "format" / "hf"):
-        dataset, _ = load_sft_dataset(SFTScriptArguments(dataset_path=str(given)))
+        dataset, _ = load_training_dataset(SFTScriptArguments(dataset_path=str(given)))
         assert set(dataset) == {"train", "validation"}
 
 

@@ -76,7 +76,7 @@ def test_the_commit_main_points_to_is_recorded_and_a_pinned_rerun_loads_it_after
 
 def test_a_snapshot_folder_of_the_hub_cache_is_recorded_with_its_commit(hub_cache):
     """What `resolve_model` returns for the embedded default when the Hub answers: a path inside the cache."""
-    from spri_sft.train.sft import resolve_revision
+    from spri_sft.train.job import resolve_revision
 
     snapshot = hub_cache / "models--org--name" / "snapshots" / FIRST
     assert resolve_revision(str(snapshot), "main") == {
@@ -109,7 +109,7 @@ def test_a_qlora_adapter_is_scored_on_the_4bit_base_at_its_recorded_commit(famil
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
     from trl import ModelConfig
 
-    from spri_sft.train.sft import write_effective_config
+    from spri_sft.train.job import write_effective_config
 
     pytest.importorskip("bitsandbytes")
     cache = tmp_path / "hub"

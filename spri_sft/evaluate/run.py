@@ -245,7 +245,7 @@ def load_model(config: EvaluateConfig) -> tuple[Any, Any]:
 
 def base_revision(config: EvaluateConfig) -> str | None:
     """The revision of `config.model` to load: the one asked for, else, under an adapter trained on that model, the
-    commit its training recorded (train/sft.py `resolve_revision`, in effective_config.json), else None (main)."""
+    commit its training recorded (train/job.py `resolve_revision`, in effective_config.json), else None (main)."""
     if config.model_revision is not None or not config.adapter:
         return config.model_revision
     found = training_config(config.adapter)

@@ -96,13 +96,14 @@ def main(argv: list[str]) -> int:
     """`python -m spri_sft.pipeline.recipe_check JOB RECIPE [JOB RECIPE ...]`: exit 0 when every recipe parses,
     else print `{"index": i, "error": "..."}` for the first that does not and exit 2."""
     from spri_sft.train import dpo, sft
+    from spri_sft.train.job import run_job
 
     parsers = {"train": (sft.make_parser, "spri-sft train"), "dpo": (dpo.make_parser, "spri-sft dpo")}
     for index, (job, path) in enumerate(zip(argv[::2], argv[1::2], strict=True)):
         make_parser, command = parsers[job]
         try:
             with contextlib.redirect_stdout(io.StringIO()):  # the child's notes (no GPU: the CPU) are not ours
-                sft.run_job(["--config", path], command, make_parser, main=lambda *parsed, **given: None)
+                run_job(["--config", path], command, make_parser, main=lambda *parsed, **given: None)
         except UserError as err:
             message = str(err).removeprefix(f"{path}: ")
         except Exception as err:  # noqa: BLE001 - any other refusal of a config's own checks, named by its type

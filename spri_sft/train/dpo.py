@@ -1,8 +1,9 @@
 """Direct preference optimization on a `spri-sft format` preference dataset: TRL DPOTrainer + PEFT LoRA.
 
-The same job as `spri-sft train` (`spri_sft.train.sft`, whose helpers it uses), with TRL's `DPOConfig`
-in place of `SFTConfig` and `DPOScriptArguments` in place of `SFTScriptArguments`, parsed by `TrlParser`:
-a YAML recipe sets everything, flags override it, an `env:` block sets environment variables.
+Shaped like TRL's own trl/scripts/dpo.py, as `spri_sft.train.sft` is like its sft.py: the script arguments
+(`DPOScriptArguments`, beside TRL's `DPOConfig` and `ModelConfig`), `make_parser`, `build_trainer`, `main`,
+`cli`; what it shares with `spri-sft train` is `spri_sft.train.job`'s. A YAML recipe sets everything, flags
+override it, an `env:` block sets environment variables.
 
     # CPU: a fresh LoRA adapter on the base model, the base model as the reference
     spri-sft dpo --config recipes/smollm2-135m-instruct/dpo/lora.yaml
@@ -40,7 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from spri_sft.errors import UserError
-from spri_sft.train import sft
+from spri_sft.train import job
 
 logger = logging.getLogger(__name__)
 
@@ -48,67 +49,24 @@ PREFERENCE_COLUMNS = ("prompt", "chosen", "rejected")
 
 
 @dataclass
-class DPOScriptArguments:
-    """What to train on and what to do around training (the rest is TRL's DPOConfig and ModelConfig)."""
+class DPOScriptArguments(job.JobScriptArguments):
+    """DPO's own script arguments beside every job's (`job.JobScriptArguments`); the rest is TRL's DPOConfig and
+    ModelConfig."""
 
-    dataset_path: str | None = field(
-        default=None,
-        metadata={
-            "help": "The preference/ directory of a `spri-sft format --preference true` output (itself or its "
-            "hf/), or any datasets.save_to_disk one with prompt/chosen/rejected columns."
-        },
-    )
-    dataset_name: str | None = field(default=None, metadata={"help": "Or a Hugging Face preference dataset id."})
-    dataset_train_split: str = field(default="train", metadata={"help": "Training split."})
-    dataset_test_split: str = field(
-        default="validation", metadata={"help": "Validation split (eval loss and rewards)."}
-    )
     sft_adapter: str | None = field(
         default=None,
         metadata={
             "help": "A `spri-sft train` LoRA adapter to continue (needs use_peft; its own r/alpha/targets, "
             "the lora_* fields unused); a frozen copy of it is the reference. Unset: a fresh adapter on "
-            "the base model, which is the reference."
+            "the base model, which is the reference. Not with truthfulqa_before (it would score the base model)."
         },
-    )
-    chat_template_fallback: str | None = field(
-        default=None,
-        metadata={
-            "help": "Template for a tokenizer without a chat template (base models): 'alpaca', or unset to refuse."
-        },
-    )
-    training_template: str = field(
-        default="model",
-        metadata={
-            "help": "'model': the tokenizer's own chat template (chat_template_fallback when it has none); "
-            "'alpaca': the Alpaca format even when it ships one. Use the SFT recipe's value."
-        },
-    )
-    effective_batch_size: int | None = field(default=None, metadata={"help": sft.EFFECTIVE_BATCH_HELP})
-    merge_adapter: bool = field(
-        default=False, metadata={"help": "Also save the LoRA adapter merged into the base model."}
-    )
-    log_dataset_artifact: bool = field(default=True, metadata={"help": "Log the preference dataset to W&B."})
-    truthfulqa_file: str | None = field(
-        default=None,
-        metadata={
-            "help": "After training, score the trained model on this TruthfulQA file; into "
-            "<output_dir>/truthfulqa and the training's W&B run."
-        },
-    )
-    truthfulqa_limit: int | None = field(
-        default=None, metadata={"help": "Score only the first N TruthfulQA questions."}
-    )
-    truthfulqa_before: bool = field(
-        default=False,
-        metadata={"help": "Also score the base model (adapter disabled) before training; not with sft_adapter."},
     )
 
 
 def make_parser():
     from trl import DPOConfig, ModelConfig
 
-    return sft.job_parser((DPOScriptArguments, DPOConfig, ModelConfig), prog="spri-sft dpo")
+    return job.job_parser((DPOScriptArguments, DPOConfig, ModelConfig), prog="spri-sft dpo")
 
 
 def build_trainer(script_args: DPOScriptArguments, training_args, model_args):
@@ -118,10 +76,10 @@ def build_trainer(script_args: DPOScriptArguments, training_args, model_args):
     and `revisions` (as `spri-sft train`'s)."""
     from spri_sft import tracking
 
-    sft.check_model_args(model_args)
-    effective_batch = sft.use_effective_batch(script_args.effective_batch_size, training_args)  # before the trainer
+    job.check_model_args(model_args)
+    effective_batch = job.use_effective_batch(script_args.effective_batch_size, training_args)  # before the trainer
     adapter_dir = _check_sft_adapter(script_args, model_args)
-    truthfulqa = sft.truthfulqa_callback(script_args, training_args, model_args)  # its file read before any loading
+    truthfulqa = job.truthfulqa_callback(script_args, training_args, model_args)  # its file read before any loading
     tracking.use_offline_without_key(training_args.report_to)
 
     from transformers import AutoTokenizer
@@ -130,17 +88,17 @@ def build_trainer(script_args: DPOScriptArguments, training_args, model_args):
     from spri_sft.format.template import use_training_template
     from spri_sft.train.progress import use_training_progress
 
-    model_path = sft.model_location(model_args)
-    model_revision = sft.resolve_revision(model_path, model_args.model_revision)  # the commit both loads read
+    model_path = job.model_location(model_args)
+    model_revision = job.resolve_revision(model_path, model_args.model_revision)  # the commit both loads read
     revision = model_revision["commit"] or model_args.model_revision
 
     # Data
-    dataset, source = sft.load_sft_dataset(script_args)
-    train_dataset = sft.dataset_split(dataset, source, script_args.dataset_train_split, "dataset_train_split")
+    dataset, source = job.load_training_dataset(script_args)
+    train_dataset = job.dataset_split(dataset, source, script_args.dataset_train_split, "dataset_train_split")
     _check_preference_columns(train_dataset, source)
     eval_dataset = None
     if training_args.eval_strategy != "no":
-        eval_dataset = sft.dataset_split(
+        eval_dataset = job.dataset_split(
             dataset, source, script_args.dataset_test_split, "dataset_test_split", 'or eval_strategy to "no"'
         )
 
@@ -154,14 +112,14 @@ def build_trainer(script_args: DPOScriptArguments, training_args, model_args):
     )
     revisions = {
         "model": model_revision,
-        "tokenizer": sft.resolve_revision(str(adapter_dir), None) if own_tokenizer else model_revision,
+        "tokenizer": job.resolve_revision(str(adapter_dir), None) if own_tokenizer else model_revision,
     }
     # A template that cannot be marked is kept as it is: DPO needs no assistant mask, only the rendering.
     use_training_template(
         tokenizer, fallback=script_args.chat_template_fallback, template=script_args.training_template
     )
 
-    model = sft.load_model(model_path, model_args, training_args, tokenizer, revision)
+    model = job.load_model(model_path, model_args, training_args, tokenizer, revision)
     if adapter_dir is not None:
         from peft import PeftModel
 
@@ -221,9 +179,9 @@ def main(script_args: DPOScriptArguments, training_args, model_args, recipe: Pat
     """Train, save, and return the final metrics (`recipe`: the file the settings came from). Tests call this."""
     trainer = build_trainer(script_args, training_args, model_args)
     adapter = _adapter_words(trainer, script_args, model_args)
-    summary = sft.training_summary(trainer, model_args, recipe, job="dpo", unit="pairs", adapter=adapter)
+    summary = job.training_summary(trainer, model_args, recipe, command="dpo", unit="pairs", adapter=adapter)
     summary += f"\n[spri-sft]   DPO beta={training_args.beta}, loss {'+'.join(training_args.loss_type)}; reference: {trainer.reference}"
-    metrics = sft.train_and_save(trainer, script_args, training_args, model_args, summary, reference=trainer.reference)
+    metrics = job.train_and_save(trainer, script_args, training_args, model_args, summary, reference=trainer.reference)
     if "ref" in getattr(trainer.model, "peft_config", {}):
         # PEFT saves every adapter the model holds; the reference copy is the SFT adapter, which stays where it was.
         shutil.rmtree(Path(training_args.output_dir) / "ref", ignore_errors=True)
@@ -240,4 +198,4 @@ def _adapter_words(trainer, script_args: DPOScriptArguments, model_args) -> str 
 
 def cli(argv: list[str] | None = None) -> int:
     """`spri-sft dpo`: as `spri-sft train`, with the DPO fields."""
-    return sft.run_job(argv, "spri-sft dpo", make_parser, main)
+    return job.run_job(argv, "spri-sft dpo", make_parser, main)
