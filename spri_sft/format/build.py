@@ -269,8 +269,8 @@ def drop_contaminated(kept: list[Record], config: FormatConfig, drop, dropped: l
         return kept, summary
     guard = BenchmarkGuard(documents, config.contamination_ngram, config.contamination_threshold)
     clean, found = [], Counter()
-    for record in kept:
-        matches = [guard.match(record.get(field), field) for field in fields]
+    by_field = [guard.match_all([record.get(field) for record in kept], field) for field in fields]
+    for record, *matches in zip(kept, *by_field):
         matches = [match for match in matches if match is not None]
         if not matches:
             clean.append(record)

@@ -27,8 +27,11 @@ on the words themselves, so a hash collision can never drop a row.
 from __future__ import annotations
 
 import dataclasses
+from array import array
 from collections import Counter, defaultdict
 from collections.abc import Iterable
+
+import numpy as np
 
 from spri_sft.errors import UserError
 from spri_sft.format.dedupe import normalize
@@ -97,14 +100,19 @@ class BenchmarkGuard:
         self.documents: list[Document] = []
         self.lengths: list[int] = []  # per document: its normalized words
         self.counts: Counter[str] = Counter()  # per benchmark: documents indexed
-        self.postings: dict[int, list[int]] = defaultdict(list)  # n-gram hash -> packed (document, position)
+        hashes = array("q")  # of every document's n-grams, and beside each its packed (document, position)
+        packed = array("q")
         self.short: dict[int, list[int]] = defaultdict(list)  # first-words hash of a short document -> documents
         self.whole: dict[str, int] = {}  # normalized text of a very short document -> the first such document
         self.empty: Counter[str] = Counter()  # per benchmark: documents with no words, which nothing can cover
         for document in documents:
-            self._add(document)
+            self._add(document, hashes, packed)
+        # Two sorted numpy arrays rather than a dict: 16 bytes per n-gram instead of ~200 (a dict entry and its list).
+        keys = np.frombuffer(hashes, dtype=np.int64)
+        order = np.argsort(keys, kind="stable")
+        self.keys, self.postings = keys[order], np.frombuffer(packed, dtype=np.int64)[order]
 
-    def _add(self, document: Document) -> None:
+    def _add(self, document: Document, hashes: array, packed: array) -> None:
         words = normalize(document.text).split()
         if not words:
             self.empty[document.benchmark] += 1
@@ -118,7 +126,8 @@ class BenchmarkGuard:
         n = self.ngram
         if len(words) >= n:
             for position in range(len(words) - n + 1):
-                self.postings[hash(tuple(words[position : position + n]))].append(number * _POSITIONS + position)
+                hashes.append(hash(tuple(words[position : position + n])))
+                packed.append(number * _POSITIONS + position)
         elif len(words) >= WHOLE_TEXT_WORDS:
             self.short[hash(tuple(words[:_KEY_WORDS]))].append(number)
         else:
@@ -126,24 +135,58 @@ class BenchmarkGuard:
 
     def match(self, text: str | None, field: str = "prompt") -> Match | None:
         """The document `text` covers most, when that coverage reaches the threshold; else None."""
-        if not text:
-            return None
-        words = normalize(text).split()
+        return self.match_all([text], field)[0]
+
+    def match_all(self, texts: list[str | None], field: str = "prompt") -> list[Match | None]:
+        """`match` of every text, the n-grams of a batch of texts looked up at once (one sorted search of the
+        documents' n-gram hashes per batch rather than one per text)."""
+        matches: list[Match | None] = []
+        for start in range(0, len(texts), self.BATCH):
+            batch = [normalize(text).split() if text else [] for text in texts[start : start + self.BATCH]]
+            postings = self._postings(batch)
+            matches += [self._best(words, postings[i], field) for i, words in enumerate(batch)]
+        return matches
+
+    BATCH = 1024
+
+    def _postings(self, batch: list[list[str]]) -> list[list[int]]:
+        """Per text, the packed (document, position) of every document n-gram whose hash one of its n-grams has."""
+        n = self.ngram
+        grams, owners = [], []
+        for i, words in enumerate(batch):
+            for start in range(len(words) - n + 1):
+                grams.append(hash(tuple(words[start : start + n])))
+                owners.append(i)
+        found: list[list[int]] = [[] for _ in batch]
+        if not grams or not len(self.keys):
+            return found
+        grams = np.array(grams, dtype=np.int64)
+        order = np.argsort(grams)  # sorted needles search ~6x faster: they walk the keys in order, cache-friendly
+        first = np.empty_like(order)
+        first[order] = np.searchsorted(self.keys, grams[order])
+        hit = first < len(self.keys)
+        hit[hit] = self.keys[first[hit]] == grams[hit]
+        for index in np.flatnonzero(hit).tolist():
+            position = int(first[index])
+            while position < len(self.keys) and self.keys[position] == grams[index]:  # every document holding it
+                found[owners[index]].append(int(self.postings[position]))
+                position += 1
+        return found
+
+    def _best(self, words: list[str], postings: list[int], field: str) -> Match | None:
         n = self.ngram
         found: dict[int, float] = {}  # document -> coverage
         exact = self.whole.get(" ".join(words))
         if exact is not None:
             found[exact] = 1.0
+        if self.short:
+            for start in range(len(words) - _KEY_WORDS + 1):
+                for number in self.short.get(hash(tuple(words[start : start + _KEY_WORDS])), ()):
+                    found.setdefault(number, 1.0)
         covered: dict[int, set[int]] = defaultdict(set)
-        for start in range(len(words) - n + 1):
-            for packed in self.postings.get(hash(tuple(words[start : start + n])), ()):
-                number, position = divmod(packed, _POSITIONS)
-                covered[number].update(range(position, position + n))
-            for number in self.short.get(hash(tuple(words[start : start + _KEY_WORDS])), ()):
-                found.setdefault(number, 1.0)
-        for start in range(max(0, len(words) - n + 1), len(words) - _KEY_WORDS + 1):  # short documents near the end
-            for number in self.short.get(hash(tuple(words[start : start + _KEY_WORDS])), ()):
-                found.setdefault(number, 1.0)
+        for value in postings:
+            number, position = divmod(value, _POSITIONS)
+            covered[number].update(range(position, position + n))
         for number, positions in covered.items():
             found[number] = len(positions) / self.lengths[number]
         best = None
