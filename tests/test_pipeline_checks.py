@@ -73,6 +73,33 @@ def test_a_config_built_in_code_is_range_checked_before_generation(tmp_path):
     assert records_written(tmp_path) == []
 
 
+# -- the training recipes' field names, checked as `spri-sft train` and `spri-sft dpo` check them ----------
+
+
+def test_a_misspelt_field_in_the_train_recipe_stops_the_run_naming_the_file_and_the_field_meant(tmp_path, capsys):
+    recipe_file = tmp_path / "lora.yaml"
+    recipe_file.write_text("model_name_or_path: tiny-student\nuse_peft: true\nlearning_rat: 1.0e-4\n")
+    recipe = write_recipe(tmp_path, train={"recipe": str(recipe_file)})
+
+    assert main(["run", str(recipe)]) == 2
+
+    assert capsys.readouterr().err == (
+        f"spri-sft: error: train ({recipe_file}): unknown field 'learning_rat' (did you mean 'learning_rate'?)\n"
+    )
+    assert records_written(tmp_path) == []
+
+
+def test_a_misspelt_field_in_train_args_is_named_as_set_there(tmp_path, capsys):
+    recipe = write_recipe(tmp_path, train={"args": {"model_name_or_path": "tiny-student", "max_step": 1}})
+
+    assert main(["run", str(recipe)]) == 2
+
+    assert capsys.readouterr().err == (
+        "spri-sft: error: train (train.args): unknown field 'max_step' (did you mean 'max_steps'?)\n"
+    )
+    assert records_written(tmp_path) == []
+
+
 # -- the training recipe, through TRL's and transformers' own checks ----------------------------
 
 

@@ -168,6 +168,6 @@ def test_a_typo_in_the_dpo_arguments_stops_the_run_before_generation(
 ):
     truthfulqa_file = shared_dir / "data/truthfulqa/data/v0/mc_task.json"
     recipe = dpo_recipe(tmp_path, tiny_model_dir, improving_critic, truthfulqa_file, betaa=0.2)
-    with pytest.raises(UserError, match=r"dpo \(.*lora.yaml\): unknown `spri-sft dpo` field\(s\) betaa"):
+    with pytest.raises(UserError, match=r"^dpo \(dpo.args\): unknown field 'betaa' \(did you mean 'beta'\?\)$"):
         run_pipeline_from(recipe)
     assert not (tmp_path / "run").exists()

@@ -81,6 +81,19 @@ def test_saved_adapter_reloads_with_peft_and_generates(tiny_model_dir, sft_datas
     assert json.loads((tmp_path / "all_results.json").read_text())["train_loss"] > 0
 
 
+def test_a_misspelt_recipe_field_is_one_line_naming_the_file_and_the_field_meant(tmp_path, capsys):
+    from spri_sft.cli import main as spri_sft
+
+    recipe = tmp_path / "lora.yaml"
+    recipe.write_text("model_name_or_path: tiny-student\nuse_peft: true\nlearning_rat: 1.0e-4\n")
+
+    assert spri_sft(["train", "--config", str(recipe)]) == 2
+
+    assert capsys.readouterr().err == (
+        f"spri-sft: error: {recipe}: unknown field 'learning_rat' (did you mean 'learning_rate'?)\n"
+    )
+
+
 def test_8bit_is_refused_on_cpu_before_loading_anything(sft_dataset, tmp_path):
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")

@@ -560,7 +560,6 @@ def train_plan(config: PipelineConfig, mode: str, root: Path, name: str, group: 
     _report_to(config, args, env, group)
     if not args.get("model_name_or_path"):
         raise UserError("train: set model_name_or_path (the student model) in train.recipe or train.args")
-    _validate_train_args(args, config.train.recipe)
     if config.train.accelerate_config:  # read now: a missing or malformed file stops the run before generation
         if not Path(config.train.accelerate_config).is_file():
             raise UserError(f"train.accelerate_config {config.train.accelerate_config}: file not found")
@@ -585,7 +584,6 @@ def dpo_plan(config: PipelineConfig, sft: TrainPlan, root: Path, name: str, grou
     args.update(output_dir=str(output_dir), dataset_path=str(root / "dataset" / sft.mode / "preference" / "hf"))
     args["run_name"] = f"{name}-{mode}"
     _report_to(config, args, env, group)
-    _validate_dpo_args(args, config.dpo.recipe)
     return TrainPlan(mode, output_dir, {**args, "env": env} if env else args, config.train.accelerate_config, job="dpo")
 
 
@@ -595,7 +593,15 @@ def _recipe_origin(job: str, recipe: str | None, overrides: dict[str, Any]) -> s
 
 
 def _recipe_args(job: str, recipe: str | None, overrides: dict[str, Any]) -> dict[str, Any]:
-    """A training section's recipe file (`job`.recipe) with its `args` on top."""
+    """A training section's recipe file (`job`.recipe) with its `args` on top, each one's field names checked
+    now as `spri-sft JOB` checks them (`check_recipe_fields`), so a typo stops the run before generation.
+
+    Only the names: building TRL's SFTConfig here would set up accelerate's device state in this process (and
+    CUDA on a GPU machine), which the training child needs to itself. The values are checked by TRL's own
+    parser in a short child process (`recipe_check`), also before generation."""
+    from spri_sft.train import dpo, sft
+    from spri_sft.train.job import check_recipe_fields
+
     args: dict[str, Any] = {}
     if recipe:
         path = Path(recipe)
@@ -604,6 +610,9 @@ def _recipe_args(job: str, recipe: str | None, overrides: dict[str, Any]) -> dic
         args = read_yaml(path) or {}  # the one YAML reader: a malformed file is one line naming FILE:LINE
         if not isinstance(args, dict):
             raise UserError(f"{job}.recipe {path}: expected a mapping of `spri-sft {job}` fields")
+    parser = {"train": sft.make_parser, "dpo": dpo.make_parser}[job]()
+    check_recipe_fields(args, parser, _recipe_origin(job, recipe, {}))
+    check_recipe_fields(overrides, parser, _recipe_origin(job, None, overrides))
     return _merged(args, overrides)
 
 
@@ -624,36 +633,6 @@ def _merged(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
             value = _merged(merged[key], value)
         merged[key] = value
     return merged
-
-
-def _validate_train_args(args: dict[str, Any], recipe: str | None) -> None:
-    """Check the recipe's field names now, so a typo stops the run before generation, not after it.
-
-    Only the names: building TRL's SFTConfig here would set up accelerate's device state in this
-    process (and CUDA on a GPU machine), which the training child needs to itself. The values are
-    checked by TRL's own parser in a short child process (`recipe_check`), also before generation.
-    """
-    from trl import ModelConfig, SFTConfig
-
-    from spri_sft.train.sft import SFTScriptArguments
-
-    _check_field_names("train", args, recipe, (SFTScriptArguments, SFTConfig, ModelConfig))
-
-
-def _validate_dpo_args(args: dict[str, Any], recipe: str | None) -> None:
-    """As `_validate_train_args`, for `spri-sft dpo`'s fields."""
-    from trl import DPOConfig, ModelConfig
-
-    from spri_sft.train.dpo import DPOScriptArguments
-
-    _check_field_names("dpo", args, recipe, (DPOScriptArguments, DPOConfig, ModelConfig))
-
-
-def _check_field_names(job: str, args: dict[str, Any], recipe: str | None, classes: tuple) -> None:
-    known = {f.name for cls in classes for f in dataclasses.fields(cls)}
-    unknown = sorted(set(args) - known)
-    if unknown:
-        raise UserError(f"{job} ({recipe or f'{job}.args'}): unknown `spri-sft {job}` field(s) {', '.join(unknown)}")
 
 
 TRAINING_STOP_GRACE_S = 60.0  # how long a stopped trainer may take to exit (its clean-up, W&B's last sync)
