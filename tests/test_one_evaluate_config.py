@@ -135,6 +135,29 @@ def test_the_evaluation_job_scores_the_student_with_the_sections_settings_and_th
     assert (job.output_dir, job.truthfulqa_file) == (str(tmp_path / "eval" / "base"), "questions.json")
 
 
+def test_the_untrained_student_is_scored_at_the_revision_the_train_recipe_pins(tmp_path):
+    """The base row compares with adapters trained on the pinned commit: it is scored on that commit, not on main."""
+    from spri_sft.pipeline.run import evaluation_job, evaluation_settings
+
+    questions = tmp_path / "mc_task.json"
+    questions.write_text("[]")
+    config = load_config(PipelineConfig, [])
+    plan = plan_of("student/model", tmp_path, model_revision="0123abc", use_peft=True)
+    job = evaluation_job(config, plan, None, str(questions), tmp_path / "eval" / "base", "run", "group")
+    assert job.model_revision == "0123abc"
+    assert evaluation_settings(config, plan, None, job)["model_revision"] == "0123abc"  # a new pin rescores it
+
+
+def test_an_adapter_is_scored_on_the_commit_its_training_recorded_not_on_the_recipes_revision(tmp_path):
+    from spri_sft.pipeline.run import evaluation_job
+    from spri_sft.pipeline.stages import Stage
+
+    trained = Stage("checkpoints/spri", tmp_path / "checkpoints" / "spri", "fingerprint")
+    plan = plan_of("student/model", tmp_path, model_revision="0123abc", use_peft=True)
+    job = evaluation_job(load_config(PipelineConfig, []), plan, trained, None, tmp_path / "eval" / "spri", "", "")
+    assert (job.adapter, job.model_revision) == (str(plan.output_dir), None)  # evaluate reads effective_config.json
+
+
 needs_lm_eval = pytest.mark.skipif(
     importlib.util.find_spec("lm_eval") is None,
     reason="lm-eval is an optional dependency (pip install 'spri-sft[lm-eval]')",
@@ -153,6 +176,15 @@ def test_the_pipelines_lm_eval_call_is_unchanged_by_the_one_config(tmp_path):
         model="student/model", adapter=None, tasks=["hellaswag"], include_path=None, include_defaults=True,
         batch_size=4, device="auto", dtype="auto", extra_args={"apply_chat_template": False, "num_fewshot": 5},
     )  # fmt: skip
+
+
+@needs_lm_eval
+def test_lm_eval_loads_the_untrained_student_at_the_revision_the_train_recipe_pins(tmp_path):
+    from spri_sft.pipeline.run import lm_eval_job
+
+    config = load_config(PipelineConfig, ["--evaluate.lm_eval_tasks", "hellaswag"])
+    job = lm_eval_job(config, plan_of("student/model", tmp_path, model_revision="0123abc"), None)
+    assert job.extra_args["model_args"] == {"revision": "0123abc"}
 
 
 @needs_lm_eval

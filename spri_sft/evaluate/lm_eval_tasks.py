@@ -59,11 +59,13 @@ class LmEvalJob:
     @classmethod
     def of_evaluation(cls, config: EvaluateConfig) -> LmEvalJob:
         """The lm-eval call of an evaluation: its tasks, model and adapter, dtype, batch size, device and chat template,
-        then lm_eval_args (whose batch_size and device win). A `tokenizer` or `trust_remote_code` set for TruthfulQA
-        reaches lm-eval's model_args too (under lm_eval_args' own), only when set: the stages before them keep their
-        fingerprints."""
+        then lm_eval_args (whose batch_size and device win). A `tokenizer`, `model_revision` (lm-eval's `revision`)
+        or `trust_remote_code` set for TruthfulQA reaches lm-eval's model_args too (under lm_eval_args' own), only
+        when set: the stages before them keep their fingerprints."""
         extra = {"apply_chat_template": config.chat_template, **config.lm_eval_args}
         loading = {"tokenizer": config.tokenizer} if config.tokenizer else {}
+        if config.model_revision:
+            loading["revision"] = config.model_revision
         if config.trust_remote_code:
             loading["trust_remote_code"] = True
         if loading:

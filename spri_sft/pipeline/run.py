@@ -766,6 +766,8 @@ def evaluation_settings(config: PipelineConfig, plan: TrainPlan, trained: Stage 
     quantized = _quantized_base(config, plan)
     if quantized:  # scored on the 4-bit base since these fields: QLoRA evaluations made before rescore
         scoring["quantized_base"] = quantized
+    if job.model_revision is not None:  # the pinned student; base evaluations made at main before it rescore
+        scoring["model_revision"] = job.model_revision
     return {**scoring, "after": trained.output_id if trained is not None else plan.student}
 
 
@@ -792,6 +794,9 @@ def evaluation_job(
         **section,
         "model": model,
         "adapter": adapter,
+        # The student at the commit training loads (train recipe's model_revision); an adapter at the one its
+        # training recorded (None: evaluate reads it); a fully trained model is a local directory (no revision).
+        "model_revision": plan.args.get("model_revision") if trained is None else None,
         "base_quantization": _quantized_base(config, plan) if adapter is None else {},
         "truthfulqa_file": truthfulqa_file,
         "output_dir": str(directory),
