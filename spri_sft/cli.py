@@ -19,6 +19,8 @@ Commands:
                    (TRL's flags; run under `accelerate launch scripts/sft.py` for several GPUs).
   dpo              DPO with TRL DPOTrainer + LoRA on format's preference pairs (`format --preference true`),
                    fresh or continuing an SFT adapter (`--sft_adapter`; `scripts/dpo.py` for several GPUs).
+  grpo             GRPO with TRL GRPOTrainer + LoRA on the SFT train split's prompts, rewarded by the critic's
+                   score of each completion against that prompt's accepted principles (`--sft_adapter` continues SFT).
   evaluate         Score a model (optionally + LoRA adapter) on TruthfulQA MC1/MC2 as lm-evaluation-harness does.
   check-template   Check that a model's chat template trains its assistant turns and EOS.
   run              The whole pipeline from one recipe: generate → format → train → evaluate before/after,
@@ -30,9 +32,9 @@ Commands:
                    files) and exclude or keep them for the dataset; `--export FILE.html` writes a shareable sample
                    (`spri-sft view PATH [--port N] [--read-only] [--export FILE.html --sample N]`).
 
-generate, format, evaluate, run, plan, train and dpo read their settings from a YAML recipe, named first
-(or as --config RECIPE.yaml, not both), then from overrides of any field: --dotted.name VALUE (train and
-dpo: TRL's flags, e.g. --learning_rate 1e-4). `spri-sft COMMAND --help` lists the fields, or for run its
+generate, format, evaluate, run, plan, train, dpo and grpo read their settings from a YAML recipe, named first
+(or as --config RECIPE.yaml, not both), then from overrides of any field: --dotted.name VALUE (train, dpo
+and grpo: TRL's flags, e.g. --learning_rate 1e-4). `spri-sft COMMAND --help` lists the fields, or for run its
 sections; `--help=SECTION` prints one section's (`spri-sft run --help=evaluate`). check-template and view
 take a model or paths first; their flags may be written with _ or - (--eos_token = --eos-token).
 `spri-sft --version` (-V) prints the versions of spri-sft and of the libraries a run depends on.
@@ -92,6 +94,10 @@ def main(argv: list[str] | None = None) -> int:
             from spri_sft.train.dpo import cli as dpo_cli
 
             return dpo_cli(_trl_argv(command, rest))
+        if command == "grpo":
+            from spri_sft.train.grpo import cli as grpo_cli
+
+            return grpo_cli(_trl_argv(command, rest))
         if command == "check-template":
             return _check_template(rest)
         if command == "run":
@@ -120,6 +126,7 @@ KEPT_WHEN_STOPPED = {
     "run": "finished stages are kept; rerun the same command to resume (training from its last complete checkpoint)",
     "train": "rerun the same command to resume from the last complete checkpoint, if one was saved",
     "dpo": "rerun the same command to resume from the last complete checkpoint, if one was saved",
+    "grpo": "rerun the same command to resume from the last complete checkpoint, if one was saved",
     "view": "every decision made is kept in the review's decisions.jsonl",
 }
 
@@ -179,7 +186,7 @@ def _parse_job_config(
 
 
 def _trl_argv(command: str, argv: list[str]) -> list[str]:
-    """train's and dpo's argv as TRL's parser reads it: a recipe named first becomes `--config RECIPE.yaml`."""
+    """train's, dpo's and grpo's argv as TRL's parser reads it: a recipe named first becomes `--config RECIPE.yaml`."""
     from spri_sft.config import help_request, recipe_and_options
 
     asked = help_request(argv)

@@ -13,8 +13,8 @@ from spri_sft.generate.engine import LoopSettings
 from spri_sft.pipeline.config import PipelineConfig
 from spri_sft.pipeline.run import SET_BY_PIPELINE
 
-# Every command that reads a recipe; train and dpo read TRL's fields from it.
-RECIPE_COMMANDS = ["generate", "format", "evaluate", "run", "plan", "train", "dpo"]
+# Every command that reads a recipe; train, dpo and grpo read TRL's fields from it.
+RECIPE_COMMANDS = ["generate", "format", "evaluate", "run", "plan", "train", "dpo", "grpo"]
 
 
 def run_command(capsys, *argv: str) -> tuple[int, str, str]:

@@ -163,3 +163,15 @@ def _check_round(round_: dict, name: str, where: str) -> None:
     mean = round_.get("score_mean")
     if mean is not None and (not isinstance(mean, (int, float)) or isinstance(mean, bool)):
         raise UserError(f"{where}: field '{name}.score_mean' must be a number or null, got {mean!r:.60}")
+
+
+def stage_accepted(record: Record, stage: str, threshold: float) -> bool | None:
+    """Whether `stage` ("principles" or "response") ended accepted: its last version's statistic passed
+    `threshold` as the loop judged it (`scoring.Verdict.passes`: the digits' mean under `score: expected`,
+    else the score; unscored never passes). None when the record has no round of that stage."""
+    rounds = [r for r in record["rounds"] if r["stage"] == stage]
+    if not rounds:
+        return None
+    last = rounds[-1]
+    statistic = last.get("score_mean", last.get("score"))
+    return statistic is not None and statistic >= threshold

@@ -36,7 +36,6 @@ would score the base model, not the SFT one: score the SFT adapter with `spri-sf
 from __future__ import annotations
 
 import logging
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -78,11 +77,10 @@ def build_trainer(script_args: DPOScriptArguments, training_args, model_args):
 
     job.check_model_args(model_args)
     effective_batch = job.use_effective_batch(script_args.effective_batch_size, training_args)  # before the trainer
-    adapter_dir = _check_sft_adapter(script_args, model_args)
+    adapter_dir = job.check_sft_adapter(script_args.sft_adapter, model_args, script_args.truthfulqa_before)
     truthfulqa = job.truthfulqa_callback(script_args, training_args, model_args)  # its file read before any loading
     tracking.use_offline_without_key(training_args.report_to)
 
-    from transformers import AutoTokenizer
     from trl import DPOTrainer, get_peft_config
 
     from spri_sft.format.template import use_training_template
@@ -104,16 +102,7 @@ def build_trainer(script_args: DPOScriptArguments, training_args, model_args):
 
     # Tokenizer: the SFT adapter's own (saved with its training template), else the base model's given the
     # training template SFT would give it, so a prompt renders here as it did in SFT.
-    own_tokenizer = adapter_dir is not None and (adapter_dir / "tokenizer_config.json").is_file()
-    tokenizer = AutoTokenizer.from_pretrained(
-        adapter_dir if own_tokenizer else model_path,
-        revision=None if own_tokenizer else revision,
-        trust_remote_code=training_args.trust_remote_code,
-    )
-    revisions = {
-        "model": model_revision,
-        "tokenizer": job.resolve_revision(str(adapter_dir), None) if own_tokenizer else model_revision,
-    }
+    tokenizer, revisions = job.load_tokenizer(model_path, model_revision, adapter_dir, training_args.trust_remote_code)
     # A template that cannot be marked is kept as it is: DPO needs no assistant mask, only the rendering.
     use_training_template(
         tokenizer, fallback=script_args.chat_template_fallback, template=script_args.training_template
@@ -121,9 +110,7 @@ def build_trainer(script_args: DPOScriptArguments, training_args, model_args):
 
     model = job.load_model(model_path, model_args, training_args, tokenizer, revision)
     if adapter_dir is not None:
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=True)
+        model = job.continue_adapter(model, adapter_dir)
         peft_config = None  # DPOTrainer adds the frozen "ref" copy of a pretrained adapter itself
         reference = f"the SFT adapter {adapter_dir} (a frozen copy)"
     else:
@@ -147,24 +134,6 @@ def build_trainer(script_args: DPOScriptArguments, training_args, model_args):
     return trainer
 
 
-def _check_sft_adapter(script_args: DPOScriptArguments, model_args) -> Path | None:
-    if script_args.sft_adapter is None:
-        return None
-    path = Path(script_args.sft_adapter)
-    if not (path / "adapter_config.json").is_file():
-        raise UserError(f"sft_adapter {path}: no adapter_config.json there (give a `spri-sft train` output_dir)")
-    if not model_args.use_peft:
-        raise UserError(
-            "sft_adapter continues a LoRA adapter: set use_peft true (its r, alpha and targets are its own)"
-        )
-    if script_args.truthfulqa_before:
-        raise UserError(
-            "truthfulqa_before with sft_adapter would score the base model, not the SFT one; "
-            "score the SFT adapter with `spri-sft evaluate --adapter` instead"
-        )
-    return path
-
-
 def _check_preference_columns(train_dataset, source: str) -> None:
     missing = [name for name in PREFERENCE_COLUMNS if name not in train_dataset.column_names]
     if missing:
@@ -178,22 +147,12 @@ def _check_preference_columns(train_dataset, source: str) -> None:
 def main(script_args: DPOScriptArguments, training_args, model_args, recipe: Path | None = None) -> dict:
     """Train, save, and return the final metrics (`recipe`: the file the settings came from). Tests call this."""
     trainer = build_trainer(script_args, training_args, model_args)
-    adapter = _adapter_words(trainer, script_args, model_args)
+    adapter = job.continued_adapter_words(trainer.model, script_args.sft_adapter)
     summary = job.training_summary(trainer, model_args, recipe, command="dpo", unit="pairs", adapter=adapter)
     summary += f"\n[spri-sft]   DPO beta={training_args.beta}, loss {'+'.join(training_args.loss_type)}; reference: {trainer.reference}"
     metrics = job.train_and_save(trainer, script_args, training_args, model_args, summary, reference=trainer.reference)
-    if "ref" in getattr(trainer.model, "peft_config", {}):
-        # PEFT saves every adapter the model holds; the reference copy is the SFT adapter, which stays where it was.
-        shutil.rmtree(Path(training_args.output_dir) / "ref", ignore_errors=True)
+    job.drop_reference_copy(trainer.model, training_args.output_dir)
     return metrics
-
-
-def _adapter_words(trainer, script_args: DPOScriptArguments, model_args) -> str | None:
-    """The adapter in the summary line: the continued SFT adapter's own shape, else the recipe's (None)."""
-    if script_args.sft_adapter is None:
-        return None
-    config = trainer.model.peft_config["default"]
-    return f"LoRA r={config.r}, alpha={config.lora_alpha} continued from {script_args.sft_adapter}"
 
 
 def cli(argv: list[str] | None = None) -> int:

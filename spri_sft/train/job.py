@@ -1,14 +1,17 @@
-"""What every training job shares (`spri-sft train`, `spri-sft dpo`): its command line, its setup, its run.
+"""What every training job shares (`spri-sft train`, `dpo`, `grpo`): its command line, its setup, its run.
 
 A job is TRL's shape (trl/scripts/sft.py): script arguments plus TRL's own config dataclasses, parsed by
 `TrlParser` (a YAML recipe via --config, flags over it, an `env:` block), a `build_trainer` and a `main`.
-The entries (`spri_sft.train.sft`, `spri_sft.train.dpo`) hold what differs; this module holds the rest:
+The entries (`spri_sft.train.sft`, `spri_sft.train.dpo`, `spri_sft.train.grpo`) hold what differs; this module
+holds the rest:
 
 * the command line (`run_job`): the recipe read and its field names checked (`check_recipe_fields`, with the
   closest known name) before TRL builds anything, the CPU in float32 without a GPU, one job per output_dir;
 * the script arguments every job takes (`JobScriptArguments`);
 * setup: the batch an optimizer step takes (`use_effective_batch`), the model's commit (`resolve_revision`),
   the model (`load_model`), the dataset (`load_training_dataset`, `dataset_split`), the TruthfulQA callback;
+* continuing an SFT adapter (dpo and grpo's `sft_adapter`): `check_sft_adapter`, `load_tokenizer`,
+  `continue_adapter`, `continued_adapter_words`, `drop_reference_copy`;
 * the run (`train_and_save`): effective config, summary, resume, train, evaluate, save, card, metrics.
 """
 
@@ -386,6 +389,66 @@ def stop_token_ids(model_stops: int | list[int] | None, trained_eos: int) -> int
     if trained_eos not in stops:
         stops.append(trained_eos)
     return stops[0] if len(stops) == 1 else stops
+
+
+# -- continuing an SFT adapter (dpo, grpo) ----------------------------------------------------
+
+
+def check_sft_adapter(sft_adapter: str | None, model_args, truthfulqa_before: bool) -> Path | None:
+    """The `spri-sft train` adapter a job continues (`sft_adapter`), checked before anything loads; None without one."""
+    if sft_adapter is None:
+        return None
+    path = Path(sft_adapter)
+    if not (path / "adapter_config.json").is_file():
+        raise UserError(f"sft_adapter {path}: no adapter_config.json there (give a `spri-sft train` output_dir)")
+    if not model_args.use_peft:
+        raise UserError(
+            "sft_adapter continues a LoRA adapter: set use_peft true (its r, alpha and targets are its own)"
+        )
+    if truthfulqa_before:
+        raise UserError(
+            "truthfulqa_before with sft_adapter would score the base model, not the SFT one; "
+            "score the SFT adapter with `spri-sft evaluate --adapter` instead"
+        )
+    return path
+
+
+def load_tokenizer(model_path: str, model_revision: dict, adapter_dir: Path | None, trust_remote_code: bool):
+    """(tokenizer, revisions): the SFT adapter's own tokenizer (saved with its training template) when it has one,
+    else the base model's at its resolved commit; `revisions` as `train_and_save` records them."""
+    from transformers import AutoTokenizer
+
+    own = adapter_dir is not None and (adapter_dir / "tokenizer_config.json").is_file()
+    tokenizer = AutoTokenizer.from_pretrained(
+        adapter_dir if own else model_path,
+        revision=None if own else model_revision["commit"] or model_revision["revision"],
+        trust_remote_code=trust_remote_code,
+    )
+    tokenizer_revision = resolve_revision(str(adapter_dir), None) if own else model_revision
+    return tokenizer, {"model": model_revision, "tokenizer": tokenizer_revision}
+
+
+def continue_adapter(model, adapter_dir: Path):
+    """`model` with the SFT adapter loaded trainable; the trainers add its frozen "ref" copy where they need one."""
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=True)
+
+
+def continued_adapter_words(model, sft_adapter: str | None) -> str | None:
+    """The adapter in the summary line: the continued SFT adapter's own shape, else None (the recipe's)."""
+    if sft_adapter is None:
+        return None
+    config = model.peft_config["default"]
+    return f"LoRA r={config.r}, alpha={config.lora_alpha} continued from {sft_adapter}"
+
+
+def drop_reference_copy(model, output_dir: str) -> None:
+    """PEFT saves every adapter the model holds; a "ref" copy is the SFT adapter, which stays where it was."""
+    import shutil
+
+    if "ref" in getattr(model, "peft_config", {}):
+        shutil.rmtree(Path(output_dir) / "ref", ignore_errors=True)
 
 
 def load_training_dataset(script_args: JobScriptArguments):
