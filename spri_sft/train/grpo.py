@@ -1,0 +1,327 @@
+"""Online RL on SPRI's principles: TRL GRPOTrainer + PEFT LoRA, rewarded by the critic's score against each
+prompt's accepted principles.
+
+The same job as `spri-sft train` and `spri-sft dpo` (`spri_sft.train.job`), with TRL's `GRPOConfig` and
+`GRPOScriptArguments`, parsed by `TrlParser`: a YAML recipe sets everything, flags override it, an `env:`
+block sets environment variables.
+
+    # CPU: a fresh LoRA adapter on the embedded default, a few steps
+    spri-sft grpo --config recipes/smollm2-135m-instruct/grpo/lora.yaml
+    # after SFT: continue the SFT adapter (its frozen copy is the KL reference when beta > 0)
+    spri-sft grpo --config recipes/smollm2-135m-instruct/grpo/lora.yaml \
+        --sft_adapter outputs/smollm2-135m-instruct/sft/lora
+
+What it does, top to bottom:
+1. the checks, the CPU fallback, the effective batch and the model's commit of every job (`job`);
+2. the prompts (`load_prompts`): the SFT dataset's train split (`dataset_path`, a `spri-sft format` output, so
+   the split and format's filters are SFT's own: the reviewer's exclusions, the benchmark contamination guard,
+   deduplication), each row joined by id to its record (in the records files the format output's config.yaml
+   names) for the prompt's final principles; kept only when its principles stage ended accepted at the
+   threshold of the generate run that wrote the records (`generate.record.stage_accepted`), unless
+   `admit_unaccepted_principles`, and never without principles; every dropped row counted and said;
+3. the critic (`critic_config`, by default the config.yaml of that generate run: its `critic:` role, `loop:`
+   and templates; a `vllm` critic gets its server started as generate starts one) as the reward
+   (`spri_sft.train.grpo_reward.PrincipleReward`), started before the first step, so a critic that cannot load
+   or be reached is one line;
+4. the tokenizer with SFT's training template (or the SFT adapter's own), the model with a fresh LoRA adapter
+   or the SFT adapter continued, and TRL's GRPOTrainer;
+5. train (resuming from the last checkpoint), save the adapter, tokenizer, generation config and card as every
+   job does, and the critic's totals in `<output_dir>/reward.json`.
+
+Not supported: full fine-tuning with a pretrained adapter; `truthfulqa_before` with `sft_adapter`;
+several processes with an in-process (`transformers`) critic, which each process would load.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from spri_sft.errors import UserError
+from spri_sft.train import job
+
+CONFIG_FILE = "config.yaml"  # the effective config generate and format write beside their outputs
+
+
+@dataclass
+class GRPOScriptArguments(job.JobScriptArguments):
+    """What to train on, who rewards it, and what to do around training (the rest is TRL's GRPOConfig and ModelConfig)."""
+
+    dataset_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "The SFT dataset: a `spri-sft format` output directory (itself or its hf/). Its train split "
+            "gives the prompts, its config.yaml the records files they came from (for their principles)."
+        },
+    )
+    critic_config: str | None = field(
+        default=None,
+        metadata={
+            "help": "A generate config (YAML) whose critic: role judges the completions, with its loop: "
+            "(threshold, score_retries, official_checkout) and templates. Unset: the config.yaml of the "
+            "generate run beside the first records file, so the critic that accepted the principles."
+        },
+    )
+    admit_unaccepted_principles: bool = field(
+        default=False,
+        metadata={
+            "help": "Also train on prompts whose principles stage ended without acceptance (max_rounds), with "
+            "their final principles. Unset: they are dropped and counted."
+        },
+    )
+    sft_adapter: str | None = field(
+        default=None,
+        metadata={
+            "help": "A `spri-sft train` LoRA adapter to continue (needs use_peft; its own r/alpha/targets); with "
+            "beta > 0 a frozen copy of it is the KL reference. Unset: a fresh adapter on the base model."
+        },
+    )
+
+
+def make_parser():
+    from trl import GRPOConfig, ModelConfig
+
+    return job.job_parser((GRPOScriptArguments, GRPOConfig, ModelConfig), prog="spri-sft grpo")
+
+
+# -- the prompts -------------------------------------------------------------------------------
+
+
+def format_dir_of(dataset_path: str) -> Path:
+    """The `spri-sft format` output directory of `dataset_path` (itself, or the parent of its hf/)."""
+    path = Path(dataset_path)
+    if not (path / CONFIG_FILE).is_file() and path.name == "hf":
+        path = path.parent
+    if not (path / CONFIG_FILE).is_file():
+        raise UserError(
+            f"dataset_path {dataset_path}: no {CONFIG_FILE} there; give a `spri-sft format` output directory "
+            "(its config.yaml names the records the prompts' principles come from)"
+        )
+    return path
+
+
+def read_generate_config(path: Path, setting: str):
+    """A generate config (`GenerateConfig`) from a YAML file, read as `spri-sft generate` reads it."""
+    from spri_sft.config import from_dict, read_recipe
+    from spri_sft.generate.config import GenerateConfig
+
+    if not path.is_file():
+        raise UserError(f"{setting} {path} not found (the config.yaml a `spri-sft generate` run writes)")
+    return from_dict(GenerateConfig, read_recipe(path) or {}, str(path))
+
+
+def principle_prompts(split, records: dict, threshold: float, admit_unaccepted: bool) -> tuple[list[dict], Counter]:
+    """The GRPO rows of an SFT split: {prompt (the conversation up to the answer), principles, id} for each row
+    whose record has principles, accepted unless `admit_unaccepted`; and the count of each reason a row was dropped."""
+    from spri_sft.generate.record import stage_accepted
+
+    rows, dropped = [], Counter()
+    for row in split:
+        record = records.get(row["id"])
+        if record is None:
+            dropped["not_in_records"] += 1
+            continue
+        principles = record.get("principles")
+        if not principles:
+            dropped["no_principles"] += 1
+            continue
+        # None: the mode has no principles stage, its rubric is fixed rules (seed-principles-critic, ...).
+        if stage_accepted(record, "principles", threshold) is False and not admit_unaccepted:
+            dropped["principles_not_accepted"] += 1
+            continue
+        prompt = [message for message in row["messages"] if message["role"] != "assistant"]
+        rows.append({"prompt": prompt, "principles": principles, "id": row["id"]})
+    return rows, dropped
+
+
+def load_prompts(script_args: GRPOScriptArguments, training_args) -> tuple:
+    """(train dataset, eval dataset or None, the generate config of the critic, a report of what was kept)."""
+    from datasets import Dataset
+
+    from spri_sft.config import from_dict, read_recipe
+    from spri_sft.format.build import read_records
+    from spri_sft.format.config import FormatConfig
+
+    if not script_args.dataset_path:
+        raise UserError("set dataset_path: the `spri-sft format` output of the SFT dataset (its train split's prompts)")
+    format_dir = format_dir_of(script_args.dataset_path)
+    format_config = from_dict(FormatConfig, read_recipe(format_dir / CONFIG_FILE) or {}, str(format_dir / CONFIG_FILE))
+    records = {record["id"]: record for record in read_records(format_config.records)}
+    # The run that wrote the records: its loop's threshold is what accepted their principles.
+    run_path = Path(format_config.records[0]).parent / CONFIG_FILE
+    run = read_generate_config(run_path, f"the config of the generate run that wrote {format_config.records[0]}:")
+    critic_path = Path(script_args.critic_config) if script_args.critic_config else run_path
+    generate = read_generate_config(critic_path, "critic_config") if script_args.critic_config else run
+
+    dataset, source = job.load_training_dataset(script_args)
+    splits = {"train": script_args.dataset_train_split}
+    if training_args.eval_strategy != "no":
+        splits["validation"] = script_args.dataset_test_split
+    made, report = {}, {"dataset": source, "records": format_config.records, "critic_config": str(critic_path)}
+    for name, split_name in splits.items():
+        option = "dataset_train_split" if name == "train" else "dataset_test_split"
+        split = job.dataset_split(
+            dataset, source, split_name, option, 'or eval_strategy to "no"' if name != "train" else ""
+        )
+        rows, dropped = principle_prompts(split, records, run.loop.threshold, script_args.admit_unaccepted_principles)
+        if not rows:
+            raise UserError(
+                f"{source}: none of the {len(split)} rows of split '{split_name}' has principles to reward by "
+                f"({_dropped_words(dropped)}); give the format output of a mode with principles (spri)"
+                + ("" if script_args.admit_unaccepted_principles else ", or set admit_unaccepted_principles true")
+            )
+        made[name] = Dataset.from_list(rows)
+        report[name] = {"rows": len(split), "prompts": len(rows), "dropped": dict(dropped)}
+    return made["train"], made.get("validation"), generate, report
+
+
+def _dropped_words(dropped: Counter) -> str:
+    return ", ".join(f"{count} {reason.replace('_', ' ')}" for reason, count in dropped.items()) or "none dropped"
+
+
+def prompts_line(report: dict, admit_unaccepted: bool) -> str:
+    train = report["train"]
+    line = f"[spri-sft]   prompts: {train['prompts']} of the {train['rows']} SFT train rows"
+    if train["dropped"]:
+        line += f"; dropped {_dropped_words(Counter(train['dropped']))}"
+        if train["dropped"].get("principles_not_accepted"):
+            line += " (admit_unaccepted_principles true trains on them)"
+    elif admit_unaccepted:
+        line += " (principles accepted or not: admit_unaccepted_principles)"
+    return line
+
+
+# -- the critic --------------------------------------------------------------------------------
+
+
+def build_reward(generate, servers):
+    """The critic of generate config `generate` as GRPO's reward (a vllm role on a server `servers` starts)."""
+    from spri_sft.generate.prompts import load_prompt_set
+    from spri_sft.llm import build_backend
+    from spri_sft.train.grpo_reward import PrincipleReward
+
+    (critic,) = servers.endpoints(generate.critic)
+    return PrincipleReward(
+        build_backend(critic),
+        loop=generate.loop,
+        prompts=load_prompt_set(generate.loop.prompts_file),
+        max_concurrent=generate.max_concurrent_prompts,
+    )
+
+
+def critic_words(generate) -> str:
+    critic = generate.critic
+    where = f" at {', '.join(critic.base_url)}" if critic.backend == "openai" else f" ({critic.backend})"
+    return f"{critic.model}{where}, score: {critic.score}"
+
+
+# -- the job -----------------------------------------------------------------------------------
+
+
+def build_trainer(script_args: GRPOScriptArguments, training_args, model_args, servers):
+    """Checks, prompts, critic (started), tokenizer with its training template, model (and adapter), GRPOTrainer.
+
+    The trainer carries `truthfulqa`, `effective_batch`, `revisions` (as every job's), `reward` (the
+    PrincipleReward), `prompts_report` and `critic` (in words)."""
+    from spri_sft import tracking
+
+    job.check_model_args(model_args)
+    effective_batch = job.use_effective_batch(script_args.effective_batch_size, training_args)  # before the trainer
+    adapter_dir = job.check_sft_adapter(script_args.sft_adapter, model_args, script_args.truthfulqa_before)
+    truthfulqa = job.truthfulqa_callback(script_args, training_args, model_args)  # its file read before any loading
+    tracking.use_offline_without_key(training_args.report_to)
+
+    from trl import GRPOTrainer, get_peft_config
+
+    from spri_sft.format.template import use_training_template
+    from spri_sft.train.progress import use_training_progress
+
+    train_dataset, eval_dataset, generate, report = load_prompts(script_args, training_args)
+
+    model_path = job.model_location(model_args)
+    model_revision = job.resolve_revision(model_path, model_args.model_revision)
+    revision = model_revision["commit"] or model_args.model_revision
+    tokenizer, revisions = job.load_tokenizer(model_path, model_revision, adapter_dir, training_args.trust_remote_code)
+    # Prompts render as they did in SFT: the training template (only the rendering matters, no assistant mask).
+    use_training_template(
+        tokenizer, fallback=script_args.chat_template_fallback, template=script_args.training_template
+    )
+    tokenizer.padding_side = "left"  # GRPO generates from the prompts' right edge
+
+    model = job.load_model(model_path, model_args, training_args, tokenizer, revision)
+    if adapter_dir is not None:
+        model = job.continue_adapter(model, adapter_dir)
+        peft_config = None  # GRPOTrainer adds the frozen "ref" copy of a pretrained adapter itself (beta > 0)
+    else:
+        peft_config = get_peft_config(model_args)
+
+    reward = build_reward(generate, servers)
+    trainer = GRPOTrainer(
+        model=model,
+        reward_funcs=reward,
+        args=training_args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        processing_class=tokenizer,
+        peft_config=peft_config,
+        callbacks=[truthfulqa] if truthfulqa is not None else None,
+    )
+    # The reward runs on the trainer's own event loop (TRL awaits async reward functions there): the critic is
+    # loaded, or its servers checked, on that loop, before any step.
+    asyncio.run_coroutine_threadsafe(reward.start(), trainer.async_loop).result()
+    trainer.truthfulqa = truthfulqa
+    trainer.effective_batch = effective_batch
+    trainer.revisions = revisions
+    trainer.reward = reward
+    trainer.prompts_report = report
+    trainer.critic = critic_words(generate)
+    use_training_progress(trainer)
+    return trainer
+
+
+def main(script_args: GRPOScriptArguments, training_args, model_args, recipe: Path | None = None) -> dict:
+    """Train, save, and return the final metrics (`recipe`: the file the settings came from). Tests call this."""
+    from spri_sft.generate.servers import ServedModels
+
+    output_dir = Path(training_args.output_dir)
+    with ServedModels(output_dir / "servers") as servers:  # a vllm critic's server, stopped however training ends
+        trainer = build_trainer(script_args, training_args, model_args, servers)
+        try:
+            adapter = job.continued_adapter_words(trainer.model, script_args.sft_adapter)
+            summary = job.training_summary(trainer, model_args, recipe, command="grpo", unit="prompts", adapter=adapter)
+            summary += "\n" + prompts_line(trainer.prompts_report, script_args.admit_unaccepted_principles)
+            summary += (
+                f"\n[spri-sft]   reward: the critic {trainer.critic} against each prompt's principles, scaled to "
+                f"[0, 1]; {training_args.num_generations} completions per prompt, beta={training_args.beta}"
+            )
+            metrics = job.train_and_save(
+                trainer, script_args, training_args, model_args, summary, prompts=trainer.prompts_report,
+                critic=trainer.critic,
+            )  # fmt: skip
+        finally:
+            asyncio.run_coroutine_threadsafe(trainer.reward.close(), trainer.async_loop).result()
+    totals = dict(trainer.reward.totals)
+    if trainer.accelerator.is_main_process:
+        (output_dir / "reward.json").write_text(json.dumps(totals, indent=2) + "\n")
+        print(reward_line(totals), flush=True)
+    job.drop_reference_copy(trainer.model, training_args.output_dir)
+    return metrics | {f"critic/{key}": value for key, value in totals.items()}
+
+
+def reward_line(totals: dict) -> str:
+    """What the critic did over the whole run, in one line: completions scored, unscored and failed, calls, tokens."""
+    done = totals.get("completions", 0)
+    tokens = totals.get("prompt_tokens", 0) + totals.get("completion_tokens", 0)
+    return (
+        f"[spri-sft] grpo: the critic scored {totals.get('scored', 0)} of {done} completions "
+        f"({totals.get('unscored', 0)} unscored, {totals.get('failed', 0)} unanswered after retries: reward None, "
+        f"left out by TRL); {totals.get('calls', 0)} calls, {tokens:,} tokens"
+    )
+
+
+def cli(argv: list[str] | None = None) -> int:
+    """`spri-sft grpo`: as `spri-sft train`, with the GRPO fields."""
+    return job.run_job(argv, "spri-sft grpo", make_parser, main)

@@ -1,0 +1,342 @@
+"""`spri-sft grpo` (`spri_sft.train.grpo`): the prompts of the SFT train split with their accepted principles,
+and GRPO training rewarded by a critic that follows a known rule.
+
+Records are written by hand in the shape `spri-sft generate` writes them, beside the config.yaml a generate
+run writes; `spri-sft format` makes the SFT dataset from them, as in a run.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from spri_sft.config import dump_yaml
+from spri_sft.errors import UserError
+from spri_sft.format.build import build_dataset
+from spri_sft.format.config import FormatConfig
+from spri_sft.generate.config import GenerateConfig
+from spri_sft.generate.engine import LoopSettings
+from spri_sft.train.grpo import GRPOScriptArguments, load_prompts, principle_prompts
+
+THRESHOLD = 4
+
+
+def record(number: int, principles_scores: list[int | None], principles: str | None = "Name the word cedar.") -> dict:
+    """A spri record whose principles stage had these critic scores (its last one decides acceptance at 4)."""
+    rounds = [
+        {
+            "stage": "principles",
+            "round": i,
+            "text": principles or "",
+            "finish_reason": "stop",
+            "critique": "ok",
+            "score": s,
+        }
+        for i, s in enumerate(principles_scores, 1)
+    ]
+    rounds.append(
+        {"stage": "response", "round": 1, "text": "Cedar.", "finish_reason": "stop", "critique": "ok", "score": 5}
+    )
+    accepted = principles_scores and principles_scores[-1] is not None and principles_scores[-1] >= THRESHOLD
+    return {
+        "id": f"rec{number:03d}",
+        "prompt": f"Question number {number} about {['oak', 'pine', 'elm', 'ash', 'fir', 'yew'][number % 6]} trees",
+        "mode": "spri",
+        "principles": principles,
+        "response": "Cedar.",
+        "status": "accepted" if accepted else "max_rounds",
+        "rounds": rounds,
+    }  # fmt: skip
+
+
+def row_of(rec: dict) -> dict:
+    return {
+        "id": rec["id"],
+        "messages": [{"role": "user", "content": rec["prompt"]}, {"role": "assistant", "content": "x"}],
+    }
+
+
+def test_only_prompts_whose_principles_stage_ended_accepted_are_kept_and_the_others_counted():
+    records = {r["id"]: r for r in [record(1, [2, 5]), record(2, [2, 3]), record(3, [None]), record(4, [4], None)]}
+    rows, dropped = principle_prompts([row_of(r) for r in records.values()], records, THRESHOLD, admit_unaccepted=False)
+    assert [row["id"] for row in rows] == ["rec001"]
+    assert rows[0]["prompt"] == [{"role": "user", "content": records["rec001"]["prompt"]}]
+    assert rows[0]["principles"] == "Name the word cedar."
+    assert dropped == {"principles_not_accepted": 2, "no_principles": 1}
+
+
+def test_admit_unaccepted_principles_keeps_them_with_their_final_principles():
+    records = {r["id"]: r for r in [record(1, [2, 5]), record(2, [2, 3])]}
+    rows, dropped = principle_prompts([row_of(r) for r in records.values()], records, THRESHOLD, admit_unaccepted=True)
+    assert [row["id"] for row in rows] == ["rec001", "rec002"]
+    assert not dropped
+
+
+def test_under_score_expected_acceptance_is_the_digit_mean_against_the_threshold():
+    below = record(1, [4])
+    below["rounds"][0] |= {"score_mode": "expected", "score_mean": 3.9}
+    rows, dropped = principle_prompts([row_of(below)], {below["id"]: below}, THRESHOLD, admit_unaccepted=False)
+    assert not rows and dropped == {"principles_not_accepted": 1}
+
+
+def make_run(tmp_path: Path, records: list[dict], critic: dict | None = None, **format_settings) -> Path:
+    """A generate output (records.jsonl and its config.yaml) and the SFT dataset `spri-sft format` makes of it."""
+    generate_dir = tmp_path / "generate"
+    generate_dir.mkdir()
+    (generate_dir / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    config = GenerateConfig(output_dir=str(generate_dir), loop=LoopSettings(threshold=THRESHOLD))
+    if critic:
+        for key, value in critic.items():
+            setattr(config.critic, key, value)
+    dump_yaml(config, generate_dir / "config.yaml")
+    settings = dict(truthfulqa_file="none", near_duplicate_threshold=None, validation_fraction=0.25)
+    build_dataset(
+        FormatConfig(records=[str(generate_dir / "records.jsonl")], output_dir=str(tmp_path / "sft"), **(settings | format_settings))
+    )  # fmt: skip
+    return tmp_path / "sft"
+
+
+class NoEval:
+    eval_strategy = "no"
+
+
+def test_the_prompts_are_the_sft_train_split_the_same_rows_sft_trains_on(tmp_path):
+    from datasets import load_from_disk
+
+    sft = make_run(tmp_path, [record(n, [5]) for n in range(12)])
+    train, _, generate, report = load_prompts(GRPOScriptArguments(dataset_path=str(sft)), NoEval())
+    sft_train = load_from_disk(str(sft / "hf"))["train"]
+    assert sorted(train["id"]) == sorted(sft_train["id"])
+    assert 0 < len(train) < 12  # the validation prompts are not GRPO's
+    assert report["train"] == {"rows": len(sft_train), "prompts": len(sft_train), "dropped": {}}
+    assert generate.loop.threshold == THRESHOLD  # the critic and loop of the generate run beside the records
+
+
+def test_a_split_left_without_accepted_principles_is_one_line_naming_the_setting_that_admits_them(tmp_path):
+    sft = make_run(tmp_path, [record(n, [2]) for n in range(8)])
+    with pytest.raises(UserError, match="principles not accepted.*admit_unaccepted_principles true"):
+        load_prompts(GRPOScriptArguments(dataset_path=str(sft)), NoEval())
+
+
+def test_a_dataset_path_that_is_no_format_output_is_one_line(tmp_path):
+    with pytest.raises(UserError, match=r"dataset_path .*no config.yaml there"):
+        load_prompts(GRPOScriptArguments(dataset_path=str(tmp_path)), NoEval())
+
+
+# -- training ------------------------------------------------------------------------------------
+
+# The critic's rule: 1 + how often the response holds the word its principles name (at most 5). The tiny
+# model writes near-uniform byte-level noise, in which "e" is common but not saturating, so the reward starts
+# near 0.5 and has room to rise.
+WORD = "e"
+
+
+def substring_critic(messages, body) -> str:
+    text = messages[-1]["content"]
+    response = text.split("### Response to evaluate\n", 1)[1].split("\n\n### Principles", 1)[0]
+    principles = text.split("### Principles (the rubric)\n", 1)[1].split("\n\n### Scores", 1)[0]
+    word = principles.split("the word ", 1)[1].split(".", 1)[0]
+    return f"Feedback: counted. [RESULT] {1 + min(4, response.count(word))}"
+
+
+@pytest.fixture
+def critic_server():
+    from support.fake_openai_server import FakeOpenAIServer
+
+    with FakeOpenAIServer(reply_fn=substring_critic) as server:
+        yield server
+
+
+def grpo_run(tmp_path: Path, server, faults=None) -> Path:
+    """An SFT dataset of 12 prompts whose principles name WORD, its records' critic the fake server."""
+    critic = {
+        "backend": "openai",
+        "model": "fake-model",
+        "base_url": [server.base_url],
+        "max_retries": 1,
+        "timeout": 5.0,
+    }
+    return make_run(tmp_path, [record(n, [5], principles=f"Name the word {WORD}.") for n in range(12)], critic=critic)
+
+
+def grpo_argv(model_dir: Path, dataset: Path, output_dir: Path, *overrides: str) -> list[str]:
+    """`spri-sft grpo` flags for CPU LoRA steps on the tiny model: one prompt, 8 completions of 16 tokens a step."""
+    return [
+        "--model_name_or_path", str(model_dir),
+        "--dataset_path", str(dataset),
+        "--output_dir", str(output_dir),
+        "--use_peft", "--lora_r", "16", "--lora_alpha", "32", "--lora_target_modules", "all-linear",
+        "--per_device_train_batch_size", "8", "--num_generations", "8", "--max_completion_length", "16",
+        "--learning_rate", "5e-2",
+        "--max_steps", "3",
+        "--logging_steps", "1",
+        "--eval_strategy", "no",
+        "--save_strategy", "no",
+        "--gradient_checkpointing", "false",
+        "--use_cpu", "true",
+        "--bf16", "false",
+        "--report_to", "none",
+        "--dataloader_num_workers", "0",
+        "--seed", "0",
+        *overrides,
+    ]  # fmt: skip
+
+
+def rewards_logged(output_dir: Path) -> list[float]:
+    history = json.loads((output_dir / "trainer_state.json").read_text())["log_history"]
+    return [entry["reward"] for entry in history if "reward" in entry]
+
+
+@pytest.mark.slow  # 30 GRPO steps: about 35 s on 2 CPU cores
+def test_the_mean_reward_of_the_last_steps_exceeds_the_first_steps_by_a_fifth(tiny_model_dir, tmp_path, critic_server):
+    from spri_sft.cli import main as spri_sft
+
+    dataset = grpo_run(tmp_path, critic_server)
+    assert spri_sft(["grpo", *grpo_argv(tiny_model_dir, dataset, tmp_path / "out", "--max_steps", "30")]) == 0
+
+    rewards = rewards_logged(tmp_path / "out")
+    assert len(rewards) == 30
+    first, last = sum(rewards[:5]) / 5, sum(rewards[-5:]) / 5
+    assert last - first >= 0.2, f"first 5 steps {first:.3f}, last 5 {last:.3f}: {rewards}"
+
+
+def test_three_steps_save_an_adapter_and_the_critics_counts(tiny_model_dir, tmp_path, critic_server, capsys):
+    from spri_sft.cli import main as spri_sft
+
+    dataset = grpo_run(tmp_path, critic_server)
+    assert spri_sft(["grpo", *grpo_argv(tiny_model_dir, dataset, tmp_path / "out")]) == 0
+
+    assert len(rewards_logged(tmp_path / "out")) == 3
+    assert (tmp_path / "out" / "adapter_model.safetensors").is_file()
+    counts = json.loads((tmp_path / "out" / "reward.json").read_text())
+    assert counts["completions"] == counts["scored"] == counts["calls"] == 3 * 8
+    out = capsys.readouterr().out
+    assert "prompts: 9 of the 9 SFT train rows" in out
+    assert "the critic scored 24 of 24 completions" in out
+
+
+def test_a_critic_outage_mid_step_is_retried_then_counted_unanswered_and_training_goes_on(tiny_model_dir, tmp_path):
+    from support.fake_openai_server import FakeOpenAIServer, FaultPlan
+
+    from spri_sft.cli import main as spri_sft
+
+    # Every critique request fails once in three; each is tried twice (max_retries 1), so some go unanswered.
+    with FakeOpenAIServer(reply_fn=substring_critic, faults=FaultPlan(rate_500=0.35), seed=1) as server:
+        dataset = grpo_run(tmp_path, server)
+        assert spri_sft(["grpo", *grpo_argv(tiny_model_dir, dataset, tmp_path / "out")]) == 0
+        retried = server.stats["500"]
+
+    counts = json.loads((tmp_path / "out" / "reward.json").read_text())
+    assert retried > counts["failed"] > 0  # some failures were retried into answers, some outlasted the retries
+    assert counts["scored"] + counts["failed"] == counts["completions"] == 24
+    assert len(rewards_logged(tmp_path / "out")) == 3
+
+
+def test_a_rerun_resumes_from_the_last_grpo_checkpoint(tiny_model_dir, tmp_path, critic_server, capsys):
+    from spri_sft.cli import main as spri_sft
+
+    dataset = grpo_run(tmp_path, critic_server)
+    output_dir = tmp_path / "out"
+    saving = ("--save_strategy", "steps", "--save_steps", "2")
+    assert spri_sft(["grpo", *grpo_argv(tiny_model_dir, dataset, output_dir, *saving, "--max_steps", "2")]) == 0
+    capsys.readouterr()
+
+    assert spri_sft(["grpo", *grpo_argv(tiny_model_dir, dataset, output_dir, *saving, "--max_steps", "3")]) == 0
+
+    assert f"resuming from {output_dir / 'checkpoint-2'}" in capsys.readouterr().out
+    history = json.loads((output_dir / "trainer_state.json").read_text())["log_history"]
+    assert [entry["step"] for entry in history if "reward" in entry] == [1, 2, 3]
+    counts = json.loads((output_dir / "reward.json").read_text())
+    assert counts["completions"] == 8  # the rerun generated and scored only step 3
+
+
+def test_critic_config_names_another_critic_and_the_records_run_still_decides_acceptance(tmp_path):
+    sft = make_run(tmp_path, [record(n, [5]) for n in range(8)])
+    other = tmp_path / "critic.yaml"
+    other.write_text(
+        "critic:\n  backend: openai\n  model: judge\n  base_url: [http://127.0.0.1:9/v1]\nloop:\n  threshold: 5\n"
+    )
+    train, _, generate, report = load_prompts(
+        GRPOScriptArguments(dataset_path=str(sft), critic_config=str(other)), NoEval()
+    )
+    assert (generate.critic.model, generate.loop.threshold) == ("judge", 5)
+    assert report["critic_config"] == str(other)
+    assert len(train) == report["train"]["rows"]  # accepted at the run's threshold 4, not the critic file's 5
+
+
+@pytest.fixture
+def sft_adapter(tiny_model_dir, tmp_path):
+    """A LoRA adapter (r 4) trained a few steps by `spri-sft train`, as SFT leaves one."""
+    from conftest import build_sft_dataset, tiny_lora_argv
+
+    from spri_sft.train import sft
+
+    output_dir = tmp_path / "sft-adapter"
+    dataset = build_sft_dataset(tmp_path / "sft-data" / "hf")
+    sft.main(
+        *sft.make_parser().parse_args_and_config(
+            args=tiny_lora_argv(tiny_model_dir, dataset, output_dir, "--lora_r", "4")
+        )
+    )
+    return output_dir
+
+
+def test_continuing_an_sft_adapter_trains_it_against_a_frozen_copy_and_saves_only_it(
+    tiny_model_dir, tmp_path, critic_server, sft_adapter
+):
+    import torch
+
+    from spri_sft.train import grpo
+
+    dataset = grpo_run(tmp_path, critic_server)
+    argv = grpo_argv(
+        tiny_model_dir,
+        dataset,
+        tmp_path / "out",
+        "--sft_adapter",
+        str(sft_adapter),
+        "--beta",
+        "0.04",
+        "--max_steps",
+        "1",
+    )
+    script_args, training_args, model_args = grpo.make_parser().parse_args_and_config(args=argv)
+    metrics = grpo.main(script_args, training_args, model_args)
+
+    assert metrics["critic/completions"] == 8
+    saved = json.loads((tmp_path / "out" / "adapter_config.json").read_text())
+    assert saved["r"] == 4  # the SFT adapter's own shape, not this run's lora_r 16
+    assert not (tmp_path / "out" / "ref").exists()  # the KL reference is the SFT adapter, left where it is
+    from safetensors.torch import load_file
+
+    before, after = (
+        load_file(sft_adapter / "adapter_model.safetensors"),
+        load_file(tmp_path / "out" / "adapter_model.safetensors"),
+    )
+    assert before.keys() == after.keys()
+    assert any(not torch.equal(before[name], after[name]) for name in before)
+
+
+def test_grpo_help_lists_the_grpo_fields(capsys):
+    from spri_sft.cli import main as spri_sft
+
+    with pytest.raises(SystemExit) as exited:
+        spri_sft(["grpo", "--help"])
+    assert exited.value.code == 0
+    out = capsys.readouterr().out
+    for name in ("--admit_unaccepted_principles", "--critic_config", "--sft_adapter", "--num_generations", "--beta"):
+        assert name in out
+
+
+def test_the_cpu_recipe_parses_into_grpo_settings(monkeypatch):
+    from spri_sft.train import grpo
+
+    for variable in ("WANDB_PROJECT", "WANDB_RUN_GROUP"):  # the recipe's env: block sets them; restored after
+        monkeypatch.setenv(variable, "")
+    recipe = Path(__file__).resolve().parents[1] / "recipes/smollm2-135m-instruct/grpo/lora.yaml"
+    script_args, training_args, model_args = grpo.make_parser().parse_args_and_config(args=["--config", str(recipe)])
+    assert script_args.dataset_path == "outputs/smollm2-135m-instruct/format/spri"
+    assert training_args.per_device_train_batch_size % training_args.num_generations == 0
+    assert model_args.use_peft and not training_args.gradient_checkpointing
