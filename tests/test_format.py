@@ -14,6 +14,7 @@ import pytest
 from datasets import load_dataset, load_from_disk
 
 from spri_sft.errors import UserError
+from spri_sft.format import dedupe
 from spri_sft.format.build import build_dataset
 from spri_sft.format.config import FormatConfig
 from spri_sft.format.dedupe import SHINGLE_WORDS, near_duplicates, normalize, word_ngrams
@@ -214,6 +215,72 @@ def test_near_duplicates_match_a_brute_force_comparison_of_every_pair():
             else:
                 kept.append(i)
         assert set(near_duplicates(texts, threshold)) == set(expected), threshold
+
+
+def brute_force_near_duplicates(texts: list[str], threshold: float) -> dict[int, tuple[int, float]]:
+    """Every text against every earlier kept one: the best match, the earliest of equals."""
+    shingles = [word_ngrams(normalize(text).split(), SHINGLE_WORDS) for text in texts]
+    found, kept = {}, []
+    for i, mine in enumerate(shingles):
+        best = None
+        for j in kept:
+            similarity = len(mine & shingles[j]) / len(mine | shingles[j])
+            if similarity >= threshold and (best is None or similarity > best[1]):
+                best = (j, similarity)
+        if best is None:
+            kept.append(i)
+        else:
+            found[i] = best
+    return found
+
+
+def templated_prompts(count: int, seed: int = 0) -> list[str]:
+    """Prompts as templated prompt sets make them: a few shared frames, slots of few values, and some
+    prompts that repeat an earlier one with a word added, dropped or changed."""
+    rng = random.Random(seed)
+    frames = [
+        "I want you to act as a {a}. I will tell you about {b} and you will explain it to a {c}. "
+        "Only reply with the explanation. My first request is {d}",
+        "Below is an instruction that describes a task. Write a response that completes it. {a} the text about {b}: {d}",
+        "Write a {a} {c} about {b} in {d} paragraphs.",
+    ]
+    words = "travel guide poet teacher chef river stone cloud summarize rewrite short long one two three".split()
+    prompts = []
+    for _ in range(count):
+        if prompts and rng.random() < 0.3:
+            edited = rng.choice(prompts).split()
+            edit = rng.randrange(3)
+            position = rng.randrange(len(edited))
+            if edit == 0:
+                edited.insert(position, rng.choice(words))
+            elif edit == 1 and len(edited) > 1:
+                del edited[position]
+            else:
+                edited[position] = rng.choice(words)
+            prompts.append(" ".join(edited))
+        else:
+            slots = {name: " ".join(rng.choices(words, k=rng.randint(1, 3))) for name in "abcd"}
+            prompts.append(rng.choice(frames).format(**slots))
+    return prompts
+
+
+@pytest.mark.parametrize("threshold", [0.5, 0.8, 0.9])
+def test_near_duplicates_of_templated_prompts_name_the_same_matches_as_a_brute_force_comparison(threshold):
+    texts = templated_prompts(400)
+    expected = brute_force_near_duplicates(texts, threshold)
+    assert len(expected) >= 5  # the set holds near duplicates at this threshold
+    assert near_duplicates(texts, threshold) == expected
+
+
+def test_near_duplicates_stay_exact_when_word_ids_no_longer_fit_three_to_an_integer(monkeypatch):
+    texts = templated_prompts(200)
+    expected = near_duplicates(texts, 0.8)
+    monkeypatch.setattr(dedupe, "KEY_LIMIT", 2**10)  # as if the vocabulary had millions of words
+    assert near_duplicates(texts, 0.8) == expected
+
+
+def test_near_duplicates_of_no_texts_are_none():
+    assert near_duplicates([], 0.9) == {}
 
 
 @pytest.fixture(scope="module")

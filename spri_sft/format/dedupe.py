@@ -12,17 +12,33 @@ Near duplicates are found exactly, without comparing every pair, by prefix filte
 et al., 2006; Bayardo et al., 2007): with every set's shingles in one global order, two sets of
 Jaccard similarity >= t always share a shingle within the first `|s| - ceil(t * |s|) + 1`
 shingles of each set `s`. Only kept prompts' prefixes are indexed, and only prompts sharing a
-prefix shingle are compared in full; ordering rarest first keeps those candidates few.
+prefix shingle are compared in full; ordering rarest first keeps those candidates few, a
+shingle no other prompt has is never indexed, and the positional filter (Xiao et al., 2008)
+drops a candidate whose shingles left after the first shared one cannot reach the threshold.
+Shingles are integers in numpy arrays (`ShingleRanks`), so the pass is a few sorts plus the
+candidates' comparisons.
+
+Exact rather than MinHash LSH (e.g. `datasketch`), by measurement (`scripts/bench_format.py`,
+docs/benchmarks.md): on templated prompts LSH buckets fill with prompts that share a template
+(Jaccard 0.6-0.85, under the threshold but likely to collide in a band), so it compared more
+pairs, not fewer, and lost some pairs at the threshold besides; the exact pass keeps the
+threshold's meaning with no recall trade-off. Its costly case is a prompt set from one short
+template whose slots take few values, where even the rarest shingles are shared by many prompts
+(the benchmark's `slots` family).
 """
 
 from __future__ import annotations
 
-import math
 import re
 import unicodedata
-from collections import Counter, defaultdict
+from array import array
+from collections import defaultdict
+from dataclasses import dataclass
+
+import numpy as np
 
 SHINGLE_WORDS = 3
+KEY_LIMIT = 2**63 - 1  # shingle keys are int64
 _NOT_WORD = re.compile(r"[\W_]+")
 
 
@@ -51,43 +67,128 @@ def exact_duplicates(texts: list[str]) -> dict[int, int]:
 
 
 def near_duplicates(texts: list[str], threshold: float) -> dict[int, tuple[int, float]]:
-    """{index of a near duplicate: (index of the earlier kept text it matches, Jaccard similarity)}.
+    """{index of a near duplicate: (index of the earlier kept text it matches best, Jaccard similarity)}.
 
     Texts are taken in order; a text matching no earlier kept text is kept, so of a group of near
-    duplicates the first one stays.
+    duplicates the first one stays. Of several kept texts it matches, the most similar is named (the
+    earliest of equals).
     """
     if not 0 < threshold <= 1:
         raise ValueError(f"threshold must be in (0, 1], got {threshold}")
-    shingles = [word_ngrams(normalize(text).split(), SHINGLE_WORDS) for text in texts]
-    frequency = Counter(s for text_shingles in shingles for s in text_shingles)
-    rank = {s: r for r, s in enumerate(sorted(frequency, key=lambda s: (frequency[s], s)))}
+    if not texts:
+        return {}
+    shingles = ShingleRanks.of(texts)
+    sizes = shingles.sizes.tolist()
+    # 1e-9: 0.28 * 25 is 7.000000000000001 in floating point, and ceil() of that is 8.
+    prefixes = (shingles.sizes - np.ceil(threshold * shingles.sizes - 1e-9).astype(np.int64) + 1).tolist()
+    unique = shingles.unique_counts.tolist()
+    starts = shingles.offsets.tolist()
+    ranks = shingles.ranks
 
-    index: dict[int, list[int]] = defaultdict(list)  # shingle rank -> kept texts with it in their prefix
+    index: dict[int, list[tuple[int, int]]] = {}  # a shared shingle's rank -> (kept text, its position there)
+    sets: dict[int, set[int]] = {}  # the kept texts compared so far, as sets of shingle ranks
+    share = threshold / (1 + threshold)  # Jaccard >= t  <=>  shared >= t / (1 + t) * (|a| + |b|)
     found: dict[int, tuple[int, float]] = {}
-    for i, mine in enumerate(shingles):
-        ranked = sorted(rank[s] for s in mine)
-        # 1e-9: 0.28 * 25 is 7.000000000000001 in floating point, and ceil() of that is 8.
-        prefix = ranked[: len(ranked) - math.ceil(threshold * len(ranked) - 1e-9) + 1]
-        match = _best_match(mine, prefix, index, shingles, threshold)
-        if match is None:
-            for r in prefix:
-                index[r].append(i)
+    for i in np.flatnonzero(shingles.unique_counts < prefixes).tolist():
+        # A shingle no other text has can neither find a candidate nor be found: the prefix's
+        # shared shingles follow its unique ones (rarest first), and only they are looked up.
+        start, size, first = starts[i], sizes[i], unique[i]
+        prefix = ranks[start + first : start + prefixes[i]].tolist()
+        candidates = set()
+        for position, rank in enumerate(prefix, first):
+            kept = index.get(rank)
+            if kept is None:
+                continue
+            left = size - position
+            for j, theirs_at in kept:
+                # Positional filter (Xiao et al., 2008): at the rarest shingle two texts share, they
+                # share at most the shorter of what follows it, itself included. A later shared
+                # shingle gives a smaller bound, so one that fails here never passes there.
+                theirs_left = sizes[j] - theirs_at
+                if (left if left < theirs_left else theirs_left) >= share * (size + sizes[j]) - 1e-9:
+                    candidates.add(j)
+        best = None
+        if candidates:
+            mine = set(ranks[start : start + size].tolist())
+            for j in sorted(candidates):
+                theirs = sets.get(j)
+                if theirs is None:
+                    theirs = sets[j] = set(ranks[starts[j] : starts[j] + sizes[j]].tolist())
+                shared = len(mine & theirs)
+                similarity = shared / (size + sizes[j] - shared)
+                if similarity >= threshold and (best is None or similarity > best[1]):
+                    best = (j, similarity)
+        if best is None:
+            for position, rank in enumerate(prefix, first):
+                index.setdefault(rank, []).append((i, position))
         else:
-            found[i] = match
+            found[i] = best
     return found
 
 
-def _best_match(mine, prefix, index, shingles, threshold) -> tuple[int, float] | None:
-    best = None
-    seen = set()
-    for r in prefix:
-        for j in index.get(r, ()):
-            if j in seen:
-                continue
-            seen.add(j)
-            theirs = shingles[j]
-            shared = len(mine & theirs)
-            similarity = shared / (len(mine) + len(theirs) - shared)
-            if similarity >= threshold and (best is None or similarity > best[1]):
-                best = (j, similarity)
-    return best
+@dataclass
+class ShingleRanks:
+    """Every text's distinct shingles as integer ranks in one global order, rarest first (by how many
+    texts have the shingle, then by first appearance): text i's ranks are
+    `ranks[offsets[i] : offsets[i] + sizes[i]]`, ascending, and the first `unique_counts[i]` of them
+    are shingles no other text has. Integers in numpy arrays rather than sets of word tuples: a
+    tuple per shingle and a sort of every distinct shingle by a Python key were what made 50,000
+    prompts take minutes and a gigabyte."""
+
+    ranks: np.ndarray
+    offsets: np.ndarray
+    sizes: np.ndarray
+    unique_counts: np.ndarray
+
+    @classmethod
+    def of(cls, texts: list[str]) -> ShingleRanks:
+        word_ids: defaultdict[str, int] = defaultdict()
+        word_ids.default_factory = word_ids.__len__  # a new word gets the next id
+        words = array("q")
+        lengths = array("q")
+        for text in texts:
+            found = [word_ids[word] for word in normalize(text).split()]
+            words.extend(found)
+            lengths.append(len(found))
+        count = len(lengths)
+        lengths = np.frombuffer(lengths, dtype=np.int64) if count else np.zeros(0, np.int64)
+        words = np.frombuffer(words, dtype=np.int64) if len(words) else np.zeros(0, np.int64)
+
+        # Each text's words followed by SHINGLE_WORDS padding ids (one no word has), so that a text of
+        # fewer words than a shingle is one shingle of all its words, as `word_ngrams` makes it.
+        pad = len(word_ids)
+        base = pad + 1
+        text_of_word = np.repeat(np.arange(count), lengths)
+        padded = np.full(len(words) + SHINGLE_WORDS * count, pad, dtype=np.int64)
+        padded[np.arange(len(words)) + SHINGLE_WORDS * text_of_word] = words
+        padded_starts = np.concatenate(([0], np.cumsum(lengths + SHINGLE_WORDS)[:-1])).astype(np.int64)
+        per_text = np.maximum(lengths - SHINGLE_WORDS + 1, 1)
+        owner = np.repeat(np.arange(count), per_text)
+        first = np.concatenate(([0], np.cumsum(per_text)[:-1])).astype(np.int64)
+        positions = np.repeat(padded_starts, per_text) + np.arange(len(owner)) - np.repeat(first, per_text)
+        del text_of_word, words, first
+
+        # A shingle's key: its word ids in base `base`, exact (no hashing) while that fits in 63 bits;
+        # beyond, the leading words' key is replaced by its rank among the distinct ones first.
+        key = padded[positions]
+        for offset in range(1, SHINGLE_WORDS):
+            if key.size and int(key.max()) >= KEY_LIMIT // base - 1:
+                key = np.unique(key, return_inverse=True)[1].astype(np.int64)
+            key = key * base + padded[positions + offset]
+        del padded, positions
+        distinct, shingle = np.unique(key, return_inverse=True)
+        del key
+        kinds = len(distinct)
+        pairs = np.sort(owner * kinds + shingle.reshape(-1))
+        pairs = pairs[np.concatenate(([True], pairs[1:] != pairs[:-1]))]  # each text's distinct shingles
+        del owner, shingle
+        owner, shingle = np.divmod(pairs, kinds)
+        texts_with = np.bincount(shingle, minlength=kinds)
+        rank = np.empty(kinds, dtype=np.int64)
+        rank[np.lexsort((np.arange(kinds), texts_with))] = np.arange(kinds)
+        shared_from = int(np.count_nonzero(texts_with == 1))  # ranks below this: shingles of one text
+        ranks = np.sort(owner * kinds + rank[shingle]) % kinds
+        sizes = np.bincount(owner, minlength=count)
+        unique_counts = np.bincount(owner[ranks < shared_from], minlength=count)
+        offsets = np.concatenate(([0], np.cumsum(sizes)[:-1])).astype(np.int64)
+        return cls(ranks, offsets, sizes, unique_counts)
