@@ -199,6 +199,61 @@ def test_near_duplicates_are_kept_when_the_threshold_is_off(tmp_path):
     assert {"rec001", "rec002"} <= row_ids(out)
 
 
+PASSAGE = (
+    "The Amazon river carries more water than any other river on Earth, draining a basin of about seven million "
+    "square kilometres across nine countries before it reaches the Atlantic Ocean near the city of Belem."
+)
+
+
+def with_context(number: int, instruction: str, context: str) -> dict:
+    """A record of a prompt generate made from an instruction and a context (Dolly's `instruction` + `context`)."""
+    return {**make_record(number, f"{instruction}\n\n{context}"), "instruction": instruction}
+
+
+def test_two_questions_about_one_passage_are_not_near_duplicates_by_default(tmp_path):
+    records = [
+        with_context(1, "How many countries does the river cross?", PASSAGE),
+        with_context(2, "Which ocean does the river reach?", PASSAGE),
+    ] + FILLER
+    summary, out = build(tmp_path, records, near_duplicate_threshold=0.5)
+    assert summary["dropped"]["near_duplicate"] == 0
+    assert {"rec001", "rec002"} <= row_ids(out)
+    assert "instruction (the prompt without the context" in (out / "README.md").read_text()
+
+
+def test_instruction_and_context_compares_the_whole_prompt(tmp_path):
+    records = [
+        with_context(1, "How many countries does the river cross?", PASSAGE),
+        with_context(2, "Which ocean does the river reach?", PASSAGE),
+    ] + FILLER
+    summary, out = build(tmp_path, records, near_duplicate_threshold=0.5, near_duplicate_field="instruction+context")
+    assert summary["dropped"]["near_duplicate"] == 1
+    assert dropped(out)["rec002"][1].startswith("rec001 (instruction+context Jaccard 0.")
+
+
+def test_one_instruction_over_two_passages_is_a_near_duplicate_by_default(tmp_path):
+    # The cost of comparing instructions: a generic one repeats across different contexts.
+    records = [
+        with_context(1, "Summarize the main points of this passage in two sentences please.", PASSAGE),
+        with_context(2, "Summarize the main points of this passage in two sentences, please!", "Another text."),
+    ] + FILLER
+    summary, out = build(tmp_path, records)
+    assert dropped(out)["rec002"] == ("near_duplicate", "rec001 (instruction Jaccard 1.00)")
+
+
+def test_records_without_an_instruction_are_compared_whole(tmp_path):
+    base = "Explain in simple terms how a refrigerator moves heat from the inside of the box to the kitchen air"
+    summary, out = build(tmp_path, [make_record(1, base), make_record(2, base + " please")] + FILLER)
+    assert dropped(out)["rec002"][0] == "near_duplicate"
+
+
+def test_an_unknown_near_duplicate_field_is_refused_naming_the_choices(tmp_path):
+    with pytest.raises(
+        UserError, match=r"near_duplicate_field must be one of instruction, instruction\+context, got 'context'"
+    ):
+        build(tmp_path, FILLER, near_duplicate_field="context")
+
+
 def test_near_duplicates_match_a_brute_force_comparison_of_every_pair():
     rng = random.Random(0)
     words = "the a cat dog sat ran on under mat log red big".split()

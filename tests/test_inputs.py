@@ -5,7 +5,7 @@ import json
 import pytest
 
 from spri_sft.errors import UserError
-from spri_sft.generate.inputs import PromptSource, load_prompts
+from spri_sft.generate.inputs import PromptSource, load_prompts, prompt_origin
 
 
 def jsonl(tmp_path, rows, name="prompts.jsonl"):
@@ -25,6 +25,14 @@ def test_context_column_is_appended_after_a_blank_line(tmp_path):
     )
     prompts = load_prompts(PromptSource(path=path, prompt_column="instruction", context_column="context"))
     assert prompts == ["Summarize this.\n\nA long text.", "Hi?"]
+
+
+def test_a_prompt_with_a_context_keeps_its_instruction_apart_for_its_record(tmp_path):
+    path = jsonl(
+        tmp_path, [{"instruction": "Summarize this.", "context": "A long text."}, {"instruction": "Hi?", "context": ""}]
+    )
+    prompts = load_prompts(PromptSource(path=path, prompt_column="instruction", context_column="context"))
+    assert [prompt_origin(p) for p in prompts] == [{"instruction": "Summarize this."}, {}]
 
 
 def test_self_instruct_nested_fields(shared_dir):

@@ -108,6 +108,7 @@ def test_the_paper_setups_have_a_pipeline_recipe_per_model_with_every_table4_row
                 assert (role.max_new_tokens, role.min_new_tokens) == (256, 30)
             assert config.generate.prompts.response_column == {"dolly": "response", "mixinstruct": "output"}[setup]
             assert config.format.validation_rows == 2_000
+            assert config.format.near_duplicate_threshold is None  # the paper drops no near duplicates
             prompts = config.generate.prompts
             if setup == "dolly":  # one source, split by format's hash of the prompt
                 assert prompts.limit == train_rows + 2_000 and not prompts.sources

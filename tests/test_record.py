@@ -56,10 +56,11 @@ class ScriptedBackend:
 
 def generated_records(tmp_path: Path, monkeypatch, mode: str, score_setting: str, **settings) -> list[dict]:
     """The records.jsonl lines of a `spri-sft generate` run of `mode`: two prompt sources (so records carry
-    prompt_source, sft_split and source_id), one prompt of which fails."""
+    prompt_source, sft_split and source_id), one prompt of which fails, the other with a context (so its
+    record carries its instruction)."""
     rows = [
-        {"id": 1, "prompt": "How do tides work?", "answer": "The moon."},
-        {"id": 2, "prompt": FAILING_PROMPT, "answer": "It does not."},
+        {"id": 1, "prompt": "How do tides work?", "context": "On the coast.", "answer": "The moon."},
+        {"id": 2, "prompt": FAILING_PROMPT, "context": "", "answer": "It does not."},
     ]
     train, validation = tmp_path / "train.jsonl", tmp_path / "validation.jsonl"
     train.write_text(json.dumps(rows[0]) + "\n")
@@ -67,7 +68,7 @@ def generated_records(tmp_path: Path, monkeypatch, mode: str, score_setting: str
     backends = (ScriptedBackend("base/model", score_setting), ScriptedBackend("critic/model", score_setting))
     monkeypatch.setattr(run, "build_backends", lambda base, critic: backends)
     prompts = PromptSource(
-        id_column="id", response_column="answer",
+        id_column="id", response_column="answer", context_column="context",
         sources=[PromptPart(path=str(train), sft_split="train"), PromptPart(path=str(validation), sft_split="validation")],
     )  # fmt: skip
     config = GenerateConfig(
@@ -178,6 +179,9 @@ REFUSED = {
     ),
     "source_id not a string": (
         ("source_id",), 12, "r.jsonl:4: field 'source_id' must be a string or null, got 12"
+    ),
+    "instruction not a string": (
+        ("instruction",), ["a"], "r.jsonl:4: field 'instruction' must be a string, got ['a']"
     ),
     "sft_split not a split": (
         ("sft_split",), "test", "r.jsonl:4: field 'sft_split' must be one of auto, train, validation, got 'test'"

@@ -30,9 +30,11 @@ format's memory holds the prompts and the rows, never every whole record (docs/b
    test and validation documents of every lm-eval task of `lm_eval_tasks` (`spri-sft run` passes the
    tasks it scores). Counted per benchmark; it runs before deduplication so that every contaminated
    record is counted and none can stand in for a clean near duplicate of itself.
-4. `duplicate`: the normalized prompt equals an earlier kept one; `near_duplicate`: its word
-   3-gram Jaccard similarity to an earlier kept prompt is >= `near_duplicate_threshold` (the
-   rules are in `spri_sft.format.dedupe`). The first record of a group is kept.
+4. `duplicate`: the normalized prompt equals an earlier kept one; `near_duplicate`: the word
+   3-gram Jaccard similarity of its `near_duplicate_field` (the instruction, which a record keeps
+   apart when generate added a context, else the prompt; or `instruction+context`, the prompt) to
+   an earlier kept record's is >= `near_duplicate_threshold` (the rules are in
+   `spri_sft.format.dedupe`). The first record of a group is kept.
 5. rows: `messages` = [system (if `system_prompt`), user: prompt, assistant: response] and the
    provenance columns `id`, `mode`, `principles` (null without principles), `principles_score`
    and `response_score` (the final versions' critic scores, null when unscored or absent),
@@ -102,7 +104,7 @@ from spri_sft.format.benchmarks import (
     truthfulqa_documents,
 )
 from spri_sft.format.card import NOT_MEASURED, lengths_line, render_card
-from spri_sft.format.config import OVERLONG, FormatConfig
+from spri_sft.format.config import NEAR_DUPLICATE_FIELDS, OVERLONG, FormatConfig
 from spri_sft.format.contamination import BenchmarkGuard
 from spri_sft.format.dedupe import exact_duplicates, near_duplicates, normalize
 from spri_sft.format.preference import PREFERENCE_DIR, assemble_preference, preference_pair, save_preference
@@ -171,9 +173,11 @@ def build_dataset(config: FormatConfig) -> dict:
         drop(kept[i], "duplicate", kept[first]["id"])
     kept = [r for i, r in enumerate(kept) if i not in duplicates]
     if config.near_duplicate_threshold is not None:
-        duplicates = near_duplicates([r["prompt"] for r in kept], config.near_duplicate_threshold)
+        compared = [compared_text(r, config.near_duplicate_field) for r in kept]
+        duplicates = near_duplicates(compared, config.near_duplicate_threshold)
         for i, (first, similarity) in duplicates.items():
-            drop(kept[i], "near_duplicate", f"{kept[first]['id']} (Jaccard {similarity:.2f})")
+            detail = f"{kept[first]['id']} ({config.near_duplicate_field} Jaccard {similarity:.2f})"
+            drop(kept[i], "near_duplicate", detail)
         kept = [r for i, r in enumerate(kept) if i not in duplicates]
 
     rows = read_kept(config, kept)  # the second pass: each kept record's row, and its facts in its brief
@@ -221,6 +225,10 @@ def _check(config: FormatConfig) -> None:
     threshold = config.near_duplicate_threshold
     if threshold is not None and not 0 < threshold <= 1:
         raise UserError(f"near_duplicate_threshold must be in (0, 1] or null (off), got {threshold}")
+    if config.near_duplicate_field not in NEAR_DUPLICATE_FIELDS:
+        raise UserError(
+            f"near_duplicate_field must be one of {', '.join(NEAR_DUPLICATE_FIELDS)}, got {config.near_duplicate_field!r}"
+        )
     if config.contamination_ngram < 1:
         raise UserError(f"contamination_ngram must be >= 1, got {config.contamination_ngram}")
     if not 0 < config.contamination_threshold <= 1:
@@ -243,6 +251,17 @@ def _check(config: FormatConfig) -> None:
         raise UserError(
             f"training_template must be model or alpaca (as `spri-sft train`'s), got {config.training_template!r}"
         )
+
+
+# -- deduplication ---------------------------------------------------------------------------
+
+
+def compared_text(record: Record, near_duplicate_field: str) -> str:
+    """What the near-duplicate step compares of a record: its instruction (its prompt, when generate kept no
+    instruction apart: a prompt without a context, or a record from before), or its whole prompt."""
+    if near_duplicate_field == "instruction":
+        return record.get("instruction") or record["prompt"]
+    return record["prompt"]
 
 
 # -- benchmark contamination ---------------------------------------------------------------
@@ -353,6 +372,8 @@ def brief(record: Record, position: int, config: FormatConfig) -> dict:
         found["source_id"] = record["source_id"]
     if config.contamination_responses:
         found["response"] = record["response"]  # step 3 checks it too
+    if record.get("instruction") and config.near_duplicate_field == "instruction":
+        found["instruction"] = record["instruction"]  # step 4 compares it
     return found
 
 

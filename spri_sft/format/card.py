@@ -19,6 +19,11 @@ from spri_sft.format.dedupe import SHINGLE_WORDS
 from spri_sft.generate.modes import MODES, mode_spec
 from spri_sft.truthfulqa_data import SOURCE
 
+# What the near-duplicate step compares, by `near_duplicate_field`, as the card's filter table says it.
+COMPARED = {
+    "instruction": "instruction (the prompt without the context generate added to it)",
+    "instruction+context": "prompt (instruction and context)",
+}
 NOT_MEASURED = "tokenizer and max_length unset: rows were not measured against training's max_length"
 
 
@@ -137,8 +142,8 @@ def _filters(summary: dict, config: FormatConfig) -> str:
         "overlong": f"the row fits in training's max_length={config.max_length} tokens"
         if config.overlong == "drop"
         else off("overlong: keep"),
-        "near_duplicate": f"the prompt's word {SHINGLE_WORDS}-gram Jaccard similarity to every earlier kept prompt "
-        f"is under {config.near_duplicate_threshold}"
+        "near_duplicate": f"the {COMPARED[config.near_duplicate_field]}'s word {SHINGLE_WORDS}-gram Jaccard "
+        f"similarity to every earlier kept record's is under {config.near_duplicate_threshold}"
         if config.near_duplicate_threshold is not None
         else off("near_duplicate_threshold: null"),
     }

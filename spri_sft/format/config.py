@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 OVERLONG = ("drop", "keep")
+NEAR_DUPLICATE_FIELDS = ("instruction", "instruction+context")
 
 
 @dataclass
@@ -22,7 +23,7 @@ class FormatConfig:
     - input and output: `records`, `output_dir`, `push_to_hub`;
     - a reviewer's decisions (`spri-sft view`): `review_file`;
     - quality filters: `statuses`, `min_response_score`, `drop_truncated`;
-    - deduplication: `near_duplicate_threshold`;
+    - deduplication: `near_duplicate_threshold`, `near_duplicate_field`;
     - benchmark contamination (`spri_sft.format.contamination`): `truthfulqa_file`, `lm_eval_tasks`,
       `lm_eval_include_path`, `lm_eval_include_defaults`, `contamination_ngram`, `contamination_threshold`,
       `contamination_responses`;
@@ -95,6 +96,16 @@ class FormatConfig:
             "help": "Drop a prompt whose word 3-gram Jaccard similarity to an earlier kept prompt is >= this; null turns it off.",
             "gt": 0,
             "le": 1,
+        },
+    )
+    near_duplicate_field: Literal["instruction", "instruction+context"] = field(
+        default="instruction",
+        metadata={
+            "help": "What near_duplicate_threshold compares: 'instruction', a prompt's instruction without the "
+            "context generate's prompts.context_column added (the whole prompt when it has none), so two "
+            "questions about one passage are not duplicates, though two generic instructions ('Summarize "
+            "this.') over different passages are; or 'instruction+context', the whole prompt. Records from "
+            "before generate kept the instruction apart are compared whole."
         },
     )
     truthfulqa_file: str | None = field(

@@ -141,7 +141,8 @@ class Prompt(str):
     """A prompt's text, as a `str` (everything that takes a prompt takes it), that also keeps where it
     came from: `origin` is `{"prompt_source": part name, "sft_split": ...}` for a prompt of one of
     `PromptSource.sources`, and empty for a single source; with `id_column`, also `{"source_id": the
-    row's id}`. The record of the prompt carries it."""
+    row's id}`; for a prompt made of both a prompt field and a context, also `{"instruction": the
+    prompt field}`. The record of the prompt carries it."""
 
     origin: dict[str, str]
 
@@ -269,7 +270,8 @@ def load_prompts(source: PromptSource, shard: str | None = None) -> PromptList:
             _count_repeated_ids(report, new)
         origin = {"prompt_source": part.name, "sft_split": part.sft_split} if source.sources else {}
         for _, text, source_id in new:
-            prompts.append(Prompt(text, {**origin, "source_id": source_id} if ids is not None else origin))
+            found = {**origin, "source_id": source_id} if ids is not None else origin
+            prompts.append(Prompt(text, {**found, **prompt_origin(text)}))
         report.parts[part.name] = {"prompts": len(new), "sft_split": part.sft_split}
     return select_shard(prompts, shard)
 
@@ -448,7 +450,9 @@ def _compose(row: Any, source: PromptSource, where: str, columns: _ColumnCheck) 
             if prompt is _MISSING and not source.context_column
             else "empty prompt",
         )
-    return "\n\n".join(parts), None
+    if len(parts) == 2:  # the record keeps the instruction apart: format may compare it alone
+        return Prompt("\n\n".join(parts), {"instruction": parts[0]}), None
+    return parts[0], None
 
 
 class _ColumnCheck:

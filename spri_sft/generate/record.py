@@ -92,6 +92,9 @@ class Record(_RecordRequired, total=False):
     """The SFT split that source names (one of SFT_SPLITS; `auto` leaves it to format's hash)."""
     source_id: str | None
     """The prompt's id in its dataset (`prompts.id_column`), as text, to join rows back to it."""
+    instruction: str
+    """The prompt field alone, when the prompt also has a context (`prompts.context_column`): the prompt is
+    it, a blank line and the context. Absent when the prompt is one field (or from a version before it)."""
     principles: str | None
     """What the critic judged the response against: Stage I's principles, or the fixed rules of a
     critic-scored mode without Stage I; null for a mode with no rubric and for a failed prompt."""
@@ -140,6 +143,8 @@ def check_record(record: Any, where: str) -> Record:
         _check_round(round_, f"rounds[{number}]", where)
     if not isinstance(record.get("source_id"), (str, type(None))):
         raise UserError(f"{where}: field 'source_id' must be a string or null, got {record['source_id']!r:.60}")
+    if not isinstance(record.get("instruction", ""), str):
+        raise UserError(f"{where}: field 'instruction' must be a string, got {record['instruction']!r:.60}")
     if record.get("sft_split", "auto") not in SFT_SPLITS:
         raise UserError(
             f"{where}: field 'sft_split' must be one of {', '.join(SFT_SPLITS)}, got {record['sft_split']!r:.60}"
