@@ -79,34 +79,47 @@ def near_duplicates(texts: list[str], threshold: float) -> dict[int, tuple[int, 
         return {}
     shingles = ShingleRanks.of(texts)
     sizes = shingles.sizes.tolist()
-    # 1e-9: 0.28 * 25 is 7.000000000000001 in floating point, and ceil() of that is 8.
-    prefixes = (shingles.sizes - np.ceil(threshold * shingles.sizes - 1e-9).astype(np.int64) + 1).tolist()
+    # Of two texts of Jaccard >= t, the smaller shares >= 2t / (1 + t) of its shingles, the larger >= t of
+    # its own, so their rarest shared shingle is within the smaller's short prefix and the larger's long
+    # one. 1e-9: 0.28 * 25 is 7.000000000000001 in floating point, and ceil() of that is 8.
+    longs = (shingles.sizes - np.ceil(threshold * shingles.sizes - 1e-9).astype(np.int64) + 1).tolist()
+    short_share = 2 * threshold / (1 + threshold)
+    shorts = (shingles.sizes - np.ceil(short_share * shingles.sizes - 1e-9).astype(np.int64) + 1).tolist()
     unique = shingles.unique_counts.tolist()
     starts = shingles.offsets.tolist()
     ranks = shingles.ranks
 
-    index: dict[int, list[tuple[int, int]]] = {}  # a shared shingle's rank -> (kept text, its position there)
+    # A shared shingle's rank -> (kept text, the shingle's position in it), for the kept texts' long
+    # prefixes (looked up with a text's short prefix: kept texts at least its size) and short ones
+    # (looked up with its long prefix: kept texts at most its size).
+    long_index: dict[int, list[tuple[int, int]]] = {}
+    short_index: dict[int, list[tuple[int, int]]] = {}
     sets: dict[int, set[int]] = {}  # the kept texts compared so far, as sets of shingle ranks
     share = threshold / (1 + threshold)  # Jaccard >= t  <=>  shared >= t / (1 + t) * (|a| + |b|)
     found: dict[int, tuple[int, float]] = {}
-    for i in np.flatnonzero(shingles.unique_counts < prefixes).tolist():
+    for i in np.flatnonzero(shingles.unique_counts < longs).tolist():
         # A shingle no other text has can neither find a candidate nor be found: the prefix's
         # shared shingles follow its unique ones (rarest first), and only they are looked up.
         start, size, first = starts[i], sizes[i], unique[i]
-        prefix = ranks[start + first : start + prefixes[i]].tolist()
+        long_prefix = ranks[start + first : start + longs[i]].tolist()
+        short_prefix = long_prefix[: max(shorts[i] - first, 0)]
         candidates = set()
-        for position, rank in enumerate(prefix, first):
-            kept = index.get(rank)
-            if kept is None:
-                continue
-            left = size - position
-            for j, theirs_at in kept:
-                # Positional filter (Xiao et al., 2008): at the rarest shingle two texts share, they
-                # share at most the shorter of what follows it, itself included. A later shared
-                # shingle gives a smaller bound, so one that fails here never passes there.
-                theirs_left = sizes[j] - theirs_at
-                if (left if left < theirs_left else theirs_left) >= share * (size + sizes[j]) - 1e-9:
-                    candidates.add(j)
+        for prefix, index, larger in ((short_prefix, long_index, True), (long_prefix, short_index, False)):
+            for position, rank in enumerate(prefix, first):
+                kept = index.get(rank)
+                if kept is None:
+                    continue
+                left = size - position
+                for j, theirs_at in kept:
+                    theirs = sizes[j]
+                    if (theirs < size) if larger else (theirs > size):
+                        continue  # the other lookup finds it, if anything does
+                    # Positional filter (Xiao et al., 2008): at the rarest shingle two texts share, they
+                    # share at most the shorter of what follows it, itself included. A later shared
+                    # shingle gives a smaller bound, so one that fails here never passes there.
+                    theirs_left = theirs - theirs_at
+                    if (left if left < theirs_left else theirs_left) >= share * (size + theirs) - 1e-9:
+                        candidates.add(j)
         best = None
         if candidates:
             mine = set(ranks[start : start + size].tolist())
@@ -119,8 +132,10 @@ def near_duplicates(texts: list[str], threshold: float) -> dict[int, tuple[int, 
                 if similarity >= threshold and (best is None or similarity > best[1]):
                     best = (j, similarity)
         if best is None:
-            for position, rank in enumerate(prefix, first):
-                index.setdefault(rank, []).append((i, position))
+            for position, rank in enumerate(long_prefix, first):
+                long_index.setdefault(rank, []).append((i, position))
+            for position, rank in enumerate(short_prefix, first):
+                short_index.setdefault(rank, []).append((i, position))
         else:
             found[i] = best
     return found
