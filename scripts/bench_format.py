@@ -1,7 +1,7 @@
 """Benchmark: how long do near duplicates take in `spri-sft format`, at 5k, 50k and 500k templated prompts?
 
-Run (defaults: 5,000, 50,000 and 500,000 records; about 10 minutes on 2 cores, most of it the older
-passes at 50,000):
+Run (defaults: 5,000, 50,000 and 500,000 records; about 10 minutes on 2 shared cores, most of it the
+older passes at 50,000; the table is in docs/benchmarks.md):
 
     python scripts/bench_format.py --output bench_format.json
     python scripts/bench_format.py --sizes 5000,50000 --variants none,exact   # quicker

@@ -93,7 +93,8 @@ class FormatConfig:
     near_duplicate_threshold: float | None = field(
         default=0.9,
         metadata={
-            "help": "Drop a prompt whose word 3-gram Jaccard similarity to an earlier kept prompt is >= this; null turns it off.",
+            "help": "Drop a record whose near_duplicate_field has a word 3-gram Jaccard similarity >= this to an "
+            "earlier kept record's (found exactly, every such pair); null turns it off.",
             "gt": 0,
             "le": 1,
         },

@@ -9,22 +9,20 @@
   has only 8 five-gram shingles, so one changed word would already cost half of them.
 
 Near duplicates are found exactly, without comparing every pair, by prefix filtering (Chaudhuri
-et al., 2006; Bayardo et al., 2007): with every set's shingles in one global order, two sets of
-Jaccard similarity >= t always share a shingle within the first `|s| - ceil(t * |s|) + 1`
-shingles of each set `s`. Only kept prompts' prefixes are indexed, and only prompts sharing a
-prefix shingle are compared in full; ordering rarest first keeps those candidates few, a
-shingle no other prompt has is never indexed, and the positional filter (Xiao et al., 2008)
-drops a candidate whose shingles left after the first shared one cannot reach the threshold.
-Shingles are integers in numpy arrays (`ShingleRanks`), so the pass is a few sorts plus the
-candidates' comparisons.
+et al., 2006; Bayardo et al., 2007): with every set's shingles in one global order, rarest first,
+two sets of Jaccard similarity >= t share their rarest common shingle within the first
+`|s| - ceil(t * |s|) + 1` shingles of the larger set and the first `|s| - ceil(2t / (1 + t) * |s|) + 1`
+of the smaller. Only kept prompts' prefixes are indexed, a shingle no other prompt has never is, and
+the positional filter (Xiao et al., 2008) drops a candidate whose shingles after the first shared
+one cannot reach the threshold; the candidates left are compared in full. Shingles are integers in
+numpy arrays (`ShingleRanks`), so the pass is a few sorts plus those comparisons.
 
-Exact rather than MinHash LSH (e.g. `datasketch`), by measurement (`scripts/bench_format.py`,
-docs/benchmarks.md): on templated prompts LSH buckets fill with prompts that share a template
-(Jaccard 0.6-0.85, under the threshold but likely to collide in a band), so it compared more
-pairs, not fewer, and lost some pairs at the threshold besides; the exact pass keeps the
-threshold's meaning with no recall trade-off. Its costly case is a prompt set from one short
-template whose slots take few values, where even the rarest shingles are shared by many prompts
-(the benchmark's `slots` family).
+Exact rather than MinHash LSH (`datasketch`), by measurement (`scripts/bench_format.py`,
+docs/benchmarks.md): on templated prompts, LSH's bands fill with prompts of one template (Jaccard
+0.6-0.85: under the threshold, yet likely to share a band), so it confirmed more candidates, and
+took longer, than this pass, which besides misses no pair at the threshold. Its costly case is
+prompts of one short template whose slots take few values, where even the rarest shingles are
+shared by many prompts (the benchmark's `slots` family).
 """
 
 from __future__ import annotations
