@@ -21,7 +21,7 @@ from spri_sft.truthfulqa_data import SOURCE
 
 # What the near-duplicate step compares, by `near_duplicate_field`, as the card's filter table says it.
 COMPARED = {
-    "instruction": "instruction (the prompt without the context generate added to it)",
+    "instruction": "instruction (the prompt without the context generate added)",
     "instruction+context": "prompt (instruction and context)",
 }
 NOT_MEASURED = "tokenizer and max_length unset: rows were not measured against training's max_length"
@@ -142,8 +142,9 @@ def _filters(summary: dict, config: FormatConfig) -> str:
         "overlong": f"the row fits in training's max_length={config.max_length} tokens"
         if config.overlong == "drop"
         else off("overlong: keep"),
-        "near_duplicate": f"the {COMPARED[config.near_duplicate_field]}'s word {SHINGLE_WORDS}-gram Jaccard "
-        f"similarity to every earlier kept record's is under {config.near_duplicate_threshold}"
+        "near_duplicate": f"the word {SHINGLE_WORDS}-gram Jaccard similarity of its "
+        f"{COMPARED[config.near_duplicate_field]} to every earlier kept record's is under "
+        f"{config.near_duplicate_threshold}"
         if config.near_duplicate_threshold is not None
         else off("near_duplicate_threshold: null"),
     }
