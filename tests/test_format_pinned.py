@@ -2,7 +2,9 @@
 each quality filter, TruthfulQA in a prompt and in a response, exact and near duplicates, named and hashed
 splits, preference pairs) and the files format writes from them, as format wrote them when it held every
 record in memory (commit e7d556f).
-Format now reads records as a stream, twice; these files say that it still writes what it wrote.
+Format now reads records as a stream, twice; these files say that it still writes what it wrote. Two lines
+were re-pinned since, on purpose: the near_duplicate row of the card and the near duplicate's detail in
+dropped.jsonl name what `near_duplicate_field` compares.
 
 To re-pin after a change that means to change the output: `SPRI_SFT_REPIN=1 pytest tests/test_format_pinned.py`,
 then read the diff of tests/data/format_pinned/.
