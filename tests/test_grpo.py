@@ -234,6 +234,26 @@ def test_a_critic_outage_mid_step_is_retried_then_counted_unanswered_and_trainin
     assert len(rewards_logged(tmp_path / "out")) == 3
 
 
+def test_overlong_penalty_tokens_adds_trls_soft_overlong_punishment_as_a_second_reward(
+    tiny_model_dir, tmp_path, critic_server
+):
+    from spri_sft.cli import main as spri_sft
+
+    dataset = grpo_run(tmp_path, critic_server)
+    argv = grpo_argv(tiny_model_dir, dataset, tmp_path / "out", "--max_steps", "1", "--overlong_penalty_tokens", "8")
+    assert spri_sft(["grpo", *argv]) == 0
+
+    [step] = [
+        e for e in json.loads((tmp_path / "out" / "trainer_state.json").read_text())["log_history"] if "reward" in e
+    ]
+    # Completions over 16 - 8 tokens are penalized, and the tiny model's noise rarely ends sooner; the step's reward
+    # is the two rewards' sum (TRL's reward_weights default to 1 each).
+    assert step["rewards/soft_overlong_punishment_reward/mean"] < 0
+    assert step["reward"] == pytest.approx(
+        step["rewards/principles/mean"] + step["rewards/soft_overlong_punishment_reward/mean"], abs=1e-5
+    )
+
+
 def test_a_rerun_resumes_from_the_last_grpo_checkpoint(tiny_model_dir, tmp_path, critic_server, capsys):
     from spri_sft.cli import main as spri_sft
 

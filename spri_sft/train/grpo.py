@@ -72,6 +72,14 @@ class GRPOScriptArguments(job.JobScriptArguments):
             "their final principles. Unset: they are dropped and counted."
         },
     )
+    overlong_penalty_tokens: int | None = field(
+        default=None,
+        metadata={
+            "help": "A second reward, TRL's soft overlong punishment (DAPO, Eq. 13): 0 for a completion up to "
+            "max_completion_length - N tokens, falling linearly to -1 at max_completion_length. Weighed against "
+            "the principles' reward by TRL's reward_weights ([principles, overlong]). Unset: the principles alone."
+        },
+    )
     sft_adapter: str | None = field(
         default=None,
         metadata={
@@ -212,6 +220,21 @@ def build_reward(generate, servers):
     )
 
 
+def extra_rewards(script_args: GRPOScriptArguments, training_args) -> list:
+    """The reward terms beside the principles' that the settings ask for (TRL's own functions)."""
+    tokens = script_args.overlong_penalty_tokens
+    if tokens is None:
+        return []
+    if not 0 < tokens <= training_args.max_completion_length:
+        raise UserError(
+            f"overlong_penalty_tokens must be from 1 to max_completion_length ({training_args.max_completion_length}), "
+            f"got {tokens}"
+        )
+    from trl.rewards import get_soft_overlong_punishment
+
+    return [get_soft_overlong_punishment(training_args.max_completion_length, tokens)]
+
+
 def critic_words(generate) -> str:
     critic = generate.critic
     where = f" at {', '.join(critic.base_url)}" if critic.backend == "openai" else f" ({critic.backend})"
@@ -261,7 +284,7 @@ def build_trainer(script_args: GRPOScriptArguments, training_args, model_args, s
     reward = build_reward(generate, servers)
     trainer = GRPOTrainer(
         model=model,
-        reward_funcs=reward,
+        reward_funcs=[reward, *extra_rewards(script_args, training_args)],
         args=training_args,
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
