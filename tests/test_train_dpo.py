@@ -178,6 +178,20 @@ def test_an_unknown_recipe_field_names_the_dpo_command(tmp_path):
         dpo.cli(["--config", str(recipe)])
 
 
+def test_the_fields_both_jobs_take_are_declared_once_in_the_shared_script_arguments():
+    from dataclasses import fields
+
+    from spri_sft.train.job import JobScriptArguments
+
+    def declared(cls) -> dict:
+        return {f.name: f for f in fields(cls)}
+
+    sft_fields, dpo_fields = declared(sft.SFTScriptArguments), declared(dpo.DPOScriptArguments)
+    assert set(sft_fields) & set(dpo_fields) == set(declared(JobScriptArguments))
+    # Not redeclared by either job (a redeclared field would be a second copy of its help and default).
+    assert all(sft_fields[name] is dpo_fields[name] for name in declared(JobScriptArguments))
+
+
 def test_the_recipe_parses_into_a_lora_dpo_job_on_the_preference_data(monkeypatch):
     for variable in ("WANDB_PROJECT", "WANDB_RUN_GROUP"):
         # The recipe's env: block sets them through os.environ; setting them here first makes
