@@ -360,3 +360,31 @@ def test_the_cpu_recipe_parses_into_grpo_settings(monkeypatch):
     assert script_args.dataset_path == "outputs/smollm2-135m-instruct/format/spri"
     assert training_args.per_device_train_batch_size % training_args.num_generations == 0
     assert model_args.use_peft and not training_args.gradient_checkpointing
+
+
+def test_an_in_process_critic_of_the_students_own_model_is_a_frozen_copy_scoring_by_its_digit_mean(
+    tiny_model_dir, tmp_path
+):
+    import torch
+
+    from spri_sft.generate.servers import ServedModels
+    from spri_sft.train import grpo
+
+    critic = {"backend": "transformers", "model": str(tiny_model_dir), "score": "expected", "max_new_tokens": 4}
+    dataset = make_run(tmp_path, [record(n, [5]) for n in range(8)], critic=critic)
+    argv = grpo_argv(tiny_model_dir, dataset, tmp_path / "out", "--max_steps", "1")
+    script_args, training_args, model_args = grpo.make_parser().parse_args_and_config(args=argv)
+    with ServedModels(tmp_path / "servers") as servers:
+        trainer = grpo.build_trainer(script_args, training_args, model_args, servers)
+        judge = trainer.reward.critic._local.model
+        policy = {id(p) for p in trainer.model.parameters()}
+        assert not policy & {id(p) for p in judge.parameters()}  # no weight shared with the model being trained
+        before = {name: p.detach().clone() for name, p in judge.named_parameters()}
+        trainer.train()
+
+    assert all(torch.equal(before[name], p) for name, p in judge.named_parameters())
+    assert not judge.training
+    counts = trainer.reward.totals
+    assert counts["scored"] == counts["completions"] == 8  # score: expected leaves no critique unscored
+    [step] = [e for e in trainer.state.log_history if "reward" in e]
+    assert 0 < step["reward"] < 1  # a mean of digit distributions, scaled: never exactly a bound
