@@ -214,7 +214,7 @@ def child(variant: str, records: Path, level: str, workdir: Path) -> dict:
     passes = {"exact": near_duplicates, "before": near_duplicates_before, "lsh": near_duplicates_lsh}
     timed = {"seconds": 0.0, "cpu": 0.0, "found": []}
 
-    def near_duplicates_timed(texts, threshold):
+    def near_duplicates_timed(texts, threshold, also=None):
         started, cpu = time.perf_counter(), time.process_time()
         found = passes[variant](texts, threshold)
         timed["seconds"] += time.perf_counter() - started
@@ -232,6 +232,7 @@ def child(variant: str, records: Path, level: str, workdir: Path) -> dict:
             output_dir=str(workdir / f"out-{variant}"),
             truthfulqa_file="none",
             near_duplicate_threshold=None if variant == "none" else THRESHOLD,
+            near_duplicate_field="instruction",  # what the variants compare (`--compare-fields` for the others)
         )
         summary = build.build_dataset(config)
         rows = summary["rows"]
@@ -283,6 +284,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--format-up-to", type=int, default=50_000, help="Above this, the pass alone is run.")
     parser.add_argument("--slow-up-to", type=int, default=50_000, help="Above this, before and lsh are projected.")
     parser.add_argument("--output", help="Write the rows as JSON here.")
+    parser.add_argument(
+        "--compare-fields",
+        type=int,
+        metavar="N",
+        help="Instead: near duplicates found, and the pass's CPU s, under each near_duplicate_field at N records.",
+    )
     parser.add_argument("--child", choices=VARIANTS, help=argparse.SUPPRESS)
     parser.add_argument("--records", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--level", choices=("format", "pass"), help=argparse.SUPPRESS)
@@ -296,8 +303,31 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def compare_fields(size: int) -> None:
+    """What each near_duplicate_field drops of `size` templated prompts (after exact duplicates, as format does)."""
+    from spri_sft.format.dedupe import exact_duplicates, near_duplicates
+
+    prompts = templated_prompts(size)
+    exact = exact_duplicates([prompt for prompt, _ in prompts])
+    prompts = [pair for i, pair in enumerate(prompts) if i not in exact]
+    instructions = [instruction or prompt for prompt, instruction in prompts]
+    whole = [prompt for prompt, _ in prompts]
+    print(f"{size:,} templated prompts, {len(exact):,} exact duplicates; near_duplicate_threshold {THRESHOLD}")
+    for field, texts, also in (
+        ("instruction+prompt", instructions, whole),
+        ("instruction", instructions, None),
+        ("prompt", whole, None),
+    ):
+        cpu = time.process_time()
+        found = near_duplicates(texts, THRESHOLD, also=also)
+        print(f"  {field:<19} {len(found):>8,} near duplicates, pass {time.process_time() - cpu:.2f} s of CPU")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.compare_fields:
+        compare_fields(args.compare_fields)
+        return 0
     if args.child:
         print(json.dumps(child(args.child, args.records, args.level, args.workdir)))
         return 0

@@ -218,26 +218,47 @@ def test_two_questions_about_one_passage_are_not_near_duplicates_by_default(tmp_
     summary, out = build(tmp_path, records, near_duplicate_threshold=0.5)
     assert summary["dropped"]["near_duplicate"] == 0
     assert {"rec001", "rec002"} <= row_ids(out)
-    assert "instruction (the prompt without the context" in (out / "README.md").read_text()
+    assert "both an instruction (the prompt without the context" in (out / "README.md").read_text()
 
 
-def test_instruction_and_context_compares_the_whole_prompt(tmp_path):
-    records = [
-        with_context(1, "How many countries does the river cross?", PASSAGE),
-        with_context(2, "Which ocean does the river reach?", PASSAGE),
-    ] + FILLER
-    summary, out = build(tmp_path, records, near_duplicate_threshold=0.5, near_duplicate_field="instruction+context")
-    assert summary["dropped"]["near_duplicate"] == 1
-    assert dropped(out)["rec002"][1].startswith("rec001 (instruction+context Jaccard 0.")
-
-
-def test_one_instruction_over_two_passages_is_a_near_duplicate_by_default(tmp_path):
-    # The cost of comparing instructions: a generic one repeats across different contexts.
+def test_one_generic_instruction_over_two_passages_is_not_a_near_duplicate_by_default(tmp_path):
     records = [
         with_context(1, "Summarize the main points of this passage in two sentences please.", PASSAGE),
         with_context(2, "Summarize the main points of this passage in two sentences, please!", "Another text."),
     ] + FILLER
     summary, out = build(tmp_path, records)
+    assert summary["dropped"]["near_duplicate"] == 0
+    assert {"rec001", "rec002"} <= row_ids(out)
+
+
+def test_a_near_copy_of_instruction_and_passage_is_a_near_duplicate_by_default(tmp_path):
+    records = [
+        with_context(1, "How many countries does the river cross on its way to the sea?", PASSAGE),
+        with_context(2, "How many countries does the river cross on its way to the sea ?", PASSAGE + " Indeed."),
+    ] + FILLER
+    summary, out = build(tmp_path, records)
+    reason, detail = dropped(out)["rec002"]
+    assert reason == "near_duplicate"
+    assert detail.startswith("rec001 (instruction and prompt Jaccard >= 0.9")
+
+
+def test_the_whole_prompt_counts_two_questions_about_one_passage(tmp_path):
+    records = [
+        with_context(1, "How many countries does the river cross?", PASSAGE),
+        with_context(2, "Which ocean does the river reach?", PASSAGE),
+    ] + FILLER
+    summary, out = build(tmp_path, records, near_duplicate_threshold=0.5, near_duplicate_field="prompt")
+    assert summary["dropped"]["near_duplicate"] == 1
+    assert dropped(out)["rec002"][1].startswith("rec001 (prompt Jaccard 0.")
+
+
+def test_the_instruction_alone_counts_one_generic_instruction_over_two_passages(tmp_path):
+    # The cost of comparing instructions alone: a generic one repeats across different contexts.
+    records = [
+        with_context(1, "Summarize the main points of this passage in two sentences please.", PASSAGE),
+        with_context(2, "Summarize the main points of this passage in two sentences, please!", "Another text."),
+    ] + FILLER
+    summary, out = build(tmp_path, records, near_duplicate_field="instruction")
     assert dropped(out)["rec002"] == ("near_duplicate", "rec001 (instruction Jaccard 1.00)")
 
 
@@ -249,7 +270,8 @@ def test_records_without_an_instruction_are_compared_whole(tmp_path):
 
 def test_an_unknown_near_duplicate_field_is_refused_naming_the_choices(tmp_path):
     with pytest.raises(
-        UserError, match=r"near_duplicate_field must be one of instruction, instruction\+context, got 'context'"
+        UserError,
+        match=r"near_duplicate_field must be one of instruction\+prompt, instruction, prompt, got 'context'",
     ):
         build(tmp_path, FILLER, near_duplicate_field="context")
 
@@ -263,14 +285,23 @@ def test_near_duplicates_match_a_brute_force_comparison_of_every_pair():
         assert near_duplicates(texts, threshold) == brute_force_near_duplicates(texts, threshold), threshold
 
 
-def brute_force_near_duplicates(texts: list[str], threshold: float) -> dict[int, tuple[int, float]]:
+def brute_force_near_duplicates(
+    texts: list[str], threshold: float, also: list[str] | None = None
+) -> dict[int, tuple[int, float]]:
     """Every text against every earlier kept one: the best match, the earliest of equals."""
+
+    def jaccard(a: set, b: set) -> float:
+        return len(a & b) / len(a | b)
+
     shingles = [word_ngrams(normalize(text).split(), SHINGLE_WORDS) for text in texts]
+    also_shingles = [word_ngrams(normalize(text).split(), SHINGLE_WORDS) for text in also or []]
     found, kept = {}, []
     for i, mine in enumerate(shingles):
         best = None
         for j in kept:
-            similarity = len(mine & shingles[j]) / len(mine | shingles[j])
+            similarity = jaccard(mine, shingles[j])
+            if also is not None:
+                similarity = min(similarity, jaccard(also_shingles[i], also_shingles[j]))
             if similarity >= threshold and (best is None or similarity > best[1]):
                 best = (j, similarity)
         if best is None:
@@ -316,6 +347,18 @@ def test_near_duplicates_of_templated_prompts_name_the_same_matches_as_a_brute_f
     expected = brute_force_near_duplicates(texts, threshold)
     assert len(expected) >= 5  # the set holds near duplicates at this threshold
     assert near_duplicates(texts, threshold) == expected
+
+
+@pytest.mark.parametrize("threshold", [0.5, 0.8, 0.9])
+def test_near_duplicates_in_two_texts_each_match_a_brute_force_comparison(threshold):
+    # An instruction and its whole prompt: a pair counts only when it is near duplicate in both.
+    instructions = templated_prompts(300, seed=1)
+    passages = templated_prompts(300, seed=2)
+    rng = random.Random(3)
+    prompts = [f"{instruction} {rng.choice(passages[:6])}" for instruction in instructions]
+    expected = brute_force_near_duplicates(instructions, threshold, also=prompts)
+    assert 1 <= len(expected) < len(brute_force_near_duplicates(instructions, threshold))
+    assert near_duplicates(instructions, threshold, also=prompts) == expected
 
 
 def test_near_duplicates_stay_exact_when_word_ids_no_longer_fit_three_to_an_integer(monkeypatch):

@@ -31,10 +31,10 @@ format's memory holds the prompts and the rows, never every whole record (docs/b
    tasks it scores). Counted per benchmark; it runs before deduplication so that every contaminated
    record is counted and none can stand in for a clean near duplicate of itself.
 4. `duplicate`: the normalized prompt equals an earlier kept one; `near_duplicate`: the word
-   3-gram Jaccard similarity of its `near_duplicate_field` (the instruction, which a record keeps
-   apart when generate added a context, else the prompt; or `instruction+context`, the prompt) to
-   an earlier kept record's is >= `near_duplicate_threshold` (the rules are in
-   `spri_sft.format.dedupe`). The first record of a group is kept.
+   3-gram Jaccard similarity of its `near_duplicate_field` to an earlier kept record's is >=
+   `near_duplicate_threshold`: by default both its instruction's (which a record keeps apart when
+   generate added a context, else its prompt) and its whole prompt's; or `instruction` alone; or
+   `prompt` alone (the rules are in `spri_sft.format.dedupe`). The first record of a group is kept.
 5. rows: `messages` = [system (if `system_prompt`), user: prompt, assistant: response] and the
    provenance columns `id`, `mode`, `principles` (null without principles), `principles_score`
    and `response_score` (the final versions' critic scores, null when unscored or absent),
@@ -173,10 +173,13 @@ def build_dataset(config: FormatConfig) -> dict:
         drop(kept[i], "duplicate", kept[first]["id"])
     kept = [r for i, r in enumerate(kept) if i not in duplicates]
     if config.near_duplicate_threshold is not None:
-        compared = [compared_text(r, config.near_duplicate_field) for r in kept]
-        duplicates = near_duplicates(compared, config.near_duplicate_threshold)
+        field = config.near_duplicate_field
+        compared = [compared_text(r, field) for r in kept]
+        also = [r["prompt"] for r in kept] if field == "instruction+prompt" else None
+        duplicates = near_duplicates(compared, config.near_duplicate_threshold, also=also)
         for i, (first, similarity) in duplicates.items():
-            detail = f"{kept[first]['id']} ({config.near_duplicate_field} Jaccard {similarity:.2f})"
+            compared_words = "instruction and prompt Jaccard >=" if also else f"{field} Jaccard"
+            detail = f"{kept[first]['id']} ({compared_words} {similarity:.2f})"
             drop(kept[i], "near_duplicate", detail)
         kept = [r for i, r in enumerate(kept) if i not in duplicates]
 
@@ -257,9 +260,9 @@ def _check(config: FormatConfig) -> None:
 
 
 def compared_text(record: Record, near_duplicate_field: str) -> str:
-    """What the near-duplicate step compares of a record: its instruction (its prompt, when generate kept no
+    """What the near-duplicate step compares first of a record: its instruction (its prompt, when generate kept no
     instruction apart: a prompt without a context, or a record from before), or its whole prompt."""
-    if near_duplicate_field == "instruction":
+    if near_duplicate_field in ("instruction", "instruction+prompt"):
         return record.get("instruction") or record["prompt"]
     return record["prompt"]
 
@@ -372,7 +375,7 @@ def brief(record: Record, position: int, config: FormatConfig) -> dict:
         found["source_id"] = record["source_id"]
     if config.contamination_responses:
         found["response"] = record["response"]  # step 3 checks it too
-    if record.get("instruction") and config.near_duplicate_field == "instruction":
+    if record.get("instruction") and config.near_duplicate_field in ("instruction", "instruction+prompt"):
         found["instruction"] = record["instruction"]  # step 4 compares it
     return found
 

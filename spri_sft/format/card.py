@@ -22,9 +22,22 @@ from spri_sft.truthfulqa_data import SOURCE
 # What the near-duplicate step compares, by `near_duplicate_field`, as the card's filter table says it.
 COMPARED = {
     "instruction": "instruction (the prompt without the context generate added)",
-    "instruction+context": "prompt (instruction and context)",
+    "prompt": "prompt (instruction and context)",
 }
 NOT_MEASURED = "tokenizer and max_length unset: rows were not measured against training's max_length"
+
+
+def _near_duplicate_rule(config: FormatConfig) -> str:
+    threshold = config.near_duplicate_threshold
+    if config.near_duplicate_field == "instruction+prompt":
+        return (
+            f"no earlier kept record has both an instruction (the prompt without the context generate added) and a "
+            f"whole prompt of word {SHINGLE_WORDS}-gram Jaccard similarity >= {threshold} to its own"
+        )
+    return (
+        f"the word {SHINGLE_WORDS}-gram Jaccard similarity of its {COMPARED[config.near_duplicate_field]} to every "
+        f"earlier kept record's is under {threshold}"
+    )
 
 
 def render_card(summary: dict, config: FormatConfig) -> str:
@@ -142,9 +155,7 @@ def _filters(summary: dict, config: FormatConfig) -> str:
         "overlong": f"the row fits in training's max_length={config.max_length} tokens"
         if config.overlong == "drop"
         else off("overlong: keep"),
-        "near_duplicate": f"the word {SHINGLE_WORDS}-gram Jaccard similarity of its "
-        f"{COMPARED[config.near_duplicate_field]} to every earlier kept record's is under "
-        f"{config.near_duplicate_threshold}"
+        "near_duplicate": _near_duplicate_rule(config)
         if config.near_duplicate_threshold is not None
         else off("near_duplicate_threshold: null"),
     }

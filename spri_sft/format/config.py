@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 OVERLONG = ("drop", "keep")
-NEAR_DUPLICATE_FIELDS = ("instruction", "instruction+context")
+NEAR_DUPLICATE_FIELDS = ("instruction+prompt", "instruction", "prompt")
 
 
 @dataclass
@@ -99,14 +99,15 @@ class FormatConfig:
             "le": 1,
         },
     )
-    near_duplicate_field: Literal["instruction", "instruction+context"] = field(
-        default="instruction",
+    near_duplicate_field: Literal["instruction+prompt", "instruction", "prompt"] = field(
+        default="instruction+prompt",
         metadata={
-            "help": "What near_duplicate_threshold compares: 'instruction', a prompt's instruction without the "
-            "context generate's prompts.context_column added (the whole prompt when it has none), so two "
-            "questions about one passage are not duplicates, though two generic instructions ('Summarize "
-            "this.') over different passages are; or 'instruction+context', the whole prompt. Records from "
-            "before generate kept the instruction apart are compared whole."
+            "help": "What near_duplicate_threshold compares. 'instruction+prompt': two records are near duplicates "
+            "when their instructions are and their whole prompts are too, so neither two questions about one "
+            "passage (same context) nor one generic instruction ('Summarize this.') over two passages counts; "
+            "'instruction': the instruction alone (the prompt without the context generate's "
+            "prompts.context_column added), so that second case counts; 'prompt': the whole prompt, so the first "
+            "case counts. A record without an instruction apart (no context, or generated before) uses its prompt."
         },
     )
     truthfulqa_file: str | None = field(

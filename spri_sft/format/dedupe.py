@@ -64,12 +64,13 @@ def exact_duplicates(texts: list[str]) -> dict[int, int]:
     return found
 
 
-def near_duplicates(texts: list[str], threshold: float) -> dict[int, tuple[int, float]]:
+def near_duplicates(texts: list[str], threshold: float, also: list[str] | None = None) -> dict[int, tuple[int, float]]:
     """{index of a near duplicate: (index of the earlier kept text it matches best, Jaccard similarity)}.
 
     Texts are taken in order; a text matching no earlier kept text is kept, so of a group of near
     duplicates the first one stays. Of several kept texts it matches, the most similar is named (the
-    earliest of equals).
+    earliest of equals). With `also` (a second text per index, e.g. the whole prompt beside its
+    instruction), a match must reach the threshold in both, and its similarity is the lower of the two.
     """
     if not 0 < threshold <= 1:
         raise ValueError(f"threshold must be in (0, 1], got {threshold}")
@@ -95,6 +96,17 @@ def near_duplicates(texts: list[str], threshold: float) -> dict[int, tuple[int, 
     sets: dict[int, set[int]] = {}  # the kept texts compared so far, as sets of shingle ranks
     share = threshold / (1 + threshold)  # Jaccard >= t  <=>  shared >= t / (1 + t) * (|a| + |b|)
     found: dict[int, tuple[int, float]] = {}
+    also_sets: dict[int, set[tuple[str, ...]]] = {}
+
+    def also_similarity(i: int, j: int) -> float:
+        # Only for pairs already near duplicates in `texts`: few, so plain sets of word shingles do.
+        for k in (i, j):
+            if k not in also_sets:
+                also_sets[k] = word_ngrams(normalize(also[k]).split(), SHINGLE_WORDS)
+        mine, theirs = also_sets[i], also_sets[j]
+        shared = len(mine & theirs)
+        return shared / (len(mine) + len(theirs) - shared)
+
     for i in np.flatnonzero(shingles.unique_counts < longs).tolist():
         # A shingle no other text has can neither find a candidate nor be found: the prefix's
         # shared shingles follow its unique ones (rarest first), and only they are looked up.
@@ -127,6 +139,8 @@ def near_duplicates(texts: list[str], threshold: float) -> dict[int, tuple[int, 
                     theirs = sets[j] = set(ranks[starts[j] : starts[j] + sizes[j]].tolist())
                 shared = len(mine & theirs)
                 similarity = shared / (size + sizes[j] - shared)
+                if similarity >= threshold and also is not None:
+                    similarity = min(similarity, also_similarity(i, j))
                 if similarity >= threshold and (best is None or similarity > best[1]):
                     best = (j, similarity)
         if best is None:
