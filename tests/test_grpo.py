@@ -350,6 +350,20 @@ def test_grpo_help_lists_the_grpo_fields(capsys):
         assert name in out
 
 
+def test_grpo_declares_none_of_the_fields_every_job_takes_again():
+    from dataclasses import fields
+
+    from spri_sft.train.job import JobScriptArguments
+
+    shared = {f.name for f in fields(JobScriptArguments)}
+    own = set(GRPOScriptArguments.__dataclass_fields__) - shared
+    assert own == {"critic_config", "admit_unaccepted_principles", "overlong_penalty_tokens", "sft_adapter"}
+    assert all(
+        GRPOScriptArguments.__dataclass_fields__[name] is JobScriptArguments.__dataclass_fields__[name]
+        for name in shared
+    )
+
+
 def test_the_cpu_recipe_parses_into_grpo_settings(monkeypatch):
     from spri_sft.train import grpo
 

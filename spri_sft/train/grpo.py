@@ -48,15 +48,9 @@ CONFIG_FILE = "config.yaml"  # the effective config generate and format write be
 
 @dataclass
 class GRPOScriptArguments(job.JobScriptArguments):
-    """What to train on, who rewards it, and what to do around training (the rest is TRL's GRPOConfig and ModelConfig)."""
+    """GRPO's own script arguments beside every job's (`job.JobScriptArguments`: `dataset_path` is the SFT dataset's
+    format output directory); the rest is TRL's GRPOConfig and ModelConfig."""
 
-    dataset_path: str | None = field(
-        default=None,
-        metadata={
-            "help": "The SFT dataset: a `spri-sft format` output directory (itself or its hf/). Its train split "
-            "gives the prompts, its config.yaml the records files they came from (for their principles)."
-        },
-    )
     critic_config: str | None = field(
         default=None,
         metadata={

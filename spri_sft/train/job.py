@@ -40,19 +40,21 @@ EFFECTIVE_BATCH_HELP = (
 @dataclass
 class JobScriptArguments:
     """What every job trains on and does around training; each job's own dataclass adds its own fields. The rest
-    is TRL's config (SFTConfig, DPOConfig) and ModelConfig."""
+    is TRL's config (SFTConfig, DPOConfig, GRPOConfig) and ModelConfig."""
 
     dataset_path: str | None = field(
         default=None,
         metadata={
             "help": "A dataset `spri-sft format` wrote, or any datasets.save_to_disk one. train: the format output "
-            "directory (itself or its hf/); dpo: its preference/ directory (`--preference true`), itself or its hf/."
+            "directory (itself or its hf/); dpo: its preference/ directory (`--preference true`), itself or its hf/; "
+            "grpo: the format output directory (its train split's prompts; its config.yaml names their records)."
         },
     )
     dataset_name: str | None = field(
         default=None,
         metadata={
-            "help": "Or a Hugging Face dataset id: train needs a `messages` column, dpo prompt/chosen/rejected ones."
+            "help": "Or a Hugging Face dataset id: train needs a `messages` column, dpo prompt/chosen/rejected ones "
+            "(grpo takes none: its prompts' principles are in the records)."
         },
     )
     dataset_train_split: str = field(default="train", metadata={"help": "Training split."})
