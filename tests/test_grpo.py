@@ -234,6 +234,33 @@ def test_a_critic_outage_mid_step_is_retried_then_counted_unanswered_and_trainin
     assert len(rewards_logged(tmp_path / "out")) == 3
 
 
+@pytest.mark.parametrize(
+    ("flags", "steps"),
+    [
+        ((), 9),  # 9 prompts, 8 completions each, 8 a step
+        (("--num_generations", "4", "--per_device_train_batch_size", "4", "--gradient_accumulation_steps", "2"), 4),
+        (("--num_iterations", "2"), 18),
+    ],
+)
+def test_an_epoch_of_grpo_is_the_steps_its_dataloader_makes(tiny_model_dir, tmp_path, critic_server, flags, steps):
+    from spri_sft.generate.servers import ServedModels
+    from spri_sft.train import grpo
+
+    argv = grpo_argv(
+        tiny_model_dir,
+        grpo_run(tmp_path, critic_server),
+        tmp_path / "out",
+        "--max_steps",
+        "-1",
+        "--num_train_epochs",
+        "1",
+        *flags,
+    )
+    with ServedModels(tmp_path / "servers") as servers:
+        trainer = grpo.build_trainer(*grpo.make_parser().parse_args_and_config(args=argv), servers)
+    assert grpo.planned_steps(trainer) == steps
+
+
 def test_overlong_penalty_tokens_adds_trls_soft_overlong_punishment_as_a_second_reward(
     tiny_model_dir, tmp_path, critic_server
 ):

@@ -308,7 +308,15 @@ def main(script_args: GRPOScriptArguments, training_args, model_args, recipe: Pa
         trainer = build_trainer(script_args, training_args, model_args, servers)
         try:
             adapter = job.continued_adapter_words(trainer.model, script_args.sft_adapter)
-            summary = job.training_summary(trainer, model_args, recipe, command="grpo", unit="prompts", adapter=adapter)
+            summary = job.training_summary(
+                trainer,
+                model_args,
+                recipe,
+                command="grpo",
+                unit="prompts",
+                adapter=adapter,
+                steps=planned_steps(trainer),
+            )
             summary += "\n" + prompts_line(trainer.prompts_report, script_args.admit_unaccepted_principles)
             summary += (
                 f"\n[spri-sft]   reward: the critic {trainer.critic} against each prompt's principles, scaled to "
@@ -326,6 +334,18 @@ def main(script_args: GRPOScriptArguments, training_args, model_args, recipe: Pa
         print(reward_line(totals), flush=True)
     job.drop_reference_copy(trainer.model, training_args.output_dir)
     return metrics | {f"critic/{key}": value for key, value in totals.items()}
+
+
+def planned_steps(trainer) -> int:
+    """The optimizer steps GRPO will take: max_steps, else as the Trainer counts them from GRPO's dataloader (each
+    prompt repeated num_generations x num_iterations times, a generation batch's leftover prompts dropped)."""
+    import math
+
+    args = trainer.args
+    if args.max_steps > 0:
+        return args.max_steps
+    per_epoch = max(1, math.ceil(len(trainer.get_train_dataloader()) / args.gradient_accumulation_steps))
+    return math.ceil(args.num_train_epochs * per_epoch)
 
 
 def reward_line(totals: dict) -> str:

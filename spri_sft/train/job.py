@@ -615,9 +615,10 @@ def training_summary(
     command: str = "train",
     unit: str = "rows",
     adapter: str | None = None,
+    steps: int | None = None,
 ) -> str:
-    """A few lines on what is about to be trained: model, rows (or pairs: `unit`), steps, LoRA (or `adapter`),
-    and where the settings are."""
+    """A few lines on what is about to be trained: model, rows (or pairs: `unit`), steps (`planned_steps`, or
+    `steps` where the job counts them itself), LoRA (or `adapter`), and where the settings are."""
     args = trainer.args
     train_rows = len(trainer.train_dataset)
     validation = f", {len(trainer.eval_dataset)} validation" if trainer.eval_dataset is not None else ""
@@ -630,7 +631,7 @@ def training_summary(
     where = Path(args.output_dir)
     lines = [
         f"[spri-sft] {command} {model_args.model_name_or_path}: {train_rows} train {unit}{validation}, "
-        f"{planned_steps(args, train_rows, trainer.accelerator.num_processes)} steps, {adapter}",
+        f"{steps or planned_steps(args, train_rows, trainer.accelerator.num_processes)} steps, {adapter}",
         batch_line(trainer.effective_batch),
         f"[spri-sft]   settings: {recipe or 'command line'} (all of them: {where / 'effective_config.json'}); "
         f"output: {where}",
