@@ -79,6 +79,21 @@ def test_a_model_without_layers_and_heads_in_its_config_gets_the_ram_share(tmp_p
     assert (size.gib, size.limited_by, size.shape) == (4, "ram", None)
 
 
+def test_the_line_says_why_the_need_was_not_counted(tmp_path, smollm2_config_dir):
+    without_context = {k: v for k, v in smollm2(smollm2_config_dir).items() if k != "max_position_embeddings"}
+    reasons = {
+        "no config": size_kv_cache(None, sequences=4, ram_bytes=RAM),
+        "no shape": size_kv_cache({"model_type": "mystery"}, sequences=4, ram_bytes=RAM),
+        "no context": size_kv_cache(without_context, sequences=4, ram_bytes=RAM),
+    }
+    lines = {name: size.describe() for name, size in reasons.items()}
+
+    assert "config.json is not found locally" in lines["no config"]
+    assert "gives no layers and KV heads" in lines["no shape"]
+    assert "gives a context length" in lines["no context"]
+    assert all(size.gib == 6 and size.limited_by == "ram" for size in reasons.values())
+
+
 def test_a_model_whose_config_cannot_be_found_reads_as_none(tmp_path):
     assert read_model_config(str(tmp_path / "not-here")) is None
 

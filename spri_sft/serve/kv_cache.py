@@ -98,6 +98,7 @@ class KVCacheSize:
     dtype: str
     value_bytes: int
     limited_by: str  # "need", "ram" (RAM_SHARE won) or "floor" (one full-length sequence)
+    unsized: str | None = None  # why the need could not be counted, in words (then the RAM share alone)
 
     @property
     def needed_bytes(self) -> int | None:
@@ -112,7 +113,7 @@ class KVCacheSize:
         )
         needed = self.needed_bytes
         if needed is None:
-            why = f"{share} (the model's config.json gives no layers and KV heads to size it by)"
+            why = f"{share} ({self.unsized or 'the need could not be counted'})"
         else:
             shape, per_token = self.shape, self.shape.bytes_per_token(self.value_bytes)
             arithmetic = (
@@ -158,7 +159,14 @@ def size_kv_cache(
     value_bytes = DTYPE_BYTES.get(dtype, 2)
     processes = max(1, processes)
     cap_gib = max(1, int(ram_bytes * RAM_SHARE / processes // GIB))
-    if shape is None or tokens is None:
+    unsized = None
+    if config is None:
+        unsized = "the model's config.json is not found locally to size it by"
+    elif shape is None:
+        unsized = "the model's config.json gives no layers and KV heads to size it by"
+    elif tokens is None:
+        unsized = "neither max_model_len nor the model's max_position_embeddings gives a context length"
+    if unsized:
         gib, limited_by = cap_gib, "ram"
     else:
         per_sequence = tokens * shape.bytes_per_token(value_bytes)
@@ -181,6 +189,7 @@ def size_kv_cache(
         dtype=dtype,
         value_bytes=value_bytes,
         limited_by=limited_by,
+        unsized=unsized,
     )
 
 
