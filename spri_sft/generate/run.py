@@ -42,7 +42,7 @@ import signal
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict
 from pathlib import Path
 
@@ -123,16 +123,35 @@ def _handle_sigterm(handler):
     return previous if previous is not None else signal.SIG_DFL
 
 
-def run_records(config: GenerateConfig) -> tuple[list[dict], bool]:
-    """This configuration's finished records, in prompt order, and whether its records.jsonl also
-    holds records of other prompts or settings (a reused or shared output_dir)."""
+def run_records(config: GenerateConfig) -> tuple[StoredRecords, bool]:
+    """This configuration's finished records, in prompt order (read from records.jsonl as they are iterated,
+    not held in memory), and whether its records.jsonl also holds records of other prompts or settings (a
+    reused or shared output_dir)."""
     _, _, ids = _inputs(config)
-    store = RecordStore(Path(config.output_dir) / "records.jsonl")
-    try:
-        mine = [store.get(i) for i in ids if i in store]
-    finally:
-        store.close()
-    return mine, len(mine) < len(store)
+    path = Path(config.output_dir) / "records.jsonl"
+    store = RecordStore(path)
+    store.close()
+    mine = [i for i in ids if i in store]
+    return StoredRecords(path, mine), len(mine) < len(store)
+
+
+class StoredRecords:
+    """Records of a records.jsonl, by id: their count, and the records themselves read from the file as they
+    are iterated (the file is indexed anew each time)."""
+
+    def __init__(self, path: Path, ids: list[str]):
+        self.path, self.ids = path, ids
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __iter__(self) -> Iterator[dict]:
+        store = RecordStore(self.path)
+        try:
+            for record_id in self.ids:
+                yield store.get(record_id)
+        finally:
+            store.close()
 
 
 def _inputs(config: GenerateConfig) -> tuple[PromptSet, list[str], list[str]]:

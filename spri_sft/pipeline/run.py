@@ -526,7 +526,9 @@ def _this_runs_records(config: PipelineConfig, mode: str, output_dir: Path) -> P
         return config.generation_dir(mode) / "records.jsonl"
     output_dir.mkdir(parents=True, exist_ok=True)
     staging = selected.with_suffix(".tmp")
-    staging.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+    with staging.open("w", encoding="utf-8") as handle:  # a record at a time: the run may hold millions
+        for record in records:
+            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
     os.replace(staging, selected)
     return selected
 
