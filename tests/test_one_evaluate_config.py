@@ -187,6 +187,40 @@ def test_lm_eval_loads_the_untrained_student_at_the_revision_the_train_recipe_pi
     assert job.extra_args["model_args"] == {"revision": "0123abc"}
 
 
+RECORDED = "0123456789abcdef0123456789abcdef01234567"
+
+
+def trained_adapter(folder: Path, base: str) -> Path:
+    """An adapter folder whose training recorded the commit RECORDED of `base` (train/job.py's effective_config)."""
+    folder.mkdir(parents=True)
+    (folder / "adapter_config.json").write_text("{}")
+    revision = {"name_or_path": base, "revision": "main", "commit": RECORDED}
+    (folder / "effective_config.json").write_text(json.dumps({"revisions": {"model": revision, "tokenizer": revision}}))
+    return folder
+
+
+def test_lm_eval_loads_a_pipeline_adapter_on_the_commit_its_training_recorded(tmp_path):
+    """As TruthfulQA does: base-vs-adapter lm-eval scores compare the same base weights, not main's."""
+    from spri_sft.pipeline.run import lm_eval_job
+    from spri_sft.pipeline.stages import Stage
+
+    plan = plan_of("student/model", tmp_path, use_peft=True)
+    trained = Stage("checkpoints/spri", trained_adapter(plan.output_dir, "student/model"), "fingerprint")
+    config = load_config(PipelineConfig, ["--evaluate.lm_eval_tasks", "hellaswag"])
+    job = lm_eval_job(config, plan, trained)
+    assert (job.adapter, job.extra_args["model_args"]) == (str(plan.output_dir), {"revision": RECORDED})
+
+
+def test_standalone_evaluate_gives_lm_eval_the_commit_the_adapters_training_recorded(tmp_path):
+    from spri_sft.evaluate.lm_eval_tasks import LmEvalJob
+
+    adapter = trained_adapter(tmp_path / "run", "student/model")
+    argv = ["--model", "student/model", "--adapter", str(adapter), "--lm_eval_tasks", "hellaswag"]
+    assert LmEvalJob.of_evaluation(load_config(EvaluateConfig, argv)).extra_args["model_args"] == {"revision": RECORDED}
+    pinned = load_config(EvaluateConfig, [*argv, "--model_revision", "v2"])  # asked for: wins over the record
+    assert LmEvalJob.of_evaluation(pinned).extra_args["model_args"] == {"revision": "v2"}
+
+
 @needs_lm_eval
 def test_standalone_evaluate_runs_lm_evals_tasks_after_truthfulqa(tiny_model_dir, tmp_path, monkeypatch, capsys):
     from test_lm_eval_tasks import TASK, write_task

@@ -33,6 +33,7 @@ from typing import Any
 
 from spri_sft.errors import UserError
 from spri_sft.evaluate.config import EvaluateConfig
+from spri_sft.evaluate.training_record import base_revision
 
 logger = logging.getLogger(__name__)
 
@@ -59,13 +60,15 @@ class LmEvalJob:
     @classmethod
     def of_evaluation(cls, config: EvaluateConfig) -> LmEvalJob:
         """The lm-eval call of an evaluation: its tasks, model and adapter, dtype, batch size, device and chat template,
-        then lm_eval_args (whose batch_size and device win). A `tokenizer`, `model_revision` (lm-eval's `revision`)
-        or `trust_remote_code` set for TruthfulQA reaches lm-eval's model_args too (under lm_eval_args' own), only
-        when set: the stages before them keep their fingerprints."""
+        then lm_eval_args (whose batch_size and device win). A `tokenizer` or `trust_remote_code` set for TruthfulQA,
+        and the base's revision as TruthfulQA loads it (`base_revision`: `model_revision`, else the commit an
+        adapter's training recorded) as lm-eval's `revision`, reach lm-eval's model_args too (under lm_eval_args'
+        own), only when set: the stages before them keep their fingerprints."""
         extra = {"apply_chat_template": config.chat_template, **config.lm_eval_args}
         loading = {"tokenizer": config.tokenizer} if config.tokenizer else {}
-        if config.model_revision:
-            loading["revision"] = config.model_revision
+        revision = base_revision(config)
+        if revision:
+            loading["revision"] = revision
         if config.trust_remote_code:
             loading["trust_remote_code"] = True
         if loading:

@@ -39,6 +39,7 @@ from typing import Any
 
 from spri_sft.errors import UserError
 from spri_sft.evaluate.config import EvaluateConfig
+from spri_sft.evaluate.training_record import base_revision, training_config
 from spri_sft.processes import writes_output_dir
 
 logger = logging.getLogger(__name__)
@@ -241,33 +242,6 @@ def load_model(config: EvaluateConfig) -> tuple[Any, Any]:
         elif config.merge_adapter:  # (merged into 4-bit weights, B·A would be rounded to 4 bits)
             model = merge_adapter(model)
     return (model if quantized else model.to(device)).eval(), tokenizer
-
-
-def base_revision(config: EvaluateConfig) -> str | None:
-    """The revision of `config.model` to load: the one asked for, else, under an adapter trained on that model, the
-    commit its training recorded (train/job.py `resolve_revision`, in effective_config.json), else None (main)."""
-    if config.model_revision is not None or not config.adapter:
-        return config.model_revision
-    found = training_config(config.adapter)
-    recorded = ((found[1].get("revisions") or {}).get("model") or {}) if found else {}
-    return recorded.get("commit") if recorded.get("name_or_path") == config.model else None
-
-
-def training_config(adapter: str) -> tuple[Path, dict] | None:
-    """Training's effective_config.json of an adapter (in its folder, or in the run folder above a `checkpoint-N`)
-    and its contents; None when there is none."""
-    folder = Path(adapter)
-    for candidate in (folder, folder.parent) if folder.name.startswith("checkpoint-") else (folder,):
-        path = candidate / "effective_config.json"
-        if path.is_file():
-            try:
-                saved = json.loads(path.read_text())
-            except json.JSONDecodeError as err:
-                raise UserError(f"{path}: not training's effective_config.json ({err})") from None
-            if not isinstance(saved, dict):
-                raise UserError(f"{path}: not training's effective_config.json (not a mapping)")
-            return path, saved
-    return None
 
 
 # The ModelConfig (TRL) fields that decide how a QLoRA base is loaded: trl.get_quantization_config reads them.
