@@ -276,6 +276,29 @@ def test_an_unknown_near_duplicate_field_is_refused_naming_the_choices(tmp_path)
         build(tmp_path, FILLER, near_duplicate_field="context")
 
 
+def test_records_rewritten_between_formats_two_passes_are_refused_not_misattributed(tmp_path, monkeypatch):
+    # As a generate rerun does when it retries failed records: the file loses a line while format reads it.
+    from spri_sft.format import build as format_build
+
+    records_file = write_records(tmp_path / "records.jsonl", [make_record(n) for n in range(1, 9)])
+    passes = []
+    read = format_build.iter_records
+
+    def read_then_rewrite(paths):
+        passes.append(paths)
+        if len(passes) == 2:
+            lines = records_file.read_text().splitlines(keepends=True)
+            records_file.write_text("".join(lines[1:]))
+        return read(paths)
+
+    monkeypatch.setattr(format_build, "iter_records", read_then_rewrite)
+    config = FormatConfig(records=[str(records_file)], output_dir=str(tmp_path / "out"), validation_fraction=0.25)
+    with pytest.raises(
+        UserError, match=r"records\.jsonl changed while format read it \(record 1 is 'rec002', not 'rec001'"
+    ):
+        build_dataset(config)
+
+
 def test_near_duplicates_match_a_brute_force_comparison_of_every_pair():
     rng = random.Random(0)
     words = "the a cat dog sat ran on under mat log red big".split()

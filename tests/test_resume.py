@@ -359,6 +359,27 @@ def test_record_store_reads_back_each_record_it_wrote_or_found(tmp_path: Path):
     store.close()
 
 
+def test_record_store_drop_removes_every_line_of_an_id_written_twice(tmp_path: Path):
+    path = tmp_path / "records.jsonl"
+    lines = [
+        {"id": "a", "mode": "spri", "status": "failed", "error": "first try"},
+        {"id": "b", "mode": "spri", "status": "accepted"},
+        {"id": "a", "mode": "spri", "status": "failed", "error": "second try"},
+    ]
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+
+    store = RecordStore(path)
+    assert store.drop({"a"}) == 1
+    store.append({"id": "c", "mode": "spri", "status": "accepted"})
+    store.close()
+
+    reopened = RecordStore(path)
+    assert list(reopened.ids) == ["b", "c"], "an older line of a dropped id must not come back"
+    assert reopened.failed == set() and reopened.modes == {"spri": 2}
+    assert reopened.get("c")["status"] == "accepted"
+    reopened.close()
+
+
 def test_record_store_drop_rewrites_the_file_and_reads_the_others_where_they_moved(tmp_path: Path):
     path = tmp_path / "records.jsonl"
     records = [{"id": f"r{i}", "mode": "spri", "status": "failed" if i % 2 else "accepted", "n": i} for i in range(6)]

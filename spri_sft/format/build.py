@@ -389,6 +389,8 @@ def read_kept(config: FormatConfig, kept: list[dict]) -> list[dict]:
         found = wanted.get(position)
         if found is None:
             continue
+        if record.get("id") != found["id"]:
+            raise records_changed(config, f"record {position + 1} is {record.get('id')!r}, not {found['id']!r}")
         rows.append(to_row(record, config.system_prompt))
         found["models"] = {role: ((record.get("usage") or {}).get(role) or {}).get("model") for role in ROLES}
         found["scores"] = {
@@ -396,7 +398,18 @@ def read_kept(config: FormatConfig, kept: list[dict]) -> list[dict]:
         }
         if config.preference:
             found["pair"] = (record["id"], preference_pair(record, config.preference_margin, config.system_prompt))
+    if len(rows) != len(kept):
+        raise records_changed(config, f"{len(kept) - len(rows)} kept records are gone")
     return rows
+
+
+def records_changed(config: FormatConfig, what: str) -> UserError:
+    """Rows are built in a second pass by each record's place in the files: a file rewritten in between (a generate
+    rerun retrying its failed records) would attach rows and scores to the wrong records."""
+    files = ", ".join(config.records)
+    return UserError(
+        f"{files} changed while format read it ({what} on the second pass): rerun format once nothing writes the records"
+    )
 
 
 def review_source(config: FormatConfig) -> Path | None:

@@ -33,6 +33,7 @@ class RecordStore:
     def __init__(self, path: Path):
         self.path = path
         self._offsets: dict[str, int] = {}  # record id -> the byte offset of its line
+        self._repeated: set[str] = set()  # ids with more than one line in the file (the index points at the last)
         self.failed: set[str] = set()  # ids of records whose status is "failed"
         self.modes: Counter[str | None] = Counter()  # each record's `mode`, as written, counted
         self.torn_bytes = 0
@@ -72,6 +73,7 @@ class RecordStore:
             raise TypeError("a record id is a string")
         if record_id in self._offsets:
             self._forget(record_id)
+            self._repeated.add(record_id)
         self._offsets[record_id] = offset
         self.modes[record.get("mode")] += 1
         if record.get("status") == "failed":
@@ -128,6 +130,8 @@ class RecordStore:
         gone = sorted((self._offsets[i], i) for i in ids if i in self._offsets)
         if not gone:
             return 0
+        if self._repeated & ids:
+            return self._drop_every_line_of(ids, len(gone))
         self._handle.close()
         staging = self.path.with_suffix(".jsonl.tmp")
         cuts = []  # (offset, length) of each dropped line, in file order
@@ -152,6 +156,22 @@ class RecordStore:
         self._close_reader()  # it reads the replaced file
         self._handle = self.path.open("ab")
         return len(gone)
+
+    def _drop_every_line_of(self, ids: set[str], count: int) -> int:
+        """`drop` where an id has older lines too, whose offsets the index does not keep: the file is copied line by
+        line without any line of `ids`, and indexed anew."""
+        self._handle.close()
+        self._close_reader()
+        staging = self.path.with_suffix(".jsonl.tmp")
+        with self.path.open("rb") as source, staging.open("wb") as target:
+            for line in source:
+                if json.loads(line)["id"] not in ids:
+                    target.write(line)
+        os.replace(staging, self.path)  # atomic: a crash leaves the old file or the new one
+        self._offsets, self._repeated, self.failed, self.modes = {}, set(), set(), Counter()
+        self._load()
+        self._handle = self.path.open("ab")
+        return count
 
     def close(self) -> None:
         if not self._handle.closed:
