@@ -429,3 +429,18 @@ def test_an_in_process_critic_of_the_students_own_model_is_a_frozen_copy_scoring
     assert counts["scored"] == counts["completions"] == 8  # score: expected leaves no critique unscored
     [step] = [e for e in trainer.state.log_history if "reward" in e]
     assert 0 < step["reward"] < 1  # a mean of digit distributions, scaled: never exactly a bound
+
+
+def test_a_critic_that_cannot_be_reached_is_one_line_before_any_step(tiny_model_dir, tmp_path, capsys):
+    from spri_sft.cli import main as spri_sft
+
+    critic = {"backend": "openai", "model": "judge", "base_url": ["http://127.0.0.1:9/v1"], "timeout": 2.0}
+    dataset = make_run(tmp_path, [record(n, [5]) for n in range(8)], critic=critic)
+
+    assert spri_sft(["grpo", *grpo_argv(tiny_model_dir, dataset, tmp_path / "out")]) == 2
+
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("spri-sft: error:")]
+    assert errors == [
+        "spri-sft: error: cannot reach http://127.0.0.1:9/v1 (APIConnectionError): is the server running?"
+    ]
+    assert not (tmp_path / "out" / "trainer_state.json").exists()
