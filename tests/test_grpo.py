@@ -8,6 +8,7 @@ run writes; `spri-sft format` makes the SFT dataset from them, as in a run.
 from __future__ import annotations
 
 import json
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,7 @@ from spri_sft.format.build import build_dataset
 from spri_sft.format.config import FormatConfig
 from spri_sft.generate.config import GenerateConfig
 from spri_sft.generate.engine import LoopSettings
-from spri_sft.train.grpo import GRPOScriptArguments, load_prompts, principle_prompts
+from spri_sft.train.grpo import FinalPrinciples, GRPOScriptArguments, final_principles, load_prompts, principle_prompts
 
 THRESHOLD = 4
 
@@ -58,9 +59,16 @@ def row_of(rec: dict) -> dict:
     }
 
 
+def select(records, admit_unaccepted: bool):
+    """The GRPO rows and drop counts of an SFT split made of these records' prompts."""
+    records = list(records)
+    principles = final_principles(iter(records), {r["id"] for r in records}, THRESHOLD)
+    return principle_prompts([row_of(r) for r in records], principles, admit_unaccepted=admit_unaccepted)
+
+
 def test_only_prompts_whose_principles_stage_ended_accepted_are_kept_and_the_others_counted():
     records = {r["id"]: r for r in [record(1, [2, 5]), record(2, [2, 3]), record(3, [None]), record(4, [4], None)]}
-    rows, dropped = principle_prompts([row_of(r) for r in records.values()], records, THRESHOLD, admit_unaccepted=False)
+    rows, dropped = select(records.values(), admit_unaccepted=False)
     assert [row["id"] for row in rows] == ["rec001"]
     assert rows[0]["prompt"] == [{"role": "user", "content": records["rec001"]["prompt"]}]
     assert rows[0]["principles"] == "Name the word cedar."
@@ -68,8 +76,7 @@ def test_only_prompts_whose_principles_stage_ended_accepted_are_kept_and_the_oth
 
 
 def test_admit_unaccepted_principles_keeps_them_with_their_final_principles():
-    records = {r["id"]: r for r in [record(1, [2, 5]), record(2, [2, 3])]}
-    rows, dropped = principle_prompts([row_of(r) for r in records.values()], records, THRESHOLD, admit_unaccepted=True)
+    rows, dropped = select([record(1, [2, 5]), record(2, [2, 3])], admit_unaccepted=True)
     assert [row["id"] for row in rows] == ["rec001", "rec002"]
     assert not dropped
 
@@ -77,8 +84,31 @@ def test_admit_unaccepted_principles_keeps_them_with_their_final_principles():
 def test_under_score_expected_acceptance_is_the_digit_mean_against_the_threshold():
     below = record(1, [4])
     below["rounds"][0] |= {"score_mode": "expected", "score_mean": 3.9}
-    rows, dropped = principle_prompts([row_of(below)], {below["id"]: below}, THRESHOLD, admit_unaccepted=False)
+    rows, dropped = select([below], admit_unaccepted=False)
     assert not rows and dropped == {"principles_not_accepted": 1}
+
+
+def test_reading_the_principles_keeps_neither_the_records_nor_those_outside_the_split(tmp_path):
+    from spri_sft.format.build import iter_records
+
+    path = tmp_path / "records.jsonl"
+    long_response = "a long response, " * 1200  # about 20 kB a record
+    path.write_text("".join(json.dumps(record(n, [5]) | {"response": long_response}) + "\n" for n in range(200)))
+    wanted = {f"rec{n:03d}" for n in range(0, 200, 2)}
+
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        principles = final_principles(iter_records([str(path)]), wanted, THRESHOLD)
+        held, peak = tracemalloc.get_traced_memory()[0] - before, tracemalloc.get_traced_memory()[1] - before
+    finally:
+        tracemalloc.stop()
+
+    assert principles.keys() == wanted
+    assert principles["rec000"] == FinalPrinciples("Name the word cedar.", True)
+    size = path.stat().st_size
+    assert held < size / 50, f"{held} bytes held after reading a {size}-byte file"
+    assert peak < size / 10, f"{peak} bytes at the peak of reading a {size}-byte file"  # one record at a time
 
 
 def make_run(tmp_path: Path, records: list[dict], critic: dict | None = None, **format_settings) -> Path:

@@ -37,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -115,27 +116,48 @@ def read_generate_config(path: Path, setting: str):
     return from_dict(GenerateConfig, read_recipe(path) or {}, str(path))
 
 
-def principle_prompts(split, records: dict, threshold: float, admit_unaccepted: bool) -> tuple[list[dict], Counter]:
-    """The GRPO rows of an SFT split: {prompt (the conversation up to the answer), principles, id} for each row
-    whose record has principles, accepted unless `admit_unaccepted`; and the count of each reason a row was dropped."""
+@dataclass(frozen=True)
+class FinalPrinciples:
+    """All GRPO keeps of a record: its final principles, and whether its principles stage ended accepted (None: the
+    mode has no principles stage, its rubric is fixed rules: seed-principles-critic, ...)."""
+
+    text: str | None
+    accepted: bool | None
+
+
+def final_principles(records: Iterable[dict], ids: set[str], threshold: float) -> dict[str, FinalPrinciples]:
+    """The final principles of each record whose id is in `ids`, read from `records` one at a time (records files
+    may be larger than memory should hold: the responses and every round's text are dropped as they are read)."""
     from spri_sft.generate.record import stage_accepted
 
+    kept = {}
+    for record in records:
+        if record["id"] in ids:  # a later record of an id replaces an earlier one, as format's join does
+            kept[record["id"]] = FinalPrinciples(
+                record.get("principles"), stage_accepted(record, "principles", threshold)
+            )
+    return kept
+
+
+def principle_prompts(
+    split, principles: dict[str, FinalPrinciples], admit_unaccepted: bool
+) -> tuple[list[dict], Counter]:
+    """The GRPO rows of an SFT split: {prompt (the conversation up to the answer), principles, id} for each row
+    whose record has principles, accepted unless `admit_unaccepted`; and the count of each reason a row was dropped."""
     rows, dropped = [], Counter()
     for row in split:
-        record = records.get(row["id"])
-        if record is None:
+        final = principles.get(row["id"])
+        if final is None:
             dropped["not_in_records"] += 1
             continue
-        principles = record.get("principles")
-        if not principles:
+        if not final.text:
             dropped["no_principles"] += 1
             continue
-        # None: the mode has no principles stage, its rubric is fixed rules (seed-principles-critic, ...).
-        if stage_accepted(record, "principles", threshold) is False and not admit_unaccepted:
+        if final.accepted is False and not admit_unaccepted:
             dropped["principles_not_accepted"] += 1
             continue
         prompt = [message for message in row["messages"] if message["role"] != "assistant"]
-        rows.append({"prompt": prompt, "principles": principles, "id": row["id"]})
+        rows.append({"prompt": prompt, "principles": final.text, "id": row["id"]})
     return rows, dropped
 
 
@@ -144,14 +166,13 @@ def load_prompts(script_args: GRPOScriptArguments, training_args) -> tuple:
     from datasets import Dataset
 
     from spri_sft.config import from_dict, read_recipe
-    from spri_sft.format.build import read_records
+    from spri_sft.format.build import iter_records
     from spri_sft.format.config import FormatConfig
 
     if not script_args.dataset_path:
         raise UserError("set dataset_path: the `spri-sft format` output of the SFT dataset (its train split's prompts)")
     format_dir = format_dir_of(script_args.dataset_path)
     format_config = from_dict(FormatConfig, read_recipe(format_dir / CONFIG_FILE) or {}, str(format_dir / CONFIG_FILE))
-    records = {record["id"]: record for record in read_records(format_config.records)}
     # The run that wrote the records: its loop's threshold is what accepted their principles.
     run_path = Path(format_config.records[0]).parent / CONFIG_FILE
     run = read_generate_config(run_path, f"the config of the generate run that wrote {format_config.records[0]}:")
@@ -162,13 +183,18 @@ def load_prompts(script_args: GRPOScriptArguments, training_args) -> tuple:
     splits = {"train": script_args.dataset_train_split}
     if training_args.eval_strategy != "no":
         splits["validation"] = script_args.dataset_test_split
-    made, report = {}, {"dataset": source, "records": format_config.records, "critic_config": str(critic_path)}
+    chosen = {}
     for name, split_name in splits.items():
         option = "dataset_train_split" if name == "train" else "dataset_test_split"
-        split = job.dataset_split(
+        chosen[name] = job.dataset_split(
             dataset, source, split_name, option, 'or eval_strategy to "no"' if name != "train" else ""
         )
-        rows, dropped = principle_prompts(split, records, run.loop.threshold, script_args.admit_unaccepted_principles)
+    ids = {row_id for split in chosen.values() for row_id in split["id"]}
+    principles = final_principles(iter_records(format_config.records), ids, run.loop.threshold)
+    made, report = {}, {"dataset": source, "records": format_config.records, "critic_config": str(critic_path)}
+    for name, split in chosen.items():
+        split_name = splits[name]
+        rows, dropped = principle_prompts(split, principles, script_args.admit_unaccepted_principles)
         if not rows:
             raise UserError(
                 f"{source}: none of the {len(split)} rows of split '{split_name}' has principles to reward by "
