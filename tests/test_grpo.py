@@ -474,3 +474,79 @@ def test_a_critic_that_cannot_be_reached_is_one_line_before_any_step(tiny_model_
         "spri-sft: error: cannot reach http://127.0.0.1:9/v1 (APIConnectionError): is the server running?"
     ]
     assert not (tmp_path / "out" / "trainer_state.json").exists()
+
+
+def test_a_bad_overlong_penalty_tokens_is_one_line_before_the_model_loads(
+    tiny_model_dir, tmp_path, capsys, monkeypatch
+):
+    from spri_sft.cli import main as spri_sft
+    from spri_sft.train import job
+
+    def load_model(*args, **kwargs):
+        raise AssertionError("the model was loaded before the settings were checked")
+
+    monkeypatch.setattr(job, "load_model", load_model)
+    dataset = make_run(tmp_path, [record(n, [5]) for n in range(8)])
+    argv = grpo_argv(tiny_model_dir, dataset, tmp_path / "out", "--overlong_penalty_tokens", "17")
+
+    assert spri_sft(["grpo", *argv]) == 2
+
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("spri-sft: error:")]
+    assert errors == ["spri-sft: error: overlong_penalty_tokens must be from 1 to max_completion_length (16), got 17"]
+
+
+def test_a_failure_after_the_critic_is_built_closes_it(tiny_model_dir, tmp_path, critic_server, monkeypatch):
+    import trl
+
+    from spri_sft.cli import main as spri_sft
+    from spri_sft.train.grpo_reward import PrincipleReward
+
+    closed = []
+    close = PrincipleReward.close
+
+    async def recording_close(self):
+        closed.append(self)
+        await close(self)
+
+    def failing_trainer(*args, **kwargs):
+        raise RuntimeError("GRPOTrainer failed")
+
+    monkeypatch.setattr(PrincipleReward, "close", recording_close)
+    monkeypatch.setattr(trl, "GRPOTrainer", failing_trainer)
+    dataset = grpo_run(tmp_path, critic_server)
+
+    with pytest.raises(RuntimeError, match="GRPOTrainer failed"):
+        spri_sft(["grpo", *grpo_argv(tiny_model_dir, dataset, tmp_path / "out")])
+
+    assert len(closed) == 1
+
+
+@pytest.mark.parametrize("backend", ["vllm", "transformers"])
+def test_several_processes_refuse_a_critic_each_would_start_again_in_one_line(backend):
+    from spri_sft.llm.base import EndpointConfig
+    from spri_sft.train.grpo import check_critic_processes
+
+    with pytest.raises(
+        UserError, match=f"critic backend {backend} with 2 processes .*critic_config as backend: openai"
+    ):
+        check_critic_processes(EndpointConfig(backend=backend, model="judge"), processes=2)
+
+
+def test_several_processes_share_an_openai_critic_and_one_process_any_critic():
+    from spri_sft.llm.base import EndpointConfig
+    from spri_sft.train.grpo import check_critic_processes
+
+    check_critic_processes(EndpointConfig(backend="openai", model="judge", base_url=["http://127.0.0.1:9/v1"]), 2)
+    check_critic_processes(EndpointConfig(backend="vllm", model="judge"), 1)
+
+
+def test_the_run_totals_are_every_processes_totals_summed():
+    from spri_sft.train.grpo import run_totals
+
+    per_process = [
+        {"completions": 8, "scored": 7, "unscored": 1, "failed": 0, "calls": 9, "prompt_tokens": 900},
+        {"completions": 8, "scored": 6, "unscored": 0, "failed": 2, "calls": 10, "prompt_tokens": 1000},
+    ]
+    assert run_totals(per_process) == {
+        "completions": 16, "scored": 13, "unscored": 1, "failed": 2, "calls": 19, "prompt_tokens": 1900,
+    }  # fmt: skip

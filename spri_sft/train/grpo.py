@@ -16,8 +16,9 @@ What it does, top to bottom:
 2. the prompts (`load_prompts`): the SFT dataset's train split (`dataset_path`, a `spri-sft format` output, so
    the split and format's filters are SFT's own: the reviewer's exclusions, the benchmark contamination guard,
    deduplication), each row joined by id to its record (in the records files the format output's config.yaml
-   names) for the prompt's final principles; kept only when its principles stage ended accepted at the
-   threshold of the generate run that wrote the records (`generate.record.stage_accepted`), unless
+   names, read a record at a time, keeping of the split's ids only the final principles and their acceptance)
+   for the prompt's final principles; kept only when its principles stage ended accepted at the threshold of
+   the generate run that wrote the records (`generate.record.stage_accepted`), unless
    `admit_unaccepted_principles`, and never without principles; every dropped row counted and said;
 3. the critic (`critic_config`, by default the config.yaml of that generate run: its `critic:` role, `loop:`
    and templates; a `vllm` critic gets its server started as generate starts one) as the reward
@@ -26,10 +27,12 @@ What it does, top to bottom:
 4. the tokenizer with SFT's training template (or the SFT adapter's own), the model with a fresh LoRA adapter
    or the SFT adapter continued, and TRL's GRPOTrainer;
 5. train (resuming from the last checkpoint), save the adapter, tokenizer, generation config and card as every
-   job does, and the critic's totals in `<output_dir>/reward.json`.
+   job does, and the critic's totals, summed over the processes, in `<output_dir>/reward.json`.
 
 Not supported: full fine-tuning with a pretrained adapter; `truthfulqa_before` with `sft_adapter`;
-several processes with an in-process (`transformers`) critic, which each process would load.
+several processes with a `vllm` or `transformers` critic, which each process would start again (one line: serve
+it once and give it as an `openai` critic); with an `openai` critic each process asks the server for its own
+completions and reward.json sums them.
 """
 
 from __future__ import annotations
@@ -255,6 +258,34 @@ def extra_rewards(script_args: GRPOScriptArguments, training_args) -> list:
     return [get_soft_overlong_punishment(training_args.max_completion_length, tokens)]
 
 
+def check_critic_processes(critic, processes: int) -> None:
+    """Every process shares one critic: an `openai` critic is a server they all ask; a `vllm` critic's server or a
+    `transformers` critic's model would be started again by each process, so several processes refuse them."""
+    if processes > 1 and critic.backend != "openai":
+        started = "vllm server" if critic.backend == "vllm" else "copy of the model"
+        raise UserError(
+            f"critic backend {critic.backend} with {processes} processes would start a {started} in each; serve the "
+            "critic once (e.g. `vllm serve`) and give it in critic_config as backend: openai with its base_url, or "
+            "train in one process"
+        )
+
+
+def close_reward(reward, trainer=None) -> None:
+    """Close the critic, on the trainer's event loop where a trainer was built (where the critic started)."""
+    if trainer is None:
+        asyncio.run(reward.close())
+    else:
+        asyncio.run_coroutine_threadsafe(reward.close(), trainer.async_loop).result()
+
+
+def run_totals(per_process: list[dict]) -> dict:
+    """The critic's totals over the whole run: each process scores its own share of the completions."""
+    summed: Counter = Counter()
+    for totals in per_process:
+        summed.update(totals)
+    return dict(summed)
+
+
 def critic_words(generate) -> str:
     critic = generate.critic
     where = f" at {', '.join(critic.base_url)}" if critic.backend == "openai" else f" ({critic.backend})"
@@ -272,6 +303,7 @@ def build_trainer(script_args: GRPOScriptArguments, training_args, model_args, s
     from spri_sft import tracking
 
     job.check_model_args(model_args)
+    extras = extra_rewards(script_args, training_args)  # its settings checked before anything loads
     effective_batch = job.use_effective_batch(script_args.effective_batch_size, training_args)  # before the trainer
     adapter_dir = job.check_sft_adapter(script_args.sft_adapter, model_args, script_args.truthfulqa_before)
     truthfulqa = job.truthfulqa_callback(script_args, training_args, model_args)  # its file read before any loading
@@ -283,6 +315,7 @@ def build_trainer(script_args: GRPOScriptArguments, training_args, model_args, s
     from spri_sft.train.progress import use_training_progress
 
     train_dataset, eval_dataset, generate, report = load_prompts(script_args, training_args)
+    check_critic_processes(generate.critic, training_args.world_size)
 
     model_path = job.model_location(model_args)
     model_revision = job.resolve_revision(model_path, model_args.model_revision)
@@ -302,19 +335,24 @@ def build_trainer(script_args: GRPOScriptArguments, training_args, model_args, s
         peft_config = get_peft_config(model_args)
 
     reward = build_reward(generate, servers)
-    trainer = GRPOTrainer(
-        model=model,
-        reward_funcs=[reward, *extra_rewards(script_args, training_args)],
-        args=training_args,
-        train_dataset=train_dataset,
-        eval_dataset=eval_dataset,
-        processing_class=tokenizer,
-        peft_config=peft_config,
-        callbacks=[truthfulqa] if truthfulqa is not None else None,
-    )
-    # The reward runs on the trainer's own event loop (TRL awaits async reward functions there): the critic is
-    # loaded, or its servers checked, on that loop, before any step.
-    asyncio.run_coroutine_threadsafe(reward.start(), trainer.async_loop).result()
+    trainer = None
+    try:  # from here on a failure closes the critic (a vllm critic's server stops with `servers`)
+        trainer = GRPOTrainer(
+            model=model,
+            reward_funcs=[reward, *extras],
+            args=training_args,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=tokenizer,
+            peft_config=peft_config,
+            callbacks=[truthfulqa] if truthfulqa is not None else None,
+        )
+        # The reward runs on the trainer's own event loop (TRL awaits async reward functions there): the critic is
+        # loaded, or its servers checked, on that loop, before any step.
+        asyncio.run_coroutine_threadsafe(reward.start(), trainer.async_loop).result()
+    except BaseException:
+        close_reward(reward, trainer)
+        raise
     trainer.truthfulqa = truthfulqa
     trainer.effective_batch = effective_batch
     trainer.revisions = revisions
@@ -353,8 +391,10 @@ def main(script_args: GRPOScriptArguments, training_args, model_args, recipe: Pa
                 critic=trainer.critic,
             )  # fmt: skip
         finally:
-            asyncio.run_coroutine_threadsafe(trainer.reward.close(), trainer.async_loop).result()
-    totals = dict(trainer.reward.totals)
+            close_reward(trainer.reward, trainer)
+    from accelerate.utils import gather_object
+
+    totals = run_totals(gather_object([dict(trainer.reward.totals)]))  # every process's, to every process
     if trainer.accelerator.is_main_process:
         (output_dir / "reward.json").write_text(json.dumps(totals, indent=2) + "\n")
         print(reward_line(totals), flush=True)
