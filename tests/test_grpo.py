@@ -451,7 +451,10 @@ def test_an_in_process_critic_of_the_students_own_model_is_a_frozen_copy_scoring
         policy = {id(p) for p in trainer.model.parameters()}
         assert not policy & {id(p) for p in judge.parameters()}  # no weight shared with the model being trained
         before = {name: p.detach().clone() for name, p in judge.named_parameters()}
-        trainer.train()
+        try:
+            trainer.train()
+        finally:
+            grpo.close_reward(trainer.reward, trainer)  # its worker task stops with it
 
     assert all(torch.equal(before[name], p) for name, p in judge.named_parameters())
     assert not judge.training
