@@ -104,7 +104,7 @@ from spri_sft.format.benchmarks import (
     truthfulqa_documents,
 )
 from spri_sft.format.card import NOT_MEASURED, lengths_line, render_card
-from spri_sft.format.config import NEAR_DUPLICATE_FIELDS, OVERLONG, FormatConfig
+from spri_sft.format.config import COMPARES_INSTRUCTION, NEAR_DUPLICATE_FIELDS, OVERLONG, FormatConfig
 from spri_sft.format.contamination import BenchmarkGuard
 from spri_sft.format.dedupe import exact_duplicates, near_duplicates, normalize
 from spri_sft.format.preference import PREFERENCE_DIR, assemble_preference, preference_pair, save_preference
@@ -262,7 +262,7 @@ def _check(config: FormatConfig) -> None:
 def compared_text(record: Record, near_duplicate_field: str) -> str:
     """What the near-duplicate step compares first of a record: its instruction (its prompt, when generate kept no
     instruction apart: a prompt without a context, or a record from before), or its whole prompt."""
-    if near_duplicate_field in ("instruction", "instruction+prompt"):
+    if near_duplicate_field in COMPARES_INSTRUCTION:
         return record.get("instruction") or record["prompt"]
     return record["prompt"]
 
@@ -375,7 +375,7 @@ def brief(record: Record, position: int, config: FormatConfig) -> dict:
         found["source_id"] = record["source_id"]
     if config.contamination_responses:
         found["response"] = record["response"]  # step 3 checks it too
-    if record.get("instruction") and config.near_duplicate_field in ("instruction", "instruction+prompt"):
+    if record.get("instruction") and config.near_duplicate_field in COMPARES_INSTRUCTION:
         found["instruction"] = record["instruction"]  # step 4 compares it
     return found
 

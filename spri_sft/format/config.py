@@ -7,6 +7,7 @@ from typing import Literal
 
 OVERLONG = ("drop", "keep")
 NEAR_DUPLICATE_FIELDS = ("instruction+prompt", "instruction", "prompt")
+COMPARES_INSTRUCTION = ("instruction+prompt", "instruction")  # the fields whose first text is the instruction
 
 
 @dataclass
