@@ -89,6 +89,19 @@ def fresh_wandb_state():
         wandb.teardown()
 
 
+# A few CPU steps of a TRL job on a tiny model, no evaluation, checkpoint, tracker or worker process (dpo, grpo).
+CPU_STEP_FLAGS = (
+    "--logging_steps", "1",
+    "--eval_strategy", "no",
+    "--save_strategy", "no",
+    "--gradient_checkpointing", "false",
+    "--use_cpu", "true",
+    "--bf16", "false",
+    "--report_to", "none",
+    "--dataloader_num_workers", "0",
+)  # fmt: skip
+
+
 def tiny_lora_argv(model_dir: Path, dataset: Path, output_dir: Path, *overrides: str) -> list[str]:
     """`spri-sft train` flags for a few CPU LoRA steps on the tiny model; later flags override earlier ones."""
     return [

@@ -12,6 +12,7 @@ import tracemalloc
 from pathlib import Path
 
 import pytest
+from conftest import CPU_STEP_FLAGS
 
 from spri_sft.config import dump_yaml
 from spri_sft.errors import UserError
@@ -201,14 +202,7 @@ def grpo_argv(model_dir: Path, dataset: Path, output_dir: Path, *overrides: str)
         "--per_device_train_batch_size", "8", "--num_generations", "8", "--max_completion_length", "16",
         "--learning_rate", "5e-2",
         "--max_steps", "3",
-        "--logging_steps", "1",
-        "--eval_strategy", "no",
-        "--save_strategy", "no",
-        "--gradient_checkpointing", "false",
-        "--use_cpu", "true",
-        "--bf16", "false",
-        "--report_to", "none",
-        "--dataloader_num_workers", "0",
+        *CPU_STEP_FLAGS,
         "--seed", "0",
         *overrides,
     ]  # fmt: skip

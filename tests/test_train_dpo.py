@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import build_sft_dataset, tiny_lora_argv, train_and_check_only_lora_moved
+from conftest import CPU_STEP_FLAGS, build_sft_dataset, tiny_lora_argv, train_and_check_only_lora_moved
 
 from spri_sft.cli import main as spri_sft
 from spri_sft.errors import UserError
@@ -72,14 +72,7 @@ def dpo_argv(model_dir: Path, dataset: Path, output_dir: Path, *overrides: str) 
         "--learning_rate", "1e-2",
         "--per_device_train_batch_size", "4",
         "--max_steps", "2",
-        "--logging_steps", "1",
-        "--eval_strategy", "no",
-        "--save_strategy", "no",
-        "--gradient_checkpointing", "false",
-        "--use_cpu", "true",
-        "--bf16", "false",
-        "--report_to", "none",
-        "--dataloader_num_workers", "0",
+        *CPU_STEP_FLAGS,
         *overrides,
     ]  # fmt: skip
 
