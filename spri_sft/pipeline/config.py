@@ -62,6 +62,52 @@ class DPOStage:
     )
 
 
+@dataclass
+class GRPOStage:
+    """Online RL after SFT: a `spri-sft grpo` recipe, overridden by `args`, run on each mode's SFT model with the
+    prompts of that mode's SFT train split, each completion rewarded by the critic's score against the prompt's own
+    principles (the mode's records; the critic of its generate run unless the recipe names a critic_config)."""
+
+    enabled: bool = field(
+        default=False,
+        metadata={
+            "help": "After each mode's SFT, train GRPO on its SFT train split's prompts into checkpoints/<mode>+grpo "
+            "and score it as eval/<mode>+grpo; a mode with no prompt to reward (its records have no principles, as "
+            "direct's, or none accepted) is skipped, with a line saying why."
+        },
+    )
+    recipe: str | None = field(
+        default=None,
+        metadata={"help": "A GRPO recipe YAML (e.g. recipes/<model>/grpo/lora.yaml) read first; `args` override it."},
+    )
+    args: dict[str, Any] = field(
+        default_factory=dict,
+        metadata={
+            "help": "Any `spri-sft grpo` field (TRL's GRPOConfig and ModelConfig, GRPOScriptArguments). The pipeline "
+            "sets model_name_or_path and sft_adapter (the student and the mode's SFT adapter, continued; after a full "
+            "SFT, the SFT model as model_name_or_path), use_peft with an SFT adapter, dataset_path (the mode's "
+            "dataset), output_dir, run_name and the W&B project/group. train.accelerate_config launches it too."
+        },
+    )
+
+
+# The trainings that continue each mode's SFT model, in the order they run, with the name of their report rows: each
+# is a `spri-sft <job>` into checkpoints/<mode>+<job>, scored as eval/<mode>+<job>, from the SFT model (not from one
+# another), on when its section's `enabled` is.
+AFTER_SFT = {"dpo": "SFT+DPO", "grpo": "SFT+GRPO"}
+
+
+def continued(mode: str, job: str) -> str:
+    """The model a training after SFT makes of a mode's SFT model: <mode>+<job> (its checkpoints/ and eval/ names)."""
+    return f"{mode}+{job}"
+
+
+def split_model(model: str) -> tuple[str, str | None]:
+    """(mode, the job after SFT or None) of a trained model's name: spri+dpo -> (spri, dpo), spri -> (spri, None)."""
+    mode, _, job = model.partition("+")
+    return mode, job or None
+
+
 # The fields of `spri-sft evaluate` the pipeline sets itself for each model it scores; a recipe leaves them at their
 # defaults (`pipeline.run.check_recipe` refuses them): the student and each trained adapter (or model), an adapter
 # on the commit its training recorded, on the base quantized as a QLoRA recipe trains it, TruthfulQA's validation
@@ -131,8 +177,8 @@ class PipelineConfig:
     """Run generate → format → train → evaluate (before and after) in one output directory.
 
     One output directory per run: generate/<mode>/ (or a shared `generate_dir`), dataset/<mode>/,
-    checkpoints/<mode>/, eval/base/ and eval/<mode>/, report.md and report.json; with `dpo.enabled`,
-    checkpoints/<mode>+dpo/ and eval/<mode>+dpo/ too. Several `modes`
+    checkpoints/<mode>/, eval/base/ and eval/<mode>/, report.md and report.json; with `dpo.enabled` (or
+    `grpo.enabled`), checkpoints/<mode>+dpo/ and eval/<mode>+dpo/ (+grpo) too. Several `modes`
     make an ablation over the same prompts: one dataset and one adapter per mode, one comparison
     table. A rerun skips
     finished stages and resumes the unfinished one (generation and training resume mid-way). A
@@ -173,16 +219,21 @@ class PipelineConfig:
             "help": "Stages to run again with everything after them that reads their outputs (e.g. "
             "`--redo checkpoints/spri`, or train/spri: retrains spri and rescores it, without regenerating or "
             "reformatting); their outputs are removed first. Names as the run prints them (generate/<mode>, "
-            "dataset/<mode>, checkpoints/<mode>, eval/base, eval/<mode>); aliases train/, format/, evaluate/, dpo/."
+            "dataset/<mode>, checkpoints/<mode>, eval/base, eval/<mode>); aliases train/, format/, evaluate/, dpo/, grpo/."
         },
     )
     generate: GenerateConfig = field(default_factory=GenerateConfig)
     format: FormatConfig = field(default_factory=FormatConfig)
     train: TrainStage = field(default_factory=TrainStage)
     dpo: DPOStage = field(default_factory=DPOStage)
+    grpo: GRPOStage = field(default_factory=GRPOStage)
     evaluate: EvaluateStage = field(default_factory=EvaluateStage)
     wandb: WandbSettings = field(default_factory=WandbSettings)
     report: ReportSettings = field(default_factory=ReportSettings)
+
+    def after_sft(self) -> list[str]:
+        """The trainings after SFT this run makes (`AFTER_SFT`'s jobs whose section is enabled), in their order."""
+        return [job for job in AFTER_SFT if getattr(self, job).enabled]
 
     def generation_dir(self, mode: str) -> Path:
         return Path(self.generate_dir or Path(self.output_dir) / "generate") / mode
