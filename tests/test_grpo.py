@@ -337,6 +337,24 @@ def test_critic_config_names_another_critic_and_the_records_run_still_decides_ac
     assert len(train) == report["train"]["rows"]  # accepted at the run's threshold 4, not the critic file's 5
 
 
+def test_generate_config_names_the_run_of_records_that_have_no_config_beside_them(tmp_path):
+    # The pipeline formats a copy of a shared generation's records (dataset/<mode>/records.jsonl): no generate
+    # config.yaml beside it, so it names its generation's.
+    sft = make_run(tmp_path, [record(n, [5]) for n in range(8)])
+    run = tmp_path / "generate" / "config.yaml"
+    moved = tmp_path / "elsewhere.yaml"
+    run.rename(moved)
+    with pytest.raises(UserError, match="the config of the generate run that wrote .*records.jsonl: .* not found"):
+        load_prompts(GRPOScriptArguments(dataset_path=str(sft)), NoEval())
+
+    train, _, generate, report = load_prompts(
+        GRPOScriptArguments(dataset_path=str(sft), generate_config=str(moved)), NoEval()
+    )
+    assert generate.loop.threshold == THRESHOLD
+    assert report["critic_config"] == str(moved)  # its critic judges too
+    assert len(train) == report["train"]["rows"]
+
+
 @pytest.fixture
 def sft_adapter(tiny_model_dir, tmp_path):
     """A LoRA adapter (r 4) trained a few steps by `spri-sft train`, as SFT leaves one."""
@@ -408,7 +426,9 @@ def test_grpo_declares_none_of_the_fields_every_job_takes_again():
 
     shared = {f.name for f in fields(JobScriptArguments)}
     own = set(GRPOScriptArguments.__dataclass_fields__) - shared
-    assert own == {"critic_config", "admit_unaccepted_principles", "overlong_penalty_tokens", "sft_adapter"}
+    assert own == {
+        "generate_config", "critic_config", "admit_unaccepted_principles", "overlong_penalty_tokens", "sft_adapter",
+    }  # fmt: skip
     assert all(
         GRPOScriptArguments.__dataclass_fields__[name] is JobScriptArguments.__dataclass_fields__[name]
         for name in shared

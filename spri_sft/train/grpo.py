@@ -18,8 +18,9 @@ What it does, top to bottom:
    deduplication), each row joined by id to its record (in the records files the format output's config.yaml
    names, read a record at a time, keeping of the split's ids only the final principles and their acceptance)
    for the prompt's final principles; kept only when its principles stage ended accepted at the threshold of
-   the generate run that wrote the records (`generate.record.stage_accepted`), unless
-   `admit_unaccepted_principles`, and never without principles; every dropped row counted and said;
+   the generate run that wrote the records (its config.yaml beside them, or `generate_config`;
+   `generate.record.stage_accepted`), unless `admit_unaccepted_principles`, and never without principles; every
+   dropped row counted and said (`select_prompts`: the same selection without a model, as the pipeline asks it);
 3. the critic (`critic_config`, by default the config.yaml of that generate run: its `critic:` role, `loop:`
    and templates; a `vllm` critic gets its server started as generate starts one) as the reward
    (`spri_sft.train.grpo_reward.PrincipleReward`), started before the first step, so a critic that cannot load
@@ -55,6 +56,15 @@ class GRPOScriptArguments(job.JobScriptArguments):
     """GRPO's own script arguments beside every job's (`job.JobScriptArguments`: `dataset_path` is the SFT dataset's
     format output directory); the rest is TRL's GRPOConfig and ModelConfig."""
 
+    generate_config: str | None = field(
+        default=None,
+        metadata={
+            "help": "The config.yaml of the generate run that wrote the records: its loop's threshold decides which "
+            "principles were accepted, and its critic: role judges unless critic_config names another. Unset: the "
+            "config.yaml beside the first records file (the pipeline names its generation's, since its records may "
+            "be a copy)."
+        },
+    )
     critic_config: str | None = field(
         default=None,
         metadata={
@@ -164,12 +174,10 @@ def principle_prompts(
     return rows, dropped
 
 
-def load_prompts(script_args: GRPOScriptArguments, training_args) -> tuple:
-    """(train dataset, eval dataset or None, the generate config of the critic, a report of what was kept)."""
-    from datasets import Dataset
-
+def principle_source(script_args: GRPOScriptArguments) -> tuple:
+    """(the format config of `dataset_path`, the generate config of the run that wrote its records, that of the
+    critic, the critic's config file): where each prompt's principles and their acceptance come from."""
     from spri_sft.config import from_dict, read_recipe
-    from spri_sft.format.build import iter_records
     from spri_sft.format.config import FormatConfig
 
     if not script_args.dataset_path:
@@ -177,15 +185,25 @@ def load_prompts(script_args: GRPOScriptArguments, training_args) -> tuple:
     format_dir = format_dir_of(script_args.dataset_path)
     format_config = from_dict(FormatConfig, read_recipe(format_dir / CONFIG_FILE) or {}, str(format_dir / CONFIG_FILE))
     # The run that wrote the records: its loop's threshold is what accepted their principles.
-    run_path = Path(format_config.records[0]).parent / CONFIG_FILE
-    run = read_generate_config(run_path, f"the config of the generate run that wrote {format_config.records[0]}:")
+    if script_args.generate_config:
+        run_path = Path(script_args.generate_config)
+        run = read_generate_config(run_path, "generate_config")
+    else:
+        run_path = Path(format_config.records[0]).parent / CONFIG_FILE
+        run = read_generate_config(run_path, f"the config of the generate run that wrote {format_config.records[0]}:")
     critic_path = Path(script_args.critic_config) if script_args.critic_config else run_path
     generate = read_generate_config(critic_path, "critic_config") if script_args.critic_config else run
+    return format_config, run, generate, critic_path
 
+
+def select_prompts(script_args: GRPOScriptArguments, splits: dict[str, str]) -> tuple[dict, dict, object]:
+    """The GRPO rows of each of `splits` ({"train": split name, "validation": ...}) and what was kept of each
+    ({rows, prompts, dropped}), without loading a model: also what the pipeline asks before starting a training
+    (a mode whose records have no principles is skipped, not failed). Returns (rows, report, critic's config)."""
+    from spri_sft.format.build import iter_records
+
+    format_config, run, generate, critic_path = principle_source(script_args)
     dataset, source = job.load_training_dataset(script_args)
-    splits = {"train": script_args.dataset_train_split}
-    if training_args.eval_strategy != "no":
-        splits["validation"] = script_args.dataset_test_split
     chosen = {}
     for name, split_name in splits.items():
         option = "dataset_train_split" if name == "train" else "dataset_test_split"
@@ -194,18 +212,31 @@ def load_prompts(script_args: GRPOScriptArguments, training_args) -> tuple:
         )
     ids = {row_id for split in chosen.values() for row_id in split["id"]}
     principles = final_principles(iter_records(format_config.records), ids, run.loop.threshold)
-    made, report = {}, {"dataset": source, "records": format_config.records, "critic_config": str(critic_path)}
+    rows, report = {}, {"dataset": source, "records": format_config.records, "critic_config": str(critic_path)}
     for name, split in chosen.items():
-        split_name = splits[name]
-        rows, dropped = principle_prompts(split, principles, script_args.admit_unaccepted_principles)
-        if not rows:
+        rows[name], dropped = principle_prompts(split, principles, script_args.admit_unaccepted_principles)
+        report[name] = {"rows": len(split), "prompts": len(rows[name]), "dropped": dict(dropped)}
+    return rows, report, generate
+
+
+def load_prompts(script_args: GRPOScriptArguments, training_args) -> tuple:
+    """(train dataset, eval dataset or None, the generate config of the critic, a report of what was kept)."""
+    from datasets import Dataset
+
+    splits = {"train": script_args.dataset_train_split}
+    if training_args.eval_strategy != "no":
+        splits["validation"] = script_args.dataset_test_split
+    rows, report, generate = select_prompts(script_args, splits)
+    made = {}
+    for name, split_name in splits.items():
+        if not rows[name]:
             raise UserError(
-                f"{source}: none of the {len(split)} rows of split '{split_name}' has principles to reward by "
-                f"({_dropped_words(dropped)}); give the format output of a mode with principles (spri)"
+                f"{report['dataset']}: none of the {report[name]['rows']} rows of split '{split_name}' has principles "
+                f"to reward by ({_dropped_words(Counter(report[name]['dropped']))}); give the format output of a mode "
+                "with principles (spri)"
                 + ("" if script_args.admit_unaccepted_principles else ", or set admit_unaccepted_principles true")
             )
-        made[name] = Dataset.from_list(rows)
-        report[name] = {"rows": len(split), "prompts": len(rows), "dropped": dict(dropped)}
+        made[name] = Dataset.from_list(rows[name])
     return made["train"], made.get("validation"), generate, report
 
 
