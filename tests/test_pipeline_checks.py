@@ -218,13 +218,19 @@ def test_a_changed_input_file_is_named_by_its_setting_not_by_its_digests(tmp_pat
 
 
 def plans_of(config: PipelineConfig, root: Path):
+    """(SFT plans by mode, the plans of the trainings after SFT by model) as run_pipeline makes them, paths only."""
+    from spri_sft.pipeline.config import continued
     from spri_sft.pipeline.run import TrainPlan
 
     train = {mode: TrainPlan(mode, root / "checkpoints" / mode, {"use_peft": True}, None) for mode in config.modes}
-    dpo = {
-        mode: TrainPlan(f"{mode}+dpo", root / "checkpoints" / f"{mode}+dpo", {}, None, "dpo") for mode in config.modes
+    after = {
+        continued(mode, job): TrainPlan(
+            continued(mode, job), root / "checkpoints" / continued(mode, job), {}, None, job
+        )
+        for mode in config.modes
+        for job in config.after_sft()
     }
-    return train, dpo if config.dpo.enabled else {}
+    return train, after
 
 
 def test_redoing_a_training_takes_every_stage_after_it_that_reads_its_outputs(tmp_path):
@@ -241,6 +247,25 @@ def test_redoing_a_training_takes_every_stage_after_it_that_reads_its_outputs(tm
     ]  # fmt: skip
     assert redo_stages(["dataset/direct"], graph, tmp_path)[:2] == ["dataset/direct", "checkpoints/direct"]
     assert redo_stages(["eval/base"], graph, tmp_path) == ["eval/base"]
+
+
+def test_dpo_and_grpo_each_continue_the_sft_model_and_redo_by_their_own_names(tmp_path):
+    from spri_sft.pipeline.run import redo_stages, stage_graph
+
+    config = PipelineConfig(output_dir=str(tmp_path), modes=["spri", "direct"])
+    config.dpo.enabled = config.grpo.enabled = True
+    graph = stage_graph(config, tmp_path, *plans_of(config, tmp_path))
+
+    assert [stage for stage in graph if stage.startswith("checkpoints/")] == [
+        "checkpoints/spri", "checkpoints/spri+dpo", "checkpoints/spri+grpo",
+        "checkpoints/direct", "checkpoints/direct+dpo", "checkpoints/direct+grpo",
+    ]  # fmt: skip
+    assert graph["checkpoints/spri+grpo"].made_from == ("dataset/spri", "checkpoints/spri")  # not from DPO's
+    assert redo_stages(["grpo/spri"], graph, tmp_path) == ["checkpoints/spri+grpo", "eval/spri+grpo"]
+    assert redo_stages(["train/direct"], graph, tmp_path) == [
+        "checkpoints/direct", "eval/direct", "checkpoints/direct+dpo", "eval/direct+dpo", "checkpoints/direct+grpo",
+        "eval/direct+grpo",
+    ]  # fmt: skip
 
 
 def test_redo_of_an_unknown_stage_is_one_line_listing_the_stages(tmp_path):

@@ -6,7 +6,7 @@ that has it, a `logging_steps` of 0, ... A recipe the pipeline only name-checked
 training child started, after generation. Building them in the pipeline's own process is not an option:
 `TrainingArguments.__post_init__` reads `self.device`, which creates accelerate's `PartialState` (and sets
 the CUDA device on a GPU machine) that the training child needs to set up itself. So one short child
-process parses every recipe of the run exactly as `spri-sft train` / `spri-sft dpo` will (`run_job`: the
+process parses every recipe of the run exactly as `spri-sft train` / `dpo` / `grpo` will (`run_job`: the
 recipe's own checks, `TrlParser`, the CPU flags without a GPU) and exits before any model or data is
 loaded: 5-12 s on two busy cores (importing TRL), run beside the pipeline's other checks, once per run (and once
 per distinct recipe in one process, e.g. a test session).
@@ -40,7 +40,7 @@ _checked: set[str] = set()  # recipes (less their PLACES) this process saw parse
 
 @contextlib.contextmanager
 def training_recipes_checked(recipes: list[tuple[str, dict[str, Any], str]]) -> Iterator[None]:
-    """Parse each `(job, args, where)` (job: train or dpo; `where` names the recipe to the user) as its training
+    """Parse each `(job, args, where)` (job: train, dpo or grpo; `where` names the recipe to the user) as its training
     child will, in a child process that runs while the block does (the pipeline's other checks); leaving the
     block waits for it. The first refusal is one UserError line: `where` and the setting TRL or transformers names."""
     unchecked = list({_key(recipe): recipe for recipe in recipes if _key(recipe) not in _checked}.values())
@@ -95,15 +95,14 @@ def _verdict(stdout: str) -> dict | None:
 def main(argv: list[str]) -> int:
     """`python -m spri_sft.pipeline.recipe_check JOB RECIPE [JOB RECIPE ...]`: exit 0 when every recipe parses,
     else print `{"index": i, "error": "..."}` for the first that does not and exit 2."""
-    from spri_sft.train import dpo, sft
+    from spri_sft.train import job_module
     from spri_sft.train.job import run_job
 
-    parsers = {"train": (sft.make_parser, "spri-sft train"), "dpo": (dpo.make_parser, "spri-sft dpo")}
     for index, (job, path) in enumerate(zip(argv[::2], argv[1::2], strict=True)):
-        make_parser, command = parsers[job]
         try:
             with contextlib.redirect_stdout(io.StringIO()):  # the child's notes (no GPU: the CPU) are not ours
-                run_job(["--config", path], command, make_parser, main=lambda *parsed, **given: None)
+                make_parser = job_module(job).make_parser
+                run_job(["--config", path], f"spri-sft {job}", make_parser, main=lambda *parsed, **given: None)
         except UserError as err:
             message = str(err).removeprefix(f"{path}: ")
         except Exception as err:  # noqa: BLE001 - any other refusal of a config's own checks, named by its type

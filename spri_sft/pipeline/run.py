@@ -6,12 +6,15 @@ student's tokenizer against the training recipe's max_length, `length_settings`)
 model on TruthfulQA once (eval/base); then, for each mode, fine-tune an adapter and score it. With
 `dpo.enabled`, format also writes each mode's preference pairs, and after a mode's SFT a DPO
 training continues its adapter on them (checkpoints/<mode>+dpo), scored in turn (eval/<mode>+dpo);
-a mode without a training pair skips it, with one line saying why. With
+a mode without a training pair skips it, with one line saying why. With `grpo.enabled`, a GRPO
+training continues the SFT adapter too (checkpoints/<mode>+grpo, eval/<mode>+grpo) on the prompts
+of the mode's SFT train split that have principles, rewarded by the critic of its generation; a mode
+with none skips it, with one line saying why (`AFTER_SFT`: the trainings after SFT, in order). With
 `evaluate.lm_eval_tasks`, lm-evaluation-harness runs those tasks after each TruthfulQA scoring
 (eval/base/lm_eval, eval/<mode>/lm_eval). At the end, report.md and report.json compare every
 mode with the base model.
 
-Training runs as a child process (`spri-sft train` or `spri-sft dpo`, or `accelerate launch` with
+Training runs as a child process (`spri-sft train`, `dpo` or `grpo`, or `accelerate launch` with
 `train.accelerate_config`) on a recipe written to checkpoints/<mode>/recipe.yaml: the same job a
 user runs by hand, with its own W&B run, and the memory of generation released. Generation and
 evaluation run in this process.
@@ -32,6 +35,7 @@ import logging
 import os
 import shutil
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +51,7 @@ from spri_sft.format.config import FormatConfig
 from spri_sft.generate.config import GenerateConfig
 from spri_sft.generate.modes import MODES
 from spri_sft.generate.servers import ServedModels
-from spri_sft.pipeline.config import EVALUATE_SET_BY_PIPELINE, PipelineConfig
+from spri_sft.pipeline.config import AFTER_SFT, EVALUATE_SET_BY_PIPELINE, PipelineConfig, continued
 from spri_sft.pipeline.recipe_check import training_recipes_checked
 from spri_sft.pipeline.stages import Stage, StageChanged, file_digest, fingerprint, folder_digest
 from spri_sft.processes import LOCK_NAME, hold_output_dir, run_bound, writes_output_dir
@@ -72,18 +76,22 @@ def run_pipeline(config: PipelineConfig) -> dict[str, Any]:
     group = config.wandb.group or name
     check_recipe(config)
     train_plans = {mode: train_plan(config, mode, root, name, group) for mode in config.modes}  # fails early
-    dpo_plans = {}
-    if config.dpo.enabled:
-        dpo_plans = {mode: dpo_plan(config, plan, root, name, group) for mode, plan in train_plans.items()}
-    graph = stage_graph(config, root, train_plans, dpo_plans)
+    after_plans = {  # by model (<mode>+<job>), each mode's in AFTER_SFT's order
+        continued(mode, job): after_sft_plan(config, job, plan, root, name, group)
+        for mode, plan in train_plans.items()
+        for job in config.after_sft()
+    }
+    graph = stage_graph(config, root, train_plans, after_plans)
     redone = redo_stages(config.redo, graph, root)  # an unknown name fails now
     # A reviewer's changed decisions rebuild that mode's dataset and what follows it (generation untouched).
     reviewed = reviewed_datasets(config, root)
     redone = later_stages(graph, [*redone, *reviewed])
     # TRL's and transformers' own checks of the recipes' values, in a child process (see recipe_check)
-    origins = {"train": _recipe_origin("train", config.train.recipe, config.train.args)}
-    origins["dpo"] = _recipe_origin("dpo", config.dpo.recipe, config.dpo.args)
-    plans = [*train_plans.values(), *dpo_plans.values()]
+    origins = {
+        job: _recipe_origin(job, getattr(config, job).recipe, getattr(config, job).args)
+        for job in ("train", *AFTER_SFT)
+    }
+    plans = [*train_plans.values(), *after_plans.values()]
     with training_recipes_checked([(plan.job, plan.args, origins[plan.job]) for plan in plans]):
         if config.evaluate.enabled and config.evaluate.lm_eval_tasks:  # no lm-eval, or a task-name typo: fail now
             check_job(lm_eval_job(config, train_plans[config.modes[0]], None))
@@ -97,7 +105,7 @@ def run_pipeline(config: PipelineConfig) -> dict[str, Any]:
     # One bar per stage (generate, train, TruthfulQA), none from the libraries under them.
     with tracking.environment(root) if config.wandb.enabled else contextlib.nullcontext(), only_stage_bars():
         try:
-            return _run_stages(config, root, name, group, train_plans, dpo_plans, truthfulqa)
+            return _run_stages(config, root, name, group, train_plans, after_plans, truthfulqa)
         except StageChanged as changed:  # say what changed, and every directory that redoing it takes
             node = graph.get(changed.stage.name)
             made_from = ", ".join(node.made_from) if node else "the stage before it"
@@ -107,7 +115,7 @@ def run_pipeline(config: PipelineConfig) -> dict[str, Any]:
 
 
 def _run_stages(
-    config: PipelineConfig, root: Path, name: str, group: str, train_plans: dict, dpo_plans: dict, truthfulqa
+    config: PipelineConfig, root: Path, name: str, group: str, train_plans: dict, after_plans: dict, truthfulqa
 ) -> dict:
     from spri_sft.pipeline.report import build_report, log_report_to_wandb, write_report
 
@@ -130,20 +138,20 @@ def _run_stages(
             stages["eval/base/lm_eval"] = lm_eval_stage(
                 config, root / "eval" / "base" / "lm_eval", train_plans[config.modes[0]], None, name, group
             )
-    trained_plans = {}  # every model trained, in order (a mode's SFT, then its DPO when that ran)
+    trained_plans = {}  # every model trained, in order (a mode's SFT, then its DPO and GRPO when those ran)
     for mode in config.modes:
         plan = train_plans[mode]
         stages[f"checkpoints/{mode}"] = _train(plan, stages[f"dataset/{mode}"].output_id)
         trained_plans[mode] = plan
         _score(config, truthfulqa, root, plan, stages, name, group)
-        dpo = dpo_plans.get(mode)
-        if dpo is None:
-            continue
-        tuned = _dpo(dpo, stages[f"dataset/{mode}"], stages[f"checkpoints/{mode}"])
-        if tuned is not None:
-            stages[f"checkpoints/{dpo.mode}"] = tuned
-            trained_plans[dpo.mode] = dpo
-            _score(config, truthfulqa, root, dpo, stages, name, group)
+        for job in config.after_sft():
+            after = after_plans[continued(mode, job)]
+            start = {"dpo": _dpo, "grpo": _grpo}[job]
+            tuned = start(after, stages[f"dataset/{mode}"], stages[f"checkpoints/{mode}"])
+            if tuned is not None:
+                stages[f"checkpoints/{after.mode}"] = tuned
+                trained_plans[after.mode] = after
+                _score(config, truthfulqa, root, after, stages, name, group)
 
     report = build_report(config, root, name, train_plans[config.modes[0]].student, truthfulqa)
     text = write_report(report, root)
@@ -204,7 +212,7 @@ class StageNode:
     made_from: tuple[str, ...]  # the stages whose outputs it reads (their output ids are in its fingerprint)
 
 
-def stage_graph(config: PipelineConfig, root: Path, train_plans: dict, dpo_plans: dict) -> dict[str, StageNode]:
+def stage_graph(config: PipelineConfig, root: Path, train_plans: dict, after_plans: dict) -> dict[str, StageNode]:
     """Every stage of this run by name, as `_run_stages` runs them (a stage after those it is made from), with
     its directory and the stages it reads."""
     graph: dict[str, StageNode] = {}
@@ -222,10 +230,10 @@ def stage_graph(config: PipelineConfig, root: Path, train_plans: dict, dpo_plans
     for mode in config.modes:
         graph[f"checkpoints/{mode}"] = StageNode(train_plans[mode].output_dir, (f"dataset/{mode}",))
         scored(mode, (f"checkpoints/{mode}",))
-        if mode in dpo_plans:
-            dpo = dpo_plans[mode]
-            graph[f"checkpoints/{dpo.mode}"] = StageNode(dpo.output_dir, (f"dataset/{mode}", f"checkpoints/{mode}"))
-            scored(dpo.mode, (f"checkpoints/{dpo.mode}",))
+        for job in config.after_sft():
+            after = after_plans[continued(mode, job)]
+            graph[f"checkpoints/{after.mode}"] = StageNode(after.output_dir, (f"dataset/{mode}", f"checkpoints/{mode}"))
+            scored(after.mode, (f"checkpoints/{after.mode}",))
     return graph
 
 
@@ -248,8 +256,8 @@ def redo_stages(names: list[str], graph: dict[str, StageNode], root: Path) -> li
     for name in names:
         kind, _, rest = name.strip("/").partition("/")
         resolved = f"{STAGE_ALIASES.get(kind, kind)}/{rest}"
-        if kind == "dpo":  # dpo/spri: the DPO training after spri's SFT
-            resolved = f"checkpoints/{rest}+dpo"
+        if kind in AFTER_SFT:  # dpo/spri: the DPO training after spri's SFT
+            resolved = f"checkpoints/{continued(rest, kind)}"
         if resolved not in graph:
             raise UserError(f"redo: no stage '{name}' in this run (its stages: {', '.join(graph)})")
         wanted.append(resolved)
@@ -542,7 +550,7 @@ class TrainPlan:
     output_dir: Path
     args: dict[str, Any]  # the recipe the child process reads, env block included
     accelerate_config: str | None
-    job: str = "train"  # the `spri-sft` command the child runs: train (SFT) or dpo
+    job: str = "train"  # the `spri-sft` command the child runs: train (SFT), or one of AFTER_SFT (dpo, grpo)
 
     @property
     def student(self) -> str:
@@ -569,24 +577,30 @@ def train_plan(config: PipelineConfig, mode: str, root: Path, name: str, group: 
     return TrainPlan(mode, output_dir, {**args, "env": env} if env else args, config.train.accelerate_config)
 
 
-def dpo_plan(config: PipelineConfig, sft: TrainPlan, root: Path, name: str, group: str) -> TrainPlan:
-    """The DPO recipe after one mode's SFT: dpo.recipe, then dpo.args, then what the pipeline sets (the SFT
-    model to start from, its preference pairs, where it goes); validated."""
-    args = _recipe_args("dpo", config.dpo.recipe, config.dpo.args)
+def after_sft_plan(config: PipelineConfig, job: str, sft: TrainPlan, root: Path, name: str, group: str) -> TrainPlan:
+    """The recipe of training `job` (dpo, grpo) after one mode's SFT: its section's recipe, then its args, then what
+    the pipeline sets (the SFT model to start from, the mode's data, where it goes); validated."""
+    section = getattr(config, job)
+    args = _recipe_args(job, section.recipe, section.args)
     env = {**(args.pop("env", None) or {})}
-    mode = f"{sft.mode}+dpo"
-    output_dir = root / "checkpoints" / mode
-    if sft.adapter:  # continue the SFT adapter on the student; a frozen copy of it is the reference
+    model = continued(sft.mode, job)
+    output_dir = root / "checkpoints" / model
+    if sft.adapter:  # continue the SFT adapter on the student (DPO: a frozen copy of it is the reference)
         args.update(model_name_or_path=sft.student, sft_adapter=str(sft.output_dir), use_peft=True)
-    else:  # a full SFT model is the starting point (and, for a fresh adapter or copy, the reference)
+    else:  # a full SFT model is the starting point (and, for a fresh adapter or copy, DPO's reference)
         args.update(model_name_or_path=str(sft.output_dir), sft_adapter=None)
     for key in ("training_template", "chat_template_fallback"):  # prompts render as they did in SFT
         if key in sft.args:
             args.setdefault(key, sft.args[key])
-    args.update(output_dir=str(output_dir), dataset_path=str(root / "dataset" / sft.mode / "preference" / "hf"))
-    args["run_name"] = f"{name}-{mode}"
+    dataset = root / "dataset" / sft.mode
+    if job == "dpo":  # the preference pairs format writes from the mode's critique trajectories
+        args["dataset_path"] = str(dataset / "preference" / "hf")
+    else:  # the SFT dataset's prompts; their principles from the mode's generation (its records may be copied)
+        args["dataset_path"] = str(dataset / "hf")
+        args.setdefault("generate_config", str(config.generation_dir(sft.mode) / "config.yaml"))
+    args.update(output_dir=str(output_dir), run_name=f"{name}-{model}")
     _report_to(config, args, env, group)
-    return TrainPlan(mode, output_dir, {**args, "env": env} if env else args, config.train.accelerate_config, job="dpo")
+    return TrainPlan(model, output_dir, {**args, "env": env} if env else args, config.train.accelerate_config, job=job)
 
 
 def _recipe_origin(job: str, recipe: str | None, overrides: dict[str, Any]) -> str:
@@ -601,7 +615,7 @@ def _recipe_args(job: str, recipe: str | None, overrides: dict[str, Any]) -> dic
     Only the names: building TRL's SFTConfig here would set up accelerate's device state in this process (and
     CUDA on a GPU machine), which the training child needs to itself. The values are checked by TRL's own
     parser in a short child process (`recipe_check`), also before generation."""
-    from spri_sft.train import dpo, sft
+    from spri_sft.train import job_module
     from spri_sft.train.job import check_recipe_fields
 
     args: dict[str, Any] = {}
@@ -612,7 +626,7 @@ def _recipe_args(job: str, recipe: str | None, overrides: dict[str, Any]) -> dic
         args = read_yaml(path) or {}  # the one YAML reader: a malformed file is one line naming FILE:LINE
         if not isinstance(args, dict):
             raise UserError(f"{job}.recipe {path}: expected a mapping of `spri-sft {job}` fields")
-    parser = {"train": sft.make_parser, "dpo": dpo.make_parser}[job]()
+    parser = job_module(job).make_parser()
     check_recipe_fields(args, parser, _recipe_origin(job, recipe, {}))
     check_recipe_fields(overrides, parser, _recipe_origin(job, None, overrides))
     return _merged(args, overrides)
@@ -643,7 +657,7 @@ TRAINING_STOP_GRACE_S = 60.0  # how long a stopped trainer may take to exit (its
 def _train(plan: TrainPlan, after: Any) -> Stage:
     """Run the training child of `plan` unless done; `after` names the outputs it trains from (fingerprinted)."""
     # Paths are left out: what they hold is named by `after` (and the output_dir is the stage's own).
-    paths = ("output_dir", "dataset_path", "sft_adapter", "run_name", "report_to", "env")
+    paths = ("output_dir", "dataset_path", "sft_adapter", "generate_config", "run_name", "report_to", "env")
     settings = {k: v for k, v in plan.args.items() if k not in paths}
     if plan.accelerate_config:  # the number of processes changes the effective batch
         settings["accelerate_config"] = read_yaml(Path(plan.accelerate_config))
@@ -688,6 +702,47 @@ def _dpo(plan: TrainPlan, dataset: Stage, sft: Stage) -> Stage | None:
     if "validation" not in pairs["splits"] and plan.args.get("eval_strategy", "no") != "no":
         # A trainer cannot evaluate on a split that is not there; the pairs decide it, fingerprinted with them.
         print(f"[spri-sft] checkpoints/{plan.mode}: no validation pair: training without evaluation", flush=True)
+        plan = dataclasses.replace(plan, args={**plan.args, "eval_strategy": "no", "load_best_model_at_end": False})
+    return _train(plan, [dataset.output_id, sft.output_id])
+
+
+PROMPTS_FILE = "prompts.json"  # the GRPO prompts a mode has, written beside its GRPO training whether it runs or not
+
+
+def _grpo(plan: TrainPlan, dataset: Stage, sft: Stage) -> Stage | None:
+    """GRPO from the mode's SFT model on the prompts of its SFT train split that have principles to reward by (the
+    training's own selection, `grpo.select_prompts`); None (one line why) when there is none: a mode whose records
+    have no principles (direct, self-instruct, ...) or none accepted. What was kept goes to prompts.json either way."""
+    from spri_sft.train.grpo import GRPOScriptArguments, dropped_words, select_prompts
+
+    own = {f.name for f in dataclasses.fields(GRPOScriptArguments)}
+    script_args = GRPOScriptArguments(**{key: value for key, value in plan.args.items() if key in own})
+    splits = {"train": script_args.dataset_train_split}
+    evaluating = plan.args.get("eval_strategy", "no") != "no"
+    made = json.loads((dataset.directory / "summary.json").read_text())["splits"]
+    if evaluating and script_args.dataset_test_split in made:
+        splits["validation"] = script_args.dataset_test_split
+    rows, kept, _ = select_prompts(script_args, splits)
+    plan.output_dir.mkdir(parents=True, exist_ok=True)
+    counts = {**kept["train"], "admit_unaccepted_principles": script_args.admit_unaccepted_principles}
+    prompts = plan.output_dir / PROMPTS_FILE
+    text = json.dumps(counts, indent=2) + "\n"
+    if not prompts.is_file() or prompts.read_text() != text:  # a rerun that changes nothing rewrites nothing
+        prompts.write_text(text)
+    if not rows["train"]:
+        admit = (
+            "" if script_args.admit_unaccepted_principles else "; grpo.args.admit_unaccepted_principles admits those"
+        )
+        print(
+            f"[spri-sft] checkpoints/{plan.mode}: skipped: no prompt to reward by its principles (of the "
+            f"{counts['rows']} SFT train rows: {dropped_words(Counter(counts['dropped']))}"
+            f"{admit if counts['dropped'].get('principles_not_accepted') else ''})",
+            flush=True,
+        )
+        return None
+    if evaluating and not rows.get("validation"):
+        # A trainer cannot evaluate without prompts; the dataset decides it, fingerprinted with it.
+        print(f"[spri-sft] checkpoints/{plan.mode}: no validation prompt: training without evaluation", flush=True)
         plan = dataclasses.replace(plan, args={**plan.args, "eval_strategy": "no", "load_best_model_at_end": False})
     return _train(plan, [dataset.output_id, sft.output_id])
 

@@ -232,7 +232,7 @@ def load_prompts(script_args: GRPOScriptArguments, training_args) -> tuple:
         if not rows[name]:
             raise UserError(
                 f"{report['dataset']}: none of the {report[name]['rows']} rows of split '{split_name}' has principles "
-                f"to reward by ({_dropped_words(Counter(report[name]['dropped']))}); give the format output of a mode "
+                f"to reward by ({dropped_words(Counter(report[name]['dropped']))}); give the format output of a mode "
                 "with principles (spri)"
                 + ("" if script_args.admit_unaccepted_principles else ", or set admit_unaccepted_principles true")
             )
@@ -240,7 +240,7 @@ def load_prompts(script_args: GRPOScriptArguments, training_args) -> tuple:
     return made["train"], made.get("validation"), generate, report
 
 
-def _dropped_words(dropped: Counter) -> str:
+def dropped_words(dropped: Counter) -> str:
     return ", ".join(f"{count} {reason.replace('_', ' ')}" for reason, count in dropped.items()) or "none dropped"
 
 
@@ -248,7 +248,7 @@ def prompts_line(report: dict, admit_unaccepted: bool) -> str:
     train = report["train"]
     line = f"[spri-sft]   prompts: {train['prompts']} of the {train['rows']} SFT train rows"
     if train["dropped"]:
-        line += f"; dropped {_dropped_words(Counter(train['dropped']))}"
+        line += f"; dropped {dropped_words(Counter(train['dropped']))}"
         if train["dropped"].get("principles_not_accepted"):
             line += " (admit_unaccepted_principles true trains on them)"
     elif admit_unaccepted:
