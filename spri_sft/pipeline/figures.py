@@ -1,16 +1,19 @@
 """The report's figures: PNGs beside report.md, drawn from the report (report.json) alone.
 
-- truthfulqa.png: MC1 and MC2 per row (the base model, each mode's adapter and, after DPO, its
-  DPO model beside it, hatched in the mode's colour) with ± one standard error and the base
-  model's line; below, each row's Δ vs the base model with its paired bootstrap 95% interval.
+- truthfulqa.png: MC1 and MC2 per row (the base model, each mode's adapter and, after DPO or GRPO,
+  those models beside it in the mode's colour, each training hatched its own way: DPO //, GRPO xx) with
+  ± one standard error and the base model's line; below, each row's Δ vs the base model with its paired
+  bootstrap 95% interval.
 - critic_scores.png: the critic's final score per stage (principles, response), as the share of
   each mode's records (self-refine: its own feedback's score).
 - rounds.png: critique rounds per stage, as the share of each mode's records.
 - loss.png: training and validation loss per mode over the training steps.
+- reward.png: GRPO's mean reward (the critic's score against the prompt's principles, in [0, 1]) per
+  logged step, per mode in its colour, with a band of ± its standard deviation over the step's completions.
 
-A figure with nothing to draw (evaluation skipped, no critic in any mode) is not written, and an
-older run's copy of it is removed, so report.md never embeds a picture of other numbers. The
-figures are drawn on matplotlib `Figure` objects (no pyplot, no display): headless by design.
+A figure with nothing to draw (evaluation skipped, no critic in any mode, no GRPO reward logged) is not
+written, and an older run's copy of it is removed, so report.md never embeds a picture of other numbers.
+The figures are drawn on matplotlib `Figure` objects (no pyplot, no display): headless by design.
 """
 
 from __future__ import annotations
@@ -24,9 +27,13 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
+from spri_sft.pipeline.config import AFTER_SFT, continued
+
 BASE_COLOR = "#7f7f7f"
 MODE_COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22"]
 DPI = 120
+# How truthfulqa.png tells a model trained after SFT from its mode's SFT bar (same colour): one hatch per training.
+HATCHES = {"dpo": "//", "grpo": "xx"}
 
 
 def write_figures(report: dict[str, Any], directory: Path) -> dict[str, str]:
@@ -62,13 +69,16 @@ def truthfulqa_figure(report: dict[str, Any]) -> Figure | None:
         return None
     colors = mode_colors(report)
     rows = [("base", base, BASE_COLOR)]
-    dpo = report.get("dpo") or {}
+    trainings: list[str | None] = [None]  # per row, the training after SFT that made it
     for mode, row in report["modes"].items():
         if row["truthfulqa"]["mc1"] is not None:
             rows.append((f"SFT on {mode}", row["truthfulqa"], colors[mode]))
-        tuned = dpo.get(f"{mode}+dpo")
-        if tuned is not None and tuned["truthfulqa"]["mc1"] is not None:
-            rows.append((f"SFT+DPO on {mode}", tuned["truthfulqa"], colors[mode]))
+            trainings.append(None)
+        for job, label in AFTER_SFT.items():
+            tuned = (report.get(job) or {}).get(continued(mode, job))
+            if tuned is not None and tuned["truthfulqa"]["mc1"] is not None:
+                rows.append((f"{label} on {mode}", tuned["truthfulqa"], colors[mode]))
+                trainings.append(job)
     questions = report["truthfulqa"].get("questions")
     width = max(7.0, 1.5 + 1.1 * len(rows)) * 2
     figure = Figure(figsize=(width, 8.5), layout="constrained")
@@ -80,14 +90,17 @@ def truthfulqa_figure(report: dict[str, Any]) -> Figure | None:
         values = [100 * scores[metric] for _, scores, _ in rows]
         errors = [100 * (scores.get(f"{metric}_stderr") or 0.0) for _, scores, _ in rows]
         bars = top.bar(positions, values, yerr=errors, capsize=5, color=[c for _, _, c in rows], alpha=0.9)
-        for bar, (label, _, _) in zip(bars, rows):
-            if label.startswith("SFT+DPO"):  # beside its SFT bar, in the same colour
-                bar.set_hatch("//")
+        for bar, job in zip(bars, trainings):
+            if job:  # beside its SFT bar, in the same colour
+                bar.set_hatch(HATCHES[job])
                 bar.set_edgecolor("white")
         top.axhline(100 * base[metric], color=BASE_COLOR, linestyle="--", linewidth=1.2, label="base model")
-        for x, value in zip(positions, values):  # inside the bar's foot: clear of the error bars and the base line
+        # Inside the bar's foot: clear of the error bars and the base line; on a hatched bar, on a plain patch of its
+        # colour, so that its number reads as well as a plain bar's.
+        for x, value, (_, _, color), job in zip(positions, values, rows, trainings):
+            plain = {"boxstyle": "square,pad=0.15", "facecolor": color, "alpha": 0.9, "edgecolor": "none"}
             top.annotate(f"{value:.1f}", (x, 0), xytext=(0, 4), textcoords="offset points", ha="center", va="bottom",
-                         fontsize=10, color="white", fontweight="bold")  # fmt: skip
+                         fontsize=10, color="white", fontweight="bold", bbox=plain if job else None)  # fmt: skip
         top.set_ylim(0, max(v + e for v, e in zip(values, errors)) * 1.12)
         top.set_ylabel(METRIC_LABELS[metric])
         asked = f" ({questions} questions)" if questions else ""
@@ -122,7 +135,10 @@ def truthfulqa_figure(report: dict[str, Any]) -> Figure | None:
         Line2D([], [], color="black", marker="o", markerfacecolor="white", linestyle="none",
                label="Δ whose 95% interval includes 0"),
     ]  # fmt: skip
-    figure.legend(handles=legend, loc="outside upper center", ncol=3, fontsize=10, frameon=False)
+    for job in [job for job in AFTER_SFT if job in trainings]:
+        hatched = Patch(facecolor=BASE_COLOR, edgecolor="white", hatch=HATCHES[job], label=AFTER_SFT[job])
+        legend.append(hatched)
+    figure.legend(handles=legend, loc="outside upper center", ncol=len(legend), fontsize=10, frameon=False)
     return figure
 
 
@@ -253,9 +269,44 @@ def loss_figure(report: dict[str, Any]) -> Figure | None:
     return figure
 
 
+def reward_figure(report: dict[str, Any]) -> Figure | None:
+    """GRPO's mean reward per logged step, one line per mode that logged one, with ± its standard deviation over
+    the step's completions as a band (clipped to the reward's range, [0, 1])."""
+    colors = mode_colors(report)
+    curves = {
+        row["mode"]: row["reward"]["curve"]
+        for row in (report.get("grpo") or {}).values()
+        if (row.get("reward") or {}).get("curve")
+    }
+    if not curves:
+        return None
+    figure = Figure(figsize=(9, 4.8), layout="constrained")
+    ax = figure.subplots()
+    for mode, curve in curves.items():
+        steps = [step for step, _, _ in curve]
+        means = [mean for _, mean, _ in curve]
+        spreads = [std or 0.0 for _, _, std in curve]
+        ax.fill_between(steps, [max(0.0, m - s) for m, s in zip(means, spreads)],
+                        [min(1.0, m + s) for m, s in zip(means, spreads)], color=colors[mode], alpha=0.18,
+                        linewidth=0)  # fmt: skip
+        ax.plot(steps, means, color=colors[mode], marker="o" if len(steps) < 30 else None, markersize=4, linewidth=1.8)
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel("GRPO step")
+    ax.set_ylabel("mean reward of the step's completions")
+    ax.set_title("GRPO after SFT: the critic's score against each prompt's principles, scaled to [0, 1]")
+    ax.grid(alpha=0.3)
+    handles = [
+        Line2D([], [], color=colors[mode], linewidth=2, label=f"{AFTER_SFT['grpo']} on {mode}") for mode in curves
+    ]
+    handles.append(Patch(color=BASE_COLOR, alpha=0.18, label="± 1 standard deviation over the step's completions"))
+    figure.legend(handles=handles, loc="outside upper center", ncol=min(len(handles), 4), frameon=False, fontsize=10)
+    return figure
+
+
 FIGURES: dict[str, Callable[[dict[str, Any]], Figure | None]] = {
     "truthfulqa": truthfulqa_figure,
     "critic_scores": critic_scores_figure,
     "rounds": rounds_figure,
     "loss": loss_figure,
+    "reward": reward_figure,
 }

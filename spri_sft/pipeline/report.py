@@ -12,7 +12,13 @@ eval/*/lm_eval/results.json (lm-evaluation-harness tasks, lm-eval's numbers), an
 stage.json (wall time). With `dpo.enabled`, each mode's DPO model is a row of its own ("SFT+DPO on
 <mode>", report.json's `dpo`, keyed <mode>+dpo): the preference pairs dataset/<mode>/summary.json
 counts, checkpoints/<mode>+dpo's losses (DPO's), eval/<mode>+dpo's scores and Δ vs base; a mode
-whose records gave no training pair reads "no pairs". A value a stage did not produce (no
+whose records gave no training pair reads "no pairs". With `grpo.enabled`, likewise each mode's GRPO model
+("SFT+GRPO on <mode>", report.json's `grpo`, keyed <mode>+grpo): the prompts it was rewarded on
+(checkpoints/<mode>+grpo/prompts.json: SFT train rows, prompts kept, drops by reason), GRPO's loss, the critic's
+mean reward per logged step (trainer_state.json's log_history, TRL's rewards/principles/mean and /std), the
+critic's totals (reward.json), eval/<mode>+grpo's scores and Δ vs base; a mode that kept no prompt reads "no prompts
+to reward". The rows of every training after SFT (`AFTER_SFT`) follow their mode's SFT row in that table's order
+(DPO, then GRPO). A value a stage did not produce (no
 validation split, evaluation skipped) is shown as "–", never filled in; rows over max_length that
 neither format nor training counted read "not counted". The figures (`figures.py`) are PNGs beside report.md,
 drawn from report.json alone; with `report.paper_column`, the paper's Table 4 column is set
@@ -35,8 +41,9 @@ from typing import Any
 from spri_sft.errors import UserError
 from spri_sft.evaluate.bootstrap import paired_bootstrap
 from spri_sft.generate.modes import MODE_SPECS, TABLE4_MODES
-from spri_sft.pipeline.config import PipelineConfig
+from spri_sft.pipeline.config import AFTER_SFT, PipelineConfig, continued, split_model
 from spri_sft.review.decisions import REVIEW_DIR
+from spri_sft.train.grpo_reward import REWARD_NAME
 
 MISSING = "–"
 NOT_COUNTED = "not counted"  # rows over max_length: neither format nor training counted them (an earlier run's dataset)
@@ -104,11 +111,10 @@ def build_report(
     base_questions = _per_question(root / "eval" / "base") if evaluated else None
     per_question = {}
     modes = {}
-    dpo = {}
+    after_sft: dict[str, dict[str, dict]] = {job: {} for job in AFTER_SFT}  # report.json's `dpo`, `grpo`
     for mode in config.modes:
         generation = _read(config.generation_dir(mode) / "summary.json")
         dataset = _read(root / "dataset" / mode / "summary.json")
-        results = _read(root / "checkpoints" / mode / "all_results.json")
         state = _read(root / "checkpoints" / mode / "trainer_state.json")
         scores = _read(root / "eval" / mode / "results.json") if evaluated else None
         per_question[mode] = _per_question(root / "eval" / mode) if scores else None
@@ -119,13 +125,7 @@ def build_report(
                 "format": (dataset or {}).get("lengths"),
                 "train": _read(root / "checkpoints" / mode / "lengths.json"),
             },
-            "train": {
-                "steps": state.get("global_step") if state else None,
-                # The last logged loss: all_results' train_loss averages only the steps of the last
-                # (resumed) session, and is 0.0 for a rerun that had nothing left to train.
-                "train_loss": _last_logged(state, "loss"),
-                "eval_loss": results.get("eval_loss") if results else None,
-            },
+            "train": _train_row(root / "checkpoints" / mode),
             "truthfulqa": _scores(scores, base_eval, per_question[mode], base_questions),
             "histograms": {
                 "final_score": generation.get("final_score", {}),
@@ -135,15 +135,17 @@ def build_report(
             else None,
             "loss_curve": {"train": _logged_curve(state, "loss"), "validation": _logged_curve(state, "eval_loss")},
         }
-        if config.dpo.enabled:
-            model = f"{mode}+dpo"
+        for job in config.after_sft():
+            model = continued(mode, job)
             tuned = _read(root / "eval" / model / "results.json") if evaluated else None
             per_question[model] = _per_question(root / "eval" / model) if tuned else None
-            dpo[model] = _dpo_row(root, mode, dataset, _scores(tuned, base_eval, per_question[model], base_questions))
+            scores = _scores(tuned, base_eval, per_question[model], base_questions)
+            after_sft[job][model] = CONTINUED_ROWS[job](root, mode, dataset, scores)
+    continued_models = [model for job in AFTER_SFT for model in after_sft[job]]
     stages = {}
     order = [f"{kind}/{mode}" for kind in ("generate", "dataset") for mode in config.modes]
     order += ["eval/base", "eval/base/lm_eval"]
-    trained = [model for mode in config.modes for model in (mode, *([f"{mode}+dpo"] if config.dpo.enabled else []))]
+    trained = [model for mode in config.modes for model in (mode, *(continued(mode, j) for j in config.after_sft()))]
     order += [s for model in trained for s in (f"checkpoints/{model}", f"eval/{model}", f"eval/{model}/lm_eval")]
     for stage in order:
         directory = config.generation_dir(stage.split("/")[1]) if stage.startswith("generate/") else root / stage
@@ -162,15 +164,15 @@ def build_report(
             "questions": base_eval["n"] if base_eval else None,
             "prompt": base_eval["mode"] if base_eval else None,
             "skipped": truthfulqa is None,
-            "bos": _bos_conventions(root, ["base", *config.modes, *dpo]) if evaluated else {},
+            "bos": _bos_conventions(root, ["base", *config.modes, *continued_models]) if evaluated else {},
         },
         "negligible_delta": NEGLIGIBLE_DELTA,
         "base": _scores(base_eval, None, None, None),
         "modes": modes,
-        "dpo": dpo,
+        **after_sft,
         "comparisons": _mode_comparisons(per_question),
         "paper_table4": _paper_table4(config.report.paper_column, base_eval, modes),
-        "lm_eval": _lm_eval_scores(config, root, list(dpo)) if evaluated else None,
+        "lm_eval": _lm_eval_scores(config, root, continued_models) if evaluated else None,
         "stages": stages,
     }
 
@@ -199,33 +201,101 @@ def _bos_conventions(root: Path, models: list[str]) -> dict[str, dict[str, Any]]
     return found
 
 
+def _train_row(checkpoint: Path) -> dict[str, Any]:
+    """A training's steps, last logged loss and the saved model's validation loss (all_results.json)."""
+    results = _read(checkpoint / "all_results.json")
+    state = _read(checkpoint / "trainer_state.json")
+    return {
+        "steps": state.get("global_step") if state else None,
+        # The last logged loss: all_results' train_loss averages only the steps of the last
+        # (resumed) session, and is 0.0 for a rerun that had nothing left to train.
+        "train_loss": _last_logged(state, "loss"),
+        "eval_loss": results.get("eval_loss") if results else None,
+    }
+
+
 def _dpo_row(root: Path, mode: str, dataset: dict | None, scores: dict[str, Any]) -> dict[str, Any]:
     """One mode's DPO model: its pairs (format's counts), training (DPO's losses) and `scores`; "no pairs" when
     format made no training pair (then nothing was trained)."""
-    model = f"{mode}+dpo"
+    model = continued(mode, "dpo")
     pairs = (dataset or {}).get("preference")
-    results = _read(root / "checkpoints" / model / "all_results.json")
-    state = _read(root / "checkpoints" / model / "trainer_state.json")
     return {
         "mode": mode,
         "pairs": {k: pairs[k] for k in ("margin", "records", "pairs", "splits", "no_pair", "gap")} if pairs else None,
         "skipped": "no pairs" if pairs is not None and "train" not in pairs["splits"] else None,
         # Format does not measure preference pairs; a DPO training that counted its rows wrote lengths.json.
         "lengths": {"format": None, "train": _read(root / "checkpoints" / model / "lengths.json")},
-        "train": {
-            "steps": state.get("global_step") if state else None,
-            "train_loss": _last_logged(state, "loss"),
-            "eval_loss": results.get("eval_loss") if results else None,
-        },
+        "train": _train_row(root / "checkpoints" / model),
         "truthfulqa": scores,
     }
 
 
+NO_PROMPTS = "no prompts to reward"
+
+
+def _grpo_row(root: Path, mode: str, dataset: dict | None, scores: dict[str, Any]) -> dict[str, Any]:
+    """One mode's GRPO model: the prompts it was rewarded on (checkpoints/<mode>+grpo/prompts.json: SFT train rows,
+    prompts kept, drops by reason), training (GRPO's loss), the critic's mean reward per logged step (TRL's
+    log_history), the critic's totals (reward.json) and `scores`; "no prompts to reward" when no prompt was kept
+    (then nothing was trained)."""
+    checkpoint = root / "checkpoints" / continued(mode, "grpo")
+    prompts = _read(checkpoint / "prompts.json")
+    state = _read(checkpoint / "trainer_state.json")
+    return {
+        "mode": mode,
+        "prompts": prompts,
+        "skipped": NO_PROMPTS if prompts is not None and not prompts["prompts"] else None,
+        "lengths": {"format": None, "train": _read(checkpoint / "lengths.json")},
+        "train": _train_row(checkpoint),
+        "reward": {
+            "function": REWARD_NAME,
+            **_reward_summary(state, f"rewards/{REWARD_NAME}/mean", f"rewards/{REWARD_NAME}/std"),
+            # Every reward function's weighted sum, what GRPO's advantages are computed from: the critic's alone
+            # unless the recipe adds terms (e.g. overlong_penalty_tokens).
+            "terms": _reward_terms(state),
+            "total": _reward_summary(state, "reward", "reward_std"),
+        },
+        "critic": _read(checkpoint / "reward.json"),
+        "truthfulqa": scores,
+    }
+
+
+CONTINUED_ROWS = {"dpo": _dpo_row, "grpo": _grpo_row}  # report.json's row of each training in AFTER_SFT
+
+
+def _reward_summary(trainer_state: dict | None, mean: str, std: str) -> dict[str, Any]:
+    """The first and last logged mean reward and the curve [[step, mean, std], ...] of the steps that logged one
+    (TRL logs None for a step whose every completion went unrewarded: left out)."""
+    curve = [
+        [entry["step"], entry[mean], entry.get(std)]
+        for entry in (trainer_state or {}).get("log_history", [])
+        if entry.get(mean) is not None
+    ]
+    return {
+        "first": curve[0][1] if curve else None,
+        "last": curve[-1][1] if curve else None,
+        "steps": [curve[0][0], curve[-1][0]] if curve else None,
+        "curve": curve,
+    }
+
+
+def _reward_terms(trainer_state: dict | None) -> list[str]:
+    """The reward functions TRL logged (rewards/<name>/mean), in the order first logged."""
+    names: dict[str, None] = {}
+    for entry in (trainer_state or {}).get("log_history", []):
+        for key in entry:
+            if key.startswith("rewards/") and key.endswith("/mean"):
+                names[key.removeprefix("rewards/").removesuffix("/mean")] = None
+    return list(names)
+
+
 def model_label(model: str) -> str:
-    """A row's name: "base (before)", "SFT on <mode>", or "SFT+DPO on <mode>" (report.json's <mode>+dpo)."""
+    """A row's name: "base (before)", "SFT on <mode>", or the label of a training after SFT on <mode> (AFTER_SFT's:
+    "SFT+DPO on spri" for report.json's spri+dpo)."""
     if model == "base":
         return "base (before)"
-    return f"SFT+DPO on {model.removesuffix('+dpo')}" if model.endswith("+dpo") else f"SFT on {model}"
+    mode, job = split_model(model)
+    return f"{AFTER_SFT[job]} on {mode}" if job else f"SFT on {mode}"
 
 
 def write_report(report: dict[str, Any], root: Path) -> str:
@@ -294,11 +364,13 @@ def render_markdown(report: dict[str, Any]) -> str:
             )
             + " |"
         )
-        dpo = (report.get("dpo") or {}).get(f"{mode}+dpo")
-        if dpo is not None:
-            lines.append(_dpo_markdown_row(f"{mode}+dpo", dpo))
+        for job in AFTER_SFT:
+            continued_row = (report.get(job) or {}).get(continued(mode, job))
+            if continued_row is not None:
+                lines.append(_continued_markdown_row(continued(mode, job), continued_row))
     lines += _lm_eval_section(report.get("lm_eval"))
     lines += _dpo_section(report.get("dpo") or {})
+    lines += _grpo_section(report.get("grpo") or {})
     lines += _differences_section(report)
     lines += _paper_section(report.get("paper_table4"), tqa.get("bos") or {})
     lines += _contamination_section(report["modes"])
@@ -327,18 +399,32 @@ def render_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _dpo_markdown_row(model: str, row: dict[str, Any]) -> str:
-    """The main table's row of a DPO model: its pairs in the rows column, DPO's losses, its scores and Δs."""
-    splits = (row["pairs"] or {}).get("splits", {})
-    pairs = "no pairs" if row["skipped"] else f"{_num(splits.get('train'))} / {_num(splits.get('validation'))} pairs"
+def _continued_markdown_row(model: str, row: dict[str, Any]) -> str:
+    """The main table's row of a model trained after SFT: what it trained on in the rows column (DPO's pairs,
+    GRPO's prompts), that training's losses, its scores and Δs."""
     train, scores = row["train"], row["truthfulqa"]
-    cells = [model_label(model), *[MISSING] * 6, pairs, over_max_length_cell(row.get("lengths") or {})]
+    lengths = row.get("lengths") or {}
+    # GRPO samples its completions up to max_completion_length: format's max_length count does not apply to it.
+    counted = over_max_length_cell(lengths) if "pairs" in row or lengths.get("train") else MISSING
+    cells = [model_label(model), *[MISSING] * 6, _trained_on_cell(row), counted]
     cells += [_num(train["steps"]), _num(train["train_loss"]), _num(train["eval_loss"])]
     cells += [
         _num(scores["mc1"]), _delta_cell(scores, "mc1"),
         _num(scores["mc2"]), _delta_cell(scores, "mc2"),
     ]  # fmt: skip
     return "| " + " | ".join(cells) + " |"
+
+
+def _trained_on_cell(row: dict[str, Any]) -> str:
+    """A continued model's rows cell: DPO's "train / val pairs", GRPO's "kept of SFT train rows prompts", or why
+    nothing was trained."""
+    if row["skipped"]:
+        return row["skipped"]
+    if "pairs" in row:
+        splits = (row["pairs"] or {}).get("splits", {})
+        return f"{_num(splits.get('train'))} / {_num(splits.get('validation'))} pairs"
+    prompts = row["prompts"] or {}
+    return f"{_num(prompts.get('prompts'))} of {_num(prompts.get('rows'))} prompts"
 
 
 def _dpo_section(dpo: dict[str, dict[str, Any]]) -> list[str]:
@@ -369,19 +455,89 @@ def _dpo_section(dpo: dict[str, dict[str, Any]]) -> list[str]:
     return lines
 
 
+def _grpo_section(grpo: dict[str, dict[str, Any]]) -> list[str]:
+    """Per mode, the prompts GRPO was rewarded on (and the drops by reason), the critic's totals and the mean reward
+    at the first and last logged step; a skipped mode with its reason."""
+    if not grpo:
+        return []
+    lines = [
+        "",
+        "## GRPO after SFT",
+        "",
+        "Each mode's SFT model trained further with GRPO (TRL's GRPOTrainer) on the prompts of its SFT train split "
+        "whose principles the critic accepted (all with principles under admit_unaccepted_principles). The reward of "
+        "each sampled completion is the critic's score of it against its prompt's own principles (Stage II's "
+        "critique request), scaled to [0, 1]: (s − 1) / 4, s the mean of the critic's digit distribution under "
+        "`score: expected`, else its 1–5 score. A completion the critic left unscored or never answered (failed, "
+        "after the backend's retries) has a reward of None, which TRL leaves out of the step's mean. Mean reward: "
+        "over a logged step's completions, at the first and the last step that logged one. A mode with no prompt to reward is not trained. The main table's SFT+GRPO rows: the prompts "
+        "kept in the rows column, GRPO's loss.",
+        "",
+        "| model | prompts (of SFT train rows) | dropped | completions scored / unscored / failed (of all) "
+        "| critic calls | critic tokens | mean reward (first → last logged step) |",
+        "| --- | ---: | --- | ---: | ---: | ---: | ---: |",
+    ]
+    for model, row in grpo.items():
+        prompts = row["prompts"] or {}
+        kept = f"{_num(prompts.get('prompts'))} of {_num(prompts.get('rows'))}"
+        if prompts.get("admit_unaccepted_principles"):
+            kept += " (unaccepted principles admitted)"
+        if row["skipped"]:
+            kept = f"{row['skipped']}: {kept}"
+        dropped = prompts.get("dropped")
+        reasons = MISSING if dropped is None else _reasons(dropped)
+        critic = row["critic"]
+        if critic is None:
+            judged, calls, tokens = MISSING, MISSING, MISSING
+        else:
+            judged = " / ".join(_num(critic.get(key, 0)) for key in ("scored", "unscored", "failed"))
+            judged += f" (of {_num(critic.get('completions', 0))})"
+            calls = _num(critic.get("calls", 0))
+            tokens = _num(critic.get("prompt_tokens", 0) + critic.get("completion_tokens", 0))
+        lines.append(
+            f"| {model_label(model)} | {kept} | {reasons} | {judged} | {calls} | {tokens} "
+            f"| {_reward_cell(row['reward'])} |"
+        )
+    totals = {model: row["reward"]["total"] for model, row in grpo.items() if len(row["reward"].get("terms") or []) > 1}
+    if totals:
+        lines += ["", "With the recipe's other reward terms, the sum GRPO optimized (TRL's `reward`): "]
+        lines[-1] += "; ".join(
+            f"{model_label(model)} ({' + '.join(grpo[model]['reward']['terms'])}) {_reward_cell(total)}"
+            for model, total in totals.items()
+        )
+        lines[-1] += "."
+    return lines
+
+
+def _reasons(counts: dict[str, int]) -> str:
+    """ "no principles 3, principles not accepted 2" (reasons as the jobs count them, in their order), or "none"."""
+    return ", ".join(f"{reason.replace('_', ' ')} {n}" for reason, n in counts.items() if n) or "none"
+
+
+def _reward_cell(reward: dict[str, Any]) -> str:
+    """ "0.3100 → 0.3800 (steps 1 → 5)": the mean reward at the first and last step that logged one."""
+    if reward.get("first") is None:
+        return MISSING
+    first, last = reward["steps"]
+    return f"{_num(reward['first'])} → {_num(reward['last'])} (steps {first} → {last})"
+
+
 FIGURE_TITLES = {
     "truthfulqa": "TruthfulQA MC1 and MC2 per model (± standard error), and each Δ vs the base model (95% interval)",
     "critic_scores": "The critic's final score per stage and mode",
     "rounds": "Critique rounds per stage and mode",
     "loss": "Training and validation loss per mode",
+    "reward": "GRPO: the critic's mean reward per logged step and mode (± its standard deviation over the step's "
+    "completions)",
 }
 
 
 def _differences_section(report: dict[str, Any]) -> list[str]:
     """Every Δ of report.md with its paired bootstrap interval and whether that excludes 0."""
     rows = [(f"{mode} − base", row["truthfulqa"]) for mode, row in report["modes"].items()]
-    dpo = report.get("dpo") or {}
-    rows += [(f"{model} − base", row["truthfulqa"]) for model, row in dpo.items() if not row["skipped"]]
+    for job in AFTER_SFT:
+        trained = report.get(job) or {}
+        rows += [(f"{model} − base", row["truthfulqa"]) for model, row in trained.items() if not row["skipped"]]
     rows += [(f"{c['second']} − {c['first']}", c) for c in report.get("comparisons", [])]
     if all(scores.get(f"{m}_delta") is None for _, scores in rows for m in ("mc1", "mc2")):
         return []
@@ -528,7 +684,8 @@ def over_max_length_cell(lengths: dict[str, Any]) -> str:
 def _max_lengths(report: dict[str, Any]) -> str:
     """ " (1,024 tokens)": the max_length the rows were counted against, as format or training recorded it."""
     found = set()
-    for row in [*report["modes"].values(), *(report.get("dpo") or {}).values()]:
+    continued_rows = [row for job in AFTER_SFT for row in (report.get(job) or {}).values()]
+    for row in [*report["modes"].values(), *continued_rows]:
         lengths = row.get("lengths") or {}
         for counted in (lengths.get("format"), lengths.get("train")):
             if counted and counted.get("checked", True) and counted.get("max_length") is not None:
@@ -607,7 +764,8 @@ def _figures_section(figures: dict[str, str]) -> list[str]:
 
 
 def log_report_to_wandb(report: dict[str, Any], root: Path, project: str, group: str, run_name: str) -> None:
-    """The comparison table, the figures and the report files, in a run of the pipeline's group."""
+    """The comparison table (every trained model's row), the lm-eval and GRPO tables when the run has them, the
+    figures (reward.png among them) and the report files, in a run of the pipeline's group."""
     from spri_sft import tracking
 
     figures = report.get("figures") or {}
@@ -616,6 +774,8 @@ def log_report_to_wandb(report: dict[str, Any], root: Path, project: str, group:
         tables = {"report/comparison": (COMPARISON_COLUMNS, comparison_rows(report))}
         if report.get("lm_eval"):
             tables["report/lm_eval"] = lm_eval_rows(report)
+        if report.get("grpo"):
+            tables["report/grpo"] = (GRPO_COLUMNS, grpo_rows(report))
         run.log(
             tables=tables,
             images={f"report/figures/{key}": (root / name, FIGURE_TITLES[key]) for key, name in figures.items()},
@@ -674,11 +834,36 @@ def comparison_rows(report: dict[str, Any]) -> list[list[Any]]:
              gen.get("response_unscored_rate"), train["train_loss"], train["eval_loss"],
              *truthfulqa_cells(row["truthfulqa"])]
         )  # fmt: skip
-    for model, row in (report.get("dpo") or {}).items():
-        if not row["skipped"]:
-            train = row["train"]
-            scores = truthfulqa_cells(row["truthfulqa"])
-            rows.append([model, None, None, None, None, train["train_loss"], train["eval_loss"], *scores])
+    for job in AFTER_SFT:
+        for model, row in (report.get(job) or {}).items():
+            if not row["skipped"]:
+                train = row["train"]
+                scores = truthfulqa_cells(row["truthfulqa"])
+                rows.append([model, None, None, None, None, train["train_loss"], train["eval_loss"], *scores])
+    return rows
+
+
+GRPO_COLUMNS = [
+    "model", "mode", "skipped", "rows", "prompts", "dropped", "admit_unaccepted_principles", "steps", "train_loss",
+    "reward_first", "reward_last", "critic_completions", "critic_scored", "critic_unscored", "critic_failed",
+    "critic_calls", "critic_tokens",
+]  # fmt: skip
+
+
+def grpo_rows(report: dict[str, Any]) -> list[list[Any]]:
+    """The rows of the W&B GRPO table: per mode, its prompts (kept of the SFT train rows, drops by reason), training,
+    the critic's mean reward at the first and last logged step and its totals; a skipped mode with its reason."""
+    rows = []
+    for model, row in report["grpo"].items():
+        prompts, critic = row["prompts"] or {}, row["critic"] or {}
+        dropped = prompts.get("dropped")
+        tokens = critic.get("prompt_tokens", 0) + critic.get("completion_tokens", 0) if critic else None
+        rows.append(
+            [model, row["mode"], row["skipped"], prompts.get("rows"), prompts.get("prompts"),
+             None if dropped is None else _reasons(dropped), prompts.get("admit_unaccepted_principles"),
+             row["train"]["steps"], row["train"]["train_loss"], row["reward"]["first"], row["reward"]["last"],
+             *(critic.get(key) for key in ("completions", "scored", "unscored", "failed", "calls")), tokens]
+        )  # fmt: skip
     return rows
 
 
@@ -696,14 +881,14 @@ def lm_eval_rows(report: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
     return columns, rows
 
 
-def _lm_eval_scores(config: PipelineConfig, root: Path, dpo_models: list[str]) -> dict[str, Any] | None:
-    """Per model (base, each mode, each DPO model scored), each lm-eval task's main metric, standard error and Δ
-    vs the base model."""
+def _lm_eval_scores(config: PipelineConfig, root: Path, continued_models: list[str]) -> dict[str, Any] | None:
+    """Per model (base, each mode, each model trained after its SFT and scored), each lm-eval task's main metric,
+    standard error and Δ vs the base model."""
     tasks = config.evaluate.lm_eval_tasks
     if not tasks:
         return None
     found = {model: _read(root / "eval" / model / "lm_eval" / "results.json") for model in ("base", *config.modes)}
-    for model in dpo_models:  # after its mode's row; a skipped one has none
+    for model in continued_models:  # after its mode's row; a skipped one has none
         if (root / "eval" / model / "lm_eval" / "results.json").is_file():
             found[model] = _read(root / "eval" / model / "lm_eval" / "results.json")
     found = {model: found[model] for model in sorted(found, key=lambda m: _row_order(m, config.modes))}
@@ -736,10 +921,11 @@ def _lm_eval_scores(config: PipelineConfig, root: Path, dpo_models: list[str]) -
 
 
 def _row_order(model: str, modes: list[str]) -> tuple[int, int]:
-    """base first, then each mode followed by its DPO model."""
+    """base first, then each mode followed by its models trained after SFT, in AFTER_SFT's order."""
     if model == "base":
         return (-1, 0)
-    return (modes.index(model.removesuffix("+dpo")), model.endswith("+dpo"))
+    mode, job = split_model(model)
+    return (modes.index(mode), 0 if job is None else 1 + list(AFTER_SFT).index(job))
 
 
 def _scores(

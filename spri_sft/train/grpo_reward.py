@@ -43,6 +43,9 @@ logger = logging.getLogger(__name__)
 
 # The dataset column that holds each prompt's principles (`spri_sft.train.grpo.principle_prompts` writes it).
 PRINCIPLES_COLUMN = "principles"
+# The name TRL logs this reward's metrics under (rewards/principles/mean and /std in log_history): TRL names a reward
+# function that is a callable object by its `__name__` (trl.trainer.utils.get_callable_name).
+REWARD_NAME = "principles"
 
 
 def reward_of(verdict: Verdict) -> float | None:
@@ -56,8 +59,7 @@ def reward_of(verdict: Verdict) -> float | None:
 class PrincipleReward:
     """A TRL reward function: the critic's verdict on each completion against its prompt's principles."""
 
-    # TRL names a reward function's metrics after `__name__` (rewards/principles/mean).
-    __name__ = "principles"
+    __name__ = REWARD_NAME  # TRL's name of the reward (an instance's; the class's own __name__ stays the class's)
 
     def __init__(
         self,
