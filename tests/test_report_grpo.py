@@ -147,7 +147,7 @@ def test_the_main_table_has_an_sft_grpo_row_with_its_prompts_loss_and_scores(tmp
 def test_the_grpo_section_gives_prompts_drops_critic_totals_and_the_reward_first_to_last(tmp_path):
     section = grpo_section(render_markdown(grpo_report(tmp_path, {"spri": KEPT})))
     assert table_row(section, "SFT+GRPO on spri")[1:] == [
-        "6 of 8", "principles not accepted 2", "45 / 2 / 1 (of 48)", "50", "15,000", "0.3000 → 0.5000 (steps 1 → 4)"
+        "6 of 8", "2 principles not accepted", "45 / 2 / 1 (of 48)", "50", "15,000", "0.3000 → 0.5000 (steps 1 → 4)"
     ]  # fmt: skip
     assert "scaled to [0, 1]" in section and "TRL leaves out of the step's mean" in section
 
@@ -156,7 +156,7 @@ def test_a_skipped_mode_reads_no_prompts_to_reward_in_both_tables(tmp_path):
     text = render_markdown(grpo_report(tmp_path, {"spri": KEPT, "direct": NONE_KEPT}))
     assert table_row(main_table(text), "SFT+GRPO on direct")[7:12] == ["no prompts to reward", "–", "–", "–", "–"]
     assert table_row(grpo_section(text), "SFT+GRPO on direct")[1:] == [
-        "no prompts to reward: 0 of 8", "no principles 8", "–", "–", "–", "–"
+        "no prompts to reward: 0 of 8", "8 no principles", "–", "–", "–", "–"
     ]  # fmt: skip
     assert "| direct+grpo − base |" not in text  # nothing trained, nothing to compare
 
@@ -164,7 +164,7 @@ def test_a_skipped_mode_reads_no_prompts_to_reward_in_both_tables(tmp_path):
 def test_admitted_unaccepted_principles_are_said_beside_the_prompts(tmp_path):
     admitted = {**KEPT, "prompts": 8, "dropped": {}, "admit_unaccepted_principles": True}
     section = grpo_section(render_markdown(grpo_report(tmp_path, {"spri": admitted})))
-    assert table_row(section, "SFT+GRPO on spri")[1:3] == ["8 of 8 (unaccepted principles admitted)", "none"]
+    assert table_row(section, "SFT+GRPO on spri")[1:3] == ["8 of 8 (unaccepted principles admitted)", "none dropped"]
 
 
 def test_with_another_reward_term_the_section_also_gives_the_sum_grpo_optimized(tmp_path):

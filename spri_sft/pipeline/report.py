@@ -34,6 +34,7 @@ from __future__ import annotations
 import csv
 import itertools
 import json
+from collections import Counter
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,7 @@ from spri_sft.evaluate.bootstrap import paired_bootstrap
 from spri_sft.generate.modes import MODE_SPECS, TABLE4_MODES
 from spri_sft.pipeline.config import AFTER_SFT, PipelineConfig, continued, split_model
 from spri_sft.review.decisions import REVIEW_DIR
+from spri_sft.train.grpo import dropped_words
 from spri_sft.train.grpo_reward import REWARD_NAME
 
 MISSING = "–"
@@ -485,7 +487,7 @@ def _grpo_section(grpo: dict[str, dict[str, Any]]) -> list[str]:
         if row["skipped"]:
             kept = f"{row['skipped']}: {kept}"
         dropped = prompts.get("dropped")
-        reasons = MISSING if dropped is None else _reasons(dropped)
+        reasons = MISSING if dropped is None else dropped_words(Counter(dropped))
         critic = row["critic"]
         if critic is None:
             judged, calls, tokens = MISSING, MISSING, MISSING
@@ -507,11 +509,6 @@ def _grpo_section(grpo: dict[str, dict[str, Any]]) -> list[str]:
         )
         lines[-1] += "."
     return lines
-
-
-def _reasons(counts: dict[str, int]) -> str:
-    """ "no principles 3, principles not accepted 2" (reasons as the jobs count them, in their order), or "none"."""
-    return ", ".join(f"{reason.replace('_', ' ')} {n}" for reason, n in counts.items() if n) or "none"
 
 
 def _reward_cell(reward: dict[str, Any]) -> str:
@@ -860,7 +857,7 @@ def grpo_rows(report: dict[str, Any]) -> list[list[Any]]:
         tokens = critic.get("prompt_tokens", 0) + critic.get("completion_tokens", 0) if critic else None
         rows.append(
             [model, row["mode"], row["skipped"], prompts.get("rows"), prompts.get("prompts"),
-             None if dropped is None else _reasons(dropped), prompts.get("admit_unaccepted_principles"),
+             None if dropped is None else dropped_words(Counter(dropped)), prompts.get("admit_unaccepted_principles"),
              row["train"]["steps"], row["train"]["train_loss"], row["reward"]["first"], row["reward"]["last"],
              *(critic.get(key) for key in ("completions", "scored", "unscored", "failed", "calls")), tokens]
         )  # fmt: skip
