@@ -26,6 +26,7 @@ from typing import Any
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
+from matplotlib.ticker import MaxNLocator
 
 from spri_sft.pipeline.config import AFTER_SFT, continued
 
@@ -138,7 +139,9 @@ def truthfulqa_figure(report: dict[str, Any]) -> Figure | None:
     for job in [job for job in AFTER_SFT if job in trainings]:
         hatched = Patch(facecolor=BASE_COLOR, edgecolor="white", hatch=HATCHES[job], label=AFTER_SFT[job])
         legend.append(hatched)
-    figure.legend(handles=legend, loc="outside upper center", ncol=len(legend), fontsize=10, frameon=False)
+    # Handles tall enough to show a hatch.
+    figure.legend(handles=legend, loc="outside upper center", ncol=len(legend), fontsize=10, frameon=False,
+                  handlelength=2.5, handleheight=1.4)  # fmt: skip
     return figure
 
 
@@ -258,6 +261,7 @@ def loss_figure(report: dict[str, Any]) -> Figure | None:
                 ax.plot(steps, values, color=colors[mode], marker="o" if split == "validation" else None,
                         markersize=4, linewidth=1.6)  # fmt: skip
         ax.set_xlabel("training step")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title(title)
         ax.grid(alpha=0.3)
         if not ax.lines:
@@ -292,6 +296,7 @@ def reward_figure(report: dict[str, Any]) -> Figure | None:
         ax.plot(steps, means, color=colors[mode], marker="o" if len(steps) < 30 else None, markersize=4, linewidth=1.8)
     ax.set_ylim(-0.02, 1.02)
     ax.set_xlabel("GRPO step")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole: no 1.2, 1.4 ticks on a short run
     ax.set_ylabel("mean reward of the step's completions")
     ax.set_title("GRPO after SFT: the critic's score against each prompt's principles, scaled to [0, 1]")
     ax.grid(alpha=0.3)
