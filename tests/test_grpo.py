@@ -538,23 +538,43 @@ def test_a_failure_after_the_critic_is_built_closes_it(tiny_model_dir, tmp_path,
     assert len(closed) == 1
 
 
-@pytest.mark.parametrize("backend", ["vllm", "transformers"])
-def test_several_processes_refuse_a_critic_each_would_start_again_in_one_line(backend):
+def test_several_processes_refuse_a_transformers_critic_each_would_load_again_in_one_line():
     from spri_sft.llm.base import EndpointConfig
     from spri_sft.train.grpo import check_critic_processes
 
-    with pytest.raises(
-        UserError, match=f"critic backend {backend} with 2 processes .*critic_config as backend: openai"
-    ):
-        check_critic_processes(EndpointConfig(backend=backend, model="judge"), processes=2)
+    with pytest.raises(UserError, match="critic backend transformers with 2 processes .*as backend: vllm"):
+        check_critic_processes(EndpointConfig(backend="transformers", model="judge"), processes=2)
 
 
-def test_several_processes_share_an_openai_critic_and_one_process_any_critic():
+def test_several_processes_share_an_openai_or_vllm_critic_and_one_process_any_critic():
     from spri_sft.llm.base import EndpointConfig
     from spri_sft.train.grpo import check_critic_processes
 
     check_critic_processes(EndpointConfig(backend="openai", model="judge", base_url=["http://127.0.0.1:9/v1"]), 2)
-    check_critic_processes(EndpointConfig(backend="vllm", model="judge"), 1)
+    check_critic_processes(EndpointConfig(backend="vllm", model="judge"), 2)  # one server, the main process's
+    check_critic_processes(EndpointConfig(backend="transformers", model="judge"), 1)
+
+
+def test_use_vllm_without_vllm_installed_is_one_line_before_anything_loads(tmp_path, capsys, monkeypatch):
+    from trl import import_utils
+
+    from spri_sft.cli import main as spri_sft
+    from spri_sft.train import job
+
+    def load_model(*args, **kwargs):
+        raise AssertionError("the model was loaded before use_vllm was checked")
+
+    monkeypatch.setattr(job, "load_model", load_model)
+    monkeypatch.setattr(import_utils, "is_vllm_available", lambda *args, **kwargs: False)  # as on this machine
+    argv = grpo_argv(tmp_path / "no-model", tmp_path / "no-dataset", tmp_path / "out", "--use_vllm", "true")
+
+    assert spri_sft(["grpo", *argv]) == 2
+
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("spri-sft: error:")]
+    assert errors == [
+        "spri-sft: error: use_vllm: vLLM is not installed here (pip install vllm, see TRL's docs) — or set "
+        "--use_vllm false"
+    ]
 
 
 def test_the_run_totals_are_every_processes_totals_summed():

@@ -112,3 +112,62 @@ def test_two_cpu_ranks_train_the_planned_steps_and_log_one_offline_wandb_run(tin
     assert len(runs) == 1 and runs[0].startswith("offline-run-"), runs
     assert list((wandb_dir / "wandb" / runs[0]).glob("*.wandb")), "the offline run has no .wandb log"
     assert set((REPO / "wandb").glob("*run-*")) == repo_runs_before, "a rank wrote a run outside WANDB_DIR"
+
+
+# -- GRPO: one vllm critic for every rank -------------------------------------------------------------------------
+
+FAKE_VLLM = [sys.executable, "-m", "support.fake_vllm_server"]  # the fake OpenAI server behind vLLM's command line
+GRPO_STEPS = 2
+
+
+def launch_grpo(tiny_model_dir: Path, tmp_path: Path, critic_server) -> tuple[int, Path, Path]:
+    """`accelerate launch scripts/grpo.py` on two CPU ranks, the records' critic a `vllm` role on `critic_server`
+    (a `VLLMServer`): (return code, output directory, log)."""
+    from test_grpo import grpo_argv, make_run, record
+
+    critic = {"backend": "vllm", "model": "judge/critic-7b", "vllm": critic_server, "max_retries": 1, "timeout": 5.0}
+    dataset = make_run(tmp_path, [record(n, [5]) for n in range(12)], critic=critic)
+    output_dir, log = tmp_path / "out", tmp_path / "launch.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    # Every rank, and the server the main one starts, import this checkout and the tests' support package.
+    env.update(HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", PYTHONPATH=f"{REPO}{os.pathsep}{REPO / 'tests'}")
+    argv = [
+        sys.executable, "-m", "accelerate.commands.launch",
+        "--config_file", str(REPO / "recipes/accelerate/ddp_cpu.yaml"),
+        "--main_process_port", str(free_port()),
+        str(REPO / "scripts/grpo.py"),
+        *grpo_argv(tiny_model_dir, dataset, output_dir, "--max_steps", str(GRPO_STEPS)),
+    ]  # fmt: skip
+    return run_to_end(argv, env, log, LAUNCH_TIMEOUT), output_dir, log
+
+
+def test_two_cpu_ranks_ask_the_one_vllm_critic_server_the_main_process_starts(tiny_model_dir, tmp_path):
+    from spri_sft.serve import VLLMServer
+
+    returncode, output_dir, log = launch_grpo(tiny_model_dir, tmp_path, VLLMServer(model="/w", command=FAKE_VLLM))
+
+    assert returncode == 0, log.read_text()[-3000:]
+    # One server was started, by one process: one log, one fake vLLM in it.
+    server_logs = list((output_dir / "servers").glob("vllm-*.log"))
+    assert len(server_logs) == 1, server_logs
+    assert server_logs[0].read_text().count("fake vLLM pid") == 1
+    # Both ranks' completions were scored by it: 8 completions of one prompt a rank and a step (8 per device, 8 per
+    # prompt), summed over the two ranks in reward.json.
+    counts = json.loads((output_dir / "reward.json").read_text())
+    assert counts["completions"] == counts["scored"] == counts["calls"] == GRPO_STEPS * 8 * WORLD_SIZE
+
+
+@pytest.mark.slow  # ~20 s on 2 busy cores: a second launch of two ranks, beside the one above
+def test_a_critic_server_the_main_process_cannot_start_stops_every_rank_in_one_line(tiny_model_dir, tmp_path):
+    from spri_sft.serve import VLLMServer
+
+    script = "import sys; print('CUDA out of memory', flush=True); sys.exit(3)"
+    failing = VLLMServer(model="/w", command=[sys.executable, "-c", script])
+
+    returncode, output_dir, log = launch_grpo(tiny_model_dir, tmp_path, failing)
+
+    assert returncode != 0
+    errors = [line for line in log.read_text().splitlines() if line.startswith("spri-sft: error:")]
+    assert len(errors) == WORLD_SIZE, log.read_text()[-3000:]  # each rank says it, and none waits forever
+    assert any("the main process could not start the critic's vllm server" in line for line in errors), errors
+    assert not (output_dir / "trainer_state.json").exists()

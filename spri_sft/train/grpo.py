@@ -22,18 +22,20 @@ What it does, top to bottom:
    `generate.record.stage_accepted`), unless `admit_unaccepted_principles`, and never without principles; every
    dropped row counted and said (`select_prompts`: the same selection without a model, as the pipeline asks it);
 3. the critic (`critic_config`, by default the config.yaml of that generate run: its `critic:` role, `loop:`
-   and templates; a `vllm` critic gets its server started as generate starts one) as the reward
-   (`spri_sft.train.grpo_reward.PrincipleReward`), started before the first step, so a critic that cannot load
+   and templates; a `vllm` critic gets its server started as generate starts one, by the main process alone)
+   as the reward (`spri_sft.train.grpo_reward.PrincipleReward`), started before the first step, so a critic that cannot load
    or be reached is one line;
 4. the tokenizer with SFT's training template (or the SFT adapter's own), the model with a fresh LoRA adapter
    or the SFT adapter continued, and TRL's GRPOTrainer;
 5. train (resuming from the last checkpoint), save the adapter, tokenizer, generation config and card as every
    job does, and the critic's totals, summed over the processes, in `<output_dir>/reward.json`.
 
+Several processes share one critic: an `openai` critic is a server they all ask; a `vllm` critic's server is
+started by the main process alone, and the others wait for it and ask it at the main's URL (`shared_critic`).
+Each process asks for its own completions' scores and reward.json sums them.
+
 Not supported: full fine-tuning with a pretrained adapter; `truthfulqa_before` with `sft_adapter`;
-several processes with a `vllm` or `transformers` critic, which each process would start again (one line: serve
-it once and give it as an `openai` critic); with an `openai` critic each process asks the server for its own
-completions and reward.json sums them.
+several processes with a `transformers` critic, which each process would load again (one line).
 """
 
 from __future__ import annotations
@@ -259,19 +261,55 @@ def prompts_line(report: dict, admit_unaccepted: bool) -> str:
 # -- the critic --------------------------------------------------------------------------------
 
 
-def build_reward(generate, servers):
-    """The critic of generate config `generate` as GRPO's reward (a vllm role on a server `servers` starts)."""
+def build_reward(generate, critic):
+    """The critic of generate config `generate` as GRPO's reward, asked at `critic` (`shared_critic`'s endpoint)."""
     from spri_sft.generate.prompts import load_prompt_set
     from spri_sft.llm import build_backend
     from spri_sft.train.grpo_reward import PrincipleReward
 
-    (critic,) = servers.endpoints(generate.critic)
     return PrincipleReward(
         build_backend(critic),
         loop=generate.loop,
         prompts=load_prompt_set(generate.loop.prompts_file),
         max_concurrent=generate.max_concurrent_prompts,
     )
+
+
+def shared_critic(critic, servers, processes: int):
+    """The endpoint every process asks: `critic` itself, or for a `vllm` critic the `openai` endpoint of its server,
+    which the main process alone starts (in `servers`) while the others wait for its URL (a server per process
+    would hold a copy of the critic on the GPUs each)."""
+    if critic.backend != "vllm" or processes == 1:
+        (endpoint,) = servers.endpoints(critic)
+        return endpoint
+    import socket
+
+    from accelerate import PartialState
+    from accelerate.utils import broadcast_object_list
+
+    from spri_sft.serve.vllm import is_loopback
+
+    state = PartialState()
+    started = [None]
+    if state.is_main_process:
+        try:
+            (endpoint,) = servers.endpoints(critic)
+            started[0] = (endpoint, socket.gethostname())
+        except UserError as error:
+            started[0] = error  # sent on, so the waiting processes stop with it instead of waiting forever
+    broadcast_object_list(started)  # the other processes wait here while the main one starts the server
+    if isinstance(started[0], UserError):
+        if state.is_main_process:
+            raise started[0]
+        raise UserError(f"the main process could not start the critic's vllm server: {started[0]}")
+    endpoint, host = started[0]
+    if not state.is_main_process and host != socket.gethostname() and is_loopback(critic.vllm.host):
+        raise UserError(
+            f"critic vllm.host {critic.vllm.host} is the main process's machine ({host}) alone, and this process "
+            f"runs on {socket.gethostname()}; set the critic's vllm.host to an address the other machines reach "
+            "(with vllm.api_key_env), or serve it yourself and give it as backend: openai"
+        )
+    return endpoint
 
 
 def extra_rewards(script_args: GRPOScriptArguments, training_args) -> list:
@@ -290,14 +328,24 @@ def extra_rewards(script_args: GRPOScriptArguments, training_args) -> list:
 
 
 def check_critic_processes(critic, processes: int) -> None:
-    """Every process shares one critic: an `openai` critic is a server they all ask; a `vllm` critic's server or a
-    `transformers` critic's model would be started again by each process, so several processes refuse them."""
-    if processes > 1 and critic.backend != "openai":
-        started = "vllm server" if critic.backend == "vllm" else "copy of the model"
+    """Every process shares one critic: an `openai` critic is a server they all ask, a `vllm` critic's server is
+    started once (`shared_critic`); a `transformers` critic's model would be loaded again by each process, so
+    several processes refuse it."""
+    if processes > 1 and critic.backend == "transformers":
         raise UserError(
-            f"critic backend {critic.backend} with {processes} processes would start a {started} in each; serve the "
-            "critic once (e.g. `vllm serve`) and give it in critic_config as backend: openai with its base_url, or "
-            "train in one process"
+            f"critic backend transformers with {processes} processes would load a copy of the model in each; "
+            "give the critic in critic_config as backend: vllm (one server, started by the main process) or as "
+            "backend: openai with its base_url, or train in one process"
+        )
+
+
+def check_vllm_generation(training_args) -> None:
+    """TRL's vLLM generation needs vLLM installed; TRL finds it missing only after the model loads, in a traceback."""
+    from trl.import_utils import is_vllm_available
+
+    if training_args.use_vllm and not is_vllm_available():
+        raise UserError(
+            "use_vllm: vLLM is not installed here (pip install vllm, see TRL's docs) — or set --use_vllm false"
         )
 
 
@@ -334,6 +382,7 @@ def build_trainer(script_args: GRPOScriptArguments, training_args, model_args, s
     from spri_sft import tracking
 
     job.check_model_args(model_args)
+    check_vllm_generation(training_args)
     extras = extra_rewards(script_args, training_args)  # its settings checked before anything loads
     effective_batch = job.use_effective_batch(script_args.effective_batch_size, training_args)  # before the trainer
     adapter_dir = job.check_sft_adapter(script_args.sft_adapter, model_args, script_args.truthfulqa_before)
@@ -365,7 +414,7 @@ def build_trainer(script_args: GRPOScriptArguments, training_args, model_args, s
     else:
         peft_config = get_peft_config(model_args)
 
-    reward = build_reward(generate, servers)
+    reward = build_reward(generate, shared_critic(generate.critic, servers, training_args.world_size))
     trainer = None
     try:  # from here on a failure closes the critic (a vllm critic's server stops with `servers`)
         trainer = GRPOTrainer(
@@ -417,15 +466,19 @@ def main(script_args: GRPOScriptArguments, training_args, model_args, recipe: Pa
                 f"\n[spri-sft]   reward: the critic {trainer.critic} against each prompt's principles, scaled to "
                 f"[0, 1]; {training_args.num_generations} completions per prompt, beta={training_args.beta}"
             )
+            totals = {}
+
+            def sum_totals():  # every process's, to every process, while the process group still stands
+                from accelerate.utils import gather_object
+
+                totals.update(run_totals(gather_object([dict(trainer.reward.totals)])))
+
             metrics = job.train_and_save(
-                trainer, script_args, training_args, model_args, summary, prompts=trainer.prompts_report,
-                critic=trainer.critic,
+                trainer, script_args, training_args, model_args, summary, before_teardown=sum_totals,
+                prompts=trainer.prompts_report, critic=trainer.critic,
             )  # fmt: skip
         finally:
             close_reward(trainer.reward, trainer)
-    from accelerate.utils import gather_object
-
-    totals = run_totals(gather_object([dict(trainer.reward.totals)]))  # every process's, to every process
     if trainer.accelerator.is_main_process:
         (output_dir / "reward.json").write_text(json.dumps(totals, indent=2) + "\n")
         print(reward_line(totals), flush=True)

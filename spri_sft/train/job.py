@@ -517,10 +517,13 @@ def truthfulqa_callback(script_args, training_args, model_args):
 # -- the run -----------------------------------------------------------------------------------
 
 
-def train_and_save(trainer, script_args, training_args, model_args, summary: str, **facts) -> dict:
+def train_and_save(
+    trainer, script_args, training_args, model_args, summary: str, before_teardown=None, **facts
+) -> dict:
     """Everything after the trainer is built, for SFT and DPO alike: the effective config (with `facts`, the
     trainer's `effective_batch` and `revisions`) and `summary` printed, resume, train, evaluate, save, card (with
-    the base model's commit), metrics; returns the final metrics."""
+    the base model's commit), metrics; returns the final metrics. `before_teardown`, called on every process after
+    saving, is the last point where the processes can still exchange data (GRPO sums its critic's totals there)."""
     from spri_sft import tracking
 
     facts = {"effective_batch": trainer.effective_batch, "revisions": trainer.revisions, **facts}
@@ -555,6 +558,8 @@ def train_and_save(trainer, script_args, training_args, model_args, summary: str
             _log_dataset_artifact(script_args.dataset_path)
         if trainer.truthfulqa is not None:
             metrics.update(trainer.truthfulqa.metrics())
+    if before_teardown is not None:
+        before_teardown()
     # Barrier first: with gloo, tearing the group down right after a collective can deadlock a rank on exit.
     trainer.accelerator.wait_for_everyone()
     trainer.accelerator.end_training()  # = Trainer.end(), which transformers 5.17 (the GPU machine's) lacks
