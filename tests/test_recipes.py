@@ -204,3 +204,75 @@ def test_every_recipe_of_a_setup_has_the_same_generation_identity_in_every_mode(
     assert len(shared) == 7  # every row of Table 4
     for recipe, identity in identities.items():
         assert identity == shared, recipe
+
+
+# -- GRPO -----------------------------------------------------------------------------------------------------------
+
+GRPO_RECIPES = sorted((ROOT / "recipes").glob("*/grpo/*.yaml"))
+STUDENT_GRPO_RECIPES = [ROOT / "recipes" / model / "grpo" / "lora.yaml" for model in PAPER_MODELS]
+# What a GRPO recipe of a student takes from the paper: the student, LoRA and (base students) Alpaca. The paper has
+# no RL, so every GRPO value is this project's.
+PAPER_FIELDS_IN_GRPO = {"model_name_or_path", "use_peft", "training_template"}
+
+
+def parse_grpo(recipe: Path, monkeypatch):
+    """The recipe through TRL's own parser and GRPOConfig's checks (e.g. the generation batch holds whole groups)."""
+    from spri_sft.train import grpo
+
+    for variable in ("WANDB_PROJECT", "WANDB_RUN_GROUP"):  # the recipe's env: block sets them; restored after
+        monkeypatch.setenv(variable, "")
+    return grpo.make_parser().parse_args_and_config(
+        args=["--config", str(recipe), "--use_cpu", "true", "--bf16", "false"]
+    )
+
+
+@pytest.mark.parametrize("recipe", GRPO_RECIPES, ids=lambda p: f"{p.parts[-3]}/{p.stem}")
+def test_grpo_recipe_parses_into_trls_grpo_settings(recipe, monkeypatch):
+    script_args, training_args, model_args = parse_grpo(recipe, monkeypatch)
+    assert script_args.dataset_path and training_args.output_dir and model_args.model_name_or_path
+    assert model_args.use_peft
+    assert training_args.generation_batch_size % training_args.num_generations == 0
+
+
+@pytest.mark.parametrize("model", PAPER_MODELS)
+def test_a_students_grpo_recipe_generates_with_colocated_vllm_and_trains_its_sft_recipes_model(model, monkeypatch):
+    from spri_sft.config import load_config
+    from spri_sft.pipeline.config import PipelineConfig
+    from spri_sft.train.sft import make_parser as sft_parser
+
+    script_args, training_args, model_args = parse_grpo(ROOT / "recipes" / model / "grpo" / "lora.yaml", monkeypatch)
+    sft_script, _, sft_model = sft_parser().parse_args_and_config(
+        args=["--config", str(ROOT / "recipes" / model / "sft" / "lora.yaml"), "--use_cpu", "true", "--bf16", "false"]
+    )
+    # The student, its precision, attention (Gemma-2: eager), LoRA shape and template are its SFT recipe's.
+    for name in ("model_name_or_path", "dtype", "attn_implementation", "lora_r", "lora_alpha", "lora_target_modules"):
+        assert getattr(model_args, name) == getattr(sft_model, name), name
+    assert script_args.training_template == sft_script.training_template
+    assert (script_args.chat_template_fallback, model_args.load_in_4bit) == (sft_script.chat_template_fallback, False)
+    # TRL's vLLM inside the training process, asleep while the step trains, its context bounded.
+    assert training_args.use_vllm and training_args.vllm_mode == "colocate" and training_args.vllm_enable_sleep_mode
+    assert 0 < training_args.vllm_gpu_memory_utilization <= 0.5
+    assert training_args.vllm_max_model_length >= 4 * training_args.max_completion_length
+    # The prompts are the paper pipeline's SPRI dataset for this student, whose records name the paper's critic; a
+    # completion gets the paper's cap on new tokens.
+    paper = load_config(PipelineConfig, ["--config", str(ROOT / "recipes/paper/dolly" / f"{model}.yaml")])
+    assert script_args.dataset_path == str(Path(paper.output_dir) / "dataset" / "spri")
+    assert script_args.critic_config is None  # the generate run's own config.yaml: its critic
+    assert training_args.max_completion_length == paper.generate.base.max_new_tokens == 256
+    assert training_args.num_generations == 8 and training_args.generation_batch_size == 32  # 4 prompts a step
+
+
+@pytest.mark.parametrize("recipe", STUDENT_GRPO_RECIPES, ids=lambda p: p.parts[-3])
+def test_every_value_of_a_students_grpo_recipe_says_whose_it_is_and_claims_no_grpo_value_for_the_paper(recipe):
+    import re
+
+    text = recipe.read_text()
+    assert "The paper has no RL" in text.split("\n\n")[0]
+    for line in text.splitlines():
+        key = re.match(r"^(\w+):", line)
+        if key is None or key.group(1) in BOOKKEEPING | {"log_completions"}:
+            continue
+        whose = re.search(r"#\s*(paper §5\.2|project)\b", line)
+        assert whose, f"{recipe.parts[-3]}: {key.group(1)} does not say whose value it is"
+        if whose.group(1) == "paper §5.2":
+            assert key.group(1) in PAPER_FIELDS_IN_GRPO, f"{key.group(1)} is claimed for the paper, which has no RL"
