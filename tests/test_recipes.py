@@ -276,3 +276,36 @@ def test_every_value_of_a_students_grpo_recipe_says_whose_it_is_and_claims_no_gr
         assert whose, f"{recipe.parts[-3]}: {key.group(1)} does not say whose value it is"
         if whose.group(1) == "paper §5.2":
             assert key.group(1) in PAPER_FIELDS_IN_GRPO, f"{key.group(1)} is claimed for the paper, which has no RL"
+
+
+@pytest.mark.parametrize("model", PAPER_MODELS)
+def test_a_students_grpo_recipe_runs_in_the_paper_pipeline_on_the_paths_its_launch_command_names(model, monkeypatch):
+    import re
+
+    from spri_sft.config import load_config
+    from spri_sft.pipeline.config import PipelineConfig
+    from spri_sft.pipeline.run import after_sft_plan, train_plan
+
+    monkeypatch.chdir(ROOT)  # recipes name each other relative to the repository root
+    recipe = f"recipes/{model}/grpo/lora.yaml"
+    config = load_config(
+        PipelineConfig,
+        [
+            "--config",
+            str(ROOT / "recipes/paper/dolly" / f"{model}.yaml"),
+            "--grpo.enabled",
+            "true",
+            "--grpo.recipe",
+            recipe,
+        ],
+    )
+    root = Path(config.output_dir)
+    plan = after_sft_plan(config, "grpo", train_plan(config, "spri", root, "name", "group"), root, "name", "group")
+
+    # The standalone command in the recipe's header continues the adapter and reads the generation the pipeline does.
+    header = (ROOT / recipe).read_text().split("\n\n")[0]
+    for flag in ("sft_adapter", "generate_config"):
+        assert re.search(rf"--{flag} (\S+)", header).group(1) == plan.args[flag], flag
+    # The pipeline trains on the dataset the recipe names (its hf/ inside), with the recipe's generation settings.
+    assert plan.args["dataset_path"] == str(root / "dataset" / "spri" / "hf")
+    assert plan.args["use_vllm"] and plan.args["vllm_mode"] == "colocate"
