@@ -144,6 +144,16 @@ def test_the_main_table_has_an_sft_grpo_row_with_its_prompts_loss_and_scores(tmp
     assert cells[14:] == ["0.6000", "+0.1000 [+0.1000, +0.1000]"]
 
 
+def test_a_grpo_training_that_counted_rows_over_max_length_shows_its_count(tmp_path):
+    grpo_report(tmp_path, {"spri": KEPT})
+    splits = {"train": {"rows": 6, "over_max_length": 2, "lost_eos": 0, "dropped": 2}}
+    write_json(tmp_path / "checkpoints/spri+grpo/lengths.json", {"max_length": 256, "policy": "drop", "splits": splits})
+    config = from_dict(PipelineConfig, {"output_dir": str(tmp_path), "modes": ["spri"], "grpo": {"enabled": True}})
+    report = build_report(config, tmp_path, "run", "student", {"file": "tqa.json", "source": "tqa.json"})
+    assert report["grpo"]["spri+grpo"]["lengths"]["train"]["splits"] == splits
+    assert table_row(main_table(render_markdown(report)), "SFT+GRPO on spri")[8] == "2 of 6 dropped (training)"
+
+
 def test_the_grpo_section_gives_prompts_drops_critic_totals_and_the_reward_first_to_last(tmp_path):
     section = grpo_section(render_markdown(grpo_report(tmp_path, {"spri": KEPT})))
     assert table_row(section, "SFT+GRPO on spri")[1:] == [

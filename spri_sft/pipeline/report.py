@@ -404,11 +404,14 @@ def render_markdown(report: dict[str, Any]) -> str:
 def _continued_markdown_row(model: str, row: dict[str, Any]) -> str:
     """The main table's row of a model trained after SFT: what it trained on in the rows column (DPO's pairs,
     GRPO's prompts), that training's losses, its scores and Δs."""
+    job = split_model(model)[1]
     train, scores = row["train"], row["truthfulqa"]
     lengths = row.get("lengths") or {}
-    # GRPO samples its completions up to max_completion_length: format's max_length count does not apply to it.
-    counted = over_max_length_cell(lengths) if "pairs" in row or lengths.get("train") else MISSING
-    cells = [model_label(model), *[MISSING] * 6, _trained_on_cell(row), counted]
+    # GRPO samples its completions up to max_completion_length: a count against max_length applies to it only where
+    # its training wrote one (lengths.json).
+    counted = over_max_length_cell(lengths) if job == "dpo" or lengths.get("train") else MISSING
+    trained_on = row["skipped"] or TRAINED_ON_CELLS[job](row)
+    cells = [model_label(model), *[MISSING] * 6, trained_on, counted]
     cells += [_num(train["steps"]), _num(train["train_loss"]), _num(train["eval_loss"])]
     cells += [
         _num(scores["mc1"]), _delta_cell(scores, "mc1"),
@@ -417,16 +420,18 @@ def _continued_markdown_row(model: str, row: dict[str, Any]) -> str:
     return "| " + " | ".join(cells) + " |"
 
 
-def _trained_on_cell(row: dict[str, Any]) -> str:
-    """A continued model's rows cell: DPO's "train / val pairs", GRPO's "kept of SFT train rows prompts", or why
-    nothing was trained."""
-    if row["skipped"]:
-        return row["skipped"]
-    if "pairs" in row:
-        splits = (row["pairs"] or {}).get("splits", {})
-        return f"{_num(splits.get('train'))} / {_num(splits.get('validation'))} pairs"
+def _pairs_cell(row: dict[str, Any]) -> str:
+    splits = (row["pairs"] or {}).get("splits", {})
+    return f"{_num(splits.get('train'))} / {_num(splits.get('validation'))} pairs"
+
+
+def _prompts_cell(row: dict[str, Any]) -> str:
     prompts = row["prompts"] or {}
     return f"{_num(prompts.get('prompts'))} of {_num(prompts.get('rows'))} prompts"
+
+
+# The main table's rows cell of each training in AFTER_SFT, when it trained: what it trained on.
+TRAINED_ON_CELLS = {"dpo": _pairs_cell, "grpo": _prompts_cell}
 
 
 def _dpo_section(dpo: dict[str, dict[str, Any]]) -> list[str]:
