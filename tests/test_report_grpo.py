@@ -304,3 +304,15 @@ def test_the_report_run_logs_reward_png_the_grpo_rows_and_the_grpo_table(tmp_pat
         ("spri+grpo", None, 6, 0.5), ("direct+grpo", "no prompts to reward", 0, None)
     ]  # fmt: skip
     assert rows[0]["critic_scored"] == 45 and rows[0]["critic_completions"] == 48
+
+
+def test_modes_are_compared_by_their_sft_models_and_each_continued_model_within_its_own_mode(tmp_path):
+    report = grpo_report(tmp_path, {"spri": KEPT, "direct": KEPT}, dpo=True)
+    pairs = [(c["first"], c["second"]) for c in report["comparisons"]]
+    assert pairs == [
+        ("spri", "spri+dpo"), ("spri", "spri+grpo"), ("spri", "direct"), ("spri+dpo", "spri+grpo"),
+        ("direct", "direct+dpo"), ("direct", "direct+grpo"), ("direct+dpo", "direct+grpo"),
+    ]  # fmt: skip
+    grpo_over_sft = report["comparisons"][1]["mc2_interval"]
+    assert grpo_over_sft["delta"] == pytest.approx(0.6 - 0.55)  # write_grpo's MC2 over write_mode's, per question
+    assert table_row(write_report(report, tmp_path), "spri+grpo − spri")[4] == "+0.0500"
