@@ -354,3 +354,23 @@ def test_redo_of_a_training_retrains_and_rescores_that_mode_without_regenerating
     assert [name for name in before if after[name] != before[name]] == ["checkpoints/spri", "eval/spri"]
     assert (root / "generate/spri/records.jsonl").stat().st_mtime_ns == records
     assert yaml.safe_load((root / "config.yaml").read_text())["redo"] == []  # its saved config redoes nothing
+
+
+def test_grpo_with_several_processes_and_an_in_process_critic_stops_the_run_before_generation(tmp_path, capsys):
+    launch = tmp_path / "two.yaml"
+    launch.write_text("distributed_type: MULTI_CPU\nnum_processes: 2\n")
+    critic = {"backend": "transformers", "model": "tiny-critic"}
+    recipe = write_recipe(tmp_path, grpo={"enabled": True})
+    recipe_text = yaml.safe_load(recipe.read_text())
+    recipe_text["generate"]["critic"] = critic
+    recipe_text["train"]["accelerate_config"] = str(launch)
+    recipe.write_text(yaml.safe_dump(recipe_text))
+
+    assert main(["run", str(recipe)]) == 2
+
+    error = capsys.readouterr().err.strip()
+    assert error.startswith(
+        f"spri-sft: error: grpo with train.accelerate_config {launch}: critic backend transformers with 2 processes "
+        "would load a copy of the model in each"
+    ), error
+    assert records_written(tmp_path) == []

@@ -598,9 +598,27 @@ def after_sft_plan(config: PipelineConfig, job: str, sft: TrainPlan, root: Path,
     else:  # the SFT dataset's prompts; their principles from the mode's generation (its records may be copied)
         args["dataset_path"] = str(dataset / "hf")
         args.setdefault("generate_config", str(config.generation_dir(sft.mode) / "config.yaml"))
+        _check_grpo_critic(config, args)
     args.update(output_dir=str(output_dir), run_name=f"{name}-{model}")
     _report_to(config, args, env, group)
     return TrainPlan(model, output_dir, {**args, "env": env} if env else args, config.train.accelerate_config, job=job)
+
+
+def _check_grpo_critic(config: PipelineConfig, args: dict[str, Any]) -> None:
+    """The GRPO child refuses a critic every process would load again (`grpo.check_critic_processes`): say so before
+    generation, not after it. The critic is the generation's, unless the GRPO recipe names a critic_config."""
+    if not config.train.accelerate_config:
+        return
+    from spri_sft.train.grpo import check_critic_processes, read_generate_config
+
+    processes = int(read_yaml(Path(config.train.accelerate_config)).get("num_processes") or 1)
+    critic = config.generate.critic
+    if args.get("critic_config"):
+        critic = read_generate_config(Path(args["critic_config"]), "grpo critic_config").critic
+    try:
+        check_critic_processes(critic, processes)
+    except UserError as refused:
+        raise UserError(f"grpo with train.accelerate_config {config.train.accelerate_config}: {refused}") from None
 
 
 def _recipe_origin(job: str, recipe: str | None, overrides: dict[str, Any]) -> str:
