@@ -587,3 +587,20 @@ def test_the_run_totals_are_every_processes_totals_summed():
     assert run_totals(per_process) == {
         "completions": 16, "scored": 13, "unscored": 1, "failed": 2, "calls": 19, "prompt_tokens": 1900,
     }  # fmt: skip
+
+
+def test_an_effective_batch_makes_one_generation_an_optimizer_step_as_grpo_derives_it(
+    tiny_model_dir, tmp_path, critic_server
+):
+    from spri_sft.generate.servers import ServedModels
+    from spri_sft.train import grpo
+
+    flags = ("--effective_batch_size", "16", "--per_device_train_batch_size", "4", "--num_generations", "4")
+    argv = grpo_argv(tiny_model_dir, grpo_run(tmp_path, critic_server), tmp_path / "out", *flags)
+    with ServedModels(tmp_path / "servers") as servers:
+        trainer = grpo.build_trainer(*grpo.make_parser().parse_args_and_config(args=argv), servers)
+        grpo.close_reward(trainer.reward, trainer)
+
+    # 16 completions an optimizer step (4 a forward pass, accumulated 4 times), generated together: 4 prompts' groups.
+    assert trainer.args.gradient_accumulation_steps == 4
+    assert (trainer.args.steps_per_generation, trainer.args.generation_batch_size) == (4, 16)

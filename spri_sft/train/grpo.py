@@ -339,6 +339,21 @@ def check_critic_processes(critic, processes: int) -> None:
         )
 
 
+def follow_accumulation(training_args, parsed_accumulation: int) -> None:
+    """GRPOConfig derives its generation batch when parsed: one generation an optimizer step, steps_per_generation =
+    gradient_accumulation_steps. `effective_batch_size` sets the accumulation after that; derive it again, as TRL
+    would have (a generation batch the recipe set apart from the accumulation is left as set)."""
+    accumulation = training_args.gradient_accumulation_steps
+    if accumulation == parsed_accumulation or training_args.steps_per_generation != parsed_accumulation:
+        return
+    training_args.steps_per_generation = accumulation
+    training_args.generation_batch_size = (
+        training_args.per_device_train_batch_size * training_args.world_size * accumulation
+    )
+    # Whole groups still: GRPOConfig checked the parsed generation batch (accumulation 1, as use_effective_batch takes
+    # it unset) held whole groups, and this one is a multiple of it.
+
+
 def check_vllm_generation(training_args) -> None:
     """TRL's vLLM generation needs vLLM installed; TRL finds it missing only after the model loads, in a traceback."""
     from trl.import_utils import is_vllm_available
@@ -384,7 +399,9 @@ def build_trainer(script_args: GRPOScriptArguments, training_args, model_args, s
     job.check_model_args(model_args)
     check_vllm_generation(training_args)
     extras = extra_rewards(script_args, training_args)  # its settings checked before anything loads
+    parsed_accumulation = training_args.gradient_accumulation_steps
     effective_batch = job.use_effective_batch(script_args.effective_batch_size, training_args)  # before the trainer
+    follow_accumulation(training_args, parsed_accumulation)
     adapter_dir = job.check_sft_adapter(script_args.sft_adapter, model_args, script_args.truthfulqa_before)
     truthfulqa = job.truthfulqa_callback(script_args, training_args, model_args)  # its file read before any loading
     tracking.use_offline_without_key(training_args.report_to)
