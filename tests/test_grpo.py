@@ -604,3 +604,32 @@ def test_an_effective_batch_makes_one_generation_an_optimizer_step_as_grpo_deriv
     # 16 completions an optimizer step (4 a forward pass, accumulated 4 times), generated together: 4 prompts' groups.
     assert trainer.args.gradient_accumulation_steps == 4
     assert (trainer.args.steps_per_generation, trainer.args.generation_batch_size) == (4, 16)
+
+
+def vllm_settings(max_model_length: int | None, completion: int = 16, use_vllm: bool = True):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(use_vllm=use_vllm, vllm_max_model_length=max_model_length, max_completion_length=completion)
+
+
+def test_prompts_that_leave_no_room_for_a_completion_in_vllms_context_are_dropped_and_counted(tiny_model_dir):
+    from datasets import Dataset
+    from transformers import AutoTokenizer
+
+    from spri_sft.train.grpo import fitting_prompts
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    short, long = [{"role": "user", "content": "Hi"}], [{"role": "user", "content": "word " * 200}]
+    prompts = Dataset.from_list(
+        [{"prompt": short, "id": "a"}, {"prompt": long, "id": "b"}, {"prompt": short, "id": "c"}]
+    )
+    kept = {"rows": 3, "prompts": 3, "dropped": {}}
+
+    fitting = fitting_prompts(prompts, tokenizer, vllm_settings(128), kept)
+
+    assert fitting["id"] == ["a", "c"]
+    assert kept == {"rows": 3, "prompts": 2, "dropped": {"prompt_too_long": 1}}
+    assert fitting_prompts(prompts, tokenizer, vllm_settings(None), kept) is prompts  # the model's own context
+    assert fitting_prompts(prompts, tokenizer, vllm_settings(128, use_vllm=False), kept) is prompts
+    with pytest.raises(UserError, match=r"none of the 3 prompts leaves room for max_completion_length 16 in vllm_max"):
+        fitting_prompts(prompts, tokenizer, vllm_settings(20), {"rows": 3, "prompts": 3, "dropped": {}})

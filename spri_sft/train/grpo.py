@@ -242,6 +242,31 @@ def load_prompts(script_args: GRPOScriptArguments, training_args) -> tuple:
     return made["train"], made.get("validation"), generate, report
 
 
+def fitting_prompts(prompts, tokenizer, training_args, kept: dict):
+    """The prompts that leave room for a whole completion in vLLM's context (`vllm_max_model_length`): TRL's GRPO has
+    no prompt length limit, and vLLM refuses a longer prompt in the middle of a run. The others are dropped and
+    counted in `kept` (prompt_too_long). Without vLLM generation, or its context left to the model's, all of them."""
+    limit = training_args.vllm_max_model_length
+    if not training_args.use_vllm or limit is None:
+        return prompts
+    room = limit - training_args.max_completion_length
+    rendered = [
+        tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
+        for prompt in prompts["prompt"]
+    ]
+    lengths = [len(ids) for ids in tokenizer(rendered, add_special_tokens=False)["input_ids"]]
+    fitting = [index for index, length in enumerate(lengths) if length <= room]
+    if len(fitting) < len(lengths):
+        kept["dropped"]["prompt_too_long"] = len(lengths) - len(fitting)
+        kept["prompts"] = len(fitting)
+    if not fitting:
+        raise UserError(
+            f"none of the {len(lengths)} prompts leaves room for max_completion_length {training_args.max_completion_length} "
+            f"in vllm_max_model_length {limit} (the shortest is {min(lengths)} tokens): raise vllm_max_model_length"
+        )
+    return prompts.select(fitting)
+
+
 def dropped_words(dropped: Counter) -> str:
     return ", ".join(f"{count} {reason.replace('_', ' ')}" for reason, count in dropped.items()) or "none dropped"
 
@@ -423,6 +448,9 @@ def build_trainer(script_args: GRPOScriptArguments, training_args, model_args, s
         tokenizer, fallback=script_args.chat_template_fallback, template=script_args.training_template
     )
     tokenizer.padding_side = "left"  # GRPO generates from the prompts' right edge
+    train_dataset = fitting_prompts(train_dataset, tokenizer, training_args, report["train"])
+    if eval_dataset is not None:
+        eval_dataset = fitting_prompts(eval_dataset, tokenizer, training_args, report["validation"])
 
     model = job.load_model(model_path, model_args, training_args, tokenizer, revision)
     if adapter_dir is not None:
