@@ -23,6 +23,7 @@ from wandb_log import without_wandb_credentials
 
 from spri_sft.cli import main
 from spri_sft.errors import UserError
+from spri_sft.pipeline.stages import Stage, StageChanged
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -47,7 +48,9 @@ def grpo_recipe(directory: Path, model_dir: Path, server, truthfulqa_file: Path,
         "args": {
             "max_steps": GRPO_STEPS, "save_steps": GRPO_STEPS, "num_generations": COMPLETIONS_PER_STEP,
             "per_device_train_batch_size": COMPLETIONS_PER_STEP, "max_completion_length": 8, "learning_rate": 1e-2,
-            "log_completions": False, "dataloader_num_workers": 0, **grpo_args,
+            "log_completions": False, "dataloader_num_workers": 0,
+            "admit_unaccepted_principles": False,  # the recipe's true: here every prompt must pass the threshold
+            **grpo_args,
         },
     }  # fmt: skip
     recipe["wandb"] = {"enabled": False}
@@ -85,7 +88,7 @@ def test_grpo_continues_the_modes_sft_adapter_on_its_prompts_judged_by_its_gener
     assert recipe["model_name_or_path"] == str(grpo_run["model"])
     assert recipe["sft_adapter"] == str(root / "checkpoints/spri") and recipe["use_peft"] is True
     assert recipe["dataset_path"] == str(root / "dataset/spri/hf")
-    assert recipe["generate_config"] == str(root / "generate/spri/config.yaml")
+    assert recipe["generate_config"] == str(root / "checkpoints/spri+grpo/generate.yaml")  # this run's section
     adapter = read(root / "checkpoints/spri+grpo/adapter_config.json")
     assert (adapter["r"], sorted(adapter["target_modules"])) == (8, ["q_proj", "v_proj"])  # SFT's, not the recipe's
     assert read(root / "checkpoints/spri+grpo/stage.json")["outputs"] == {"steps": GRPO_STEPS}
@@ -95,12 +98,13 @@ def test_every_spri_train_prompt_is_a_grpo_prompt_and_each_completion_was_judged
     root = grpo_run["root"]
     prompts = read(root / "checkpoints/spri+grpo/prompts.json")
     sft_train_rows = read(root / "dataset/spri/summary.json")["splits"]["train"]
-    assert prompts == {
+    accepted_only = {
         "rows": sft_train_rows,
         "prompts": sft_train_rows,
         "dropped": {},
-        "admit_unaccepted_principles": True,
+        "admit_unaccepted_principles": False,
     }
+    assert prompts == accepted_only  # the improving critic accepted every revised principle at the threshold 4
     totals = read(root / "checkpoints/spri+grpo/reward.json")
     assert totals["completions"] == GRPO_STEPS * COMPLETIONS_PER_STEP
     assert totals["scored"] == totals["completions"]  # the fake critic always gives a score
@@ -156,3 +160,51 @@ def test_a_typo_in_the_grpo_arguments_stops_the_run_before_generation(
     with pytest.raises(UserError, match=r"^grpo \(grpo.args\): unknown field 'num_generation' \(did you mean"):
         run_pipeline_from(recipe)
     assert not (tmp_path / "run").exists()
+
+
+# -- the GRPO stage's inputs, without a training ----------------------------------------------------
+
+
+def finished(name: str, directory: Path) -> Stage:
+    stage = Stage.made_from(name, directory, {})
+    stage.begin()
+    stage.finish()
+    return stage
+
+
+def test_a_mode_left_without_prompts_refuses_the_grpo_model_an_earlier_run_trained_with_other_settings(tmp_path):
+    from test_grpo import make_run, record
+
+    from spri_sft.pipeline.config import PipelineConfig
+    from spri_sft.pipeline.run import TrainPlan, _grpo, training_stage
+
+    sft_output = make_run(tmp_path, [record(n, [2]) for n in range(8)])  # no principles accepted at 4
+    dataset, sft = finished("dataset/spri", sft_output), finished("checkpoints/spri", tmp_path / "sft")
+    output = tmp_path / "checkpoints/spri+grpo"
+    args = {"dataset_path": str(sft_output / "hf"), "generate_config": str(tmp_path / "generate/config.yaml")}
+    earlier = TrainPlan("spri+grpo", output, {**args, "admit_unaccepted_principles": True}, None, "grpo")
+    trained = training_stage(earlier, [dataset.output_id, sft.output_id])
+    trained.begin()
+    trained.finish(steps=2)  # an earlier run trained on the unaccepted principles
+    now = TrainPlan("spri+grpo", output, {**args, "admit_unaccepted_principles": False}, None, "grpo")
+
+    with pytest.raises(StageChanged, match=r"checkpoints/spri\+grpo: admit_unaccepted_principles true → false"):
+        _grpo(PipelineConfig(), now, dataset, sft)  # not skipped: that would leave the old model as this run's
+    assert not (output / "prompts.json").exists()
+
+
+def test_a_critic_config_the_recipe_names_enters_the_fingerprint_by_its_contents_the_pipelines_own_by_none(tmp_path):
+    from spri_sft.pipeline.run import GENERATION_FILE, TrainPlan, training_stage
+
+    output = tmp_path / "checkpoints/spri+grpo"
+    critic, own = tmp_path / "critic.yaml", output / GENERATION_FILE
+    own.parent.mkdir(parents=True)
+    critic.write_text("critic:\n  model: judge-a\n")
+    own.write_text("critic:\n  base_url: [http://old:8001/v1]\n")
+    plan = TrainPlan("spri+grpo", output, {"critic_config": str(critic), "generate_config": str(own)}, None, "grpo")
+    before = training_stage(plan, ["data", "sft"]).fingerprint
+
+    own.write_text("critic:\n  base_url: [http://new:9001/v1]\n")  # an address: the same verdicts
+    assert training_stage(plan, ["data", "sft"]).fingerprint == before
+    critic.write_text("critic:\n  model: judge-b\n")  # another judge: other rewards
+    assert training_stage(plan, ["data", "sft"]).fingerprint != before

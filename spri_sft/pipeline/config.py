@@ -86,7 +86,9 @@ class GRPOStage:
             "help": "Any `spri-sft grpo` field (TRL's GRPOConfig and ModelConfig, GRPOScriptArguments). The pipeline "
             "sets model_name_or_path and sft_adapter (the student and the mode's SFT adapter, continued; after a full "
             "SFT, the SFT model as model_name_or_path), use_peft with an SFT adapter, dataset_path (the mode's "
-            "dataset), output_dir, run_name and the W&B project/group. train.accelerate_config launches it too."
+            "dataset), output_dir, run_name and the W&B project/group, and, unless set here, generate_config (this "
+            "run's generate section for the mode, written to checkpoints/<mode>+grpo/generate.yaml: its critic judges, "
+            "its threshold decided acceptance). train.accelerate_config launches it too."
         },
     )
 

@@ -42,7 +42,7 @@ from typing import Any
 import yaml
 
 from spri_sft import tracking
-from spri_sft.config import check_ranges, dump_yaml, read_yaml
+from spri_sft.config import check_ranges, dump_yaml, read_yaml, to_dict
 from spri_sft.errors import UserError
 from spri_sft.evaluate.config import EvaluateConfig
 from spri_sft.evaluate.lm_eval_tasks import LmEvalJob, check_job, lm_eval_version, log_to_wandb, run_lm_eval_tasks
@@ -51,7 +51,7 @@ from spri_sft.format.config import FormatConfig
 from spri_sft.generate.config import GenerateConfig
 from spri_sft.generate.modes import MODES
 from spri_sft.generate.servers import ServedModels
-from spri_sft.pipeline.config import AFTER_SFT, EVALUATE_SET_BY_PIPELINE, PipelineConfig, continued
+from spri_sft.pipeline.config import AFTER_SFT, EVALUATE_SET_BY_PIPELINE, PipelineConfig, continued, split_model
 from spri_sft.pipeline.recipe_check import training_recipes_checked
 from spri_sft.pipeline.stages import Stage, StageChanged, file_digest, fingerprint, folder_digest
 from spri_sft.processes import LOCK_NAME, hold_output_dir, run_bound, writes_output_dir
@@ -147,7 +147,7 @@ def _run_stages(
         for job in config.after_sft():
             after = after_plans[continued(mode, job)]
             start = {"dpo": _dpo, "grpo": _grpo}[job]
-            tuned = start(after, stages[f"dataset/{mode}"], stages[f"checkpoints/{mode}"])
+            tuned = start(config, after, stages[f"dataset/{mode}"], stages[f"checkpoints/{mode}"])
             if tuned is not None:
                 stages[f"checkpoints/{after.mode}"] = tuned
                 trained_plans[after.mode] = after
@@ -597,7 +597,7 @@ def after_sft_plan(config: PipelineConfig, job: str, sft: TrainPlan, root: Path,
         args["dataset_path"] = str(dataset / "preference" / "hf")
     else:  # the SFT dataset's prompts; their principles from the mode's generation (its records may be copied)
         args["dataset_path"] = str(dataset / "hf")
-        args.setdefault("generate_config", str(config.generation_dir(sft.mode) / "config.yaml"))
+        args.setdefault("generate_config", str(output_dir / GENERATION_FILE))  # written by `_grpo`
         _check_grpo_critic(config, args)
     args.update(output_dir=str(output_dir), run_name=f"{name}-{model}")
     _report_to(config, args, env, group)
@@ -672,14 +672,25 @@ def _merged(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
 TRAINING_STOP_GRACE_S = 60.0  # how long a stopped trainer may take to exit (its clean-up, W&B's last sync)
 
 
-def _train(plan: TrainPlan, after: Any) -> Stage:
-    """Run the training child of `plan` unless done; `after` names the outputs it trains from (fingerprinted)."""
+def training_stage(plan: TrainPlan, after: Any) -> Stage:
+    """The stage of `plan`'s training; `after` names the outputs it trains from (fingerprinted)."""
     # Paths are left out: what they hold is named by `after` (and the output_dir is the stage's own).
-    paths = ("output_dir", "dataset_path", "sft_adapter", "generate_config", "run_name", "report_to", "env")
+    paths = ("output_dir", "dataset_path", "sft_adapter", "run_name", "report_to", "env")
     settings = {k: v for k, v in plan.args.items() if k not in paths}
+    for key in ("critic_config", "generate_config"):  # GRPO's critic: a file the recipe names, by its contents
+        if settings.get(key):
+            # The pipeline's own generate_config is this run's generate section (`_grpo`): what of it shapes the
+            # critic's verdicts shapes the records too, so it is in `after` already; its addresses are not results.
+            own = Path(settings[key]) == plan.output_dir / GENERATION_FILE
+            settings[key] = None if own else file_digest(settings[key])
     if plan.accelerate_config:  # the number of processes changes the effective batch
         settings["accelerate_config"] = read_yaml(Path(plan.accelerate_config))
-    stage = Stage.made_from(f"checkpoints/{plan.mode}", plan.output_dir, {**settings, "after": after})
+    return Stage.made_from(f"checkpoints/{plan.mode}", plan.output_dir, {**settings, "after": after})
+
+
+def _train(plan: TrainPlan, after: Any) -> Stage:
+    """Run the training child of `plan` unless done; `after` names the outputs it trains from (fingerprinted)."""
+    stage = training_stage(plan, after)
     if _skip(stage, resumable=any(plan.output_dir.glob("checkpoint-*"))):
         return stage
     stage.begin()
@@ -705,7 +716,7 @@ def _train(plan: TrainPlan, after: Any) -> Stage:
     return stage
 
 
-def _dpo(plan: TrainPlan, dataset: Stage, sft: Stage) -> Stage | None:
+def _dpo(config: PipelineConfig, plan: TrainPlan, dataset: Stage, sft: Stage) -> Stage | None:
     """DPO on the mode's preference pairs from its SFT model; None (one line why) when format made no training pair."""
     pairs = json.loads((dataset.directory / "summary.json").read_text())["preference"]
     if "train" not in pairs["splits"]:
@@ -725,29 +736,41 @@ def _dpo(plan: TrainPlan, dataset: Stage, sft: Stage) -> Stage | None:
 
 
 PROMPTS_FILE = "prompts.json"  # the GRPO prompts a mode has, written beside its GRPO training whether it runs or not
+GENERATION_FILE = (
+    "generate.yaml"  # this run's generate config of the mode: GRPO's critic and the threshold it accepted at
+)
 
 
-def _grpo(plan: TrainPlan, dataset: Stage, sft: Stage) -> Stage | None:
+def _grpo(config: PipelineConfig, plan: TrainPlan, dataset: Stage, sft: Stage) -> Stage | None:
     """GRPO from the mode's SFT model on the prompts of its SFT train split that have principles to reward by (the
     training's own selection, `grpo.select_prompts`); None (one line why) when there is none: a mode whose records
-    have no principles (direct, self-instruct, ...) or none accepted. What was kept goes to prompts.json either way."""
+    have no principles (direct, self-instruct, ...) or none accepted. What was kept goes to prompts.json either way.
+
+    The critic and threshold are this run's generate section for the mode (generate.yaml beside the training, unless
+    the recipe names a generate_config): a finished generation is not run again, so the config.yaml beside its
+    records may name another address or devices than this run gives the critic."""
     from spri_sft.train.grpo import GRPOScriptArguments, dropped_words, select_prompts
 
-    own = {f.name for f in dataclasses.fields(GRPOScriptArguments)}
-    script_args = GRPOScriptArguments(**{key: value for key, value in plan.args.items() if key in own})
+    after = [dataset.output_id, sft.output_id]
+    own_generation = plan.output_dir / GENERATION_FILE
+    if Path(plan.args["generate_config"]) == own_generation:
+        _write_if_changed(
+            own_generation, yaml.safe_dump(to_dict(generation_job(config, split_model(plan.mode)[0])), sort_keys=False)
+        )
+    fields = {f.name for f in dataclasses.fields(GRPOScriptArguments)}
+    script_args = GRPOScriptArguments(**{key: value for key, value in plan.args.items() if key in fields})
     splits = {"train": script_args.dataset_train_split}
     evaluating = plan.args.get("eval_strategy", "no") != "no"
     made = json.loads((dataset.directory / "summary.json").read_text())["splits"]
     if evaluating and script_args.dataset_test_split in made:
         splits["validation"] = script_args.dataset_test_split
     rows, kept, _ = select_prompts(script_args, splits)
-    plan.output_dir.mkdir(parents=True, exist_ok=True)
     counts = {**kept["train"], "admit_unaccepted_principles": script_args.admit_unaccepted_principles}
-    prompts = plan.output_dir / PROMPTS_FILE
-    text = json.dumps(counts, indent=2) + "\n"
-    if not prompts.is_file() or prompts.read_text() != text:  # a rerun that changes nothing rewrites nothing
-        prompts.write_text(text)
     if not rows["train"]:
+        earlier = training_stage(plan, after)
+        if earlier.state() is not None:
+            earlier.is_done()  # a model trained with other settings is refused (what changed), never left as this run's
+        _write_if_changed(plan.output_dir / PROMPTS_FILE, json.dumps(counts, indent=2) + "\n")
         admit = (
             "" if script_args.admit_unaccepted_principles else "; grpo.args.admit_unaccepted_principles admits those"
         )
@@ -762,7 +785,16 @@ def _grpo(plan: TrainPlan, dataset: Stage, sft: Stage) -> Stage | None:
         # A trainer cannot evaluate without prompts; the dataset decides it, fingerprinted with it.
         print(f"[spri-sft] checkpoints/{plan.mode}: no validation prompt: training without evaluation", flush=True)
         plan = dataclasses.replace(plan, args={**plan.args, "eval_strategy": "no", "load_best_model_at_end": False})
-    return _train(plan, [dataset.output_id, sft.output_id])
+    trained = _train(plan, after)
+    _write_if_changed(plan.output_dir / PROMPTS_FILE, json.dumps(counts, indent=2) + "\n")
+    return trained
+
+
+def _write_if_changed(path: Path, text: str) -> None:
+    """Write `text` to `path` unless it holds it already: a rerun that changes nothing rewrites nothing."""
+    if not path.is_file() or path.read_text() != text:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
 
 
 # -- evaluate --------------------------------------------------------------------------------
