@@ -302,10 +302,12 @@ def test_a_students_grpo_recipe_runs_in_the_paper_pipeline_on_the_paths_its_laun
     root = Path(config.output_dir)
     plan = after_sft_plan(config, "grpo", train_plan(config, "spri", root, "name", "group"), root, "name", "group")
 
-    # The standalone command in the recipe's header continues the adapter and reads the generation the pipeline does.
+    # The standalone command in the recipe's header continues the adapter the pipeline does and reads the config of
+    # the pipeline's generation (the pipeline itself writes this run's generate section beside the GRPO training).
     header = (ROOT / recipe).read_text().split("\n\n")[0]
-    for flag in ("sft_adapter", "generate_config"):
-        assert re.search(rf"--{flag} (\S+)", header).group(1) == plan.args[flag], flag
+    assert re.search(r"--sft_adapter (\S+)", header).group(1) == plan.args["sft_adapter"]
+    assert re.search(r"--generate_config (\S+)", header).group(1) == str(config.generation_dir("spri") / "config.yaml")
+    assert plan.args["generate_config"] == str(root / "checkpoints" / "spri+grpo" / "generate.yaml")
     # The pipeline trains on the dataset the recipe names (its hf/ inside), with the recipe's generation settings.
     assert plan.args["dataset_path"] == str(root / "dataset" / "spri" / "hf")
     assert plan.args["use_vllm"] and plan.args["vllm_mode"] == "colocate"
