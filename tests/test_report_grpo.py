@@ -20,8 +20,15 @@ from wandb_log import wandb_records, without_wandb_credentials
 
 from spri_sft.config import from_dict
 from spri_sft.pipeline.config import PipelineConfig
-from spri_sft.pipeline.figures import truthfulqa_figure
-from spri_sft.pipeline.report import build_report, comparison_rows, log_report_to_wandb, render_markdown, write_report
+from spri_sft.pipeline.figures import reward_figure, truthfulqa_figure
+from spri_sft.pipeline.report import (
+    build_report,
+    comparison_rows,
+    grpo_rows,
+    log_report_to_wandb,
+    render_markdown,
+    write_report,
+)
 
 KEPT = {"rows": 8, "prompts": 6, "dropped": {"principles_not_accepted": 2}, "admit_unaccepted_principles": False}
 NONE_KEPT = {"rows": 8, "prompts": 0, "dropped": {"no_principles": 8}, "admit_unaccepted_principles": False}
@@ -40,13 +47,19 @@ def grpo_step(step: int, reward: float | None, std: float | None = 0.1, loss: fl
 REWARDS = [(1, 0.30, 0.12), (2, 0.35, 0.10), (3, 0.42, 0.08), (4, 0.50, 0.05)]
 
 
-def write_grpo(root: Path, mode: str, prompts: dict, log: list[dict] | None = None, mc2: float = 0.6) -> None:
-    """checkpoints/<mode>+grpo and eval/<mode>+grpo as the pipeline leaves them: prompts.json always; when a prompt
-    was kept, the trained model's files and its evaluation."""
+def write_grpo(
+    root: Path, mode: str, prompts: dict, log: list[dict] | None = None, mc2: float = 0.6, counted: dict | None = None
+) -> None:
+    """checkpoints/<mode>+grpo and eval/<mode>+grpo as the pipeline leaves them: prompts.json (the pipeline's
+    selection) always; when a prompt was kept, the trained model's files, with the prompts its training `counted`
+    in effective_config.json (by default the selection's), and its evaluation."""
     checkpoint = root / "checkpoints" / f"{mode}+grpo"
     write_json(checkpoint / "prompts.json", prompts)
     if not prompts["prompts"]:
         return
+    counted = counted or {key: prompts[key] for key in ("rows", "prompts", "dropped")}
+    admit = {"admit_unaccepted_principles": prompts["admit_unaccepted_principles"]}
+    write_json(checkpoint / "effective_config.json", {"GRPOScriptArguments": admit, "prompts": {"train": counted}})
     log = log if log is not None else [grpo_step(step, mean, std, loss=0.01 * step) for step, mean, std in REWARDS]
     steps = max(entry["step"] for entry in log)
     summary = {"step": steps, "train_runtime": 60.0, "train_loss": 0.025, "epoch": 1.0}  # the Trainer's last entry
@@ -69,16 +82,28 @@ def write_dpo(root: Path, mode: str) -> None:
 
 def grpo_report(root: Path, modes: dict[str, dict], dpo: bool = False, lm_eval_tasks=(), **grpo_kwargs) -> dict:
     """A run of `modes` (each with its prompts.json) with GRPO after SFT (and DPO before it with `dpo`)."""
-    recipe = {"output_dir": str(root), "modes": list(modes), "grpo": {"enabled": True}, "dpo": {"enabled": dpo},
-              "evaluate": {"lm_eval_tasks": list(lm_eval_tasks)}}  # fmt: skip
-    config = from_dict(PipelineConfig, recipe)
     write_evaluation(root / "eval" / "base", BASE_MC1, [0.5] * 40)
     for mode, prompts in modes.items():
         write_mode(root, mode, BASE_MC1, [0.55] * 40)
         if dpo:
             write_dpo(root, mode)
         write_grpo(root, mode, prompts, **grpo_kwargs)
+    return report_as_on_disk(root, list(modes), dpo, lm_eval_tasks)
+
+
+def report_as_on_disk(root: Path, modes: list[str], dpo: bool = False, lm_eval_tasks=()) -> dict:
+    """The report of a run of `modes` with GRPO after SFT (and DPO with `dpo`), from the files in `root` now."""
+    recipe = {"output_dir": str(root), "modes": modes, "grpo": {"enabled": True}, "dpo": {"enabled": dpo},
+              "evaluate": {"lm_eval_tasks": list(lm_eval_tasks)}}  # fmt: skip
+    config = from_dict(PipelineConfig, recipe)
     return build_report(config, root, "run", "student", {"file": "tqa.json", "source": "tqa.json"})
+
+
+def write_lm_eval(root: Path, model: str, value: float) -> None:
+    write_json(root / "eval" / model / "lm_eval" / "results.json", {
+        "tasks": {"arc_easy": {"metric": "acc", "value": value, "stderr": 0.01}},
+        "versions": {"arc_easy": 1.0}, "n-shot": {"arc_easy": 0}, "lm_eval_version": "0.4.9",
+    })  # fmt: skip
 
 
 def main_table(text: str) -> str:
@@ -224,14 +249,8 @@ def test_every_difference_of_a_grpo_model_is_listed_with_its_interval(tmp_path):
 
 
 def test_lm_eval_rows_put_each_grpo_model_after_its_modes_dpo_model(tmp_path):
-    def lm_eval(model: str, value: float) -> None:
-        write_json(tmp_path / "eval" / model / "lm_eval" / "results.json", {
-            "tasks": {"arc_easy": {"metric": "acc", "value": value, "stderr": 0.01}},
-            "versions": {"arc_easy": 1.0}, "n-shot": {"arc_easy": 0}, "lm_eval_version": "0.4.9",
-        })  # fmt: skip
-
     for model, value in (("base", 0.5), ("spri", 0.52), ("spri+grpo", 0.55), ("spri+dpo", 0.53)):
-        lm_eval(model, value)
+        write_lm_eval(tmp_path, model, value)
     report = grpo_report(tmp_path, {"spri": KEPT}, dpo=True, lm_eval_tasks=["arc_easy"])
     rows = report["lm_eval"]["rows"]
     assert list(rows) == ["base", "spri", "spri+dpo", "spri+grpo"]
@@ -316,3 +335,138 @@ def test_modes_are_compared_by_their_sft_models_and_each_continued_model_within_
     grpo_over_sft = report["comparisons"][1]["mc2_interval"]
     assert grpo_over_sft["delta"] == pytest.approx(0.6 - 0.55)  # write_grpo's MC2 over write_mode's, per question
     assert table_row(write_report(report, tmp_path), "spri+grpo − spri")[4] == "+0.0500"
+
+
+# -- a model this run skipped, over an earlier run's training of it ----------------------------------
+# An earlier run trained and scored spri+grpo (and spri+dpo); this run's selection kept no prompt (its records gave no
+# training pair). The earlier files are still on disk: none of their numbers is this run's. Each number below is
+# written by the earlier training only, so that finding it anywhere in the report means it was read.
+
+EARLIER_GRPO_LOG = [grpo_step(1, 0.3141, 0.05, loss=0.0777), grpo_step(2, 0.2718, 0.05, loss=0.0777)]
+EARLIER_MC2 = 0.6789  # eval/<model>'s MC2; the base's is 0.5, the SFT model's 0.55
+EARLIER_LM_EVAL = 0.4321
+EARLIER_NUMBERS = ["0.3141", "0.2718", "0.0777", "0.6789", "0.1789", "0.4321", "12000", "15,000", "45 / 2 / 1"]
+
+
+def write_earlier_training(root: Path, model: str) -> None:
+    """What an earlier run's training and evaluation of `model` left: its stages, BOS convention and lm-eval scores."""
+    for stage in (f"checkpoints/{model}", f"eval/{model}", f"eval/{model}/lm_eval"):
+        write_json(root / stage / "stage.json", {"status": "done", "wall_seconds": 1.0})
+    results = root / "eval" / model / "results.json"
+    write_json(results, {**json.loads(results.read_text()), "add_bos_token": True, "add_bos_token_setting": "auto"})
+    write_lm_eval(root, model, EARLIER_LM_EVAL)
+
+
+def grpo_skipped_over_an_earlier_training(root: Path) -> dict:
+    for model, value in (("base", 0.5), ("spri", 0.52)):
+        write_lm_eval(root, model, value)
+    trained_before = {"rows": 8, "prompts": 5, "dropped": {"principles_not_accepted": 2, "prompt_too_long": 1}}
+    grpo_report(root, {"spri": KEPT}, log=EARLIER_GRPO_LOG, mc2=EARLIER_MC2, counted=trained_before)
+    write_earlier_training(root, "spri+grpo")
+    write_json(root / "checkpoints" / "spri+grpo" / "prompts.json", NONE_KEPT)  # this run's selection: none kept
+    return report_as_on_disk(root, ["spri"], lm_eval_tasks=["arc_easy"])
+
+
+def test_a_skipped_grpo_model_has_none_of_an_earlier_trainings_numbers_in_report_json(tmp_path):
+    report = grpo_skipped_over_an_earlier_training(tmp_path)
+    row = report["grpo"]["spri+grpo"]
+    assert row["skipped"] == "no prompts to reward" and row["prompts"] == NONE_KEPT  # this run's selection
+    assert row["train"] == {"steps": None, "train_loss": None, "eval_loss": None}
+    assert row["reward"]["first"] is None and row["reward"]["curve"] == [] and row["reward"]["terms"] == []
+    assert row["critic"] is None and row["lengths"]["train"] is None
+    assert (row["truthfulqa"]["mc1"], row["truthfulqa"]["mc2"], row["truthfulqa"]["mc2_delta"]) == (None, None, None)
+    written = json.dumps(report)
+    assert [number for number in EARLIER_NUMBERS if number in written] == []
+
+
+def test_a_skipped_grpo_model_has_none_of_an_earlier_trainings_numbers_in_report_md(tmp_path):
+    text = render_markdown(grpo_skipped_over_an_earlier_training(tmp_path))
+    assert table_row(main_table(text), "SFT+GRPO on spri")[7:] == ["no prompts to reward", *["–"] * 8]
+    assert table_row(grpo_section(text), "SFT+GRPO on spri")[3:] == ["–"] * 4
+    assert "SFT+GRPO on spri" not in section(text, "lm-evaluation-harness tasks")
+    assert "spri+grpo" not in text  # no difference, no stage
+    assert [number for number in EARLIER_NUMBERS if number in text] == []
+
+
+def test_a_skipped_grpo_model_is_in_no_comparison_stage_list_lm_eval_bos_or_w_and_b_table(tmp_path):
+    report = grpo_skipped_over_an_earlier_training(tmp_path)
+    assert [c for c in report["comparisons"] if "spri+grpo" in (c["first"], c["second"])] == []
+    assert [stage for stage in report["stages"] if "spri+grpo" in stage] == []
+    assert list(report["lm_eval"]["rows"]) == ["base", "spri"]
+    assert "spri+grpo" not in report["truthfulqa"]["bos"]
+    assert [row[0] for row in comparison_rows(report)] == ["base", "spri"]
+    (grpo_row,) = grpo_rows(report)
+    assert grpo_row[3:5] == [8, 0] and grpo_row[7:] == [None] * 10  # prompts of the selection; nothing trained
+
+
+def test_a_skipped_grpo_model_is_left_out_of_the_figures(tmp_path):
+    report = grpo_skipped_over_an_earlier_training(tmp_path)
+    figure = truthfulqa_figure(report)
+    assert [tick.get_text() for tick in figure.axes[3].get_xticklabels()] == ["base", "SFT on spri"]
+    assert reward_figure(report) is None
+
+
+def dpo_skipped_over_an_earlier_training(root: Path) -> dict:
+    """spri+dpo trained and scored by an earlier run (losses 0.69, 0.6), then spri's dataset remade with no training
+    pair (and no prompt for GRPO: only DPO's numbers are in the run)."""
+    grpo_report(root, {"spri": NONE_KEPT}, dpo=True)
+    write_json(root / "checkpoints" / "spri+dpo" / "all_results.json", {"eval_loss": 0.0777})
+    write_evaluation(root / "eval" / "spri+dpo", BASE_MC1, [EARLIER_MC2] * 40)
+    write_earlier_training(root, "spri+dpo")
+    write_lm_eval(root, "base", 0.5)
+    summary_path = root / "dataset" / "spri" / "summary.json"
+    summary = json.loads(summary_path.read_text())
+    no_train_pair = {**summary["preference"], "pairs": 0, "splits": {}, "no_pair": {"single_version": 10}}
+    write_json(summary_path, {**summary, "preference": no_train_pair})
+    return report_as_on_disk(root, ["spri"], dpo=True, lm_eval_tasks=["arc_easy"])
+
+
+def test_a_skipped_dpo_model_has_none_of_an_earlier_trainings_numbers_in_report_json_or_md(tmp_path):
+    report = dpo_skipped_over_an_earlier_training(tmp_path)
+    row = report["dpo"]["spri+dpo"]
+    assert row["skipped"] == "no pairs"
+    assert row["train"] == {"steps": None, "train_loss": None, "eval_loss": None} and row["lengths"]["train"] is None
+    assert (row["truthfulqa"]["mc1"], row["truthfulqa"]["mc2"], row["truthfulqa"]["mc2_delta"]) == (None, None, None)
+    text = render_markdown(report)
+    assert table_row(main_table(text), "SFT+DPO on spri")[7:] == ["no pairs", *["–"] * 8]
+    written = json.dumps(report) + text
+    assert [number for number in ("0.6900", "0.6000", *EARLIER_NUMBERS) if number in written] == []
+
+
+def test_a_skipped_dpo_model_is_in_no_comparison_stage_list_lm_eval_table_or_figure(tmp_path):
+    report = dpo_skipped_over_an_earlier_training(tmp_path)
+    assert [c for c in report["comparisons"] if "spri+dpo" in (c["first"], c["second"])] == []
+    assert [stage for stage in report["stages"] if "spri+dpo" in stage] == []
+    assert "spri+dpo" not in report["lm_eval"]["rows"] and "spri+dpo" not in report["truthfulqa"]["bos"]
+    assert "spri+dpo" not in [row[0] for row in comparison_rows(report)]
+    ticks = [tick.get_text() for tick in truthfulqa_figure(report).axes[3].get_xticklabels()]
+    assert "SFT+DPO on spri" not in ticks
+
+
+# -- the prompts of a trained GRPO model: as its training counted them --------------------------------
+
+TRAINING_COUNT = {"rows": 8, "prompts": 5, "dropped": {"principles_not_accepted": 2, "prompt_too_long": 1}}
+
+
+def test_a_trained_grpo_models_prompts_are_its_trainings_count_with_the_prompts_too_long(tmp_path):
+    report = grpo_report(tmp_path, {"spri": KEPT}, counted=TRAINING_COUNT)
+    assert report["grpo"]["spri+grpo"]["prompts"] == {**TRAINING_COUNT, "admit_unaccepted_principles": False}
+    text = render_markdown(report)
+    assert table_row(main_table(text), "SFT+GRPO on spri")[7] == "5 of 8 prompts"
+    assert table_row(grpo_section(text), "SFT+GRPO on spri")[1:3] == [
+        "5 of 8", "2 principles not accepted, 1 prompt too long"
+    ]  # fmt: skip
+    assert "vllm_max_model_length (prompt too long)" in grpo_section(text)
+
+
+def test_the_w_and_b_grpo_table_gives_the_trainings_prompt_count(tmp_path):
+    (row,) = grpo_rows(grpo_report(tmp_path, {"spri": KEPT}, counted=TRAINING_COUNT))
+    assert row[3:6] == [8, 5, "2 principles not accepted, 1 prompt too long"]
+
+
+def test_a_grpo_model_not_trained_yet_shows_the_pipelines_selection(tmp_path):
+    grpo_report(tmp_path, {"spri": KEPT}, counted=TRAINING_COUNT)
+    (tmp_path / "checkpoints" / "spri+grpo" / "effective_config.json").unlink()  # the training has not started
+    report = report_as_on_disk(tmp_path, ["spri"])
+    assert report["grpo"]["spri+grpo"]["prompts"] == KEPT
+    assert table_row(main_table(render_markdown(report)), "SFT+GRPO on spri")[7] == "6 of 8 prompts"

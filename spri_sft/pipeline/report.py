@@ -13,11 +13,14 @@ stage.json (wall time). With `dpo.enabled`, each mode's DPO model is a row of it
 <mode>", report.json's `dpo`, keyed <mode>+dpo): the preference pairs dataset/<mode>/summary.json
 counts, checkpoints/<mode>+dpo's losses (DPO's), eval/<mode>+dpo's scores and Δ vs base; a mode
 whose records gave no training pair reads "no pairs". With `grpo.enabled`, likewise each mode's GRPO model
-("SFT+GRPO on <mode>", report.json's `grpo`, keyed <mode>+grpo): the prompts it was rewarded on
-(checkpoints/<mode>+grpo/prompts.json: SFT train rows, prompts kept, drops by reason), GRPO's loss, the critic's
+("SFT+GRPO on <mode>", report.json's `grpo`, keyed <mode>+grpo): the prompts it was rewarded on (SFT train rows,
+prompts kept, drops by reason: as its training counted them, checkpoints/<mode>+grpo/effective_config.json's
+prompts.train, else the pipeline's selection, prompts.json), GRPO's loss, the critic's
 mean reward per logged step (trainer_state.json's log_history, TRL's rewards/principles/mean and /std), the
 critic's totals (reward.json), eval/<mode>+grpo's scores and Δ vs base; a mode that kept no prompt reads "no prompts
-to reward". The rows of every training after SFT (`AFTER_SFT`) follow their mode's SFT row in that table's order
+to reward". A skipped model (no pairs, no prompts) has no training, reward, critic or TruthfulQA numbers whatever an
+earlier run left in its checkpoints/ and eval/ directories, and is in no comparison, figure, stage list or lm-eval
+table. The rows of every training after SFT (`AFTER_SFT`) follow their mode's SFT row in that table's order
 (DPO, then GRPO). A value a stage did not produce (no
 validation split, evaluation skipped) is shown as "–", never filled in; rows over max_length that
 neither format nor training counted read "not counted". The figures (`figures.py`) are PNGs beside report.md,
@@ -139,15 +142,23 @@ def build_report(
         }
         for job in config.after_sft():
             model = continued(mode, job)
-            tuned = _read(root / "eval" / model / "results.json") if evaluated else None
+            row = CONTINUED_ROWS[job](root, mode, dataset)
+            # A skipped model was not made by this run: eval/<model> may still hold an earlier run's scores.
+            tuned = _read(root / "eval" / model / "results.json") if evaluated and not row["skipped"] else None
             per_question[model] = _per_question(root / "eval" / model) if tuned else None
-            scores = _scores(tuned, base_eval, per_question[model], base_questions)
-            after_sft[job][model] = CONTINUED_ROWS[job](root, mode, dataset, scores)
-    continued_models = [model for job in AFTER_SFT for model in after_sft[job]]
+            row["truthfulqa"] = _scores(tuned, base_eval, per_question[model], base_questions)
+            after_sft[job][model] = row
+    # The models this run trained after SFT: a skipped one has no stage, BOS convention or lm-eval row of this run.
+    continued_models = [model for job in AFTER_SFT for model, row in after_sft[job].items() if not row["skipped"]]
     stages = {}
     order = [f"{kind}/{mode}" for kind in ("generate", "dataset") for mode in config.modes]
     order += ["eval/base", "eval/base/lm_eval"]
-    trained = [model for mode in config.modes for model in (mode, *(continued(mode, j) for j in config.after_sft()))]
+    trained = [
+        model
+        for mode in config.modes
+        for model in (mode, *(continued(mode, job) for job in config.after_sft()))
+        if model == mode or model in continued_models
+    ]
     order += [s for model in trained for s in (f"checkpoints/{model}", f"eval/{model}", f"eval/{model}/lm_eval")]
     for stage in order:
         directory = config.generation_dir(stage.split("/")[1]) if stage.startswith("generate/") else root / stage
@@ -203,8 +214,11 @@ def _bos_conventions(root: Path, models: list[str]) -> dict[str, dict[str, Any]]
     return found
 
 
-def _train_row(checkpoint: Path) -> dict[str, Any]:
-    """A training's steps, last logged loss and the saved model's validation loss (all_results.json)."""
+def _train_row(checkpoint: Path | None) -> dict[str, Any]:
+    """A training's steps, last logged loss and the saved model's validation loss (all_results.json); all None
+    without a checkpoint (a skipped training, whatever an earlier run left there)."""
+    if checkpoint is None:
+        return {"steps": None, "train_loss": None, "eval_loss": None}
     results = _read(checkpoint / "all_results.json")
     state = _read(checkpoint / "trainer_state.json")
     return {
@@ -216,39 +230,43 @@ def _train_row(checkpoint: Path) -> dict[str, Any]:
     }
 
 
-def _dpo_row(root: Path, mode: str, dataset: dict | None, scores: dict[str, Any]) -> dict[str, Any]:
-    """One mode's DPO model: its pairs (format's counts), training (DPO's losses) and `scores`; "no pairs" when
-    format made no training pair (then nothing was trained)."""
+def _dpo_row(root: Path, mode: str, dataset: dict | None) -> dict[str, Any]:
+    """One mode's DPO model: its pairs (format's counts) and training (DPO's losses); "no pairs" when format made no
+    training pair (then nothing was trained, and nothing an earlier run left in checkpoints/<mode>+dpo is read).
+    build_report adds its scores."""
     model = continued(mode, "dpo")
     pairs = (dataset or {}).get("preference")
+    skipped = "no pairs" if pairs is not None and "train" not in pairs["splits"] else None
+    checkpoint = None if skipped else root / "checkpoints" / model
     return {
         "mode": mode,
         "pairs": {k: pairs[k] for k in ("margin", "records", "pairs", "splits", "no_pair", "gap")} if pairs else None,
-        "skipped": "no pairs" if pairs is not None and "train" not in pairs["splits"] else None,
+        "skipped": skipped,
         # Format does not measure preference pairs; a DPO training that counted its rows wrote lengths.json.
-        "lengths": {"format": None, "train": _read(root / "checkpoints" / model / "lengths.json")},
-        "train": _train_row(root / "checkpoints" / model),
-        "truthfulqa": scores,
+        "lengths": {"format": None, "train": _read(checkpoint / "lengths.json") if checkpoint else None},
+        "train": _train_row(checkpoint),
     }
 
 
 NO_PROMPTS = "no prompts to reward"
 
 
-def _grpo_row(root: Path, mode: str, dataset: dict | None, scores: dict[str, Any]) -> dict[str, Any]:
-    """One mode's GRPO model: the prompts it was rewarded on (checkpoints/<mode>+grpo/prompts.json: SFT train rows,
-    prompts kept, drops by reason), training (GRPO's loss), the critic's mean reward per logged step (TRL's
-    log_history), the critic's totals (reward.json) and `scores`; "no prompts to reward" when no prompt was kept
-    (then nothing was trained)."""
+def _grpo_row(root: Path, mode: str, dataset: dict | None) -> dict[str, Any]:
+    """One mode's GRPO model: the prompts it was rewarded on (`_grpo_prompts`), training (GRPO's loss), the critic's
+    mean reward per logged step (TRL's log_history) and its totals (reward.json); "no prompts to reward" when the
+    pipeline's selection kept none (then nothing was trained, and nothing an earlier run left in
+    checkpoints/<mode>+grpo but prompts.json is read). build_report adds its scores."""
     checkpoint = root / "checkpoints" / continued(mode, "grpo")
-    prompts = _read(checkpoint / "prompts.json")
-    state = _read(checkpoint / "trainer_state.json")
+    selected = _read(checkpoint / "prompts.json")
+    skipped = NO_PROMPTS if selected is not None and not selected["prompts"] else None
+    trained = None if skipped else checkpoint
+    state = _read(checkpoint / "trainer_state.json") if trained else None
     return {
         "mode": mode,
-        "prompts": prompts,
-        "skipped": NO_PROMPTS if prompts is not None and not prompts["prompts"] else None,
-        "lengths": {"format": None, "train": _read(checkpoint / "lengths.json")},
-        "train": _train_row(checkpoint),
+        "prompts": selected if skipped else _grpo_prompts(checkpoint, selected),
+        "skipped": skipped,
+        "lengths": {"format": None, "train": _read(checkpoint / "lengths.json") if trained else None},
+        "train": _train_row(trained),
         "reward": {
             "function": REWARD_NAME,
             **_reward_summary(state, f"rewards/{REWARD_NAME}/mean", f"rewards/{REWARD_NAME}/std"),
@@ -257,9 +275,24 @@ def _grpo_row(root: Path, mode: str, dataset: dict | None, scores: dict[str, Any
             "terms": _reward_terms(state),
             "total": _reward_summary(state, "reward", "reward_std"),
         },
-        "critic": _read(checkpoint / "reward.json"),
-        "truthfulqa": scores,
+        "critic": _read(checkpoint / "reward.json") if trained else None,
     }
+
+
+def _grpo_prompts(checkpoint: Path, selected: dict | None) -> dict | None:
+    """The prompts a GRPO model was trained on ({rows, prompts, dropped, admit_unaccepted_principles}): the
+    training's own count (effective_config.json's prompts.train) where it trained, which also drops the prompts that
+    leave no room for a completion in vllm_max_model_length (prompt_too_long, `grpo.fitting_prompts`); else the
+    pipeline's selection before training (prompts.json)."""
+    effective = _read(checkpoint / "effective_config.json") or {}
+    counted = (effective.get("prompts") or {}).get("train")
+    if counted is None:  # not trained yet, or trained before the training recorded its prompts
+        return selected
+    prompts = {**(selected or {}), **{key: counted[key] for key in ("rows", "prompts", "dropped")}}
+    admit = (effective.get("GRPOScriptArguments") or {}).get("admit_unaccepted_principles")
+    if admit is not None:  # the training's own setting
+        prompts["admit_unaccepted_principles"] = admit
+    return prompts
 
 
 CONTINUED_ROWS = {"dpo": _dpo_row, "grpo": _grpo_row}  # report.json's row of each training in AFTER_SFT
@@ -408,8 +441,10 @@ def _continued_markdown_row(model: str, row: dict[str, Any]) -> str:
     train, scores = row["train"], row["truthfulqa"]
     lengths = row.get("lengths") or {}
     # GRPO samples its completions up to max_completion_length: a count against max_length applies to it only where
-    # its training wrote one (lengths.json).
-    counted = over_max_length_cell(lengths) if job == "dpo" or lengths.get("train") else MISSING
+    # its training wrote one (lengths.json). A skipped model trained on nothing: no count.
+    counted = (
+        over_max_length_cell(lengths) if not row["skipped"] and (job == "dpo" or lengths.get("train")) else MISSING
+    )
     trained_on = row["skipped"] or TRAINED_ON_CELLS[job](row)
     cells = [model_label(model), *[MISSING] * 6, trained_on, counted]
     cells += [_num(train["steps"]), _num(train["train_loss"]), _num(train["eval_loss"])]
@@ -477,8 +512,11 @@ def _grpo_section(grpo: dict[str, dict[str, Any]]) -> list[str]:
         "critique request), scaled to [0, 1]: (s − 1) / 4, s the mean of the critic's digit distribution under "
         "`score: expected`, else its 1–5 score. A completion the critic left unscored or never answered (failed, "
         "after the backend's retries) has a reward of None, which TRL leaves out of the step's mean. Mean reward: "
-        "over a logged step's completions, at the first and the last step that logged one. A mode with no prompt to reward is not trained. The main table's SFT+GRPO rows: the prompts "
-        "kept in the rows column, GRPO's loss.",
+        "over a logged step's completions, at the first and the last step that logged one. Prompts: as the training "
+        "counted them (effective_config.json), which also drops a prompt that leaves no room for "
+        "max_completion_length in vllm_max_model_length (prompt too long); for a mode not trained, the pipeline's "
+        "selection (prompts.json). A mode with no prompt to reward is not trained. The main table's SFT+GRPO rows: "
+        "the prompts kept in the rows column, GRPO's loss.",
         "",
         "| model | prompts (of SFT train rows) | dropped | completions scored / unscored / failed (of all) "
         "| critic calls | critic tokens | mean reward (first → last logged step) |",
