@@ -66,7 +66,8 @@ class DPOStage:
 class GRPOStage:
     """Online RL after SFT: a `spri-sft grpo` recipe, overridden by `args`, run on each mode's SFT model with the
     prompts of that mode's SFT train split, each completion rewarded by the critic's score against the prompt's own
-    principles (the mode's records; the critic of its generate run unless the recipe names a critic_config)."""
+    principles (the mode's records), judged by the critic of this run's generate section unless the recipe names a
+    critic_config."""
 
     enabled: bool = field(
         default=False,
