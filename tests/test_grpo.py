@@ -320,7 +320,25 @@ def test_a_rerun_resumes_from_the_last_grpo_checkpoint(tiny_model_dir, tmp_path,
     history = json.loads((output_dir / "trainer_state.json").read_text())["log_history"]
     assert [entry["step"] for entry in history if "reward" in entry] == [1, 2, 3]
     counts = json.loads((output_dir / "reward.json").read_text())
-    assert counts["completions"] == 8  # the rerun generated and scored only step 3
+    assert counts["completions"] == counts["scored"] == 3 * 8  # the whole run's: steps 1-2 saved in checkpoint-2
+
+
+def test_a_rerun_with_nothing_left_to_train_keeps_the_runs_critic_totals(tiny_model_dir, tmp_path, critic_server):
+    from spri_sft.cli import main as spri_sft
+
+    dataset = grpo_run(tmp_path, critic_server)
+    output_dir = tmp_path / "out"
+    # An epoch: 9 steps of one prompt's 8 completions, saved at its end. (By epochs: resumed at max_steps,
+    # transformers trains one step more.)
+    epoch = ("--max_steps", "-1", "--num_train_epochs", "1", "--save_strategy", "epoch")
+    argv = grpo_argv(tiny_model_dir, dataset, output_dir, *epoch)
+    assert spri_sft(["grpo", *argv]) == 0
+    first = json.loads((output_dir / "reward.json").read_text())
+
+    assert spri_sft(["grpo", *argv]) == 0  # resumes from checkpoint-9: the epoch is done
+
+    assert first["completions"] == 9 * 8
+    assert json.loads((output_dir / "reward.json").read_text()) == first
 
 
 def test_critic_config_names_another_critic_and_the_records_run_still_decides_acceptance(tmp_path):
@@ -578,7 +596,7 @@ def test_use_vllm_without_vllm_installed_is_one_line_before_anything_loads(tmp_p
 
 
 def test_the_run_totals_are_every_processes_totals_summed():
-    from spri_sft.train.grpo import run_totals
+    from spri_sft.train.grpo_totals import run_totals
 
     per_process = [
         {"completions": 8, "scored": 7, "unscored": 1, "failed": 0, "calls": 9, "prompt_tokens": 900},

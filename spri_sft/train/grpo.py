@@ -28,7 +28,8 @@ What it does, top to bottom:
 4. the tokenizer with SFT's training template (or the SFT adapter's own), the model with a fresh LoRA adapter
    or the SFT adapter continued, and TRL's GRPOTrainer;
 5. train (resuming from the last checkpoint), save the adapter, tokenizer, generation config and card as every
-   job does, and the critic's totals, summed over the processes, in `<output_dir>/reward.json`.
+   job does, and the critic's totals, summed over the processes and over the sessions of a resumed run (each
+   checkpoint holds them: `spri_sft.train.grpo_totals`), in `<output_dir>/reward.json`.
 
 Several processes share one critic: an `openai` critic is a server they all ask; a `vllm` critic's server is
 started by the main process alone, and the others wait for it and ask it at the main's URL (`shared_critic`).
@@ -397,14 +398,6 @@ def close_reward(reward, trainer=None) -> None:
         asyncio.run_coroutine_threadsafe(reward.close(), trainer.async_loop).result()
 
 
-def run_totals(per_process: list[dict]) -> dict:
-    """The critic's totals over the whole run: each process scores its own share of the completions."""
-    summed: Counter = Counter()
-    for totals in per_process:
-        summed.update(totals)
-    return dict(summed)
-
-
 def critic_words(generate) -> str:
     critic = generate.critic
     where = f" at {', '.join(critic.base_url)}" if critic.backend == "openai" else f" ({critic.backend})"
@@ -491,6 +484,7 @@ def build_trainer(script_args: GRPOScriptArguments, training_args, model_args, s
 def main(script_args: GRPOScriptArguments, training_args, model_args, recipe: Path | None = None) -> dict:
     """Train, save, and return the final metrics (`recipe`: the file the settings came from). Tests call this."""
     from spri_sft.generate.servers import ServedModels
+    from spri_sft.train.grpo_totals import CriticTotals, saved_totals
 
     output_dir = Path(training_args.output_dir)
     with ServedModels(output_dir / "servers") as servers:  # a vllm critic's server, stopped however training ends
@@ -511,12 +505,13 @@ def main(script_args: GRPOScriptArguments, training_args, model_args, recipe: Pa
                 f"\n[spri-sft]   reward: the critic {trainer.critic} against each prompt's principles, scaled to "
                 f"[0, 1]; {training_args.num_generations} completions per prompt, beta={training_args.beta}"
             )
+            # The run's totals: those of the checkpoint it resumes from (its earlier sessions) and this session's.
+            counting = CriticTotals(trainer.reward, saved_totals(job.resume_checkpoint(training_args)))
+            trainer.add_callback(counting)  # saves them with every checkpoint
             totals = {}
 
             def sum_totals():  # every process's, to every process, while the process group still stands
-                from accelerate.utils import gather_object
-
-                totals.update(run_totals(gather_object([dict(trainer.reward.totals)])))
+                totals.update(counting.whole_run())
 
             metrics = job.train_and_save(
                 trainer, script_args, training_args, model_args, summary, before_teardown=sum_totals,

@@ -531,12 +531,9 @@ def train_and_save(
         write_effective_config(training_args.output_dir, script_args, training_args, model_args, **facts)
         print(summary, flush=True)
 
-    # Resume from the last checkpoint unless told otherwise.
-    checkpoint = training_args.resume_from_checkpoint
-    if checkpoint is None and Path(training_args.output_dir).is_dir():
-        checkpoint = last_complete_checkpoint(training_args.output_dir)
-        if checkpoint:
-            trainer.accelerator.print(f"[spri-sft] resuming from {checkpoint}")
+    checkpoint = resume_checkpoint(training_args)
+    if checkpoint is not None and training_args.resume_from_checkpoint is None:
+        trainer.accelerator.print(f"[spri-sft] resuming from {checkpoint}")
     result = trainer.train(resume_from_checkpoint=checkpoint)  # TruthfulQA after training, if asked, at its end
     metrics = dict(result.metrics)
     if trainer.eval_dataset is not None:
@@ -565,6 +562,14 @@ def train_and_save(
     trainer.accelerator.end_training()  # = Trainer.end(), which transformers 5.17 (the GPU machine's) lacks
     tracking.finish_active_run()  # the trainer's W&B callback leaves its run open; a later run must not reuse it
     return metrics
+
+
+def resume_checkpoint(training_args) -> str | None:
+    """The checkpoint a training resumes from: resume_from_checkpoint, else the last complete one in output_dir
+    (None: from the start)."""
+    if training_args.resume_from_checkpoint is not None or not Path(training_args.output_dir).is_dir():
+        return training_args.resume_from_checkpoint
+    return last_complete_checkpoint(training_args.output_dir)
 
 
 def last_complete_checkpoint(output_dir: str) -> str | None:
