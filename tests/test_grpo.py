@@ -624,6 +624,30 @@ def test_an_effective_batch_makes_one_generation_an_optimizer_step_as_grpo_deriv
     assert (trainer.args.steps_per_generation, trainer.args.generation_batch_size) == (4, 16)
 
 
+@pytest.mark.parametrize(("name", "value"), [("steps_per_generation", "2"), ("generation_batch_size", "32")])
+def test_a_generation_batch_set_with_effective_batch_size_is_one_line_before_anything_loads(
+    tmp_path, capsys, monkeypatch, name, value
+):
+    from spri_sft.cli import main as spri_sft
+    from spri_sft.train import grpo
+
+    def load_prompts(*args, **kwargs):
+        raise AssertionError("the prompts were loaded before the generation batch was checked")
+
+    monkeypatch.setattr(grpo, "load_prompts", load_prompts)
+    flags = ("--effective_batch_size", "16", "--per_device_train_batch_size", "4", "--num_generations", "4")
+    argv = grpo_argv(tmp_path / "no-model", tmp_path / "no-dataset", tmp_path / "out", *flags, f"--{name}", value)
+
+    assert spri_sft(["grpo", *argv]) == 2
+
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("spri-sft: error:")]
+    assert errors == [
+        f"spri-sft: error: {name} with effective_batch_size 16: effective_batch_size derives "
+        f"gradient_accumulation_steps, and a generation an optimizer step from it; unset {name}, or set "
+        "--effective_batch_size None and gradient_accumulation_steps yourself"
+    ]
+
+
 def vllm_settings(max_model_length: int | None, completion: int = 16, use_vllm: bool = True):
     from types import SimpleNamespace
 

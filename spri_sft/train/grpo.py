@@ -365,10 +365,26 @@ def check_critic_processes(critic, processes: int) -> None:
         )
 
 
+def check_generation_batch(given: set[str], script_args: GRPOScriptArguments, training_args) -> None:
+    """Refuse a generation batch (steps_per_generation, generation_batch_size) set with effective_batch_size, which
+    sets the accumulation after GRPOConfig derived the generation batch from it: `follow_accumulation` derives it
+    again and cannot tell a derived value from a set one, so a set one would be overwritten, or kept, unsaid."""
+    if script_args.effective_batch_size is None:
+        return
+    for name in ("steps_per_generation", "generation_batch_size"):
+        if name in given:
+            raise UserError(
+                f"{name} with effective_batch_size {script_args.effective_batch_size}: effective_batch_size derives "
+                f"gradient_accumulation_steps, and a generation an optimizer step from it; unset {name}, or set "
+                "--effective_batch_size None and gradient_accumulation_steps yourself"
+            )
+
+
 def follow_accumulation(training_args, parsed_accumulation: int) -> None:
     """GRPOConfig derives its generation batch when parsed: one generation an optimizer step, steps_per_generation =
     gradient_accumulation_steps. `effective_batch_size` sets the accumulation after that; derive it again, as TRL
-    would have (a generation batch the recipe set apart from the accumulation is left as set)."""
+    would have. (A generation batch set with effective_batch_size is refused on the command line,
+    `check_generation_batch`; one that differs from the derived one is left as set.)"""
     accumulation = training_args.gradient_accumulation_steps
     if accumulation == parsed_accumulation or training_args.steps_per_generation != parsed_accumulation:
         return
@@ -551,4 +567,4 @@ def reward_line(totals: dict) -> str:
 
 def cli(argv: list[str] | None = None) -> int:
     """`spri-sft grpo`: as `spri-sft train`, with the GRPO fields."""
-    return job.run_job(argv, "spri-sft grpo", make_parser, main)
+    return job.run_job(argv, "spri-sft grpo", make_parser, main, check_given=check_generation_batch)

@@ -138,8 +138,11 @@ def check_recipe_fields(recipe: dict, parser, where: str) -> None:
             raise unknown_field(str(key), known, where, parser.prog)
 
 
-def run_job(argv: list[str] | None, command: str, make_parser, main) -> int:
-    """Check the recipe and flags (YAML, field names), train on the CPU without a GPU, parse, run `main`."""
+def run_job(argv: list[str] | None, command: str, make_parser, main, check_given=None) -> int:
+    """Check the recipe and flags (YAML, field names), train on the CPU without a GPU, parse, run `main`.
+
+    `check_given(given, script_args, training_args)`, a job's own check of what the recipe and flags set (`given`:
+    their field names, which the parsed values cannot tell from defaults), runs after parsing, before `main`."""
     import warnings
 
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -158,6 +161,8 @@ def run_job(argv: list[str] | None, command: str, make_parser, main) -> int:
         script_args, training_args, model_args = parser.parse_args_and_config(args=argv)
     except ValueError as err:  # invalid values: TRL and transformers say which
         raise UserError(f"{recipe_path or command}: {err}") from None
+    if check_given is not None:
+        check_given(given, script_args, training_args)
     from spri_sft.processes import hold_output_dir
     from spri_sft.train.progress import only_stage_bars
 
