@@ -573,6 +573,36 @@ def test_several_processes_share_an_openai_or_vllm_critic_and_one_process_any_cr
     check_critic_processes(EndpointConfig(backend="transformers", model="judge"), 1)
 
 
+def served_critic(url: str):
+    """The `openai` endpoint the main process's critic server is asked at, from the main machine."""
+    from spri_sft.llm.base import EndpointConfig
+
+    return EndpointConfig(backend="openai", model="judge", base_url=[url])
+
+
+def test_a_critic_server_on_every_interface_is_asked_by_the_main_machines_name_from_another_machine():
+    from spri_sft.train.grpo import critic_endpoint_on
+
+    endpoint = critic_endpoint_on("node-1", served_critic("http://127.0.0.1:8001/v1"), "node-0", bind_host="0.0.0.0")
+
+    assert endpoint.base_url == ["http://node-0:8001/v1"]
+
+
+def test_a_critic_server_is_asked_at_its_own_url_on_the_main_machine():
+    from spri_sft.train.grpo import critic_endpoint_on
+
+    endpoint = critic_endpoint_on("node-0", served_critic("http://127.0.0.1:8001/v1"), "node-0", bind_host="0.0.0.0")
+
+    assert endpoint.base_url == ["http://127.0.0.1:8001/v1"]
+
+
+def test_a_critic_server_on_loopback_is_refused_in_one_line_on_another_machine():
+    from spri_sft.train.grpo import critic_endpoint_on
+
+    with pytest.raises(UserError, match=r"^critic vllm.host 127.0.0.1: .* \(node-0\) is asked at http://127.0.0.1"):
+        critic_endpoint_on("node-1", served_critic("http://127.0.0.1:8001/v1"), "node-0", bind_host="127.0.0.1")
+
+
 def test_use_vllm_without_vllm_installed_is_one_line_before_anything_loads(tmp_path, capsys, monkeypatch):
     from trl import import_utils
 

@@ -313,8 +313,6 @@ def shared_critic(critic, servers, processes: int):
     from accelerate import PartialState
     from accelerate.utils import broadcast_object_list
 
-    from spri_sft.serve.vllm import is_loopback
-
     state = PartialState()
     started = [None]
     if state.is_main_process:
@@ -328,14 +326,36 @@ def shared_critic(critic, servers, processes: int):
         if state.is_main_process:
             raise started[0]
         raise UserError(f"the main process could not start the critic's vllm server: {started[0]}")
-    endpoint, host = started[0]
-    if not state.is_main_process and host != socket.gethostname() and is_loopback(critic.vllm.host):
+    endpoint, main_machine = started[0]
+    return critic_endpoint_on(socket.gethostname(), endpoint, main_machine, critic.vllm.host)
+
+
+def critic_endpoint_on(machine: str, endpoint, main_machine: str, bind_host: str):
+    """The endpoint a process on `machine` asks for the critic's server that the main process started on
+    `main_machine`, listening on `bind_host`, at `endpoint` (its URL as the main machine reaches it).
+
+    The main machine itself asks that URL. Another machine asks the main machine by its hostname where the server
+    listens on every interface (0.0.0.0, whose URL here is 127.0.0.1), and is refused where the URL it would ask is
+    loopback: its own machine, where no server runs."""
+    import dataclasses
+    from urllib.parse import urlsplit
+
+    from spri_sft.serve.vllm import WILDCARD_HOSTS, is_loopback
+
+    if machine == main_machine:
+        return endpoint
+    urls = endpoint.base_url
+    if bind_host in WILDCARD_HOSTS:
+        urls = [urlsplit(url)._replace(netloc=f"{main_machine}:{urlsplit(url).port}").geturl() for url in urls]
+    loopback = [url for url in urls if is_loopback(urlsplit(url).hostname or "")]
+    if loopback:
         raise UserError(
-            f"critic vllm.host {critic.vllm.host} is the main process's machine ({host}) alone, and this process "
-            f"runs on {socket.gethostname()}; set the critic's vllm.host to an address the other machines reach "
-            "(with vllm.api_key_env), or serve it yourself and give it as backend: openai"
+            f"critic vllm.host {bind_host}: its server on the main process's machine ({main_machine}) is asked at "
+            f"{loopback[0]}, which from this process's machine ({machine}) is itself; set the critic's vllm.host to "
+            "an address the other machines reach (or 0.0.0.0, with vllm.api_key_env), or serve it yourself and "
+            "give it as backend: openai"
         )
-    return endpoint
+    return dataclasses.replace(endpoint, base_url=urls)
 
 
 def extra_rewards(script_args: GRPOScriptArguments, training_args) -> list:
