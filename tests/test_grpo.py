@@ -561,16 +561,31 @@ def test_several_processes_refuse_a_transformers_critic_each_would_load_again_in
     from spri_sft.train.grpo import check_critic_processes
 
     with pytest.raises(UserError, match="critic backend transformers with 2 processes .*as backend: vllm"):
-        check_critic_processes(EndpointConfig(backend="transformers", model="judge"), processes=2)
+        check_critic_processes(EndpointConfig(backend="transformers", model="judge"), processes=2, ddp_timeout=1800)
 
 
 def test_several_processes_share_an_openai_or_vllm_critic_and_one_process_any_critic():
     from spri_sft.llm.base import EndpointConfig
     from spri_sft.train.grpo import check_critic_processes
 
-    check_critic_processes(EndpointConfig(backend="openai", model="judge", base_url=["http://127.0.0.1:9/v1"]), 2)
-    check_critic_processes(EndpointConfig(backend="vllm", model="judge"), 2)  # one server, the main process's
-    check_critic_processes(EndpointConfig(backend="transformers", model="judge"), 1)
+    check_critic_processes(
+        EndpointConfig(backend="openai", model="judge", base_url=["http://127.0.0.1:9/v1"]), 2, ddp_timeout=1800
+    )
+    check_critic_processes(EndpointConfig(backend="vllm", model="judge"), 2, ddp_timeout=1800)  # the main's server
+    check_critic_processes(EndpointConfig(backend="transformers", model="judge"), 1, ddp_timeout=1800)
+
+
+def test_several_processes_refuse_a_vllm_critic_startup_timeout_longer_than_ddp_timeout_in_one_line():
+    from spri_sft.llm.base import EndpointConfig
+    from spri_sft.serve.vllm import VLLMServer
+    from spri_sft.train.grpo import check_critic_processes
+
+    critic = EndpointConfig(backend="vllm", model="judge", vllm=VLLMServer(startup_timeout=3600))
+
+    with pytest.raises(UserError, match=r"^critic vllm.startup_timeout 3600 s is longer than ddp_timeout 1800 s"):
+        check_critic_processes(critic, processes=2, ddp_timeout=1800)
+    check_critic_processes(critic, processes=2, ddp_timeout=3600)  # raised to it
+    check_critic_processes(critic, processes=1, ddp_timeout=1800)  # one process waits for no other
 
 
 def served_critic(url: str):
