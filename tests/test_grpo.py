@@ -720,3 +720,23 @@ def test_prompts_that_leave_no_room_for_a_completion_in_vllms_context_are_droppe
     assert fitting_prompts(prompts, tokenizer, vllm_settings(128, use_vllm=False), kept) is prompts
     with pytest.raises(UserError, match=r"none of the 3 prompts leaves room for max_completion_length 16 in vllm_max"):
         fitting_prompts(prompts, tokenizer, vllm_settings(20), {"rows": 3, "prompts": 3, "dropped": {}})
+
+
+def test_a_prompt_vllm_would_accept_with_its_completion_cut_short_is_dropped_too(tiny_model_dir):
+    from datasets import Dataset
+    from transformers import AutoTokenizer
+
+    from spri_sft.train.grpo import fitting_prompts
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    prompt = [{"role": "user", "content": "word " * 20}]
+    length = len(tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True, return_dict=False))
+    prompts = Dataset.from_list(
+        [{"prompt": prompt, "id": "a"}, {"prompt": [{"role": "user", "content": "Hi"}], "id": "b"}]
+    )
+
+    # vLLM takes it (room for 15 of the 16 tokens), but its completion would end at the context, not at 16 tokens.
+    cut = fitting_prompts(prompts, tokenizer, vllm_settings(length + 15), {"rows": 2, "prompts": 2, "dropped": {}})
+    whole = fitting_prompts(prompts, tokenizer, vllm_settings(length + 16), {"rows": 2, "prompts": 2, "dropped": {}})
+
+    assert (cut["id"], whole["id"]) == (["b"], ["a", "b"])

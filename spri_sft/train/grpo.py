@@ -244,9 +244,14 @@ def load_prompts(script_args: GRPOScriptArguments, training_args) -> tuple:
 
 
 def fitting_prompts(prompts, tokenizer, training_args, kept: dict):
-    """The prompts that leave room for a whole completion in vLLM's context (`vllm_max_model_length`): TRL's GRPO has
-    no prompt length limit, and vLLM refuses a longer prompt in the middle of a run. The others are dropped and
-    counted in `kept` (prompt_too_long). Without vLLM generation, or its context left to the model's, all of them."""
+    """The prompts that leave room for a whole completion (max_completion_length tokens) in vLLM's context
+    (`vllm_max_model_length`); the others are dropped and counted in `kept` (prompt_too_long). Without vLLM
+    generation, or its context left to the model's, all of them.
+
+    TRL's GRPO has no prompt length limit. vLLM (V1, `_validate_prompt_len` in vLLM 0.32) refuses, mid-run, only a
+    prompt that leaves no room for one more token; a shorter one that leaves less than max_completion_length gets a
+    completion cut at the end of the context. Dropping those too is this project's choice: a completion cut by the
+    context is not what max_completion_length promises, and the critic would judge an answer cut off midway."""
     limit = training_args.vllm_max_model_length
     if not training_args.use_vllm or limit is None:
         return prompts
