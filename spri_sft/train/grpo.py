@@ -378,19 +378,25 @@ def extra_rewards(script_args: GRPOScriptArguments, training_args) -> list:
     return [get_soft_overlong_punishment(training_args.max_completion_length, tokens)]
 
 
-def check_critic_processes(critic, processes: int, ddp_timeout: int) -> None:
+def check_critic_processes(critic, processes: int, ddp_timeout: int | None = None) -> None:
     """Every process shares one critic: an `openai` critic is a server they all ask, a `vllm` critic's server is
     started once (`shared_critic`); a `transformers` critic's model would be loaded again by each process, so
     several processes refuse it. While the main process starts a `vllm` critic's server the others wait in a
     collective that torch.distributed gives up on after ddp_timeout seconds: a longer vllm.startup_timeout would
-    end in its timeout traceback, not in the server's own one line."""
+    end in its timeout traceback, not in the server's own one line (None: the training's ddp_timeout is not known
+    yet, as in the pipeline's check before generation; left to the training's own check)."""
     if processes > 1 and critic.backend == "transformers":
         raise UserError(
             f"critic backend transformers with {processes} processes would load a copy of the model in each; "
             "give the critic in critic_config as backend: vllm (one server, started by the main process) or as "
             "backend: openai with its base_url, or train in one process"
         )
-    if processes > 1 and critic.backend == "vllm" and critic.vllm.startup_timeout > ddp_timeout:
+    if (
+        processes > 1
+        and critic.backend == "vllm"
+        and ddp_timeout is not None
+        and critic.vllm.startup_timeout > ddp_timeout
+    ):
         raise UserError(
             f"critic vllm.startup_timeout {critic.vllm.startup_timeout:g} s is longer than ddp_timeout {ddp_timeout} s, "
             f"which the other {processes - 1} processes wait at most for the main one to start the critic's server; "
