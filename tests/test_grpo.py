@@ -328,16 +328,16 @@ def test_a_rerun_with_nothing_left_to_train_keeps_the_runs_critic_totals(tiny_mo
 
     dataset = grpo_run(tmp_path, critic_server)
     output_dir = tmp_path / "out"
-    # An epoch: 9 steps of one prompt's 8 completions, saved at its end. (By epochs: resumed at max_steps,
-    # transformers trains one step more.)
-    epoch = ("--max_steps", "-1", "--num_train_epochs", "1", "--save_strategy", "epoch")
+    # An epoch: 2 steps of 4 prompts' 2 completions (the 9th prompt left over), saved at its end. (By epochs:
+    # resumed at max_steps, transformers trains one step more.)
+    epoch = ("--max_steps", "-1", "--num_train_epochs", "1", "--save_strategy", "epoch", "--num_generations", "2")
     argv = grpo_argv(tiny_model_dir, dataset, output_dir, *epoch)
     assert spri_sft(["grpo", *argv]) == 0
     first = json.loads((output_dir / "reward.json").read_text())
 
-    assert spri_sft(["grpo", *argv]) == 0  # resumes from checkpoint-9: the epoch is done
+    assert spri_sft(["grpo", *argv]) == 0  # resumes from checkpoint-2: the epoch is done
 
-    assert first["completions"] == 9 * 8
+    assert first["completions"] == 2 * 8
     assert json.loads((output_dir / "reward.json").read_text()) == first
 
 
