@@ -328,17 +328,18 @@ def test_a_rerun_with_nothing_left_to_train_keeps_the_runs_critic_totals(tiny_mo
 
     dataset = grpo_run(tmp_path, critic_server)
     output_dir = tmp_path / "out"
-    # An epoch: 2 steps of 4 prompts' 2 completions (the 9th prompt left over), saved at its end. (By epochs:
-    # resumed at max_steps, transformers trains one step more.)
-    epoch = ("--max_steps", "-1", "--num_train_epochs", "1", "--save_strategy", "epoch", "--num_generations", "2")
-    argv = grpo_argv(tiny_model_dir, dataset, output_dir, *epoch)
+    saving = ("--max_steps", "2", "--save_strategy", "steps", "--save_steps", "2")
+    argv = grpo_argv(tiny_model_dir, dataset, output_dir, *saving)
     assert spri_sft(["grpo", *argv]) == 0
     first = json.loads((output_dir / "reward.json").read_text())
+    adapter = (output_dir / "adapter_model.safetensors").read_bytes()
 
-    assert spri_sft(["grpo", *argv]) == 0  # resumes from checkpoint-2: the epoch is done
+    assert spri_sft(["grpo", *argv]) == 0  # checkpoint-2 is at max_steps: nothing is trained (job.finished_checkpoint)
 
     assert first["completions"] == 2 * 8
     assert json.loads((output_dir / "reward.json").read_text()) == first
+    assert sorted(p.name for p in output_dir.glob("checkpoint-*")) == ["checkpoint-2"]
+    assert (output_dir / "adapter_model.safetensors").read_bytes() == adapter
 
 
 def test_critic_config_names_another_critic_and_the_records_run_still_decides_acceptance(tmp_path):

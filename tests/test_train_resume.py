@@ -142,3 +142,22 @@ def test_a_checkpoint_torn_by_a_kill_during_saving_is_skipped(tiny_model_dir, sf
     train(8)
 
     assert complete_checkpoints(tmp_path)[8]["global_step"] == 8
+
+
+def test_rerunning_a_finished_training_trains_no_step_past_max_steps(tiny_model_dir, sft_dataset, tmp_path, capsys):
+    from spri_sft.cli import main
+
+    output_dir = tmp_path / "out"
+    args = tiny_lora_argv(
+        tiny_model_dir, sft_dataset, output_dir, "--max_steps", "2", "--save_strategy", "steps", "--save_steps", "2"
+    )
+    assert main(["train", *args]) == 0
+    adapter = (output_dir / "adapter_model.safetensors").read_bytes()
+    capsys.readouterr()
+
+    assert main(["train", *args]) == 0  # the same command again: its last checkpoint is at max_steps
+
+    assert "checkpoint-2 is at step 2, max_steps 2: nothing left to train" in capsys.readouterr().out
+    assert sorted(p.name for p in output_dir.glob("checkpoint-*")) == ["checkpoint-2"]  # transformers made checkpoint-3
+    assert json.loads((output_dir / "trainer_state.json").read_text())["global_step"] == 2
+    assert (output_dir / "adapter_model.safetensors").read_bytes() == adapter  # the result, not one step more

@@ -537,10 +537,14 @@ def train_and_save(
         print(summary, flush=True)
 
     checkpoint = resume_checkpoint(training_args)
-    if checkpoint is not None and training_args.resume_from_checkpoint is None:
-        trainer.accelerator.print(f"[spri-sft] resuming from {checkpoint}")
-    result = trainer.train(resume_from_checkpoint=checkpoint)  # TruthfulQA after training, if asked, at its end
-    metrics = dict(result.metrics)
+    reached = finished_checkpoint(checkpoint, training_args)
+    if reached is not None and not (trainer.is_deepspeed_enabled or trainer.is_fsdp_enabled):
+        metrics = _from_finished_checkpoint(trainer, training_args, checkpoint, reached)
+    else:
+        if checkpoint is not None and training_args.resume_from_checkpoint is None:
+            trainer.accelerator.print(f"[spri-sft] resuming from {checkpoint}")
+        result = trainer.train(resume_from_checkpoint=checkpoint)  # TruthfulQA after training, if asked, at its end
+        metrics = dict(result.metrics)
     if trainer.eval_dataset is not None:
         metrics.update(trainer.evaluate())
 
@@ -567,6 +571,38 @@ def train_and_save(
     trainer.accelerator.end_training()  # = Trainer.end(), which transformers 5.17 (the GPU machine's) lacks
     tracking.finish_active_run()  # the trainer's W&B callback leaves its run open; a later run must not reuse it
     return metrics
+
+
+def finished_checkpoint(checkpoint: str | None, training_args) -> int | None:
+    """The step of `checkpoint` when it has already reached max_steps, else None. transformers (5.25) resumed from
+    such a checkpoint trains one step more (its loop checks max_steps only after a step): rerunning a finished
+    command would train past max_steps and overwrite the result."""
+    if checkpoint is None or training_args.max_steps <= 0:
+        return None
+    step = json.loads((Path(checkpoint) / "trainer_state.json").read_text())["global_step"]
+    return step if step >= training_args.max_steps else None
+
+
+def _from_finished_checkpoint(trainer, training_args, checkpoint: str, step: int) -> dict:
+    """What `trainer.train` would leave after resuming from a checkpoint with nothing left to train: its weights and
+    state loaded (as `train` loads them first), and TruthfulQA after training when asked; no metrics of a session."""
+    from transformers.trainer_callback import TrainerState
+
+    trainer.accelerator.print(
+        f"[spri-sft] {checkpoint} is at step {step}, max_steps {training_args.max_steps}: nothing left to train; "
+        "saving it as the result"
+    )
+    trainer._load_from_checkpoint(checkpoint)  # transformers' own loading of a resumed model (adapters included)
+    trainer.state = TrainerState.load_from_json(str(Path(checkpoint) / "trainer_state.json"))
+    if trainer.truthfulqa is not None:  # its "after training" scoring, run by `train` at its end
+        trainer.truthfulqa.on_train_end(
+            training_args,
+            trainer.state,
+            trainer.control,
+            model=trainer.model,
+            processing_class=trainer.processing_class,
+        )
+    return {}
 
 
 def resume_checkpoint(training_args) -> str | None:
