@@ -134,6 +134,14 @@ def test_a_dpo_recipe_is_checked_as_the_dpo_child_parses_it(tmp_path):
     assert records_written(tmp_path) == []
 
 
+def test_a_grpo_recipe_is_checked_as_the_grpo_child_checks_it_its_own_checks_included(tmp_path):
+    batch = {"effective_batch_size": 16, "steps_per_generation": 2}  # GRPO's own refusal, not TRL's
+    recipe = write_recipe(tmp_path, grpo={"enabled": True, "args": batch})
+    with pytest.raises(UserError, match=r"^grpo \(grpo.args\): steps_per_generation with effective_batch_size 16: "):
+        run_pipeline(load_config(PipelineConfig, ["--config", str(recipe)]))
+    assert records_written(tmp_path) == []
+
+
 def test_checking_the_recipes_leaves_this_process_without_accelerate_device_state(tmp_path):
     from accelerate.state import PartialState
 
@@ -372,5 +380,26 @@ def test_grpo_with_several_processes_and_an_in_process_critic_stops_the_run_befo
     assert error.startswith(
         f"spri-sft: error: grpo with train.accelerate_config {launch}: critic backend transformers with 2 processes "
         "would load a copy of the model in each"
+    ), error
+    assert records_written(tmp_path) == []
+
+
+def test_grpo_with_several_processes_and_a_critic_server_slower_to_start_than_ddp_timeout_stops_before_generation(
+    tmp_path, capsys
+):
+    launch = tmp_path / "two.yaml"
+    launch.write_text("distributed_type: MULTI_CPU\nnum_processes: 2\n")
+    recipe = write_recipe(tmp_path, grpo={"enabled": True, "args": {"ddp_timeout": 600}})
+    recipe_text = yaml.safe_load(recipe.read_text())
+    recipe_text["generate"]["critic"] = {"backend": "vllm", "model": "judge", "vllm": {"startup_timeout": 900}}
+    recipe_text["train"]["accelerate_config"] = str(launch)
+    recipe.write_text(yaml.safe_dump(recipe_text))
+
+    assert main(["run", str(recipe)]) == 2
+
+    error = capsys.readouterr().err.strip()
+    assert error.startswith(
+        f"spri-sft: error: grpo with train.accelerate_config {launch}: critic vllm.startup_timeout 900 s is longer "
+        "than ddp_timeout 600 s"
     ), error
     assert records_written(tmp_path) == []

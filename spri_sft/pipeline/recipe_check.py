@@ -101,8 +101,12 @@ def main(argv: list[str]) -> int:
     for index, (job, path) in enumerate(zip(argv[::2], argv[1::2], strict=True)):
         try:
             with contextlib.redirect_stdout(io.StringIO()):  # the child's notes (no GPU: the CPU) are not ours
-                make_parser = job_module(job).make_parser
-                run_job(["--config", path], f"spri-sft {job}", make_parser, main=lambda *parsed, **given: None)
+                module = job_module(job)
+                check_given = getattr(module, "check_given", None)  # a job's own checks of what the recipe sets
+                run_job(
+                    ["--config", path], f"spri-sft {job}", module.make_parser, main=lambda *parsed, **given: None,
+                    check_given=check_given,
+                )  # fmt: skip
         except UserError as err:
             message = str(err).removeprefix(f"{path}: ")
         except Exception as err:  # noqa: BLE001 - any other refusal of a config's own checks, named by its type

@@ -522,6 +522,13 @@ def _sft_default(name: str) -> Any:
     return next(f.default for f in dataclasses.fields(SFTConfig) if f.name == name)
 
 
+def _training_default(name: str) -> Any:
+    """transformers' TrainingArguments default of `name` (a field every training config shares)."""
+    from transformers import TrainingArguments
+
+    return next(f.default for f in dataclasses.fields(TrainingArguments) if f.name == name)
+
+
 def _this_runs_records(config: PipelineConfig, mode: str, output_dir: Path) -> Path:
     """The records of this run's prompts and settings: its generation's records.jsonl when that holds
     nothing else, else a copy of just those (records.jsonl beside the dataset made from it)."""
@@ -615,8 +622,9 @@ def _check_grpo_critic(config: PipelineConfig, args: dict[str, Any]) -> None:
     critic = config.generate.critic
     if args.get("critic_config"):
         critic = read_generate_config(Path(args["critic_config"]), "grpo critic_config").critic
+    ddp_timeout = args.get("ddp_timeout", _training_default("ddp_timeout"))
     try:
-        check_critic_processes(critic, processes)
+        check_critic_processes(critic, processes, ddp_timeout)
     except UserError as refused:
         raise UserError(f"grpo with train.accelerate_config {config.train.accelerate_config}: {refused}") from None
 

@@ -383,8 +383,7 @@ def check_critic_processes(critic, processes: int, ddp_timeout: int | None = Non
     started once (`shared_critic`); a `transformers` critic's model would be loaded again by each process, so
     several processes refuse it. While the main process starts a `vllm` critic's server the others wait in a
     collective that torch.distributed gives up on after ddp_timeout seconds: a longer vllm.startup_timeout would
-    end in its timeout traceback, not in the server's own one line (None: the training's ddp_timeout is not known
-    yet, as in the pipeline's check before generation; left to the training's own check)."""
+    end in its timeout traceback, not in the server's own one line (None: not checked)."""
     if processes > 1 and critic.backend == "transformers":
         raise UserError(
             f"critic backend transformers with {processes} processes would load a copy of the model in each; "
@@ -606,4 +605,10 @@ def reward_line(totals: dict) -> str:
 
 def cli(argv: list[str] | None = None) -> int:
     """`spri-sft grpo`: as `spri-sft train`, with the GRPO fields."""
-    return job.run_job(argv, "spri-sft grpo", make_parser, main, check_given=check_generation_batch)
+    return job.run_job(argv, "spri-sft grpo", make_parser, main, check_given=check_given)
+
+
+def check_given(given: set[str], script_args, training_args) -> None:
+    """GRPO's checks of the fields a recipe and flags set (`job.run_job`), run by `spri-sft grpo` and, before a
+    pipeline's generation, by its recipe check (`pipeline.recipe_check`)."""
+    check_generation_batch(given, script_args, training_args)
