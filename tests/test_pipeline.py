@@ -8,6 +8,8 @@ with no credentials, into <output_dir>/wandb.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import re
@@ -260,6 +262,29 @@ def run_pipeline_from(recipe: Path, *overrides: str) -> dict:
     from spri_sft.config import load_config
 
     return run_pipeline(load_config(PipelineConfig, ["--config", str(recipe), *overrides]))
+
+
+def run_capturing(argv: list[str]) -> str:
+    """`spri-sft ARGV`'s standard output; it must succeed."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(argv) == 0
+    return out.getvalue()
+
+
+def run_twice(tmp: Path, write_recipe) -> dict:
+    """`spri-sft run` of the recipe `write_recipe(tmp)` writes (output_dir tmp/run), then the same command again, without
+    W&B credentials or the Hub: {root, first and second stdout, every file's mtime after the first}."""
+    with pytest.MonkeyPatch.context() as mp:
+        without_wandb_credentials(mp, tmp / "home", tmp / "unused")
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        mp.setenv("TOKENIZERS_PARALLELISM", "false")
+        recipe = write_recipe(tmp)
+        first = run_capturing(["run", str(recipe)])
+        root = tmp / "run"
+        mtimes = {p: p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()}
+        second = run_capturing(["run", str(recipe)])
+    return {"root": root, "first": first, "second": second, "mtimes": mtimes}
 
 
 # -- ablation: two modes, one table -----------------------------------------------------------

@@ -9,8 +9,6 @@ recipe, cut to 2 steps, so the recipe a user is pointed at is the one the pipeli
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import re
 from pathlib import Path
@@ -18,10 +16,8 @@ from pathlib import Path
 import pytest
 import yaml
 from support.fake_openai_server import FakeOpenAIServer
-from test_pipeline import QUESTIONS, make_recipe, read, run_pipeline_from
-from wandb_log import without_wandb_credentials
+from test_pipeline import QUESTIONS, make_recipe, read, run_pipeline_from, run_twice
 
-from spri_sft.cli import main
 from spri_sft.errors import UserError
 
 pytestmark = pytest.mark.timeout(300)
@@ -54,28 +50,15 @@ def dpo_recipe(directory: Path, model_dir: Path, server, truthfulqa_file: Path, 
     return path
 
 
-def run_capturing(argv: list[str]) -> str:
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        assert main(argv) == 0
-    return out.getvalue()
-
-
 @pytest.fixture(scope="module")
 def dpo_run(tmp_path_factory, tiny_model_dir, improving_critic, shared_dir):
     """One `spri-sft run` with DPO on, its stdout, then a second run of the same command."""
-    tmp = tmp_path_factory.mktemp("pipeline-dpo")
     truthfulqa_file = shared_dir / "data/truthfulqa/data/v0/mc_task.json"
-    with pytest.MonkeyPatch.context() as mp:
-        without_wandb_credentials(mp, tmp / "home", tmp / "unused")
-        mp.setenv("HF_HUB_OFFLINE", "1")
-        mp.setenv("TOKENIZERS_PARALLELISM", "false")
-        recipe = dpo_recipe(tmp, tiny_model_dir, improving_critic, truthfulqa_file)
-        first = run_capturing(["run", str(recipe)])
-        root = tmp / "run"
-        mtimes = {p: p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()}
-        second = run_capturing(["run", str(recipe)])
-    return {"root": root, "model": tiny_model_dir, "first": first, "second": second, "mtimes": mtimes}
+    run = run_twice(
+        tmp_path_factory.mktemp("pipeline-dpo"),
+        lambda tmp: dpo_recipe(tmp, tiny_model_dir, improving_critic, truthfulqa_file),
+    )
+    return {**run, "model": tiny_model_dir}
 
 
 def test_the_improving_critic_gives_every_spri_record_its_draft_as_the_rejected_version(dpo_run):

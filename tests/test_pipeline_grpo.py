@@ -10,18 +10,14 @@ pointed at is the one the pipeline is tested with.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import re
 from pathlib import Path
 
 import pytest
 import yaml
 from support.fake_openai_server import FakeOpenAIServer
-from test_pipeline import make_recipe, read, run_pipeline_from
-from wandb_log import without_wandb_credentials
+from test_pipeline import make_recipe, read, run_pipeline_from, run_twice
 
-from spri_sft.cli import main
 from spri_sft.errors import UserError
 from spri_sft.pipeline.stages import Stage, StageChanged
 
@@ -58,28 +54,15 @@ def grpo_recipe(directory: Path, model_dir: Path, server, truthfulqa_file: Path,
     return path
 
 
-def run_capturing(argv: list[str]) -> str:
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        assert main(argv) == 0
-    return out.getvalue()
-
-
 @pytest.fixture(scope="module")
 def grpo_run(tmp_path_factory, tiny_model_dir, improving_critic, shared_dir):
     """One `spri-sft run` with GRPO on, its stdout, then a second run of the same command."""
-    tmp = tmp_path_factory.mktemp("pipeline-grpo")
     truthfulqa_file = shared_dir / "data/truthfulqa/data/v0/mc_task.json"
-    with pytest.MonkeyPatch.context() as mp:
-        without_wandb_credentials(mp, tmp / "home", tmp / "unused")
-        mp.setenv("HF_HUB_OFFLINE", "1")
-        mp.setenv("TOKENIZERS_PARALLELISM", "false")
-        recipe = grpo_recipe(tmp, tiny_model_dir, improving_critic, truthfulqa_file)
-        first = run_capturing(["run", str(recipe)])
-        root = tmp / "run"
-        mtimes = {p: p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()}
-        second = run_capturing(["run", str(recipe)])
-    return {"root": root, "model": tiny_model_dir, "first": first, "second": second, "mtimes": mtimes}
+    run = run_twice(
+        tmp_path_factory.mktemp("pipeline-grpo"),
+        lambda tmp: grpo_recipe(tmp, tiny_model_dir, improving_critic, truthfulqa_file),
+    )
+    return {**run, "model": tiny_model_dir}
 
 
 def test_grpo_continues_the_modes_sft_adapter_on_its_prompts_judged_by_its_generations_critic(grpo_run):
