@@ -1,11 +1,13 @@
-"""What the terminal shows around a training: the libraries' own bars off inside `only_stage_bars`, and back after."""
+"""What the terminal shows around a training: the values beside the training bar; the libraries' own bars off
+inside `only_stage_bars`, and back after."""
 
 from __future__ import annotations
 
 import datasets
+from transformers import TrainerControl, TrainerState, TrainingArguments
 from transformers.utils import logging as transformers_logging
 
-from spri_sft.train.progress import only_stage_bars
+from spri_sft.train.progress import TrainingProgress, only_stage_bars
 
 
 def bars() -> tuple[bool, bool]:
@@ -36,3 +38,17 @@ def test_the_bars_come_back_after_an_error():
     except RuntimeError:
         pass
     assert bars() == (True, True)
+
+
+def test_the_training_bar_shows_grpo_s_mean_reward_beside_its_loss(tmp_path):
+    # A step of GRPO whose completions all reached max_completion_length logs a loss of ~0 (its advantages sum
+    # to 0), so the loss alone would not say how the run goes: the bar shows the step's mean reward beside it.
+    arguments = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[])
+    state, control = TrainerState(max_steps=3), TrainerControl()
+    progress = TrainingProgress()
+    progress.on_train_begin(arguments, state, control)
+
+    progress.on_log(arguments, state, control, logs={"loss": 9.9e-09, "reward": 0.4133, "reward_std": 0.1138})
+
+    assert progress.training_bar.postfix == "loss=9.9e-09, reward=0.4133"
+    progress.on_train_end(arguments, state, control)

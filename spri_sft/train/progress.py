@@ -1,4 +1,4 @@
-"""One progress bar for a training: steps with their rate and ETA, the last losses beside it; and
+"""One progress bar for a training: steps with their rate and ETA, the last losses (and GRPO's reward) beside it; and
 `only_stage_bars()`, which keeps the libraries' own bars (loading weights, tokenizing, saving a
 dataset) off while `spri-sft train` or `spri-sft run` works, so each stage shows its bar alone.
 
@@ -16,8 +16,9 @@ from collections.abc import Iterator
 from tqdm.auto import tqdm
 from transformers import ProgressCallback
 
-# The logged values worth seeing at a glance, in this order.
-SHOWN = ("loss", "eval_loss")
+# The logged values worth seeing at a glance, in this order. GRPO's loss says little of how it goes (~0 whenever a
+# step's completions have one length: its advantages sum to 0), so its mean reward (TRL's `reward`) is shown too.
+SHOWN = ("loss", "eval_loss", "reward")
 
 
 class TrainingProgress(ProgressCallback):
