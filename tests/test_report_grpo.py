@@ -161,11 +161,13 @@ def test_a_mode_with_no_prompt_to_reward_is_skipped_with_its_drops(tmp_path):
 # -- report.md ------------------------------------------------------------------------------------
 
 
-def test_the_main_table_has_an_sft_grpo_row_with_its_prompts_loss_and_scores(tmp_path):
+def test_the_main_table_has_an_sft_grpo_row_with_its_prompts_steps_and_scores_and_no_loss(tmp_path):
     text = render_markdown(grpo_report(tmp_path, {"spri": KEPT}))
     cells = table_row(main_table(text), "SFT+GRPO on spri")
     assert cells[1:7] == ["–"] * 6  # generation's columns: GRPO generates no records
-    assert cells[7:12] == ["6 of 8 prompts", "–", "4", "0.0400", "–"]  # prompts, over max_length, steps, loss, val
+    # prompts, over max_length, steps, loss (GRPO's is near 0 whatever it learned: report.json keeps it), val loss
+    assert cells[7:12] == ["6 of 8 prompts", "–", "4", "–", "–"]
+    assert "an SFT+GRPO row's rows are prompts, and its loss is left out" in text
     assert cells[14:] == ["0.6000", "+0.1000 [+0.1000, +0.1000]"]
 
 

@@ -420,7 +420,9 @@ def render_markdown(report: dict[str, Any]) -> str:
         "or expected); calls and tokens count "
         "every model call of generation (prompt + completion tokens). Final train loss: the last logged one; "
         "val loss: of the saved adapter (the best checkpoint when the recipe keeps it); an SFT+DPO row's losses are "
-        f"DPO's and its rows are preference pairs. Over max_length{_max_lengths(report)}: the train + validation "
+        "DPO's and its rows are preference pairs; an SFT+GRPO row's rows are prompts, and its loss is left out (near 0 "
+        "whatever GRPO learned: each group's advantages sum to zero; its mean reward is in the GRPO section)."
+        f" Over max_length{_max_lengths(report)}: the train + validation "
         "rows longer than training's max_length in the student's tokens, as format counted them "
         "(dataset/<mode>/summary.json) and, where it differs, as training did (checkpoints/<mode>/lengths.json); "
         "dropped, or kept and cut at max_length, "
@@ -447,7 +449,10 @@ def _continued_markdown_row(model: str, row: dict[str, Any]) -> str:
     )
     trained_on = row["skipped"] or TRAINED_ON_CELLS[job](row)
     cells = [model_label(model), *[MISSING] * 6, trained_on, counted]
-    cells += [_num(train["steps"]), _num(train["train_loss"]), _num(train["eval_loss"])]
+    # GRPO's logged loss is near 0 whatever it learned (on-policy, each group's advantages sum to zero): its reward,
+    # in the GRPO section, is the number to read.
+    loss = MISSING if job == "grpo" else _num(train["train_loss"])
+    cells += [_num(train["steps"]), loss, _num(train["eval_loss"])]
     cells += [
         _num(scores["mc1"]), _delta_cell(scores, "mc1"),
         _num(scores["mc2"]), _delta_cell(scores, "mc2"),
