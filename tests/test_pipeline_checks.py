@@ -403,3 +403,20 @@ def test_grpo_with_several_processes_and_a_critic_server_slower_to_start_than_dd
         "than ddp_timeout 600 s"
     ), error
     assert records_written(tmp_path) == []
+
+
+def test_the_critic_of_a_generate_config_the_grpo_recipe_names_is_the_one_checked_before_generation(tmp_path, capsys):
+    launch = tmp_path / "two.yaml"
+    launch.write_text("distributed_type: MULTI_CPU\nnum_processes: 2\n")
+    own = tmp_path / "generate.yaml"  # the recipe's own generate config: its critic judges, not the run's
+    own.write_text("critic:\n  backend: transformers\n  model: tiny-critic\n")
+    recipe = write_recipe(tmp_path, grpo={"enabled": True, "args": {"generate_config": str(own)}})
+    recipe_text = yaml.safe_load(recipe.read_text())
+    recipe_text["train"]["accelerate_config"] = str(launch)  # the run's own critic is an openai server: fine
+    recipe.write_text(yaml.safe_dump(recipe_text))
+
+    assert main(["run", str(recipe)]) == 2
+
+    error = capsys.readouterr().err.strip()
+    assert "critic backend transformers with 2 processes would load a copy of the model in each" in error, error
+    assert records_written(tmp_path) == []

@@ -144,20 +144,29 @@ def test_a_checkpoint_torn_by_a_kill_during_saving_is_skipped(tiny_model_dir, sf
     assert complete_checkpoints(tmp_path)[8]["global_step"] == 8
 
 
-def test_rerunning_a_finished_training_trains_no_step_past_max_steps(tiny_model_dir, sft_dataset, tmp_path, capsys):
+def test_rerunning_a_finished_training_trains_no_step_past_max_steps_and_keeps_its_result(
+    tiny_model_dir, sft_dataset, tmp_path, capsys
+):
     from spri_sft.cli import main
 
     output_dir = tmp_path / "out"
+    # The best checkpoint is kept as the result, and by this metric it is step 1's, not the last one's.
+    best_kept = ("--eval_strategy", "steps", "--eval_steps", "1", "--save_strategy", "steps", "--save_steps", "1",
+                 "--load_best_model_at_end", "true", "--metric_for_best_model", "eval_loss", "--greater_is_better", "true")  # fmt: skip
     args = tiny_lora_argv(
-        tiny_model_dir, sft_dataset, output_dir, "--max_steps", "2", "--save_strategy", "steps", "--save_steps", "2"
+        tiny_model_dir, sft_dataset, output_dir, "--max_steps", "2", "--learning_rate", "1e-2", *best_kept
     )
     assert main(["train", *args]) == 0
+    assert json.loads((output_dir / "trainer_state.json").read_text())["best_model_checkpoint"].endswith("checkpoint-1")
     adapter = (output_dir / "adapter_model.safetensors").read_bytes()
+    results = json.loads((output_dir / "all_results.json").read_text())
     capsys.readouterr()
 
     assert main(["train", *args]) == 0  # the same command again: its last checkpoint is at max_steps
 
     assert "checkpoint-2 is at step 2, max_steps 2: nothing left to train" in capsys.readouterr().out
-    assert sorted(p.name for p in output_dir.glob("checkpoint-*")) == ["checkpoint-2"]  # transformers made checkpoint-3
+    assert sorted(p.name for p in output_dir.glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2"]  # no -3
     assert json.loads((output_dir / "trainer_state.json").read_text())["global_step"] == 2
-    assert (output_dir / "adapter_model.safetensors").read_bytes() == adapter  # the result, not one step more
+    assert (output_dir / "adapter_model.safetensors").read_bytes() == adapter  # the best one still, not the last
+    again = json.loads((output_dir / "all_results.json").read_text())
+    assert again["train_loss"] == results["train_loss"] and again["eval_loss"] == pytest.approx(results["eval_loss"])

@@ -521,7 +521,7 @@ def _grpo_section(grpo: dict[str, dict[str, Any]]) -> list[str]:
         "counted them (effective_config.json), which also drops a prompt that leaves no room for "
         "max_completion_length in vllm_max_model_length (prompt too long); for a mode not trained, the pipeline's "
         "selection (prompts.json). A mode with no prompt to reward is not trained. The main table's SFT+GRPO rows: "
-        "the prompts kept in the rows column, GRPO's loss.",
+        "the prompts kept in the rows column, no loss (GRPO's is near 0 whatever it learned).",
         "",
         "| model | prompts (of SFT train rows) | dropped | completions scored / unscored / failed (of all) "
         "| critic calls | critic tokens | mean reward (first → last logged step) |",

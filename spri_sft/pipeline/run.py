@@ -605,23 +605,27 @@ def after_sft_plan(config: PipelineConfig, job: str, sft: TrainPlan, root: Path,
     else:  # the SFT dataset's prompts; their principles from the mode's generation (its records may be copied)
         args["dataset_path"] = str(dataset / "hf")
         args.setdefault("generate_config", str(output_dir / GENERATION_FILE))  # written by `_grpo`
-        _check_grpo_critic(config, args)
+        _check_grpo_critic(config, args, output_dir / GENERATION_FILE)
     args.update(output_dir=str(output_dir), run_name=f"{name}-{model}")
     _report_to(config, args, env, group)
     return TrainPlan(model, output_dir, {**args, "env": env} if env else args, config.train.accelerate_config, job=job)
 
 
-def _check_grpo_critic(config: PipelineConfig, args: dict[str, Any]) -> None:
-    """The GRPO child refuses a critic every process would load again (`grpo.check_critic_processes`): say so before
-    generation, not after it. The critic is the generation's, unless the GRPO recipe names a critic_config."""
+def _check_grpo_critic(config: PipelineConfig, args: dict[str, Any], own_generation: Path) -> None:
+    """The GRPO child refuses a critic every process would load again, or one whose server the other processes would
+    wait for longer than ddp_timeout (`grpo.check_critic_processes`): say so before generation, not after it. The
+    critic is this run's generate section (`own_generation`), unless the GRPO recipe names a critic_config or a
+    generate_config of its own."""
     if not config.train.accelerate_config:
         return
     from spri_sft.train.grpo import check_critic_processes, read_generate_config
 
     processes = int(read_yaml(Path(config.train.accelerate_config)).get("num_processes") or 1)
-    critic = config.generate.critic
-    if args.get("critic_config"):
-        critic = read_generate_config(Path(args["critic_config"]), "grpo critic_config").critic
+    critic = config.generate.critic  # the pipeline's own generate_config is this section
+    for key in ("critic_config", "generate_config"):  # as the training picks it: critic_config first
+        if args.get(key) and Path(args[key]) != own_generation:
+            critic = read_generate_config(Path(args[key]), f"grpo {key}").critic
+            break
     ddp_timeout = args.get("ddp_timeout", _training_default("ddp_timeout"))
     try:
         check_critic_processes(critic, processes, ddp_timeout)
@@ -689,8 +693,10 @@ def training_stage(plan: TrainPlan, after: Any) -> Stage:
         if settings.get(key):
             # The pipeline's own generate_config is this run's generate section (`_grpo`): what of it shapes the
             # critic's verdicts shapes the records too, so it is in `after` already; its addresses are not results.
-            own = Path(settings[key]) == plan.output_dir / GENERATION_FILE
-            settings[key] = None if own else file_digest(settings[key])
+            if Path(settings[key]) == plan.output_dir / GENERATION_FILE:
+                del settings[key]  # absent, as before it existed: GRPO stages made then stay done
+            else:
+                settings[key] = file_digest(settings[key])
     if plan.accelerate_config:  # the number of processes changes the effective batch
         settings["accelerate_config"] = read_yaml(Path(plan.accelerate_config))
     return Stage.made_from(f"checkpoints/{plan.mode}", plan.output_dir, {**settings, "after": after})

@@ -577,15 +577,18 @@ def finished_checkpoint(checkpoint: str | None, training_args) -> int | None:
     """The step of `checkpoint` when it has already reached max_steps, else None. transformers (5.25) resumed from
     such a checkpoint trains one step more (its loop checks max_steps only after a step): rerunning a finished
     command would train past max_steps and overwrite the result."""
-    if checkpoint is None or training_args.max_steps <= 0:
+    state = Path(checkpoint) / "trainer_state.json" if checkpoint is not None else None
+    if state is None or training_args.max_steps <= 0 or not state.is_file():  # weights alone: the Trainer's case
         return None
-    step = json.loads((Path(checkpoint) / "trainer_state.json").read_text())["global_step"]
+    step = json.loads(state.read_text())["global_step"]
     return step if step >= training_args.max_steps else None
 
 
 def _from_finished_checkpoint(trainer, training_args, checkpoint: str, step: int) -> dict:
-    """What `trainer.train` would leave after resuming from a checkpoint with nothing left to train: its weights and
-    state loaded (as `train` loads them first), and TruthfulQA after training when asked; no metrics of a session."""
+    """What `trainer.train` leaves after a training with nothing left to do: the checkpoint's weights and state (as
+    `train` loads them when resuming; this process's rank, not the saving one's), the best checkpoint's weights when
+    the recipe keeps the best (as `train` ends), TruthfulQA after training when asked; the training's metrics are
+    the earlier session's (all_results.json), none where it never wrote them."""
     from transformers.trainer_callback import TrainerState
 
     trainer.accelerator.print(
@@ -594,6 +597,11 @@ def _from_finished_checkpoint(trainer, training_args, checkpoint: str, step: int
     )
     trainer._load_from_checkpoint(checkpoint)  # transformers' own loading of a resumed model (adapters included)
     trainer.state = TrainerState.load_from_json(str(Path(checkpoint) / "trainer_state.json"))
+    trainer.state.is_local_process_zero = trainer.is_local_process_zero()  # as saved: the main process's
+    trainer.state.is_world_process_zero = trainer.is_world_process_zero()
+    best = trainer.state.best_model_checkpoint
+    if training_args.load_best_model_at_end and best is not None and Path(best).is_dir():
+        trainer._load_best_model()
     if trainer.truthfulqa is not None:  # its "after training" scoring, run by `train` at its end
         trainer.truthfulqa.on_train_end(
             training_args,
@@ -602,7 +610,9 @@ def _from_finished_checkpoint(trainer, training_args, checkpoint: str, step: int
             model=trainer.model,
             processing_class=trainer.processing_class,
         )
-    return {}
+    earlier = Path(training_args.output_dir) / "all_results.json"
+    trained = json.loads(earlier.read_text()) if earlier.is_file() else {}
+    return {key: value for key, value in trained.items() if not key.startswith("eval_")}
 
 
 def resume_checkpoint(training_args) -> str | None:
