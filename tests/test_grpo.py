@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from conftest import CPU_STEP_FLAGS
+from support.families import FAMILIES
 
 from spri_sft.config import dump_yaml
 from spri_sft.errors import UserError
@@ -741,3 +742,23 @@ def test_a_prompt_vllm_would_accept_with_its_completion_cut_short_is_dropped_too
     whole = fitting_prompts(prompts, tokenizer, vllm_settings(length + 16), {"rows": 2, "prompts": 2, "dropped": {}})
 
     assert (cut["id"], whole["id"]) == (["b"], ["a", "b"])
+
+
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_a_prompts_length_is_counted_as_its_training_template_tokenizes_it_on_every_family(name, family_dir):
+    from datasets import Dataset
+    from transformers import AutoTokenizer
+
+    from spri_sft.format.template import use_training_template
+    from spri_sft.train.grpo import fitting_prompts
+
+    tokenizer = AutoTokenizer.from_pretrained(family_dir(name))
+    use_training_template(tokenizer, fallback="alpaca")  # as `spri-sft grpo` renders its prompts (base models: Alpaca)
+    prompt = [{"role": "user", "content": "What is rain made of, and why does it fall?"}]
+    ids = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True, return_dict=False)
+    prompts = Dataset.from_list([{"prompt": prompt, "id": "a"}])
+
+    exactly_room = fitting_prompts(prompts, tokenizer, vllm_settings(len(ids) + 16), {"prompts": 1, "dropped": {}})
+    assert exactly_room["id"] == ["a"]  # its BOS counted once, as the template tokenizes it
+    with pytest.raises(UserError, match="none of the 1 prompts leaves room"):
+        fitting_prompts(prompts, tokenizer, vllm_settings(len(ids) + 15), {"prompts": 1, "dropped": {}})
