@@ -9,6 +9,7 @@ import sys
 import threading
 
 from spri_sft.errors import Terminated, UserError
+from spri_sft.train import JOB_MODULES, job_module
 
 USAGE = """usage: spri-sft COMMAND [RECIPE.yaml] [--section.field VALUE ...]
 
@@ -86,18 +87,8 @@ def main(argv: list[str] | None = None) -> int:
             return _format(rest)
         if command == "evaluate":
             return _evaluate(rest)
-        if command == "train":
-            from spri_sft.train.sft import cli
-
-            return cli(_trl_argv(command, rest))
-        if command == "dpo":
-            from spri_sft.train.dpo import cli as dpo_cli
-
-            return dpo_cli(_trl_argv(command, rest))
-        if command == "grpo":
-            from spri_sft.train.grpo import cli as grpo_cli
-
-            return grpo_cli(_trl_argv(command, rest))
+        if command in JOB_MODULES:  # train, dpo, grpo: TRL's parser reads their flags
+            return job_module(command).cli(_trl_argv(command, rest))
         if command == "check-template":
             return _check_template(rest)
         if command == "run":

@@ -100,6 +100,10 @@ class GRPOStage:
 AFTER_SFT = {"dpo": "SFT+DPO", "grpo": "SFT+GRPO"}
 
 
+# What the pipeline writes beside a mode's GRPO training, whether it trains or is skipped: the prompt selection.
+PROMPTS_FILE = "prompts.json"
+
+
 def continued(mode: str, job: str) -> str:
     """The model a training after SFT makes of a mode's SFT model: <mode>+<job> (its checkpoints/ and eval/ names)."""
     return f"{mode}+{job}"

@@ -45,7 +45,7 @@ from typing import Any
 from spri_sft.errors import UserError
 from spri_sft.evaluate.bootstrap import paired_bootstrap
 from spri_sft.generate.modes import MODE_SPECS, TABLE4_MODES
-from spri_sft.pipeline.config import AFTER_SFT, PipelineConfig, continued, split_model
+from spri_sft.pipeline.config import AFTER_SFT, PROMPTS_FILE, PipelineConfig, continued, split_model
 from spri_sft.review.decisions import REVIEW_DIR
 from spri_sft.train.grpo import dropped_words
 from spri_sft.train.grpo_reward import REWARD_NAME
@@ -257,7 +257,7 @@ def _grpo_row(root: Path, mode: str, dataset: dict | None) -> dict[str, Any]:
     pipeline's selection kept none (then nothing was trained, and nothing an earlier run left in
     checkpoints/<mode>+grpo but prompts.json is read). build_report adds its scores."""
     checkpoint = root / "checkpoints" / continued(mode, "grpo")
-    selected = _read(checkpoint / "prompts.json")
+    selected = _read(checkpoint / PROMPTS_FILE)
     skipped = NO_PROMPTS if selected is not None and not selected["prompts"] else None
     trained = None if skipped else checkpoint
     state = _read(checkpoint / "trainer_state.json") if trained else None

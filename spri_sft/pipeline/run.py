@@ -51,7 +51,14 @@ from spri_sft.format.config import FormatConfig
 from spri_sft.generate.config import GenerateConfig
 from spri_sft.generate.modes import MODES
 from spri_sft.generate.servers import ServedModels
-from spri_sft.pipeline.config import AFTER_SFT, EVALUATE_SET_BY_PIPELINE, PipelineConfig, continued, split_model
+from spri_sft.pipeline.config import (
+    AFTER_SFT,
+    EVALUATE_SET_BY_PIPELINE,
+    PROMPTS_FILE,
+    PipelineConfig,
+    continued,
+    split_model,
+)
 from spri_sft.pipeline.recipe_check import training_recipes_checked
 from spri_sft.pipeline.stages import Stage, StageChanged, file_digest, fingerprint, folder_digest
 from spri_sft.processes import LOCK_NAME, hold_output_dir, run_bound, writes_output_dir
@@ -749,7 +756,6 @@ def _dpo(config: PipelineConfig, plan: TrainPlan, dataset: Stage, sft: Stage) ->
     return _train(plan, [dataset.output_id, sft.output_id])
 
 
-PROMPTS_FILE = "prompts.json"  # the GRPO prompts a mode has, written beside its GRPO training whether it runs or not
 GENERATION_FILE = (
     "generate.yaml"  # this run's generate config of the mode: GRPO's critic and the threshold it accepted at
 )
@@ -780,11 +786,12 @@ def _grpo(config: PipelineConfig, plan: TrainPlan, dataset: Stage, sft: Stage) -
         splits["validation"] = script_args.dataset_test_split
     rows, kept, _ = select_prompts(script_args, splits)
     counts = {**kept["train"], "admit_unaccepted_principles": script_args.admit_unaccepted_principles}
+    selection = json.dumps(counts, indent=2) + "\n"
     if not rows["train"]:
         earlier = training_stage(plan, after)
         if earlier.state() is not None:
             earlier.is_done()  # a model trained with other settings is refused (what changed), never left as this run's
-        _write_if_changed(plan.output_dir / PROMPTS_FILE, json.dumps(counts, indent=2) + "\n")
+        _write_if_changed(plan.output_dir / PROMPTS_FILE, selection)
         admit = (
             "" if script_args.admit_unaccepted_principles else "; grpo.args.admit_unaccepted_principles admits those"
         )
@@ -800,7 +807,7 @@ def _grpo(config: PipelineConfig, plan: TrainPlan, dataset: Stage, sft: Stage) -
         print(f"[spri-sft] checkpoints/{plan.mode}: no validation prompt: training without evaluation", flush=True)
         plan = dataclasses.replace(plan, args={**plan.args, "eval_strategy": "no", "load_best_model_at_end": False})
     trained = _train(plan, after)
-    _write_if_changed(plan.output_dir / PROMPTS_FILE, json.dumps(counts, indent=2) + "\n")
+    _write_if_changed(plan.output_dir / PROMPTS_FILE, selection)
     return trained
 
 
